@@ -1,0 +1,58 @@
+"""The package's one exception hierarchy.
+
+Every layer raises from :class:`ClipGSError`, so a caller can catch the package's
+failures without catching unrelated bugs. Subclasses also derive from the built-in
+exception a Python user would expect (``ValueError`` for bad input, ``ImportError``
+for a missing optional extra), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ClipGSError(Exception):
+    """Root of every error raised on purpose by clip_gs."""
+
+
+class GaussianFormatError(ClipGSError, ValueError):
+    """A 3DGS file or tensor set is unreadable or invalid (names the file and the problem)."""
+
+
+class UnsupportedFormatError(GaussianFormatError):
+    """The input is a known or unknown format that this version cannot read or write."""
+
+
+class MeshError(ClipGSError, ValueError):
+    """A mesh cannot be loaded or converted to Gaussians."""
+
+
+class ConfigError(ClipGSError, ValueError):
+    """An invalid model / data configuration or an unknown configuration name."""
+
+
+class CheckpointError(ClipGSError, ValueError):
+    """A checkpoint is missing, corrupt or does not match the architecture."""
+
+
+class WeightsUnavailableError(ClipGSError, OSError):
+    """Weights or data could not be fetched (no network, no cache). The message says what was tried."""
+
+
+class MissingDependencyError(ClipGSError, ImportError):
+    """An optional dependency is needed; the message names the extra to install."""
+
+
+class RenderError(ClipGSError, ValueError):
+    """Invalid camera or rasterizer input."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ClipGSError",
+    "ConfigError",
+    "GaussianFormatError",
+    "MeshError",
+    "MissingDependencyError",
+    "RenderError",
+    "UnsupportedFormatError",
+    "WeightsUnavailableError",
+]

@@ -1,0 +1,160 @@
+"""The INRIA 3DGS ``.ply`` format (what the reference trainer and nearly every 3DGS tool write).
+
+Vertex properties, found by name: ``x y z`` (positions), ``nx ny nz`` (optional, ignored),
+``f_dc_0..2`` (SH DC), ``f_rest_0..M-1`` (higher-order SH, **channel-major**: all R
+coefficients, then G, then B; ``M = 3 * ((d+1)^2 - 1)`` for degree d), ``opacity`` (logit),
+``scale_0..2`` (log), ``rot_0..3`` (quaternion wxyz). Binary little/big-endian and ASCII.
+Other properties are tolerated and reported with a :class:`UnknownPropertiesWarning`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import plyfile
+import torch
+
+from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
+from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
+from clip_gs.gaussians.formats.ply_header import PlyHeader, read_ply_header
+
+POSITION = ("x", "y", "z")
+NORMALS = ("nx", "ny", "nz")
+SH_DC = ("f_dc_0", "f_dc_1", "f_dc_2")
+OPACITY = ("opacity",)
+SCALES = ("scale_0", "scale_1", "scale_2")
+ROTATION = ("rot_0", "rot_1", "rot_2", "rot_3")
+REQUIRED = POSITION + SH_DC + OPACITY + SCALES + ROTATION
+
+
+class UnknownPropertiesWarning(UserWarning):
+    """A 3DGS ply holds vertex properties that clip_gs does not use (they are not loaded)."""
+
+
+def f_rest_names(degree: int) -> list[str]:
+    return [f"f_rest_{i}" for i in range(3 * (sh_coeff_count(degree) - 1))]
+
+
+def _classify_non_gaussian(path: Path, header: PlyHeader, missing: list[str]) -> str:
+    vertex = header.element("vertex")
+    names = set(vertex.property_names) if vertex else set()
+    if header.element("chunk") is not None:
+        return (
+            f"{path}: this is a SuperSplat/PlayCanvas compressed PLY (it has a 'chunk' element); "
+            "compressed PLY is not supported by this reader"
+        )
+    kind = "a mesh PLY (it has faces)" if header.element("face") is not None else "a point-cloud PLY"
+    if set(POSITION) <= names:
+        return f"{path}: {kind}, not a 3DGS PLY: vertex lacks the Gaussian properties {missing}"
+    return f"{path}: not a 3DGS PLY: vertex lacks {missing}"
+
+
+def read_ply(path: Path) -> GaussianCloud:
+    """Read an INRIA 3DGS ply into a float32 :class:`GaussianCloud`.
+
+    Raises:
+        GaussianFormatError: unreadable, truncated, or not a 3DGS ply (the message says what the
+            file is and what is missing).
+        UnsupportedFormatError: a compressed PLY given to this reader.
+    """
+    path = Path(path)
+    header = read_ply_header(path)
+    vertex = header.element("vertex")
+    if vertex is None:
+        raise GaussianFormatError(
+            f"{path}: PLY has no 'vertex' element (elements: {[e.name for e in header.elements]})"
+        )
+    names = vertex.property_names
+    missing = [name for name in REQUIRED if name not in names]
+    if missing:
+        message = _classify_non_gaussian(path, header, missing)
+        error = UnsupportedFormatError if header.element("chunk") is not None else GaussianFormatError
+        raise error(message)
+    list_props = [p.name for p in vertex.properties if p.list_count_dtype is not None]
+    if list_props:
+        raise GaussianFormatError(f"{path}: vertex has list properties {list_props}; a 3DGS ply has only scalars")
+    rest = [name for name in names if name.startswith("f_rest_")]
+    degree = _sh_degree_from_rest(path, len(rest))
+    expected_rest = f_rest_names(degree)
+    if sorted(rest) != sorted(expected_rest):
+        raise GaussianFormatError(f"{path}: f_rest properties are not f_rest_0..f_rest_{len(rest) - 1}")
+    known = set(REQUIRED) | set(NORMALS) | set(expected_rest)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        warnings.warn(
+            f"{path}: ignoring {len(unknown)} unknown vertex propert{'y' if len(unknown) == 1 else 'ies'}: {unknown}",
+            UnknownPropertiesWarning,
+            stacklevel=3,
+        )
+
+    try:
+        data = plyfile.PlyData.read(str(path), mmap=False)["vertex"].data
+    except (plyfile.PlyParseError, ValueError, EOFError, OSError, KeyError, IndexError, MemoryError) as exc:
+        raise GaussianFormatError(f"{path}: cannot parse PLY data: {exc}") from exc
+
+    def columns(fields) -> np.ndarray:
+        return np.stack([np.asarray(data[name], dtype=np.float32) for name in fields], axis=-1)
+
+    n = len(data)
+    k = sh_coeff_count(degree)
+    sh = np.empty((n, k, 3), dtype=np.float32)
+    sh[:, 0, :] = columns(SH_DC)
+    if degree > 0:
+        # channel-major: f_rest_{c*(k-1)+j} is coefficient j+1 of channel c
+        sh[:, 1:, :] = columns(expected_rest).reshape(n, 3, k - 1).transpose(0, 2, 1)
+    return GaussianCloud(
+        means=torch.from_numpy(columns(POSITION)),
+        sh=torch.from_numpy(sh),
+        opacity_logits=torch.from_numpy(columns(OPACITY)[:, 0].copy()),
+        log_scales=torch.from_numpy(columns(SCALES)),
+        quats=torch.from_numpy(columns(ROTATION)),
+        source=str(path),
+    )
+
+
+def _sh_degree_from_rest(path: Path, count: int) -> int:
+    for degree in range(MAX_SH_DEGREE + 1):
+        if count == 3 * (sh_coeff_count(degree) - 1):
+            return degree
+    raise GaussianFormatError(
+        f"{path}: {count} f_rest properties; expected 3*((d+1)^2-1) for SH degree d in 0..3 (0, 9, 24 or 45)"
+    )
+
+
+def write_ply(cloud: GaussianCloud, path: Path, ascii: bool = False, byte_order: str = "<") -> None:
+    """Write ``cloud`` as an INRIA 3DGS ply (property names and order as the reference trainer).
+
+    Normals are written as zeros, as the reference trainer does. float32 values round-trip
+    bitwise through binary and ASCII files.
+
+    Args:
+        ascii: write the ASCII variant instead of binary.
+        byte_order: ``"<"`` little-endian (default) or ``">"`` big-endian, for binary files.
+    """
+    if byte_order not in ("<", ">"):
+        raise ValueError(f"byte_order must be '<' or '>', got {byte_order!r}")
+    cloud = cloud.to(device="cpu", dtype=torch.float32)
+    n, k = cloud.num_gaussians, cloud.sh.shape[-2]
+    rest = f_rest_names(cloud.sh_degree)
+    names = [*POSITION, *NORMALS, *SH_DC, *rest, *OPACITY, *SCALES, *ROTATION]
+    sh = cloud.sh.detach().numpy()
+    blocks = [
+        cloud.means.detach().numpy(),
+        np.zeros((n, 3), dtype=np.float32),
+        sh[:, 0, :],
+        sh[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
+        cloud.opacity_logits.detach().numpy()[:, None],
+        cloud.log_scales.detach().numpy(),
+        cloud.quats.detach().numpy(),
+    ]
+    values = np.concatenate(blocks, axis=1)
+    record = np.empty(n, dtype=[(name, "f4") for name in names])
+    for i, name in enumerate(names):
+        record[name] = values[:, i]
+    element = plyfile.PlyElement.describe(record, "vertex")
+    try:
+        plyfile.PlyData([element], text=ascii, byte_order=byte_order).write(str(path))
+    except OSError as exc:
+        raise GaussianFormatError(f"{path}: cannot write: {exc.strerror or exc}") from exc

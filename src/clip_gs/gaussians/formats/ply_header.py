@@ -1,0 +1,168 @@
+"""A small, strict PLY header parser used to validate files *before* any data is allocated.
+
+plyfile allocates ``count`` rows as soon as it reads an element line, so a header that claims
+10^12 vertices would exhaust memory. Every PLY-based reader in clip_gs parses the header here
+first, checks the claimed sizes against the file size, and only then reads the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clip_gs.errors import GaussianFormatError
+
+MAX_HEADER_BYTES = 1 << 20
+"""A header longer than this is refused (real 3DGS headers are a few hundred bytes)."""
+
+PLY_SCALAR_TYPES: dict[str, str] = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlyProperty:
+    name: str
+    dtype: str  # numpy code without byte order, e.g. "f4"
+    list_count_dtype: str | None = None  # set for list properties
+
+
+@dataclass
+class PlyElement:
+    name: str
+    count: int
+    properties: list[PlyProperty] = field(default_factory=list)
+
+    @property
+    def property_names(self) -> list[str]:
+        return [p.name for p in self.properties]
+
+    @property
+    def has_lists(self) -> bool:
+        return any(p.list_count_dtype is not None for p in self.properties)
+
+    def row_bytes(self) -> int:
+        """Bytes per row in a binary file (only for elements without list properties)."""
+        return sum(np.dtype(p.dtype).itemsize for p in self.properties)
+
+
+@dataclass
+class PlyHeader:
+    format: str  # "ascii", "binary_little_endian" or "binary_big_endian"
+    elements: list[PlyElement]
+    header_bytes: int  # offset of the first data byte
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def byte_order(self) -> str:
+        return {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "="}[self.format]
+
+    def element(self, name: str) -> PlyElement | None:
+        for element in self.elements:
+            if element.name == name:
+                return element
+        return None
+
+
+def is_ply(head: bytes) -> bool:
+    """True when the bytes start with the PLY magic line."""
+    return head.startswith(b"ply\n") or head.startswith(b"ply\r\n")
+
+
+def read_ply_header(path: Path) -> PlyHeader:
+    """Parse and validate the header of the PLY file at ``path``.
+
+    Checks that the header is complete, the format and types are known and, for binary files
+    whose elements have no list properties, that the file holds at least the bytes the header
+    claims. For ASCII files the claimed row count must fit in the remaining bytes (each value
+    takes at least two characters).
+
+    Raises:
+        GaussianFormatError: naming the file and the problem.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_HEADER_BYTES)
+    except OSError as exc:
+        raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    if not is_ply(raw):
+        raise GaussianFormatError(f"{path}: not a PLY file (missing the 'ply' magic line)")
+    end = raw.find(b"end_header")
+    if end < 0:
+        raise GaussianFormatError(f"{path}: PLY header has no 'end_header' line (truncated or not a PLY file)")
+    newline = raw.find(b"\n", end)
+    if newline < 0:
+        raise GaussianFormatError(f"{path}: PLY header ends without a newline after 'end_header' (truncated file)")
+    try:
+        text = raw[:end].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise GaussianFormatError(f"{path}: PLY header is not ASCII text") from exc
+
+    fmt: str | None = None
+    elements: list[PlyElement] = []
+    comments: list[str] = []
+    for lineno, line in enumerate(text.splitlines()[1:], start=2):
+        words = line.split()
+        if not words:
+            continue
+        keyword = words[0]
+        if keyword in ("comment", "obj_info"):
+            comments.append(line.partition(" ")[2])
+        elif keyword == "format":
+            if len(words) != 3 or words[1] not in ("ascii", "binary_little_endian", "binary_big_endian"):
+                raise GaussianFormatError(f"{path}: unknown PLY format line {line!r} (line {lineno})")
+            fmt = words[1]
+        elif keyword == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise GaussianFormatError(f"{path}: bad PLY element line {line!r} (line {lineno})")
+            elements.append(PlyElement(words[1], int(words[2])))
+        elif keyword == "property":
+            if not elements:
+                raise GaussianFormatError(f"{path}: PLY property before any element (line {lineno})")
+            if len(words) == 5 and words[1] == "list":
+                count_t, item_t, name = words[2], words[3], words[4]
+                if count_t not in PLY_SCALAR_TYPES or item_t not in PLY_SCALAR_TYPES:
+                    raise GaussianFormatError(f"{path}: unknown PLY type in {line!r} (line {lineno})")
+                prop = PlyProperty(name, PLY_SCALAR_TYPES[item_t], PLY_SCALAR_TYPES[count_t])
+            elif len(words) == 3 and words[1] in PLY_SCALAR_TYPES:
+                prop = PlyProperty(words[2], PLY_SCALAR_TYPES[words[1]])
+            else:
+                raise GaussianFormatError(f"{path}: bad PLY property line {line!r} (line {lineno})")
+            if prop.name in elements[-1].property_names:
+                raise GaussianFormatError(f"{path}: duplicate PLY property {prop.name!r} in element {elements[-1].name!r}")
+            elements[-1].properties.append(prop)
+        else:
+            raise GaussianFormatError(f"{path}: unknown PLY header keyword {keyword!r} (line {lineno})")
+    if fmt is None:
+        raise GaussianFormatError(f"{path}: PLY header has no 'format' line")
+    header = PlyHeader(fmt, elements, newline + 1, comments)
+    _check_size(path, header, size)
+    return header
+
+
+def _check_size(path: Path, header: PlyHeader, size: int) -> None:
+    remaining = size - header.header_bytes
+    if header.format == "ascii":
+        claimed_values = sum(e.count * max(len(e.properties), 1) for e in header.elements)
+        if 2 * claimed_values > remaining + 1:
+            raise GaussianFormatError(
+                f"{path}: truncated ASCII PLY: the header claims {claimed_values:,} values "
+                f"but only {remaining:,} bytes follow it"
+            )
+        return
+    need = 0
+    for element in header.elements:
+        if element.has_lists:
+            return  # sizes unknown until read; plyfile checks end-of-file itself
+        need += element.count * element.row_bytes()
+    if need > remaining:
+        raise GaussianFormatError(
+            f"{path}: truncated PLY: the header claims {need:,} data bytes "
+            f"({', '.join(f'{e.count:,} {e.name}' for e in header.elements)}) but only {remaining:,} follow it"
+        )

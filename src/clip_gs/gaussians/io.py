@@ -1,0 +1,133 @@
+"""`load_gaussians` / `save_gaussians`: one entry point for every 3DGS file format.
+
+Formats register a :class:`GaussianFormat` (name, extensions, a content sniffer, a reader and
+optionally a writer). Loading tries the sniffers on the first bytes of the file in
+registration priority order, then falls back to the extension; saving picks by extension or by
+an explicit ``format=`` name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
+from clip_gs.gaussians.cloud import GaussianCloud
+
+SNIFF_BYTES = 4096
+"""How many leading bytes of a file the sniffers see."""
+
+
+@dataclass(frozen=True)
+class GaussianFormat:
+    """A 3DGS file format known to :func:`load_gaussians` / :func:`save_gaussians`.
+
+    Attributes:
+        name: short name used in messages and as ``format=`` argument (``"ply"``, ``"splat"``).
+        extensions: lower-case file extensions with the dot (``(".ply",)``).
+        sniff: ``head bytes -> bool``, True when the content is this format.
+        read: ``path -> GaussianCloud``; raises :class:`GaussianFormatError` on bad input.
+        write: ``(cloud, path, **options) -> None`` or None when the format is read-only.
+    """
+
+    name: str
+    extensions: tuple[str, ...]
+    sniff: Callable[[bytes], bool]
+    read: Callable[[Path], GaussianCloud]
+    write: Callable[..., None] | None = None
+
+
+_FORMATS: list[GaussianFormat] = []
+
+
+def register_format(fmt: GaussianFormat, *, first: bool = False) -> None:
+    """Add a format. ``first=True`` puts its sniffer before the others (for a more specific
+    variant of an existing container, e.g. a compressed ``.ply`` before the INRIA ``.ply``)."""
+    global _FORMATS
+    others = [f for f in _FORMATS if f.name != fmt.name]
+    _FORMATS = [fmt, *others] if first else [*others, fmt]
+
+
+def registered_formats() -> list[GaussianFormat]:
+    """The registered formats in sniffing order."""
+    _ensure_builtin_formats()
+    return list(_FORMATS)
+
+
+def _ensure_builtin_formats() -> None:
+    # Importing the formats package registers every built-in reader once.
+    import clip_gs.gaussians.formats  # noqa: F401
+
+
+def _describe_supported() -> str:
+    return ", ".join(f"{f.name} ({'/'.join(f.extensions)})" for f in _FORMATS)
+
+
+def load_gaussians(path: str | os.PathLike[str], format: str | None = None) -> GaussianCloud:
+    """Read a 3DGS file of any supported format into a :class:`GaussianCloud`.
+
+    The format is found from the content (magic bytes / header) first, then from the extension.
+
+    Args:
+        path: the file.
+        format: force a format by name (see :func:`registered_formats`).
+
+    Raises:
+        GaussianFormatError: the file is missing, unreadable or invalid.
+        UnsupportedFormatError: no registered format recognises it (the message lists them).
+    """
+    _ensure_builtin_formats()
+    path = Path(path)
+    if format is not None:
+        return _by_name(format).read(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    for fmt in _FORMATS:
+        if fmt.sniff(head):
+            return fmt.read(path)
+    suffix = path.suffix.lower()
+    for fmt in _FORMATS:
+        if suffix in fmt.extensions:
+            return fmt.read(path)
+    raise UnsupportedFormatError(
+        f"{path}: not a recognised 3DGS file (content and extension {suffix or '(none)'} match no format); "
+        f"supported formats: {_describe_supported()}"
+    )
+
+
+def save_gaussians(
+    cloud: GaussianCloud, path: str | os.PathLike[str], format: str | None = None, **options
+) -> Path:
+    """Write ``cloud`` to ``path`` in the format given by ``format`` or by the extension.
+
+    ``options`` go to the format's writer (e.g. ``ascii=True`` or ``byte_order=">"`` for ply).
+    Returns the path written.
+    """
+    _ensure_builtin_formats()
+    path = Path(path)
+    if cloud.batch_shape:
+        raise GaussianFormatError(f"{path}: save one object at a time, got a batch {list(cloud.batch_shape)}")
+    if format is not None:
+        fmt = _by_name(format)
+    else:
+        matches = [f for f in _FORMATS if path.suffix.lower() in f.extensions and f.write is not None]
+        if not matches:
+            writable = ", ".join(f"{f.name} ({'/'.join(f.extensions)})" for f in _FORMATS if f.write)
+            raise UnsupportedFormatError(f"{path}: cannot write extension {path.suffix or '(none)'}; writable: {writable}")
+        fmt = matches[0]
+    if fmt.write is None:
+        raise UnsupportedFormatError(f"{path}: format {fmt.name!r} is read-only")
+    fmt.write(cloud, path, **options)
+    return path
+
+
+def _by_name(name: str) -> GaussianFormat:
+    for fmt in _FORMATS:
+        if fmt.name == name:
+            return fmt
+    raise UnsupportedFormatError(f"unknown format {name!r}; supported formats: {_describe_supported()}")
