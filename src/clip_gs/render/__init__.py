@@ -1,0 +1,24 @@
+"""Rendering: a differentiable 3DGS rasterizer (pure-PyTorch reference, gsplat on CUDA) and cameras.
+
+Conventions: OpenCV cameras (x right, y down, z forward), world-to-camera ``viewmats``, pixel
+centres at ``(j + 0.5, i + 0.5)``; :func:`orbit_cameras` puts the world's +Y up by default.
+"""
+
+from clip_gs.render.cameras import Cameras, look_at_viewmats, orbit_cameras, pinhole_intrinsics
+from clip_gs.render.rasterize import RenderOutput, rasterize, render_cloud
+from clip_gs.render.sh import eval_sh, sh_basis, sh_to_rgb
+from clip_gs.render.sheet import contact_sheet
+
+__all__ = [
+    "Cameras",
+    "RenderOutput",
+    "contact_sheet",
+    "eval_sh",
+    "look_at_viewmats",
+    "orbit_cameras",
+    "pinhole_intrinsics",
+    "rasterize",
+    "render_cloud",
+    "sh_basis",
+    "sh_to_rgb",
+]
