@@ -1,0 +1,475 @@
+"""Mesh -> 3DGS conversion: flat surface-disk Gaussians sampled on a triangle mesh.
+
+The conversion follows the usual recipe for turning a textured mesh into a Gaussian "splat" of
+its surface (as done to build 3DGS versions of mesh datasets):
+
+1. Load the file as a scene with ``trimesh`` and bake every node transform, so multi-node glTF
+   files and multi-material OBJ files become one list of world-space sub-meshes.
+2. Sample ``num_gaussians`` surface points area-weighted over **all** sub-meshes jointly
+   (:func:`sample_triangles`), so each sub-mesh receives points in proportion to its area.
+3. Colour every point from, in order of preference: the texture at the interpolated UV (PBR
+   ``baseColorTexture * baseColorFactor``, or the OBJ ``map_Kd``), vertex colours interpolated
+   with the barycentrics (or face colours), the material's constant colour (PBR
+   ``baseColorFactor`` or OBJ ``Kd``), else :data:`NEUTRAL_GREY` with a :class:`MeshColorWarning`
+   naming the file.
+4. Put a flat disk Gaussian at every point (:func:`surface_disks`): local z axis along the face
+   normal, tangent scale from the sampling density, a thin normal scale.
+5. Normalise to the unit sphere (:meth:`GaussianCloud.normalized`).
+
+:func:`sample_triangles` and :func:`surface_disks` are the one implementation of surface
+sampling and disk making; :mod:`clip_gs.data.synthetic` reuses them.
+
+Colour conventions (choices where the formats are loose):
+
+- Texture and material colours are used as stored (sRGB display values, as 3DGS stores colour);
+  texture alpha and material alpha are ignored (opacity comes from the ``opacity`` argument).
+- Textures wrap (``GL_REPEAT``) and are sampled bilinearly at texel centres. UVs follow trimesh's
+  convention (OBJ: ``v = 0`` is the **bottom** image row; trimesh flips glTF UVs on load).
+- For an OBJ material with ``map_Kd`` the texture alone gives the colour: exporters such as
+  Blender write a default ``Kd 0.8`` next to the map, and trimesh defaults a missing ``Kd`` to
+  0.4, so multiplying would darken correct textures. PBR (glTF) materials multiply the texture by
+  ``baseColorFactor`` and by ``COLOR_0`` vertex colours when present, as the glTF spec says.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+
+from clip_gs.errors import ConfigError, MeshError
+from clip_gs.gaussians.cloud import GaussianCloud
+
+if TYPE_CHECKING:
+    import trimesh
+
+NEUTRAL_GREY = (0.5, 0.5, 0.5)
+"""Colour given to surfaces with no texture, vertex colours or material colour."""
+
+DEFAULT_SCALE_FACTOR = 1.0
+"""Default tangent sigma in units of ``sqrt(area / (num_gaussians * pi))`` (see :func:`disk_radius`)."""
+
+DEFAULT_THICKNESS_RATIO = 0.1
+"""Default normal-axis scale as a fraction of the tangent scale."""
+
+
+class MeshColorWarning(UserWarning):
+    """A mesh (or part of one) carries no colour information and was given :data:`NEUTRAL_GREY`."""
+
+
+# ---------------------------------------------------------------------------- shared surface ops
+def triangle_areas(triangles: np.ndarray) -> np.ndarray:
+    """Areas of triangles.
+
+    Args:
+        triangles: ``[F, 3, 3]`` corner positions.
+
+    Returns:
+        ``[F]`` areas (float64).
+    """
+    tri = np.asarray(triangles, dtype=np.float64)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    return 0.5 * np.linalg.norm(cross, axis=-1)
+
+
+def sample_triangles(
+    triangles: np.ndarray, num_samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample points uniformly by area on a triangle soup.
+
+    Faces are drawn with probability proportional to their area; points inside a face are
+    uniform (``sqrt`` trick of Osada et al. 2002). Zero-area faces are never drawn.
+
+    Args:
+        triangles: ``[F, 3, 3]`` corner positions.
+        num_samples: number of points N.
+        rng: the seeded numpy generator that makes every random choice.
+
+    Returns:
+        ``(face_index [N] int64, barycentric [N, 3] float64, points [N, 3] float64)`` with
+        ``points = sum_k barycentric[:, k] * triangles[face_index, k]``.
+
+    Raises:
+        ValueError: if the total area is zero or not finite.
+    """
+    tri = np.asarray(triangles, dtype=np.float64)
+    areas = triangle_areas(tri)
+    total = areas.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError(f"triangles have total area {total}; cannot sample a surface")
+    cdf = np.cumsum(areas)
+    face_index = np.searchsorted(cdf, rng.random(num_samples) * cdf[-1], side="right")
+    face_index = np.minimum(face_index, len(tri) - 1)  # guards the u * total == total rounding edge
+    r1 = np.sqrt(rng.random(num_samples))
+    r2 = rng.random(num_samples)
+    bary = np.stack([1.0 - r1, r1 * (1.0 - r2), r1 * r2], axis=-1)
+    points = np.einsum("nk,nkd->nd", bary, tri[face_index])
+    return face_index.astype(np.int64), bary, points
+
+
+def face_normals(triangles: np.ndarray) -> np.ndarray:
+    """Unit normals of triangles (right-hand rule); zero-area faces get ``(0, 0, 1)``.
+
+    Args:
+        triangles: ``[F, 3, 3]``.
+
+    Returns:
+        ``[F, 3]`` float64.
+    """
+    tri = np.asarray(triangles, dtype=np.float64)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(cross, axis=-1, keepdims=True)
+    safe = norm[:, 0] > 0
+    out = np.zeros_like(cross)
+    out[:, 2] = 1.0
+    out[safe] = cross[safe] / norm[safe]
+    return out
+
+
+def disk_radius(total_area: float, num_gaussians: int, scale_factor: float = DEFAULT_SCALE_FACTOR) -> float:
+    """Tangent sigma of a surface disk: ``scale_factor * sqrt(total_area / (num_gaussians * pi))``.
+
+    ``sqrt(A / (N pi))`` is the radius of a disk with the per-Gaussian share ``A / N`` of the
+    surface; with ``scale_factor = 1`` neighbouring disks overlap enough that a render at
+    opacity 0.95 shows a closed surface for uniformly random samples.
+    """
+    return scale_factor * math.sqrt(total_area / (num_gaussians * math.pi))
+
+
+def normals_to_quaternions(normals: torch.Tensor) -> torch.Tensor:
+    """Rotations whose local z axis is the given normal (a disk's thin axis).
+
+    A disk is symmetric under ``n -> -n``, so normals are first flipped into the ``z >= 0``
+    hemisphere; the shortest-arc rotation from ``+z`` to ``n`` is then
+    ``q = normalise(1 + n_z, -n_y, n_x, 0)`` (wxyz), which never degenerates because
+    ``1 + n_z >= 1``. The in-plane (tangent) orientation is the shortest-arc one; disks are
+    isotropic in their plane so it does not matter.
+
+    Args:
+        normals: ``[N, 3]`` unit vectors.
+
+    Returns:
+        ``[N, 4]`` unit quaternions, wxyz.
+    """
+    n = torch.where(normals[:, 2:3] < 0, -normals, normals)
+    q = torch.stack([1.0 + n[:, 2], -n[:, 1], n[:, 0], torch.zeros_like(n[:, 0])], dim=-1)
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+def surface_disks(
+    points: np.ndarray | torch.Tensor,
+    normals: np.ndarray | torch.Tensor,
+    rgb: np.ndarray | torch.Tensor,
+    radius: float,
+    thickness_ratio: float = DEFAULT_THICKNESS_RATIO,
+    opacity: float = 0.95,
+    source: str | None = None,
+) -> GaussianCloud:
+    """Flat disk Gaussians lying on a surface (not normalised).
+
+    Args:
+        points: ``[N, 3]`` centres on the surface.
+        normals: ``[N, 3]`` unit surface normals (sign irrelevant).
+        rgb: ``[N, 3]`` colours in [0, 1].
+        radius: tangent sigma shared by all disks (see :func:`disk_radius`).
+        thickness_ratio: normal sigma as a fraction of ``radius``, in (0, 1].
+        opacity: opacity of every disk, strictly inside (0, 1).
+        source: the cloud's ``source``.
+
+    Returns:
+        A float32 :class:`GaussianCloud` with scales ``(radius, radius, thickness_ratio * radius)``
+        in each disk's local frame, whose z axis is the normal.
+    """
+    if not 0 < thickness_ratio <= 1:
+        raise ConfigError(f"thickness_ratio must lie in (0, 1], got {thickness_ratio}")
+    if not 0 < opacity < 1:
+        raise ConfigError(f"opacity must lie strictly inside (0, 1), got {opacity}")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ConfigError(f"disk radius must be positive and finite, got {radius}")
+    means = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    normals_t = torch.as_tensor(np.asarray(normals), dtype=torch.float32)
+    colours = torch.as_tensor(np.asarray(rgb), dtype=torch.float32).clamp(0.0, 1.0)
+    n = means.shape[0]
+    scales = torch.tensor([radius, radius, radius * thickness_ratio], dtype=torch.float32).expand(n, 3)
+    return GaussianCloud.from_activated(
+        means=means,
+        rgb=colours,
+        opacity=torch.full((n,), opacity, dtype=torch.float32),
+        scales=scales.contiguous(),
+        quats=normals_to_quaternions(normals_t),
+        source=source,
+    )
+
+
+# ---------------------------------------------------------------------------- colour lookup
+def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear texture lookup with repeat wrap.
+
+    UV convention (trimesh / OBJ): ``u`` runs left to right, ``v`` runs **bottom to top**
+    (``v = 0`` is the last image row). Texel ``(row i, column j)`` has its centre at
+    ``u = (j + 0.5) / W``, ``v = 1 - (i + 0.5) / H``. Coordinates outside [0, 1] wrap
+    (``GL_REPEAT``), including the bilinear neighbours at the borders.
+
+    Args:
+        image: ``[H, W, C]`` float image (rows top to bottom).
+        uv: ``[N, 2]``.
+
+    Returns:
+        ``[N, C]`` float64.
+    """
+    h, w = image.shape[:2]
+    x = uv[:, 0] * w - 0.5
+    y = (1.0 - uv[:, 1]) * h - 0.5
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    x0 = x0.astype(np.int64)
+    y0 = y0.astype(np.int64)
+    xa, xb = np.mod(x0, w), np.mod(x0 + 1, w)
+    ya, yb = np.mod(y0, h), np.mod(y0 + 1, h)
+    img = np.asarray(image, dtype=np.float64)
+    top = img[ya, xa] * (1 - fx) + img[ya, xb] * fx
+    bottom = img[yb, xa] * (1 - fx) + img[yb, xb] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _image_to_float(image) -> np.ndarray:
+    """PIL image (any mode) -> ``[H, W, 3]`` float in [0, 1]."""
+    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+
+
+def _color_to_float(color) -> np.ndarray:
+    """trimesh colour (uint8 or float, RGB or RGBA, any leading shape) -> float RGB in [0, 1]."""
+    arr = np.asarray(color)
+    out = arr[..., :3].astype(np.float64)
+    if arr.dtype.kind in "ui":
+        out = out / 255.0
+    return out
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One world-space sub-mesh of a scene."""
+
+    name: str
+    vertices: np.ndarray  # [V, 3]
+    faces: np.ndarray  # [F, 3]
+    visual: object
+
+
+def _part_colors(part: _Part, face_index: np.ndarray, bary: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Colours of points sampled on one part; ``(None, reason)`` when the part has no colour."""
+    import trimesh
+
+    visual = part.visual
+    corners = part.faces[face_index]  # [n, 3] vertex indices
+
+    def interpolate(per_vertex: np.ndarray) -> np.ndarray:
+        return np.einsum("nk,nkd->nd", bary, per_vertex[corners])
+
+    if isinstance(visual, trimesh.visual.TextureVisuals):
+        material = visual.material
+        uv = visual.uv
+        has_uv = uv is not None and len(uv) == len(part.vertices)
+        vertex_rgb = None
+        color_attr = getattr(visual, "vertex_attributes", {}).get("color")
+        if color_attr is not None and len(color_attr) == len(part.vertices):
+            vertex_rgb = interpolate(_color_to_float(color_attr))
+        if isinstance(material, trimesh.visual.material.PBRMaterial):
+            factor = material.baseColorFactor
+            factor_rgb = None if factor is None else _color_to_float(factor).reshape(3)
+            texture = material.baseColorTexture
+            if texture is not None and has_uv:
+                rgb = sample_texture(_image_to_float(texture), interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
+                if factor_rgb is not None:
+                    rgb = rgb * factor_rgb
+                return (rgb if vertex_rgb is None else rgb * vertex_rgb), "texture"
+            if vertex_rgb is not None:
+                return (vertex_rgb if factor_rgb is None else vertex_rgb * factor_rgb), "vertex colours"
+            if factor_rgb is not None:
+                return np.broadcast_to(factor_rgb, (len(face_index), 3)).copy(), "material colour"
+            return None, "PBR material without baseColorTexture, COLOR_0 or baseColorFactor"
+        if material is not None:  # SimpleMaterial (OBJ/MTL)
+            image = getattr(material, "image", None)
+            if image is not None and has_uv:
+                rgb = sample_texture(_image_to_float(image), interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
+                return rgb, "texture"
+            if vertex_rgb is not None:
+                return vertex_rgb, "vertex colours"
+            diffuse = getattr(material, "diffuse", None)
+            if diffuse is not None:
+                rgb = _color_to_float(diffuse).reshape(3)
+                return np.broadcast_to(rgb, (len(face_index), 3)).copy(), "material colour"
+        if vertex_rgb is not None:
+            return vertex_rgb, "vertex colours"
+        return None, "texture visual without an image or material colour"
+    if isinstance(visual, trimesh.visual.ColorVisuals):
+        kind = visual.kind
+        if kind == "vertex":
+            return interpolate(_color_to_float(visual.vertex_colors)), "vertex colours"
+        if kind == "face":
+            return _color_to_float(visual.face_colors)[face_index], "face colours"
+        return None, "no texture, vertex colours or material"
+    return None, f"unsupported visual {type(visual).__name__}"
+
+
+# ---------------------------------------------------------------------------- loading
+MeshLike = Union[str, os.PathLike, "trimesh.Trimesh", "trimesh.Scene"]  # trimesh is imported lazily (slow import)
+
+
+def _load_parts(mesh: MeshLike) -> tuple[list[_Part], str]:
+    """World-space sub-meshes of a file / Trimesh / Scene, plus a name for messages."""
+    import trimesh
+
+    if isinstance(mesh, str | os.PathLike):
+        path = Path(mesh)
+        source = path.name
+        if not path.is_file():
+            raise MeshError(f"{path}: no such mesh file")
+        try:
+            scene = trimesh.load_scene(str(path), process=False)  # keep raw data: we report bad vertices
+        except Exception as exc:  # trimesh raises many types; never let them escape raw
+            raise MeshError(f"{path}: cannot read mesh ({type(exc).__name__}: {exc})") from exc
+    elif isinstance(mesh, trimesh.Scene):
+        scene = mesh
+        source = str(mesh.metadata.get("file_name") or "<trimesh.Scene>")
+    elif isinstance(mesh, trimesh.Trimesh):
+        scene = trimesh.Scene(mesh)
+        source = str(mesh.metadata.get("file_name") or "<trimesh.Trimesh>")
+    else:
+        raise MeshError(
+            f"expected a path, trimesh.Trimesh or trimesh.Scene, got {type(mesh).__name__}"
+        )
+
+    try:
+        dumped = scene.dump()
+    except Exception as exc:
+        raise MeshError(f"{source}: cannot apply the scene's node transforms ({type(exc).__name__}: {exc})") from exc
+    parts = []
+    for i, geom in enumerate(dumped):
+        if not isinstance(geom, trimesh.Trimesh):
+            continue  # paths and point clouds have no surface to sample
+        faces = np.asarray(geom.faces, dtype=np.int64).reshape(-1, 3)
+        if len(faces) == 0:
+            continue
+        name = str(geom.metadata.get("name") or f"part {i}")
+        parts.append(_Part(name, np.asarray(geom.vertices, dtype=np.float64), faces, geom.visual))
+    if not parts:
+        raise MeshError(f"{source}: the mesh has no triangle faces (nothing to sample)")
+    return parts, source
+
+
+def mesh_to_gaussians(
+    mesh: MeshLike,
+    num_gaussians: int = 10_000,
+    seed: int = 0,
+    opacity: float = 0.95,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
+    thickness_ratio: float = DEFAULT_THICKNESS_RATIO,
+    normalize: bool = True,
+) -> GaussianCloud:
+    """Convert a mesh into flat disk Gaussians on its surface.
+
+    Args:
+        mesh: a file trimesh can read (OBJ with MTL and textures, glTF/GLB, PLY, STL, OFF, ...)
+            or a ``trimesh.Trimesh`` / ``trimesh.Scene``. Scenes are flattened with every node
+            transform applied.
+        num_gaussians: N, the number of Gaussians (surface samples).
+        seed: seed of the sampling (faces, positions inside faces).
+        opacity: opacity of every Gaussian, in (0, 1).
+        scale_factor: tangent sigma in units of ``sqrt(total_area / (N pi))`` (:func:`disk_radius`).
+        thickness_ratio: normal sigma as a fraction of the tangent sigma.
+        normalize: centre and scale into the unit sphere (:meth:`GaussianCloud.normalized`).
+
+    Returns:
+        A float32 :class:`GaussianCloud` of N Gaussians, SH degree 0, ``source`` = the file name.
+
+    Raises:
+        MeshError: unreadable or unknown file, no faces, non-finite vertices or zero area.
+        ConfigError: invalid ``num_gaussians``, ``opacity``, ``scale_factor`` or ``thickness_ratio``.
+
+    Warns:
+        MeshColorWarning: when (part of) the mesh has no colour and is given :data:`NEUTRAL_GREY`.
+    """
+    if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, int) or num_gaussians <= 0:
+        raise ConfigError(f"num_gaussians must be a positive int, got {num_gaussians!r}")
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ConfigError(f"scale_factor must be positive, got {scale_factor}")
+    if not 0 < opacity < 1:
+        raise ConfigError(f"opacity must lie strictly inside (0, 1), got {opacity}")
+    if not 0 < thickness_ratio <= 1:
+        raise ConfigError(f"thickness_ratio must lie in (0, 1], got {thickness_ratio}")
+    parts, source = _load_parts(mesh)
+
+    for part in parts:
+        if not np.isfinite(part.vertices).all():
+            bad = int((~np.isfinite(part.vertices)).any(axis=-1).sum())
+            raise MeshError(f"{source}: {part.name} has {bad} vertex(es) with non-finite coordinates")
+        if part.faces.min() < 0 or part.faces.max() >= len(part.vertices):
+            raise MeshError(f"{source}: {part.name} has face indices outside its {len(part.vertices)} vertices")
+    triangles = [part.vertices[part.faces] for part in parts]
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(triangles)])
+    offsets = np.cumsum([0] + [len(t) for t in triangles])
+    all_tri = np.concatenate(triangles)
+    total_area = float(triangle_areas(all_tri).sum())
+    if not (math.isfinite(total_area) and total_area > 0):
+        raise MeshError(f"{source}: the surface has zero total area (all faces are degenerate)")
+
+    rng = np.random.default_rng(seed)
+    face_index, bary, points = sample_triangles(all_tri, num_gaussians, rng)
+    normals = face_normals(all_tri[face_index])
+
+    rgb = np.empty((num_gaussians, 3))
+    grey_parts = []
+    sampled_owner = owner[face_index]
+    for i, part in enumerate(parts):
+        mask = sampled_owner == i
+        if not mask.any():
+            continue
+        colours, reason = _part_colors(part, face_index[mask] - offsets[i], bary[mask])
+        if colours is None:
+            grey_parts.append(f"{part.name} ({reason})")
+            colours = np.broadcast_to(np.asarray(NEUTRAL_GREY), (int(mask.sum()), 3))
+        rgb[mask] = colours
+    if grey_parts:
+        warnings.warn(
+            f"{source}: no colour information for {', '.join(grey_parts)}; using neutral grey {NEUTRAL_GREY}",
+            MeshColorWarning,
+            stacklevel=2,
+        )
+    if not np.isfinite(rgb).all():
+        raise MeshError(f"{source}: colour lookup produced non-finite values (bad UVs or colours)")
+
+    cloud = surface_disks(
+        points,
+        normals,
+        rgb,
+        radius=disk_radius(total_area, num_gaussians, scale_factor),
+        thickness_ratio=thickness_ratio,
+        opacity=opacity,
+        source=source,
+    )
+    return cloud.normalized() if normalize else cloud
+
+
+__all__ = [
+    "DEFAULT_SCALE_FACTOR",
+    "DEFAULT_THICKNESS_RATIO",
+    "NEUTRAL_GREY",
+    "MeshColorWarning",
+    "disk_radius",
+    "face_normals",
+    "mesh_to_gaussians",
+    "normals_to_quaternions",
+    "sample_texture",
+    "sample_triangles",
+    "surface_disks",
+    "triangle_areas",
+]
