@@ -1,10 +1,34 @@
 """Built-in 3DGS file formats. Importing this package registers each of them with
-:mod:`clip_gs.gaussians.io`; a new format is one module plus one line here."""
+:mod:`clip_gs.gaussians.io`; a new format is one module plus one line here.
 
+Sniffing order: SuperSplat compressed PLY (a PLY with a ``chunk`` element and packed vertices)
+before the INRIA PLY, then spz (``NGSP`` magic, bare or inside gzip). ``.splat`` has no header
+and is recognised by its extension only.
+"""
+
+from clip_gs.gaussians.formats.compressed_ply import is_compressed_ply, read_compressed_ply
 from clip_gs.gaussians.formats.ply import read_ply, write_ply
 from clip_gs.gaussians.formats.ply_header import is_ply
+from clip_gs.gaussians.formats.splat import read_splat, write_splat
+from clip_gs.gaussians.formats.spz import is_spz, read_spz
 from clip_gs.gaussians.io import GaussianFormat, register_format
 
-register_format(GaussianFormat("ply", (".ply",), is_ply, read_ply, write_ply))
 
-__all__ = ["read_ply", "write_ply"]
+def _never(head: bytes) -> bool:
+    """Headerless formats cannot be recognised by content."""
+    return False
+
+
+register_format(GaussianFormat("ply", (".ply",), is_ply, read_ply, write_ply))
+register_format(GaussianFormat("compressed_ply", (".compressed.ply",), is_compressed_ply, read_compressed_ply), first=True)
+register_format(GaussianFormat("spz", (".spz",), is_spz, read_spz))
+register_format(GaussianFormat("splat", (".splat",), _never, read_splat, write_splat))
+
+__all__ = [
+    "read_compressed_ply",
+    "read_ply",
+    "read_splat",
+    "read_spz",
+    "write_ply",
+    "write_splat",
+]
