@@ -1,0 +1,532 @@
+"""A deterministic synthetic 3DGS set: labelled, captioned Gaussian clouds of parametric shapes.
+
+Each object is built in four steps, all driven by one seeded ``numpy`` generator:
+
+1. **Shape**: a triangle soup of one of :data:`SHAPE_CLASSES` in a canonical pose (z is the
+   shape's axis: a torus lies in the xy plane, a cylinder / cone / mug stands along z), with
+   random proportions (torus tube radius, cylinder height, number of star points, ...; the
+   drawn values are returned in :attr:`SyntheticObject.params`).
+2. **Surface samples**: area-weighted points with their face normals
+   (:func:`clip_gs.data.mesh.sample_triangles`, the same sampler as the mesh converter).
+3. **Colour**: a primary colour from :data:`PALETTE` and a surface pattern from :data:`PATTERNS`,
+   evaluated in the canonical frame so the pattern follows the object:
+
+   - ``solid``: every Gaussian has the primary colour.
+   - ``striped``: 4-7 equal-width bands across the object's extent along one canonical axis,
+     alternating primary / secondary.
+   - ``dotted``: 10-20 dots (surface points chosen at random) of radius 0.12-0.18 of the object's
+     radius in the secondary colour on the primary colour.
+   - ``two_tone``: the half beyond the middle of the extent along one canonical axis is secondary.
+
+4. **Pose and Gaussians**: a uniformly random rotation (:attr:`SyntheticObject.rotation`), flat
+   disk Gaussians along the normals (:func:`clip_gs.data.mesh.surface_disks`, the one disk
+   implementation), normalised into the unit sphere.
+
+Everything is vectorised; building one object of 2,048 Gaussians takes a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from clip_gs.data.mesh import (
+    DEFAULT_SCALE_FACTOR,
+    DEFAULT_THICKNESS_RATIO,
+    disk_radius,
+    face_normals,
+    sample_triangles,
+    surface_disks,
+    triangle_areas,
+)
+from clip_gs.errors import ConfigError
+from clip_gs.gaussians.cloud import GaussianCloud
+
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (0.86, 0.10, 0.10),
+    "orange": (1.00, 0.55, 0.05),
+    "yellow": (0.98, 0.86, 0.12),
+    "green": (0.12, 0.65, 0.22),
+    "cyan": (0.10, 0.80, 0.85),
+    "blue": (0.10, 0.30, 0.90),
+    "purple": (0.55, 0.20, 0.75),
+    "pink": (1.00, 0.52, 0.72),
+    "brown": (0.50, 0.30, 0.10),
+    "white": (0.95, 0.95, 0.95),
+    "gray": (0.50, 0.50, 0.50),
+    "black": (0.08, 0.08, 0.08),
+}
+"""Named colours (sRGB in [0, 1]); the names are the words the captions use."""
+
+PATTERNS: tuple[str, ...] = ("solid", "striped", "dotted", "two_tone")
+"""Surface patterns; see the module docstring for their definitions."""
+
+Triangles = np.ndarray  # [F, 3, 3] float64 triangle soup
+
+
+# ---------------------------------------------------------------------------- geometry builders
+def _quads(grid: np.ndarray) -> Triangles:
+    """Triangulate a grid of points ``[M, K, 3]`` into ``[2 (M-1)(K-1), 3, 3]`` triangles."""
+    a, b, c, d = grid[:-1, :-1], grid[1:, :-1], grid[1:, 1:], grid[:-1, 1:]
+    return np.concatenate([np.stack([a, b, c], -2).reshape(-1, 3, 3), np.stack([a, c, d], -2).reshape(-1, 3, 3)])
+
+
+def _revolve(radius: np.ndarray, z: np.ndarray, segments: int = 48) -> Triangles:
+    """Surface of revolution about z of the profile ``(radius[k], z[k])``."""
+    phi = np.linspace(0.0, 2 * math.pi, segments + 1)[:, None]
+    grid = np.stack(
+        [radius[None] * np.cos(phi), radius[None] * np.sin(phi), np.broadcast_to(z[None], (len(phi), len(z)))], -1
+    )
+    return _quads(grid)
+
+
+def _disk(outer: float, z: float, inner: float = 0.0, segments: int = 48) -> Triangles:
+    """Flat annulus (a disk when ``inner == 0``) in the plane ``z``."""
+    return _revolve(np.array([inner, outer]), np.array([z, z]), segments)
+
+
+def _tube(centres: np.ndarray, normals: np.ndarray, binormals: np.ndarray, radius: float, segments: int = 12) -> Triangles:
+    """Tube of ``radius`` around the curve ``centres [M, 3]`` with cross-section frame (N, B) ``[M, 3]``."""
+    v = np.linspace(0.0, 2 * math.pi, segments + 1)[None, :, None]
+    grid = centres[:, None] + radius * (np.cos(v) * normals[:, None] + np.sin(v) * binormals[:, None])
+    return _quads(grid)
+
+
+def _prism(polygon: np.ndarray, half_height: float, kernel: np.ndarray) -> Triangles:
+    """Extrude a simple polygon ``[P, 2]`` to ``z in [-h, h]``; caps are fans from ``kernel``,
+    a point that sees every vertex (the polygon must be star-shaped about it)."""
+    p0, p1 = polygon, np.roll(polygon, -1, axis=0)
+    lo, hi = np.full((len(polygon), 1), -half_height), np.full((len(polygon), 1), half_height)
+    a, b = np.hstack([p0, lo]), np.hstack([p1, lo])
+    c, d = np.hstack([p1, hi]), np.hstack([p0, hi])
+    sides = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    caps = []
+    for z in (-half_height, half_height):
+        k = np.broadcast_to(np.array([kernel[0], kernel[1], z]), (len(polygon), 3))
+        zz = np.full((len(polygon), 1), z)
+        caps.append(np.stack([k, np.hstack([p0, zz]), np.hstack([p1, zz])], 1))
+    return np.concatenate([sides, *caps])
+
+
+def _box(half: np.ndarray) -> Triangles:
+    square = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    return _prism(square, 1.0, np.zeros(2)) * half
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def _sphere(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    theta = np.linspace(0.0, math.pi, 33)
+    return _revolve(np.sin(theta), np.cos(theta), 64), {"radius": 1.0}
+
+
+def _cube(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    half = rng.uniform(0.85, 1.15, size=3)
+    return _box(half), {"half_extents": half.tolist()}
+
+
+def _torus(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    tube = _uniform(rng, 0.2, 0.45)
+    v = np.linspace(0.0, 2 * math.pi, 25)
+    return _revolve(1.0 + tube * np.cos(v), tube * np.sin(v), 64), {"major_radius": 1.0, "minor_radius": tube}
+
+
+def _cylinder(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    r, h = _uniform(rng, 0.35, 0.7), _uniform(rng, 0.6, 1.2)
+    side = _revolve(np.array([r, r]), np.array([-h, h]))
+    return np.concatenate([side, _disk(r, -h), _disk(r, h)]), {"radius": r, "half_height": h}
+
+
+def _cone(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    r, h = _uniform(rng, 0.5, 1.0), _uniform(rng, 1.0, 2.0)
+    side = _revolve(np.array([r, 0.0]), np.array([0.0, h]))
+    return np.concatenate([side, _disk(r, 0.0)]), {"radius": r, "height": h}
+
+
+def _capsule(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    r, half_len = _uniform(rng, 0.3, 0.5), _uniform(rng, 0.4, 1.0)
+    theta = np.linspace(0.0, math.pi / 2, 13)
+    top_r, top_z = np.cos(theta), half_len / r + np.sin(theta)  # equator -> pole, in units of r
+    profile_r = np.concatenate([top_r[::-1], top_r])
+    profile_z = np.concatenate([-top_z[::-1], top_z])
+    return _revolve(r * profile_r, r * profile_z), {"radius": r, "half_length": half_len}
+
+
+def _ring(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    inner, t = _uniform(rng, 0.55, 0.8), _uniform(rng, 0.08, 0.2)
+    parts = [
+        _revolve(np.array([1.0, 1.0]), np.array([-t, t])),
+        _revolve(np.array([inner, inner]), np.array([-t, t])),
+        _disk(1.0, t, inner),
+        _disk(1.0, -t, inner),
+    ]
+    return np.concatenate(parts), {"outer_radius": 1.0, "inner_radius": inner, "half_thickness": t}
+
+
+def _pyramid(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    b, h = _uniform(rng, 0.6, 1.0), _uniform(rng, 0.8, 1.8)
+    base = np.array([[-b, -b, 0.0], [b, -b, 0.0], [b, b, 0.0], [-b, b, 0.0]])
+    apex = np.array([0.0, 0.0, h])
+    sides = np.stack([base, np.roll(base, -1, 0), np.broadcast_to(apex, (4, 3))], 1)
+    bottom = np.stack([base[[0, 0]], base[[1, 2]], base[[2, 3]]], 1)
+    return np.concatenate([sides, bottom]), {"half_base": b, "height": h}
+
+
+def _helix(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    turns, pitch, tube = _uniform(rng, 2.0, 3.5), _uniform(rng, 0.45, 0.8), _uniform(rng, 0.12, 0.2)
+    t = np.linspace(0.0, 2 * math.pi * turns, int(48 * turns) + 1)
+    c = pitch / (2 * math.pi)  # rise per radian
+    centres = np.stack([np.cos(t), np.sin(t), c * t - c * t[-1] / 2], -1)
+    tangent = np.stack([-np.sin(t), np.cos(t), np.full_like(t, c)], -1) / math.hypot(1.0, c)
+    normal = np.stack([-np.cos(t), -np.sin(t), np.zeros_like(t)], -1)  # points to the axis
+    binormal = np.cross(tangent, normal)
+    return _tube(centres, normal, binormal, tube), {"turns": turns, "pitch": pitch, "tube_radius": tube}
+
+
+def _star_prism(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    points, inner, h = int(rng.integers(5, 8)), _uniform(rng, 0.38, 0.55), _uniform(rng, 0.15, 0.45)
+    angle = np.arange(2 * points) * math.pi / points + math.pi / 2
+    radius = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
+    polygon = np.stack([radius * np.cos(angle), radius * np.sin(angle)], -1)
+    return _prism(polygon, h, np.zeros(2)), {"points": points, "inner_radius": inner, "half_height": h}
+
+
+def _cross(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    w, h = _uniform(rng, 0.15, 0.3), _uniform(rng, 0.12, 0.3)
+    arm = np.array([[w, -w], [1.0, -w], [1.0, w], [w, w]])  # the +x arm, ending at x = 1
+    rot90 = np.array([[0.0, -1.0], [1.0, 0.0]])
+    polygon = np.concatenate([arm @ np.linalg.matrix_power(rot90, k).T for k in range(4)])
+    return _prism(polygon, h, np.zeros(2)), {"arm_half_width": w, "half_thickness": h}
+
+
+def _l_shape(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    a, b = _uniform(rng, 1.2, 2.0), _uniform(rng, 0.8, 1.5)
+    w, h = _uniform(rng, 0.35, 0.6), _uniform(rng, 0.2, 0.45)
+    polygon = np.array([[0.0, 0.0], [a, 0.0], [a, w], [w, w], [w, b], [0.0, b]])
+    return _prism(polygon, h, np.array([w / 2, w / 2])), {"long_leg": a, "short_leg": b, "width": w, "half_thickness": h}
+
+
+def _mug(rng: np.random.Generator) -> tuple[Triangles, dict]:
+    r, height = _uniform(rng, 0.5, 0.7), _uniform(rng, 1.0, 1.6)
+    wall, floor = 0.06, 0.08
+    body = [
+        _revolve(np.array([r, r]), np.array([0.0, height])),  # outer wall
+        _revolve(np.array([r - wall, r - wall]), np.array([floor, height])),  # inner wall
+        _disk(r, height, r - wall),  # rim
+        _disk(r, 0.0),  # bottom
+        _disk(r - wall, floor),  # inner floor
+    ]
+    loop, thickness = _uniform(rng, 0.25, 0.35) * height, 0.05 * height
+    phi = np.linspace(-math.pi / 2, math.pi / 2, 25)  # the half loop outside the wall, in the xz plane
+    radial = np.stack([np.cos(phi), np.zeros_like(phi), np.sin(phi)], -1)
+    centres = np.array([r, 0.0, height / 2]) + loop * radial
+    handle = _tube(centres, radial, np.broadcast_to([0.0, 1.0, 0.0], radial.shape), thickness)
+    return np.concatenate([*body, handle]), {"radius": r, "height": height, "handle_radius": loop}
+
+
+_BUILDERS: dict[str, tuple[Callable[[np.random.Generator], tuple[Triangles, dict]], str]] = {
+    "sphere": (_sphere, "sphere"),
+    "cube": (_cube, "cube"),
+    "torus": (_torus, "torus"),
+    "cylinder": (_cylinder, "cylinder"),
+    "cone": (_cone, "cone"),
+    "capsule": (_capsule, "capsule"),
+    "ring": (_ring, "ring"),
+    "pyramid": (_pyramid, "pyramid"),
+    "helix": (_helix, "helix"),
+    "star_prism": (_star_prism, "star prism"),
+    "cross": (_cross, "cross"),
+    "l_shape": (_l_shape, "L-shaped block"),
+    "mug": (_mug, "mug"),
+}
+
+SHAPE_CLASSES: tuple[str, ...] = tuple(_BUILDERS)
+"""Class names, in label-index order."""
+
+SHAPE_NOUNS: dict[str, str] = {name: noun for name, (_, noun) in _BUILDERS.items()}
+"""The noun each class uses in captions."""
+
+
+def shape_triangles(shape: str, rng: np.random.Generator) -> tuple[Triangles, dict]:
+    """The canonical triangle soup ``[F, 3, 3]`` of ``shape`` with proportions drawn from ``rng``.
+
+    Returns:
+        ``(triangles, params)`` where ``params`` holds the drawn proportions.
+    """
+    return _BUILDERS[_check_shape(shape)][0](rng)
+
+
+def _check_shape(shape: str) -> str:
+    if shape not in _BUILDERS:
+        raise ConfigError(f"unknown synthetic shape class {shape!r}; choose one of {', '.join(SHAPE_CLASSES)}")
+    return shape
+
+
+# ---------------------------------------------------------------------------- colour and pose
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly distributed rotation matrix ``[3, 3]`` (normalised Gaussian quaternion)."""
+    w, x, y, z = rng.standard_normal(4)
+    n = math.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w / n, x / n, y / n, z / n
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def pattern_mask(
+    pattern: str, points: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Which surface points take the secondary colour.
+
+    Args:
+        pattern: one of :data:`PATTERNS`.
+        points: ``[N, 3]`` canonical-frame surface points.
+        rng: the object's generator (the axis, stripe count, dot placement are drawn from it).
+
+    Returns:
+        ``(mask [N] bool, axis [3] or None, details)``: the canonical axis the stripes / split
+        run along (``None`` for solid and dotted) and the drawn pattern parameters.
+    """
+    axis_index = int(rng.integers(0, 3))
+    axis = np.eye(3)[axis_index]
+    proj = points @ axis
+    lo, hi = proj.min(), proj.max()
+    if pattern == "solid":
+        return np.zeros(len(points), dtype=bool), None, {}
+    if pattern == "striped":
+        count = int(rng.integers(4, 8))
+        band = np.minimum(((proj - lo) / (hi - lo) * count).astype(np.int64), count - 1)
+        return band % 2 == 1, axis, {"stripes": count}
+    if pattern == "two_tone":
+        return proj > (lo + hi) / 2, axis, {}
+    if pattern == "dotted":
+        count = int(rng.integers(10, 21))
+        centre = points.mean(axis=0)
+        size = np.linalg.norm(points - centre, axis=1).max()
+        radius = _uniform(rng, 0.12, 0.18) * size
+        dots = points[rng.choice(len(points), size=min(count, len(points)), replace=False)]
+        dist2 = ((points[:, None, :] - dots[None]) ** 2).sum(-1)  # [N, count]
+        return dist2.min(axis=1) < radius * radius, None, {"dots": count, "dot_radius": radius / size}
+    raise ConfigError(f"unknown pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
+
+
+def make_caption(shape: str, color: str, pattern: str, secondary: str | None) -> str:
+    """Template caption, e.g. ``"a blue torus with white stripes"``.
+
+    Templates: solid ``"a {color} {noun}"``; striped ``"a {color} {noun} with {secondary} stripes"``;
+    dotted ``"a {color} {noun} with {secondary} dots"``; two-tone
+    ``"a two-tone {color} and {secondary} {noun}"``.
+    The article becomes "an" before a vowel.
+    """
+    noun = SHAPE_NOUNS[_check_shape(shape)]
+    if pattern == "solid":
+        body = f"{color} {noun}"
+    elif pattern == "striped":
+        body = f"{color} {noun} with {secondary} stripes"
+    elif pattern == "dotted":
+        body = f"{color} {noun} with {secondary} dots"
+    elif pattern == "two_tone":
+        body = f"two-tone {color} and {secondary} {noun}"
+    else:
+        raise ConfigError(f"unknown pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
+    article = "an" if body[0] in "aeiou" else "a"
+    return f"{article} {body}"
+
+
+# ---------------------------------------------------------------------------- objects
+@dataclass(frozen=True, eq=False)
+class SyntheticObject:
+    """One labelled synthetic 3DGS object.
+
+    Attributes:
+        cloud: the Gaussians, normalised into the unit sphere.
+        label: the class name (one of :data:`SHAPE_CLASSES`).
+        label_index: ``SHAPE_CLASSES.index(label)``.
+        color_name: primary colour, a key of :data:`PALETTE`.
+        secondary_color_name: the pattern colour; ``None`` for ``solid``.
+        pattern: one of :data:`PATTERNS`.
+        caption: template caption naming colour(s), pattern and class (:func:`make_caption`).
+        seed: the seed the object was made from.
+        rotation: ``[3, 3]`` rotation applied to the canonical shape (world = R @ canonical).
+        pattern_axis: ``[3]`` world-frame direction the stripes / two-tone split run along, or ``None``.
+        params: drawn shape proportions and pattern parameters.
+    """
+
+    cloud: GaussianCloud
+    label: str
+    label_index: int
+    color_name: str
+    secondary_color_name: str | None
+    pattern: str
+    caption: str
+    seed: int
+    rotation: Tensor
+    pattern_axis: Tensor | None
+    params: dict = field(default_factory=dict)
+
+
+def make_object(
+    shape: str,
+    seed: int,
+    num_gaussians: int = 2048,
+    color: str | None = None,
+    pattern: str | None = None,
+    random_pose: bool = True,
+    opacity: float = 0.95,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
+    thickness_ratio: float = DEFAULT_THICKNESS_RATIO,
+) -> SyntheticObject:
+    """Build one synthetic object; a deterministic function of all arguments.
+
+    Args:
+        shape: one of :data:`SHAPE_CLASSES`.
+        seed: seed of every random choice (proportions, colours, pattern, pose, sampling). The
+            class index is mixed in, so the same seed gives unrelated draws for different classes.
+        num_gaussians: N.
+        color: primary colour name from :data:`PALETTE`; drawn from the seed when ``None``.
+        pattern: one of :data:`PATTERNS`; drawn from the seed when ``None``.
+        random_pose: apply a uniformly random rotation; ``False`` keeps the canonical pose
+            (z is the shape's axis). The draw happens either way, so the rest is unchanged.
+        opacity, scale_factor, thickness_ratio: disk parameters, as in
+            :func:`clip_gs.data.mesh.mesh_to_gaussians`.
+
+    Raises:
+        ConfigError: unknown shape (the message lists the classes), colour or pattern, or bad N.
+    """
+    label_index = SHAPE_CLASSES.index(_check_shape(shape))
+    if color is not None and color not in PALETTE:
+        raise ConfigError(f"unknown colour {color!r}; choose one of {', '.join(PALETTE)}")
+    if pattern is not None and pattern not in PATTERNS:
+        raise ConfigError(f"unknown pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
+    if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, int) or num_gaussians <= 0:
+        raise ConfigError(f"num_gaussians must be a positive int, got {num_gaussians!r}")
+
+    rng = np.random.default_rng([seed, label_index])
+    names = list(PALETTE)
+    # draw every choice unconditionally so that fixing one leaves the others as they were
+    drawn_color = names[int(rng.integers(len(names)))]
+    drawn_pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    secondary_offset = int(rng.integers(1, len(names)))
+    color = color or drawn_color
+    pattern = pattern or drawn_pattern
+    secondary = names[(names.index(color) + secondary_offset) % len(names)] if pattern != "solid" else None
+    rotation = random_rotation(rng)
+    if not random_pose:
+        rotation = np.eye(3)
+
+    triangles, params = shape_triangles(shape, rng)
+    face, _, points = sample_triangles(triangles, num_gaussians, rng)
+    normals = face_normals(triangles[face])
+    mask, axis, details = pattern_mask(pattern, points, rng)
+    rgb = np.where(mask[:, None], PALETTE[secondary] if secondary else 0.0, np.asarray(PALETTE[color]))
+
+    area = float(triangle_areas(triangles).sum())
+    cloud = surface_disks(
+        points @ rotation.T,
+        normals @ rotation.T,
+        rgb,
+        radius=disk_radius(area, num_gaussians, scale_factor),
+        thickness_ratio=thickness_ratio,
+        opacity=opacity,
+        source=f"synthetic:{shape}:{seed}",
+    ).normalized()
+    return SyntheticObject(
+        cloud=cloud,
+        label=shape,
+        label_index=label_index,
+        color_name=color,
+        secondary_color_name=secondary,
+        pattern=pattern,
+        caption=make_caption(shape, color, pattern, secondary),
+        seed=seed,
+        rotation=torch.as_tensor(rotation, dtype=torch.float32),
+        pattern_axis=None if axis is None else torch.as_tensor(rotation @ axis, dtype=torch.float32),
+        params={**params, **details},
+    )
+
+
+def object_seed(seed: int, index: int) -> int:
+    """The seed of item ``index`` of a dataset with ``seed`` (independent streams per item)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)[0])
+
+
+class SyntheticGaussianDataset(Dataset):
+    """A map-style dataset of synthetic objects, balanced over classes.
+
+    Item ``i`` has class ``classes[i % len(classes)]`` and is ``make_object(class, object_seed(seed, i))``:
+    a deterministic function of ``(seed, i)``, independent of the order items are read in.
+
+    Args:
+        num_objects: dataset length.
+        num_gaussians: Gaussians per object.
+        seed: dataset seed.
+        classes: subset of :data:`SHAPE_CLASSES` (default: all), in the order items cycle through.
+            Labels (``label_index``) always index the full :data:`SHAPE_CLASSES`.
+        **object_kwargs: forwarded to :func:`make_object` (``color``, ``pattern``, ``random_pose``, ...).
+    """
+
+    def __init__(
+        self,
+        num_objects: int,
+        num_gaussians: int = 2048,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
+        **object_kwargs,
+    ) -> None:
+        if num_objects <= 0:
+            raise ConfigError(f"num_objects must be positive, got {num_objects}")
+        self.classes = tuple(SHAPE_CLASSES if classes is None else classes)
+        if not self.classes:
+            raise ConfigError("classes must not be empty")
+        for name in self.classes:
+            _check_shape(name)
+        self.num_objects = num_objects
+        self.num_gaussians = num_gaussians
+        self.seed = seed
+        self.object_kwargs = object_kwargs
+
+    def __len__(self) -> int:
+        return self.num_objects
+
+    def label_of(self, index: int) -> str:
+        """The class of item ``index`` without building it."""
+        return self.classes[index % len(self.classes)]
+
+    def __getitem__(self, index: int) -> SyntheticObject:
+        if not -self.num_objects <= index < self.num_objects:
+            raise IndexError(f"index {index} out of range for {self.num_objects} synthetic objects")
+        index %= self.num_objects
+        return make_object(
+            self.label_of(index),
+            object_seed(self.seed, index),
+            num_gaussians=self.num_gaussians,
+            **self.object_kwargs,
+        )
+
+
+__all__ = [
+    "PALETTE",
+    "PATTERNS",
+    "SHAPE_CLASSES",
+    "SHAPE_NOUNS",
+    "SyntheticGaussianDataset",
+    "SyntheticObject",
+    "make_caption",
+    "make_object",
+    "object_seed",
+    "pattern_mask",
+    "random_rotation",
+    "shape_triangles",
+]
