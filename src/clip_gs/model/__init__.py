@@ -1,0 +1,25 @@
+"""The CLIP-GS network: configs and registry, GS Tokenizer, encoder, CLIPGS, Uni3D conversion.
+
+Nothing here imports Lightning: ``CLIPGS.from_pretrained(...)`` and ``encode`` work without it.
+"""
+
+from clip_gs.model.clipgs import CLIPGS, preprocess_cloud
+from clip_gs.model.config import MODEL_CONFIGS, CLIPGSConfig, get_model_config, list_models
+from clip_gs.model.encoder import GaussianEncoder, PatchDropout
+from clip_gs.model.tokenizer import GSTokenizer, make_patches
+from clip_gs.model.uni3d import UNI3D_CHECKPOINTS, convert_uni3d_state_dict
+
+__all__ = [
+    "CLIPGS",
+    "MODEL_CONFIGS",
+    "UNI3D_CHECKPOINTS",
+    "CLIPGSConfig",
+    "GSTokenizer",
+    "GaussianEncoder",
+    "PatchDropout",
+    "convert_uni3d_state_dict",
+    "get_model_config",
+    "list_models",
+    "make_patches",
+    "preprocess_cloud",
+]

@@ -1,0 +1,168 @@
+"""Model configurations as data: :class:`CLIPGSConfig` and the registry of named sizes.
+
+The named configurations follow Uni3D's sizes (the transformer is initialised from Uni3D), all
+aligned to the 1024-d embedding space of Uni3D's teacher ``EVA02-E-14-plus``
+(``laion2b_s9b_b144k``). ``CLIPGSConfig`` is what ``config.json`` holds on the Hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from clip_gs.errors import ConfigError
+
+SERIALIZATION_ORDERS = ("xyz", "hilbert", "z")
+
+
+@dataclass(frozen=True)
+class CLIPGSConfig:
+    """Architecture and preprocessing of a CLIP-GS encoder.
+
+    Transformer (Uni3D / timm EVA blocks, called without RoPE):
+        width: token width (Uni3D ``pc_feat_dim``). depth / num_heads: blocks and heads.
+        mlp_ratio, swiglu_mlp, scale_mlp, qkv_fused: EVA block variant of the Uni3D size (see
+        the registry); they decide the parameter names the Uni3D converter maps onto.
+        embed_dim: output embedding size = the CLIP teacher's (1024 for EVA02-E-14-plus).
+        drop_path_rate / patch_dropout: regularisation during training only.
+
+    Tokenizer (FPS + kNN patches):
+        num_gaussians: Gaussians sampled per object (Uni3D: 10,000).
+        num_groups / group_size: patches g and Gaussians per patch n (Uni3D: 512 x 64).
+        fps_start: ``"first"`` (index 0, as Uni3D's pointnet2 FPS) or ``"farthest"`` (the Gaussian
+            farthest from the centroid: independent of the order of Gaussians in the file).
+        point_encoder_dim: output width of the mini-PointNet (Uni3D ``pc_encoder_dim`` = 512).
+        gaussian_branch: True for CLIP-GS's GS refinement block; False gives the "P&C baseline",
+            exactly Uni3D's point encoder on Gaussian positions and colours.
+        serialization: orders used to serialize the Gaussians of a patch (paper: xyz-order,
+            Hilbert and Z-order). The paper does not say how the orders are combined; here each
+            order is processed by the shared convolution stack with its own learnable order
+            indicator (a per-order scale and shift, PointMamba style) and the pooled outputs
+            are averaged over orders (``order_fusion="mean"``).
+        serialization_bits: grid bits per axis for the space-filling curves.
+        gaussian_embed_dim: width of the "Linear & Norm" stem of the Gaussian branch.
+        gaussian_channels: output widths of the four 1x3 convolutions (strides 1, 1, 2, 2).
+        gaussian_pooling: global pooling of the conv features, ``"max"`` or ``"mean"`` (the paper
+            says "global pooling"; max matches the point branch).
+        scale_activation: how scales enter the Gaussian branch: ``"sigmoid"`` of the log-scale
+            (the paper) or ``"exp"``.
+
+    Teacher (used by training and zero-shot utilities, not by the encoder itself):
+        clip_model / clip_pretrained: open_clip model name and pretrained tag.
+    """
+
+    name: str = "custom"
+    # transformer
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4 * 2 / 3
+    swiglu_mlp: bool = True
+    scale_mlp: bool = True
+    qkv_fused: bool = False
+    embed_dim: int = 1024
+    drop_path_rate: float = 0.0
+    patch_dropout: float = 0.0
+    # tokenizer
+    num_gaussians: int = 10_000
+    num_groups: int = 512
+    group_size: int = 64
+    fps_start: str = "first"
+    point_encoder_dim: int = 512
+    gaussian_branch: bool = True
+    serialization: tuple[str, ...] = SERIALIZATION_ORDERS
+    serialization_bits: int = 10
+    order_fusion: str = "mean"
+    gaussian_embed_dim: int = 64
+    gaussian_channels: tuple[int, ...] = (64, 64, 128, 256)
+    gaussian_pooling: str = "max"
+    scale_activation: str = "sigmoid"
+    # provenance
+    uni3d_model: str | None = None
+    clip_model: str = "EVA02-E-14-plus"
+    clip_pretrained: str = "laion2b_s9b_b144k"
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep tuples so configs compare and hash consistently.
+        object.__setattr__(self, "serialization", tuple(self.serialization))
+        object.__setattr__(self, "gaussian_channels", tuple(int(c) for c in self.gaussian_channels))
+        problems = []
+        for name in ("width", "depth", "num_heads", "embed_dim", "num_gaussians", "num_groups", "group_size"):
+            if int(getattr(self, name)) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.width % self.num_heads:
+            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.num_groups > self.num_gaussians:
+            problems.append(f"num_groups {self.num_groups} > num_gaussians {self.num_gaussians}")
+        if self.group_size > self.num_gaussians:
+            problems.append(f"group_size {self.group_size} > num_gaussians {self.num_gaussians}")
+        if self.fps_start not in ("first", "farthest"):
+            problems.append(f"fps_start must be 'first' or 'farthest', got {self.fps_start!r}")
+        unknown = [o for o in self.serialization if o not in SERIALIZATION_ORDERS]
+        if unknown or (self.gaussian_branch and not self.serialization):
+            problems.append(f"serialization must be a non-empty subset of {SERIALIZATION_ORDERS}, got {self.serialization}")
+        if len(self.gaussian_channels) != 4:
+            problems.append("gaussian_channels must have 4 entries (one per 1x3 convolution)")
+        if self.gaussian_pooling not in ("max", "mean"):
+            problems.append(f"gaussian_pooling must be 'max' or 'mean', got {self.gaussian_pooling!r}")
+        if self.order_fusion != "mean":
+            problems.append(f"order_fusion must be 'mean', got {self.order_fusion!r}")
+        if self.scale_activation not in ("sigmoid", "exp"):
+            problems.append(f"scale_activation must be 'sigmoid' or 'exp', got {self.scale_activation!r}")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            problems.append(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if problems:
+            raise ConfigError(f"invalid CLIPGSConfig {self.name!r}: " + "; ".join(problems))
+
+    def replace(self, **overrides) -> CLIPGSConfig:
+        """A copy with fields overridden; unknown field names raise :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown CLIPGSConfig field(s) {unknown}; fields are {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CLIPGSConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown CLIPGSConfig field(s) {unknown}")
+        return cls(**data)
+
+
+def _uni3d(name: str, uni3d_model: str, width: int, depth: int, heads: int, **block) -> CLIPGSConfig:
+    return CLIPGSConfig(name=name, uni3d_model=uni3d_model, width=width, depth=depth, num_heads=heads, **block)
+
+
+_EVA02_SMALL_BLOCK = dict(mlp_ratio=4 * 2 / 3, swiglu_mlp=True, scale_mlp=False, qkv_fused=True)
+_EVA02_BASE_BLOCK = dict(mlp_ratio=4 * 2 / 3, swiglu_mlp=True, scale_mlp=True, qkv_fused=False)
+_EVA_GIANT_BLOCK = dict(mlp_ratio=6144 / 1408, swiglu_mlp=False, scale_mlp=False, qkv_fused=True)
+
+MODEL_CONFIGS: dict[str, CLIPGSConfig] = {
+    "clip-gs-tiny": _uni3d("clip-gs-tiny", "eva02_tiny_patch14_224", 192, 12, 3, **_EVA02_SMALL_BLOCK),
+    "clip-gs-small": _uni3d("clip-gs-small", "eva02_small_patch14_224", 384, 12, 6, **_EVA02_SMALL_BLOCK),
+    "clip-gs-base": _uni3d("clip-gs-base", "eva02_base_patch14_448", 768, 12, 12, **_EVA02_BASE_BLOCK),
+    "clip-gs-large": _uni3d("clip-gs-large", "eva02_large_patch14_448", 1024, 24, 16, **_EVA02_BASE_BLOCK),
+    "clip-gs-giant": _uni3d("clip-gs-giant", "eva_giant_patch14_560", 1408, 40, 16, **_EVA_GIANT_BLOCK),
+}
+"""Named configurations, one per Uni3D size (``from_config_name`` builds them)."""
+
+UNI3D_SIZES = {"tiny": "clip-gs-tiny", "small": "clip-gs-small", "base": "clip-gs-base",
+               "large": "clip-gs-large", "giant": "clip-gs-giant"}  # fmt: skip
+"""Uni3D size names -> registry names."""
+
+
+def list_models() -> list[str]:
+    """Names of the registered configurations."""
+    return list(MODEL_CONFIGS)
+
+
+def get_model_config(name: str, **overrides) -> CLIPGSConfig:
+    """The registered configuration ``name`` with optional field overrides."""
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model configuration {name!r}; registered: {list_models()}")
+    return MODEL_CONFIGS[name].replace(**overrides) if overrides else MODEL_CONFIGS[name]

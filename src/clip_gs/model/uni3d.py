@@ -1,0 +1,149 @@
+"""Convert Uni3D point-cloud checkpoints into CLIP-GS weights (timm ``checkpoint_filter_fn`` style).
+
+Uni3D (Zhou et al., ICLR 2024; weights on the Hub in ``BAAI/Uni3D``, e.g.
+``modelzoo/uni3d-b/model.pt``) stores its state dict under ``checkpoint["module"]`` with keys
+``logit_scale`` and ``point_encoder.*``. :func:`convert_uni3d_state_dict` is a pure function
+from that state dict to a :class:`~clip_gs.CLIPGS` state dict; the Gaussian branch, which Uni3D
+does not have, is absent from its output and keeps its own initialisation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from clip_gs.errors import CheckpointError
+from clip_gs.model.config import CLIPGSConfig
+
+UNI3D_CHECKPOINTS = {
+    "tiny": "hf://BAAI/Uni3D/modelzoo/uni3d-ti/model.pt",
+    "small": "hf://BAAI/Uni3D/modelzoo/uni3d-s/model.pt",
+    "base": "hf://BAAI/Uni3D/modelzoo/uni3d-b/model.pt",
+    "large": "hf://BAAI/Uni3D/modelzoo/uni3d-l/model.pt",
+    "giant": "hf://BAAI/Uni3D/modelzoo/uni3d-g/model.pt",
+}
+"""Published Uni3D checkpoints per size (trained with LVIS; ``from_uni3d`` takes any other file)."""
+
+# Uni3D prefix -> CLIPGS prefix (longest prefixes first)
+_RENAMES: tuple[tuple[str, str], ...] = (
+    ("point_encoder.encoder.first_conv.", "encoder.tokenizer.point_encoder.first_conv."),
+    ("point_encoder.encoder.second_conv.", "encoder.tokenizer.point_encoder.second_conv."),
+    ("point_encoder.encoder2trans.", "encoder.tokenizer.point_proj."),
+    ("point_encoder.trans2embed.", "encoder.head."),
+    ("point_encoder.pos_embed.", "encoder.pos_embed."),
+    ("point_encoder.visual.blocks.", "encoder.blocks."),
+    ("point_encoder.cls_token", "encoder.cls_token"),
+    ("point_encoder.cls_pos", "encoder.cls_pos"),
+    ("logit_scale", "logit_scale"),
+)
+
+# parts of the timm image model inside Uni3D that a point encoder never uses
+_DROPPED: tuple[str, ...] = (
+    "point_encoder.visual.patch_embed.",
+    "point_encoder.visual.pos_embed",
+    "point_encoder.visual.cls_token",
+    "point_encoder.visual.head.",
+    "point_encoder.visual.rope.",
+)
+
+GAUSSIAN_BRANCH_PREFIX = "encoder.tokenizer.gaussian_encoder."
+"""CLIPGS keys that Uni3D does not provide (documented as missing after conversion)."""
+
+
+def unwrap_uni3d_checkpoint(checkpoint: Mapping) -> dict[str, Tensor]:
+    """The state dict inside a Uni3D checkpoint: ``checkpoint["module"]`` (DeepSpeed) or
+    ``checkpoint["state_dict"]`` or the mapping itself, with any ``module.`` prefix removed."""
+    for key in ("module", "state_dict", "model"):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    state = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"Uni3D checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
+        state[key.removeprefix("module.")] = value
+    return state
+
+
+def convert_uni3d_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map a Uni3D state dict (keys ``logit_scale`` and ``point_encoder.*``) onto CLIPGS keys.
+
+    - ``point_encoder.encoder.*`` (mini-PointNet) -> ``encoder.tokenizer.point_encoder.*``
+    - ``point_encoder.encoder2trans`` -> ``encoder.tokenizer.point_proj``
+    - ``point_encoder.visual.blocks.*`` (timm EVA blocks) -> ``encoder.blocks.*``
+    - ``point_encoder.visual.norm`` or ``.fc_norm`` (whichever the writing timm version made a
+      LayerNorm) -> ``encoder.norm``
+    - ``point_encoder.trans2embed`` -> ``encoder.head``; ``pos_embed``, ``cls_token``,
+      ``cls_pos`` and ``logit_scale`` keep their names.
+    - Dropped: the image model's ``patch_embed``, ``pos_embed``, ``cls_token``, ``head`` and
+      RoPE buffers.
+
+    Raises:
+        CheckpointError: for keys that are neither mapped nor known to be unused, or for a
+            checkpoint with two final norms.
+    """
+    state = unwrap_uni3d_checkpoint(state_dict)
+    out: dict[str, Tensor] = {}
+    unexpected = []
+    norms = {
+        name: {k: v for k, v in state.items() if k.startswith(f"point_encoder.visual.{name}.")}
+        for name in ("norm", "fc_norm")
+    }
+    if norms["norm"] and norms["fc_norm"]:
+        raise CheckpointError(
+            "Uni3D checkpoint has both visual.norm and visual.fc_norm weights; expected exactly one final LayerNorm"
+        )
+    for key, value in state.items():
+        if key.startswith(_DROPPED):
+            continue
+        for name in ("norm", "fc_norm"):
+            prefix = f"point_encoder.visual.{name}."
+            if key.startswith(prefix):
+                out["encoder.norm." + key.removeprefix(prefix)] = value
+                break
+        else:
+            for old, new in _RENAMES:
+                if key.startswith(old):
+                    out[new + key.removeprefix(old)] = value
+                    break
+            else:
+                unexpected.append(key)
+    if unexpected:
+        raise CheckpointError(
+            f"Uni3D checkpoint has {len(unexpected)} key(s) with no CLIP-GS counterpart: {sorted(unexpected)[:10]}"
+        )
+    return out
+
+
+def load_checkpoint_file(path: str | os.PathLike[str]) -> dict:
+    """``torch.load`` a checkpoint safely (``weights_only=True``), mapping failures to
+    :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / unsafe pickles
+        raise CheckpointError(f"{path}: cannot load checkpoint safely (weights_only=True): {exc}") from exc
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"{path}: checkpoint is a {type(loaded).__name__}, not a state dict")
+    return dict(loaded)
+
+
+def infer_uni3d_size(state_dict: Mapping[str, Tensor]) -> str:
+    """The Uni3D size (tiny ... giant) whose width and depth match a converted state dict."""
+    from clip_gs.model.config import MODEL_CONFIGS, UNI3D_SIZES
+
+    if "encoder.cls_token" not in state_dict:
+        raise CheckpointError("cannot infer the Uni3D size: no point_encoder.cls_token in the checkpoint")
+    width = state_dict["encoder.cls_token"].shape[-1]
+    depth = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.blocks.")})
+    for size, name in UNI3D_SIZES.items():
+        config: CLIPGSConfig = MODEL_CONFIGS[name]
+        if config.width == width and config.depth == depth:
+            return size
+    raise CheckpointError(f"no Uni3D size has width {width} and depth {depth}")

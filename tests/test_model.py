@@ -1,0 +1,262 @@
+"""CLIPGS: registry, shapes, invariances, Hub round trip, Uni3D conversion and the P&C baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clip_gs import CheckpointError, ConfigError, GaussianCloud, WeightsUnavailableError
+from clip_gs.model import CLIPGS, CLIPGSConfig, PatchDropout, convert_uni3d_state_dict, get_model_config, list_models
+from clip_gs.model.clipgs import preprocess_cloud
+from clip_gs.model.reference import Uni3DPointEncoderReference
+from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX
+from tests.conftest import real_file
+from tests.test_cloud import random_cloud
+
+SMALL = dict(num_gaussians=512, num_groups=32, group_size=16)
+"""Tokenizer sizes that keep CPU tests fast."""
+
+
+def tiny_model(**overrides) -> CLIPGS:
+    torch.manual_seed(0)
+    return CLIPGS.from_config_name("clip-gs-tiny", **(SMALL | overrides)).eval()
+
+
+def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give BatchNorm layers non-trivial running statistics and affine values."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def test_registry_has_the_uni3d_sizes():
+    assert list_models() == ["clip-gs-tiny", "clip-gs-small", "clip-gs-base", "clip-gs-large", "clip-gs-giant"]
+    widths = [get_model_config(n).width for n in list_models()]
+    assert widths == [192, 384, 768, 1024, 1408]
+    assert all(get_model_config(n).embed_dim == 1024 for n in list_models())
+    with pytest.raises(ConfigError, match="unknown model configuration 'clip-gs-huge'"):
+        get_model_config("clip-gs-huge")
+    with pytest.raises(ConfigError, match="unknown CLIPGSConfig field"):
+        get_model_config("clip-gs-tiny", num_patches=3)
+    with pytest.raises(ConfigError, match="num_groups 600 > num_gaussians 500"):
+        CLIPGSConfig(num_gaussians=500, num_groups=600)
+    with pytest.raises(ConfigError, match="serialization"):
+        CLIPGSConfig(serialization=("peano",))
+
+
+@pytest.mark.parametrize("name", ["clip-gs-tiny", "clip-gs-small"])
+def test_encoder_output_shapes_and_unit_norm(name):
+    model = CLIPGS.from_config_name(name, **SMALL).eval()
+    clouds = [random_cloud(700, seed=i) for i in range(3)]
+    out = model.encode(clouds)
+    assert out.shape == (3, 1024) and out.dtype == torch.float32
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert model.encode(clouds[0]).shape == (1024,)
+
+
+@pytest.mark.parametrize(
+    ("name", "params_millions"),
+    [("clip-gs-base", (85, 100)), ("clip-gs-large", (300, 330)), ("clip-gs-giant", (1000, 1050))],
+)
+def test_large_sizes_build_on_the_meta_device(name, params_millions):
+    with torch.device("meta"):
+        model = CLIPGS.from_config_name(name)
+    config = model.config
+    assert len(model.encoder.blocks) == config.depth
+    assert model.encoder.cls_token.shape == (1, 1, config.width)
+    assert model.encoder.head.out_features == 1024
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert params_millions[0] < millions < params_millions[1]
+
+
+def test_encode_real_donut_gives_a_unit_vector():
+    path = real_file("gshairlod-donut/donut_fused.ply")
+    embedding = CLIPGS.from_config_name("clip-gs-tiny").encode(path)
+    assert embedding.shape == (1024,)
+    assert embedding.norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_encoder_is_invariant_to_the_order_of_gaussians():
+    model = tiny_model(fps_start="farthest")
+    cloud = random_cloud(512, seed=3)
+    perm = torch.randperm(512, generator=torch.Generator().manual_seed(1))
+    a = model.encode(cloud)
+    b = model.encode(cloud.index(perm))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fps_from_index_zero_depends_on_order_as_documented():
+    model = tiny_model(fps_start="first")
+    cloud = random_cloud(512, seed=3)
+    perm = torch.randperm(512, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(model.encode(cloud), model.encode(cloud.index(perm)), atol=1e-5)
+
+
+def test_q_and_minus_q_give_identical_embeddings():
+    model = tiny_model()
+    cloud = random_cloud(600, seed=5)
+    assert torch.equal(model.encode(cloud), model.encode(cloud.replace(quats=-cloud.quats)))
+
+
+def test_eval_is_deterministic_and_seed_controls_resampling():
+    model = tiny_model()
+    cloud = random_cloud(900, seed=6)
+    assert torch.equal(model.encode(cloud, seed=1), model.encode(cloud, seed=1))
+    assert not torch.equal(model.encode(cloud, seed=1), model.encode(cloud, seed=2))
+
+
+def test_patch_dropout_only_in_training():
+    drop = PatchDropout(0.5)
+    tokens = torch.randn(2, 1 + 10, 4)
+    drop.train()
+    out = drop(tokens)
+    assert out.shape == (2, 1 + 5, 4)
+    assert torch.equal(out[:, 0], tokens[:, 0])  # cls token always kept
+    drop.eval()
+    assert drop(tokens) is tokens
+    # the model's eval output does not depend on the patch dropout rate
+    a, b = tiny_model(patch_dropout=0.0), tiny_model(patch_dropout=0.5)
+    b.load_state_dict(a.state_dict())
+    cloud = random_cloud(512)
+    assert torch.equal(a.encode(cloud), b.encode(cloud))
+
+
+def test_gaussian_branch_sees_non_positional_attributes():
+    model = tiny_model()
+    for p in model.encoder.tokenizer.gaussian_encoder.proj.parameters():  # zero-initialised
+        torch.nn.init.normal_(p, std=0.1)
+    cloud = random_cloud(512)
+    other = cloud.replace(log_scales=cloud.log_scales + 1.0)
+    assert not torch.allclose(model.encode(cloud), model.encode(other), atol=1e-4)
+    pc = tiny_model(gaussian_branch=False)
+    assert torch.equal(pc.encode(cloud), pc.encode(other))  # P&C baseline ignores scales
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    model = tiny_model()
+    randomize_batchnorm(model)
+    model.save_pretrained(tmp_path / "m")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["name"] == "clip-gs-tiny" and config["num_groups"] == 32
+    loaded = CLIPGS.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config and not loaded.training
+    cloud = random_cloud(600)
+    assert torch.equal(model.encode(cloud), loaded.encode(cloud))
+
+
+def test_from_pretrained_errors(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        CLIPGS.from_pretrained(tmp_path / "m")
+    # weights of another architecture
+    tiny_model(gaussian_branch=False).save_pretrained(tmp_path / "pc")
+    config = json.loads((tmp_path / "pc" / "config.json").read_text())
+    config["gaussian_branch"] = True
+    (tmp_path / "pc" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="missing key"):
+        CLIPGS.from_pretrained(tmp_path / "pc")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        CLIPGS.from_pretrained(tmp_path / "empty")
+
+
+def test_from_pretrained_offline_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(WeightsUnavailableError, match="clip-gs/does-not-exist"):
+        CLIPGS.from_pretrained("clip-gs/does-not-exist", local_files_only=True)
+
+
+# ---------------------------------------------------------------------------- Uni3D conversion
+
+
+def uni3d_reference(size: str, **overrides) -> Uni3DPointEncoderReference:
+    return Uni3DPointEncoderReference(get_model_config(f"clip-gs-{size}", **overrides))
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "large", "giant"])
+def test_uni3d_state_dict_of_each_size_converts_without_leftovers(size):
+    with torch.device("meta"):
+        reference = uni3d_reference(size)
+        model = CLIPGS.from_config_name(f"clip-gs-{size}")
+    uni3d = reference.uni3d_state_dict()
+    assert any(".patch_embed." in k for k in uni3d["module"])  # the image parts are really there
+    converted = convert_uni3d_state_dict(uni3d)
+    own = model.state_dict()
+    unexpected = set(converted) - set(own)
+    missing = {k for k in set(own) - set(converted) if not k.startswith(GAUSSIAN_BRANCH_PREFIX)}
+    assert not unexpected and not missing
+    assert all(converted[k].shape == own[k].shape for k in converted)
+    # fused qkv (q_bias / v_bias) for tiny, small, giant; split q/k/v projections for base, large
+    fused = any(k.endswith("attn.qkv.weight") for k in converted)
+    assert fused == (size in ("tiny", "small", "giant"))
+
+
+def test_uni3d_final_norm_under_either_name():
+    with torch.device("meta"):
+        state = uni3d_reference("tiny").uni3d_state_dict()["module"]
+    renamed = {k.replace("visual.fc_norm.", "visual.norm."): v for k, v in state.items()}
+    assert "point_encoder.visual.norm.weight" in renamed
+    assert "encoder.norm.weight" in convert_uni3d_state_dict(renamed)
+    both = renamed | {"point_encoder.visual.fc_norm.weight": state["point_encoder.visual.fc_norm.weight"]}
+    with pytest.raises(CheckpointError, match="both visual.norm and visual.fc_norm"):
+        convert_uni3d_state_dict(both)
+    with pytest.raises(CheckpointError, match="no CLIP-GS counterpart.*point_encoder.extra"):
+        convert_uni3d_state_dict(state | {"point_encoder.extra.weight": torch.zeros(1)})
+
+
+def test_pc_baseline_matches_the_reference_uni3d_forward(tmp_path):
+    torch.manual_seed(0)
+    reference = uni3d_reference("tiny", **SMALL).eval()
+    randomize_batchnorm(reference)
+    checkpoint = tmp_path / "model.pt"
+    torch.save(reference.uni3d_state_dict(), checkpoint)
+    model = CLIPGS.from_uni3d(checkpoint, gaussian_branch=False, **SMALL).eval()
+    assert model.config.name == "clip-gs-tiny"  # size inferred from the weights
+    cloud = random_cloud(SMALL["num_gaussians"], seed=11)
+    features = preprocess_cloud(cloud, model.config)
+    with torch.no_grad():
+        expected = reference(features[None, :, :3], features[None, :, 3:6])
+        got = model(features[None])
+    assert torch.allclose(got, expected, atol=1e-5)
+    # with the Gaussian branch (zero-initialised output) the converted model starts as Uni3D
+    full = CLIPGS.from_uni3d(reference.uni3d_state_dict(), size="tiny", **SMALL).eval()
+    with torch.no_grad():
+        assert torch.allclose(full(features[None]), expected, atol=1e-5)
+
+
+def test_from_uni3d_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt: cannot load checkpoint safely"):
+        CLIPGS.from_uni3d(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        CLIPGS.from_uni3d(tmp_path / "absent.pt")
+    with pytest.raises(CheckpointError, match="unknown Uni3D size"):
+        CLIPGS.from_uni3d(size="medium")
+    small_state = uni3d_reference("tiny", **SMALL).uni3d_state_dict()
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        CLIPGS.from_uni3d(small_state, size="small")
+
+
+def test_uni3d_hub_reference_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(WeightsUnavailableError, match="BAAI/Uni3D"):
+        CLIPGS.from_uni3d(size="base")
+
+
+def test_preprocess_rejects_batched_clouds():
+    batched, _ = GaussianCloud.stack([random_cloud(10), random_cloud(10)])
+    with pytest.raises(ValueError, match="one object"):
+        preprocess_cloud(batched, get_model_config("clip-gs-tiny"))
