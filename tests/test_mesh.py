@@ -150,6 +150,14 @@ def test_uncoloured_mesh_gets_grey_and_a_warning_naming_the_file(tmp_path):
     torch.testing.assert_close(cloud.rgb, torch.tensor(NEUTRAL_GREY).expand(100, 3))
 
 
+def test_texture_without_uv_warns_and_falls_back_to_the_material_colour():
+    material = trimesh.visual.material.SimpleMaterial(image=_quadrant_texture(4), diffuse=[10, 20, 30, 255])
+    mesh = _unit_quad(trimesh.visual.TextureVisuals(material=material))
+    with pytest.warns(MeshColorWarning, match="texture but no per-vertex UVs"):
+        cloud = mesh_to_gaussians(mesh, num_gaussians=50)
+    torch.testing.assert_close(cloud.rgb, torch.tensor([10, 20, 30]).div(255.0).expand(50, 3))
+
+
 # ---------------------------------------------------------------------------- geometry
 def test_disks_lie_in_the_face_plane_with_density_scales():
     box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
@@ -265,7 +273,8 @@ def test_in_memory_degenerate_meshes():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"num_gaussians": 0}, {"num_gaussians": 2.5}, {"opacity": 1.0}, {"thickness_ratio": 0.0}, {"scale_factor": -1}]
+    "kwargs",
+    [{"num_gaussians": 0}, {"num_gaussians": 2.5}, {"opacity": 1.0}, {"thickness_ratio": 0.0}, {"scale_factor": -1}],
 )
 def test_bad_parameters_raise_config_error(kwargs):
     with pytest.raises(ConfigError):

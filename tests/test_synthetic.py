@@ -218,7 +218,11 @@ def test_unknown_class_lists_the_classes():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"color": "mauve"}, "unknown colour"), ({"pattern": "plaid"}, "unknown pattern"), ({"num_gaussians": 0}, "num_gaussians")],
+    [
+        ({"color": "mauve"}, "unknown colour"),
+        ({"pattern": "plaid"}, "unknown pattern"),
+        ({"num_gaussians": 0}, "num_gaussians"),
+    ],
 )
 def test_bad_options_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -60,7 +60,8 @@ DEFAULT_THICKNESS_RATIO = 0.1
 
 
 class MeshColorWarning(UserWarning):
-    """A mesh (or part of one) carries no colour information and was given :data:`NEUTRAL_GREY`."""
+    """Colour information was missing or unusable: a (part of a) mesh was given
+    :data:`NEUTRAL_GREY`, or a texture without UVs was ignored."""
 
 
 # ---------------------------------------------------------------------------- shared surface ops
@@ -264,8 +265,14 @@ class _Part:
     visual: object
 
 
-def _part_colors(part: _Part, face_index: np.ndarray, bary: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Colours of points sampled on one part; ``(None, reason)`` when the part has no colour."""
+def _part_colors(
+    part: _Part, face_index: np.ndarray, bary: np.ndarray, notes: list[str]
+) -> tuple[np.ndarray | None, str]:
+    """Colours of points sampled on one part; ``(None, reason)`` when the part has no colour.
+
+    Problems that make the lookup fall back to a lesser source (a texture without UVs) are
+    appended to ``notes`` so the caller can warn about them.
+    """
     import trimesh
 
     visual = part.visual
@@ -282,6 +289,13 @@ def _part_colors(part: _Part, face_index: np.ndarray, bary: np.ndarray) -> tuple
         color_attr = getattr(visual, "vertex_attributes", {}).get("color")
         if color_attr is not None and len(color_attr) == len(part.vertices):
             vertex_rgb = interpolate(_color_to_float(color_attr))
+        image = (
+            material.baseColorTexture
+            if isinstance(material, trimesh.visual.material.PBRMaterial)
+            else getattr(material, "image", None)
+        )
+        if image is not None and not has_uv:
+            notes.append(f"{part.name} has a texture but no per-vertex UVs; the texture is ignored")
         if isinstance(material, trimesh.visual.material.PBRMaterial):
             factor = material.baseColorFactor
             factor_rgb = None if factor is None else _color_to_float(factor).reshape(3)
@@ -396,7 +410,8 @@ def mesh_to_gaussians(
         ConfigError: invalid ``num_gaussians``, ``opacity``, ``scale_factor`` or ``thickness_ratio``.
 
     Warns:
-        MeshColorWarning: when (part of) the mesh has no colour and is given :data:`NEUTRAL_GREY`.
+        MeshColorWarning: when (part of) the mesh has no colour and is given :data:`NEUTRAL_GREY`,
+            or has a texture but no UVs (the next colour source is used).
     """
     if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, int) or num_gaussians <= 0:
         raise ConfigError(f"num_gaussians must be a positive int, got {num_gaussians!r}")
@@ -427,17 +442,20 @@ def mesh_to_gaussians(
     normals = face_normals(all_tri[face_index])
 
     rgb = np.empty((num_gaussians, 3))
-    grey_parts = []
+    grey_parts: list[str] = []
+    notes: list[str] = []
     sampled_owner = owner[face_index]
     for i, part in enumerate(parts):
         mask = sampled_owner == i
         if not mask.any():
             continue
-        colours, reason = _part_colors(part, face_index[mask] - offsets[i], bary[mask])
+        colours, reason = _part_colors(part, face_index[mask] - offsets[i], bary[mask], notes)
         if colours is None:
             grey_parts.append(f"{part.name} ({reason})")
             colours = np.broadcast_to(np.asarray(NEUTRAL_GREY), (int(mask.sum()), 3))
         rgb[mask] = colours
+    for note in notes:
+        warnings.warn(f"{source}: {note}", MeshColorWarning, stacklevel=2)
     if grey_parts:
         warnings.warn(
             f"{source}: no colour information for {', '.join(grey_parts)}; using neutral grey {NEUTRAL_GREY}",

@@ -91,7 +91,9 @@ def _disk(outer: float, z: float, inner: float = 0.0, segments: int = 48) -> Tri
     return _revolve(np.array([inner, outer]), np.array([z, z]), segments)
 
 
-def _tube(centres: np.ndarray, normals: np.ndarray, binormals: np.ndarray, radius: float, segments: int = 12) -> Triangles:
+def _tube(
+    centres: np.ndarray, normals: np.ndarray, binormals: np.ndarray, radius: float, segments: int = 12
+) -> Triangles:
     """Tube of ``radius`` around the curve ``centres [M, 3]`` with cross-section frame (N, B) ``[M, 3]``."""
     v = np.linspace(0.0, 2 * math.pi, segments + 1)[None, :, None]
     grid = centres[:, None] + radius * (np.cos(v) * normals[:, None] + np.sin(v) * binormals[:, None])
@@ -211,7 +213,8 @@ def _l_shape(rng: np.random.Generator) -> tuple[Triangles, dict]:
     a, b = _uniform(rng, 1.2, 2.0), _uniform(rng, 0.8, 1.5)
     w, h = _uniform(rng, 0.35, 0.6), _uniform(rng, 0.2, 0.45)
     polygon = np.array([[0.0, 0.0], [a, 0.0], [a, w], [w, w], [w, b], [0.0, b]])
-    return _prism(polygon, h, np.array([w / 2, w / 2])), {"long_leg": a, "short_leg": b, "width": w, "half_thickness": h}
+    params = {"long_leg": a, "short_leg": b, "width": w, "half_thickness": h}
+    return _prism(polygon, h, np.array([w / 2, w / 2])), params
 
 
 def _mug(rng: np.random.Generator) -> tuple[Triangles, dict]:
