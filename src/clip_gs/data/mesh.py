@@ -218,11 +218,12 @@ def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     (``GL_REPEAT``), including the bilinear neighbours at the borders.
 
     Args:
-        image: ``[H, W, C]`` float image (rows top to bottom).
+        image: ``[H, W, C]`` image (rows top to bottom), any numeric dtype; only the 4 texels
+            around each lookup are read and cast, so a large uint8 texture is never copied.
         uv: ``[N, 2]``.
 
     Returns:
-        ``[N, C]`` float64.
+        ``[N, C]`` float64, in the image's value range.
     """
     h, w = image.shape[:2]
     x = uv[:, 0] * w - 0.5
@@ -235,15 +236,19 @@ def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     y0 = y0.astype(np.int64)
     xa, xb = np.mod(x0, w), np.mod(x0 + 1, w)
     ya, yb = np.mod(y0, h), np.mod(y0 + 1, h)
-    img = np.asarray(image, dtype=np.float64)
-    top = img[ya, xa] * (1 - fx) + img[ya, xb] * fx
-    bottom = img[yb, xa] * (1 - fx) + img[yb, xb] * fx
+    img = np.asarray(image)
+
+    def texel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return img[rows, cols].astype(np.float64)
+
+    top = texel(ya, xa) * (1 - fx) + texel(ya, xb) * fx
+    bottom = texel(yb, xa) * (1 - fx) + texel(yb, xb) * fx
     return top * (1 - fy) + bottom * fy
 
 
-def _image_to_float(image) -> np.ndarray:
-    """PIL image (any mode) -> ``[H, W, 3]`` float in [0, 1]."""
-    return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+def _lookup_rgb(image, uv: np.ndarray) -> np.ndarray:
+    """Bilinear RGB in [0, 1] of a PIL image (any mode) at ``uv [N, 2]``."""
+    return sample_texture(np.asarray(image.convert("RGB")), uv) / 255.0
 
 
 def _color_to_float(color) -> np.ndarray:
@@ -301,7 +306,7 @@ def _part_colors(
             factor_rgb = None if factor is None else _color_to_float(factor).reshape(3)
             texture = material.baseColorTexture
             if texture is not None and has_uv:
-                rgb = sample_texture(_image_to_float(texture), interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
+                rgb = _lookup_rgb(texture, interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
                 if factor_rgb is not None:
                     rgb = rgb * factor_rgb
                 return (rgb if vertex_rgb is None else rgb * vertex_rgb), "texture"
@@ -313,7 +318,7 @@ def _part_colors(
         if material is not None:  # SimpleMaterial (OBJ/MTL)
             image = getattr(material, "image", None)
             if image is not None and has_uv:
-                rgb = sample_texture(_image_to_float(image), interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
+                rgb = _lookup_rgb(image, interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
                 return rgb, "texture"
             if vertex_rgb is not None:
                 return vertex_rgb, "vertex colours"
