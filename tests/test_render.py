@@ -74,7 +74,8 @@ def test_single_gaussian_matches_closed_form(mean, quat, scales):
         torch.tensor([[0.2, 0.6, 0.9]], dtype=F64),
         viewmats, Ks, width, height, tile_size=8,
     )  # fmt: skip
-    rgb, alpha, depth = expected_single(mean, q, scales, 0.8, (0.2, 0.6, 0.9), width, height, focal, width / 2, height / 2)
+    rgb, alpha, depth = expected_single(mean, q, scales, 0.8, (0.2, 0.6, 0.9), width, height, focal,
+                                        width / 2, height / 2)  # fmt: skip
     assert alpha.max() > 0.5 and (alpha > 0).sum() > 50  # the footprint really covers the image
     np.testing.assert_allclose(out.rgb[0].numpy(), rgb, atol=1e-12)
     np.testing.assert_allclose(out.alpha[0].numpy(), alpha, atol=1e-12)

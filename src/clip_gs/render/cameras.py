@@ -185,7 +185,7 @@ def orbit_cameras(
     if radius <= 0:
         raise RenderError(f"radius must be > 0, got {radius}")
     if not -90.0 < elevation_deg < 90.0:
-        raise RenderError(f"elevation_deg must lie in (-90, 90) (the roll is undefined at the poles), got {elevation_deg}")
+        raise RenderError(f"elevation_deg must lie in (-90, 90) (no roll at the poles), got {elevation_deg}")
     key = _UP_ALIASES.get(up, up)
     if key not in UP_AXES:
         raise RenderError(f"up must be one of {sorted(UP_AXES) + sorted(_UP_ALIASES)}, got {up!r}")

@@ -114,12 +114,15 @@ def project_gaussians(
 
     Args:
         means: ``[N, 3]``; quats: ``[N, 4]`` wxyz (normalised here); scales: ``[N, 3]`` activated;
-        opacities: ``[N]`` activated; colors: ``[N, K, 3]`` SH (with ``sh_degree``) or ``[N, 3]`` RGB.
+        opacities: ``[N]`` activated; colors: ``[N, K, 3]`` SH or ``[N, 3]`` RGB.
+        sh_degree: SH degree to evaluate (None: the full degree of K); ignored for RGB colors.
         viewmat: ``[4, 4]`` world-to-camera; K: ``[3, 3]``.
 
     Returns:
         :class:`ProjectedGaussians` of the M Gaussians that can touch a pixel.
     """
+    if colors.ndim == 3 and sh_degree is None:
+        sh_degree = sh_degree_from_coeffs(colors.shape[1])
     rot, trans = viewmat[:3, :3], viewmat[:3, 3]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     with torch.no_grad():
@@ -239,7 +242,8 @@ def composite_tile(
         g = gaussians[start : start + chunk_size]
         d = pixels[:, None, :] - proj.means2d[g][None]  # [P, G, 2]
         conic = proj.conics[g]
-        power = -0.5 * (conic[:, 0] * d[..., 0] ** 2 + conic[:, 2] * d[..., 1] ** 2) - conic[:, 1] * d[..., 0] * d[..., 1]
+        dx, dy = d[..., 0], d[..., 1]
+        power = -0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) - conic[:, 1] * dx * dy
         alpha = torch.clamp(proj.opacities[g] * torch.exp(power), max=ALPHA_MAX)
         alpha = torch.where((alpha >= ALPHA_MIN) & (power <= 0), alpha, torch.zeros_like(alpha))
 
@@ -296,7 +300,8 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
     for name, value in (("means", means), ("quats", quats), ("scales", scales), ("opacities", opacities),
                         ("colors", colors), ("viewmats", viewmats), ("Ks", Ks)):  # fmt: skip
         if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise RenderError(f"{name} must be a floating-point tensor, got {shape(value)} {getattr(value, 'dtype', '')}")
+            dtype = getattr(value, "dtype", "")
+            raise RenderError(f"{name} must be a floating-point tensor, got {shape(value)} {dtype}")
     if means.ndim != 2 or means.shape[1] != 3:
         raise RenderError(f"means must be [N, 3], got {shape(means)}")
     n = means.shape[0]
@@ -313,7 +318,9 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
             raise RenderError(f"SH colors must be [N, K, 3] with N={n}, got {shape(colors)}")
         available = sh_degree_from_coeffs(colors.shape[1])
         if sh_degree is not None and not 0 <= sh_degree <= available:
-            raise RenderError(f"sh_degree={sh_degree} but colors hold {colors.shape[1]} coefficients (degree {available})")
+            raise RenderError(
+                f"sh_degree={sh_degree} but colors hold {colors.shape[1]} coefficients (degree {available})"
+            )
     else:
         raise RenderError(f"colors must be [N, 3] RGB or [N, K, 3] SH, got {shape(colors)}")
     if viewmats.ndim != 3 or viewmats.shape[1:] != (4, 4):

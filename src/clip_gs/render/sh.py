@@ -93,7 +93,7 @@ def eval_sh(coeffs: Tensor, dirs: Tensor, degree: int) -> Tensor:
         raise RenderError(f"sh degree {degree} needs {k} coefficients per channel, got {coeffs.shape[-2]}")
     unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     basis = sh_basis(unit, degree)  # [..., k]
-    return (basis.unsqueeze(-1) * coeffs[..., :k, :]).sum(dim=-2)
+    return torch.einsum("...k,...kc->...c", basis, coeffs[..., :k, :])  # no [..., K, 3] temporary
 
 
 def sh_to_rgb(coeffs: Tensor, dirs: Tensor, degree: int) -> Tensor:
