@@ -10,16 +10,48 @@ from clip_gs.errors import (
     GaussianFormatError,
     MeshError,
     MissingDependencyError,
+    NotGaussianDataError,
     RenderError,
     UnsupportedFormatError,
     WeightsUnavailableError,
 )
 from clip_gs.gaussians import FEATURE_LAYOUT, GaussianCloud, load_gaussians, save_gaussians
+from clip_gs.model import CLIPGS, CLIPGSConfig, get_model_config, list_models
+
+# Submodules with heavier imports (trimesh, the rasterizer) load on first use.
+_LAZY = {
+    "mesh_to_gaussians": "clip_gs.data.mesh",
+    "load_asset": "clip_gs.data.assets",
+    "make_object": "clip_gs.data.synthetic",
+    "SyntheticGaussianDataset": "clip_gs.data.synthetic",
+    "render_cloud": "clip_gs.render",
+    "orbit_cameras": "clip_gs.render",
+    "contact_sheet": "clip_gs.render",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clip_gs' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLIPGS",
     "FEATURE_LAYOUT",
+    "CLIPGSConfig",
+    "SyntheticGaussianDataset",
+    "contact_sheet",
+    "get_model_config",
+    "list_models",
+    "load_asset",
+    "make_object",
+    "mesh_to_gaussians",
+    "orbit_cameras",
+    "render_cloud",
     "CheckpointError",
     "ClipGSError",
     "ConfigError",
@@ -27,6 +59,7 @@ __all__ = [
     "GaussianFormatError",
     "MeshError",
     "MissingDependencyError",
+    "NotGaussianDataError",
     "RenderError",
     "UnsupportedFormatError",
     "WeightsUnavailableError",

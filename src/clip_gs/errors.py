@@ -21,6 +21,10 @@ class UnsupportedFormatError(GaussianFormatError):
     """The input is a known or unknown format that this version cannot read or write."""
 
 
+class NotGaussianDataError(GaussianFormatError):
+    """A valid file of another kind (a mesh or a plain point cloud) where 3DGS was expected."""
+
+
 class MeshError(ClipGSError, ValueError):
     """A mesh cannot be loaded or converted to Gaussians."""
 
@@ -52,6 +56,7 @@ __all__ = [
     "GaussianFormatError",
     "MeshError",
     "MissingDependencyError",
+    "NotGaussianDataError",
     "RenderError",
     "UnsupportedFormatError",
     "WeightsUnavailableError",

@@ -16,7 +16,7 @@ import numpy as np
 import plyfile
 import torch
 
-from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
+from clip_gs.errors import GaussianFormatError, NotGaussianDataError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
 from clip_gs.gaussians.formats.ply_header import PlyHeader, read_ply_header
 
@@ -70,7 +70,7 @@ def read_ply(path: Path) -> GaussianCloud:
     missing = [name for name in REQUIRED if name not in names]
     if missing:
         message = _classify_non_gaussian(path, header, missing)
-        error = UnsupportedFormatError if header.element("chunk") is not None else GaussianFormatError
+        error = UnsupportedFormatError if header.element("chunk") is not None else NotGaussianDataError
         raise error(message)
     list_props = [p.name for p in vertex.properties if p.list_count_dtype is not None]
     if list_props:

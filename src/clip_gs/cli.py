@@ -1,0 +1,140 @@
+"""The ``clip-gs`` command.
+
+Subcommands:
+    clip-gs info FILE                       count, SH degree, bounds, attribute statistics
+    clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
+
+Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from clip_gs.errors import ClipGSError
+
+
+def _statistics_rows(cloud) -> list[tuple[str, torch.Tensor]]:
+    return [
+        ("position", cloud.means),
+        ("rgb", cloud.rgb),
+        ("opacity", cloud.opacity.unsqueeze(-1)),
+        ("scale", cloud.scales),
+    ]
+
+
+def format_info(cloud) -> str:
+    """A human-readable summary of an unbatched cloud (what ``clip-gs info`` prints)."""
+    lines = [
+        f"file:        {cloud.source}",
+        f"gaussians:   {cloud.num_gaussians:,}",
+        f"sh degree:   {cloud.sh_degree}",
+    ]
+    low, high = cloud.means.amin(0), cloud.means.amax(0)
+    lines.append(f"bounds min:  {_vec(low)}")
+    lines.append(f"bounds max:  {_vec(high)}")
+    lines.append(f"extent:      {_vec(high - low)}")
+    lines.append("")
+    lines.append(f"{'attribute':<10} {'min':>10} {'mean':>10} {'max':>10} {'std':>10}")
+    for name, values in _statistics_rows(cloud):
+        flat = values.reshape(-1, values.shape[-1]).double()
+        for c in range(flat.shape[1]):
+            label = name if flat.shape[1] == 1 else f"{name}[{'xyz'[c] if name != 'rgb' else 'rgb'[c]}]"
+            col = flat[:, c]
+            lines.append(
+                f"{label:<10} {col.min().item():>10.4g} {col.mean().item():>10.4g} "
+                f"{col.max().item():>10.4g} {col.std(unbiased=False).item():>10.4g}"
+            )
+    return "\n".join(lines)
+
+
+def _vec(v: torch.Tensor) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in v.tolist()) + ")"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from clip_gs.data.assets import load_asset
+
+    cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
+    print(format_info(cloud))
+    return 0
+
+
+def render_sheet(
+    cloud,
+    views: int = 4,
+    size: int = 256,
+    elevation: float = 20.0,
+    up: str = "+y",
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    progress: bool | None = None,
+):
+    """Render ``views`` orbit views of a cloud (normalised first) into a contact sheet image."""
+    from clip_gs.render import contact_sheet, orbit_cameras, render_cloud
+
+    cloud = cloud.normalized()
+    cameras = orbit_cameras(views, elevation_deg=elevation, width=size, height=size, up=up)
+    bg = torch.tensor(background, dtype=cloud.dtype)
+    show = progress if progress is not None else cloud.num_gaussians * views >= 200_000
+    indices = range(views)
+    if show:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"render {cloud.num_gaussians:,} Gaussians", unit="view")
+    images = [render_cloud(cloud, cameras[i : i + 1], background=bg).rgb for i in indices]
+    return contact_sheet(torch.cat(images))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from clip_gs.data.assets import load_asset
+
+    cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
+    sheet = render_sheet(cloud, views=args.views, size=args.size, elevation=args.elevation, up=args.up)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(output)
+    print(f"wrote {output} ({args.views} views of {cloud.num_gaussians:,} Gaussians from {args.file})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_asset_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="3DGS file (.ply, .splat, .spz, compressed .ply) or mesh (.obj, .glb, ...)")
+        p.add_argument("--num-gaussians", type=int, default=100_000, help="Gaussians sampled on a mesh")
+        p.add_argument("--seed", type=int, default=0, help="seed of the mesh surface sampling")
+
+    info = sub.add_parser("info", help="print count, SH degree, bounds and attribute statistics")
+    add_asset_options(info)
+    info.set_defaults(func=cmd_info)
+
+    render = sub.add_parser("render", help="render a contact sheet of orbit views")
+    add_asset_options(render)
+    render.add_argument("-o", "--output", required=True, help="output image (.png, .jpg)")
+    render.add_argument("--views", type=int, default=4, help="number of orbit views")
+    render.add_argument("--size", type=int, default=256, help="view width and height in pixels")
+    render.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees")
+    render.add_argument("--up", default="+y", help="world up axis: +y (glTF, most 3DGS), -y, +z, -z")
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ClipGSError as exc:
+        print(f"clip-gs {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
