@@ -135,7 +135,9 @@ def test_fps_errors(fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("batch", "num_queries", "num_points", "k"), [(1, 1, 1, 1), (2, 33, 500, 16), (3, 70, 1500, 64)])
+@pytest.mark.parametrize(
+    ("batch", "num_queries", "num_points", "k"), [(1, 1, 1, 1), (2, 33, 500, 16), (3, 70, 1500, 64)]
+)
 def test_knn_fast_equals_reference(batch, num_queries, num_points, k, dtype):
     pts = _cloud(batch, num_points, dtype, seed=1)
     query = _cloud(batch, num_queries, dtype, seed=2)
@@ -243,7 +245,10 @@ def test_group_centre_first_with_duplicates():
     dup = base[:, :1].expand(1, 30, 3)
     pts = torch.cat([dup, base], dim=1)  # indices 0..29 and 30 are all the same point
     # random starts landing on the duplicates: draw seeds until one starts at a duplicate index > 0
-    seed = next(s for s in range(1000) if 0 < int(torch.randint(130, (1,), generator=torch.Generator().manual_seed(s))) <= 30)
+    def first_start(seed: int) -> int:
+        return int(torch.randint(130, (1,), generator=torch.Generator().manual_seed(seed)))
+
+    seed = next(s for s in range(1000) if 0 < first_start(s) <= 30)
     for size in (8, 40):  # centre among the K nearest ties, and K smaller than the number of ties
         center_idx, neighbor_idx = group(pts, 5, size, start="random", seed=seed)
         ref_c, ref_n = group_reference(pts, 5, size, start="random", seed=seed)
