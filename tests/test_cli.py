@@ -1,0 +1,73 @@
+"""The clip-gs command (info, render) and load_asset's 3DGS-or-mesh dispatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from clip_gs import GaussianFormatError, UnsupportedFormatError, load_asset, make_object, save_gaussians
+from clip_gs.cli import main
+from tests.conftest import real_file
+
+
+@pytest.fixture
+def torus_ply(tmp_path):
+    obj = make_object("torus", seed=1, num_gaussians=3000, color="red", pattern="solid")
+    return save_gaussians(obj.cloud, tmp_path / "torus.ply")
+
+
+def test_info_prints_count_degree_and_statistics(torus_ply, capsys):
+    assert main(["info", str(torus_ply)]) == 0
+    out = capsys.readouterr().out
+    assert "gaussians:   3,000" in out and "sh degree:   0" in out
+    assert "opacity" in out and "rgb[r]" in out and "bounds min" in out
+
+
+def test_render_writes_a_contact_sheet(torus_ply, tmp_path, capsys):
+    target = tmp_path / "sub" / "sheet.png"
+    assert main(["render", str(torus_ply), "-o", str(target), "--views", "2", "--size", "48"]) == 0
+    image = np.asarray(Image.open(target).convert("RGB")).astype(float) / 255
+    assert image.shape[0] == 48 + 4 and image.shape[1] == 2 * 48 + 6  # one row of two tiles, 2 px padding
+    # a red torus on white: some pixels are clearly red, and the background is white
+    red = (image[..., 0] > 0.6) & (image[..., 1] < 0.4) & (image[..., 2] < 0.4)
+    assert red.mean() > 0.05
+    assert (image.min(axis=-1) > 0.95).mean() > 0.3
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.ply"
+    bad.write_bytes(b"ply\nformat ascii 1.0\n")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clip-gs info: error:") and "bad.ply" in err and err.count("\n") == 1
+
+
+def test_load_asset_converts_meshes_and_reads_3dgs(tmp_path, torus_ply):
+    assert len(load_asset(torus_ply)) == 3000
+    box = trimesh.creation.box()
+    box.export(tmp_path / "box.ply")  # a mesh .ply: falls through to the mesh converter
+    box.export(tmp_path / "box.stl")
+    for name in ("box.ply", "box.stl"):
+        cloud = load_asset(tmp_path / name, num_gaussians=500, seed=0)
+        assert len(cloud) == 500
+        assert cloud.means.norm(dim=-1).max().item() == pytest.approx(1.0, abs=1e-5)
+    (tmp_path / "x.bin").write_bytes(b"\x01" * 64)
+    with pytest.raises(UnsupportedFormatError):
+        load_asset(tmp_path / "x.bin")
+    truncated = tmp_path / "t.ply"
+    truncated.write_bytes(torus_ply.read_bytes()[:-100])
+    with pytest.raises(GaussianFormatError, match="truncated"):
+        load_asset(truncated)
+
+
+def test_render_real_duck_is_yellow(tmp_path):
+    duck = real_file("trimesh-models/Duck.glb")
+    target = tmp_path / "duck.png"
+    assert main(["render", str(duck), "-o", str(target), "--views", "2", "--size", "64", "--num-gaussians", "8000"]) == 0
+    image = np.asarray(Image.open(target).convert("RGB")).astype(float) / 255
+    body = image[image.min(axis=-1) < 0.9]  # not background
+    r, g, b = body.mean(axis=0)
+    assert r > 0.8 and g > 0.6 and b < 0.35
