@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -343,6 +344,33 @@ def test_compressed_ply_wrong_property_type(tmp_path):
     data = encode_compressed_ply(random_cloud(10, 1)).replace(b"property uint packed_color", b"property float packed_color")
     with pytest.raises(GaussianFormatError, match="wrong type"):
         load_gaussians(write_bytes(tmp_path, "c.ply", data))
+
+
+def test_compressed_ply_nan_bounds_are_a_typed_error(tmp_path):
+    data = bytearray(encode_compressed_ply(random_cloud(10, 1)))
+    start = data.find(b"end_header\n") + len(b"end_header\n")
+    data[start : start + 4] = struct.pack("<I", 0x7FA00000)  # a signalling NaN as min_x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(GaussianFormatError, match="non-finite"):
+            load_gaussians(write_bytes(tmp_path, "nan.compressed.ply", bytes(data)))
+
+
+def test_compressed_ply_duplicate_elements(tmp_path):
+    data = encode_compressed_ply(random_cloud(10, 1, sh_degree=1))
+    data = data.replace(b"element sh 10\n", b"element sh 1\nproperty uchar f_rest_0\nelement sh 10\n")
+    with pytest.raises(GaussianFormatError):
+        load_gaussians(write_bytes(tmp_path, "dup.compressed.ply", data))
+
+
+def test_ply_huge_list_element_claim_fails_fast(tmp_path):
+    """A header claiming 10^12 faces is refused from the header alone (before plyfile allocates)."""
+    save_gaussians(random_cloud(5, 0), tmp_path / "a.ply")
+    data = (tmp_path / "a.ply").read_bytes().replace(
+        b"end_header", b"element face 1000000000000\nproperty list uchar int vertex_indices\nend_header"
+    )
+    with pytest.raises(GaussianFormatError, match="at least"):
+        load_gaussians(write_bytes(tmp_path, "faces.ply", data))
 
 
 def _check_chunk_bounds(path, cloud):

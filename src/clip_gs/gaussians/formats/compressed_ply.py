@@ -60,6 +60,10 @@ def _element_arrays(path: Path, header: PlyHeader) -> dict[str, np.ndarray]:
     """Structured arrays of every element (binary PLY without list properties), sizes checked."""
     if header.format == "ascii":
         raise UnsupportedFormatError(f"{path}: ASCII compressed PLY is not supported (SuperSplat writes binary)")
+    names = [element.name for element in header.elements]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise GaussianFormatError(f"{path}: PLY header declares the element(s) {duplicated} more than once")
     for element in header.elements:
         if element.has_lists:
             raise GaussianFormatError(
@@ -170,8 +174,10 @@ def read_compressed_ply(path: Path, opacity_eps: float = DEFAULT_OPACITY_EPS) ->
 
     arrays = _element_arrays(path, header)
     chunks = arrays["chunk"]
-    bounds = {name: chunks[name].astype(np.float64) for name in chunks.dtype.names}
-    bad = [name for name in (*CHUNK_BOUNDS, *(CHUNK_COLOR_BOUNDS if has_color_bounds else ())) if not np.isfinite(bounds[name]).all()]
+    used = (*CHUNK_BOUNDS, *(CHUNK_COLOR_BOUNDS if has_color_bounds else ()))
+    with np.errstate(invalid="ignore"):  # a signalling NaN raises 'invalid' when widened
+        bounds = {name: chunks[name].astype(np.float64) for name in used}
+    bad = [name for name in used if not np.isfinite(bounds[name]).all()]
     if bad:
         raise GaussianFormatError(f"{path}: compressed PLY chunk bounds {bad} hold non-finite values")
     owner = np.arange(n) // CHUNK_SIZE  # chunk of each Gaussian

@@ -50,6 +50,10 @@ class PlyElement:
         """Bytes per row in a binary file (only for elements without list properties)."""
         return sum(np.dtype(p.dtype).itemsize for p in self.properties)
 
+    def min_row_bytes(self) -> int:
+        """Fewest bytes a binary row can take: a list property takes at least its count field."""
+        return sum(np.dtype(p.list_count_dtype or p.dtype).itemsize for p in self.properties)
+
 
 @dataclass
 class PlyHeader:
@@ -156,13 +160,12 @@ def _check_size(path: Path, header: PlyHeader, size: int) -> None:
                 f"but only {remaining:,} bytes follow it"
             )
         return
-    need = 0
-    for element in header.elements:
-        if element.has_lists:
-            return  # sizes unknown until read; plyfile checks end-of-file itself
-        need += element.count * element.row_bytes()
+    # exact without list properties; with them a lower bound (every list empty), which still
+    # stops a header claiming 10^12 faces before plyfile allocates them
+    need = sum(element.count * element.min_row_bytes() for element in header.elements)
     if need > remaining:
+        at_least = "at least " if any(e.has_lists for e in header.elements) else ""
         raise GaussianFormatError(
-            f"{path}: truncated PLY: the header claims {need:,} data bytes "
+            f"{path}: truncated PLY: the header claims {at_least}{need:,} data bytes "
             f"({', '.join(f'{e.count:,} {e.name}' for e in header.elements)}) but only {remaining:,} follow it"
         )
