@@ -71,3 +71,16 @@ def test_render_real_duck_is_yellow(tmp_path):
     body = image[image.min(axis=-1) < 0.9]  # not background
     r, g, b = body.mean(axis=0)
     assert r > 0.8 and g > 0.6 and b < 0.35
+
+
+def test_background_option(torus_ply, tmp_path):
+    from clip_gs.cli import parse_background
+
+    assert parse_background("grey") == (0.5, 0.5, 0.5)
+    assert parse_background("0.1,0.2,0.3") == (0.1, 0.2, 0.3)
+    with pytest.raises(Exception, match="background must be"):
+        parse_background("1,2")
+    target = tmp_path / "black.png"
+    assert main(["render", str(torus_ply), "-o", str(target), "--views", "1", "--size", "32", "--background", "black"]) == 0
+    image = np.asarray(Image.open(target).convert("RGB"))[2:-2, 2:-2]
+    assert image[0, 0].tolist() == [0, 0, 0]  # a corner of the view is background

@@ -54,6 +54,24 @@ def format_info(cloud) -> str:
     return "\n".join(lines)
 
 
+NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5), "gray": (0.5, 0.5, 0.5)}
+
+
+def parse_background(text: str) -> tuple[float, float, float]:
+    """``"white"``, ``"black"``, ``"grey"`` or ``"r,g,b"`` with components in [0, 1]."""
+    if text in NAMED_BACKGROUNDS:
+        return NAMED_BACKGROUNDS[text]
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"background must be one of {sorted(NAMED_BACKGROUNDS)} or 'r,g,b' in [0, 1], got {text!r}"
+        )
+    return values
+
+
 def _vec(v: torch.Tensor) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v.tolist()) + ")"
 
@@ -95,7 +113,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from clip_gs.data.assets import load_asset
 
     cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
-    sheet = render_sheet(cloud, views=args.views, size=args.size, elevation=args.elevation, up=args.up)
+    sheet = render_sheet(
+        cloud, views=args.views, size=args.size, elevation=args.elevation, up=args.up, background=args.background
+    )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
@@ -123,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--size", type=int, default=256, help="view width and height in pixels")
     render.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees")
     render.add_argument("--up", default="+y", help="world up axis: +y (glTF, most 3DGS), -y, +z, -z")
+    render.add_argument(
+        "--background", type=parse_background, default="white", help="white, black, grey or r,g,b in [0, 1]"
+    )
     render.set_defaults(func=cmd_render)
     return parser
 
