@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from clip_gs.errors import GaussianFormatError, MissingDependencyError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import SH_C0, GaussianCloud, sh_coeff_count
-from clip_gs.gaussians.formats import read_compressed_ply, read_splat, read_spz, write_splat
+from clip_gs.gaussians.formats import read_compressed_ply, read_splat, read_spz
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, splat_importance_order
 from clip_gs.gaussians.io import load_gaussians, registered_formats, save_gaussians
 from tests.conftest import real_file
@@ -71,7 +71,8 @@ def encode_compressed_ply(cloud: GaussianCloud, color_bounds: bool = True) -> by
         (plo, phi), (slo, shi) = row[0], row[1]
         for col, (values, lo, hi) in enumerate(((means, plo, phi), (log_scales, slo, shi))):
             v = values[sl]
-            word = (unorm(v[:, 0], lo[0], hi[0], 11) << 21) | (unorm(v[:, 1], lo[1], hi[1], 10) << 11) | unorm(v[:, 2], lo[2], hi[2], 11)
+            word = (unorm(v[:, 0], lo[0], hi[0], 11) << 21) | (unorm(v[:, 1], lo[1], hi[1], 10) << 11)
+            word |= unorm(v[:, 2], lo[2], hi[2], 11)
             packed[sl, 0 if col == 0 else 2] = word
         if color_bounds:
             clo, chi = row[2]
@@ -98,7 +99,8 @@ def encode_compressed_ply(cloud: GaussianCloud, color_bounds: bool = True) -> by
     k = sh_coeff_count(degree) - 1
     lines = ["ply", "format binary_little_endian 1.0", "comment test encoder", f"element chunk {chunks}"]
     lines += [f"property float {name}" for name in names]
-    lines += [f"element vertex {n}"] + [f"property uint {p}" for p in ("packed_position", "packed_rotation", "packed_scale", "packed_color")]
+    lines += [f"element vertex {n}"]
+    lines += [f"property uint {p}" for p in ("packed_position", "packed_rotation", "packed_scale", "packed_color")]
     body = np.asarray(chunk_rows, dtype="<f4").tobytes() + packed.astype("<u4").tobytes()
     if degree > 0:
         lines += [f"element sh {n}"] + [f"property uchar f_rest_{i}" for i in range(3 * k)]
@@ -109,7 +111,6 @@ def encode_compressed_ply(cloud: GaussianCloud, color_bounds: bool = True) -> by
 
 def spz_arrays(cloud: GaussianCloud, version: int, fractional_bits: int = 12) -> list[bytes]:
     """The spz attribute arrays (positions, alphas, colours, scales, rotations[, sh]), as stored."""
-    n = cloud.num_gaussians
     fixed = np.rint(cloud.means.double().numpy() * (1 << fractional_bits)).astype(np.int64) & 0xFFFFFF
     positions = np.stack([fixed & 0xFF, (fixed >> 8) & 0xFF, fixed >> 16], axis=-1).astype(np.uint8)
     alphas = np.clip(np.rint(cloud.opacity.double().numpy() * 255), 0, 255).astype(np.uint8)
@@ -206,7 +207,8 @@ def test_splat_opacity_eps_is_a_parameter(tmp_path):
     records += struct.pack("<3f3f4B4B", 0, 0, 0, 1, 1, 1, 0, 0, 0, 255, 255, 128, 128, 128)
     path = write_bytes(tmp_path, "edge.splat", records)
     default = read_splat(path).opacity.double()
-    assert torch.allclose(default, torch.tensor([DEFAULT_OPACITY_EPS, 1 - DEFAULT_OPACITY_EPS], dtype=torch.float64), atol=1e-7)
+    expected = torch.tensor([DEFAULT_OPACITY_EPS, 1 - DEFAULT_OPACITY_EPS], dtype=torch.float64)
+    assert torch.allclose(default, expected, atol=1e-7)
     loose = read_splat(path, opacity_eps=1e-2).opacity.double()
     assert torch.allclose(loose, torch.tensor([1e-2, 0.99], dtype=torch.float64), atol=1e-6)
     with pytest.raises(ValueError):
@@ -341,7 +343,8 @@ def test_compressed_ply_huge_claim_fails_fast(tmp_path):
 
 
 def test_compressed_ply_wrong_property_type(tmp_path):
-    data = encode_compressed_ply(random_cloud(10, 1)).replace(b"property uint packed_color", b"property float packed_color")
+    data = encode_compressed_ply(random_cloud(10, 1))
+    data = data.replace(b"property uint packed_color", b"property float packed_color")
     with pytest.raises(GaussianFormatError, match="wrong type"):
         load_gaussians(write_bytes(tmp_path, "c.ply", data))
 

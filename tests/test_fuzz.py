@@ -15,6 +15,7 @@ CI cost: ``FAST_EXAMPLES`` inputs per seed file (10 seeds); the ``slow`` variant
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import re
 import tracemalloc
 import warnings
@@ -38,7 +39,9 @@ DEADLINE_MS = 2000
 MAX_PEAK_BYTES = 64 << 20
 """Seed files are < 20 KB; a reader that allocates more than this trusted a corrupted size."""
 
-INTERESTING_INTS = [0, 1, 2, 3, 4, 5, 7, 8, 12, 16, 255, 256, 257, 65535, 1 << 24, (1 << 31) - 1, 1 << 31, (1 << 32) - 1]
+INTERESTING_INTS = [
+    0, 1, 2, 3, 4, 5, 7, 8, 12, 16, 255, 256, 257, 65535, 1 << 24, (1 << 31) - 1, 1 << 31, (1 << 32) - 1,
+]  # fmt: skip
 INTERESTING_NUMBERS = ["0", "1", "2", "255", "256", "-1", "1000000000000", "4294967296", "99999999999999999999", "1.5"]
 HEADER_LINES = [
     "element face 1000000000000\nproperty list uchar int vertex_indices",
@@ -74,12 +77,8 @@ def _seeds(tmp: Path) -> dict[str, tuple[str, bytes, bool]]:
         # mutate the decompressed payload, then gzip it again: reaches the decoder past the CRC
         "spz_v3_payload": ("seed.spz", gzip.decompress(encode_spz(random_cloud(20, 7, sh_degree=2), version=3)), True),
     }
-    try:
-        import zstandard  # noqa: F401
-
+    if importlib.util.find_spec("zstandard") is not None:
         seeds["spz_v4"] = ("seed.spz", encode_spz(random_cloud(30, 8, sh_degree=1), version=4), False)
-    except ImportError:
-        pass
     real = REAL_DATA / "playcanvas-splats" / "test.compressed.ply"
     if real.is_file():
         seeds["compressed_ply_real"] = ("seed.compressed.ply", real.read_bytes(), False)

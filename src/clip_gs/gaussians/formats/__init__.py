@@ -20,7 +20,9 @@ def _never(head: bytes) -> bool:
 
 
 register_format(GaussianFormat("ply", (".ply",), is_ply, read_ply, write_ply))
-register_format(GaussianFormat("compressed_ply", (".compressed.ply",), is_compressed_ply, read_compressed_ply), first=True)
+register_format(
+    GaussianFormat("compressed_ply", (".compressed.ply",), is_compressed_ply, read_compressed_ply), first=True
+)
 register_format(GaussianFormat("spz", (".spz",), is_spz, read_spz))
 register_format(GaussianFormat("splat", (".splat",), _never, read_splat, write_splat))
 

@@ -145,7 +145,8 @@ def _inflate_legacy(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int,
             raise GaussianFormatError(f"{path}: corrupt gzip stream in spz file: {exc}") from exc
         if len(out) < count:
             raise GaussianFormatError(
-                f"{path}: truncated spz: the header implies {count:,} decompressed bytes here, the stream has {len(out):,}"
+                f"{path}: truncated spz: the header implies {count:,} decompressed bytes here, "
+                f"the stream has {len(out):,}"
             )
         return bytes(out)
 
@@ -161,7 +162,8 @@ def _inflate_legacy(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int,
     # deflate expands at most ~1032:1; refuse impossible claims before inflating anything more
     if need > 1100 * len(raw) + (1 << 16):
         raise GaussianFormatError(
-            f"{path}: spz header claims {num_points:,} Gaussians ({need:,} bytes), impossible for a {len(raw):,}-byte gzip file"
+            f"{path}: spz header claims {num_points:,} Gaussians ({need:,} bytes), "
+            f"impossible for a {len(raw):,}-byte gzip file"
         )
     body = take(need)
     try:
@@ -173,7 +175,9 @@ def _inflate_legacy(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int,
     if not inflater.eof:
         raise GaussianFormatError(f"{path}: truncated spz: the gzip stream ends before its checksum")
     if inflater.unused_data:
-        raise GaussianFormatError(f"{path}: {len(inflater.unused_data):,} bytes of trailing data after the spz gzip stream")
+        raise GaussianFormatError(
+            f"{path}: {len(inflater.unused_data):,} bytes of trailing data after the spz gzip stream"
+        )
     arrays, offset = {}, 0
     for name, width in layout:
         arrays[name] = body[offset : offset + num_points * width]
@@ -261,11 +265,13 @@ def _read_v4(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int, int, i
         compressed, uncompressed = toc[2 * i], toc[2 * i + 1]
         if uncompressed != num_points * width:
             raise GaussianFormatError(
-                f"{path}: spz v4 stream {name!r} claims {uncompressed:,} bytes; {num_points:,} points need {num_points * width:,}"
+                f"{path}: spz v4 stream {name!r} claims {uncompressed:,} bytes; "
+                f"{num_points:,} points need {num_points * width:,}"
             )
         if compressed > len(raw) - offset:
             raise GaussianFormatError(
-                f"{path}: truncated spz v4: stream {name!r} needs {compressed:,} bytes at {offset:,}, file has {len(raw):,}"
+                f"{path}: truncated spz v4: stream {name!r} needs {compressed:,} bytes at byte {offset:,}, "
+                f"the file has {len(raw):,}"
             )
         arrays[name] = _zstd_decompress(path, raw[offset : offset + compressed], uncompressed, name)
         offset += compressed
