@@ -216,12 +216,9 @@ def test_mutations_reach_the_decoders(seeds, tmp_path):
         assert check_outcome(path) == "cloud", name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="INRIA ply reader: plyfile parses every element, and np.fromfile pre-allocates a list "
-    "length read from the data (2^32-1 ints = 16 GiB virtual) in a non-vertex list element",
-)
 def test_list_length_in_data_does_not_allocate(seeds, tmp_path):
+    """Regression: the INRIA reader let plyfile parse a face element whose list length (read from
+    the data) made numpy pre-allocate 16 GiB before finding the file too short."""
     import struct
 
     _, data, _ = seeds["ply_binary"]

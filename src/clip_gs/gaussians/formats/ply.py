@@ -92,7 +92,9 @@ def read_ply(path: Path) -> GaussianCloud:
     try:
         # Binary data is memory-mapped (sizes were checked against the file above) and copied
         # column by column below; plyfile's non-mmap binary path is ~30x slower on 1M Gaussians.
-        data = plyfile.PlyData.read(str(path), mmap=header.format != "ascii")["vertex"].data
+        data = _map_binary_vertex(path, header)
+        if data is None:
+            data = plyfile.PlyData.read(str(path), mmap=header.format != "ascii")["vertex"].data
     except (plyfile.PlyParseError, ValueError, EOFError, OSError, KeyError, IndexError, MemoryError) as exc:
         raise GaussianFormatError(f"{path}: cannot parse PLY data: {exc}") from exc
 
@@ -114,6 +116,28 @@ def read_ply(path: Path) -> GaussianCloud:
         quats=torch.from_numpy(columns(ROTATION)),
         source=str(path),
     )
+
+
+def _map_binary_vertex(path: Path, header: PlyHeader) -> np.ndarray | None:
+    """Memory-map only the vertex rows of a binary PLY, or None when its offset is unknown (an
+    earlier element has list properties) or the file is ASCII.
+
+    plyfile would parse every element, and pre-allocates a list length read from the data of
+    any other element (2^32 - 1 items: 16 GiB) before finding the file too short.
+    """
+    if header.format == "ascii":
+        return None
+    offset = header.header_bytes
+    for element in header.elements:
+        if element.has_lists:
+            return None
+        if element.name == "vertex":
+            dtype = np.dtype([(p.name, header.byte_order + p.dtype) for p in element.properties])
+            if element.count == 0:
+                return np.empty(0, dtype=dtype)
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(element.count,))
+        offset += element.count * element.row_bytes()
+    return None
 
 
 def _sh_degree_from_rest(path: Path, count: int) -> int:
