@@ -142,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--views", type=int, default=4, help="number of orbit views")
     render.add_argument("--size", type=int, default=256, help="view width and height in pixels")
     render.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees")
-    render.add_argument("--up", default="+y", help="world up axis: +y (glTF, most 3DGS), -y, +z, -z")
+    render.add_argument(
+        "--up",
+        default="+y",
+        help="world up axis: +y (glTF), -y (many 3DGS captures in COLMAP/OpenCV frames; write --up=-y), +z, -z",
+    )
     render.add_argument(
         "--background", type=parse_background, default="white", help="white, black, grey or r,g,b in [0, 1]"
     )
