@@ -530,3 +530,13 @@ def test_real_biker_spz_matches_compressed_ply():
     inside = ply.log_scales > -10  # spz clamps log-scales to [-10, 5.94]
     assert ((spz.log_scales - ply.log_scales).abs()[inside] <= 1 / 32 + 1e-5).all()
     assert inside.float().mean() > 0.999
+
+
+def test_load_gaussians_forwards_reader_options(tmp_path):
+    cloud = random_cloud(10, 4)
+    path = write_bytes(tmp_path, "c.spz", encode_spz(cloud, version=3))
+    stored = load_gaussians(path, coordinates="stored")
+    assert torch.equal(stored.means, read_spz(path, coordinates="stored").means)
+    assert torch.equal(load_gaussians(path).means, stored.means * torch.tensor([1.0, -1.0, -1.0]))
+    with pytest.raises(TypeError):
+        load_gaussians(path, no_such_option=1)

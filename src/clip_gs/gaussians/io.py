@@ -28,14 +28,14 @@ class GaussianFormat:
         name: short name used in messages and as ``format=`` argument (``"ply"``, ``"splat"``).
         extensions: lower-case file extensions with the dot (``(".ply",)``).
         sniff: ``head bytes -> bool``, True when the content is this format.
-        read: ``path -> GaussianCloud``; raises :class:`GaussianFormatError` on bad input.
+        read: ``(path, **options) -> GaussianCloud``; raises :class:`GaussianFormatError` on bad input.
         write: ``(cloud, path, **options) -> None`` or None when the format is read-only.
     """
 
     name: str
     extensions: tuple[str, ...]
     sniff: Callable[[bytes], bool]
-    read: Callable[[Path], GaussianCloud]
+    read: Callable[..., GaussianCloud]
     write: Callable[..., None] | None = None
 
 
@@ -65,7 +65,7 @@ def _describe_supported() -> str:
     return ", ".join(f"{f.name} ({'/'.join(f.extensions)})" for f in _FORMATS)
 
 
-def load_gaussians(path: str | os.PathLike[str], format: str | None = None) -> GaussianCloud:
+def load_gaussians(path: str | os.PathLike[str], format: str | None = None, **options) -> GaussianCloud:
     """Read a 3DGS file of any supported format into a :class:`GaussianCloud`.
 
     The format is found from the content (magic bytes / header) first, then from the extension.
@@ -73,6 +73,9 @@ def load_gaussians(path: str | os.PathLike[str], format: str | None = None) -> G
     Args:
         path: the file.
         format: force a format by name (see :func:`registered_formats`).
+        options: passed to the format's reader (e.g. ``opacity_eps=`` for ``.splat``, compressed
+            ``.ply`` and ``.spz``, ``coordinates="stored"`` for ``.spz``); a reader that does not
+            take an option raises ``TypeError``.
 
     Raises:
         GaussianFormatError: the file is missing, unreadable or invalid.
@@ -81,7 +84,7 @@ def load_gaussians(path: str | os.PathLike[str], format: str | None = None) -> G
     _ensure_builtin_formats()
     path = Path(path)
     if format is not None:
-        return _by_name(format).read(path)
+        return _by_name(format).read(path, **options)
     try:
         with open(path, "rb") as fh:
             head = fh.read(SNIFF_BYTES)
@@ -89,11 +92,11 @@ def load_gaussians(path: str | os.PathLike[str], format: str | None = None) -> G
         raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
     for fmt in _FORMATS:
         if fmt.sniff(head):
-            return fmt.read(path)
+            return fmt.read(path, **options)
     suffix = path.suffix.lower()
     for fmt in _FORMATS:
         if suffix in fmt.extensions:
-            return fmt.read(path)
+            return fmt.read(path, **options)
     raise UnsupportedFormatError(
         f"{path}: not a recognised 3DGS file (content and extension {suffix or '(none)'} match no format); "
         f"supported formats: {_describe_supported()}"
