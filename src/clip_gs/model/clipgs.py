@@ -10,12 +10,14 @@ from pathlib import Path
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
-from clip_gs.errors import CheckpointError, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from clip_gs.gaussians import GaussianCloud, load_gaussians
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
 from clip_gs.model.hub import HUB_PREFIX, hub_download, parse_hub_reference
+from clip_gs.model.precision import resolve_precision
 from clip_gs.model.uni3d import (
     GAUSSIAN_BRANCH_PREFIX,
     UNI3D_CHECKPOINTS,
@@ -191,9 +193,13 @@ class CLIPGS(
         return model.eval()
 
     # ------------------------------------------------------------------ inference
-    def forward(self, features: Tensor) -> Tensor:
-        """``features: [B, N, 19]`` (see :func:`preprocess_cloud`) -> ``[B, embed_dim]`` unit vectors."""
-        return self.encoder(features)
+    def forward(self, features: Tensor, precision: str = "fp32") -> Tensor:
+        """``features: [B, N, 19]`` (see :func:`preprocess_cloud`) -> ``[B, embed_dim]`` unit vectors.
+
+        ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"``; see
+        :meth:`GaussianEncoder.forward`.
+        """
+        return self.encoder(features, precision=precision)
 
     @torch.inference_mode()
     def encode(
@@ -202,18 +208,33 @@ class CLIPGS(
         batch_size: int = 8,
         seed: int = 0,
         progress: bool | None = None,
+        precision: str = "auto",
+        num_workers: int | None = None,
     ) -> Tensor:
         """Embed 3DGS objects: L2-normalised vectors in the CLIP space.
+
+        Files are read and preprocessed (:func:`preprocess_cloud`) by a ``DataLoader`` whose
+        worker processes run ahead of the encoder, so loading overlaps with the forward passes.
 
         Args:
             inputs: a GaussianCloud (unbatched or batched), a file path (any supported 3DGS
                 format), or a list of them.
             batch_size: objects per forward pass.
-            seed: seed of the resampling to ``config.num_gaussians``.
+            seed: seed of the resampling to ``config.num_gaussians`` (the same for every object).
             progress: show a progress bar (default: when there is more than one batch).
+            precision: ``"auto"`` (default: bfloat16 where the device multiplies it natively,
+                float32 elsewhere), ``"bf16"`` or ``"fp32"`` (exactly ``self(features)`` in eval
+                mode under ``torch.no_grad()``). See :mod:`clip_gs.model.precision`.
+            num_workers: loader processes. None: 2 when there is more than one batch, else 0
+                (load in this process). The embeddings do not depend on it.
 
         Returns:
-            ``[embed_dim]`` for a single object (a cloud or a path), else ``[B, embed_dim]``.
+            ``[embed_dim]`` float32 for a single object (a cloud or a path), else ``[B, embed_dim]``.
+
+        Raises:
+            GaussianFormatError (or another :class:`~clip_gs.errors.ClipGSError`): a file that
+                cannot be loaded; the message names the file.
+            ConfigError: an unknown ``precision``.
         """
         single = isinstance(inputs, (GaussianCloud, str, os.PathLike)) and not (
             isinstance(inputs, GaussianCloud) and inputs.batch_shape
@@ -221,26 +242,52 @@ class CLIPGS(
         items = list(_expand_inputs([inputs] if single else inputs))
         if not items:
             raise ValueError("encode() got no inputs")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         device = next(self.parameters()).device
+        resolve_precision(precision, device)  # fail before any loading
+        num_batches = -(-len(items) // batch_size)
+        if num_workers is None:
+            num_workers = 2 if num_batches > 1 else 0
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        loader = DataLoader(
+            _PreprocessedObjects(items, self.config, seed),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=torch.stack,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=2 if num_workers > 0 else None,
+        )
         was_training = self.training
         self.eval()
         try:
-            batches = range(0, len(items), batch_size)
-            show = progress if progress is not None else len(batches) > 1
+            batches = iter(loader)
+            show = progress if progress is not None else num_batches > 1
             if show:
                 from tqdm.auto import tqdm
 
-                batches = tqdm(batches, desc="encode", unit="batch")
-            outputs = []
-            for start in batches:
-                chunk = items[start : start + batch_size]
-                clouds = [load_gaussians(x) if not isinstance(x, GaussianCloud) else x for x in chunk]
-                features = torch.stack([preprocess_cloud(c, self.config, seed) for c in clouds]).to(device)
-                outputs.append(self(features).float().cpu())
+                batches = tqdm(batches, total=num_batches, desc="encode", unit="batch")
+            outputs = [self(features.to(device, non_blocking=True), precision=precision) for features in batches]
         finally:
             self.train(was_training)
-        embeddings = torch.cat(outputs)
+        embeddings = torch.cat(outputs).float().cpu()
         return embeddings[0] if single else embeddings
+
+
+class _PreprocessedObjects(Dataset):
+    """Items (clouds or paths) -> encoder inputs ``[num_gaussians, 19]`` (:func:`preprocess_cloud`)."""
+
+    def __init__(self, items: Sequence[GaussianInput], config: CLIPGSConfig, seed: int):
+        self.items, self.config, self.seed = items, config, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Tensor:
+        item = self.items[index]
+        cloud = item if isinstance(item, GaussianCloud) else load_gaussians(item)
+        return preprocess_cloud(cloud, self.config, self.seed)
 
 
 def _expand_inputs(inputs: Iterable[GaussianInput]) -> Iterable[GaussianInput]:

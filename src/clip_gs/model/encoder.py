@@ -1,14 +1,31 @@
-"""`GaussianEncoder`: GS Tokenizer + Uni3D-style transformer + projection into CLIP space."""
+"""`GaussianEncoder`: GS Tokenizer + Uni3D-style transformer + projection into CLIP space.
+
+The encoder has two ways to run, with the same parameters (see :meth:`GaussianEncoder.forward`):
+
+- the module path: the timm EVA blocks and the tokenizer's layers as declared, used in training
+  and whenever autograd is on; ``precision="bf16"`` wraps it in ``torch.autocast``;
+- the inference path (eval mode under ``torch.no_grad()`` / ``torch.inference_mode()``): the
+  tokenizer's fused branches (:mod:`clip_gs.model.tokenizer`) and, per block, one packed q/k/v
+  product, ``F.scaled_dot_product_attention``, one packed gate/value product for the SwiGLU MLP,
+  with weights cast once to the compute dtype and cached (:class:`DerivedWeights`). The residual
+  stream and LayerNorms stay float32. In float32 it equals the module path up to rounding
+  (about 1e-6); in bfloat16 the embeddings agree with float32 to a cosine of about 0.9999.
+
+Nothing in either path reads a value back to the host or branches on data, so both run
+asynchronously on CUDA.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm
-from timm.models.eva import EvaBlock
+from timm.layers.mlp import GluMlp, Mlp, SwiGLU
+from timm.models.eva import EvaAttention, EvaBlock
 from torch import Tensor, nn
 
 from clip_gs.model.config import CLIPGSConfig
+from clip_gs.model.precision import DerivedWeights, autocast_for, resolve_precision
 from clip_gs.model.tokenizer import GSTokenizer
 
 
@@ -52,6 +69,100 @@ def make_blocks(config: CLIPGSConfig) -> nn.ModuleList:
     )
 
 
+def _norm_params(norm: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor, float] | None:
+    """``(weight, bias, eps)`` of a LayerNorm cast to ``dtype``; None for Identity."""
+    if isinstance(norm, nn.Identity):
+        return None
+    return norm.weight.to(dtype), norm.bias.to(dtype), norm.eps
+
+
+def block_is_fusable(block: nn.Module) -> bool:
+    """Whether :func:`block_inference` handles this block: an ``EvaBlock`` with EVA attention
+    (no q/k norm, no gate, optional inner LayerNorm) and a SwiGLU, GluMlp or Mlp MLP whose norm
+    is a LayerNorm or Identity. Other blocks run as modules (under autocast) in the inference path."""
+    if not isinstance(block, EvaBlock) or not isinstance(block.attn, EvaAttention):
+        return False
+    attn, mlp = block.attn, block.mlp
+    norms = (block.norm1, block.norm2, attn.norm, mlp.norm)
+    return (
+        attn.gate is None
+        and isinstance(attn.q_norm, nn.Identity)
+        and isinstance(attn.k_norm, nn.Identity)
+        and all(isinstance(n, (nn.LayerNorm, nn.Identity)) for n in norms)
+        and isinstance(block.norm1, nn.LayerNorm)
+        and isinstance(block.norm2, nn.LayerNorm)
+        and isinstance(mlp, (SwiGLU, GluMlp, Mlp))
+    )
+
+
+def pack_block(block: EvaBlock, dtype: torch.dtype) -> dict:
+    """Inference weights of a fusable block in ``dtype``: one ``[3A, D]`` q/k/v matrix (EVA has
+    no k bias: zeros), one ``[2H, D]`` gate/value matrix for gated MLPs (gate first)."""
+    attn, mlp = block.attn, block.mlp
+    if attn.qkv is not None:
+        qkv_weight = attn.qkv.weight
+        qkv_bias = None if attn.q_bias is None else torch.cat([attn.q_bias, attn.k_bias, attn.v_bias])
+    else:
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        qkv_weight = torch.cat([p.weight for p in projections])
+        if all(p.bias is None for p in projections):
+            qkv_bias = None
+        else:
+            qkv_bias = torch.cat([p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in projections])
+    if isinstance(mlp, SwiGLU):
+        fc1_weight = torch.cat([mlp.fc1_g.weight, mlp.fc1_x.weight])
+        fc1_bias = None if mlp.fc1_g.bias is None else torch.cat([mlp.fc1_g.bias, mlp.fc1_x.bias])
+        gated, gate_last = True, False
+    else:
+        fc1_weight, fc1_bias = mlp.fc1.weight, mlp.fc1.bias
+        gated, gate_last = isinstance(mlp, GluMlp), isinstance(mlp, GluMlp) and mlp.gate_last
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(dtype).contiguous()
+
+    return {
+        "heads": attn.num_heads,
+        "qkv": (cast(qkv_weight), cast(qkv_bias)),
+        "attn_norm": _norm_params(attn.norm, dtype),
+        "proj": (cast(attn.proj.weight), cast(attn.proj.bias)),
+        "fc1": (cast(fc1_weight), cast(fc1_bias)),
+        "gated": gated,
+        "gate_last": gate_last,
+        "mlp_norm": _norm_params(mlp.norm, dtype),
+        "fc2": (cast(mlp.fc2.weight), cast(mlp.fc2.bias)),
+    }
+
+
+def block_inference(block: EvaBlock, packed: dict, x: Tensor) -> Tensor:
+    """One EVA block without RoPE, as ``EvaBlock.forward`` computes it, on packed weights.
+
+    ``x: [B, T, D]`` float32 residual stream -> ``[B, T, D]`` float32; products in the dtype of
+    ``packed`` (see :func:`pack_block`).
+    """
+    b, t, d = x.shape
+    dtype = packed["qkv"][0].dtype
+    h = F.layer_norm(x, (d,), block.norm1.weight, block.norm1.bias, block.norm1.eps).to(dtype)
+    qkv = F.linear(h, *packed["qkv"]).view(b, t, 3, packed["heads"], -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [B, heads, T, head_dim]
+    h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
+    if packed["attn_norm"] is not None:
+        h = F.layer_norm(h, h.shape[-1:], *packed["attn_norm"])
+    h = F.linear(h, *packed["proj"])
+    x = x + (h if block.gamma_1 is None else block.gamma_1 * h)
+    h = F.layer_norm(x, (d,), block.norm2.weight, block.norm2.bias, block.norm2.eps).to(dtype)
+    h = F.linear(h, *packed["fc1"])
+    act = block.mlp.act
+    if packed["gated"]:
+        first, second = h.chunk(2, dim=-1)
+        h = first * act(second) if packed["gate_last"] else act(first).mul_(second)
+    else:
+        h = act(h)
+    if packed["mlp_norm"] is not None:
+        h = F.layer_norm(h, h.shape[-1:], *packed["mlp_norm"])
+    h = F.linear(h, *packed["fc2"])
+    return x + (h if block.gamma_2 is None else block.gamma_2 * h)
+
+
 class GaussianEncoder(nn.Module):
     """Encode normalised Gaussians into the CLIP embedding space.
 
@@ -74,19 +185,48 @@ class GaussianEncoder(nn.Module):
         self.blocks = make_blocks(config)
         self.norm = LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.embed_dim)
+        self._derived = [DerivedWeights() for _ in range(config.depth)]
 
-    def forward_features(self, features: Tensor) -> Tensor:
-        """``features: [B, N, 19]`` -> cls feature after the final norm, ``[B, width]``."""
-        tokens, centers = self.tokenizer(features)
+    def forward_features(self, features: Tensor, compute_dtype: torch.dtype | None = None) -> Tensor:
+        """``features: [B, N, 19]`` -> cls feature after the final norm, ``[B, width]`` float32.
+
+        ``compute_dtype=None`` runs the module path; a dtype runs the inference path in that dtype
+        (eval mode without autograd only; see the module docstring).
+        """
+        if compute_dtype is not None and (self.training or torch.is_grad_enabled()):
+            raise RuntimeError("the inference path needs eval mode and no autograd (torch.no_grad())")
+        tokens, centers = self.tokenizer(features, compute_dtype=compute_dtype)
         b = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
         x = self.patch_dropout(x + pos)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x[:, 0])
+        for i, block in enumerate(self.blocks):
+            if compute_dtype is None:
+                x = block(x)
+            elif block_is_fusable(block):
+                x = block_inference(block, self._derived[i].get(block, compute_dtype, lambda dt, blk=block: pack_block(blk, dt)), x)
+            else:
+                with autocast_for(x.device, compute_dtype):
+                    x = block(x).float()
+        return self.norm(x[:, 0].float())
 
-    def forward(self, features: Tensor, normalize: bool = True) -> Tensor:
-        """``features: [B, N, 19]`` -> embeddings ``[B, embed_dim]`` (unit norm by default)."""
-        embedding = self.head(self.forward_features(features))
+    def forward(self, features: Tensor, normalize: bool = True, precision: str = "fp32") -> Tensor:
+        """``features: [B, N, 19]`` -> embeddings ``[B, embed_dim]`` float32 (unit norm by default).
+
+        Args:
+            precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` (bf16 where the device
+                multiplies it natively, see :func:`~clip_gs.model.precision.resolve_precision`).
+                In eval mode without autograd the inference path runs in that precision; otherwise
+                the module path, under ``torch.autocast`` for bf16.
+
+        Raises:
+            ConfigError: an unknown ``precision``.
+        """
+        dtype = resolve_precision(precision, features.device)
+        if self.training or torch.is_grad_enabled():
+            with autocast_for(features.device, dtype):
+                embedding = self.head(self.forward_features(features))
+            embedding = embedding.float()
+        else:
+            embedding = self.head(self.forward_features(features, compute_dtype=dtype))
         return F.normalize(embedding, dim=-1) if normalize else embedding

@@ -12,6 +12,18 @@ Two branches are summed into each patch token (the paper's GS refinement block):
   there (a choice of this package; the paper does not say how the branch is initialised).
 
 With ``gaussian_branch=False`` only the point branch exists: the "P&C baseline".
+
+Two ways to run each branch, with the same parameters:
+
+- the module path (``forward``): the layers as declared, for training (BatchNorm batch
+  statistics, autograd) and as the readable definition;
+- the inference path (``forward_inference``, eval mode without autograd): every 1x1 and 1x3
+  convolution becomes a matrix product over channels-last rows ``[rows, C]``, each BatchNorm is
+  folded into the product before it, the ``[global; local]`` concatenation of the mini-PointNet is
+  split into a per-patch and a per-point product (the global half of the 512x512 product is done
+  once per patch instead of once per point), patches are processed in chunks of
+  ``inference_chunk_groups`` so the activations stay in cache, and the products run in the
+  compute dtype (float32 or bfloat16). In float32 it equals the module path up to rounding.
 """
 
 from __future__ import annotations
@@ -19,11 +31,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clip_gs.gaussians.cloud import FEATURE_LAYOUT
 from clip_gs.model.config import CLIPGSConfig
+from clip_gs.model.precision import DerivedWeights
 from clip_gs.ops import farthest_point_sample, gather, knn, serialization_order
+
+INFERENCE_CHUNK_GROUPS = 128
+"""Patches per chunk of the inference path (128 x 64 points: activations of a few MB)."""
+
+
+def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the product before it.
+
+    Args:
+        weight: ``[C_out, ...]`` weight of the linear map / convolution.
+        bias: ``[C_out]`` or None.
+        bn: the BatchNorm applied to its output (running statistics).
+
+    Returns:
+        ``(weight', bias')`` with ``bn(W x + b) == W' x + b'``.
+    """
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    folded_bias = shift if bias is None else bias * scale + shift
+    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), folded_bias
+
+
+def _conv3_rows(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
+    """A kernel-3, padding-1 1-D convolution on channels-last rows, as one matrix product.
+
+    ``x: [M, L, C_in]``, ``weight: [C_out, C_in * 3]`` (Conv1d weight ``[C_out, C_in, 3]``
+    flattened), ``bias: [C_out]`` -> ``[M, L', C_out]`` with ``L' = (L - 1) // stride + 1``.
+    """
+    padded = F.pad(x, (0, 0, 1, 1))  # [M, L + 2, C_in]
+    windows = padded.unfold(1, 3, stride)  # [M, L', C_in, 3]
+    return F.linear(windows.reshape(*windows.shape[:2], -1), weight, bias)
 
 
 @dataclass
@@ -87,6 +132,7 @@ class PointPatchEncoder(nn.Module):
     def __init__(self, out_dim: int = 512):
         super().__init__()
         self.out_dim = out_dim
+        self._derived = DerivedWeights()
         self.first_conv = nn.Sequential(
             nn.Conv1d(6, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1)
         )
@@ -101,6 +147,25 @@ class PointPatchEncoder(nn.Module):
         pooled = x.amax(dim=2, keepdim=True)
         x = self.second_conv(torch.cat([pooled.expand(-1, -1, k), x], dim=1))  # [BG, C, K]
         return x.amax(dim=2).reshape(b, g, self.out_dim)
+
+    def _inference_weights(self, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        conv1, bn1, _, conv2 = self.first_conv
+        conv3, bn3, _, conv4 = self.second_conv
+        w1, b1 = fold_batchnorm(conv1.weight.squeeze(-1), conv1.bias, bn1)
+        w3, b3 = fold_batchnorm(conv3.weight.squeeze(-1), conv3.bias, bn3)
+        half = conv2.out_channels  # the pooled (global) half comes first in the concatenation
+        weights = (w1, b1, conv2.weight.squeeze(-1), conv2.bias, w3[:, :half], w3[:, half:], b3,
+                   conv4.weight.squeeze(-1), conv4.bias)  # fmt: skip
+        return tuple(w.to(dtype).contiguous() for w in weights)
+
+    def forward_inference(self, points: Tensor, dtype: torch.dtype) -> Tensor:
+        """Inference path (eval mode, no autograd): ``points: [M, K, 6]`` -> ``[M, C]`` in ``dtype``."""
+        w1, b1, w2, b2, w3_global, w3_local, b3, w4, b4 = self._derived.get(self, dtype, self._inference_weights)
+        x = F.linear(points.to(dtype), w1, b1).relu_()  # [M, K, 128]
+        x = F.linear(x, w2, b2)  # [M, K, 256]
+        per_patch = F.linear(x.amax(dim=1, keepdim=True), w3_global, b3)  # [M, 1, 512]
+        x = F.linear(x, w3_local).add_(per_patch).relu_()  # [M, K, 512]
+        return F.linear(x, w4, b4).amax(dim=1)
 
 
 class GaussianPatchEncoder(nn.Module):
@@ -135,6 +200,7 @@ class GaussianPatchEncoder(nn.Module):
         self.proj = nn.Linear(in_ch, config.width)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self._derived = DerivedWeights()
 
     def forward(self, patch_features: Tensor) -> Tensor:
         b, g, k, _ = patch_features.shape
@@ -151,6 +217,41 @@ class GaussianPatchEncoder(nn.Module):
         x = x.reshape(len(self.orders), b, g, -1).mean(dim=0)  # fuse orders
         return self.proj(x)
 
+    def _inference_weights(self, dtype: torch.dtype) -> dict:
+        linear, norm = self.stem
+        convs = []
+        for i in range(0, len(self.convs), 3):
+            conv, bn = self.convs[i], self.convs[i + 1]
+            weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+            convs.append((weight.flatten(1).to(dtype).contiguous(), bias.to(dtype), conv.stride[0]))
+        cast = {
+            "stem_weight": linear.weight, "stem_bias": linear.bias, "norm_weight": norm.weight,
+            "norm_bias": norm.bias, "order_scale": 1 + self.order_scale, "order_shift": self.order_shift,
+            "proj_weight": self.proj.weight, "proj_bias": self.proj.bias,
+        }  # fmt: skip
+        weights = {name: t.to(dtype).contiguous() for name, t in cast.items()}
+        weights["convs"] = convs
+        weights["norm_eps"] = norm.eps
+        return weights
+
+    def forward_inference(self, patch_features: Tensor, dtype: torch.dtype) -> Tensor:
+        """Inference path (eval mode, no autograd): ``patch_features: [M, K, 19]`` -> ``[M, width]``
+        in ``dtype``. Serialization orders are computed from the float32 relative positions."""
+        w = self._derived.get(self, dtype, self._inference_weights)
+        x = F.linear(patch_features.to(dtype), w["stem_weight"], w["stem_bias"])
+        x = F.layer_norm(x, x.shape[-1:], w["norm_weight"], w["norm_bias"], w["norm_eps"])  # [M, K, E]
+        rel_xyz = patch_features[..., FEATURE_LAYOUT["xyz"]]
+        pooled = None
+        for i, order in enumerate(self.orders):
+            idx = serialization_order(rel_xyz, order, bits=self.bits)  # [M, K]
+            h = torch.take_along_dim(x, idx.unsqueeze(-1), dim=1).mul_(w["order_scale"][i]).add_(w["order_shift"][i])
+            for weight, bias, stride in w["convs"]:
+                h = _conv3_rows(h, weight, bias, stride).relu_()
+            h = h.amax(dim=1) if self.pooling == "max" else h.mean(dim=1)
+            pooled = h.float() if pooled is None else pooled.add_(h.float())
+        pooled = pooled.div_(len(self.orders)).to(dtype)
+        return F.linear(pooled, w["proj_weight"], w["proj_bias"])
+
 
 class GSTokenizer(nn.Module):
     """Gaussians ``[B, N, 19]`` -> patch tokens ``[B, G, width]`` and centres ``[B, G, 3]``."""
@@ -161,13 +262,22 @@ class GSTokenizer(nn.Module):
         self.point_encoder = PointPatchEncoder(config.point_encoder_dim)
         self.point_proj = nn.Linear(config.point_encoder_dim, config.width)  # Uni3D encoder2trans
         self.gaussian_encoder = GaussianPatchEncoder(config) if config.gaussian_branch else None
+        self._derived = DerivedWeights()
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Args: ``features: [B, N, 19]`` in FEATURE_LAYOUT order (normalised object).
+    inference_chunk_groups: int = INFERENCE_CHUNK_GROUPS
 
-        Returns: ``(tokens [B, G, width], centers [B, G, 3])``.
+    def forward(self, features: Tensor, compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Args:
+            features: ``[B, N, 19]`` in FEATURE_LAYOUT order (normalised object).
+            compute_dtype: None runs the module path (training, autograd). A dtype (float32 or
+                bfloat16) runs the inference path of both branches in that dtype (see the module
+                docstring): eval mode without autograd only.
+
+        Returns: ``(tokens [B, G, width] float32, centers [B, G, 3])``.
         """
         cfg = self.config
+        if compute_dtype is not None:
+            return self.forward_inference(features, compute_dtype)
         patches = make_patches(features, cfg.num_groups, cfg.group_size, cfg.fps_start)
         point_input = torch.cat(
             [patches.features[..., FEATURE_LAYOUT["xyz"]], patches.features[..., FEATURE_LAYOUT["rgb"]]], dim=-1
@@ -176,3 +286,26 @@ class GSTokenizer(nn.Module):
         if self.gaussian_encoder is not None:
             tokens = tokens + self.gaussian_encoder(patches.features)
         return tokens, patches.centers
+
+    def forward_inference(self, features: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The inference path of :meth:`forward`: grouping in float32, then both branches chunk by
+        chunk of patches in ``dtype``; tokens are returned in float32."""
+        if self.training or torch.is_grad_enabled():
+            raise RuntimeError("the inference path needs eval mode and no autograd (torch.no_grad())")
+        cfg = self.config
+        patches = make_patches(features, cfg.num_groups, cfg.group_size, cfg.fps_start)
+        b, g, k, c = patches.features.shape
+        rows = patches.features.reshape(b * g, k, c)
+        point_channels = torch.cat([rows[..., FEATURE_LAYOUT["xyz"]], rows[..., FEATURE_LAYOUT["rgb"]]], dim=-1)
+        proj_weight, proj_bias = self._derived.get(self.point_proj, dtype, self._proj_weights)
+        tokens = torch.empty(b * g, cfg.width, dtype=torch.float32, device=features.device)
+        for start in range(0, b * g, self.inference_chunk_groups):
+            chunk = slice(start, start + self.inference_chunk_groups)
+            out = F.linear(self.point_encoder.forward_inference(point_channels[chunk], dtype), proj_weight, proj_bias)
+            if self.gaussian_encoder is not None:
+                out = out + self.gaussian_encoder.forward_inference(rows[chunk], dtype)
+            tokens[chunk] = out
+        return tokens.reshape(b, g, cfg.width), patches.centers
+
+    def _proj_weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        return self.point_proj.weight.to(dtype).contiguous(), self.point_proj.bias.to(dtype)
