@@ -1,0 +1,190 @@
+"""The fast paths of the encoder: inference path vs module path vs reference, bf16 vs fp32,
+the weight cache, and ``encode`` with loader workers. No timing assertions (see benchmarks/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_gs import ConfigError, GaussianFormatError, save_gaussians
+from clip_gs.model import CLIPGS
+from clip_gs.model.clipgs import preprocess_cloud
+from clip_gs.model.precision import DerivedWeights, bf16_supported, cpu_flags, resolve_precision
+from clip_gs.model.tokenizer import _conv3_rows, fold_batchnorm
+from tests.test_cloud import random_cloud
+from tests.test_model import SMALL, randomize_batchnorm, tiny_model, uni3d_reference
+
+
+def full_model(seed: int = 0, **overrides) -> CLIPGS:
+    """A tiny CLIP-GS with a live Gaussian branch (non-zero output map) and non-trivial BatchNorms."""
+    model = tiny_model(**overrides)
+    torch.manual_seed(seed)
+    for p in model.encoder.tokenizer.gaussian_encoder.proj.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        model.encoder.tokenizer.gaussian_encoder.order_scale.normal_(std=0.1)
+        model.encoder.tokenizer.gaussian_encoder.order_shift.normal_(std=0.1)
+    randomize_batchnorm(model, seed=seed)
+    return model
+
+
+def batch_features(model: CLIPGS, count: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.stack([preprocess_cloud(random_cloud(700, seed=seed + i), model.config) for i in range(count)])
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def test_fp32_inference_path_equals_the_module_path():
+    model = full_model()
+    features = batch_features(model)
+    module_path = model(features)  # autograd on: the layers as declared
+    with torch.no_grad():
+        inference_path = model(features)
+        tokens_fast, centers_fast = model.encoder.tokenizer(features, compute_dtype=torch.float32)
+    tokens, centers = model.encoder.tokenizer(features)
+    assert torch.equal(centers_fast, centers)
+    assert torch.allclose(tokens_fast, tokens.detach(), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(inference_path, module_path.detach(), atol=1e-5)
+    # the Gaussian branch really contributes (so the comparison above covers it)
+    gaussian = model.encoder.tokenizer.gaussian_encoder
+    with torch.no_grad():
+        assert gaussian(torch.randn(2, 4, 16, 19)).abs().max() > 1e-3
+
+
+def test_fp32_inference_path_matches_the_reference_uni3d_forward():
+    torch.manual_seed(0)
+    reference = uni3d_reference("tiny", **SMALL).eval()
+    randomize_batchnorm(reference, seed=3)
+    model = CLIPGS.from_uni3d(reference.uni3d_state_dict(), size="tiny", gaussian_branch=False, **SMALL).eval()
+    features = batch_features(model, count=4, seed=20)
+    with torch.inference_mode():
+        expected = reference(features[..., :3], features[..., 3:6])
+        got = model(features, precision="fp32")
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("gaussian_branch", [False, True])
+def test_bf16_agrees_with_fp32(gaussian_branch):
+    model = full_model() if gaussian_branch else tiny_model(gaussian_branch=False)
+    features = batch_features(model, count=4, seed=7)
+    with torch.inference_mode():
+        fp32 = model(features, precision="fp32")
+        bf16 = model(features, precision="bf16")
+    assert bf16.dtype == torch.float32
+    assert not torch.equal(fp32, bf16)  # really computed in another precision
+    assert cosine(fp32, bf16).min() >= 0.999
+    # the module path under autocast (training-style) agrees too
+    autocast = model(features, precision="bf16").detach()
+    assert cosine(fp32, autocast).min() >= 0.999
+
+
+def test_encode_precision_fp32_is_exactly_the_fp32_forward():
+    model = full_model()
+    clouds = [random_cloud(700, seed=i) for i in range(3)]
+    features = torch.stack([preprocess_cloud(c, model.config) for c in clouds])
+    with torch.no_grad():
+        expected = model(features)
+    assert torch.equal(model.encode(clouds, precision="fp32"), expected)
+    with torch.no_grad():
+        expected_bf16 = model(features, precision="bf16")
+    assert torch.equal(model.encode(clouds, precision="bf16"), expected_bf16)
+
+
+def test_invalid_precision_raises_config_error():
+    model = tiny_model()
+    cloud = random_cloud(600)
+    with pytest.raises(ConfigError, match="precision must be one of .*'fp16'"):
+        model.encode(cloud, precision="fp16")
+    with pytest.raises(ConfigError, match="precision"), torch.no_grad():
+        model(batch_features(model, count=1), precision="half")
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_precision("float32")
+
+
+def test_auto_precision_follows_the_hardware():
+    expected = torch.bfloat16 if bf16_supported("cpu") else torch.float32
+    assert resolve_precision("auto", "cpu") == expected
+    flags = cpu_flags()
+    if bf16_supported("cpu"):
+        assert flags & {"avx512_bf16", "amx_bf16", "bf16"}
+    assert resolve_precision("fp32", "cpu") == torch.float32
+    assert resolve_precision("bf16", "cpu") == torch.bfloat16
+
+
+def test_encode_with_workers_equals_encode_in_process(tmp_path):
+    model = full_model()
+    paths = []
+    for i, n in enumerate([700, 450, 900, 512, 600]):  # fewer and more Gaussians than num_gaussians
+        paths.append(save_gaussians(random_cloud(n, degree=1, seed=i), tmp_path / f"object_{i}.ply"))
+    in_process = model.encode(paths, batch_size=2, num_workers=0, precision="fp32")
+    workers = model.encode(paths, batch_size=2, num_workers=2, precision="fp32")
+    assert in_process.shape == (5, 1024)
+    assert torch.equal(workers, in_process)
+    assert torch.equal(model.encode(paths, batch_size=2, num_workers=2), model.encode(paths, batch_size=2, num_workers=0))
+    # a single path gives its row of the batch (up to the batch-size dependent rounding of matmuls)
+    assert torch.allclose(model.encode(paths[2], precision="fp32"), in_process[2], atol=1e-5)
+
+
+def test_encode_names_the_file_that_fails_to_load(tmp_path):
+    model = tiny_model()
+    good = save_gaussians(random_cloud(600), tmp_path / "good.ply")
+    bad = tmp_path / "broken.ply"
+    bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 3\nend_header\n")
+    for workers in (0, 2):
+        with pytest.raises(GaussianFormatError, match="broken.ply"):
+            model.encode([good, good, bad, good], batch_size=1, num_workers=workers)
+
+
+def test_cached_inference_weights_follow_parameter_updates():
+    a, b = full_model(seed=0), full_model(seed=1)
+    torch.manual_seed(5)
+    b.load_state_dict({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in b.state_dict().items()})
+    features = batch_features(a)
+    with torch.no_grad():
+        before = a(features, precision="bf16")  # builds the caches of a
+        a.load_state_dict(b.state_dict())  # in-place copies: the caches must notice
+        after = a(features, precision="bf16")
+        expected = b(features, precision="bf16")
+    assert not torch.allclose(before, after)
+    assert torch.equal(after, expected)
+
+
+def test_derived_weights_rebuild_only_on_change():
+    layer = torch.nn.Linear(3, 2)
+    cache, calls = DerivedWeights(), []
+
+    def build(dtype):
+        calls.append(dtype)
+        return layer.weight.to(dtype)
+
+    cache.get(layer, torch.bfloat16, build)
+    cache.get(layer, torch.bfloat16, build)
+    assert calls == [torch.bfloat16]
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert torch.equal(cache.get(layer, torch.bfloat16, build), layer.weight.detach().to(torch.bfloat16))
+    assert calls == [torch.bfloat16, torch.bfloat16]
+
+
+def test_fold_batchnorm_and_row_convolution_equal_the_layers():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(5, 7, kernel_size=3, stride=2, padding=1, bias=True)
+    bn = torch.nn.BatchNorm1d(7).eval()
+    randomize_batchnorm(bn)
+    x = torch.randn(4, 5, 11)  # odd length: the last window is padded
+    with torch.no_grad():
+        expected = bn(conv(x)).transpose(1, 2)  # [4, 6, 7]
+        weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+        got = _conv3_rows(x.transpose(1, 2), weight.flatten(1), bias, stride=2)
+    assert got.shape == expected.shape == (4, 6, 7)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_inference_path_refuses_training_mode():
+    model = tiny_model()
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"), torch.no_grad():
+        model.encoder.forward_features(batch_features(model, count=1), compute_dtype=torch.float32)
