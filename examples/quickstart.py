@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import clip_gs
-from clip_gs.cli import format_info, render_sheet
+from clip_gs.cli import format_info
+from clip_gs.render import render_sheet
 
 
 def main() -> None:
@@ -34,7 +35,8 @@ def main() -> None:
     # write it back in two formats and check what came back
     same = clip_gs.load_gaussians(clip_gs.save_gaussians(cloud, out / "copy.ply"))
     assert all(torch.equal(getattr(cloud, f), getattr(same, f)) for f in ("means", "sh", "quats"))
-    splat = clip_gs.load_gaussians(clip_gs.save_gaussians(cloud, out / "copy.splat"))
+    # .splat has no higher-order SH: dropping them must be asked for explicitly
+    splat = clip_gs.load_gaussians(clip_gs.save_gaussians(cloud, out / "copy.splat", drop_sh=True))
     print(f"wrote {out / 'copy.ply'} (bitwise identical) and {out / 'copy.splat'} ({len(splat):,} Gaussians)")
 
     render_sheet(cloud, views=4, size=192).save(out / "views.png")

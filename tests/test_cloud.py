@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clip_gs import FEATURE_LAYOUT, GaussianCloud, GaussianFormatError
+from clip_gs import FEATURE_LAYOUT, ConfigError, GaussianCloud, GaussianFormatError
 from clip_gs.gaussians import SH_C0, canonical_quaternions, quaternions_to_matrices
 
 
@@ -59,6 +59,12 @@ def test_quaternion_sign_canonicalisation_makes_q_and_minus_q_identical():
     # w == 0: the next non-zero component decides
     q = canonical_quaternions(torch.tensor([[0.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, -3.0]]))
     assert torch.allclose(q, torch.tensor([[0.0, math.sqrt(0.5), -math.sqrt(0.5), 0.0], [0.0, 0.0, 0.0, 1.0]]))
+
+
+def test_tiny_quaternions_normalise_without_underflow():
+    cloud = random_cloud(2).replace(quats=torch.tensor([[1e-30, 0.0, 0.0, 0.0], [0.0, -3e-39, 4e-39, 0.0]]))
+    assert torch.allclose(cloud.rotations, torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.6, -0.8, 0.0]]))
+    assert bool(torch.isfinite(cloud.features()).all())
 
 
 def test_covariances_are_r_s_squared_rt():
@@ -126,7 +132,7 @@ def test_resample_pads_with_seeded_duplicates():
     up = cloud.resample(25, seed=0)
     assert len(up) == 25
     assert torch.unique(up.means, dim=0).shape[0] == 10  # every original kept, nothing invented
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigError, match="positive"):
         cloud.resample(0)
 
 

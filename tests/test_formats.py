@@ -18,11 +18,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clip_gs.errors import GaussianFormatError, MissingDependencyError, UnsupportedFormatError
+from clip_gs.errors import ConfigError, GaussianFormatError, MissingDependencyError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import SH_C0, GaussianCloud, sh_coeff_count
 from clip_gs.gaussians.formats import read_compressed_ply, read_splat, read_spz
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, splat_importance_order
 from clip_gs.gaussians.io import load_gaussians, registered_formats, save_gaussians
+from clip_gs.render.sh import sh_basis
 from tests.conftest import real_file
 
 REAL = "playcanvas-splats"
@@ -211,7 +212,7 @@ def test_splat_opacity_eps_is_a_parameter(tmp_path):
     assert torch.allclose(default, expected, atol=1e-7)
     loose = read_splat(path, opacity_eps=1e-2).opacity.double()
     assert torch.allclose(loose, torch.tensor([1e-2, 0.99], dtype=torch.float64), atol=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="opacity_eps"):
         read_splat(path, opacity_eps=0.0)
 
 
@@ -434,26 +435,14 @@ def test_spz_matches_encoder(tmp_path, version, degree):
     assert torch.equal(back.quats, stored.quats * torch.tensor([1.0, 1.0, -1.0, -1.0]))
 
 
-def _sh_basis(d: torch.Tensor) -> torch.Tensor:
-    """Real SH polynomials of degree 1..3 (INRIA order, constants dropped): ``[..., 15]``."""
-    x, y, z = d.unbind(-1)
-    return torch.stack(
-        [y, z, x, x * y, y * z, 2 * z * z - x * x - y * y, x * z, x * x - y * y,
-         y * (3 * x * x - y * y), x * y * z, y * (4 * z * z - x * x - y * y),
-         z * (2 * z * z - 3 * x * x - 3 * y * y), x * (4 * z * z - x * x - y * y),
-         z * (x * x - y * y), x * (x * x - 3 * y * y)],
-        dim=-1,
-    )  # fmt: skip
-
-
 def test_spz_rdf_flip_keeps_view_dependent_colour(tmp_path):
     cloud = random_cloud(20, 2, sh_degree=3)
     path = write_bytes(tmp_path, "c.spz", encode_spz(cloud, version=3))
     stored, flipped = read_spz(path, coordinates="stored"), read_spz(path)
     directions = torch.nn.functional.normalize(torch.randn(20, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
     flip = torch.tensor([1.0, -1.0, -1.0])
-    colour_stored = torch.einsum("nk,nkc->nc", _sh_basis(directions), stored.sh[:, 1:])
-    colour_flipped = torch.einsum("nk,nkc->nc", _sh_basis(directions * flip), flipped.sh[:, 1:])
+    colour_stored = torch.einsum("nk,nkc->nc", sh_basis(directions, 3)[:, 1:], stored.sh[:, 1:])
+    colour_flipped = torch.einsum("nk,nkc->nc", sh_basis(directions * flip, 3)[:, 1:], flipped.sh[:, 1:])
     assert torch.allclose(colour_stored, colour_flipped, atol=1e-6)
     # the rotation matrices are conjugated by the flip
     f = torch.diag(flip)

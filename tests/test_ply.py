@@ -73,15 +73,18 @@ def test_properties_are_found_by_name_and_f_rest_is_channel_major(tmp_path):
 
 
 def test_double_precision_properties_are_read_as_float32(tmp_path):
-    cloud = load_gaussians(write_vertex_ply(tmp_path / "d.ply", gaussian_columns(5, 0, np.float64)))
+    cols = gaussian_columns(5, 0, np.float64)
+    cloud = load_gaussians(write_vertex_ply(tmp_path / "d.ply", cols))
     assert cloud.dtype == torch.float32 and len(cloud) == 5
+    assert np.array_equal(cloud.means[:, 1].numpy(), cols["y"].astype(np.float32))
+    assert np.array_equal(cloud.log_scales[:, 2].numpy(), cols["scale_2"].astype(np.float32))
 
 
 def test_unknown_properties_are_tolerated_and_reported(tmp_path):
     cols = gaussian_columns(4, 0) | {"nx": np.zeros(4, np.float32), "importance": np.ones(4, np.float32)}
     with pytest.warns(UnknownPropertiesWarning, match="importance"):
         cloud = load_gaussians(write_vertex_ply(tmp_path / "u.ply", cols))
-    assert len(cloud) == 4
+    assert np.array_equal(cloud.opacity_logits.numpy(), cols["opacity"])
 
 
 def test_normals_alone_do_not_warn(tmp_path):

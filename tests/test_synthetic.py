@@ -3,7 +3,6 @@ disk orientation, the dataset, and rendered silhouettes."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -254,19 +253,10 @@ def test_dataset_class_subset_keeps_global_label_indices():
     assert all(o.pattern == "solid" for o in items)
 
 
-def test_objects_are_fast_to_make():
-    make_object("mug", 0)  # warm-up
-    start = time.perf_counter()
-    for i in range(2 * len(SHAPE_CLASSES)):
-        make_object(SHAPE_CLASSES[i % len(SHAPE_CLASSES)], i, num_gaussians=2048)
-    per_object = (time.perf_counter() - start) / (2 * len(SHAPE_CLASSES))
-    assert per_object < 0.1, f"{per_object * 1e3:.1f} ms per object"  # ~3 ms single-threaded; generous for CI
-
-
 # ---------------------------------------------------------------------------- rendered silhouettes
 @pytest.mark.parametrize(("shape", "hole"), [("torus", True), ("ring", True), ("sphere", False), ("cube", False)])
 def test_rendered_silhouette_from_the_axis(shape, hole):
-    render = pytest.importorskip("clip_gs.render")
+    from clip_gs import render
     obj = make_object(shape, 0, num_gaussians=2048, random_pose=False, pattern="solid")
     cameras = render.orbit_cameras(1, width=48, height=48, elevation_deg=89.0, up="+z")  # looks down z
     alpha = render.render_cloud(obj.cloud, cameras).alpha[0]
@@ -280,7 +270,7 @@ def test_rendered_silhouette_from_the_axis(shape, hole):
 
 
 def test_rendered_classes_differ_in_silhouette_area():
-    render = pytest.importorskip("clip_gs.render")
+    from clip_gs import render
     cameras = render.orbit_cameras(1, width=48, height=48, elevation_deg=89.0, up="+z")
     coverage = {
         shape: render.render_cloud(make_object(shape, 0, random_pose=False).cloud, cameras).alpha[0].mean().item()

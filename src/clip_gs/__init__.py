@@ -27,6 +27,7 @@ _LAZY = {
     "render_cloud": "clip_gs.render",
     "orbit_cameras": "clip_gs.render",
     "contact_sheet": "clip_gs.render",
+    "render_sheet": "clip_gs.render",
 }
 
 
@@ -52,6 +53,7 @@ __all__ = [
     "mesh_to_gaussians",
     "orbit_cameras",
     "render_cloud",
+    "render_sheet",
     "CheckpointError",
     "ClipGSError",
     "ConfigError",

@@ -84,33 +84,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_sheet(
-    cloud,
-    views: int = 4,
-    size: int = 256,
-    elevation: float = 20.0,
-    up: str = "+y",
-    background: Sequence[float] = (1.0, 1.0, 1.0),
-    progress: bool | None = None,
-):
-    """Render ``views`` orbit views of a cloud (normalised first) into a contact sheet image."""
-    from clip_gs.render import contact_sheet, orbit_cameras, render_cloud
-
-    cloud = cloud.normalized()
-    cameras = orbit_cameras(views, elevation_deg=elevation, width=size, height=size, up=up)
-    bg = torch.tensor(background, dtype=cloud.dtype)
-    show = progress if progress is not None else cloud.num_gaussians * views >= 200_000
-    indices = range(views)
-    if show:
-        from tqdm.auto import tqdm
-
-        indices = tqdm(indices, desc=f"render {cloud.num_gaussians:,} Gaussians", unit="view")
-    images = [render_cloud(cloud, cameras[i : i + 1], background=bg).rgb for i in indices]
-    return contact_sheet(torch.cat(images))
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     from clip_gs.data.assets import load_asset
+    from clip_gs.render import render_sheet
 
     cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
     sheet = render_sheet(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clip_gs.errors import NotGaussianDataError, UnsupportedFormatError
+from clip_gs.errors import NotGaussianDataError
 from clip_gs.gaussians import GaussianCloud, load_gaussians
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".stl", ".off", ".ply")
@@ -35,9 +35,6 @@ def load_asset(path: str | os.PathLike[str], num_gaussians: int = 100_000, seed:
         return mesh_to_gaussians(path, num_gaussians=num_gaussians, seed=seed)
     try:
         return load_gaussians(path)
-    except UnsupportedFormatError:
-        if suffix not in MESH_EXTENSIONS:
-            raise
     except NotGaussianDataError:
         if suffix not in MESH_EXTENSIONS:
             raise

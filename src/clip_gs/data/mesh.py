@@ -97,13 +97,13 @@ def sample_triangles(
         ``points = sum_k barycentric[:, k] * triangles[face_index, k]``.
 
     Raises:
-        ValueError: if the total area is zero or not finite.
+        MeshError: if the total area is zero or not finite.
     """
     tri = np.asarray(triangles, dtype=np.float64)
     areas = triangle_areas(tri)
     total = areas.sum()
     if not np.isfinite(total) or total <= 0:
-        raise ValueError(f"triangles have total area {total}; cannot sample a surface")
+        raise MeshError(f"triangles have total area {total}; cannot sample a surface")
     cdf = np.cumsum(areas)
     face_index = np.searchsorted(cdf, rng.random(num_samples) * cdf[-1], side="right")
     face_index = np.minimum(face_index, len(tri) - 1)  # guards the u * total == total rounding edge

@@ -46,7 +46,7 @@ from clip_gs.data.mesh import (
     triangle_areas,
 )
 from clip_gs.errors import ConfigError
-from clip_gs.gaussians.cloud import GaussianCloud
+from clip_gs.gaussians.cloud import GaussianCloud, quaternions_to_matrices
 
 PALETTE: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.10, 0.10),
@@ -276,16 +276,8 @@ def _check_shape(shape: str) -> str:
 # ---------------------------------------------------------------------------- colour and pose
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly distributed rotation matrix ``[3, 3]`` (normalised Gaussian quaternion)."""
-    w, x, y, z = rng.standard_normal(4)
-    n = math.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    quat = torch.from_numpy(rng.standard_normal(4))
+    return quaternions_to_matrices(quat / quat.norm()).numpy()
 
 
 def pattern_mask(

@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from clip_gs.errors import GaussianFormatError
+from clip_gs.errors import ConfigError, GaussianFormatError
 
 SH_C0 = 0.28209479177387814
 """Zeroth-order real spherical-harmonic constant, 1 / (2 sqrt(pi))."""
@@ -56,7 +56,9 @@ def canonical_quaternions(quats: Tensor) -> Tensor:
     Returns:
         ``[..., 4]`` unit quaternions, wxyz.
     """
-    q = quats / quats.norm(dim=-1, keepdim=True)
+    # divide by the largest component first so tiny (but non-zero) quaternions do not underflow
+    q = quats / quats.abs().amax(dim=-1, keepdim=True)
+    q = q / q.norm(dim=-1, keepdim=True)
     sign = torch.zeros_like(q[..., 0])
     for i in range(3, -1, -1):  # later components only decide when earlier ones are zero
         comp = q[..., i]
@@ -310,7 +312,7 @@ class GaussianCloud:
         elif scale_activation == "exp":
             scale = self.scales
         else:
-            raise ValueError(f"scale_activation must be 'sigmoid' or 'exp', got {scale_activation!r}")
+            raise ConfigError(f"scale_activation must be 'sigmoid' or 'exp', got {scale_activation!r}")
         parts = {
             "xyz": self.means,
             "rgb": self.rgb,
@@ -375,7 +377,7 @@ class GaussianCloud:
         if self.batch_shape:
             raise GaussianFormatError("resample() works on an unbatched cloud; resample before stacking")
         if num_gaussians <= 0:
-            raise ValueError(f"num_gaussians must be positive, got {num_gaussians}")
+            raise ConfigError(f"num_gaussians must be positive, got {num_gaussians}")
         n = self.num_gaussians
         if n == num_gaussians:
             return self

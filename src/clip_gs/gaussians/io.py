@@ -93,12 +93,11 @@ def load_gaussians(path: str | os.PathLike[str], format: str | None = None, **op
     for fmt in _FORMATS:
         if fmt.sniff(head):
             return fmt.read(path, **options)
-    suffix = path.suffix.lower()
     for fmt in _FORMATS:
-        if suffix in fmt.extensions:
+        if _has_extension(path, fmt):
             return fmt.read(path, **options)
     raise UnsupportedFormatError(
-        f"{path}: not a recognised 3DGS file (content and extension {suffix or '(none)'} match no format); "
+        f"{path}: not a recognised 3DGS file (content and extension {path.suffix or '(none)'} match no format); "
         f"supported formats: {_describe_supported()}"
     )
 
@@ -118,7 +117,7 @@ def save_gaussians(
     if format is not None:
         fmt = _by_name(format)
     else:
-        matches = [f for f in _FORMATS if path.suffix.lower() in f.extensions and f.write is not None]
+        matches = [f for f in _FORMATS if _has_extension(path, f) and f.write is not None]
         if not matches:
             writable = ", ".join(f"{f.name} ({'/'.join(f.extensions)})" for f in _FORMATS if f.write)
             raise UnsupportedFormatError(f"{path}: cannot write extension {path.suffix or '(none)'}; writable: {writable}")
@@ -127,6 +126,12 @@ def save_gaussians(
         raise UnsupportedFormatError(f"{path}: format {fmt.name!r} is read-only")
     fmt.write(cloud, path, **options)
     return path
+
+
+def _has_extension(path: Path, fmt: GaussianFormat) -> bool:
+    """True when the file name ends with one of the format's extensions (multi-dot ones such as
+    ``.compressed.ply`` included)."""
+    return path.name.lower().endswith(fmt.extensions)
 
 
 def _by_name(name: str) -> GaussianFormat:

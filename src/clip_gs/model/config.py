@@ -30,7 +30,9 @@ class CLIPGSConfig:
         num_gaussians: Gaussians sampled per object (Uni3D: 10,000).
         num_groups / group_size: patches g and Gaussians per patch n (Uni3D: 512 x 64).
         fps_start: ``"first"`` (index 0, as Uni3D's pointnet2 FPS) or ``"farthest"`` (the Gaussian
-            farthest from the centroid: independent of the order of Gaussians in the file).
+            farthest from the centroid). With ``"farthest"`` the embedding does not depend on the
+            order of Gaussians in the file when the object has exactly ``num_gaussians`` of them;
+            otherwise the seeded resampling picks Gaussians by index and so still depends on it.
         point_encoder_dim: output width of the mini-PointNet (Uni3D ``pc_encoder_dim`` = 512).
         gaussian_branch: True for CLIP-GS's GS refinement block; False gives the "P&C baseline",
             exactly Uni3D's point encoder on Gaussian positions and colours.

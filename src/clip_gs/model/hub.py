@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clip_gs.errors import WeightsUnavailableError
+from clip_gs.errors import ConfigError, WeightsUnavailableError
 
 HUB_PREFIX = "hf://"
 
@@ -13,7 +13,7 @@ def parse_hub_reference(reference: str) -> tuple[str, str]:
     """Split ``"hf://owner/repo/path/in/repo"`` into ``("owner/repo", "path/in/repo")``."""
     parts = reference.removeprefix(HUB_PREFIX).split("/", 2)
     if not reference.startswith(HUB_PREFIX) or len(parts) != 3 or not all(parts):
-        raise ValueError(f"not a Hub file reference {reference!r}; expected 'hf://owner/repo/path/to/file'")
+        raise ConfigError(f"not a Hub file reference {reference!r}; expected 'hf://owner/repo/path/to/file'")
     return f"{parts[0]}/{parts[1]}", parts[2]
 
 

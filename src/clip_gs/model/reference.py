@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clip_gs.errors import ConfigError
 from clip_gs.model.config import CLIPGSConfig
 from clip_gs.ops import farthest_point_sample_reference, gather, knn_reference
 
@@ -53,7 +54,7 @@ class Uni3DPointEncoderReference(nn.Module):
     def __init__(self, config: CLIPGSConfig):
         super().__init__()
         if config.uni3d_model is None:
-            raise ValueError(f"config {config.name!r} names no Uni3D timm model")
+            raise ConfigError(f"config {config.name!r} names no Uni3D timm model")
         self.config = config
         self.visual = timm.create_model(config.uni3d_model, pretrained=False)
         width = config.width

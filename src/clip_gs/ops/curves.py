@@ -98,6 +98,9 @@ def quantize(
         low_t = torch.as_tensor(low, dtype=points.dtype, device=points.device)
         high_t = torch.as_tensor(high, dtype=points.dtype, device=points.device)
         extent = high_t - low_t
+        if bool((extent <= 0).any()):
+            raise ConfigError(f"quantize box needs high > low on every axis, got low={low}, high={high}")
+    # a degenerate per-set box (all points equal along every axis) maps every point to cell 0
     extent = torch.where(extent > 0, extent, torch.ones_like(extent))
     cells = 1 << bits
     grid = torch.floor((points - low_t) / extent * cells)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from clip_gs.errors import RenderError
+from clip_gs.gaussians.cloud import GaussianCloud
 
 
 def contact_sheet(
@@ -68,3 +69,44 @@ def contact_sheet(
 
 
 __all__ = ["contact_sheet"]
+
+
+def render_sheet(
+    cloud: GaussianCloud,
+    views: int = 4,
+    size: int = 256,
+    elevation: float = 20.0,
+    up: str = "+y",
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    progress: bool | None = None,
+) -> Image.Image:
+    """Render ``views`` regular orbit views of an object into one contact sheet.
+
+    The cloud is normalised to the unit sphere first; cameras follow :func:`orbit_cameras`
+    (``up`` is the world up axis: ``"+y"`` for glTF, ``"-y"`` for many COLMAP-frame captures).
+
+    Args:
+        cloud: an unbatched :class:`GaussianCloud`.
+        views: number of views, at regular azimuths from 0.
+        size: width and height of each view in pixels.
+        elevation: camera elevation in degrees.
+        background: RGB in [0, 1].
+        progress: show a per-view progress bar (default: for >= 200,000 Gaussian-views).
+
+    Returns:
+        The sheet as an RGB ``PIL.Image``.
+    """
+    from clip_gs.render.cameras import orbit_cameras
+    from clip_gs.render.rasterize import render_cloud
+
+    cloud = cloud.normalized()
+    cameras = orbit_cameras(views, elevation_deg=elevation, width=size, height=size, up=up)
+    bg = torch.tensor(background, dtype=cloud.dtype)
+    show = progress if progress is not None else cloud.num_gaussians * views >= 200_000
+    indices = range(views)
+    if show:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=f"render {cloud.num_gaussians:,} Gaussians", unit="view")
+    images = [render_cloud(cloud, cameras[i : i + 1], background=bg).rgb for i in indices]
+    return contact_sheet(torch.cat(images))

@@ -16,7 +16,7 @@ import numpy as np
 import plyfile
 import torch
 
-from clip_gs.errors import GaussianFormatError, NotGaussianDataError, UnsupportedFormatError
+from clip_gs.errors import ConfigError, GaussianFormatError, NotGaussianDataError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
 from clip_gs.gaussians.formats.ply_header import PlyHeader, read_ply_header
 
@@ -160,7 +160,7 @@ def write_ply(cloud: GaussianCloud, path: Path, ascii: bool = False, byte_order:
         byte_order: ``"<"`` little-endian (default) or ``">"`` big-endian, for binary files.
     """
     if byte_order not in ("<", ">"):
-        raise ValueError(f"byte_order must be '<' or '>', got {byte_order!r}")
+        raise ConfigError(f"byte_order must be '<' or '>', got {byte_order!r}")
     cloud = cloud.to(device="cpu", dtype=torch.float32)
     n, k = cloud.num_gaussians, cloud.sh.shape[-2]
     rest = f_rest_names(cloud.sh_degree)

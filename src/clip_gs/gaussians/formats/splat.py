@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_gs.errors import GaussianFormatError
+from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.gaussians.cloud import SH_C0, GaussianCloud
 
 SPLAT_RECORD = np.dtype(
@@ -47,7 +47,7 @@ def opacity_logits_from_bytes(alpha: np.ndarray, eps: float = DEFAULT_OPACITY_EP
         ``[N]`` float32 logits, finite.
     """
     if not 0.0 < eps < 0.5:
-        raise ValueError(f"opacity_eps must lie in (0, 0.5), got {eps}")
+        raise ConfigError(f"opacity_eps must lie in (0, 0.5), got {eps}")
     unit = np.clip(np.asarray(alpha, dtype=np.float64) / 255.0, eps, 1.0 - eps)
     return np.log(unit / (1.0 - unit)).astype(np.float32)
 

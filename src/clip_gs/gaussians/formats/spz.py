@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_gs.errors import GaussianFormatError, MissingDependencyError, UnsupportedFormatError
+from clip_gs.errors import ConfigError, GaussianFormatError, MissingDependencyError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, opacity_logits_from_bytes
 
@@ -324,7 +324,7 @@ def read_spz(
     """
     path = Path(path)
     if coordinates not in ("stored", "rdf"):
-        raise ValueError(f"coordinates must be 'stored' or 'rdf', got {coordinates!r}")
+        raise ConfigError(f"coordinates must be 'stored' or 'rdf', got {coordinates!r}")
     try:
         raw = path.read_bytes()
     except OSError as exc:
