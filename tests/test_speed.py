@@ -11,7 +11,7 @@ from clip_gs import ConfigError, GaussianFormatError, save_gaussians
 from clip_gs.model import CLIPGS
 from clip_gs.model.clipgs import preprocess_cloud
 from clip_gs.model.precision import DerivedWeights, bf16_supported, cpu_flags, resolve_precision
-from clip_gs.model.tokenizer import _conv3_rows, fold_batchnorm
+from clip_gs.model.tokenizer import fold_batchnorm
 from tests.test_cloud import random_cloud
 from tests.test_model import SMALL, randomize_batchnorm, tiny_model, uni3d_reference
 
@@ -169,18 +169,23 @@ def test_derived_weights_rebuild_only_on_change():
     assert calls == [torch.bfloat16, torch.bfloat16]
 
 
-def test_fold_batchnorm_and_row_convolution_equal_the_layers():
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_batchnorm_equals_the_layers(bias):
     torch.manual_seed(0)
-    conv = torch.nn.Conv1d(5, 7, kernel_size=3, stride=2, padding=1, bias=True)
+    conv = torch.nn.Conv1d(5, 7, kernel_size=3, stride=2, padding=1, bias=bias)
     bn = torch.nn.BatchNorm1d(7).eval()
     randomize_batchnorm(bn)
-    x = torch.randn(4, 5, 11)  # odd length: the last window is padded
+    x = torch.randn(4, 5, 11)
     with torch.no_grad():
-        expected = bn(conv(x)).transpose(1, 2)  # [4, 6, 7]
-        weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
-        got = _conv3_rows(x.transpose(1, 2), weight.flatten(1), bias, stride=2)
-    assert got.shape == expected.shape == (4, 6, 7)
+        expected = bn(conv(x))
+        weight, folded_bias = fold_batchnorm(conv.weight, conv.bias, bn)
+        got = F.conv1d(x, weight, folded_bias, stride=2, padding=1)
+        linear = torch.nn.Linear(5, 7)
+        w2, b2 = fold_batchnorm(linear.weight, linear.bias, bn)
+        rows = torch.randn(9, 5)
+        assert torch.allclose(F.linear(rows, w2, b2), bn(linear(rows)), atol=1e-5)
     assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(conv(x), expected, atol=1e-2)  # the BatchNorm is not trivial
 
 
 def test_inference_path_refuses_training_mode():
@@ -188,3 +193,33 @@ def test_inference_path_refuses_training_mode():
     model.train()
     with pytest.raises(RuntimeError, match="eval mode"), torch.no_grad():
         model.encoder.forward_features(batch_features(model, count=1), compute_dtype=torch.float32)
+
+
+def test_compile_failure_falls_back_to_eager_blocks(monkeypatch):
+    from clip_gs.model import encoder as encoder_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(encoder_module, "_compiled_block_inference", lambda: broken)
+    model = full_model()
+    features = batch_features(model)
+    with torch.no_grad():
+        eager = model(features, precision="bf16")
+        model.encoder.set_compile(True)
+        with pytest.warns(UserWarning, match="torch.compile of the encoder blocks failed.*no C\\+\\+ compiler"):
+            fallback = model(features, precision="bf16")
+    assert torch.equal(fallback, eager)
+    assert model.encoder.compile_blocks is False  # warned once, then eager
+
+
+@pytest.mark.slow
+def test_compiled_blocks_agree_with_eager():
+    model = full_model()
+    features = batch_features(model)
+    with torch.no_grad():
+        eager = model(features, precision="fp32")
+        model.encoder.set_compile(True)
+        compiled = model(features, precision="fp32")
+    assert model.encoder.compile_blocks  # really compiled, no fallback
+    assert torch.allclose(compiled, eager, atol=1e-4)

@@ -215,6 +215,9 @@ class CLIPGS(
 
         Files are read and preprocessed (:func:`preprocess_cloud`) by a ``DataLoader`` whose
         worker processes run ahead of the encoder, so loading overlaps with the forward passes.
+        The forward passes take the encoder's inference path (see
+        :meth:`GaussianEncoder.forward`); ``self.encoder.set_compile()`` opts into
+        ``torch.compile`` for its blocks.
 
         Args:
             inputs: a GaussianCloud (unbatched or batched), a file path (any supported 3DGS

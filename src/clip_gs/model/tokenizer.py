@@ -17,9 +17,9 @@ Two ways to run each branch, with the same parameters:
 
 - the module path (``forward``): the layers as declared, for training (BatchNorm batch
   statistics, autograd) and as the readable definition;
-- the inference path (``forward_inference``, eval mode without autograd): every 1x1 and 1x3
-  convolution becomes a matrix product over channels-last rows ``[rows, C]``, each BatchNorm is
-  folded into the product before it, the ``[global; local]`` concatenation of the mini-PointNet is
+- the inference path (``forward_inference``, eval mode without autograd): every 1x1 convolution
+  of the mini-PointNet becomes a matrix product over channels-last rows ``[rows, C]``, each
+  BatchNorm is folded into the product or convolution before it, the ``[global; local]`` concatenation of the mini-PointNet is
   split into a per-patch and a per-point product (the global half of the 512x512 product is done
   once per patch instead of once per point), patches are processed in chunks of
   ``inference_chunk_groups`` so the activations stay in cache, and the products run in the
@@ -58,17 +58,6 @@ def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm1d) -> t
     shift = bn.bias - bn.running_mean * scale
     folded_bias = shift if bias is None else bias * scale + shift
     return weight * scale.view(-1, *([1] * (weight.dim() - 1))), folded_bias
-
-
-def _conv3_rows(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
-    """A kernel-3, padding-1 1-D convolution on channels-last rows, as one matrix product.
-
-    ``x: [M, L, C_in]``, ``weight: [C_out, C_in * 3]`` (Conv1d weight ``[C_out, C_in, 3]``
-    flattened), ``bias: [C_out]`` -> ``[M, L', C_out]`` with ``L' = (L - 1) // stride + 1``.
-    """
-    padded = F.pad(x, (0, 0, 1, 1))  # [M, L + 2, C_in]
-    windows = padded.unfold(1, 3, stride)  # [M, L', C_in, 3]
-    return F.linear(windows.reshape(*windows.shape[:2], -1), weight, bias)
 
 
 @dataclass
@@ -223,10 +212,11 @@ class GaussianPatchEncoder(nn.Module):
         for i in range(0, len(self.convs), 3):
             conv, bn = self.convs[i], self.convs[i + 1]
             weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
-            convs.append((weight.flatten(1).to(dtype).contiguous(), bias.to(dtype), conv.stride[0]))
+            convs.append((weight.to(dtype).contiguous(), bias.to(dtype), conv.stride[0], conv.padding[0]))
         cast = {
             "stem_weight": linear.weight, "stem_bias": linear.bias, "norm_weight": norm.weight,
-            "norm_bias": norm.bias, "order_scale": 1 + self.order_scale, "order_shift": self.order_shift,
+            "norm_bias": norm.bias, "order_scale": (1 + self.order_scale)[:, None, None, :],
+            "order_shift": self.order_shift[:, None, None, :],
             "proj_weight": self.proj.weight, "proj_bias": self.proj.bias,
         }  # fmt: skip
         weights = {name: t.to(dtype).contiguous() for name, t in cast.items()}
@@ -236,21 +226,22 @@ class GaussianPatchEncoder(nn.Module):
 
     def forward_inference(self, patch_features: Tensor, dtype: torch.dtype) -> Tensor:
         """Inference path (eval mode, no autograd): ``patch_features: [M, K, 19]`` -> ``[M, width]``
-        in ``dtype``. Serialization orders are computed from the float32 relative positions."""
+        in ``dtype``. BatchNorms folded into the convolutions, all orders in one convolution call;
+        serialization orders are computed from the float32 relative positions."""
         w = self._derived.get(self, dtype, self._inference_weights)
+        m, k, _ = patch_features.shape
         x = F.linear(patch_features.to(dtype), w["stem_weight"], w["stem_bias"])
         x = F.layer_norm(x, x.shape[-1:], w["norm_weight"], w["norm_bias"], w["norm_eps"])  # [M, K, E]
         rel_xyz = patch_features[..., FEATURE_LAYOUT["xyz"]]
-        pooled = None
-        for i, order in enumerate(self.orders):
-            idx = serialization_order(rel_xyz, order, bits=self.bits)  # [M, K]
-            h = torch.take_along_dim(x, idx.unsqueeze(-1), dim=1).mul_(w["order_scale"][i]).add_(w["order_shift"][i])
-            for weight, bias, stride in w["convs"]:
-                h = _conv3_rows(h, weight, bias, stride).relu_()
-            h = h.amax(dim=1) if self.pooling == "max" else h.mean(dim=1)
-            pooled = h.float() if pooled is None else pooled.add_(h.float())
-        pooled = pooled.div_(len(self.orders)).to(dtype)
-        return F.linear(pooled, w["proj_weight"], w["proj_bias"])
+        idx = torch.stack([serialization_order(rel_xyz, order, bits=self.bits) for order in self.orders])  # [O, M, K]
+        x = torch.take_along_dim(x.unsqueeze(0), idx.unsqueeze(-1), dim=2)  # [O, M, K, E]
+        x = x.mul_(w["order_scale"]).add_(w["order_shift"])
+        x = x.reshape(-1, k, x.shape[-1]).transpose(1, 2)  # [O*M, E, K]
+        for weight, bias, stride, padding in w["convs"]:
+            x = F.conv1d(x, weight, bias, stride=stride, padding=padding).relu_()
+        x = x.amax(dim=2) if self.pooling == "max" else x.mean(dim=2)
+        x = x.view(len(self.orders), m, -1).float().mean(dim=0)  # fuse orders
+        return F.linear(x.to(dtype), w["proj_weight"], w["proj_bias"])
 
 
 class GSTokenizer(nn.Module):
