@@ -223,3 +223,14 @@ def test_compiled_blocks_agree_with_eager():
         compiled = model(features, precision="fp32")
     assert model.encoder.compile_blocks  # really compiled, no fallback
     assert torch.allclose(compiled, eager, atol=1e-4)
+
+
+def test_inference_chunking_does_not_change_tokens():
+    model = full_model()
+    features = batch_features(model)  # 3 x 32 = 96 patches: one chunk by default
+    tokenizer = model.encoder.tokenizer
+    with torch.no_grad():
+        whole, _ = tokenizer(features, compute_dtype=torch.float32)
+        tokenizer.inference_chunk_groups = 7  # uneven chunks, the last one partial
+        chunked, _ = tokenizer(features, compute_dtype=torch.float32)
+    assert torch.allclose(chunked, whole, atol=1e-6)

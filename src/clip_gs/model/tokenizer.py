@@ -40,7 +40,8 @@ from clip_gs.model.precision import DerivedWeights
 from clip_gs.ops import farthest_point_sample, gather, knn, serialization_order
 
 INFERENCE_CHUNK_GROUPS = 128
-"""Patches per chunk of the inference path (128 x 64 points: activations of a few MB)."""
+"""Patches per chunk of the inference path on CPU (128 x 64 points: activations of a few MB, which
+stay in cache). Other devices take all patches of the batch in one chunk."""
 
 
 def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
@@ -247,6 +248,9 @@ class GaussianPatchEncoder(nn.Module):
 class GSTokenizer(nn.Module):
     """Gaussians ``[B, N, 19]`` -> patch tokens ``[B, G, width]`` and centres ``[B, G, 3]``."""
 
+    inference_chunk_groups: int = INFERENCE_CHUNK_GROUPS
+    """Patches per chunk of the inference path on CPU (see :data:`INFERENCE_CHUNK_GROUPS`)."""
+
     def __init__(self, config: CLIPGSConfig):
         super().__init__()
         self.config = config
@@ -254,8 +258,6 @@ class GSTokenizer(nn.Module):
         self.point_proj = nn.Linear(config.point_encoder_dim, config.width)  # Uni3D encoder2trans
         self.gaussian_encoder = GaussianPatchEncoder(config) if config.gaussian_branch else None
         self._derived = DerivedWeights()
-
-    inference_chunk_groups: int = INFERENCE_CHUNK_GROUPS
 
     def forward(self, features: Tensor, compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """Args:
@@ -290,8 +292,9 @@ class GSTokenizer(nn.Module):
         point_channels = torch.cat([rows[..., FEATURE_LAYOUT["xyz"]], rows[..., FEATURE_LAYOUT["rgb"]]], dim=-1)
         proj_weight, proj_bias = self._derived.get(self.point_proj, dtype, self._proj_weights)
         tokens = torch.empty(b * g, cfg.width, dtype=torch.float32, device=features.device)
-        for start in range(0, b * g, self.inference_chunk_groups):
-            chunk = slice(start, start + self.inference_chunk_groups)
+        step = self.inference_chunk_groups if features.device.type == "cpu" else b * g
+        for start in range(0, b * g, step):
+            chunk = slice(start, start + step)
             out = F.linear(self.point_encoder.forward_inference(point_channels[chunk], dtype), proj_weight, proj_bias)
             if self.gaussian_encoder is not None:
                 out = out + self.gaussian_encoder.forward_inference(rows[chunk], dtype)
