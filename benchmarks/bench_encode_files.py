@@ -81,7 +81,9 @@ def run(
             f"encode, default (workers={default})": lambda: model.encode(paths, batch_size, seed, False, precision),
         }
         if workers != default:
-            cases[f"encode, workers={workers}"] = lambda: model.encode(paths, batch_size, seed, False, precision, workers)
+            cases[f"encode, workers={workers}"] = lambda: model.encode(
+                paths, batch_size, seed, False, precision, num_workers=workers
+            )
         with torch.inference_mode():
             model(batches[0], precision=precision)  # warm-up: cached inference weights
         times: dict[str, list[float]] = {name: [] for name in cases}
@@ -113,7 +115,10 @@ def run(
 def print_report(result: dict) -> None:
     print(result["workload"])
     for r in result["rows"]:
-        print(f"{r['name']:30s} {r['seconds']:8.2f} s  {r['objects_per_s']:6.2f} obj/s  {r['vs_encoder']:5.2f}x encoder-only")
+        print(
+            f"{r['name']:30s} {r['seconds']:8.2f} s  {r['objects_per_s']:6.2f} obj/s  "
+            f"{r['vs_encoder']:5.2f}x encoder-only"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

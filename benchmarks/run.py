@@ -68,9 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     files = _load("bench_encode_files").run(count=16 if args.quick else 32)
 
     peaks = encoder["peaks"]
-    print(f"matmul 2048x2048 peak (median of the run): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    header = f"| {'benchmark':44s} | {'time':>10s} | {'objects/s':>9s} | {'ratio':>8s} | {'% fp32 peak':>11s} | {'% bf16 peak':>11s} |"
-    rule = "|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|"
+    print(
+        f"matmul 2048x2048 peak (median of the run): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
+    )
+    header = (
+        f"| {'benchmark':44s} | {'time':>10s} | {'objects/s':>9s} | {'ratio':>8s} "
+        f"| {'% fp32 peak':>11s} | {'% bf16 peak':>11s} |"
+    )
+    rule = "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"
     print(header)
     print(rule)
 

@@ -43,13 +43,19 @@ def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) 
     return sampled.normalized().features(config.scale_activation)
 
 
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source: str, allowed_missing: str = "") -> None:
+def load_state_dict_strict(
+    model: nn.Module, state: Mapping[str, Tensor], source: str, allowed_missing: str = ""
+) -> None:
     """Load ``state`` into ``model``; any unexpected key, any missing key (other than those
     starting with ``allowed_missing``) or any shape mismatch raises :class:`CheckpointError`."""
     own = model.state_dict()
     missing = [k for k in own if k not in state and not (allowed_missing and k.startswith(allowed_missing))]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

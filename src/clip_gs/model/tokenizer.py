@@ -18,12 +18,14 @@ Two ways to run each branch, with the same parameters:
 - the module path (``forward``): the layers as declared, for training (BatchNorm batch
   statistics, autograd) and as the readable definition;
 - the inference path (``forward_inference``, eval mode without autograd): every 1x1 convolution
-  of the mini-PointNet becomes a matrix product over channels-last rows ``[rows, C]``, each
-  BatchNorm is folded into the product or convolution before it, the ``[global; local]`` concatenation of the mini-PointNet is
-  split into a per-patch and a per-point product (the global half of the 512x512 product is done
-  once per patch instead of once per point), patches are processed in chunks of
-  ``inference_chunk_groups`` so the activations stay in cache, and the products run in the
-  compute dtype (float32 or bfloat16). In float32 it equals the module path up to rounding.
+  of the mini-PointNet becomes a matrix product over channels-last rows ``[rows, C]``; each
+  BatchNorm is folded into the product or convolution before it; the ``[global; local]``
+  concatenation of the mini-PointNet is split into a per-patch and a per-point product (the
+  global half of the 512x512 product is done once per patch instead of once per point); the
+  Gaussian branch runs its serialization orders through one convolution call; patches are
+  processed in chunks of ``inference_chunk_groups`` on CPU so the activations stay in cache; and
+  the products run in the compute dtype (float32 or bfloat16). In float32 it equals the module
+  path up to rounding.
 """
 
 from __future__ import annotations
