@@ -236,3 +236,15 @@ def test_inference_chunking_does_not_change_tokens():
         tokenizer.inference_chunk_groups = 7  # uneven chunks, the last one partial
         chunked, _ = tokenizer(features, compute_dtype=torch.float32)
     assert torch.allclose(chunked, whole, atol=1e-6)
+
+
+def test_clear_inference_cache_frees_and_rebuilds():
+    model = full_model()
+    features = batch_features(model)
+    with torch.no_grad():
+        first = model(features, precision="bf16")
+        caches = [m._derived for m in model.encoder.modules() if isinstance(getattr(m, "_derived", None), DerivedWeights)]
+        assert caches and all(c._entries for c in caches)
+        model.encoder.clear_inference_cache()
+        assert not any(c._entries for c in caches) and not any(c._entries for c in model.encoder._derived)
+        assert torch.equal(model(features, precision="bf16"), first)

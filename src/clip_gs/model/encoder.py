@@ -226,6 +226,16 @@ class GaussianEncoder(nn.Module):
         self.compile_blocks = bool(enabled)
         return self
 
+    def clear_inference_cache(self) -> None:
+        """Drop the cached inference weights of every module (they are rebuilt on the next
+        inference call). The cache holds about one copy of the weights per compute dtype used
+        (packed q/k/v and gate/value matrices are copies even in float32)."""
+        for module in self.modules():
+            derived = getattr(module, "_derived", None)
+            for cache in derived if isinstance(derived, list) else [derived]:
+                if isinstance(cache, DerivedWeights):
+                    cache.clear()
+
     def _run_block(self, block: EvaBlock, packed: dict, x: Tensor, num_queries: int | None) -> Tensor:
         if self.compile_blocks:
             try:

@@ -15,6 +15,8 @@ float32 forward to a cosine of about 0.9999.
 (BatchNorm folded into the preceding product, q/k/v packed into one matrix, cast to the compute
 dtype). They are rebuilt whenever a source parameter or buffer changes (in-place updates bump the
 tensor version counter, ``load_state_dict`` included) and are never part of the ``state_dict``.
+They cost about one copy of the weights per compute dtype used;
+``GaussianEncoder.clear_inference_cache()`` frees them.
 """
 
 from __future__ import annotations
