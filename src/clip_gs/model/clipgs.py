@@ -273,8 +273,9 @@ class CLIPGS(
         )
         was_training = self.training
         self.eval()
+        loader_iter = iter(loader)
         try:
-            batches = iter(loader)
+            batches = loader_iter
             show = progress if progress is not None else num_batches > 1
             if show:
                 from tqdm.auto import tqdm
@@ -283,6 +284,11 @@ class CLIPGS(
             outputs = [self(features.to(device, non_blocking=True), precision=precision) for features in batches]
         finally:
             self.train(was_training)
+            # Stop the loader processes now, also when a file failed to load: left to garbage
+            # collection, their low-priority shutdown would wait on whatever runs next.
+            shutdown = getattr(loader_iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         embeddings = torch.cat(outputs).float().cpu()
         return embeddings[0] if single else embeddings
 
