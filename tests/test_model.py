@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from clip_gs import CheckpointError, ConfigError, GaussianCloud, WeightsUnavailableError
+from clip_gs import (
+    FEATURE_LAYOUT,
+    CheckpointError,
+    ConfigError,
+    GaussianCloud,
+    GaussianFormatError,
+    WeightsUnavailableError,
+)
 from clip_gs.model import CLIPGS, CLIPGSConfig, PatchDropout, convert_uni3d_state_dict, get_model_config, list_models
 from clip_gs.model.clipgs import preprocess_cloud
 from clip_gs.model.reference import Uni3DPointEncoderReference
@@ -57,7 +64,7 @@ def test_encoder_output_shapes_and_unit_norm(name):
     out = model.encode(clouds)
     assert out.shape == (3, 1024) and out.dtype == torch.float32
     assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
-    assert model.encode(clouds[0]).shape == (1024,)
+    assert torch.allclose(model.encode(clouds[1]), out[1], atol=1e-6)  # batching does not mix objects
 
 
 @pytest.mark.parametrize(
@@ -225,7 +232,7 @@ def test_pc_baseline_matches_the_reference_uni3d_forward(tmp_path):
     cloud = random_cloud(SMALL["num_gaussians"], seed=11)
     features = preprocess_cloud(cloud, model.config)
     with torch.no_grad():
-        expected = reference(features[None, :, :3], features[None, :, 3:6])
+        expected = reference(features[None, :, FEATURE_LAYOUT["xyz"]], features[None, :, FEATURE_LAYOUT["rgb"]])
         got = model(features[None])
     assert torch.allclose(got, expected, atol=1e-5)
     # with the Gaussian branch (zero-initialised output) the converted model starts as Uni3D
@@ -258,5 +265,5 @@ def test_uni3d_hub_reference_offline_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_preprocess_rejects_batched_clouds():
     batched, _ = GaussianCloud.stack([random_cloud(10), random_cloud(10)])
-    with pytest.raises(ValueError, match="one object"):
+    with pytest.raises(GaussianFormatError, match="one object"):
         preprocess_cloud(batched, get_model_config("clip-gs-tiny"))

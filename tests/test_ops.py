@@ -105,6 +105,19 @@ def test_fps_random_start_reproducible_and_seed_dependent():
     assert torch.equal(a[:, 0], expected_start)
 
 
+def test_fps_farthest_start_is_order_independent():
+    pts = _cloud(3, 400)
+    a = farthest_point_sample(pts, 24, start="farthest")
+    assert torch.equal(a, farthest_point_sample_reference(pts, 24, start="farthest"))
+    distance = (pts - pts.mean(dim=1, keepdim=True)).norm(dim=-1)
+    assert torch.equal(a[:, 0], distance.argmax(dim=1))
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(0))
+    b = farthest_point_sample(pts[:, perm], 24, start="farthest")
+    assert torch.equal(perm[b], a)  # the same centres, in the same order
+    with pytest.raises(ConfigError, match="seed is only used with start='random'"):
+        farthest_point_sample(pts, 3, start="farthest", seed=1)
+
+
 def test_fps_does_not_touch_global_rng():
     pts = _cloud(1, 100)
     torch.manual_seed(0)
@@ -119,11 +132,11 @@ def test_fps_errors(fn):
     pts = _cloud(2, 10)
     with pytest.raises(ConfigError, match=r"num_samples=11 exceeds the number of points N \(10\)"):
         fn(pts, 11)
-    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+    with pytest.raises(ConfigError, match="num_samples must be >= 1"):
         fn(pts, 0)
     with pytest.raises(ConfigError, match="needs an integer seed"):
         fn(pts, 3, start="random")
-    with pytest.raises(ConfigError, match="start must be 'first' or 'random'"):
+    with pytest.raises(ConfigError, match="start must be 'first', 'farthest' or 'random'"):
         fn(pts, 3, start="center")
     with pytest.raises(ConfigError, match=r"shape \[B, N, 3\], got \[10, 3\]"):
         fn(pts[0], 3)

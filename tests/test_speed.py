@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_gs import ConfigError, GaussianFormatError, save_gaussians
+from clip_gs import FEATURE_LAYOUT, ConfigError, GaussianFormatError, save_gaussians
 from clip_gs.model import CLIPGS
 from clip_gs.model.clipgs import preprocess_cloud
 from clip_gs.model.precision import DerivedWeights, bf16_supported, cpu_flags, resolve_precision
@@ -54,6 +54,22 @@ def test_fp32_inference_path_equals_the_module_path():
         assert gaussian(torch.randn(2, 4, 16, 19)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize(
+    "block",
+    [
+        dict(qkv_fused=False, swiglu_mlp=True, scale_mlp=True),  # Uni3D base / large blocks
+        dict(qkv_fused=True, swiglu_mlp=False, scale_mlp=False, mlp_ratio=4.0),  # giant blocks
+    ],
+)
+def test_fp32_inference_path_equals_the_module_path_for_every_block_variant(block):
+    model = full_model(**block)
+    features = batch_features(model, count=2)
+    module_path = model(features).detach()
+    with torch.no_grad():
+        assert torch.allclose(model(features), module_path, atol=1e-5)
+        assert cosine(model(features, precision="bf16"), module_path).min() >= 0.999
+
+
 def test_fp32_inference_path_matches_the_reference_uni3d_forward():
     torch.manual_seed(0)
     reference = uni3d_reference("tiny", **SMALL).eval()
@@ -61,7 +77,7 @@ def test_fp32_inference_path_matches_the_reference_uni3d_forward():
     model = CLIPGS.from_uni3d(reference.uni3d_state_dict(), size="tiny", gaussian_branch=False, **SMALL).eval()
     features = batch_features(model, count=4, seed=20)
     with torch.inference_mode():
-        expected = reference(features[..., :3], features[..., 3:6])
+        expected = reference(features[..., FEATURE_LAYOUT["xyz"]], features[..., FEATURE_LAYOUT["rgb"]])
         got = model(features, precision="fp32")
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -193,7 +209,7 @@ def test_fold_batchnorm_equals_the_layers(bias):
 def test_inference_path_refuses_training_mode():
     model = tiny_model()
     model.train()
-    with pytest.raises(RuntimeError, match="eval mode"), torch.no_grad():
+    with pytest.raises(ConfigError, match="eval mode"), torch.no_grad():
         model.encoder.forward_features(batch_features(model, count=1), compute_dtype=torch.float32)
 
 

@@ -12,7 +12,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from clip_gs.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ConfigError, GaussianFormatError, WeightsUnavailableError
 from clip_gs.gaussians import GaussianCloud, load_gaussians
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
@@ -38,7 +38,7 @@ def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) 
     :meth:`GaussianCloud.features`.
     """
     if cloud.batch_shape:
-        raise ValueError("preprocess_cloud takes one object; unbind() a batched cloud first")
+        raise GaussianFormatError("preprocess_cloud takes one object; unbind() a batched cloud first")
     sampled = cloud.resample(config.num_gaussians, seed=seed).to(dtype=torch.float32)
     return sampled.normalized().features(config.scale_activation)
 
@@ -252,7 +252,7 @@ class CLIPGS(
         )
         items = list(_expand_inputs([inputs] if single else inputs))
         if not items:
-            raise ValueError("encode() got no inputs")
+            raise ConfigError("encode() got no inputs")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         device = next(self.parameters()).device
@@ -332,9 +332,12 @@ class _PreprocessedObjects(Dataset):
 
 
 def _expand_inputs(inputs: Iterable[GaussianInput]) -> Iterable[GaussianInput]:
+    """Unbind batched clouds, and move clouds to the CPU: preprocessing runs there (possibly in
+    forked loader processes, which cannot touch CUDA), and batches move to the model's device."""
     for item in inputs:
-        if isinstance(item, GaussianCloud) and item.batch_shape:
-            yield from item.unbind()
+        if isinstance(item, GaussianCloud):
+            clouds = item.unbind() if item.batch_shape else [item]
+            yield from (c if c.device.type == "cpu" else c.to("cpu") for c in clouds)
         else:
             yield item
 

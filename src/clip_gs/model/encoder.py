@@ -29,7 +29,7 @@ from timm.models.eva import EvaAttention, EvaBlock
 from torch import Tensor, nn
 
 from clip_gs.model.config import CLIPGSConfig
-from clip_gs.model.precision import DerivedWeights, autocast_for, resolve_precision
+from clip_gs.model.precision import DerivedWeights, autocast_for, check_inference_mode, resolve_precision
 from clip_gs.model.tokenizer import GSTokenizer
 
 
@@ -251,8 +251,8 @@ class GaussianEncoder(nn.Module):
         ``compute_dtype=None`` runs the module path; a dtype runs the inference path in that dtype
         (eval mode without autograd only; see the module docstring).
         """
-        if compute_dtype is not None and (self.training or torch.is_grad_enabled()):
-            raise RuntimeError("the inference path needs eval mode and no autograd (torch.no_grad())")
+        if compute_dtype is not None:
+            check_inference_mode(self)
         tokens, centers = self.tokenizer(features, compute_dtype=compute_dtype)
         b = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)

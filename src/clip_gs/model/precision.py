@@ -88,6 +88,16 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tor
     raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def check_inference_mode(module: nn.Module) -> None:
+    """Raise :class:`ConfigError` unless ``module`` is in eval mode with autograd off: the
+    inference path folds BatchNorm running statistics and has no backward."""
+    if module.training or torch.is_grad_enabled():
+        raise ConfigError(
+            "the inference path needs eval mode and no autograd (model.eval() and torch.no_grad()); "
+            "use compute_dtype=None for training"
+        )
+
+
 def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """``torch.autocast`` to ``dtype`` on ``device``; a no-op context for float32."""
     if dtype == torch.float32:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from clip_gs.gaussians.cloud import FEATURE_LAYOUT
 from clip_gs.model.config import CLIPGSConfig
-from clip_gs.model.precision import DerivedWeights
+from clip_gs.model.precision import DerivedWeights, check_inference_mode
 from clip_gs.ops import farthest_point_sample, gather, knn, serialization_order
 
 INFERENCE_CHUNK_GROUPS = 128
@@ -77,15 +77,6 @@ class Patches:
     features: Tensor
 
 
-def fps_start_points(xyz: Tensor, mode: str) -> Tensor | None:
-    """Per-cloud FPS start index: None for ``"first"`` (index 0); for ``"farthest"`` the Gaussian
-    farthest from the centroid (``[B]`` long), which does not depend on the input order."""
-    if mode == "first":
-        return None
-    centred = xyz - xyz.mean(dim=1, keepdim=True)
-    return centred.square().sum(-1).argmax(dim=1)
-
-
 def make_patches(features: Tensor, num_groups: int, group_size: int, fps_start: str = "first") -> Patches:
     """Group ``features: [B, N, C]`` (FEATURE_LAYOUT channels) into FPS + kNN patches.
 
@@ -94,22 +85,11 @@ def make_patches(features: Tensor, num_groups: int, group_size: int, fps_start: 
     """
     xyz_slice = FEATURE_LAYOUT["xyz"]
     xyz = features[..., xyz_slice].contiguous()
-    start = fps_start_points(xyz, fps_start)
-    if start is None:
-        center_idx = farthest_point_sample(xyz, num_groups)
-    else:
-        # Move each cloud's start point to index 0, sample, and map the indices back.
-        b, n = xyz.shape[:2]
-        perm = torch.arange(n, device=xyz.device).expand(b, n).clone()
-        rows = torch.arange(b, device=xyz.device)
-        perm[rows, 0] = start
-        perm[rows, start] = 0
-        center_idx = gather(perm.unsqueeze(-1), farthest_point_sample(gather(xyz, perm), num_groups)).squeeze(-1)
+    center_idx = farthest_point_sample(xyz, num_groups, start=fps_start)
     centers = gather(xyz, center_idx)  # [B, G, 3]
     _, neighbor_idx = knn(centers, xyz, group_size)  # [B, G, K]
-    grouped = gather(features, neighbor_idx)  # [B, G, K, C]
-    relative = grouped[..., xyz_slice] - centers.unsqueeze(2)
-    grouped = torch.cat([relative, grouped[..., xyz_slice.stop :]], dim=-1)
+    grouped = gather(features, neighbor_idx)  # [B, G, K, C] (a new tensor: safe to modify)
+    grouped[..., xyz_slice] -= centers.unsqueeze(2)
     return Patches(centers=centers, features=grouped)
 
 
@@ -285,8 +265,7 @@ class GSTokenizer(nn.Module):
     def forward_inference(self, features: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The inference path of :meth:`forward`: grouping in float32, then both branches chunk by
         chunk of patches in ``dtype``; tokens are returned in float32."""
-        if self.training or torch.is_grad_enabled():
-            raise RuntimeError("the inference path needs eval mode and no autograd (torch.no_grad())")
+        check_inference_mode(self)
         cfg = self.config
         patches = make_patches(features, cfg.num_groups, cfg.group_size, cfg.fps_start)
         b, g, k, c = patches.features.shape

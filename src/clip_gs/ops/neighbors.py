@@ -257,7 +257,8 @@ def group(
         points: ``[B, N, 3]`` coordinates (usually Gaussian means).
         num_groups: ``G`` centres chosen by :func:`~clip_gs.ops.farthest_point_sample`.
         group_size: ``K`` neighbours per centre, the centre included.
-        start, seed: FPS start rule (``"first"``: index 0; ``"random"``: seeded per-cloud draw).
+        start, seed: FPS start rule (``"first"``: index 0; ``"farthest"``: farthest from the centroid;
+            ``"random"``: seeded per-cloud draw).
         chunk_size: queries per cloud per kNN step (memory bound only; the result does not depend on it;
             ``None`` picks one from the device, see :func:`knn`).
 

@@ -47,23 +47,28 @@ def _check_count(name: str, value: int, low: int, high: int, what: str) -> None:
         raise ConfigError(f"{name}={value} exceeds {what} ({high})")
 
 
-def _start_indices(batch: int, num_points: int, start: str, seed: int | None, device: torch.device) -> torch.Tensor:
-    """First FPS centre of each cloud: ``LongTensor [B]`` on ``device``.
+def _start_indices(points: torch.Tensor, start: str, seed: int | None) -> torch.Tensor:
+    """First FPS centre of each cloud of ``points: [B, N, 3]``: ``LongTensor [B]`` on its device.
 
-    ``start="first"`` gives index 0 for every cloud (pointnet2_ops / Uni3D). ``start="random"`` draws one
-    index per cloud, uniformly in ``[0, N)``, from a CPU ``torch.Generator`` seeded with ``seed`` (required),
-    so the draw is the same on every device.
+    ``start="first"`` gives index 0 for every cloud (pointnet2_ops / Uni3D). ``start="farthest"`` gives
+    the point farthest from the cloud's centroid (lowest index on ties), which does not depend on the
+    order of the points. ``start="random"`` draws one index per cloud, uniformly in ``[0, N)``, from a
+    CPU ``torch.Generator`` seeded with ``seed`` (required), so the draw is the same on every device.
     """
+    batch, num_points = points.shape[:2]
+    device = points.device
+    if start in ("first", "farthest") and seed is not None:
+        raise ConfigError(f"seed is only used with start='random'; got start={start!r} with a seed")
     if start == "first":
-        if seed is not None:
-            raise ConfigError("seed is only used with start='random'; got start='first' with a seed")
         return torch.zeros(batch, dtype=torch.long, device=device)
+    if start == "farthest":
+        return (points - points.mean(dim=1, keepdim=True)).square().sum(-1).argmax(dim=1)
     if start == "random":
         if seed is None:
             raise ConfigError("start='random' needs an integer seed (every random choice takes a seed)")
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         return torch.randint(num_points, (batch,), generator=generator).to(device)
-    raise ConfigError(f"start must be 'first' or 'random', got {start!r}")
+    raise ConfigError(f"start must be 'first', 'farthest' or 'random', got {start!r}")
 
 
 # A non-negative IEEE float orders like its bit pattern read as a signed integer of the same width.
@@ -78,7 +83,7 @@ _ORDERED_INT_VIEW = {
 def _check_fps_args(points: torch.Tensor, num_samples: int, start: str, seed: int | None) -> torch.Tensor:
     batch, num_points = _check_point_batch("points", points)
     _check_count("num_samples", num_samples, 1, num_points, "the number of points N")
-    return _start_indices(batch, num_points, start, seed, points.device)
+    return _start_indices(points, start, seed)
 
 
 def farthest_point_sample_reference(
@@ -89,7 +94,8 @@ def farthest_point_sample_reference(
     Args:
         points: ``[B, N, 3]`` floating point coordinates.
         num_samples: ``S``, the number of centres, ``1 <= S <= N``.
-        start: ``"first"`` (every cloud starts at index 0, as Uni3D's pointnet2_ops) or ``"random"``
+        start: ``"first"`` (every cloud starts at index 0, as Uni3D's pointnet2_ops), ``"farthest"``
+            (the point farthest from the centroid: independent of the point order) or ``"random"``
             (one start per cloud drawn from a ``torch.Generator`` seeded with ``seed``).
         seed: required with ``start="random"``, refused otherwise.
 
