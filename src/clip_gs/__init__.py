@@ -16,10 +16,12 @@ from clip_gs.errors import (
     WeightsUnavailableError,
 )
 from clip_gs.gaussians import FEATURE_LAYOUT, GaussianCloud, load_gaussians, save_gaussians
-from clip_gs.model import CLIPGS, CLIPGSConfig, get_model_config, list_models
-
-# Submodules with heavier imports (trimesh, the rasterizer) load on first use.
+# Submodules with heavier imports (timm for the model, trimesh, the rasterizer) load on first use.
 _LAZY = {
+    "CLIPGS": "clip_gs.model",
+    "CLIPGSConfig": "clip_gs.model",
+    "get_model_config": "clip_gs.model",
+    "list_models": "clip_gs.model",
     "mesh_to_gaussians": "clip_gs.data.mesh",
     "load_asset": "clip_gs.data.assets",
     "make_object": "clip_gs.data.synthetic",
