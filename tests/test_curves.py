@@ -197,7 +197,6 @@ def test_serialization_order_errors():
 
 
 @requires_cuda
-@pytest.mark.gpu
 def test_curves_cuda_match_cpu():
     grid = torch.randint(1 << 10, (1000, 3))
     assert torch.equal(morton_encode(grid.cuda(), 10).cpu(), morton_encode(grid, 10))

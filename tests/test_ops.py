@@ -282,7 +282,6 @@ def test_group_errors():
 
 
 @requires_cuda
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu_reference(dtype):
     pts = _cloud(3, 3000, dtype, seed=12)

@@ -390,7 +390,6 @@ def test_contact_sheet_layout_and_pixels(tmp_path):
 
 
 # ------------------------------------------------------------------ real data
-@pytest.mark.real_data
 def test_real_donut_renders_a_ring_with_a_hole(tmp_path):
     from clip_gs import load_gaussians
 
