@@ -164,20 +164,26 @@ def morton_decode(code: torch.Tensor, bits: int) -> torch.Tensor:
     return _deinterleave(code)
 
 
+def _exchange_or_invert(x: list[torch.Tensor], q: int, axes: tuple[int, ...]) -> None:
+    """Skilling's step at bit ``q`` (in place on ``x``): for each axis i, where its bit q is set
+    invert the low bits of x[0], else exchange the low bits of x[0] and x[i]."""
+    p = q - 1
+    for i in axes:
+        bit_set = (x[i] & q) != 0
+        swap = (x[0] ^ x[i]) & p
+        new_x0 = torch.where(bit_set, x[0] ^ p, x[0] ^ swap)
+        if i:
+            x[i] = torch.where(bit_set, x[i], x[i] ^ swap)
+        x[0] = new_x0
+
+
 def _hilbert_transpose(grid: torch.Tensor, bits: int) -> torch.Tensor:
     """Skilling's AxestoTranspose: grid ``[..., 3]`` -> transposed Hilbert index ``[..., 3]``."""
     x = [grid[..., 0], grid[..., 1], grid[..., 2]]
     top = 1 << (bits - 1)
     q = top
     while q > 1:  # inverse undo: reflect or swap the low bits, from the top bit down
-        p = q - 1
-        for i in range(3):
-            bit_set = (x[i] & q) != 0
-            swap = (x[0] ^ x[i]) & p
-            new_x0 = torch.where(bit_set, x[0] ^ p, x[0] ^ swap)
-            if i:
-                x[i] = torch.where(bit_set, x[i], x[i] ^ swap)
-            x[0] = new_x0
+        _exchange_or_invert(x, q, (0, 1, 2))
         q >>= 1
     x[1] = x[1] ^ x[0]  # Gray encode
     x[2] = x[2] ^ x[1]
@@ -198,14 +204,7 @@ def _hilbert_untranspose(t: torch.Tensor, bits: int) -> torch.Tensor:
     x[0] = x[0] ^ last
     q = 2
     while q != 1 << bits:  # undo excess work, from the low bits up
-        p = q - 1
-        for i in (2, 1, 0):
-            bit_set = (x[i] & q) != 0
-            swap = (x[0] ^ x[i]) & p
-            new_x0 = torch.where(bit_set, x[0] ^ p, x[0] ^ swap)
-            if i:
-                x[i] = torch.where(bit_set, x[i], x[i] ^ swap)
-            x[0] = new_x0
+        _exchange_or_invert(x, q, (2, 1, 0))
         q <<= 1
     return torch.stack(x, dim=-1)
 
