@@ -114,21 +114,19 @@ class DerivedWeights:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[torch.dtype, tuple[tuple, Any]] = {}
-
-    @staticmethod
-    def _key(module: nn.Module) -> tuple:
-        tensors = [*module.parameters(), *module.buffers()]
-        return tuple((t.device, t.data_ptr(), t._version) for t in tensors)
+        # dtype -> (key, anchors, value); the anchors share the source tensors' storage so it
+        # cannot be freed and its address reused by a different tensor while the key is held
+        self._entries: dict[torch.dtype, tuple[tuple, list[torch.Tensor], Any]] = {}
 
     def get(self, module: nn.Module, dtype: torch.dtype, build: Callable[[torch.dtype], Any]) -> Any:
-        key = self._key(module)
+        tensors = [*module.parameters(), *module.buffers()]
+        key = tuple((t.device, t.data_ptr(), t._version) for t in tensors)
         entry = self._entries.get(dtype)
         if entry is None or entry[0] != key:
             with torch.no_grad():
-                entry = (key, build(dtype))
+                entry = (key, [t.detach() for t in tensors], build(dtype))
             self._entries[dtype] = entry
-        return entry[1]
+        return entry[2]
 
     def clear(self) -> None:
         self._entries.clear()
