@@ -42,6 +42,18 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
+def full_model(seed: int = 0, **overrides) -> CLIPGS:
+    """A tiny CLIP-GS with every parameter moved away from its initial value (a live Gaussian
+    branch, non-unit LayerNorms, non-zero q/v biases) and non-trivial BatchNorm statistics."""
+    model = tiny_model(**overrides)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    randomize_batchnorm(model, seed=seed)
+    return model
+
+
 def test_registry_has_the_uni3d_sizes():
     assert list_models() == ["clip-gs-tiny", "clip-gs-small", "clip-gs-base", "clip-gs-large", "clip-gs-giant"]
     widths = [get_model_config(n).width for n in list_models()]
@@ -90,7 +102,7 @@ def test_encode_real_donut_gives_a_unit_vector():
 
 
 def test_encoder_is_invariant_to_the_order_of_gaussians():
-    model = tiny_model(fps_start="farthest")
+    model = full_model(fps_start="farthest")
     cloud = random_cloud(512, seed=3)
     perm = torch.randperm(512, generator=torch.Generator().manual_seed(1))
     a = model.encode(cloud)
@@ -106,13 +118,16 @@ def test_fps_from_index_zero_depends_on_order_as_documented():
 
 
 def test_q_and_minus_q_give_identical_embeddings():
-    model = tiny_model()
+    model = full_model()
     cloud = random_cloud(600, seed=5)
     assert torch.equal(model.encode(cloud), model.encode(cloud.replace(quats=-cloud.quats)))
+    # rotations do reach the embedding (so the equality above is not vacuous)
+    other = random_cloud(600, seed=6).quats
+    assert not torch.allclose(model.encode(cloud), model.encode(cloud.replace(quats=other)), atol=1e-4)
 
 
 def test_eval_is_deterministic_and_seed_controls_resampling():
-    model = tiny_model()
+    model = full_model()
     cloud = random_cloud(900, seed=6)
     assert torch.equal(model.encode(cloud, seed=1), model.encode(cloud, seed=1))
     assert not torch.equal(model.encode(cloud, seed=1), model.encode(cloud, seed=2))

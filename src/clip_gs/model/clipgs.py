@@ -271,7 +271,7 @@ class CLIPGS(
             prefetch_factor=2 if num_workers > 0 else None,
             worker_init_fn=_loader_worker_init,
         )
-        was_training = self.training
+        modes = {module: module.training for module in self.modules()}  # restored one by one
         self.eval()
         loader_iter = iter(loader)
         try:
@@ -283,7 +283,8 @@ class CLIPGS(
                 batches = tqdm(batches, total=num_batches, desc="encode", unit="batch")
             outputs = [self(features.to(device, non_blocking=True), precision=precision) for features in batches]
         finally:
-            self.train(was_training)
+            for module, training in modes.items():
+                module.training = training
             # Stop the loader processes now, also when a file failed to load: left to garbage
             # collection, their low-priority shutdown would wait on whatever runs next.
             shutdown = getattr(loader_iter, "_shutdown_workers", None)

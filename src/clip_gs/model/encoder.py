@@ -6,10 +6,11 @@ The encoder has two ways to run, with the same parameters (see :meth:`GaussianEn
   and whenever autograd is on; ``precision="bf16"`` wraps it in ``torch.autocast``;
 - the inference path (eval mode under ``torch.no_grad()`` / ``torch.inference_mode()``): the
   tokenizer's fused branches (:mod:`clip_gs.model.tokenizer`) and, per block, one packed q/k/v
-  product, ``F.scaled_dot_product_attention``, one packed gate/value product for the SwiGLU MLP,
+  product, ``F.scaled_dot_product_attention``, one packed gate/value product for the SwiGLU / GluMlp MLP,
   with weights cast once to the compute dtype and cached (:class:`DerivedWeights`); the last
-  block updates only the cls token (the only one read). The residual
-  stream and LayerNorms stay float32. In float32 it equals the module path up to rounding
+  block updates only the cls token (the only one read). The residual stream, the LayerNorm
+  statistics and the block norms stay float32 (norms inside the MLP / Gaussian stem see bf16
+  inputs and compute their statistics in float32). In float32 it equals the module path up to rounding
   (about 1e-6); in bfloat16 the embeddings agree with float32 to a cosine of about 0.9999.
 
 Nothing in either path reads a value back to the host or branches on data, so both run
@@ -88,10 +89,11 @@ def block_is_fusable(block: nn.Module) -> bool:
         return False
     attn, mlp = block.attn, block.mlp
     norms = (block.norm1, block.norm2, attn.norm, mlp.norm)
+    # older timm 1.0.x releases have no attention gate / q-k norms: getattr keeps them fusable
     return (
-        attn.gate is None
-        and isinstance(attn.q_norm, nn.Identity)
-        and isinstance(attn.k_norm, nn.Identity)
+        getattr(attn, "gate", None) is None
+        and isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity)
+        and isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity)
         and all(isinstance(n, (nn.LayerNorm, nn.Identity)) for n in norms)
         and isinstance(block.norm1, nn.LayerNorm)
         and isinstance(block.norm2, nn.LayerNorm)
@@ -235,6 +237,12 @@ class GaussianEncoder(nn.Module):
             for cache in derived if isinstance(derived, list) else [derived]:
                 if isinstance(cache, DerivedWeights):
                     cache.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .cuda() / .half() give the parameters new storage: drop the cached weights now
+        # rather than keep the old copies alive until the next inference call.
+        self.clear_inference_cache()
+        return super()._apply(fn, recurse)
 
     def _run_block(self, block: EvaBlock, packed: dict, x: Tensor, num_queries: int | None) -> Tensor:
         if self.compile_blocks:

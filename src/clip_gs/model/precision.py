@@ -120,7 +120,8 @@ class DerivedWeights:
 
     def get(self, module: nn.Module, dtype: torch.dtype, build: Callable[[torch.dtype], Any]) -> Any:
         tensors = [*module.parameters(), *module.buffers()]
-        key = tuple((t.device, t.data_ptr(), t._version) for t in tensors)
+        # inference tensors (made under torch.inference_mode) cannot change and have no version
+        key = tuple((t.device, t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors)
         entry = self._entries.get(dtype)
         if entry is None or entry[0] != key:
             with torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import CheckpointError
-from clip_gs.model.config import CLIPGSConfig
+from clip_gs.model.config import MODEL_CONFIGS, UNI3D_SIZES, CLIPGSConfig
 
 UNI3D_CHECKPOINTS = {
     "tiny": "hf://BAAI/Uni3D/modelzoo/uni3d-ti/model.pt",
@@ -55,8 +55,8 @@ GAUSSIAN_BRANCH_PREFIX = "encoder.tokenizer.gaussian_encoder."
 
 
 def unwrap_uni3d_checkpoint(checkpoint: Mapping) -> dict[str, Tensor]:
-    """The state dict inside a Uni3D checkpoint: ``checkpoint["module"]`` (DeepSpeed) or
-    ``checkpoint["state_dict"]`` or the mapping itself, with any ``module.`` prefix removed."""
+    """The state dict inside a Uni3D checkpoint: ``checkpoint["module"]`` (DeepSpeed),
+    ``checkpoint["state_dict"]``, ``checkpoint["model"]`` or the mapping itself, with any ``module.`` prefix removed."""
     for key in ("module", "state_dict", "model"):
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             checkpoint = checkpoint[key]
@@ -136,8 +136,6 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict:
 
 def infer_uni3d_size(state_dict: Mapping[str, Tensor]) -> str:
     """The Uni3D size (tiny ... giant) whose width and depth match a converted state dict."""
-    from clip_gs.model.config import MODEL_CONFIGS, UNI3D_SIZES
-
     if "encoder.cls_token" not in state_dict:
         raise CheckpointError("cannot infer the Uni3D size: no point_encoder.cls_token in the checkpoint")
     width = state_dict["encoder.cls_token"].shape[-1]
