@@ -322,7 +322,7 @@ def test_compressed_ply_rotation_bit_layout(tmp_path):
     # one Gaussian: largest = rot_2 (y), others (w, x, z) = (0.5, -0.5, 0) -> y = sqrt(0.5)
     cloud = random_cloud(1, 0)
     data = bytearray(encode_compressed_ply(cloud))
-    n_word = lambda v: round((v / math.sqrt(2) + 0.5) * 1023)  # noqa: E731
+    n_word = lambda v: round((v / math.sqrt(2) + 0.5) * 1023)
     word = (2 << 30) | (n_word(0.5) << 20) | (n_word(-0.5) << 10) | n_word(0.0)
     # packed_rotation is the second uint32 of the last (only) vertex row
     offset = len(data) - 16 + 4

@@ -12,9 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from clip_gs import GaussianCloud, MissingDependencyError, RenderError
-from clip_gs.gaussians.cloud import SH_C0
 from clip_gs.render import (
-    Cameras,
     contact_sheet,
     orbit_cameras,
     rasterize,

@@ -3,7 +3,6 @@ disk orientation, the dataset, and rendered silhouettes."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

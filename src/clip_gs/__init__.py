@@ -16,6 +16,7 @@ from clip_gs.errors import (
     WeightsUnavailableError,
 )
 from clip_gs.gaussians import FEATURE_LAYOUT, GaussianCloud, load_gaussians, save_gaussians
+
 # Submodules with heavier imports (timm for the model, trimesh, the rasterizer) load on first use.
 _LAZY = {
     "CLIPGS": "clip_gs.model",
@@ -46,16 +47,6 @@ __all__ = [
     "CLIPGS",
     "FEATURE_LAYOUT",
     "CLIPGSConfig",
-    "SyntheticGaussianDataset",
-    "contact_sheet",
-    "get_model_config",
-    "list_models",
-    "load_asset",
-    "make_object",
-    "mesh_to_gaussians",
-    "orbit_cameras",
-    "render_cloud",
-    "render_sheet",
     "CheckpointError",
     "ClipGSError",
     "ConfigError",
@@ -65,9 +56,19 @@ __all__ = [
     "MissingDependencyError",
     "NotGaussianDataError",
     "RenderError",
+    "SyntheticGaussianDataset",
     "UnsupportedFormatError",
     "WeightsUnavailableError",
     "__version__",
+    "contact_sheet",
+    "get_model_config",
+    "list_models",
+    "load_asset",
     "load_gaussians",
+    "make_object",
+    "mesh_to_gaussians",
+    "orbit_cameras",
+    "render_cloud",
+    "render_sheet",
     "save_gaussians",
 ]
