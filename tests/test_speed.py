@@ -251,9 +251,9 @@ def test_clear_inference_cache_frees_and_rebuilds():
     with torch.no_grad():
         first = model(features, precision="bf16")
         caches = [m._derived for m in model.encoder.modules() if isinstance(getattr(m, "_derived", None), DerivedWeights)]
-        assert caches and all(c._entries for c in caches)
+        assert len(caches) == 3 + model.config.depth and all(c._entries for c in caches)  # tokenizer parts + blocks
         model.encoder.clear_inference_cache()
-        assert not any(c._entries for c in caches) and not any(c._entries for c in model.encoder._derived)
+        assert not any(c._entries for c in caches)
         assert torch.equal(model(features, precision="bf16"), first)
 
 
@@ -278,7 +278,6 @@ def test_moving_the_model_drops_cached_inference_weights():
     with torch.no_grad():
         model(batch_features(model, count=1), precision="bf16")
     caches = [m._derived for m in model.encoder.modules() if isinstance(getattr(m, "_derived", None), DerivedWeights)]
-    caches += list(model.encoder._derived)  # one cache per block
     assert any(c._entries for c in caches)
     model.to(torch.float64)
     assert not any(c._entries for c in caches)

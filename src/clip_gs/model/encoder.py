@@ -60,7 +60,7 @@ class PatchDropout(nn.Module):
 def make_blocks(config: CLIPGSConfig) -> nn.ModuleList:
     """The transformer blocks of a Uni3D size: timm ``EvaBlock``s with that size's variant."""
     rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
-    return nn.ModuleList(
+    blocks = nn.ModuleList(
         EvaBlock(
             dim=config.width,
             num_heads=config.num_heads,
@@ -72,6 +72,9 @@ def make_blocks(config: CLIPGSConfig) -> nn.ModuleList:
         )
         for rate in rates
     )
+    for block in blocks:
+        block._derived = DerivedWeights()  # the inference path's packed weights of this block
+    return blocks
 
 
 def _norm_params(norm: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor, float] | None:
@@ -215,7 +218,6 @@ class GaussianEncoder(nn.Module):
         self.blocks = make_blocks(config)
         self.norm = LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.embed_dim)
-        self._derived = [DerivedWeights() for _ in range(config.depth)]
         self.compile_blocks = False
 
     def set_compile(self, enabled: bool = True) -> GaussianEncoder:
@@ -233,10 +235,9 @@ class GaussianEncoder(nn.Module):
         inference call). The cache holds about one copy of the weights per compute dtype used
         (packed q/k/v and gate/value matrices are copies even in float32)."""
         for module in self.modules():
-            derived = getattr(module, "_derived", None)
-            for cache in derived if isinstance(derived, list) else [derived]:
-                if isinstance(cache, DerivedWeights):
-                    cache.clear()
+            cache = getattr(module, "_derived", None)
+            if isinstance(cache, DerivedWeights):
+                cache.clear()
 
     def _apply(self, fn, recurse: bool = True):
         # .to() / .cuda() / .half() give the parameters new storage: drop the cached weights now
@@ -271,7 +272,7 @@ class GaussianEncoder(nn.Module):
             if compute_dtype is None:
                 x = block(x)
             elif block_is_fusable(block):
-                packed = self._derived[i].get(block, compute_dtype, lambda dt, blk=block: pack_block(blk, dt))
+                packed = block._derived.get(block, compute_dtype, lambda dt, blk=block: pack_block(blk, dt))
                 # only the cls token of the last block is read
                 x = self._run_block(block, packed, x, num_queries=1 if i == last else None)
             else:
