@@ -146,6 +146,8 @@ def test_stack_pads_and_masks():
     assert batched.features().shape == (2, 8, 19)
     back = batched.unbind()
     assert torch.equal(back[1].quats, b.quats)
+    named, _ = GaussianCloud.stack([a.replace(source="a.ply"), b.replace(source="b.ply")])
+    assert named.source == "a.ply, b.ply"
     with pytest.raises(GaussianFormatError, match="SH degrees"):
         GaussianCloud.stack([a, random_cloud(5, degree=1)])
 

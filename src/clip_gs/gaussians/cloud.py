@@ -396,7 +396,7 @@ class GaussianCloud:
 
         Padding repeats each cloud's last Gaussian (so every value stays valid); the returned
         mask tells real Gaussians from padding. All clouds must share the SH degree; they are
-        moved to the first cloud's device and dtype.
+        moved to the first cloud's device and dtype. The batch's ``source`` names every input.
 
         Returns:
             ``(batched cloud [B, N_max, ...], mask [B, N_max] bool, True for real Gaussians)``.
@@ -419,7 +419,9 @@ class GaussianCloud:
                 value = getattr(cloud, name)[pad_index]
                 fields[name].append(value.to(device=first.device, dtype=first.dtype))
             masks.append(torch.arange(n_max, device=first.device) < n)
-        stacked = cls(**{name: torch.stack(values) for name, values in fields.items()})
+        sources = {c.source for c in clouds}
+        source = first.source if len(sources) == 1 else ", ".join(str(s) for s in sorted(sources, key=str))
+        stacked = cls(**{name: torch.stack(values) for name, values in fields.items()}, source=source)
         return stacked, torch.stack(masks)
 
     def unbind(self) -> list[GaussianCloud]:
