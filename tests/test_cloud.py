@@ -197,3 +197,9 @@ def test_from_activated_inverts_the_views():
         GaussianCloud.from_activated(cloud.means, cloud.rgb, torch.ones(30), cloud.scales, cloud.quats)
     with pytest.raises(GaussianFormatError, match="positive"):
         GaussianCloud.from_activated(cloud.means, cloud.rgb, cloud.opacity, -cloud.scales, cloud.quats)
+
+
+def test_to_without_a_change_returns_the_same_cloud():
+    cloud = random_cloud(4)
+    assert cloud.to("cpu") is cloud and cloud.to(dtype=torch.float32) is cloud and cloud.to() is cloud
+    assert cloud.to(dtype=torch.float64) is not cloud

@@ -331,7 +331,11 @@ class GaussianCloud:
         return self.replace(**{name: fn(getattr(self, name)) for name in self._TENSOR_FIELDS})
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GaussianCloud:
-        """Move all tensors to ``device`` and / or cast them to the floating ``dtype``."""
+        """Move all tensors to ``device`` and / or cast them to the floating ``dtype``; the cloud
+        itself when both already match (no copy, no re-validation)."""
+        same_device = device is None or torch.device(device) == self.device
+        if same_device and (dtype is None or dtype == self.dtype):
+            return self
         return self._map(lambda t: t.to(device=device, dtype=dtype))
 
     def index(self, indices: Tensor) -> GaussianCloud:

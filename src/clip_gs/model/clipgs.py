@@ -338,7 +338,7 @@ def _expand_inputs(inputs: Iterable[GaussianInput]) -> Iterable[GaussianInput]:
     for item in inputs:
         if isinstance(item, GaussianCloud):
             clouds = item.unbind() if item.batch_shape else [item]
-            yield from (c if c.device.type == "cpu" else c.to("cpu") for c in clouds)
+            yield from (c.to("cpu") for c in clouds)
         else:
             yield item
 

@@ -93,6 +93,14 @@ def make_patches(features: Tensor, num_groups: int, group_size: int, fps_start: 
     return Patches(centers=centers, features=grouped)
 
 
+def point_channels(patch_features: Tensor) -> Tensor:
+    """The point branch's input ``[..., 6]``: xyz (relative to the centre) and rgb of
+    ``patch_features: [..., 19]`` (FEATURE_LAYOUT)."""
+    return torch.cat(
+        [patch_features[..., FEATURE_LAYOUT["xyz"]], patch_features[..., FEATURE_LAYOUT["rgb"]]], dim=-1
+    )
+
+
 class PointPatchEncoder(nn.Module):
     """Uni3D's mini-PointNet over ``[xyz - centre, rgb]`` of each patch.
 
@@ -254,10 +262,7 @@ class GSTokenizer(nn.Module):
         if compute_dtype is not None:
             return self.forward_inference(features, compute_dtype)
         patches = make_patches(features, cfg.num_groups, cfg.group_size, cfg.fps_start)
-        point_input = torch.cat(
-            [patches.features[..., FEATURE_LAYOUT["xyz"]], patches.features[..., FEATURE_LAYOUT["rgb"]]], dim=-1
-        )
-        tokens = self.point_proj(self.point_encoder(point_input))
+        tokens = self.point_proj(self.point_encoder(point_channels(patches.features)))
         if self.gaussian_encoder is not None:
             tokens = tokens + self.gaussian_encoder(patches.features)
         return tokens, patches.centers
@@ -270,13 +275,13 @@ class GSTokenizer(nn.Module):
         patches = make_patches(features, cfg.num_groups, cfg.group_size, cfg.fps_start)
         b, g, k, c = patches.features.shape
         rows = patches.features.reshape(b * g, k, c)
-        point_channels = torch.cat([rows[..., FEATURE_LAYOUT["xyz"]], rows[..., FEATURE_LAYOUT["rgb"]]], dim=-1)
+        point_input = point_channels(rows)
         proj_weight, proj_bias = self._derived.get(self.point_proj, dtype, self._proj_weights)
         tokens = torch.empty(b * g, cfg.width, dtype=torch.float32, device=features.device)
         step = self.inference_chunk_groups if features.device.type == "cpu" else b * g
         for start in range(0, b * g, step):
             chunk = slice(start, start + step)
-            out = F.linear(self.point_encoder.forward_inference(point_channels[chunk], dtype), proj_weight, proj_bias)
+            out = F.linear(self.point_encoder.forward_inference(point_input[chunk], dtype), proj_weight, proj_bias)
             if self.gaussian_encoder is not None:
                 out = out + self.gaussian_encoder.forward_inference(rows[chunk], dtype)
             tokens[chunk] = out
