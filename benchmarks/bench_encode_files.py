@@ -3,9 +3,10 @@
 Writes ``count`` random objects of 10,000 to 100,000 Gaussians (SH degree 3, binary INRIA ``.ply``)
 into a temporary folder, then times, interleaved over ``rounds``:
 
-- ``encoder only``: ``model(features)`` over the already preprocessed batches (no file access);
-- ``encode, default``: ``model.encode(paths)`` with its default ``num_workers``
-  (:func:`~clip_gs.model.clipgs.default_num_workers`: 0, loading in process, when the torch
+- ``encoder only``: ``fused(features)`` over the already preprocessed batches (no file access), with
+  ``fused = model.fused()`` built once beforehand;
+- ``encode, default``: ``model.encode(paths)`` (which builds its fused form per call) with its
+  default ``num_workers`` (:func:`~clip_gs.model.inputs.default_num_workers`: 0, loading in process, when the torch
   threads already take every core);
 - ``encode, workers=W``: loading, resampling to 10,000 and normalisation in ``W`` loader processes
   that overlap with the forward passes (shown when ``W`` differs from the default).
@@ -29,7 +30,8 @@ import torch
 
 from clip_gs.gaussians import GaussianCloud, save_gaussians
 from clip_gs.model import CLIPGS
-from clip_gs.model.clipgs import default_num_workers, preprocess_cloud
+from clip_gs.model import preprocess_cloud
+from clip_gs.model.inputs import default_num_workers
 from clip_gs.model.precision import resolve_precision
 
 
@@ -71,9 +73,10 @@ def run(
         features = torch.stack([preprocess_cloud(load_gaussians(p), model.config, seed) for p in paths])
         batches = features.split(batch_size)
 
+        fused = model.fused(precision)
+
         def encoder_only() -> torch.Tensor:
-            with torch.inference_mode():
-                return torch.cat([model(b, precision=precision) for b in batches])
+            return torch.cat([fused(b) for b in batches])
 
         default = default_num_workers(torch.device("cpu"), -(-count // batch_size))
         cases = {
@@ -84,8 +87,7 @@ def run(
             cases[f"encode, workers={workers}"] = lambda: model.encode(
                 paths, batch_size, seed, False, precision, num_workers=workers
             )
-        with torch.inference_mode():
-            model(batches[0], precision=precision)  # warm-up: cached inference weights
+        fused(batches[0])  # warm-up
         times: dict[str, list[float]] = {name: [] for name in cases}
         outputs = {}
         for _ in range(rounds):

@@ -1,4 +1,4 @@
-"""Encoder benchmark: the plain reference forward vs the CLIP-GS inference path, fp32 and bf16 (CPU).
+"""Encoder benchmark: the plain reference forward vs the fused CLIP-GS encoder, fp32 and bf16 (CPU).
 
 Workload (default): Uni3D-Base size (``clip-gs-base``), a batch of 8 objects of 10,000 Gaussians,
 512 groups x 64, eval mode, end to end from the padded feature tensor ``[B, N, 19]`` (grouping
@@ -7,11 +7,11 @@ included). Rows:
 - ``reference fp32``: :class:`~clip_gs.model.reference.Uni3DPointEncoderReference` (naive grouping,
   Conv1d mini-PointNet, timm EVA blocks called as Uni3D calls them), float32;
 - ``P&C fp32`` / ``P&C bf16``: ``CLIPGS`` with ``gaussian_branch=False`` and the reference's weights
-  (the like-for-like comparison), inference path in each precision;
+  (the like-for-like comparison), its fused inference form (``model.fused(precision)``) in each precision;
 - ``full bf16`` / ``full fp32``: ``CLIPGS`` with the Gaussian branch on.
 
-The share of the peak is computed from the FLOPs each row executes (``gflop``), so the inference
-path's algorithmic savings (see :func:`encoder_flops`) do not inflate it; ``nominal_gflop`` is
+The share of the peak is computed from the FLOPs each row executes (``gflop``), so the fused
+form's algorithmic savings (see :func:`encoder_flops`) do not inflate it; ``nominal_gflop`` is
 the count of the plain forward for reference.
 
 Measurements are interleaved round by round (reference, then each optimised row, then the 2048 x
@@ -33,8 +33,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from clip_gs.gaussians.cloud import FEATURE_LAYOUT
-from clip_gs.model import CLIPGS, CLIPGSConfig, get_model_config
+from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, get_model_config
 from clip_gs.model.reference import Uni3DPointEncoderReference
 
 
@@ -121,7 +120,7 @@ def build_models(config: CLIPGSConfig, seed: int = 0) -> tuple[Uni3DPointEncoder
 def make_features(config: CLIPGSConfig, batch: int, seed: int = 0) -> torch.Tensor:
     """``[batch, num_gaussians, 19]`` encoder inputs of random normalised objects."""
     from clip_gs.gaussians import GaussianCloud
-    from clip_gs.model.clipgs import preprocess_cloud
+    from clip_gs.model import preprocess_cloud
 
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -161,21 +160,21 @@ def run(
     reference, pc, full = build_models(config, seed)
     features = make_features(config, batch, seed)
     xyz, rgb = features[..., FEATURE_LAYOUT["xyz"]], features[..., FEATURE_LAYOUT["rgb"]]
+    fused = {(name, p): model.fused(p) for name, model in (("P&C", pc), ("full", full)) for p in ("fp32", "bf16")}
     cases: dict[str, Callable[[], torch.Tensor]] = {
         "reference fp32 (P&C)": lambda: reference(xyz, rgb),
-        "P&C fp32": lambda: pc(features, precision="fp32"),
-        "P&C bf16": lambda: pc(features, precision="bf16"),
-        "full bf16": lambda: full(features, precision="bf16"),
+        "P&C fp32": lambda: fused["P&C", "fp32"](features),
+        "P&C bf16": lambda: fused["P&C", "bf16"](features),
+        "full bf16": lambda: fused["full", "bf16"](features),
     }
     if include_full_fp32:
-        cases["full fp32"] = lambda: full(features, precision="fp32")
+        cases["full fp32"] = lambda: fused["full", "fp32"](features)
     times: dict[str, list[float]] = {name: [] for name in cases}
     peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
     outputs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for name, fn in cases.items():
-            if name != "reference fp32 (P&C)":  # warm-up: builds the cached inference weights
-                fn()
+            fn()  # warm-up
         for _ in range(rounds):
             for name, fn in cases.items():
                 seconds, outputs[name] = _timed(fn)

@@ -28,7 +28,7 @@ def main() -> None:
     else:
         obj = clip_gs.make_object("torus", seed=0, num_gaussians=20_000, color="blue", pattern="striped")
         print(f"made a synthetic object: {obj.caption!r}")
-        cloud = clip_gs.load_gaussians(clip_gs.save_gaussians(obj.cloud, out / "torus.ply"))
+        cloud = clip_gs.load_gaussians(clip_gs.save_gaussians(obj.cloud, out / "torus.ply", up_axis="+y"))
     print(cloud)
     print(format_info(cloud))
 

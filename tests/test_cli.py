@@ -84,3 +84,55 @@ def test_background_option(torus_ply, tmp_path):
     assert main(["render", str(torus_ply), "-o", str(target), "--views", "1", "--size", "32", "--background", "black"]) == 0
     image = np.asarray(Image.open(target).convert("RGB"))[2:-2, 2:-2]
     assert image[0, 0].tolist() == [0, 0, 0]  # a corner of the view is background
+
+
+def two_colour_cloud():
+    """Red Gaussians above y = 0, blue below: tells which way up a render is."""
+    import torch
+
+    from clip_gs import GaussianCloud
+
+    g = torch.Generator().manual_seed(0)
+    means = torch.rand(3000, 3, generator=g) * 2 - 1
+    top = (means[:, 1] > 0).float()[:, None]
+    rgb = top * torch.tensor([0.9, 0.05, 0.05]) + (1 - top) * torch.tensor([0.05, 0.05, 0.9])
+    return GaussianCloud.from_activated(
+        means, rgb, torch.full((3000,), 0.9), torch.full((3000, 3), 0.05), torch.tensor([1.0, 0, 0, 0]).expand(3000, 4)
+    )
+
+
+def red_above_blue(path) -> bool:
+    image = np.asarray(Image.open(path).convert("RGB")).astype(float)
+    rows = np.arange(image.shape[0])[:, None]
+    red = (image[..., 0] > 150) & (image[..., 2] < 100)
+    blue = (image[..., 2] > 150) & (image[..., 0] < 100)
+    assert red.sum() > 50 and blue.sum() > 50
+    return (rows * red).sum() / red.sum() < (rows * blue).sum() / blue.sum()
+
+
+def test_render_up_axis_option_and_auto_default(tmp_path, capsys):
+    capture = save_gaussians(two_colour_cloud(), tmp_path / "capture.ply")  # declares nothing: a y-down capture
+    declared = save_gaussians(two_colour_cloud(), tmp_path / "declared.ply", up_axis="+y")
+    out = tmp_path / "sheet.png"
+    common = ["--views", "1", "--size", "48", "--elevation", "0"]
+    # `--up -y` used to be rejected by argparse ("expected one argument")
+    assert main(["render", str(capture), "-o", str(out), "--up", "-y", *common]) == 0
+    assert not red_above_blue(out)  # -y up: the blue half (y < 0) is on top
+    assert main(["render", str(capture), "-o", str(out), "--up", "+y", *common]) == 0
+    assert red_above_blue(out)
+    assert main(["render", str(capture), "-o", str(out), *common]) == 0  # auto: INRIA captures are y-down
+    assert not red_above_blue(out) and "up -y (auto)" in capsys.readouterr().out
+    assert main(["render", str(declared), "-o", str(out), *common]) == 0  # auto: the declared axis
+    assert red_above_blue(out) and "up +y (auto)" in capsys.readouterr().out
+
+
+def test_default_up_axis_by_kind_of_file(tmp_path):
+    from clip_gs.data.assets import default_up_axis
+
+    assert default_up_axis(real_file("playcanvas-splats/guitar.compressed.ply")) == "-y"
+    assert default_up_axis(real_file("playcanvas-splats/biker.spz")) == "-y"
+    assert default_up_axis(real_file("trimesh-models/Duck.glb")) == "+y"
+    assert default_up_axis(real_file("trimesh-models/bunny.ply")) == "+y"  # a mesh ply
+    cloud = two_colour_cloud()
+    assert default_up_axis(save_gaussians(cloud, tmp_path / "x.ply", up_axis="+z")) == "+z"
+    assert default_up_axis(save_gaussians(cloud, tmp_path / "x.splat")) == "-y"

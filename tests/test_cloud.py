@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clip_gs import FEATURE_LAYOUT, ConfigError, GaussianCloud, GaussianFormatError
+from clip_gs import ConfigError, GaussianCloud, GaussianFormatError
 from clip_gs.gaussians import SH_C0, canonical_quaternions, quaternions_to_matrices
 
 
@@ -54,7 +54,7 @@ def test_quaternion_sign_canonicalisation_makes_q_and_minus_q_identical():
     cloud = random_cloud(200)
     flipped = cloud.replace(quats=-cloud.quats)
     assert torch.equal(cloud.rotations, flipped.rotations)
-    assert torch.equal(cloud.features(), flipped.features())
+    assert torch.equal(cloud.rotation_matrices, flipped.rotation_matrices)
     assert bool((cloud.rotations[:, 0] >= 0).all())
     # w == 0: the next non-zero component decides
     q = canonical_quaternions(torch.tensor([[0.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, -3.0]]))
@@ -64,7 +64,7 @@ def test_quaternion_sign_canonicalisation_makes_q_and_minus_q_identical():
 def test_tiny_quaternions_normalise_without_underflow():
     cloud = random_cloud(2).replace(quats=torch.tensor([[1e-30, 0.0, 0.0, 0.0], [0.0, -3e-39, 4e-39, 0.0]]))
     assert torch.allclose(cloud.rotations, torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.6, -0.8, 0.0]]))
-    assert bool(torch.isfinite(cloud.features()).all())
+    assert bool(torch.isfinite(cloud.rotation_matrices).all())
 
 
 def test_covariances_are_r_s_squared_rt():
@@ -72,20 +72,6 @@ def test_covariances_are_r_s_squared_rt():
     r, s = cloud.rotation_matrices, cloud.scales
     expected = r @ torch.diag_embed(s**2) @ r.transpose(-1, -2)
     assert torch.allclose(cloud.covariances(), expected, atol=1e-6)
-
-
-def test_features_follow_the_layout():
-    cloud = random_cloud(20)
-    f = cloud.features()
-    assert f.shape == (20, FEATURE_LAYOUT.num_channels) == (20, 19)
-    assert torch.equal(f[:, FEATURE_LAYOUT["xyz"]], cloud.means)
-    assert torch.equal(f[:, FEATURE_LAYOUT["rgb"]], cloud.rgb)
-    assert torch.equal(f[:, FEATURE_LAYOUT["opacity"]][:, 0], cloud.opacity)
-    assert torch.allclose(f[:, FEATURE_LAYOUT["scale"]], torch.sigmoid(cloud.log_scales))
-    assert torch.allclose(cloud.features("exp")[:, FEATURE_LAYOUT["scale"]], cloud.scales)
-    assert torch.equal(f[:, FEATURE_LAYOUT["rotation"]], cloud.rotation_matrices.flatten(-2))
-    with pytest.raises(KeyError, match="no feature field"):
-        FEATURE_LAYOUT["normals"]
 
 
 def test_normalized_is_unit_sphere_and_idempotent():
@@ -103,7 +89,7 @@ def test_normalized_is_unit_sphere_and_idempotent():
 
 def test_normalized_works_per_batch_element():
     a, b = random_cloud(30, seed=1), random_cloud(30, seed=2).replace(means=random_cloud(30, seed=2).means * 10)
-    batched, _ = GaussianCloud.stack([a, b])
+    batched = GaussianCloud.stack([a, b])
     norm = batched.normalized()
     assert torch.allclose(norm.means[0], a.normalized().means, atol=1e-6)
     assert torch.allclose(norm.means[1], b.normalized().means, atol=1e-6)
@@ -136,20 +122,29 @@ def test_resample_pads_with_seeded_duplicates():
         cloud.resample(0)
 
 
-def test_stack_pads_and_masks():
-    a, b = random_cloud(5, seed=1), random_cloud(8, seed=2)
-    batched, mask = GaussianCloud.stack([a, b])
+def test_stack_batches_equal_counts():
+    a, b = random_cloud(8, seed=1), random_cloud(8, seed=2)
+    batched = GaussianCloud.stack([a, b])
     assert batched.batch_shape == (2,) and batched.num_gaussians == 8
-    assert mask.tolist() == [[True] * 5 + [False] * 3, [True] * 8]
-    assert torch.equal(batched.means[0, :5], a.means)
-    assert torch.equal(batched.means[0, 5:], a.means[-1].expand(3, 3))
-    assert batched.features().shape == (2, 8, 19)
+    assert torch.equal(batched.means[0], a.means) and torch.equal(batched.sh[1], b.sh)
     back = batched.unbind()
     assert torch.equal(back[1].quats, b.quats)
-    named, _ = GaussianCloud.stack([a.replace(source="a.ply"), b.replace(source="b.ply")])
+    named = GaussianCloud.stack([a.replace(source="a.ply"), b.replace(source="b.ply")])
     assert named.source == "a.ply, b.ply"
     with pytest.raises(GaussianFormatError, match="SH degrees"):
-        GaussianCloud.stack([a, random_cloud(5, degree=1)])
+        GaussianCloud.stack([a, random_cloud(8, degree=1)])
+
+
+def test_stack_refuses_unequal_counts_instead_of_padding():
+    # Padding used to enter normalized()'s centroid and radius: a 5-Gaussian object stacked with a
+    # 50-Gaussian one normalised differently than alone. Unequal counts are now refused, by name.
+    small, large = random_cloud(5, seed=1).replace(source="small.ply"), random_cloud(50, seed=2)
+    with pytest.raises(GaussianFormatError, match=r"different Gaussian counts \(small.ply: 5, #1: 50\).*resample"):
+        GaussianCloud.stack([small, large])
+    batched = GaussianCloud.stack([small.resample(50, seed=0), large])
+    alone = small.resample(50, seed=0).normalized()
+    assert torch.allclose(batched.normalized().means[0], alone.means, atol=1e-6)
+    assert torch.allclose(batched.normalized().log_scales[0], alone.log_scales, atol=1e-6)
 
 
 def test_to_changes_dtype():

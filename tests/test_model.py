@@ -8,18 +8,25 @@ import pytest
 import torch
 
 from clip_gs import (
-    FEATURE_LAYOUT,
     CheckpointError,
     ConfigError,
     GaussianCloud,
     GaussianFormatError,
     WeightsUnavailableError,
 )
-from clip_gs.model import CLIPGS, CLIPGSConfig, PatchDropout, convert_uni3d_state_dict, get_model_config, list_models
-from clip_gs.model.clipgs import preprocess_cloud
+from clip_gs.model import (
+    CLIPGS,
+    FEATURE_LAYOUT,
+    CLIPGSConfig,
+    PatchDropout,
+    convert_uni3d_state_dict,
+    get_model_config,
+    list_models,
+    preprocess_cloud,
+)
 from clip_gs.model.reference import Uni3DPointEncoderReference
 from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX
-from tests.conftest import real_file
+from tests.conftest import real_file, requires_cuda
 from tests.test_cloud import random_cloud
 
 SMALL = dict(num_gaussians=512, num_groups=32, group_size=16)
@@ -192,6 +199,35 @@ def test_from_pretrained_errors(tmp_path):
         CLIPGS.from_pretrained(tmp_path / "empty")
 
 
+def test_from_pretrained_takes_safe_config_overrides_and_refuses_the_rest(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    loaded = CLIPGS.from_pretrained(tmp_path / "m", num_gaussians=256, fps_start="farthest", map_location="cpu")
+    assert loaded.config.num_gaussians == 256 and loaded.config.fps_start == "farthest"
+    assert loaded.config.replace(num_gaussians=512, fps_start="first") == model.config
+    assert loaded.encode(random_cloud(600)).shape == (1024,)
+    loaded.save_pretrained(tmp_path / "again")  # what is saved is what the model runs
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["num_gaussians"] == 256
+    with pytest.raises(ConfigError, match=r"unexpected keyword\(s\) \['typo'\]"):
+        CLIPGS.from_pretrained(tmp_path / "m", num_gaussians=2048, typo=1)
+    with pytest.raises(ConfigError, match=r"\['width'\] change the architecture"):
+        CLIPGS.from_pretrained(tmp_path / "m", width=384)
+
+
+def test_from_pretrained_map_location_is_where_the_model_lives(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "m")
+    loaded = CLIPGS.from_pretrained(tmp_path / "m", map_location=torch.device("cpu"))
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+
+
+@requires_cuda
+def test_from_pretrained_map_location_cuda(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "m")
+    loaded = CLIPGS.from_pretrained(tmp_path / "m", map_location="cuda")
+    assert {p.device.type for p in loaded.parameters()} == {"cuda"}
+    assert loaded.encode(random_cloud(600)).device.type == "cpu"
+
+
 def test_from_pretrained_offline_hub_repo_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(WeightsUnavailableError, match="clip-gs/does-not-exist"):
@@ -256,6 +292,69 @@ def test_pc_baseline_matches_the_reference_uni3d_forward(tmp_path):
         assert torch.allclose(full(features[None]), expected, atol=1e-5)
 
 
+def deepspeed_model_states(state: dict) -> dict:
+    """A checkpoint laid out as DeepSpeed's ``save_checkpoint`` writes ``mp_rank_00_model_states.pt``
+    (the structure of the published ``BAAI/Uni3D`` ``model.pt`` files): the weights under
+    ``module``, DeepSpeed's own entries, and a training script's client state."""
+    import argparse
+    from collections import OrderedDict
+
+    import numpy as np
+
+    return {
+        "module": OrderedDict(state),
+        "buffer_names": [k for k in state if "running_" in k or "num_batches" in k],
+        "optimizer": None,
+        "param_shapes": [OrderedDict((k, v.shape) for k, v in state.items() if "running_" not in k)],
+        "frozen_param_shapes": None,
+        "shared_params": {},
+        "frozen_param_fragments": None,
+        "lr_scheduler": None,
+        "data_sampler": None,
+        "random_ltd": None,
+        "sparse_tensor_module_names": set(),
+        "skipped_steps": 0,
+        "global_steps": 12_000,
+        "global_samples": 1_536_000,
+        "dp_world_size": 8,
+        "mp_world_size": 1,
+        "ds_config": {"train_batch_size": 128, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
+        "ds_version": "0.9.5",
+        # client state of the training script
+        "epoch": 10,
+        "best_zero_shot_acc": np.float64(0.4625),
+        "args": argparse.Namespace(model="create_uni3d", lr=1e-3, batch_size=16),
+    }
+
+
+def test_deepspeed_layout_checkpoint_loads_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    reference = uni3d_reference("tiny", **SMALL).eval()
+    path = tmp_path / "model.pt"
+    torch.save(deepspeed_model_states(reference.uni3d_state_dict()["module"]), path)
+    with pytest.raises(Exception, match="Weights only load failed"):  # plain weights_only refuses it
+        torch.load(path, weights_only=True)
+    model = CLIPGS.from_uni3d(path, gaussian_branch=False, **SMALL).eval()
+    features = preprocess_cloud(random_cloud(SMALL["num_gaussians"], seed=4), model.config)[None]
+    with torch.no_grad():
+        expected = reference(features[..., FEATURE_LAYOUT["xyz"]], features[..., FEATURE_LAYOUT["rgb"]])
+        assert torch.allclose(model(features), expected, atol=1e-5)
+
+
+def test_unsafe_checkpoint_names_its_globals_and_the_opt_in(tmp_path):
+    import fractions
+
+    state = uni3d_reference("tiny", **SMALL).uni3d_state_dict()["module"]
+    checkpoint = deepspeed_model_states(state) | {"best": fractions.Fraction(1, 3)}
+    path = tmp_path / "model.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"not safe to unpickle: \['fractions.Fraction'\].*trusted_globals"):
+        CLIPGS.from_uni3d(path, **SMALL)
+    # the documented opt-in for a trusted file
+    model = CLIPGS.from_uni3d(path, trusted_globals=["fractions.Fraction"], **SMALL)
+    assert model.config.name == "clip-gs-tiny"
+
+
 def test_from_uni3d_errors(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -279,6 +378,6 @@ def test_uni3d_hub_reference_offline_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_preprocess_rejects_batched_clouds():
-    batched, _ = GaussianCloud.stack([random_cloud(10), random_cloud(10)])
+    batched = GaussianCloud.stack([random_cloud(10), random_cloud(10)])
     with pytest.raises(GaussianFormatError, match="one object"):
         preprocess_cloud(batched, get_model_config("clip-gs-tiny"))

@@ -253,7 +253,7 @@ def test_render_cloud_uses_the_activated_views_and_sh_dc_matches_rgb():
     direct = rasterize(cloud.means, cloud.quats, cloud.scales, cloud.opacity, cloud.rgb, cams.viewmats, cams.Ks, 32, 32)
     assert out.alpha.max() > 0.5
     torch.testing.assert_close(out.rgb, direct.rgb, atol=1e-5, rtol=0)  # DC SH == rgb, q == q / |q|
-    batched, _ = GaussianCloud.stack([cloud, cloud])
+    batched = GaussianCloud.stack([cloud, cloud])
     with pytest.raises(RenderError, match="unbatched"):
         render_cloud(batched, cams)
 

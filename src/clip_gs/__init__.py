@@ -15,12 +15,13 @@ from clip_gs.errors import (
     UnsupportedFormatError,
     WeightsUnavailableError,
 )
-from clip_gs.gaussians import FEATURE_LAYOUT, GaussianCloud, load_gaussians, save_gaussians
+from clip_gs.gaussians import GaussianCloud, load_gaussians, save_gaussians
 
 # Submodules with heavier imports (timm for the model, trimesh, the rasterizer) load on first use.
 _LAZY = {
     "CLIPGS": "clip_gs.model",
     "CLIPGSConfig": "clip_gs.model",
+    "FEATURE_LAYOUT": "clip_gs.model.features",
     "get_model_config": "clip_gs.model",
     "list_models": "clip_gs.model",
     "mesh_to_gaussians": "clip_gs.data.mesh",

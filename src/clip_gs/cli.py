@@ -85,17 +85,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from clip_gs.data.assets import load_asset
+    from clip_gs.data.assets import default_up_axis, load_asset
     from clip_gs.render import render_sheet
 
     cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
+    up = default_up_axis(args.file) if args.up == "auto" else args.up
     sheet = render_sheet(
-        cloud, views=args.views, size=args.size, elevation=args.elevation, up=args.up, background=args.background
+        cloud, views=args.views, size=args.size, elevation=args.elevation, up=up, background=args.background
     )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
-    print(f"wrote {output} ({args.views} views of {cloud.num_gaussians:,} Gaussians from {args.file})")
+    how = f"up {up}" + (" (auto)" if args.up == "auto" else "")
+    print(f"wrote {output} ({args.views} views of {cloud.num_gaussians:,} Gaussians from {args.file}, {how})")
     return 0
 
 
@@ -120,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees")
     render.add_argument(
         "--up",
-        default="+y",
-        help="world up axis: +y (glTF), -y (many 3DGS captures in COLMAP/OpenCV frames; write --up=-y), +z, -z",
+        default="auto",
+        help="world up axis: auto (default: the axis a clip-gs ply declares, else -y for 3DGS files, "
+        "which INRIA/COLMAP captures are, and +y for meshes), +y (glTF), -y, +z, -z",
     )
     render.add_argument(
         "--background", type=parse_background, default="white", help="white, black, grey or r,g,b in [0, 1]"
@@ -130,8 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGNED_VALUE_OPTIONS = ("--up",)
+"""Options whose values may start with a dash (``--up -y``)."""
+
+
+def join_signed_values(argv: Sequence[str]) -> list[str]:
+    """``["--up", "-y"]`` -> ``["--up=-y"]``: argparse would read ``-y`` as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in SIGNED_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] in "-+":
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(join_signed_values(argv))
     try:
         return args.func(args)
     except ClipGSError as exc:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clip_gs.errors import NotGaussianDataError
+from clip_gs.errors import ClipGSError, NotGaussianDataError
 from clip_gs.gaussians import GaussianCloud, load_gaussians
+
+CAPTURE_UP_AXIS = "-y"
+"""Up axis assumed for 3DGS files that declare none: INRIA / COLMAP captures (and the ``.splat``
+and ``.spz`` files made from them, which clip-gs reads in the INRIA frame) are y-down."""
+
+MESH_UP_AXIS = "+y"
+"""Up axis of meshes (glTF and most object datasets are +Y up)."""
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".stl", ".off", ".ply")
 """Extensions tried as meshes when the file is not a 3DGS file (``.ply`` can be either)."""
@@ -39,3 +46,30 @@ def load_asset(path: str | os.PathLike[str], num_gaussians: int = 100_000, seed:
         if suffix not in MESH_EXTENSIONS:
             raise
     return mesh_to_gaussians(path, num_gaussians=num_gaussians, seed=seed)
+
+
+def default_up_axis(path: str | os.PathLike[str]) -> str:
+    """The world up axis to render a file with, when the user names none (``--up auto``).
+
+    - a ply that declares one (``comment up_axis +y``, written by ``save_gaussians(..., up_axis=...)``):
+      that axis;
+    - another 3DGS file: :data:`CAPTURE_UP_AXIS` (``"-y"``), so real captures show upright;
+    - a mesh: :data:`MESH_UP_AXIS` (``"+y"``).
+    """
+    from clip_gs.gaussians.formats.ply import declared_up_axis
+    from clip_gs.gaussians.formats.ply_header import read_ply_header
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".ply":
+        declared = declared_up_axis(path)
+        if declared is not None:
+            return declared
+        try:
+            header = read_ply_header(path)
+        except (ClipGSError, OSError):
+            return CAPTURE_UP_AXIS
+        vertex = header.element("vertex")
+        splat = header.element("chunk") is not None or (vertex is not None and "f_dc_0" in vertex.property_names)
+        return CAPTURE_UP_AXIS if splat else MESH_UP_AXIS
+    return MESH_UP_AXIS if suffix in MESH_EXTENSIONS else CAPTURE_UP_AXIS

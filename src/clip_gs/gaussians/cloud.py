@@ -2,7 +2,8 @@
 
 This module is the single place where the attribute layout of a Gaussian lives. Every other
 module asks a :class:`GaussianCloud` for named views (``rgb``, ``opacity``, ``scales``,
-``rotations``, ``rotation_matrices``, ``features()`` ...) instead of indexing raw columns.
+``rotations``, ``rotation_matrices``, ``covariances()`` ...) instead of indexing raw columns.
+What the model feeds its tokenizer is the model's decision (:mod:`clip_gs.model.features`).
 
 Storage follows the INRIA 3DGS ``.ply`` convention (pre-activation values):
 
@@ -16,8 +17,9 @@ log_scales     ``[*B, N, 3]``     scale before the exp
 quats          ``[*B, N, 4]``     rotation quaternion **wxyz**, unnormalised as stored
 ============== ================== ==========================================================
 
-``*B`` is an optional batch shape: :meth:`GaussianCloud.stack` builds a batched cloud, and all
-activated views work on batched clouds too.
+``*B`` is an optional batch shape: :meth:`GaussianCloud.stack` builds a batched cloud from
+objects of equal Gaussian count, and every view and operation works on batched clouds per object.
+There is no padding, so no batched operation can mix padding into an object's statistics.
 """
 
 from __future__ import annotations
@@ -82,38 +84,6 @@ def quaternions_to_matrices(quats: Tensor) -> Tensor:
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     )  # fmt: skip
     return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
-
-
-@dataclass(frozen=True)
-class FeatureLayout:
-    """Named channel slices of the per-Gaussian feature vector given by :meth:`GaussianCloud.features`.
-
-    The model reads its inputs through this layout (``FEATURE_LAYOUT["xyz"]``), never through
-    literal column indices.
-    """
-
-    fields: tuple[tuple[str, int], ...]
-
-    @property
-    def num_channels(self) -> int:
-        return sum(width for _, width in self.fields)
-
-    def __getitem__(self, name: str) -> slice:
-        start = 0
-        for field, width in self.fields:
-            if field == name:
-                return slice(start, start + width)
-            start += width
-        raise KeyError(f"no feature field {name!r}; fields are {[f for f, _ in self.fields]}")
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.fields]
-
-
-FEATURE_LAYOUT = FeatureLayout(
-    (("xyz", 3), ("rgb", 3), ("opacity", 1), ("scale", 3), ("rotation", 9))
-)
-"""Channels of :meth:`GaussianCloud.features`: 3 + 3 + 1 + 3 + 9 = 19."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -295,33 +265,6 @@ class GaussianCloud:
         m = self.rotation_matrices * self.scales.unsqueeze(-2)
         return m @ m.transpose(-1, -2)
 
-    def features(self, scale_activation: str = "sigmoid") -> Tensor:
-        """Per-Gaussian model input in :data:`FEATURE_LAYOUT` order.
-
-        Channels: xyz (3), rgb (3), opacity (1), scale (3), rotation matrix row-major (9).
-
-        Args:
-            scale_activation: ``"sigmoid"`` (the paper: sigmoid of the stored log-scale, i.e.
-                ``s / (1 + s)``) or ``"exp"`` (the scale itself).
-
-        Returns:
-            ``[*B, N, 19]``.
-        """
-        if scale_activation == "sigmoid":
-            scale = torch.sigmoid(self.log_scales)
-        elif scale_activation == "exp":
-            scale = self.scales
-        else:
-            raise ConfigError(f"scale_activation must be 'sigmoid' or 'exp', got {scale_activation!r}")
-        parts = {
-            "xyz": self.means,
-            "rgb": self.rgb,
-            "opacity": self.opacity.unsqueeze(-1),
-            "scale": scale,
-            "rotation": self.rotation_matrices.flatten(-2),
-        }
-        return torch.cat([parts[name] for name in FEATURE_LAYOUT.names()], dim=-1)
-
     # ------------------------------------------------------------------ operations
     def replace(self, **changes) -> GaussianCloud:
         """A copy with some fields replaced (validated like a new cloud)."""
@@ -395,38 +338,41 @@ class GaussianCloud:
         return self.index(indices)
 
     @classmethod
-    def stack(cls, clouds: Sequence[GaussianCloud]) -> tuple[GaussianCloud, Tensor]:
-        """Stack unbatched clouds into one batched cloud, padding to the largest N.
+    def stack(cls, clouds: Sequence[GaussianCloud]) -> GaussianCloud:
+        """Stack unbatched clouds of equal Gaussian count into one batched cloud ``[B, N, ...]``.
 
-        Padding repeats each cloud's last Gaussian (so every value stays valid); the returned
-        mask tells real Gaussians from padding. All clouds must share the SH degree; they are
-        moved to the first cloud's device and dtype. The batch's ``source`` names every input.
+        Clouds of different counts are refused rather than padded: a padded batch would let
+        padding enter per-object statistics (``normalized()`` takes the centroid and radius over
+        all N). Bring them to a common count first, e.g. ``[c.resample(n, seed) for c in clouds]``.
+        All clouds must share the SH degree; they are moved to the first cloud's device and dtype.
+        The batch's ``source`` names every input.
 
-        Returns:
-            ``(batched cloud [B, N_max, ...], mask [B, N_max] bool, True for real Gaussians)``.
+        Raises:
+            GaussianFormatError: no clouds, batched inputs, unequal counts or SH degrees; the
+                message names the offending sources.
         """
         if not clouds:
             raise GaussianFormatError("stack() needs at least one cloud")
+        if any(c.batch_shape for c in clouds):
+            raise GaussianFormatError("stack() takes unbatched clouds")
         degrees = {c.sh_degree for c in clouds}
         if len(degrees) > 1:
             raise GaussianFormatError(f"cannot stack clouds of different SH degrees {sorted(degrees)}")
-        if any(c.batch_shape for c in clouds):
-            raise GaussianFormatError("stack() takes unbatched clouds")
+        counts = {c.num_gaussians for c in clouds}
+        if len(counts) > 1:
+            detail = ", ".join(f"{c.source or f'#{i}'}: {c.num_gaussians}" for i, c in enumerate(clouds))
+            raise GaussianFormatError(
+                f"cannot stack clouds of different Gaussian counts ({detail}); "
+                "resample them to one count first (GaussianCloud.resample)"
+            )
         first = clouds[0]
-        n_max = max(c.num_gaussians for c in clouds)
-        fields: dict[str, list[Tensor]] = {name: [] for name in cls._TENSOR_FIELDS}
-        masks = []
-        for cloud in clouds:
-            n = cloud.num_gaussians
-            pad_index = torch.cat([torch.arange(n), torch.full((n_max - n,), n - 1)]).to(cloud.device)
-            for name in cls._TENSOR_FIELDS:
-                value = getattr(cloud, name)[pad_index]
-                fields[name].append(value.to(device=first.device, dtype=first.dtype))
-            masks.append(torch.arange(n_max, device=first.device) < n)
+        fields = {
+            name: torch.stack([getattr(c, name).to(device=first.device, dtype=first.dtype) for c in clouds])
+            for name in cls._TENSOR_FIELDS
+        }
         sources = {c.source for c in clouds}
         source = first.source if len(sources) == 1 else ", ".join(str(s) for s in sorted(sources, key=str))
-        stacked = cls(**{name: torch.stack(values) for name, values in fields.items()}, source=source)
-        return stacked, torch.stack(masks)
+        return cls(**fields, source=source)
 
     def unbind(self) -> list[GaussianCloud]:
         """Split a cloud with batch shape ``[B]`` into B unbatched clouds."""

@@ -128,6 +128,21 @@ def save_gaussians(
     return path
 
 
+def find_gaussian_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every file under the folder ``root`` (recursively) whose name ends with the extension of a
+    registered 3DGS format, sorted by path. Which of them really hold 3DGS data is decided when
+    they are loaded.
+
+    Raises:
+        GaussianFormatError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise GaussianFormatError(f"{root}: not a folder")
+    formats = registered_formats()
+    return sorted(p for p in root.rglob("*") if p.is_file() and any(_has_extension(p, f) for f in formats))
+
+
 def _has_extension(path: Path, fmt: GaussianFormat) -> bool:
     """True when the file name ends with one of the format's extensions (multi-dot ones such as
     ``.compressed.ply`` included)."""

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from clip_gs.errors import CheckpointError, ConfigError, GaussianFormatError, WeightsUnavailableError
-from clip_gs.gaussians import GaussianCloud, load_gaussians
+from clip_gs.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from clip_gs.gaussians import load_gaussians
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
+from clip_gs.model.fused import Encoded, FusedEncoder
 from clip_gs.model.hub import HUB_PREFIX, hub_download, parse_hub_reference
-from clip_gs.model.precision import resolve_precision
+from clip_gs.model.inputs import GaussianInput, Loader
 from clip_gs.model.uni3d import (
     GAUSSIAN_BRANCH_PREFIX,
     UNI3D_CHECKPOINTS,
@@ -26,21 +26,13 @@ from clip_gs.model.uni3d import (
     load_checkpoint_file,
 )
 
-GaussianInput = GaussianCloud | str | os.PathLike
 WEIGHTS_NAME = "model.safetensors"
 
-
-def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) -> Tensor:
-    """One object -> the encoder input ``[num_gaussians, 19]``.
-
-    Resample to ``config.num_gaussians`` (seeded, input order kept, unchanged when the count
-    already matches), normalise to the unit sphere (Uni3D's ``pc_norm``), and take
-    :meth:`GaussianCloud.features`.
-    """
-    if cloud.batch_shape:
-        raise GaussianFormatError("preprocess_cloud takes one object; unbind() a batched cloud first")
-    sampled = cloud.resample(config.num_gaussians, seed=seed).to(dtype=torch.float32)
-    return sampled.normalized().features(config.scale_activation)
+LOAD_TIME_OVERRIDES = ("num_gaussians", "num_groups", "group_size", "fps_start", "drop_path_rate", "patch_dropout")
+"""``CLIPGSConfig`` fields ``from_pretrained`` accepts as keyword overrides: they change no
+parameter shape, so the saved weights still load (tokenizer sampling and grouping, training-only
+regularisation). Changing one changes the embeddings; the model's ``config`` records the new
+value, and ``save_pretrained`` writes it."""
 
 
 def load_state_dict_strict(
@@ -106,6 +98,7 @@ class CLIPGS(
         cls,
         checkpoint: str | os.PathLike | Mapping | None = None,
         size: str | None = None,
+        trusted_globals: Sequence[str | object] = (),
         **config_overrides,
     ) -> CLIPGS:
         """Initialise from a Uni3D checkpoint, as the paper does.
@@ -116,6 +109,9 @@ class CLIPGS(
                 published checkpoint of ``size`` (:data:`UNI3D_CHECKPOINTS`).
             size: ``tiny``, ``small``, ``base``, ``large`` or ``giant``; inferred from the
                 weights when omitted (``checkpoint`` must then be given).
+            trusted_globals: explicit opt-in for a trusted file holding objects beyond tensors,
+                containers and :func:`~clip_gs.model.uni3d.harmless_globals` (see
+                :func:`~clip_gs.model.uni3d.load_checkpoint_file`; the error names them).
             config_overrides: CLIPGSConfig fields, e.g. ``gaussian_branch=False`` for the
                 P&C baseline, ``num_gaussians``, ``num_groups``, ``group_size``, ``embed_dim``.
 
@@ -131,7 +127,7 @@ class CLIPGS(
         if isinstance(checkpoint, str) and checkpoint.startswith(HUB_PREFIX):
             repo_id, filename = parse_hub_reference(checkpoint)
             checkpoint = hub_download(repo_id, filename)
-        raw = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint_file(checkpoint)
+        raw = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint_file(checkpoint, trusted_globals)
         state = convert_uni3d_state_dict(raw)
         size = _check_size(size) if size is not None else infer_uni3d_size(state)
         model = cls(get_model_config(UNI3D_SIZES[size], **config_overrides))
@@ -142,18 +138,34 @@ class CLIPGS(
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> CLIPGS:
         """Load a model saved with ``save_pretrained``: a local folder or a Hub repo id.
 
-        Keyword arguments are those of ``huggingface_hub``'s ``from_pretrained`` (``revision``,
-        ``cache_dir``, ``local_files_only``, ``token``, ``map_location`` ...). Weights must match
-        the architecture in ``config.json`` exactly.
+        Keyword arguments: those of ``huggingface_hub``'s ``from_pretrained`` (``revision``,
+        ``cache_dir``, ``local_files_only``, ``token``, ``force_download``), ``map_location``
+        (the device the model is put on, default ``"cpu"``), and the configuration fields in
+        :data:`LOAD_TIME_OVERRIDES` (e.g. ``num_gaussians=2048``). Weights must match the
+        architecture in ``config.json`` exactly.
 
         Raises:
+            ConfigError: any other keyword (a typo, or a field that changes the architecture).
             CheckpointError: missing ``config.json``, corrupt or mismatched weights.
             WeightsUnavailableError: a Hub repo that cannot be reached (offline, no cache).
         """
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+        hub_options = {"revision", "cache_dir", "local_files_only", "token", "force_download", "map_location"}
+        unknown = sorted(set(kwargs) - hub_options - set(LOAD_TIME_OVERRIDES))
+        if unknown:
+            fields = {f for f in CLIPGSConfig.__dataclass_fields__}
+            architecture = [k for k in unknown if k in fields]
+            detail = (
+                f"{architecture} change the architecture and cannot be overridden at load time; " if architecture else ""
+            )
+            raise ConfigError(
+                f"from_pretrained({str(pretrained_model_name_or_path)!r}): unexpected keyword(s) {unknown}; {detail}"
+                f"accepted: {sorted(hub_options)} and the config overrides {list(LOAD_TIME_OVERRIDES)}"
+            )
+        overrides = {k: kwargs.pop(k) for k in LOAD_TIME_OVERRIDES if k in kwargs}
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            return super().from_pretrained(pretrained_model_name_or_path, config_overrides=overrides, **kwargs)
         except (LocalEntryNotFoundError, HfHubHTTPError) as exc:
             raise WeightsUnavailableError(
                 f"cannot fetch {pretrained_model_name_or_path!r} from the Hub (offline and not cached?): {exc}"
@@ -169,9 +181,9 @@ class CLIPGS(
         force_download: bool,
         local_files_only: bool,
         token: str | bool | None,
-        map_location: str = "cpu",
+        map_location: str | torch.device = "cpu",
         config: dict | CLIPGSConfig | None = None,
-        **model_kwargs,
+        config_overrides: Mapping | None = None,
     ) -> CLIPGS:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -190,157 +202,94 @@ class CLIPGS(
                 model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
                 force_download=force_download, local_files_only=local_files_only, token=token,
             )  # fmt: skip
-        model = cls(config=config)
+        if not isinstance(config, CLIPGSConfig):
+            config = CLIPGSConfig.from_dict(dict(config))
+        model = cls(config=config.replace(**(config_overrides or {})))
         try:
-            state = load_file(str(weights), device=str(map_location))
+            state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{weights}: corrupt or unreadable safetensors file: {exc}") from exc
         load_state_dict_strict(model, state, str(weights))
-        return model.eval()
+        return model.to(map_location).eval()
 
-    # ------------------------------------------------------------------ inference
-    def forward(self, features: Tensor, precision: str = "fp32") -> Tensor:
-        """``features: [B, N, 19]`` (see :func:`preprocess_cloud`) -> ``[B, embed_dim]`` unit vectors.
+    # ------------------------------------------------------------------ running
+    def forward(self, features: Tensor) -> Tensor:
+        """The module path: ``features: [B, N, 19]`` (:func:`~clip_gs.model.features.preprocess_cloud`)
+        -> ``[B, embed_dim]`` unit vectors, with autograd, in the current mode, under whatever
+        precision the caller sets (Lightning's ``precision=``, ``torch.autocast``). This is what
+        training and validation run; :meth:`fused` is the fast inference form."""
+        return self.encoder(features)
 
-        ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"auto"``; see
-        :meth:`GaussianEncoder.forward`.
+    def fused(self, precision: str = "auto") -> FusedEncoder:
+        """The explicit fused inference form of the encoder (:class:`~clip_gs.model.fused.FusedEncoder`):
+        a snapshot of the current weights with eval-mode semantics, whatever this module's mode.
+        Keep it to embed many batches; rebuild it after the weights change.
+
+        Args:
+            precision: ``"auto"`` (default: bfloat16 where the device multiplies it natively,
+                float32 elsewhere), ``"bf16"`` or ``"fp32"``. See :mod:`clip_gs.model.precision`.
+
+        Raises:
+            ConfigError: an unknown ``precision``.
         """
-        return self.encoder(features, precision=precision)
+        return self.encoder.fuse(precision)
 
-    @torch.inference_mode()
+    def encode_iter(
+        self,
+        inputs: GaussianInput | Iterable[GaussianInput],
+        batch_size: int = 8,
+        seed: int = 0,
+        on_error: str = "raise",
+        progress: bool | None = None,
+        precision: str = "auto",
+        num_workers: int | None = None,
+        loader: Loader = load_gaussians,
+    ) -> Iterator[Encoded]:
+        """Stream embeddings of files, folders and clouds through ``self.fused(precision)``:
+        one :class:`~clip_gs.model.fused.Encoded` (index, id, embedding or error) per object, in
+        input order. See :meth:`FusedEncoder.encode_iter` for the arguments; with
+        ``on_error="skip"`` bad files are yielded with their reason and the stream goes on."""
+        return self.fused(precision).encode_iter(inputs, batch_size, seed, on_error, progress, num_workers, loader)
+
     def encode(
         self,
-        inputs: GaussianInput | Sequence[GaussianInput],
+        inputs: GaussianInput | Iterable[GaussianInput],
         batch_size: int = 8,
         seed: int = 0,
         progress: bool | None = None,
         precision: str = "auto",
         num_workers: int | None = None,
+        loader: Loader = load_gaussians,
     ) -> Tensor:
-        """Embed 3DGS objects: L2-normalised vectors in the CLIP space.
+        """Embed 3DGS objects: L2-normalised float32 vectors in the CLIP space.
 
-        Files are read and preprocessed (:func:`preprocess_cloud`) by a ``DataLoader`` whose
-        worker processes run ahead of the encoder, so loading overlaps with the forward passes.
-        The forward passes take the encoder's inference path (see
-        :meth:`GaussianEncoder.forward`); ``self.encoder.set_compile()`` opts into
-        ``torch.compile`` for its blocks.
+        Runs the fused inference form (``self.fused(precision)``, built for this call; keep one
+        from :meth:`fused` to embed many times). The module's parameters and mode are untouched.
 
         Args:
             inputs: a GaussianCloud (unbatched or batched), a file path (any supported 3DGS
-                format), or a list of them.
+                format), a folder (its 3DGS files, recursively, sorted), or a list of them.
             batch_size: objects per forward pass.
             seed: seed of the resampling to ``config.num_gaussians`` (the same for every object).
             progress: show a progress bar (default: when there is more than one batch).
-            precision: ``"auto"`` (default: bfloat16 where the device multiplies it natively,
-                float32 elsewhere), ``"bf16"`` or ``"fp32"`` (exactly ``self(features)`` in eval
-                mode under ``torch.no_grad()``). See :mod:`clip_gs.model.precision`.
-            num_workers: loader processes (run at the lowest scheduling priority, so they use
-                the cycles the encoder leaves). None: :func:`default_num_workers` (0 when
-                there is no spare core, as on a 2-core CPU running 2 torch threads; 0 means
-                loading in this process). The embeddings do not depend on it.
+            precision: ``"auto"`` (default), ``"bf16"`` or ``"fp32"``. Float32 equals the
+                module path in eval mode up to float rounding; results are deterministic for a
+                given batch composition, thread count and machine, but not bitwise across them
+                (matrix-product blocking changes with shapes and threads: differences of about
+                1e-7).
+            num_workers: loader processes; None: :func:`~clip_gs.model.inputs.default_num_workers`
+                (0 on a 2-core CPU running 2 torch threads). The embeddings do not depend on it.
+            loader: how files are read (default :func:`~clip_gs.gaussians.load_gaussians`).
 
         Returns:
-            ``[embed_dim]`` float32 for a single object (a cloud or a path), else ``[B, embed_dim]``.
+            ``[embed_dim]`` for a single object (a cloud or a file path), else ``[B, embed_dim]``.
 
         Raises:
             GaussianFormatError (or another :class:`~clip_gs.errors.ClipGSError`): a file that
                 cannot be loaded; the message names the file.
-            ConfigError: an unknown ``precision``.
+            ConfigError: an unknown ``precision``, no inputs.
         """
-        single = isinstance(inputs, (GaussianCloud, str, os.PathLike)) and not (
-            isinstance(inputs, GaussianCloud) and inputs.batch_shape
-        )
-        items = list(_expand_inputs([inputs] if single else inputs))
-        if not items:
-            raise ConfigError("encode() got no inputs")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        device = next(self.parameters()).device
-        resolve_precision(precision, device)  # fail before any loading
-        num_batches = -(-len(items) // batch_size)
-        if num_workers is None:
-            num_workers = default_num_workers(device, num_batches)
-        if num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-        loader = DataLoader(
-            _PreprocessedObjects(items, self.config, seed),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=torch.stack,
-            pin_memory=device.type == "cuda",
-            prefetch_factor=2 if num_workers > 0 else None,
-            worker_init_fn=_loader_worker_init,
-        )
-        modes = {module: module.training for module in self.modules()}  # restored one by one
-        self.eval()
-        loader_iter = iter(loader)
-        try:
-            batches = loader_iter
-            show = progress if progress is not None else num_batches > 1
-            if show:
-                from tqdm.auto import tqdm
-
-                batches = tqdm(batches, total=num_batches, desc="encode", unit="batch")
-            outputs = [self(features.to(device, non_blocking=True), precision=precision) for features in batches]
-        finally:
-            for module, training in modes.items():
-                module.training = training
-            # Stop the loader processes now, also when a file failed to load: left to garbage
-            # collection, their low-priority shutdown would wait on whatever runs next.
-            shutdown = getattr(loader_iter, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-        embeddings = torch.cat(outputs).float().cpu()
-        return embeddings[0] if single else embeddings
-
-
-def _loader_worker_init(worker_id: int) -> None:
-    """Loader processes yield the CPU to the encoder's threads (lowest scheduling priority)."""
-    if hasattr(os, "nice"):
-        os.nice(19)
-
-
-def default_num_workers(device: torch.device, num_batches: int) -> int:
-    """Loader processes ``encode`` uses when ``num_workers=None``.
-
-    0 for a single batch (nothing to overlap). On CUDA the CPU is free while the GPU computes:
-    up to 4 workers. On CPU the encoder's threads already use ``torch.get_num_threads()`` cores;
-    workers on those same cores stall the encoder's synchronised threads more than loading in
-    process costs (measured on 2 cores: 0.85x vs 0.92x of the encoder-only throughput), so only
-    spare cores get workers, at most 2.
-    """
-    if num_batches <= 1:
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return min(4, cores)
-    return max(0, min(2, cores - torch.get_num_threads()))
-
-
-class _PreprocessedObjects(Dataset):
-    """Items (clouds or paths) -> encoder inputs ``[num_gaussians, 19]`` (:func:`preprocess_cloud`)."""
-
-    def __init__(self, items: Sequence[GaussianInput], config: CLIPGSConfig, seed: int):
-        self.items, self.config, self.seed = items, config, seed
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Tensor:
-        item = self.items[index]
-        cloud = item if isinstance(item, GaussianCloud) else load_gaussians(item)
-        return preprocess_cloud(cloud, self.config, self.seed)
-
-
-def _expand_inputs(inputs: Iterable[GaussianInput]) -> Iterable[GaussianInput]:
-    """Unbind batched clouds, and move clouds to the CPU: preprocessing runs there (possibly in
-    forked loader processes, which cannot touch CUDA), and batches move to the model's device."""
-    for item in inputs:
-        if isinstance(item, GaussianCloud):
-            clouds = item.unbind() if item.batch_shape else [item]
-            yield from (c.to("cpu") for c in clouds)
-        else:
-            yield item
+        return self.fused(precision).encode(inputs, batch_size, seed, progress, num_workers, loader)
 
 
 def _check_size(size: str) -> str:

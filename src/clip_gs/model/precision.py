@@ -1,4 +1,4 @@
-"""Compute precision of the encoder: ``"fp32"``, ``"bf16"`` or ``"auto"``, and cached derived weights.
+"""Compute precision of the fused inference encoder: ``"fp32"``, ``"bf16"`` or ``"auto"``.
 
 ``"auto"`` picks bfloat16 where the hardware multiplies it natively and float32 elsewhere:
 
@@ -6,30 +6,17 @@
 - CPU: the CPU flags name a native bf16 dot product (``avx512_bf16`` or ``amx_bf16`` on x86,
   ``bf16`` on aarch64) and PyTorch has oneDNN. Without them bf16 is emulated and slower than fp32.
 
-In bf16 the matrix products (mini-PointNet, Gaussian branch convolutions, transformer linears and
-attention) run in bfloat16 with float32 accumulation; the residual stream, LayerNorm statistics,
-positional MLP, final norm, head and L2 normalisation stay float32, so embeddings agree with the
-float32 forward to a cosine of about 0.9999.
-
-:class:`DerivedWeights` holds inference-only weights computed from a module's parameters
-(BatchNorm folded into the preceding product, q/k/v packed into one matrix, cast to the compute
-dtype). They are rebuilt whenever a source parameter or buffer changes (in-place updates bump the
-tensor version counter, ``load_state_dict`` included) and are never part of the ``state_dict``.
-They cost about one copy of the weights per compute dtype used;
-``GaussianEncoder.clear_inference_cache()`` frees them.
+The precision of training and validation is not set here: they run the module path under
+whatever precision the trainer sets (Lightning's ``precision=``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import platform
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
 from clip_gs.errors import ConfigError
 
@@ -88,49 +75,4 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tor
     raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def check_inference_mode(module: nn.Module) -> None:
-    """Raise :class:`ConfigError` unless ``module`` is in eval mode with autograd off: the
-    inference path folds BatchNorm running statistics and has no backward."""
-    if module.training or torch.is_grad_enabled():
-        raise ConfigError(
-            "the inference path needs eval mode and no autograd (model.eval() and torch.no_grad()); "
-            "use compute_dtype=None for training"
-        )
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` on ``device``; a no-op context for float32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class DerivedWeights:
-    """A per-module cache of inference weights derived from its parameters and buffers.
-
-    ``get(module, dtype, build)`` returns ``build(dtype)``, computed once and reused while every
-    parameter and buffer of ``module`` keeps its storage and version, and the dtype and device are
-    the same. Holds one entry per dtype.
-    """
-
-    def __init__(self) -> None:
-        # dtype -> (key, anchors, value); the anchors share the source tensors' storage so it
-        # cannot be freed and its address reused by a different tensor while the key is held
-        self._entries: dict[torch.dtype, tuple[tuple, list[torch.Tensor], Any]] = {}
-
-    def get(self, module: nn.Module, dtype: torch.dtype, build: Callable[[torch.dtype], Any]) -> Any:
-        tensors = [*module.parameters(), *module.buffers()]
-        # inference tensors (made under torch.inference_mode) cannot change and have no version
-        key = tuple((t.device, t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors)
-        entry = self._entries.get(dtype)
-        if entry is None or entry[0] != key:
-            with torch.no_grad():
-                entry = (key, [t.detach() for t in tensors], build(dtype))
-            self._entries[dtype] = entry
-        return entry[2]
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-__all__ = ["PRECISIONS", "DerivedWeights", "autocast_for", "bf16_supported", "cpu_flags", "resolve_precision"]
+__all__ = ["PRECISIONS", "bf16_supported", "cpu_flags", "resolve_precision"]

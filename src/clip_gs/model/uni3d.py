@@ -2,15 +2,21 @@
 
 Uni3D (Zhou et al., ICLR 2024; weights on the Hub in ``BAAI/Uni3D``, e.g.
 ``modelzoo/uni3d-b/model.pt``) stores its state dict under ``checkpoint["module"]`` with keys
-``logit_scale`` and ``point_encoder.*``. :func:`convert_uni3d_state_dict` is a pure function
+``logit_scale`` and ``point_encoder.*``. The published files are DeepSpeed model-state pickles:
+beside ``module`` they hold DeepSpeed's own entries (``ds_config``, ``ds_version``,
+``param_shapes``, ``buffer_names``, ...) and the training script's client state.
+:func:`load_checkpoint_file` reads them with ``torch.load(weights_only=True)``, allowing only the
+harmless non-tensor types such entries need (:func:`harmless_globals`).
+:func:`convert_uni3d_state_dict` is a pure function
 from that state dict to a :class:`~clip_gs.CLIPGS` state dict; the Gaussian branch, which Uni3D
 does not have, is absent from its output and keeps its own initialisation.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -119,19 +125,84 @@ def convert_uni3d_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tens
     return out
 
 
-def load_checkpoint_file(path: str | os.PathLike[str]) -> dict:
+def harmless_globals() -> list:
+    """Non-tensor types that DeepSpeed checkpoints and training scripts' client state hold, and
+    that ``torch.load(weights_only=True)`` refuses by default, but whose unpickling runs no code
+    of the file's choosing: ``argparse.Namespace`` (an attribute bag, e.g. saved ``args``), NumPy
+    scalars and their dtypes (e.g. a best accuracy as ``numpy.float64``). NumPy arrays are not
+    included (object arrays can carry arbitrary pickles)."""
+    import argparse
+
+    allowed: list = [argparse.Namespace]
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return allowed
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
+    allowed += [multiarray.scalar, np.dtype]
+    allowed += [type(np.dtype(name)) for name in ("bool", "int32", "int64", "float16", "float32", "float64")]
+    return allowed
+
+
+def _resolve_global(name: str | object) -> object:
+    """``"package.module.Name"`` -> the object (imports the module; only for names a user trusts)."""
+    if not isinstance(name, str):
+        return name
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise CheckpointError(f"trusted global {name!r} cannot be imported: {exc}") from exc
+
+
+def load_checkpoint_file(path: str | os.PathLike[str], trusted_globals: Sequence[str | object] = ()) -> dict:
     """``torch.load`` a checkpoint safely (``weights_only=True``), mapping failures to
-    :class:`CheckpointError` naming the file."""
+    :class:`CheckpointError` naming the file.
+
+    Beside tensors and plain containers, the :func:`harmless_globals` are allowed (what
+    DeepSpeed model-state files such as Uni3D's ``model.pt`` need).
+
+    Args:
+        trusted_globals: the explicit opt-in for a file you trust that holds other objects:
+            their dotted names (``"mypackage.config.TrainArgs"``) or the objects themselves.
+            Only these are allowed to be constructed while loading; the error for an unsafe
+            file lists exactly the names it needs. Never pass names from a file you do not trust.
+
+    Raises:
+        CheckpointError: a missing, corrupt or non-mapping file, or one holding objects outside
+            the allowed set (named in the message, with the opt-in to use).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    allowed = harmless_globals() + [_resolve_global(g) for g in trusted_globals]
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowed):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / unsafe pickles
+        unsafe = _unsafe_globals(path, allowed)
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: the checkpoint holds objects that are not safe to unpickle: {unsafe}. "
+                "Nothing was loaded. If you trust this file, allow exactly these with "
+                f"CLIPGS.from_uni3d(path, trusted_globals={unsafe!r}) (they are then constructed "
+                "while loading, with the file's data)"
+            ) from exc
         raise CheckpointError(f"{path}: cannot load checkpoint safely (weights_only=True): {exc}") from exc
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path}: checkpoint is a {type(loaded).__name__}, not a state dict")
     return dict(loaded)
+
+
+def _unsafe_globals(path: Path, allowed: Sequence[object]) -> list[str]:
+    """Globals of the pickle in ``path`` that are neither allowed by default nor in ``allowed``;
+    empty when the file cannot be read as a torch checkpoint at all."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return []
+    allowed_names = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" for g in allowed}
+    return sorted(n for n in names if n not in allowed_names)
 
 
 def infer_uni3d_size(state_dict: Mapping[str, Tensor]) -> str:

@@ -149,7 +149,29 @@ def _sh_degree_from_rest(path: Path, count: int) -> int:
     )
 
 
-def write_ply(cloud: GaussianCloud, path: Path, ascii: bool = False, byte_order: str = "<") -> None:
+UP_AXIS_COMMENT = "up_axis"
+"""Header comment ``comment up_axis +y`` with which clip-gs records a file's world up axis."""
+
+UP_AXIS_VALUES = ("+y", "-y", "+z", "-z")
+
+
+def declared_up_axis(path: Path) -> str | None:
+    """The up axis a ply declares in a ``comment up_axis <axis>`` header line (clip-gs writes one
+    when asked, see :func:`write_ply`), or None. Non-ply files and unreadable headers give None."""
+    try:
+        header = read_ply_header(Path(path))
+    except (GaussianFormatError, OSError):
+        return None
+    for comment in header.comments:
+        key, _, value = comment.strip().partition(" ")
+        if key == UP_AXIS_COMMENT and value.strip() in UP_AXIS_VALUES:
+            return value.strip()
+    return None
+
+
+def write_ply(
+    cloud: GaussianCloud, path: Path, ascii: bool = False, byte_order: str = "<", up_axis: str | None = None
+) -> None:
     """Write ``cloud`` as an INRIA 3DGS ply (property names and order as the reference trainer).
 
     Normals are written as zeros, as the reference trainer does. float32 values round-trip
@@ -158,9 +180,13 @@ def write_ply(cloud: GaussianCloud, path: Path, ascii: bool = False, byte_order:
     Args:
         ascii: write the ASCII variant instead of binary.
         byte_order: ``"<"`` little-endian (default) or ``">"`` big-endian, for binary files.
+        up_axis: record the object's world up axis (``"+y"``, ``"-y"``, ``"+z"``, ``"-z"``) as a
+            header comment, read back by :func:`declared_up_axis` (``clip-gs render`` uses it).
     """
     if byte_order not in ("<", ">"):
         raise ConfigError(f"byte_order must be '<' or '>', got {byte_order!r}")
+    if up_axis is not None and up_axis not in UP_AXIS_VALUES:
+        raise ConfigError(f"up_axis must be one of {UP_AXIS_VALUES}, got {up_axis!r}")
     cloud = cloud.to(device="cpu", dtype=torch.float32)
     n, k = cloud.num_gaussians, cloud.sh.shape[-2]
     rest = f_rest_names(cloud.sh_degree)
@@ -181,6 +207,7 @@ def write_ply(cloud: GaussianCloud, path: Path, ascii: bool = False, byte_order:
         record[name] = values[:, i]
     element = plyfile.PlyElement.describe(record, "vertex")
     try:
-        plyfile.PlyData([element], text=ascii, byte_order=byte_order).write(str(path))
+        comments = [] if up_axis is None else [f"{UP_AXIS_COMMENT} {up_axis}"]
+        plyfile.PlyData([element], text=ascii, byte_order=byte_order, comments=comments).write(str(path))
     except OSError as exc:
         raise GaussianFormatError(f"{path}: cannot write: {exc.strerror or exc}") from exc
