@@ -1,4 +1,5 @@
-"""Data sources for clip-gs: mesh -> 3DGS conversion and a synthetic procedural 3DGS set."""
+"""Data sources for clip-gs: mesh -> 3DGS conversion, a synthetic procedural 3DGS set and seeded
+3DGS augmentations."""
 
 from clip_gs.data.mesh import MeshColorWarning, mesh_to_gaussians, surface_disks
 from clip_gs.data.synthetic import (
@@ -9,15 +10,51 @@ from clip_gs.data.synthetic import (
     SyntheticObject,
     make_object,
 )
+from clip_gs.data.transforms import (
+    CloudTransform,
+    ColorJitter,
+    Compose,
+    PositionJitter,
+    RandomRotation,
+    RandomScale,
+    RandomTranslation,
+    Resample,
+    color_affine,
+    element_seed,
+    quaternion_multiply,
+    rotate_cloud,
+    sample_seed,
+    scale_cloud,
+    sh_rotation_matrix,
+    step_seed,
+    translate_cloud,
+)
 
 __all__ = [
     "PALETTE",
     "PATTERNS",
     "SHAPE_CLASSES",
+    "CloudTransform",
+    "ColorJitter",
+    "Compose",
     "MeshColorWarning",
+    "PositionJitter",
+    "RandomRotation",
+    "RandomScale",
+    "RandomTranslation",
+    "Resample",
     "SyntheticGaussianDataset",
     "SyntheticObject",
+    "color_affine",
+    "element_seed",
     "make_object",
     "mesh_to_gaussians",
+    "quaternion_multiply",
+    "rotate_cloud",
+    "sample_seed",
+    "scale_cloud",
+    "sh_rotation_matrix",
+    "step_seed",
     "surface_disks",
+    "translate_cloud",
 ]
