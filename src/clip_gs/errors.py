@@ -49,10 +49,20 @@ class RenderError(ClipGSError, ValueError):
     """Invalid camera or rasterizer input."""
 
 
+class DatasetError(ClipGSError, ValueError):
+    """A prepared dataset (triplet shards, manifest) is missing, inconsistent or made by another teacher."""
+
+
+class CorruptSampleError(DatasetError):
+    """A stored sample fails its checksum or cannot be decoded (names the shard and the index)."""
+
+
 __all__ = [
     "CheckpointError",
     "ClipGSError",
     "ConfigError",
+    "CorruptSampleError",
+    "DatasetError",
     "GaussianFormatError",
     "MeshError",
     "MissingDependencyError",

@@ -7,7 +7,7 @@ Nothing here imports Lightning: ``CLIPGS.from_pretrained(...)`` and ``encode`` w
 from clip_gs.model.clipgs import CLIPGS
 from clip_gs.model.config import MODEL_CONFIGS, CLIPGSConfig, get_model_config, list_models
 from clip_gs.model.encoder import GaussianEncoder, PatchDropout
-from clip_gs.model.features import FEATURE_LAYOUT, gaussian_features, preprocess_cloud
+from clip_gs.model.features import FEATURE_LAYOUT, gaussian_features, preprocess, preprocess_cloud
 from clip_gs.model.fused import Encoded, FusedEncoder
 from clip_gs.model.inputs import GaussianInputDataset
 from clip_gs.model.tokenizer import GSTokenizer, make_patches
@@ -30,5 +30,6 @@ __all__ = [
     "get_model_config",
     "list_models",
     "make_patches",
+    "preprocess",
     "preprocess_cloud",
 ]

@@ -89,13 +89,14 @@ def gaussian_features(cloud: GaussianCloud, scale_activation: str = "sigmoid") -
     return torch.cat([parts[name] for name in FEATURE_LAYOUT.names()], dim=-1)
 
 
-def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) -> Tensor:
-    """One object -> the encoder input ``[config.num_gaussians, 19]`` float32.
+def preprocess(cloud: GaussianCloud, num_gaussians: int, scale_activation: str = "sigmoid", seed: int = 0) -> Tensor:
+    """One object -> the encoder input ``[num_gaussians, 19]`` float32.
 
     The only preprocessing of the package: ``encode``, the data module and evaluation all call
-    it, so training and inference cannot preprocess differently. Steps: resample to
-    ``config.num_gaussians`` (seeded, input order kept, unchanged when the count already
-    matches), normalise to the unit sphere (Uni3D's ``pc_norm``), :func:`gaussian_features`.
+    it (through :func:`preprocess_cloud` where a model config is at hand), so training and
+    inference cannot preprocess differently. Steps: resample to ``num_gaussians`` (seeded, input
+    order kept, unchanged when the count already matches), normalise to the unit sphere (Uni3D's
+    ``pc_norm``), :func:`gaussian_features`.
 
     Raises:
         GaussianFormatError: a batched cloud (preprocess each object), or a degenerate one.
@@ -104,8 +105,13 @@ def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) 
         raise GaussianFormatError(
             f"{cloud.source or 'cloud'}: preprocess_cloud takes one object; unbind() a batched cloud first"
         )
-    sampled = cloud.resample(config.num_gaussians, seed=seed).to(dtype=torch.float32)
-    return gaussian_features(sampled.normalized(), config.scale_activation)
+    sampled = cloud.resample(num_gaussians, seed=seed).to(dtype=torch.float32)
+    return gaussian_features(sampled.normalized(), scale_activation)
 
 
-__all__ = ["FEATURE_LAYOUT", "SCALE_ACTIVATIONS", "FeatureLayout", "gaussian_features", "preprocess_cloud"]
+def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) -> Tensor:
+    """:func:`preprocess` with ``config.num_gaussians`` and ``config.scale_activation``."""
+    return preprocess(cloud, config.num_gaussians, config.scale_activation, seed)
+
+
+__all__ = ["FEATURE_LAYOUT", "SCALE_ACTIVATIONS", "FeatureLayout", "gaussian_features", "preprocess", "preprocess_cloud"]
