@@ -3,9 +3,11 @@
 Subcommands:
     clip-gs info FILE                       count, SH degree, bounds, attribute statistics
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
+    clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
-status 2; anything else is a bug and keeps its traceback.
+status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
+inputs failed (they are listed in ``DIR/failures.jsonl``) and 0 only when none did.
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from clip_gs.data.prepare import EXIT_SOME_FAILED, PrepareSettings, prepare_dataset
+
+    settings = PrepareSettings(
+        views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
+        up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+    )  # fmt: skip
+    summary = prepare_dataset(
+        args.source, args.out, teacher=args.teacher, captions=args.captions, settings=settings,
+        work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    for failure in summary.failures:
+        print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
+    print(summary.line())
+    return EXIT_SOME_FAILED if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--background", type=parse_background, default="white", help="white, black, grey or r,g,b in [0, 1]"
     )
     render.set_defaults(func=cmd_render)
+
+    prepare = sub.add_parser("prepare", help="build triplet shards: 3DGS + teacher embeddings of views and captions")
+    prepare.add_argument("source", help="folder of 3DGS files and/or meshes (root/<label>/<file>), or synthetic:N")
+    prepare.add_argument("--out", required=True, help="output folder (train/, val/, test/, manifest.json)")
+    prepare.add_argument("--captions", help="captions file: CSV (id|path, caption, label, split) or JSONL")
+    prepare.add_argument("--teacher", default=None, help="teacher spec (default: the offline synthetic-clip)")
+    prepare.add_argument("--views", type=int, default=8, help="orbit views rendered per object (paper: 36)")
+    prepare.add_argument("--elevation", type=float, default=20.0, help="camera elevation of the views in degrees")
+    prepare.add_argument("--image-size", type=int, default=None, help="view size (default: the teacher's)")
+    prepare.add_argument("--background", type=parse_background, default="white", help="white, black, grey or r,g,b")
+    prepare.add_argument("--up", default="auto", help="world up axis of file inputs (auto, +y, -y, +z, -z)")
+    prepare.add_argument("--mesh-gaussians", type=int, default=10_000, help="Gaussians sampled on each mesh")
+    prepare.add_argument("--synthetic-gaussians", type=int, default=2048, help="Gaussians per synthetic object")
+    prepare.add_argument("--val-fraction", type=float, default=0.1)
+    prepare.add_argument("--test-fraction", type=float, default=0.1)
+    prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")
+    prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
+    prepare.add_argument("--overwrite", action="store_true", help="discard records of an earlier run")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
+    prepare.set_defaults(func=cmd_prepare)
     return parser
 
 

@@ -9,8 +9,10 @@ A :class:`TripletSample` is what ``clip-gs prepare`` writes and ``GaussianDataMo
   V rendered views, with each view's camera (``viewmats [V, 4, 4]``, ``Ks [V, 3, 3]``).
 
 On disk a sample is one record ``{"id": str, "sha256": str, "blob": bytes}``: the blob is a
-safetensors file (tensors plus JSON metadata), and ``sha256`` is its digest, verified on every
-read. LitData has no checksums of its own (an overwritten byte range decodes silently into wrong
+JSON header (metadata, and name, shape and byte range of each float32 tensor, in a fixed order)
+followed by the raw little-endian tensor bytes (no pickle; unlike safetensors, whose writer
+orders equal-dtype tensors differently from run to run, the same sample always gives the same
+bytes), and ``sha256`` is its digest, verified on every read. LitData has no checksums of its own (an overwritten byte range decodes silently into wrong
 values); here it raises :class:`~clip_gs.errors.CorruptSampleError` naming where the record was.
 
 The :class:`Manifest` (``manifest.json`` at the dataset root) records the teacher identity,
@@ -27,6 +29,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,12 +93,10 @@ class TripletSample:
 
     def to_record(self) -> dict:
         """The stored record ``{"id", "sha256", "blob"}`` (see the module docstring)."""
-        from safetensors.torch import save
-
-        tensors = {name: getattr(self.cloud, name).detach().to("cpu", torch.float32).contiguous() for name in _CLOUD_FIELDS}
-        tensors |= {name: getattr(self, name).detach().to("cpu", torch.float32).contiguous() for name in _VIEW_FIELDS}
+        tensors = {name: getattr(self.cloud, name) for name in _CLOUD_FIELDS}
+        tensors |= {name: getattr(self, name) for name in _VIEW_FIELDS}
         meta = {"id": self.id, "source": self.source, "captions": list(self.captions), "label": self.label}
-        blob = save(tensors, metadata={"clip_gs": json.dumps(meta), "format_version": str(FORMAT_VERSION)})
+        blob = pack_tensors(tensors, meta)
         return {"id": self.id, "sha256": hashlib.sha256(blob).hexdigest(), "blob": blob}
 
     @classmethod
@@ -108,8 +109,6 @@ class TripletSample:
         Raises:
             CorruptSampleError: checksum mismatch, or a blob that does not decode.
         """
-        from safetensors.torch import load
-
         try:
             blob, digest = bytes(record["blob"]), str(record["sha256"])
         except (KeyError, TypeError) as exc:
@@ -117,8 +116,7 @@ class TripletSample:
         if hashlib.sha256(blob).hexdigest() != digest:
             raise CorruptSampleError(f"{where}: checksum mismatch (sample {record.get('id')!r}); the shard is corrupt")
         try:
-            tensors = load(blob)
-            meta = json.loads(_safetensors_metadata(blob)["clip_gs"])
+            tensors, meta = unpack_tensors(blob)
             cloud = GaussianCloud(**{name: tensors[name] for name in _CLOUD_FIELDS}, source=meta["source"])
             return cls(
                 id=meta["id"],
@@ -132,9 +130,30 @@ class TripletSample:
             raise CorruptSampleError(f"{where}: cannot decode sample {record.get('id')!r}: {exc}") from exc
 
 
-def _safetensors_metadata(blob: bytes) -> dict:
+def pack_tensors(tensors: dict[str, Tensor], meta: dict) -> bytes:
+    """``8-byte header length | JSON header | float32 little-endian data``, tensors in the given
+    order: a deterministic function of the values."""
+    arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4") for name, t in tensors.items()}
+    entries, offset = [], 0
+    for name, array in arrays.items():
+        entries.append([name, list(array.shape), offset, array.nbytes])
+        offset += array.nbytes
+    header = json.dumps({"format_version": FORMAT_VERSION, "meta": meta, "tensors": entries}, sort_keys=True).encode()
+    return struct.pack("<Q", len(header)) + header + b"".join(a.tobytes() for a in arrays.values())
+
+
+def unpack_tensors(blob: bytes) -> tuple[dict[str, Tensor], dict]:
+    """Inverse of :func:`pack_tensors`: ``(tensors, meta)``; raises ``ValueError`` on bad input."""
     (length,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8 : 8 + length]).get("__metadata__", {})
+    header = json.loads(blob[8 : 8 + length])
+    data = memoryview(blob)[8 + length :]
+    tensors = {}
+    for name, shape, offset, nbytes in header["tensors"]:
+        if offset + nbytes > len(data):
+            raise ValueError(f"tensor {name!r} runs past the end of the record")
+        array = np.frombuffer(data[offset : offset + nbytes], dtype="<f4").reshape(shape)
+        tensors[name] = torch.from_numpy(array.astype(np.float32))
+    return tensors, header["meta"]
 
 
 MANIFEST_NAME = "manifest.json"
@@ -203,4 +222,4 @@ class Manifest:
             )
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "SPLITS", "Manifest", "TripletSample"]
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "SPLITS", "Manifest", "TripletSample", "pack_tensors", "unpack_tensors"]

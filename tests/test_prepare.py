@@ -1,0 +1,184 @@
+"""clip-gs prepare: sources, captions, splits, shards, manifest, failures, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_gs import save_gaussians
+from clip_gs.cli import main
+from clip_gs.data.prepare import EXIT_SOME_FAILED, PrepareSettings, list_sources, prepare_dataset, read_captions, split_of
+from clip_gs.data.triplets import Manifest, TripletSample
+from clip_gs.errors import DatasetError
+from tests.conftest import real_data
+from tests.test_cloud import random_cloud
+
+
+class FakeTeacher:
+    """A deterministic stand-in with the teacher interface (text: hashed vectors; images: colour
+    statistics), so that these tests check the pipeline, not a model."""
+
+    embed_dim = 16
+    image_size = 24
+    identity = "fake:prepare-test"
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode_text(self, texts):
+        self.calls += 1
+        rows = [torch.tensor(list(hashlib.sha256(t.encode()).digest()[:16]), dtype=torch.float32) - 127.5 for t in texts]
+        return F.normalize(torch.stack(rows), dim=-1)
+
+    def encode_images(self, images):
+        self.calls += 1
+        x = images.float().mean(dim=(1, 2)) / 255  # [B, 3] uint8 HWC in
+        return F.normalize(torch.cat([x, 1 - x, x**2, torch.ones(len(x), 7)], dim=-1), dim=-1)
+
+
+SETTINGS = PrepareSettings(views=2, synthetic_gaussians=512, mesh_gaussians=2000, val_fraction=0.2, test_fraction=0.2)
+
+
+def read_split(root, split):
+    import litdata
+
+    dataset = litdata.StreamingDataset(str(root / split))
+    return [TripletSample.from_record(dataset[i], f"{split}[{i}]") for i in range(len(dataset))]
+
+
+def tree_digest(root) -> dict:
+    """Digest of every output file; LitData's index.json is compared without its write time."""
+    digests = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and ".work" not in path.parts:
+            data = path.read_bytes()
+            if path.name == "index.json":
+                index = json.loads(data)
+                index.pop("updated_at")
+                data = json.dumps(index, sort_keys=True).encode()
+            digests[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def test_synthetic_source_to_shards_and_manifest(tmp_path):
+    teacher = FakeTeacher()
+    summary = prepare_dataset("synthetic:10", tmp_path / "out", teacher=teacher, settings=SETTINGS, progress=False)
+    assert summary.total == summary.succeeded == 10 and summary.failed == 0
+    assert sum(summary.counts.values()) == 10
+    manifest = Manifest.read(tmp_path / "out")
+    assert manifest.teacher == "fake:prepare-test" and manifest.embed_dim == 16
+    assert manifest.counts == summary.counts and manifest.settings["views"] == 2
+    samples = [s for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)]
+    assert sorted(s.id for s in samples) == [f"synthetic-{i:06d}" for i in range(10)]
+    sample = samples[0]
+    assert sample.cloud.num_gaussians == 512 and len(sample.captions) == 1 and sample.label in sample.captions[0]
+    assert sample.image_embeddings.shape == (2, 16) and sample.viewmats.shape == (2, 4, 4)
+    assert torch.allclose(sample.text_embeddings, teacher.encode_text(list(sample.captions)))
+    assert {s.id: split_of(s.id, SETTINGS) for s in samples} == {
+        s.id: split for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)
+    }
+
+
+def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_shards(tmp_path):
+    whole = prepare_dataset("synthetic:9", tmp_path / "whole", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    digest = tree_digest(tmp_path / "whole")
+    mtime = (tmp_path / "whole" / "train" / "index.json").stat().st_mtime_ns
+    again_teacher = FakeTeacher()
+    again = prepare_dataset("synthetic:9", tmp_path / "whole", teacher=again_teacher, settings=SETTINGS, progress=False)
+    assert again.reused == 9 and again_teacher.calls == 0  # no rendering or teacher work redone
+    assert tree_digest(tmp_path / "whole") == digest
+    assert (tmp_path / "whole" / "train" / "index.json").stat().st_mtime_ns == mtime  # not even rewritten
+    # a run stopped after 4 objects (as a kill leaves it), then rerun
+    partial = prepare_dataset(
+        "synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False, limit=4, batch_objects=2
+    )
+    assert partial.succeeded == 4 and not (tmp_path / "cut" / "manifest.json").exists()
+    resumed = prepare_dataset("synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    assert resumed.reused == 4 and resumed.succeeded == 9 == whole.succeeded
+    assert tree_digest(tmp_path / "cut") == digest
+
+
+def test_resuming_with_other_settings_or_teacher_is_refused(tmp_path):
+    prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    with pytest.raises(DatasetError, match="other settings or another teacher.*--overwrite"):
+        prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3), progress=False)
+    redone = prepare_dataset(
+        "synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3, synthetic_gaussians=512),
+        progress=False, overwrite=True,
+    )  # fmt: skip
+    assert redone.reused == 0 and Manifest.read(tmp_path / "out").settings["views"] == 3
+
+
+def test_folder_with_labels_captions_and_a_bad_file(tmp_path, capsys):
+    src = tmp_path / "src"
+    for label, seed in (("chair", 0), ("chair", 1), ("lamp", 2)):
+        (src / label).mkdir(parents=True, exist_ok=True)
+        save_gaussians(random_cloud(300, seed=seed), src / label / f"obj{seed}.ply")
+    (src / "lamp" / "broken.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 9\nend_header\n")
+    items = {i.id: i for i in list_sources(str(src), SETTINGS)}
+    assert items["chair/obj0"].label == "chair" and items["chair/obj0"].captions == ("a 3D model of a chair.",)
+    captions = tmp_path / "captions.csv"
+    captions.write_text("path,caption,label,split\nchair/obj1.ply,a wooden chair|a seat,chair,test\n")
+    items = {i.id: i for i in list_sources(str(src), SETTINGS, captions)}
+    assert items["chair/obj1"].captions == ("a wooden chair", "a seat") and items["chair/obj1"].split == "test"
+    assert items["chair/obj0"].captions == ()  # not in the captions file: no caption is made up
+    summary = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS, progress=False)
+    assert summary.failed == 1 and summary.succeeded == 3
+    failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert failures[0]["path"].endswith("broken.ply") and failures[0]["error"] == "MeshError"  # a ply that is no 3DGS is tried as a mesh
+    assert "1 failed" in summary.line() and "failures.jsonl" in summary.line()
+    (test_sample,) = read_split(tmp_path / "out", "test")
+    assert test_sample.id == "chair/obj1" and test_sample.text_embeddings.shape == (2, 16)
+    assert Manifest.read(tmp_path / "out").labels == ["chair", "lamp"]
+
+
+def test_read_captions_jsonl_and_errors(tmp_path):
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"id": "a", "captions": ["x", "y"], "label": "cup"}\n\n{"path": "b.ply", "caption": "z"}\n')
+    table = read_captions(jsonl)
+    assert table["a"] == {"captions": ["x", "y"], "label": "cup", "split": None} and table["b.ply"]["captions"] == ["z"]
+    jsonl.write_text('{"id": "a"}\n')
+    with pytest.raises(DatasetError, match="row 1 needs an id"):
+        read_captions(jsonl)
+    jsonl.write_text('{"id": "a", "caption": "x", "split": "holdout"}\n')
+    with pytest.raises(DatasetError, match="split must be one of"):
+        read_captions(jsonl)
+
+
+def test_cli_prepare_exit_status_says_whether_something_failed(tmp_path, monkeypatch, capsys):
+    import clip_gs.teachers
+
+    monkeypatch.setattr(clip_gs.teachers, "load_teacher", lambda spec: FakeTeacher(), raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    save_gaussians(random_cloud(300), src / "good.ply")
+    args = ["prepare", str(src), "--out", str(tmp_path / "out"), "--views", "2", "--quiet", "--teacher", "x"]
+    assert main(args) == 0
+    assert "prepared 1 of 1 objects" in capsys.readouterr().out
+    (src / "bad.splat").write_bytes(b"\x00" * 33)
+    assert main(args) == EXIT_SOME_FAILED
+    captured = capsys.readouterr()
+    assert "bad.splat" in captured.err and "1 reused from an earlier run, 1 failed" in captured.out
+
+
+@pytest.mark.slow
+def test_real_meshes_and_real_splats_prepare(tmp_path):
+    root = real_data()
+    meshes, splats = tmp_path / "meshes", tmp_path / "splats"
+    for name in ("Duck.glb", "chair_model.obj", "teapot.stl"):
+        (meshes / "trimesh").mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "trimesh-models" / name, meshes / "trimesh" / name)
+    splats.mkdir()
+    for name in ("guitar.compressed.ply", "biker.spz"):
+        shutil.copy(root / "playcanvas-splats" / name, splats / name)
+    shutil.copy(root / "gshairlod-donut" / "donut_fused.ply", splats / "donut_fused.ply")
+    for source, expected in ((meshes, 3), (splats, 3)):
+        summary = prepare_dataset(str(source), tmp_path / f"out-{source.name}", teacher=FakeTeacher(),
+                                  settings=SETTINGS, progress=False)  # fmt: skip
+        print(summary.line())
+        assert summary.failed == 0 and summary.succeeded == expected
