@@ -36,7 +36,9 @@ N = 64  # Gaussians per model input
 TEACHER = "fake-teacher-16"
 
 
-def fake_sample(i: int, captions: int | None = None, views: int | None = None, label: str | None = "auto") -> TripletSample:
+def fake_sample(
+    i: int, captions: int | None = None, views: int | None = None, label: str | None = "auto"
+) -> TripletSample:
     """Object ``i``: a synthetic shape with fake unit embeddings (T = 1..2 captions, V = 4..6 views)."""
     obj = make_object(SHAPE_CLASSES[i % len(SHAPE_CLASSES)], seed=i, num_gaussians=N_STORED)
     t = 1 + i % 2 if captions is None else captions
@@ -88,7 +90,7 @@ def write_test_dataset(
 
 
 def make_dm(root, **overrides) -> GaussianDataModule:
-    args = dict(batch_size=4, num_workers=0, num_gaussians=N, views_per_step=5, augment=False, seed=7)
+    args = {"batch_size": 4, "num_workers": 0, "num_gaussians": N, "views_per_step": 5, "augment": False, "seed": 7}
     args.update(overrides)
     return GaussianDataModule(root=str(root), **args)
 
@@ -130,8 +132,18 @@ def test_write_split_is_deterministic_and_refuses_to_overwrite(tmp_path):
         write_split([], tmp_path / "e")
     # a different record gives a different cache key (index.json's updated_at)
     write_split(records[:8], tmp_path / "f", chunk_bytes="20KB")
-    key = lambda name: json.loads((tmp_path / name / "index.json").read_text())["updated_at"]  # noqa: E731
-    assert key("a") == key("b") != key("f")
+    keys = [json.loads((tmp_path / name / "index.json").read_text())["updated_at"] for name in "abf"]
+    assert keys[0] == keys[1] != keys[2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TripletSample.to_record is not byte-deterministic: safetensors writes its two metadata "
+    "entries in hash-map order (fix proposed in triplets.py: one metadata entry)",
+)
+def test_same_sample_gives_the_same_record():
+    sample = fake_sample(0)
+    assert len({sample.to_record()["blob"] for _ in range(24)}) == 1
 
 
 def test_dataset_decodes_samples_in_written_order(dataset_root):
@@ -175,7 +187,7 @@ def test_val_and_test_loaders_are_in_order_and_complete(dataset_root):
 
 def test_resume_from_loader_state_continues_exactly(dataset_root):
     root, _ = dataset_root
-    kwargs = dict(batch_size=2, num_workers=2, shuffle=True, augment=True, drop_last=False)
+    kwargs = {"batch_size": 2, "num_workers": 2, "shuffle": True, "augment": True, "drop_last": False}
     dm = make_dm(root, **kwargs)
     dm.setup("fit")
     reference = epoch_batches(dm.train_dataloader())
@@ -278,7 +290,7 @@ def test_features_without_augmentation_equal_preprocess_and_encode_input(dataset
     from clip_gs.model.config import get_model_config
     from clip_gs.model.inputs import GaussianInputDataset
 
-    root, ids = dataset_root
+    root, _ = dataset_root
     dm = make_dm(root, num_workers=0, shuffle=False, drop_last=False, augment=False, seed=7)
     dm.setup("fit")
     batches = epoch_batches(dm.train_dataloader())
@@ -296,7 +308,9 @@ def test_augmented_features_identity_is_preprocess():
     cloud = fake_sample(3).cloud
     identity = RandomScale(1.0, 1.0)
     assert torch.equal(augmented_features(cloud, N, "sigmoid", 11, identity), preprocess(cloud, N, "sigmoid", seed=11))
-    assert torch.equal(augmented_features(cloud, N, "exp", 11, RandomTranslation(0.0)), preprocess(cloud, N, "exp", seed=11))
+    assert torch.equal(
+        augmented_features(cloud, N, "exp", 11, RandomTranslation(0.0)), preprocess(cloud, N, "exp", seed=11)
+    )
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(dataset_root):
@@ -325,7 +339,11 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(dataset_root):
 def test_collate_shapes_masks_and_similarity():
     labels = tuple(sorted(SHAPE_CLASSES))
     proc = SampleProcessor(num_gaussians=N, scale_activation="sigmoid", views_per_step=5, labels=labels, seed=1)
-    samples = [fake_sample(0, captions=2, views=6), fake_sample(1, captions=0, views=4), fake_sample(2, views=3, label=None)]
+    samples = [
+        fake_sample(0, captions=2, views=6),
+        fake_sample(1, captions=0, views=4),
+        fake_sample(2, views=3, label=None),
+    ]
     processed = [proc(s, index=i, epoch=0) for i, s in enumerate(samples)]
     batch = collate_triplets(processed)
     assert batch.features.shape == (3, N, 19)
@@ -338,7 +356,9 @@ def test_collate_shapes_masks_and_similarity():
     assert torch.equal(batch.text[1], torch.zeros(E)) and torch.equal(batch.similarity[1], torch.zeros(5))
     assert torch.equal(batch.images[2, 3:], torch.zeros(2, E))
     # chosen rows are real stored embeddings: 5 distinct views of 6 (no replacement), all 3 of 3
-    rows = [next(j for j in range(6) if torch.equal(samples[0].image_embeddings[j], batch.images[0, k])) for k in range(5)]
+    rows = [
+        next(j for j in range(6) if torch.equal(samples[0].image_embeddings[j], batch.images[0, k])) for k in range(5)
+    ]
     assert len(set(rows)) == 5
     assert torch.equal(batch.images[2, :3], samples[2].image_embeddings)
     assert any(torch.equal(batch.text[0], t) for t in samples[0].text_embeddings)
@@ -437,5 +457,10 @@ def test_stream_from_s3_equals_local_copy(s3_server, dataset_root, tmp_path):
     assert flat_ids(remote.val_dataloader()) == flat_ids(local.val_dataloader())
     cached = [p for p in cache.rglob("*.bin")]
     assert cached, "remote chunks are cached under the given cache_dir"
-    local_digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in local_root.rglob("*.bin")}
-    assert all(hashlib.sha256(p.read_bytes()).hexdigest() in local_digests for p in cached)  # byte-identical copies
+    client = boto3.client("s3", **s3_server)
+    stored = {
+        hashlib.sha256(client.get_object(Bucket="bucket", Key=o["Key"])["Body"].read()).hexdigest()
+        for o in client.list_objects_v2(Bucket="bucket", Prefix="prefix/")["Contents"]
+        if o["Key"].endswith(".bin")
+    }
+    assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in cached} <= stored  # byte-identical copies

@@ -145,15 +145,20 @@ class GaussianDataModule(LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.num_gaussians, self.scale_activation, self.views_per_step = num_gaussians, scale_activation, views_per_step
         self.seed, self.cache_dir, self.storage_options = seed, cache_dir, storage_options
-        self.drop_last, self.shuffle, self.pin_memory, self.max_cache_size = drop_last, shuffle, pin_memory, max_cache_size
-        self.augmentation = (
-            build_augmentation(
-                rotation, max_rotation_deg, up_axis, min_scale, max_scale, max_translation,
-                position_jitter, color_gain, brightness,
-            )  # fmt: skip
-            if augment
-            else None
-        )
+        self.drop_last, self.shuffle = drop_last, shuffle
+        self.pin_memory, self.max_cache_size = pin_memory, max_cache_size
+        augmentation = {
+            "rotation": rotation,
+            "max_rotation_deg": max_rotation_deg,
+            "up_axis": up_axis,
+            "min_scale": min_scale,
+            "max_scale": max_scale,
+            "max_translation": max_translation,
+            "position_jitter": position_jitter,
+            "color_gain": color_gain,
+            "brightness": brightness,
+        }
+        self.augmentation = build_augmentation(**augmentation) if augment else None  # validated here, not in workers
         self.manifest: Manifest | None = None
         self.datasets: dict[str, TripletShardDataset] = {}
 
@@ -260,8 +265,9 @@ class GaussianDataModule(LightningDataModule):
         return self._loader("train")
 
     def val_dataloader(self):
-        """In order, unaugmented, epoch 0 draws; keeps every sample on one device (LitData drops
-        ``len(val) mod (R * batch_size)`` in a process group of R ranks to keep them in step)."""
+        """In order, unaugmented, epoch-0 draws, every sample on a single device; in a process group
+        of R ranks LitData drops ``len(val) mod (R * batch_size)`` samples to keep the ranks in step
+        (evaluate on one device for exact full-split numbers)."""
         return self._loader("val")
 
     def test_dataloader(self):
