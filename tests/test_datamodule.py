@@ -327,6 +327,12 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(dataset_root):
     first = {i: f for b in again.train_dataloader() for i, f in zip(b.ids, b.features)}
     assert all(torch.equal(first[i], by_epoch[0][i]) for i in first)  # same (seed, epoch, index)
 
+    # the loader's first epoch is epoch 0 of sample_seed, the second epoch 1
+    raw = TripletShardDataset(root / "train")
+    for epoch in (0, 1):
+        want = augmented_features(raw[9].cloud, N, "sigmoid", sample_seed(7, epoch, 9), dm.augmentation)
+        assert torch.equal(by_epoch[epoch]["obj-0009"], want)
+
     sample = fake_sample(4)
     proc = dm.datasets["train"].sample_transform
     assert torch.equal(proc(sample, 4, 3).features, proc(sample, 4, 3).features)
@@ -433,7 +439,7 @@ def s3_server(monkeypatch):
         server.stop()
 
 
-def test_stream_from_s3_equals_local_copy(s3_server, dataset_root, tmp_path):
+def test_stream_from_s3_equals_local_copy(s3_server, dataset_root, tmp_path, monkeypatch):
     import boto3
 
     local_root, ids = dataset_root
@@ -444,6 +450,12 @@ def test_stream_from_s3_equals_local_copy(s3_server, dataset_root, tmp_path):
     with pytest.raises(DatasetError, match="no manifest"):
         read_manifest("s3://bucket/elsewhere", s3_server)
 
+    from litdata.utilities import dataset_utilities
+
+    def no_default_cache():
+        raise AssertionError("LitData's default cache (~/.lightning/chunks) was consulted")
+
+    monkeypatch.setattr(dataset_utilities, "get_default_cache_dir", no_default_cache)
     cache = tmp_path / "cache"
     remote = make_dm(url, storage_options=s3_server, cache_dir=str(cache), shuffle=False, drop_last=False)
     local = make_dm(local_root, shuffle=False, drop_last=False)
