@@ -263,9 +263,12 @@ def test_corrupted_record_raises_naming_chunk_and_index(tmp_path):
     records = [fake_sample(i).to_record() for i in range(8)]
     write_split(records, tmp_path / "train", chunk_bytes="20KB")
     write_manifest(Manifest(teacher=TEACHER, embed_dim=E, counts={"train": 8}, labels=sorted(SHAPE_CLASSES)), tmp_path)
-    ds = TripletShardDataset(tmp_path / "train")
-    victim = 5
-    chunk = ds.subsampled_files[[i for i, start in enumerate(ds._chunk_starts) if start <= victim][-1]]
+    victim, start = 5, 0
+    for entry in json.loads((tmp_path / "train" / "index.json").read_text())["chunks"]:  # which chunk holds it
+        if start <= victim < start + entry["chunk_size"]:
+            chunk = entry["filename"]
+        start += entry["chunk_size"]
+    assert chunk != "chunk-0-0.bin"  # several chunks, so naming the right one means something
     path = tmp_path / "train" / chunk
     data = bytearray(path.read_bytes())
     blob = records[victim]["blob"]

@@ -38,6 +38,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+# LitData asks PyPI for a newer version of itself (30 s timeout) in every process that builds a
+# dataset (each DDP rank, spawned workers), offline clusters included. Off unless the user set it.
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+
 from litdata import StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.streaming.writer import BinaryWriter
