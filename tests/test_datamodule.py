@@ -479,3 +479,21 @@ def test_stream_from_s3_equals_local_copy(s3_server, dataset_root, tmp_path, mon
         if o["Key"].endswith(".bin")
     }
     assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in cached} <= stored  # byte-identical copies
+
+
+def test_datamodule_is_configurable_from_yaml(dataset_root):
+    from jsonargparse import ArgumentParser
+
+    root, _ = dataset_root
+    parser = ArgumentParser()
+    parser.add_class_arguments(GaussianDataModule, "data")
+    config = parser.parse_string(
+        f"data:\n  root: {root}\n  batch_size: 8\n  rotation: so3\n  storage_options: {{endpoint_url: 'http://x'}}\n"
+    )
+    dm = GaussianDataModule(**config.data.as_dict())
+    assert (dm.batch_size, dm.storage_options, dm.augmentation.transforms[0].mode) == (
+        8,
+        {"endpoint_url": "http://x"},
+        "so3",
+    )
+    assert "storage_options" not in dm.hparams  # may hold credentials: kept out of checkpoints
