@@ -1,0 +1,396 @@
+"""Triplet shards: one LitData dataset per split, written by :func:`write_split` and streamed by
+:class:`TripletShardDataset`.
+
+Layout of a prepared dataset (``<root>`` is a local folder or ``s3://bucket/prefix``)::
+
+    <root>/manifest.json              Manifest (teacher, counts, labels, settings)
+    <root>/train/index.json           LitData index of the split's chunks
+    <root>/train/chunk-0-<i>.bin      uncompressed chunks of TripletSample.to_record() dicts
+    <root>/val/...  <root>/test/...
+
+Records are ``{"id": str, "sha256": str, "blob": bytes}`` (:meth:`TripletSample.to_record`);
+every read verifies the checksum, so a damaged byte range raises
+:class:`~clip_gs.errors.CorruptSampleError` naming the split, the chunk file and the index,
+never a silently different sample.
+
+Chunk size (:data:`DEFAULT_CHUNK_BYTES`, 4 MB): LitData shuffles by permuting whole chunks and
+then items inside each chunk, and a loader worker fills a batch from consecutive items of its
+current chunk. Small chunks therefore mix better: with a prepared sample of ~0.6 MB (10k
+Gaussians, SH degree 0) to ~2.4 MB (SH degree 3) a 4 MB chunk holds 1 to 7 samples, so a batch
+of 32 draws from 5 to 32 different, randomly ordered chunks (close to a uniform shuffle), while
+one object-store GET still moves megabytes (throughput-bound, not latency-bound).
+
+Remote datasets are cached chunk by chunk in ``cache_dir``; when none is given the cache is
+:func:`default_cache_dir` (``$CLIP_GS_SHARD_CACHE``, else ``<tempfile.gettempdir()>/clip-gs-shards``),
+never LitData's default under the home directory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+# LitData asks PyPI for a newer version of itself (30 s timeout) in every process that builds a
+# dataset (each DDP rank, spawned workers), offline clusters included. Off unless the user set it.
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+
+from litdata import StreamingDataset
+from litdata.streaming.sampler import ChunkedIndex
+from litdata.streaming.writer import BinaryWriter
+
+from clip_gs.data.triplets import MANIFEST_NAME, Manifest, TripletSample
+from clip_gs.errors import CorruptSampleError, DatasetError
+
+DEFAULT_CHUNK_BYTES = "4MB"
+"""Default chunk size of :func:`write_split` (see the module docstring for why)."""
+
+CACHE_ENV = "CLIP_GS_SHARD_CACHE"
+"""Environment variable that overrides :func:`default_cache_dir`."""
+
+_INDEX = "index.json"
+_RECORD_KEYS = ("id", "sha256", "blob")
+
+
+# ---------------------------------------------------------------------------- locations
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an object-store URL (``s3://...``, any ``scheme://``) rather than a local path."""
+    return "://" in str(path)
+
+
+def join(root: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local folder or a URL (``s3://b/p`` + ``train`` -> ``s3://b/p/train``)."""
+    root = str(root)
+    if is_remote(root):
+        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(root, *parts)
+
+
+def default_cache_dir() -> str:
+    """Where remote chunks are cached when no ``cache_dir`` is given.
+
+    ``$CLIP_GS_SHARD_CACHE`` if set, else ``<tempfile.gettempdir()>/clip-gs-shards`` (e.g.
+    ``/tmp/clip-gs-shards``); never the home directory.
+    """
+    return os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "clip-gs-shards")
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    scheme, rest = url.split("://", 1)
+    if scheme != "s3":
+        raise DatasetError(f"{url}: only s3:// object storage is supported here (got {scheme}://)")
+    bucket, _, key = rest.partition("/")
+    return bucket, key.strip("/")
+
+
+def _s3_client(storage_options: dict | None):
+    """A boto3 S3 client built from ``storage_options`` exactly as LitData builds its own
+    (``boto3.Session().client("s3", **storage_options)``)."""
+    import boto3
+
+    return boto3.Session().client("s3", **dict(storage_options or {}))
+
+
+def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
+    """Let LitData's obstore client talk to a plain ``http://`` S3 endpoint (e.g. a local test server).
+
+    LitData downloads chunks with obstore, which refuses non-TLS endpoints unless its client
+    option ``allow_http`` is set. LitData has no public switch for that, so this sets the
+    private, version-specific ``litdata.streaming.downloader._OBSTORE_CLIENT_OPTIONS["allow_http"]``
+    (checked against litdata 0.2.76). It is the only place in the package that touches it, and it
+    does so only when ``storage_options["endpoint_url"]`` starts with ``http://``; https and AWS
+    endpoints are left alone.
+
+    Returns:
+        True when the option was set.
+    """
+    endpoint = str((storage_options or {}).get("endpoint_url") or "")
+    if not endpoint.startswith("http://"):
+        return False
+    from litdata.streaming import downloader
+
+    options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
+    if not isinstance(options, dict):  # a LitData version without the setting: nothing to do
+        return False
+    options["allow_http"] = "true"
+    return True
+
+
+# ---------------------------------------------------------------------------- writing
+def _check_record(record: Any, position: int, seen: set[str]) -> dict:
+    if not isinstance(record, dict) or set(record) != set(_RECORD_KEYS):
+        raise DatasetError(f"record {position}: expected a TripletSample.to_record() dict {{'id', 'sha256', 'blob'}}")
+    blob = bytes(record["blob"])
+    if hashlib.sha256(blob).hexdigest() != record["sha256"]:
+        raise DatasetError(f"record {position} ({record['id']!r}): sha256 does not match its blob")
+    if record["id"] in seen:
+        raise DatasetError(f"record {position}: duplicate id {record['id']!r}")
+    seen.add(record["id"])
+    return {"id": str(record["id"]), "sha256": str(record["sha256"]), "blob": blob}
+
+
+def write_split(
+    records: Iterable[dict],
+    output_dir: str | os.PathLike,
+    chunk_bytes: int | str = DEFAULT_CHUNK_BYTES,
+    storage_options: dict | None = None,
+) -> int:
+    """Write one split as a LitData dataset of triplet records, deterministically.
+
+    The records are streamed (never all held in memory) through LitData's own chunk writer
+    (``BinaryWriter``, what ``litdata.optimize`` runs in each worker) in input order, in this
+    process, uncompressed. The index's ``updated_at`` field (which LitData uses to name and
+    invalidate its cache) is a digest of the chunk files instead of a wall-clock time, so the
+    same records give byte-identical files, and changed content gets a fresh cache.
+
+    Args:
+        records: ``TripletSample.to_record()`` dicts (or :class:`TripletSample` objects); ids
+            must be unique and each ``sha256`` must match its blob (checked here).
+        output_dir: a local folder (created; must be empty or absent) or ``s3://bucket/prefix/split``
+            (must not hold a dataset yet; written via a local staging folder, then uploaded).
+        chunk_bytes: maximum bytes per chunk (``"4MB"``, or an int); see the module docstring.
+        storage_options: boto3 client options for s3 (``endpoint_url``, credentials, ...).
+
+    Returns:
+        The number of records written.
+
+    Raises:
+        DatasetError: no records, an invalid or duplicate record, or an existing dataset at
+            ``output_dir``.
+    """
+    output_dir = str(output_dir)
+    remote = is_remote(output_dir)
+    if remote:
+        bucket, key = _split_url(output_dir)
+        client = _s3_client(storage_options)
+        listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
+        if listing.get("KeyCount", 0):
+            raise DatasetError(f"{output_dir}: already holds objects; refusing to overwrite a dataset")
+        staging_parent = tempfile.mkdtemp(prefix="clip-gs-write-")
+        staging = os.path.join(staging_parent, "split")
+    else:
+        staging_parent, staging = None, output_dir
+        if os.path.isdir(staging) and os.listdir(staging):
+            raise DatasetError(f"{output_dir}: folder is not empty; refusing to overwrite a dataset")
+    try:
+        os.makedirs(staging, exist_ok=True)
+        writer = BinaryWriter(staging, chunk_bytes=chunk_bytes)
+        writer._rank = 0  # chunk names chunk-0-<i>.bin whatever process group this runs in
+        seen: set[str] = set()
+        count = 0
+        for count, record in enumerate(records, start=1):
+            if isinstance(record, TripletSample):
+                record = record.to_record()
+            writer.add_item(count - 1, _check_record(record, count - 1, seen))
+        if count == 0:
+            raise DatasetError(f"{output_dir}: no records to write (LitData cannot read an empty dataset)")
+        writer.done()
+        _finalize_index(staging)
+        if remote:
+            for name in sorted(os.listdir(staging)):
+                client.upload_file(os.path.join(staging, name), bucket, f"{key}/{name}")
+        return count
+    finally:
+        if staging_parent is not None:
+            shutil.rmtree(staging_parent, ignore_errors=True)
+
+
+def _finalize_index(folder: str) -> None:
+    """Turn the writer's ``0.index.json`` into ``index.json`` with a content-derived ``updated_at``."""
+    part = os.path.join(folder, f"0.{_INDEX}")
+    with open(part) as f:
+        data = json.load(f)
+    digest = hashlib.sha256()
+    for chunk in data["chunks"]:
+        with open(os.path.join(folder, chunk["filename"]), "rb") as f:
+            digest.update(chunk["filename"].encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    # updated_at is only compared for equality and used as a folder name by LitData's cache.
+    index = {"chunks": data["chunks"], "config": data["config"], "updated_at": digest.hexdigest()[:32]}
+    with open(os.path.join(folder, _INDEX), "w") as f:
+        json.dump(index, f, sort_keys=True)
+    os.remove(part)
+
+
+# ---------------------------------------------------------------------------- manifest
+def write_manifest(manifest: Manifest, root: str | os.PathLike, storage_options: dict | None = None) -> str:
+    """Write ``<root>/manifest.json`` to a local folder or an ``s3://`` prefix; returns its location."""
+    root = str(root)
+    if not is_remote(root):
+        return str(manifest.write(root))
+    bucket, key = _split_url(join(root, MANIFEST_NAME))
+    body = json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n"
+    _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=body.encode())
+    return join(root, MANIFEST_NAME)
+
+
+def _read_one_manifest(root: str, storage_options: dict | None) -> Manifest:
+    if not is_remote(root):
+        return Manifest.read(root)
+    url = join(root, MANIFEST_NAME)
+    bucket, key = _split_url(url)
+    client = _s3_client(storage_options)
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey as exc:
+        raise DatasetError(f"{url}: no manifest; is {root} a dataset written by `clip-gs prepare`?") from exc
+    except Exception as exc:  # botocore ClientError (403, 404 bucket, ...) or connection errors
+        raise DatasetError(f"{url}: cannot read the manifest: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="clip-gs-manifest-") as tmp:  # one parser: Manifest.read
+        Path(tmp, MANIFEST_NAME).write_bytes(body)
+        try:
+            return Manifest.read(tmp)
+        except DatasetError as exc:
+            raise DatasetError(str(exc).replace(str(Path(tmp, MANIFEST_NAME)), url)) from exc
+
+
+def read_manifest(
+    root: str | os.PathLike | Sequence[str | os.PathLike], storage_options: dict | None = None
+) -> Manifest | list[Manifest]:
+    """Read ``<root>/manifest.json`` from a local folder or an ``s3://`` prefix.
+
+    Args:
+        root: one dataset root, or several (a list / tuple) meant to be used together.
+        storage_options: boto3 client options for s3 roots.
+
+    Returns:
+        The :class:`Manifest` of a single root; for several roots, the list of their manifests,
+        after checking that they were all made by the same teacher.
+
+    Raises:
+        DatasetError: a missing or invalid manifest, or roots made by different teachers
+            (:meth:`Manifest.check_compatible`).
+    """
+    if isinstance(root, (str, os.PathLike)):
+        return _read_one_manifest(str(root), storage_options)
+    roots = [str(r) for r in root]
+    if not roots:
+        raise DatasetError("read_manifest: no dataset roots given")
+    manifests = [_read_one_manifest(r, storage_options) for r in roots]
+    for other_root, other in zip(roots[1:], manifests[1:]):
+        manifests[0].check_compatible(other, what=f"datasets {roots[0]} and {other_root}")
+    return manifests
+
+
+# ---------------------------------------------------------------------------- reading
+class TripletShardDataset(StreamingDataset):
+    """A LitData ``StreamingDataset`` of one split whose items are decoded :class:`TripletSample` s.
+
+    Each item is read, checksum-verified and decoded (:meth:`TripletSample.from_record`)
+    with ``where = "<input_dir>/<chunk file>, index <i>"`` (``i`` the global index of the
+    sample in the split, the position in which :func:`write_split` wrote it). When
+    ``sample_transform`` is given, the item is ``sample_transform(sample, index=i, epoch=e)``
+    instead, with ``e`` the 0-based epoch (LitData's ``current_epoch - 1``; the
+    ``StreamingDataLoader`` calls ``set_epoch`` at the start of every epoch and a restored
+    state dict sets it too), so per-sample randomness can be a pure function of
+    ``(seed, epoch, index)``.
+
+    Args:
+        input_dir: the split folder or ``s3://.../<split>`` URL.
+        cache_dir: where remote chunks are cached (default :func:`default_cache_dir`;
+            unused for local folders, which are read in place).
+        storage_options: boto3 options for s3 (``endpoint_url``, ...). A plain ``http://``
+            endpoint is allowed through :func:`allow_plain_http_endpoint`.
+        shuffle: shuffle chunks and items inside chunks (seeded by ``seed`` and the epoch).
+        seed: LitData's shuffle seed.
+        drop_last: LitData's: ``True`` drops the samples beyond the last full batch of every
+            rank; ``None`` is ``True`` in a process group and ``False`` otherwise.
+        sample_transform: ``(TripletSample, index=, epoch=) -> item``, run in the loader
+            worker; must be picklable.
+        max_cache_size: LitData's cache budget for remote chunks.
+
+    Raises (on reading an item):
+        CorruptSampleError: checksum mismatch or an undecodable record, naming the chunk and index.
+    """
+
+    def __init__(
+        self,
+        input_dir: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool | None = None,
+        sample_transform=None,
+        max_cache_size: int | str | None = None,
+    ) -> None:
+        input_dir = str(input_dir)
+        self.split_dir = input_dir.rstrip("/")
+        if is_remote(input_dir):
+            cache_dir = str(cache_dir) if cache_dir is not None else default_cache_dir()
+            os.makedirs(cache_dir, exist_ok=True)
+            allow_plain_http_endpoint(storage_options)
+        else:
+            if not os.path.isfile(os.path.join(input_dir, _INDEX)):
+                raise DatasetError(f"{input_dir}: no {_INDEX}; not a split written by write_split / clip-gs prepare")
+            cache_dir = None
+        super().__init__(
+            input_dir,
+            cache_dir=cache_dir,
+            storage_options=storage_options,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            max_cache_size=max_cache_size,
+        )
+        self.sample_transform = sample_transform
+        # Global index of each chunk's first sample (LitData numbers samples chunk after chunk).
+        starts, total = [], 0
+        for begin, end in self.region_of_interest:
+            starts.append(total)
+            total += end - begin
+        self._chunk_starts, self._num_records = starts, total
+
+    def __iter__(self):
+        # Worker processes may be spawned (fresh module state): re-apply the endpoint setting there.
+        allow_plain_http_endpoint(self.storage_options)
+        return super().__iter__()
+
+    def where(self, index: int, chunk_index: int) -> str:
+        """``"<split dir>/<chunk file>, index <i>"`` naming a sample in errors."""
+        name = self.subsampled_files[chunk_index]
+        offset = index - self._chunk_starts[chunk_index]
+        return f"{self.split_dir}/{name}, index {index} (record {offset} of the chunk)"
+
+    def _locate(self, index: Any) -> tuple[int, int]:
+        if isinstance(index, ChunkedIndex):
+            return int(index.index), int(index.chunk_index)
+        if isinstance(index, int) and not isinstance(index, bool):
+            if not 0 <= index < self._num_records:
+                raise IndexError(f"{self.split_dir}: index {index} out of range")
+            return index, bisect.bisect_right(self._chunk_starts, index) - 1
+        raise TypeError(f"{type(self).__name__} is indexed by an int (got {type(index).__name__})")
+
+    def __getitem__(self, index: Any) -> Any:
+        global_index, chunk_index = self._locate(index)
+        where = self.where(global_index, chunk_index)
+        try:
+            record = super().__getitem__(index)
+        except OSError:
+            raise
+        except Exception as exc:  # a chunk whose framing no longer parses
+            raise CorruptSampleError(f"{where}: cannot read the record ({type(exc).__name__}: {exc})") from exc
+        sample = TripletSample.from_record(record, where)
+        if self.sample_transform is None:
+            return sample
+        return self.sample_transform(sample, index=global_index, epoch=max(self.current_epoch - 1, 0))
+
+
+__all__ = [
+    "CACHE_ENV",
+    "DEFAULT_CHUNK_BYTES",
+    "TripletShardDataset",
+    "allow_plain_http_endpoint",
+    "default_cache_dir",
+    "is_remote",
+    "join",
+    "read_manifest",
+    "write_manifest",
+    "write_split",
+]
