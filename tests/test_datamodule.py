@@ -27,7 +27,7 @@ from clip_gs.data.synthetic import SHAPE_CLASSES, make_object
 from clip_gs.data.transforms import RandomScale, RandomTranslation, sample_seed
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import CorruptSampleError, DatasetError
-from clip_gs.lightning import GaussianDataModule, SampleProcessor, TripletBatch, augmented_features, collate_triplets
+from clip_gs.lightning import GaussianDataModule, SampleProcessor, TripletBatch, collate_triplets
 from clip_gs.model.features import preprocess
 
 E = 16
@@ -136,11 +136,6 @@ def test_write_split_is_deterministic_and_refuses_to_overwrite(tmp_path):
     assert keys[0] == keys[1] != keys[2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TripletSample.to_record is not byte-deterministic: safetensors writes its two metadata "
-    "entries in hash-map order (fix proposed in triplets.py: one metadata entry)",
-)
 def test_same_sample_gives_the_same_record():
     sample = fake_sample(0)
     assert len({sample.to_record()["blob"] for _ in range(24)}) == 1
@@ -307,12 +302,12 @@ def test_features_without_augmentation_equal_preprocess_and_encode_input(dataset
             assert torch.equal(batch.features[b], GaussianInputDataset([cloud], config, seed=7)[0].features)
 
 
-def test_augmented_features_identity_is_preprocess():
+def test_preprocess_with_an_identity_transform_is_preprocess():
     cloud = fake_sample(3).cloud
     identity = RandomScale(1.0, 1.0)
-    assert torch.equal(augmented_features(cloud, N, "sigmoid", 11, identity), preprocess(cloud, N, "sigmoid", seed=11))
+    assert torch.equal(preprocess(cloud, N, "sigmoid", 11, identity), preprocess(cloud, N, "sigmoid", seed=11))
     assert torch.equal(
-        augmented_features(cloud, N, "exp", 11, RandomTranslation(0.0)), preprocess(cloud, N, "exp", seed=11)
+        preprocess(cloud, N, "exp", 11, RandomTranslation(0.0)), preprocess(cloud, N, "exp", seed=11)
     )
 
 
@@ -333,16 +328,16 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(dataset_root):
     # the loader's first epoch is epoch 0 of sample_seed, the second epoch 1
     raw = TripletShardDataset(root / "train")
     for epoch in (0, 1):
-        want = augmented_features(raw[9].cloud, N, "sigmoid", sample_seed(7, epoch, 9), dm.augmentation)
+        want = preprocess(raw[9].cloud, N, "sigmoid", sample_seed(7, epoch, 9), dm.augmentation)
         assert torch.equal(by_epoch[epoch]["obj-0009"], want)
 
     sample = fake_sample(4)
     proc = dm.datasets["train"].sample_transform
     assert torch.equal(proc(sample, 4, 3).features, proc(sample, 4, 3).features)
     assert not torch.equal(proc(sample, 4, 3).features, proc(sample, 5, 3).features)
-    # the draw is the documented one: augmented_features with sample_seed(seed, epoch, index)
+    # the draw is the documented one: preprocess with sample_seed(seed, epoch, index)
     s = sample_seed(7, 3, 4)
-    assert torch.equal(proc(sample, 4, 3).features, augmented_features(sample.cloud, N, "sigmoid", s, dm.augmentation))
+    assert torch.equal(proc(sample, 4, 3).features, preprocess(sample.cloud, N, "sigmoid", s, dm.augmentation))
 
 
 def test_collate_shapes_masks_and_similarity():

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from clip_gs.errors import ClipGSError, ConfigError, DatasetError
-from clip_gs.data.triplets import MANIFEST_NAME, SPLITS, Manifest, TripletSample
+from clip_gs.data.triplets import SPLITS, Manifest, TripletSample
 
 CAPTION_TEMPLATE = "a 3D model of a {}."
 """Caption of an object with a label but no caption (labels from folder names)."""
@@ -117,7 +117,7 @@ class PrepareSummary:
         return (
             f"prepared {self.succeeded} of {self.total} objects into {self.out} ({split_counts}); "
             f"{self.reused} reused from an earlier run, {self.failed} failed"
-            + (f" (see {Path(self.out) / 'failures.jsonl'})" if self.failed else "")
+            + (" (see failures.jsonl)" if self.failed else "")
         )
 
 
@@ -273,19 +273,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_split(work_files: Sequence[str], output_dir: Path, chunk_bytes: str = "8MB") -> None:
-    """Write the records of ``work_files`` (in this order) as one local LitData dataset, in this
-    process (LitData's ``BinaryWriter``): the same files give byte-identical chunks and index."""
-    from litdata.streaming.writer import BinaryWriter
+def _work_records(work: Path, metas: Sequence[dict]) -> Iterable[dict]:
+    """The stored records of ``metas`` (in this order), read from the work folder one by one."""
+    for meta in metas:
+        yield {"id": meta["id"], "sha256": meta["sha256"], "blob": (work / f"{_key(meta['id'])}.blob").read_bytes()}
 
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    writer = BinaryWriter(str(output_dir), chunk_bytes=chunk_bytes)
-    for index, path in enumerate(work_files):
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
-        writer[index] = {"id": meta["id"], "sha256": meta["sha256"], "blob": Path(path).read_bytes()}
-    writer.done()
-    writer.merge()
+
+def default_work_dir(out: str) -> Path:
+    """Where per-object records are kept: ``<out>/.work`` for a local ``out``; for an ``s3://``
+    output, ``<tmp>/clip-gs-prepare/<digest of out>`` on this machine."""
+    from clip_gs.data.shards import is_remote
+
+    if not is_remote(out):
+        return Path(out) / ".work"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "clip-gs-prepare" / hashlib.sha256(out.encode()).hexdigest()[:16]
 
 
 def prepare_dataset(
@@ -299,24 +302,28 @@ def prepare_dataset(
     overwrite: bool = False,
     progress: bool = True,
     limit: int | None = None,
+    storage_options: dict | None = None,
 ) -> PrepareSummary:
     """Prepare ``source`` into triplet shards under ``out`` (see the module docstring).
 
     Args:
         source: ``synthetic:N`` or a folder of 3DGS files and / or meshes.
-        out: output folder (``out/train``, ``out/val``, ``out/test``, ``out/manifest.json``).
+        out: output folder or ``s3://`` prefix (``out/train``, ``out/val``, ``out/test``,
+            ``out/manifest.json``). A remote split that changed is refused (write to a new prefix).
         teacher: a :class:`~clip_gs.teachers.Teacher` or a spec string for
             :func:`~clip_gs.teachers.load_teacher`; None takes the offline teacher
             (:data:`~clip_gs.teachers.OFFLINE_TEACHER`).
         captions: optional captions file (:func:`read_captions`).
         settings: :class:`PrepareSettings` (defaults when None).
-        work_dir: where finished per-object records are kept between runs (default ``out/.work``).
+        work_dir: where finished per-object records are kept between runs (:func:`default_work_dir`).
         batch_objects: objects loaded and rendered per step (the teacher embeds each object's
             views and captions in one call of its own, see the comment in the loop).
         overwrite: start afresh, discarding earlier records under ``work_dir``.
         progress: progress bars per stage.
         limit: stop after this many newly prepared objects without writing shards (what a kill
             would leave behind; used by tests).
+        storage_options: for ``s3://`` outputs (``endpoint_url``, credentials), as
+            :func:`~clip_gs.data.shards.write_split` takes them.
 
     Returns:
         :class:`PrepareSummary`.
@@ -333,8 +340,11 @@ def prepare_dataset(
         from clip_gs.teachers import OFFLINE_TEACHER, load_teacher
 
         teacher = load_teacher(teacher or OFFLINE_TEACHER)
-    out = Path(out)
-    work = Path(work_dir) if work_dir is not None else out / ".work"
+    from clip_gs.data.shards import is_remote, join, write_manifest, write_split
+
+    out = str(out)
+    remote = is_remote(out)
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out)
     if overwrite and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -355,8 +365,8 @@ def prepare_dataset(
     items = list_sources(source, settings, captions)
     if not items:
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
-    summary = PrepareSummary(out=str(out), total=len(items))
-    failures_path = out / "failures.jsonl"
+    summary = PrepareSummary(out=out, total=len(items))
+    failures_path = (work if remote else Path(out)) / "failures.jsonl"
     todo = [it for it in items if not (work / f"{_key(it.id)}.json").exists()]
     summary.reused = len(items) - len(todo)
     bar = tqdm(total=len(todo), desc="prepare: load, render, embed", unit="obj", disable=not progress)
@@ -395,7 +405,8 @@ def prepare_dataset(
         bar.set_postfix(failed=len(summary.failures))
     bar.close()
     summary.failed = len(summary.failures)
-    out.mkdir(parents=True, exist_ok=True)
+    if not remote:
+        Path(out).mkdir(parents=True, exist_ok=True)
     if summary.failures or failures_path.exists():
         failures_path.write_text("".join(json.dumps(f) + "\n" for f in summary.failures))
     if limit is not None and done_now >= limit and len(todo) > limit:
@@ -408,21 +419,22 @@ def prepare_dataset(
     summary.counts = {split: sum(m["split"] == split for m in metas) for split in SPLITS}
     contents = hashlib.sha256(json.dumps(metas, sort_keys=True).encode()).hexdigest()
     written = work / "written.json"
-    up_to_date = (out / MANIFEST_NAME).exists() and written.exists() and json.loads(written.read_text()) == contents
+    up_to_date = written.exists() and json.loads(written.read_text()) == contents
     if not up_to_date:  # a rerun over the same records leaves the shards as they are
         for split in tqdm(SPLITS, desc="prepare: write shards", unit="split", disable=not progress):
-            files = [str(work / f"{_key(m['id'])}.blob") for m in metas if m["split"] == split]
-            target = out / split
-            if files:
-                write_split(files, target)
-            elif target.exists():
+            target = join(out, split)
+            if not remote and Path(target).exists():
                 shutil.rmtree(target)
+            split_metas = [m for m in metas if m["split"] == split]
+            if split_metas:
+                write_split(_work_records(work, split_metas), target, storage_options=storage_options)
     labels = sorted({m["label"] for m in metas if m["label"]})
-    Manifest(
+    manifest = Manifest(
         teacher=str(teacher.identity), embed_dim=int(teacher.embed_dim), counts=summary.counts, labels=labels,
         settings=fingerprint["settings"] | {"image_size": image_size, "source": source}, failures=summary.failed,
         package_version=clip_gs.__version__,
-    ).write(out)  # fmt: skip
+    )  # fmt: skip
+    write_manifest(manifest, out, storage_options)
     _atomic_write(written, json.dumps(contents).encode())
     return summary
 
@@ -433,6 +445,7 @@ __all__ = [
     "MESH_GAUSSIANS",
     "PrepareSettings",
     "PrepareSummary",
+    "default_work_dir",
     "SourceItem",
     "list_sources",
     "prepare_dataset",

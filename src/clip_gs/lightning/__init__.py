@@ -4,7 +4,7 @@
 - :class:`SampleProcessor`, :func:`collate_triplets`: the per-sample step and the collation it uses.
 """
 
-from clip_gs.lightning.batch import ProcessedSample, SampleProcessor, TripletBatch, augmented_features, collate_triplets
+from clip_gs.lightning.batch import ProcessedSample, SampleProcessor, TripletBatch, collate_triplets
 from clip_gs.lightning.datamodule import SYNTHETIC_PREFIX, GaussianDataModule, build_augmentation
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "ProcessedSample",
     "SampleProcessor",
     "TripletBatch",
-    "augmented_features",
     "build_augmentation",
     "collate_triplets",
 ]

@@ -24,32 +24,9 @@ from clip_gs.data.transforms import CloudTransform, sample_seed
 from clip_gs.data.triplets import TripletSample
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.gaussians import GaussianCloud
-from clip_gs.model.features import gaussian_features, preprocess
+from clip_gs.model.features import preprocess
 
 _DOMAIN_CAPTION, _DOMAIN_VIEWS = 0xCA97_0001, 0xCA97_0002  # separate streams from one sample seed
-
-
-def augmented_features(
-    cloud: GaussianCloud,
-    num_gaussians: int,
-    scale_activation: str,
-    seed: int,
-    transform: CloudTransform | None = None,
-) -> Tensor:
-    """Model input ``[num_gaussians, 19]`` of one object, optionally augmented.
-
-    Without ``transform`` this *is* :func:`~clip_gs.model.features.preprocess` (what
-    ``CLIPGS.encode`` runs). With one, it runs preprocess's steps with the augmentation
-    inserted after normalisation: resample (seeded) -> float32 -> ``normalized()`` ->
-    ``transform(cloud, seed)`` -> :func:`~clip_gs.model.features.gaussian_features`. The
-    augmentations act about the origin of a normalised object, and normalising after them
-    would undo scaling and translation, hence the order (as Uni3D augments after ``pc_norm``).
-    An identity transform gives exactly ``preprocess`` (tested).
-    """
-    if transform is None:
-        return preprocess(cloud, num_gaussians, scale_activation, seed=seed)
-    sampled = cloud.resample(num_gaussians, seed=seed).to(dtype=torch.float32)
-    return gaussian_features(transform(sampled.normalized(), seed), scale_activation)
 
 
 @dataclass
@@ -154,7 +131,7 @@ class SampleProcessor:
 
     With ``s = sample_seed(seed, epoch, index)``:
 
-    - features: :func:`augmented_features` with ``transform`` and seed ``s``; with no
+    - features: :func:`~clip_gs.model.features.preprocess` with ``transform`` and seed ``s``; with no
       transform, ``preprocess(cloud, num_gaussians, scale_activation, seed=seed)``, i.e. exactly
       the input ``CLIPGS.encode(..., seed=seed)`` builds for the same object;
     - one caption's text embedding, chosen uniformly with a generator seeded from ``s``;
@@ -191,7 +168,7 @@ class SampleProcessor:
         epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
         s = sample_seed(self.seed, epoch, index)
         cloud_seed = s if self.transform is not None else self.seed
-        features = augmented_features(
+        features = preprocess(
             sample.cloud, self.num_gaussians, self.scale_activation, cloud_seed, self.transform
         )
 
@@ -230,4 +207,4 @@ class SampleProcessor:
         )
 
 
-__all__ = ["ProcessedSample", "SampleProcessor", "TripletBatch", "augmented_features", "collate_triplets"]
+__all__ = ["ProcessedSample", "SampleProcessor", "TripletBatch", "collate_triplets"]

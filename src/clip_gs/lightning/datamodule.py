@@ -183,15 +183,11 @@ class GaussianDataModule(LightningDataModule):
         if self.root.startswith(SYNTHETIC_PREFIX):
             if os.path.isfile(os.path.join(root, "manifest.json")):
                 return
-            # ---------------------------------------------------------------- CALL-OUT (issue 11)
-            # ``synthetic:<spec>`` datasets are built by the prepare command's library function,
-            # written by another engineer in parallel (clip_gs.data.prepare). Contract assumed here:
-            # prepare_dataset(source: str, output_root: str, seed: int, storage_options) writes
-            # <output_root>/manifest.json and <output_root>/{train,val,test} with write_split.
-            from clip_gs.data.prepare import prepare_dataset
+            from clip_gs.data.prepare import PrepareSettings, prepare_dataset
 
-            prepare_dataset(self.root, root, seed=self.seed, storage_options=self.storage_options)
-            # ---------------------------------------------------------------- end of call-out
+            prepare_dataset(
+                self.root, root, settings=PrepareSettings(seed=self.seed), storage_options=self.storage_options
+            )
         read_manifest(root, self.storage_options)
 
     def setup(self, stage: str | None = None) -> None:

@@ -17,6 +17,7 @@ rotation   9     row-major rotation matrix of the sign-canonical quaternion (q a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -89,13 +90,22 @@ def gaussian_features(cloud: GaussianCloud, scale_activation: str = "sigmoid") -
     return torch.cat([parts[name] for name in FEATURE_LAYOUT.names()], dim=-1)
 
 
-def preprocess(cloud: GaussianCloud, num_gaussians: int, scale_activation: str = "sigmoid", seed: int = 0) -> Tensor:
+def preprocess(
+    cloud: GaussianCloud,
+    num_gaussians: int,
+    scale_activation: str = "sigmoid",
+    seed: int = 0,
+    transform: Callable[[GaussianCloud, int], GaussianCloud] | None = None,
+) -> Tensor:
     """One object -> the encoder input ``[num_gaussians, 19]`` float32.
 
     The only preprocessing of the package: ``encode``, the data module and evaluation all call
     it (through :func:`preprocess_cloud` where a model config is at hand), so training and
     inference cannot preprocess differently. Steps: resample to ``num_gaussians`` (seeded, input
     order kept, unchanged when the count already matches), normalise to the unit sphere (Uni3D's
+    ``pc_norm``), optionally augment (``transform(cloud, seed)``, e.g. a
+    :class:`~clip_gs.data.transforms.Compose`: after normalising, so augmentations act about the
+    centre of a unit object and scaling or translation is not undone, as Uni3D augments after
     ``pc_norm``), :func:`gaussian_features`.
 
     Raises:
@@ -105,8 +115,10 @@ def preprocess(cloud: GaussianCloud, num_gaussians: int, scale_activation: str =
         raise GaussianFormatError(
             f"{cloud.source or 'cloud'}: preprocess_cloud takes one object; unbind() a batched cloud first"
         )
-    sampled = cloud.resample(num_gaussians, seed=seed).to(dtype=torch.float32)
-    return gaussian_features(sampled.normalized(), scale_activation)
+    sampled = cloud.resample(num_gaussians, seed=seed).to(dtype=torch.float32).normalized()
+    if transform is not None:
+        sampled = transform(sampled, seed)
+    return gaussian_features(sampled, scale_activation)
 
 
 def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) -> Tensor:
