@@ -42,11 +42,12 @@ from typing import Any
 # dataset (each DDP rank, spawned workers), offline clusters included. Off unless the user set it.
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
+import torch
 from litdata import StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.streaming.writer import BinaryWriter
 
-from clip_gs.data.triplets import MANIFEST_NAME, Manifest, TripletSample
+from clip_gs.data.triplets import MANIFEST_NAME, Manifest, TripletSample, pack_tensors, unpack_tensors
 from clip_gs.errors import CorruptSampleError, DatasetError
 
 DEFAULT_CHUNK_BYTES = "4MB"
@@ -276,6 +277,51 @@ def read_manifest(
     for other_root, other in zip(roots[1:], manifests[1:]):
         manifests[0].check_compatible(other, what=f"datasets {roots[0]} and {other_root}")
     return manifests
+
+
+LABEL_EMBEDDINGS_NAME = "label_embeddings.bin"
+"""Beside the manifest: the teacher's prompt-ensemble text embeddings of the label set
+(:func:`~clip_gs.data.triplets.pack_tensors` layout, tensor ``label_embeddings [C, E]`` in
+``Manifest.labels`` order), so zero-shot validation never runs the teacher."""
+
+
+def write_label_embeddings(
+    root: str | os.PathLike, labels: Sequence[str], embeddings: torch.Tensor, teacher: str,
+    templates: Sequence[str], storage_options: dict | None = None,
+) -> str:  # fmt: skip
+    """Write ``<root>/label_embeddings.bin`` (local or s3); returns its location."""
+    if embeddings.shape[0] != len(labels):
+        raise DatasetError(f"{len(labels)} labels but {embeddings.shape[0]} label embeddings")
+    blob = pack_tensors({"label_embeddings": embeddings}, {"labels": list(labels), "teacher": teacher,
+                                                           "templates": list(templates)})  # fmt: skip
+    location = join(str(root), LABEL_EMBEDDINGS_NAME)
+    if is_remote(location):
+        bucket, key = _split_url(location)
+        _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=blob)
+    else:
+        Path(location).write_bytes(blob)
+    return location
+
+
+def read_label_embeddings(root: str | os.PathLike, storage_options: dict | None = None) -> tuple[list[str], torch.Tensor, dict]:
+    """``(labels, embeddings [C, E], metadata)`` from ``<root>/label_embeddings.bin``.
+
+    Raises:
+        DatasetError: missing or unreadable file.
+    """
+    location = join(str(root), LABEL_EMBEDDINGS_NAME)
+    try:
+        if is_remote(location):
+            bucket, key = _split_url(location)
+            blob = _s3_client(storage_options).get_object(Bucket=bucket, Key=key)["Body"].read()
+        else:
+            blob = Path(location).read_bytes()
+        tensors, meta = unpack_tensors(blob)
+        return list(meta["labels"]), tensors["label_embeddings"], meta
+    except DatasetError:
+        raise
+    except Exception as exc:  # missing file, S3 errors, a damaged file
+        raise DatasetError(f"{location}: cannot read the label embeddings: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- reading
