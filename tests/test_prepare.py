@@ -12,7 +12,14 @@ import torch.nn.functional as F
 
 from clip_gs import save_gaussians
 from clip_gs.cli import main
-from clip_gs.data.prepare import EXIT_SOME_FAILED, PrepareSettings, list_sources, prepare_dataset, read_captions, split_of
+from clip_gs.data.prepare import (
+    EXIT_SOME_FAILED,
+    PrepareSettings,
+    list_sources,
+    prepare_dataset,
+    read_captions,
+    split_of,
+)
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import DatasetError
 from tests.conftest import real_data

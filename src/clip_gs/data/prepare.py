@@ -33,11 +33,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from clip_gs.errors import ClipGSError, ConfigError, DatasetError
 from clip_gs.data.triplets import SPLITS, Manifest, TripletSample
+from clip_gs.errors import ClipGSError, ConfigError, DatasetError
 
 CAPTION_TEMPLATE = "a 3D model of a {}."
 """Caption of an object with a label but no caption (labels from folder names)."""
@@ -445,8 +444,8 @@ __all__ = [
     "MESH_GAUSSIANS",
     "PrepareSettings",
     "PrepareSummary",
-    "default_work_dir",
     "SourceItem",
+    "default_work_dir",
     "list_sources",
     "prepare_dataset",
     "read_captions",

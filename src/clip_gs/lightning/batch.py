@@ -23,7 +23,6 @@ from torch import Tensor
 from clip_gs.data.transforms import CloudTransform, sample_seed
 from clip_gs.data.triplets import TripletSample
 from clip_gs.errors import ConfigError, DatasetError
-from clip_gs.gaussians import GaussianCloud
 from clip_gs.model.features import preprocess
 
 _DOMAIN_CAPTION, _DOMAIN_VIEWS = 0xCA97_0001, 0xCA97_0002  # separate streams from one sample seed

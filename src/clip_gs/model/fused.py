@@ -461,7 +461,38 @@ class FusedEncoder:
             ClipGSError (e.g. GaussianFormatError): with ``on_error="raise"``, a bad file.
             ConfigError: no inputs, bad ``batch_size`` / ``num_workers`` / ``on_error``.
         """
-        return encode_iter(self, inputs, batch_size, seed, on_error, progress, num_workers, loader)
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        dataset = GaussianInputDataset(inputs, self.config, seed, loader, catch_errors=True)
+        if not len(dataset):
+            raise ConfigError("encode got no inputs (an empty list, or folders without 3DGS files)")
+        bar = None
+        if progress if progress is not None else len(dataset) > batch_size:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(dataset), desc="encode", unit="obj")
+        failed = 0
+        try:
+            for batch in iter_input_batches(dataset, batch_size, self.device, num_workers):
+                good = [s for s in batch if s.error is None]
+                if on_error == "raise" and len(good) < len(batch):
+                    raise next(s.error for s in batch if s.error is not None)
+                embeddings = iter(self(torch.stack([s.features for s in good])).cpu()) if good else iter(())
+                for sample in batch:
+                    if sample.error is None:
+                        yield Encoded(sample.index, sample.id, next(embeddings))
+                    else:
+                        failed += 1
+                        reason = f"{type(sample.error).__name__}: {sample.error}"
+                        logger.warning("encode: skipped %s (%s)", sample.id, reason)
+                        yield Encoded(sample.index, sample.id, None, reason)
+                if bar is not None:
+                    bar.update(len(batch))
+                    if failed:
+                        bar.set_postfix(failed=failed)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def encode(
         self,
@@ -502,55 +533,6 @@ class FusedEncoder:
         cls = F.layer_norm(x[:, 0].float(), (x.shape[-1],), *self.norm)
         embedding = F.linear(cls, *self.head)
         return F.normalize(embedding, dim=-1) if normalize else embedding
-
-
-def _show_progress(progress: bool | None, total: int, batch_size: int) -> bool:
-    return progress if progress is not None else total > batch_size
-
-
-def encode_iter(
-    fused: FusedEncoder,
-    inputs: GaussianInput | Iterable[GaussianInput],
-    batch_size: int = 8,
-    seed: int = 0,
-    on_error: str = "raise",
-    progress: bool | None = None,
-    num_workers: int | None = None,
-    loader: Loader = load_gaussians,
-) -> Iterator[Encoded]:
-    """:meth:`FusedEncoder.encode_iter` (see there)."""
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    dataset = GaussianInputDataset(inputs, fused.config, seed, loader, catch_errors=True)
-    if not len(dataset):
-        raise ConfigError("encode got no inputs (an empty list, or folders without 3DGS files)")
-    bar = None
-    if _show_progress(progress, len(dataset), batch_size):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(dataset), desc="encode", unit="obj")
-    failed = 0
-    try:
-        for batch in iter_input_batches(dataset, batch_size, fused.device, num_workers):
-            good = [s for s in batch if s.error is None]
-            if on_error == "raise" and len(good) < len(batch):
-                raise next(s.error for s in batch if s.error is not None)
-            embeddings = iter(fused(torch.stack([s.features for s in good])).cpu()) if good else iter(())
-            for sample in batch:
-                if sample.error is None:
-                    yield Encoded(sample.index, sample.id, next(embeddings))
-                else:
-                    failed += 1
-                    reason = f"{type(sample.error).__name__}: {sample.error}"
-                    logger.warning("encode: skipped %s (%s)", sample.id, reason)
-                    yield Encoded(sample.index, sample.id, None, reason)
-            if bar is not None:
-                bar.update(len(batch))
-                if failed:
-                    bar.set_postfix(failed=failed)
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 __all__ = [
