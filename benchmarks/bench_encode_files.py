@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from clip_gs.gaussians import GaussianCloud, save_gaussians
-from clip_gs.model import CLIPGS
-from clip_gs.model import preprocess_cloud
+from clip_gs.model import CLIPGS, preprocess_cloud
 from clip_gs.model.inputs import default_num_workers
 from clip_gs.model.precision import resolve_precision
 

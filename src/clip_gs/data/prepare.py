@@ -4,8 +4,9 @@ For every input object (see :func:`list_sources`): load it (3DGS as stored; mesh
 :func:`~clip_gs.data.mesh.mesh_to_gaussians`, SH degree 0), render ``views`` regular orbit views
 of the normalised object at the teacher's image size with the package's rasterizer (gsplat on
 CUDA), embed its captions and views with the frozen teacher, and store a
-:class:`~clip_gs.data.triplets.TripletSample`. Then write one LitData dataset per split and the
-:class:`~clip_gs.data.triplets.Manifest`.
+:class:`~clip_gs.data.triplets.TripletSample`. Then write one LitData dataset per split, the
+:class:`~clip_gs.data.triplets.Manifest` and the teacher's prompt-ensemble embeddings of the
+label set (``label_embeddings.bin``, :func:`~clip_gs.data.shards.read_label_embeddings`).
 
 Work is done in two stages so that an interrupted run can resume:
 
@@ -195,8 +196,10 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
             count = int(source.removeprefix("synthetic:"))
         except ValueError as exc:
             raise ConfigError(f"synthetic source must be 'synthetic:N', got {source!r}") from exc
+        from clip_gs.data.synthetic import SHAPE_NOUNS
+
         dataset = SyntheticGaussianDataset(count, num_gaussians=settings.synthetic_gaussians, seed=settings.seed)
-        found = [(f"synthetic-{i:06d}", f"synthetic:{i}", dataset.label_of(i), ()) for i in range(count)]
+        found = [(f"synthetic-{i:06d}", f"synthetic:{i}", SHAPE_NOUNS[dataset.label_of(i)], ()) for i in range(count)]
     else:
         root = Path(source)
         if not root.is_dir():
@@ -339,7 +342,7 @@ def prepare_dataset(
         from clip_gs.teachers import OFFLINE_TEACHER, load_teacher
 
         teacher = load_teacher(teacher or OFFLINE_TEACHER)
-    from clip_gs.data.shards import is_remote, join, write_manifest, write_split
+    from clip_gs.data.shards import is_remote, join, write_label_embeddings, write_manifest, write_split
 
     out = str(out)
     remote = is_remote(out)
@@ -434,6 +437,11 @@ def prepare_dataset(
         package_version=clip_gs.__version__,
     )  # fmt: skip
     write_manifest(manifest, out, storage_options)
+    if labels:  # zero-shot validation and evaluation then never run the teacher
+        from clip_gs.teachers import TEMPLATES, zero_shot_weights
+
+        weights = zero_shot_weights(teacher, labels, TEMPLATES)
+        write_label_embeddings(out, labels, weights, str(teacher.identity), TEMPLATES, storage_options)
     _atomic_write(written, json.dumps(contents).encode())
     return summary
 

@@ -1,0 +1,241 @@
+"""`EmbeddingIndex`: exact cosine top-k search over unit embeddings, saved as safetensors.
+
+An index holds ``[M, E]`` float32 unit vectors with one id and one path per row, and the
+identity of what made them (``model``: the CLIP-GS model, ``teacher``: its CLIP teacher), so a
+query from another model or teacher is refused rather than compared across embedding spaces.
+Search is exact (a matrix product), in chunks of rows so memory stays bounded by
+``chunk_size x num_queries`` scores whatever the index size.
+
+Files: ``<path>.safetensors`` holds the embeddings and, in its metadata, the ids, paths and
+identities as JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clip_gs.errors import ConfigError, DatasetError
+
+CHUNK_ROWS = 65_536
+"""Rows scored per step of :meth:`EmbeddingIndex.search` (65,536 x 1024 float32 = 256 MiB of
+rows, already held; the scores of a chunk are ``chunk x queries`` floats)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: cosine ``score``, the row's ``id`` and ``path``, and its ``row``."""
+
+    score: float
+    id: str
+    path: str
+    row: int
+
+
+class EmbeddingIndex:
+    """Rows of unit embeddings with ids and paths; exact cosine search.
+
+    Args:
+        embed_dim: E.
+        model: identity of the model that made the embeddings (e.g. a repo id or folder and a
+            weights digest); queries must come from the same one.
+        teacher: identity of that model's CLIP teacher (text and image queries go through it).
+    """
+
+    def __init__(self, embed_dim: int, model: str = "", teacher: str = ""):
+        if embed_dim <= 0:
+            raise ConfigError(f"embed_dim must be positive, got {embed_dim}")
+        self.embed_dim, self.model, self.teacher = embed_dim, model, teacher
+        self._embeddings = torch.zeros(0, embed_dim)
+        self.ids: list[str] = []
+        self.paths: list[str] = []
+        self._rows: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._rows
+
+    def __repr__(self) -> str:
+        return f"EmbeddingIndex({len(self):,} x {self.embed_dim}, model={self.model!r}, teacher={self.teacher!r})"
+
+    @property
+    def embeddings(self) -> Tensor:
+        """``[M, E]`` float32 unit rows (read-only view; use :meth:`add` / :meth:`remove`)."""
+        return self._embeddings
+
+    # ------------------------------------------------------------------ editing
+    def add(self, ids: Sequence[str], embeddings: Tensor, paths: Sequence[str] | None = None) -> None:
+        """Add rows; an id already present is replaced (its row updated in place).
+
+        Args:
+            ids: M unique ids.
+            embeddings: ``[M, E]``; normalised to unit length here.
+            paths: M paths (default: the ids).
+
+        Raises:
+            ConfigError: shape mismatch, duplicate ids in one call, non-finite or zero rows.
+        """
+        ids = [str(i) for i in ids]
+        paths = [str(p) for p in paths] if paths is not None else list(ids)
+        embeddings = embeddings.detach().to("cpu", torch.float32)
+        if embeddings.ndim != 2 or embeddings.shape != (len(ids), self.embed_dim) or len(paths) != len(ids):
+            raise ConfigError(
+                f"add() needs [M, {self.embed_dim}] embeddings with M ids and paths; got "
+                f"{list(embeddings.shape)}, {len(ids)} ids, {len(paths)} paths"
+            )
+        if len(set(ids)) != len(ids):
+            raise ConfigError("add() got duplicate ids")
+        norms = embeddings.norm(dim=-1)
+        if not bool(torch.isfinite(embeddings).all()) or bool((norms == 0).any()):
+            raise ConfigError("add() got non-finite or zero embeddings")
+        embeddings = embeddings / norms.unsqueeze(-1)
+        new = [k for k, i in enumerate(ids) if i not in self._rows]
+        for k, item_id in enumerate(ids):
+            row = self._rows.get(item_id)
+            if row is not None:
+                self._embeddings[row] = embeddings[k]
+                self.paths[row] = paths[k]
+        if new:
+            start = len(self.ids)
+            self._embeddings = torch.cat([self._embeddings, embeddings[new]])
+            for offset, k in enumerate(new):
+                self.ids.append(ids[k])
+                self.paths.append(paths[k])
+                self._rows[ids[k]] = start + offset
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove rows by id.
+
+        Raises:
+            ConfigError: an id that is not in the index (none is removed then).
+        """
+        missing = [i for i in ids if i not in self._rows]
+        if missing:
+            raise ConfigError(f"remove(): {len(missing)} id(s) not in the index, e.g. {missing[:3]}")
+        drop = {self._rows[i] for i in ids}
+        keep = [r for r in range(len(self.ids)) if r not in drop]
+        self._embeddings = self._embeddings[keep]
+        self.ids = [self.ids[r] for r in keep]
+        self.paths = [self.paths[r] for r in keep]
+        self._rows = {item_id: r for r, item_id in enumerate(self.ids)}
+
+    # ------------------------------------------------------------------ search
+    def check_query_source(self, model: str | None = None, teacher: str | None = None) -> None:
+        """Refuse queries embedded by another model or teacher than the index's.
+
+        Raises:
+            ConfigError: naming both identities.
+        """
+        for what, mine, theirs in (("model", self.model, model), ("teacher", self.teacher, teacher)):
+            if theirs is not None and mine and theirs != mine:
+                raise ConfigError(
+                    f"the query comes from {what} {theirs!r}, the index from {what} {mine!r}: embeddings of "
+                    "different models live in different spaces; embed the query with the index's model"
+                )
+
+    def search(
+        self,
+        queries: Tensor,
+        k: int = 10,
+        exclude_self: Sequence[str | None] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> list[list[Hit]]:
+        """Exact top-``k`` rows by cosine for each query, best first.
+
+        Args:
+            queries: ``[Q, E]`` or ``[E]`` (normalised here).
+            k: hits per query (at most ``len(self)``).
+            exclude_self: per query, an id to leave out (3D-to-3D search of an indexed asset).
+            chunk_rows: rows scored per step (memory bound only; results do not depend on it,
+                ties are broken by the lower row).
+
+        Returns:
+            One list of :class:`Hit` per query.
+
+        Raises:
+            ConfigError: wrong width, k < 1, an empty index.
+        """
+        queries = queries.detach().to("cpu", torch.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.ndim != 2 or queries.shape[1] != self.embed_dim:
+            raise ConfigError(f"queries must be [Q, {self.embed_dim}], got {list(queries.shape)}")
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        if not len(self):
+            raise ConfigError("search() on an empty index")
+        queries = F.normalize(queries, dim=-1)
+        excluded = [self._rows.get(i, -1) if i is not None else -1 for i in (exclude_self or [None] * len(queries))]
+        want = min(k + (1 if exclude_self else 0), len(self))
+        best_scores = torch.full((len(queries), 0), -float("inf"))
+        best_rows = torch.zeros((len(queries), 0), dtype=torch.long)
+        for start in range(0, len(self), chunk_rows):
+            scores = queries @ self._embeddings[start : start + chunk_rows].T  # [Q, chunk]
+            rows = torch.arange(start, start + scores.shape[1]).expand_as(scores)
+            scores = torch.cat([best_scores, scores], dim=1)
+            rows = torch.cat([best_rows, rows], dim=1)
+            # stable descending sort: equal scores keep the lower row first
+            order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :want]
+            best_scores, best_rows = scores.gather(1, order), rows.gather(1, order)
+        results = []
+        for q in range(len(queries)):
+            hits = [
+                Hit(float(s), self.ids[r], self.paths[r], int(r))
+                for s, r in zip(best_scores[q].tolist(), best_rows[q].tolist())
+                if r != excluded[q]
+            ]
+            results.append(hits[:k])
+        return results
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (``.safetensors`` added when missing); returns the file written."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"ids": self.ids, "paths": self.paths, "model": self.model, "teacher": self.teacher}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"embeddings": self._embeddings.contiguous()}, str(tmp), metadata={"clip_gs_index": json.dumps(meta)})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
+        """Read an index written by :meth:`save`.
+
+        Raises:
+            DatasetError: missing, corrupt or not an index file.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file() and Path(str(path) + ".safetensors").is_file():
+            path = Path(str(path) + ".safetensors")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {})["clip_gs_index"])
+                embeddings = handle.get_tensor("embeddings")
+        except Exception as exc:  # safetensors raises its own errors, a missing key or bad JSON
+            raise DatasetError(f"{path}: not a readable clip-gs embedding index: {exc}") from exc
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(meta["ids"]) or len(meta["paths"]) != len(meta["ids"]):
+            raise DatasetError(f"{path}: embeddings and ids do not match")
+        index = cls(embeddings.shape[1], meta["model"], meta["teacher"])
+        index._embeddings = embeddings.float()
+        index.ids, index.paths = list(meta["ids"]), list(meta["paths"])
+        index._rows = {item_id: r for r, item_id in enumerate(index.ids)}
+        return index
+
+
+__all__ = ["CHUNK_ROWS", "EmbeddingIndex", "Hit"]
