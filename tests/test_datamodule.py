@@ -394,8 +394,7 @@ def test_prepare_data_without_manifest_raises(tmp_path):
 
 
 def test_synthetic_root_is_built_by_prepare(tmp_path):
-    pytest.importorskip("clip_gs.data.prepare")
-    dm = make_dm("synthetic:tiny", cache_dir=str(tmp_path))
+    dm = make_dm("synthetic:8", cache_dir=str(tmp_path))
     dm.prepare_data()
     dm.setup("fit")
     assert len(flat_ids(dm.train_dataloader())) > 0

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_gs import ConfigError
-from clip_gs.model import CLIPGS, FEATURE_LAYOUT, FusedEncoder, preprocess_cloud
+from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, FusedEncoder, preprocess_cloud
 from clip_gs.model.fused import fold_batchnorm
 from clip_gs.model.precision import bf16_supported, cpu_flags, resolve_precision
 from tests.test_cloud import random_cloud
@@ -163,10 +163,17 @@ def test_the_module_path_runs_in_eval_and_inference_mode_with_no_hidden_state():
     model.encode(random_cloud(600))
     model.fused("bf16")(features)
     assert torch.equal(got, expected)
+    twin = full_model()  # never run: what every module holds when built
+    for (name, used), (_, fresh) in zip(model.named_modules(), twin.named_modules(), strict=True):
+        assert set(vars(used)) == set(vars(fresh)), name  # no attribute (cache) added by running
+        assert {k for k, v in vars(used).items() if isinstance(v, dict) and v} == {
+            k for k, v in vars(fresh).items() if isinstance(v, dict) and v
+        }, name
+        assert set(used._buffers) == set(fresh._buffers) and set(used._parameters) == set(fresh._parameters), name
+        # plain values only: a cache object (as the old per-block DerivedWeights) would show here
+        plain = (type(None), bool, int, float, str, tuple, set, dict, CLIPGSConfig)
+        assert all(isinstance(v, plain) for v in vars(used).values()), (name, {type(v) for v in vars(used).values()})
     assert set(vars(model.encoder)) == attributes
-    for module in model.modules():  # no cached tensors outside parameters and buffers
-        extra = [k for k, v in vars(module).items() if isinstance(v, (torch.Tensor, dict)) and not k.startswith("_")]
-        assert not [k for k in extra if k not in ("training",)], (type(module).__name__, extra)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

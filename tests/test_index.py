@@ -75,3 +75,16 @@ def test_queries_from_another_model_or_teacher_are_refused():
         index.check_query_source(teacher="t2")
     with pytest.raises(ConfigError, match="model 'm2'"):
         index.check_query_source(model="m2")
+    index.add(["a"], unit(1))
+    with pytest.raises(ConfigError, match="model 'm2'"):
+        index.search(unit(1), model="m2")
+    assert index.search(unit(1), model="m1", teacher="t1")[0][0].id == "a"
+
+
+def test_a_large_index_saves_and_loads(tmp_path):
+    # ids and paths live in a tensor: the safetensors header (100 MB) would not hold 1M paths
+    n = 300_000
+    index = EmbeddingIndex(4)
+    index.add([f"{i:032x}" for i in range(n)], unit(n, e=4), [f"/data/objaverse/glbs/{i:032x}.ply" for i in range(n)])
+    loaded = EmbeddingIndex.load(index.save(tmp_path / "big"))
+    assert loaded.ids[-1] == f"{n - 1:032x}" and loaded.paths[7] == index.paths[7]

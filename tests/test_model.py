@@ -341,6 +341,26 @@ def test_deepspeed_layout_checkpoint_loads_with_weights_only(tmp_path):
         assert torch.allclose(model(features), expected, atol=1e-5)
 
 
+def test_checkpoint_pickled_under_numpy_1_names_loads(tmp_path):
+    # Files written with NumPy 1.x name numpy.core.multiarray.scalar, now numpy._core's.
+    import zipfile
+
+    state = uni3d_reference("tiny", **SMALL).uni3d_state_dict()["module"]
+    modern = tmp_path / "modern.pt"
+    torch.save(deepspeed_model_states(state), modern)
+    legacy = tmp_path / "legacy.pt"
+    with zipfile.ZipFile(modern) as src, zipfile.ZipFile(legacy, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(legacy)
+    model = CLIPGS.from_uni3d(legacy, gaussian_branch=False, **SMALL)
+    assert model.config.name == "clip-gs-tiny"
+
+
 def test_unsafe_checkpoint_names_its_globals_and_the_opt_in(tmp_path):
     import fractions
 

@@ -144,6 +144,21 @@ def test_folder_with_labels_captions_and_a_bad_file(tmp_path, capsys):
     assert Manifest.read(tmp_path / "out").labels == ["chair", "lamp"]
 
 
+def test_an_edited_input_is_prepared_again_and_the_rest_reused(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for seed in range(3):
+        save_gaussians(random_cloud(300, seed=seed), src / f"obj{seed}.ply")
+    prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    save_gaussians(random_cloud(400, seed=9), src / "obj1.ply")  # edited after it was prepared
+    again = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    assert again.reused == 2 and again.succeeded == 3
+    samples = {s.id: s for split in ("train", "val", "test") if again.counts[split] for s in read_split(tmp_path / "out", split)}
+    assert samples["obj1"].cloud.num_gaussians == 400
+    with pytest.raises(DatasetError, match="other settings"):  # another source into the same output
+        prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+
+
 def test_read_captions_jsonl_and_errors(tmp_path):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text('{"id": "a", "captions": ["x", "y"], "label": "cup"}\n\n{"path": "b.ply", "caption": "z"}\n')

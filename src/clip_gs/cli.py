@@ -176,13 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
 SIGNED_VALUE_OPTIONS = ("--up",)
 """Options whose values may start with a dash (``--up -y``)."""
 
+SIGNED_VALUES = ("-y", "+y", "-z", "+z")
+"""The dash-led values those options take (anything else after them is left to argparse)."""
+
 
 def join_signed_values(argv: Sequence[str]) -> list[str]:
     """``["--up", "-y"]`` -> ``["--up=-y"]``: argparse would read ``-y`` as an option."""
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in SIGNED_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] in "-+":
+        if argv[i] in SIGNED_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1] in SIGNED_VALUES:
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:

@@ -6,8 +6,9 @@ query from another model or teacher is refused rather than compared across embed
 Search is exact (a matrix product), in chunks of rows so memory stays bounded by
 ``chunk_size x num_queries`` scores whatever the index size.
 
-Files: ``<path>.safetensors`` holds the embeddings and, in its metadata, the ids, paths and
-identities as JSON (no pickle).
+Files: ``<path>.safetensors`` holds the embeddings, the ids and paths (JSON bytes in a uint8
+tensor: the safetensors header is limited to 100 MB, too small for a million paths) and, in its
+metadata, the identities (no pickle).
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ class EmbeddingIndex:
         k: int = 10,
         exclude_self: Sequence[str | None] | None = None,
         chunk_rows: int = CHUNK_ROWS,
+        model: str | None = None,
+        teacher: str | None = None,
     ) -> list[list[Hit]]:
         """Exact top-``k`` rows by cosine for each query, best first.
 
@@ -157,13 +160,16 @@ class EmbeddingIndex:
             exclude_self: per query, an id to leave out (3D-to-3D search of an indexed asset).
             chunk_rows: rows scored per step (memory bound only; results do not depend on it,
                 ties are broken by the lower row).
+            model / teacher: identities of what embedded the queries, checked against the
+                index's (:meth:`check_query_source`); pass them whenever they are known.
 
         Returns:
             One list of :class:`Hit` per query.
 
         Raises:
-            ConfigError: wrong width, k < 1, an empty index.
+            ConfigError: wrong width, k < 1, an empty index, queries from another model or teacher.
         """
+        self.check_query_source(model, teacher)
         queries = queries.detach().to("cpu", torch.float32)
         if queries.ndim == 1:
             queries = queries[None]
@@ -205,10 +211,15 @@ class EmbeddingIndex:
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"ids": self.ids, "paths": self.paths, "model": self.model, "teacher": self.teacher}
+        names = json.dumps({"ids": self.ids, "paths": self.paths}).encode()
+        tensors = {"embeddings": self._embeddings.contiguous(), "names": torch.frombuffer(bytearray(names), dtype=torch.uint8)}
+        meta = {"model": self.model, "teacher": self.teacher, "embed_dim": str(self.embed_dim)}
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"embeddings": self._embeddings.contiguous()}, str(tmp), metadata={"clip_gs_index": json.dumps(meta)})
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -225,15 +236,18 @@ class EmbeddingIndex:
             path = Path(str(path) + ".safetensors")
         try:
             with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {})["clip_gs_index"])
-                embeddings = handle.get_tensor("embeddings")
+                meta = handle.metadata() or {}
+                embeddings = handle.get_tensor("embeddings").float()
+                names = json.loads(bytes(handle.get_tensor("names").numpy()).decode())
+            ids, paths = list(names["ids"]), list(names["paths"])
+            model, teacher = meta["model"], meta["teacher"]
         except Exception as exc:  # safetensors raises its own errors, a missing key or bad JSON
             raise DatasetError(f"{path}: not a readable clip-gs embedding index: {exc}") from exc
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(meta["ids"]) or len(meta["paths"]) != len(meta["ids"]):
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(paths) != len(ids):
             raise DatasetError(f"{path}: embeddings and ids do not match")
-        index = cls(embeddings.shape[1], meta["model"], meta["teacher"])
-        index._embeddings = embeddings.float()
-        index.ids, index.paths = list(meta["ids"]), list(meta["paths"])
+        index = cls(embeddings.shape[1], model, teacher)
+        index._embeddings = embeddings
+        index.ids, index.paths = ids, paths
         index._rows = {item_id: r for r, item_id in enumerate(index.ids)}
         return index
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from clip_gs.data.triplets import SPLITS, Manifest, TripletSample
+from clip_gs.data.triplets import MANIFEST_NAME, SPLITS, Manifest, TripletSample
 from clip_gs.errors import ClipGSError, ConfigError, DatasetError
 
 CAPTION_TEMPLATE = "a 3D model of a {}."
@@ -265,6 +265,31 @@ def render_views(cloud, settings: PrepareSettings, image_size: int, up: str):
 # ---------------------------------------------------------------------------- the run
 
 
+def _input_fingerprint(item: SourceItem) -> dict:
+    """What a finished record was made from: the source, its captions, label and split, and for
+    files their size and modification time (an edited file is prepared again)."""
+    found = {"source": item.source, "captions": list(item.captions), "label": item.label, "split": item.split}
+    if not item.source.startswith("synthetic:"):
+        stat = Path(item.source).stat()
+        found |= {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return found
+
+
+def _is_done(work: Path, item: SourceItem) -> bool:
+    """Whether ``work`` holds a finished record of exactly this input."""
+    meta_path = work / f"{_key(item.id)}.json"
+    if not meta_path.exists():
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("input") == _input_fingerprint(item)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def _key(item_id: str) -> str:
     return hashlib.sha256(item_id.encode()).hexdigest()[:24]
 
@@ -351,7 +376,8 @@ def prepare_dataset(
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     image_size = settings.image_size or int(teacher.image_size)
-    fingerprint = {"settings": asdict(settings), "image_size": image_size, "teacher": str(teacher.identity),
+    fingerprint = {"source": str(source), "settings": asdict(settings), "image_size": image_size,
+                   "teacher": str(teacher.identity),
                    "captions": None if captions is None else hashlib.sha256(Path(captions).read_bytes()).hexdigest()}  # fmt: skip
     recorded = work / "settings.json"
     if recorded.exists():
@@ -369,7 +395,7 @@ def prepare_dataset(
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
     summary = PrepareSummary(out=out, total=len(items))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
-    todo = [it for it in items if not (work / f"{_key(it.id)}.json").exists()]
+    todo = [it for it in items if not _is_done(work, it)]
     summary.reused = len(items) - len(todo)
     bar = tqdm(total=len(todo), desc="prepare: load, render, embed", unit="obj", disable=not progress)
     done_now = 0
@@ -400,7 +426,8 @@ def prepare_dataset(
             split = item.split or split_of(item.id, settings)
             key = _key(item.id)
             _atomic_write(work / f"{key}.blob", record["blob"])
-            meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label}
+            meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label,
+                    "input": _input_fingerprint(item)}  # fmt: skip
             _atomic_write(work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
         done_now += len(group)
         bar.update(len(group))
@@ -415,33 +442,42 @@ def prepare_dataset(
         summary.succeeded = summary.reused + done_now - summary.failed
         return summary
 
-    metas = [json.loads((work / f"{_key(it.id)}.json").read_text()) for it in items if (work / f"{_key(it.id)}.json").exists()]
+    metas = [json.loads((work / f"{_key(it.id)}.json").read_text()) for it in items if _is_done(work, it)]
     metas.sort(key=lambda m: m["id"])
     summary.succeeded = len(metas)
     summary.counts = {split: sum(m["split"] == split for m in metas) for split in SPLITS}
-    contents = hashlib.sha256(json.dumps(metas, sort_keys=True).encode()).hexdigest()
-    written = work / "written.json"
-    up_to_date = written.exists() and json.loads(written.read_text()) == contents
-    if not up_to_date:  # a rerun over the same records leaves the shards as they are
-        for split in tqdm(SPLITS, desc="prepare: write shards", unit="split", disable=not progress):
-            target = join(out, split)
-            if not remote and Path(target).exists():
-                shutil.rmtree(target)
-            split_metas = [m for m in metas if m["split"] == split]
-            if split_metas:
-                write_split(_work_records(work, split_metas), target, storage_options=storage_options)
     labels = sorted({m["label"] for m in metas if m["label"]})
     manifest = Manifest(
         teacher=str(teacher.identity), embed_dim=int(teacher.embed_dim), counts=summary.counts, labels=labels,
         settings=fingerprint["settings"] | {"image_size": image_size, "source": source}, failures=summary.failed,
         package_version=clip_gs.__version__,
     )  # fmt: skip
-    write_manifest(manifest, out, storage_options)
-    if labels:  # zero-shot validation and evaluation then never run the teacher
-        from clip_gs.teachers import TEMPLATES, zero_shot_weights
+    contents = {split: _digest([m for m in metas if m["split"] == split]) for split in SPLITS}
+    contents["manifest"] = _digest(asdict(manifest))
+    written = work / "written.json"
+    before = json.loads(written.read_text()) if written.exists() else {}
+    # What a rerun over the same records finds written is left as it is: no shard, manifest or
+    # teacher work is redone. A remote split that changed is refused by write_split (it never
+    # overwrites objects): write to a new prefix.
+    if not remote:  # a deleted local split or manifest is written again
+        before = {k: v for k, v in before.items() if Path(out, MANIFEST_NAME if k == "manifest" else k).exists()}
+    changed = [split for split in SPLITS if before.get(split) != contents[split]]
+    for split in tqdm(changed, desc="prepare: write shards", unit="split", disable=not progress or not changed):
+        target = join(out, split)
+        if not remote and Path(target).exists():
+            shutil.rmtree(target)
+        split_metas = [m for m in metas if m["split"] == split]
+        if split_metas:
+            write_split(_work_records(work, split_metas), target, storage_options=storage_options)
+        before[split] = contents[split]
+        _atomic_write(written, json.dumps(before).encode())
+    if before.get("manifest") != contents["manifest"]:
+        write_manifest(manifest, out, storage_options)
+        if labels:  # zero-shot validation and evaluation then never run the teacher
+            from clip_gs.teachers import TEMPLATES, zero_shot_weights
 
-        weights = zero_shot_weights(teacher, labels, TEMPLATES)
-        write_label_embeddings(out, labels, weights, str(teacher.identity), TEMPLATES, storage_options)
+            weights = zero_shot_weights(teacher, labels, TEMPLATES)
+            write_label_embeddings(out, labels, weights, str(teacher.identity), TEMPLATES, storage_options)
     _atomic_write(written, json.dumps(contents).encode())
     return summary
 

@@ -166,10 +166,10 @@ class GaussianDataModule(LightningDataModule):
     @property
     def dataset_root(self) -> str:
         """The folder or URL the shards are read from: ``root``, or for ``synthetic:<spec>`` a
-        folder under ``cache_dir`` named by the spec (the same on every rank)."""
+        folder under ``cache_dir`` named by the spec and the seed (the same on every rank)."""
         if not self.root.startswith(SYNTHETIC_PREFIX):
             return self.root
-        digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{self.root}|seed={self.seed}".encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir or default_cache_dir(), "synthetic", digest)
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -180,14 +180,10 @@ class GaussianDataModule(LightningDataModule):
             DatasetError: ``root`` has no (valid) manifest.
         """
         root = self.dataset_root
-        if self.root.startswith(SYNTHETIC_PREFIX):
-            if os.path.isfile(os.path.join(root, "manifest.json")):
-                return
+        if self.root.startswith(SYNTHETIC_PREFIX):  # a no-op when the dataset is complete and up to date
             from clip_gs.data.prepare import PrepareSettings, prepare_dataset
 
-            prepare_dataset(
-                self.root, root, settings=PrepareSettings(seed=self.seed), storage_options=self.storage_options
-            )
+            prepare_dataset(self.root, root, settings=PrepareSettings(seed=self.seed), progress=True)
         read_manifest(root, self.storage_options)
 
     def setup(self, stage: str | None = None) -> None:

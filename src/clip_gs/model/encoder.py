@@ -101,7 +101,7 @@ class GaussianEncoder(nn.Module):
         embedding = self.head(self.forward_features(features))
         return F.normalize(embedding.float(), dim=-1) if normalize else embedding
 
-    def fuse(self, precision: str = "fp32") -> FusedEncoder:
+    def fuse(self, precision: str = "auto") -> FusedEncoder:
         """The fused inference form of this encoder (:class:`~clip_gs.model.fused.FusedEncoder`),
         a snapshot of the current weights with eval-mode semantics, computing its products in
         ``precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``: bf16 where the device multiplies it

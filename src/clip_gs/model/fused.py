@@ -19,8 +19,9 @@ What fusing does (eval-mode semantics: BatchNorm running statistics, no dropout)
   gate/value product for SwiGLU / GluMlp MLPs; the last block updates only the cls token (the
   only one read);
 - the products run in the compute dtype (float32 or bfloat16, float32 accumulation); the
-  residual stream, LayerNorm statistics, positional MLP, final norm, head and L2 normalisation
-  stay float32.
+  residual stream, the blocks' pre-norms, positional MLP, final norm, head and L2
+  normalisation stay float32 (the norms inside the Gaussian stem, the attention and the MLP see
+  inputs in the compute dtype).
 
 In float32 it equals the module path in eval mode up to rounding (reassociation from folding:
 about 1e-6 relative to the values' magnitude); in bfloat16 embeddings agree with float32 to a

@@ -36,7 +36,8 @@ Loader = Callable[[str | os.PathLike], GaussianCloud]
 class InputItem:
     """One object of an input list: its position, its id and the object itself.
 
-    ``id`` is the file path for files and the cloud's ``source`` (else ``"#index"``) for clouds.
+    ``id`` is the file path for files, the cloud's ``source`` for clouds (``"<source>#b"`` for
+    element b of a batched cloud), else ``"#index"``.
     """
 
     index: int
@@ -59,9 +60,11 @@ def expand_inputs(inputs: GaussianInput | Iterable[GaussianInput]) -> list[Input
         items.append(InputItem(len(items), id_, item))
 
     for entry in inputs:
-        if isinstance(entry, GaussianCloud):
-            for cloud in entry.unbind() if entry.batch_shape else [entry]:
-                add(cloud.to("cpu"), cloud.source or f"#{len(items)}")
+        if isinstance(entry, GaussianCloud) and entry.batch_shape:
+            for b, cloud in enumerate(entry.unbind()):  # the elements share the batch's source
+                add(cloud.to("cpu"), f"{entry.source}#{b}" if entry.source else f"#{len(items)}")
+        elif isinstance(entry, GaussianCloud):
+            add(entry.to("cpu"), entry.source or f"#{len(items)}")
         elif isinstance(entry, (str, os.PathLike)) and Path(entry).is_dir():
             for path in find_gaussian_files(entry):
                 add(path, str(path))

@@ -129,8 +129,9 @@ def harmless_globals() -> list:
     """Non-tensor types that DeepSpeed checkpoints and training scripts' client state hold, and
     that ``torch.load(weights_only=True)`` refuses by default, but whose unpickling runs no code
     of the file's choosing: ``argparse.Namespace`` (an attribute bag, e.g. saved ``args``), NumPy
-    scalars and their dtypes (e.g. a best accuracy as ``numpy.float64``). NumPy arrays are not
-    included (object arrays can carry arbitrary pickles)."""
+    scalars and their dtypes (e.g. a best accuracy as ``numpy.float64``), under NumPy 2's names
+    and under the ``numpy.core`` names that files pickled with NumPy 1.x carry. NumPy arrays are
+    not included (object arrays can carry arbitrary pickles)."""
     import argparse
 
     allowed: list = [argparse.Namespace]
@@ -139,18 +140,20 @@ def harmless_globals() -> list:
     except ImportError:  # pragma: no cover - numpy is a dependency
         return allowed
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
-    allowed += [multiarray.scalar, np.dtype]
+    allowed += [multiarray.scalar, np.dtype, (multiarray.scalar, "numpy.core.multiarray.scalar")]
     allowed += [type(np.dtype(name)) for name in ("bool", "int32", "int64", "float16", "float32", "float64")]
     return allowed
 
 
 def _resolve_global(name: str | object) -> object:
-    """``"package.module.Name"`` -> the object (imports the module; only for names a user trusts)."""
+    """``"package.module.Name"`` -> ``(the object, that name)`` (imports the module; only for names
+    a user trusts). Registering the name too lets a file refer to the object under an alias
+    (e.g. ``numpy.core`` names that now live in ``numpy._core``)."""
     if not isinstance(name, str):
         return name
     module, _, attr = name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module), attr), name
     except (ImportError, AttributeError, ValueError) as exc:
         raise CheckpointError(f"trusted global {name!r} cannot be imported: {exc}") from exc
 
@@ -201,7 +204,10 @@ def _unsafe_globals(path: Path, allowed: Sequence[object]) -> list[str]:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:
         return []
-    allowed_names = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}" for g in allowed}
+    allowed_names = {
+        g[1] if isinstance(g, tuple) else f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', '')}"
+        for g in allowed
+    }
     return sorted(n for n in names if n not in allowed_names)
 
 
