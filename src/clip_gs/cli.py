@@ -3,6 +3,7 @@
 Subcommands:
     clip-gs info FILE                       count, SH degree, bounds, attribute statistics
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
+    clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback.
@@ -127,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--background", type=parse_background, default="white", help="white, black, grey or r,g,b in [0, 1]"
     )
     render.set_defaults(func=cmd_render)
+
+    from clip_gs.teachers.cli import add_teacher_parser  # clip-gs teacher build / eval
+
+    add_teacher_parser(sub)
     return parser
 
 
