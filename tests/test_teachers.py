@@ -111,6 +111,14 @@ def test_frozen_no_gradients_parameters_unchanged(tiny_teacher):
     assert not tiny_teacher.model.training
 
 
+def test_teacher_targets_work_in_a_student_loss(tiny_teacher):
+    target = tiny_teacher.encode_text(["a red cube", "a mug"])  # what a CLIP-GS student is aligned to
+    student = torch.nn.Linear(4, 32)
+    loss = -(torch.nn.functional.normalize(student(torch.randn(2, 4)), dim=-1) * target).sum()
+    loss.backward()  # teacher outputs are ordinary tensors (no_grad, not inference tensors)
+    assert student.weight.grad is not None and student.weight.grad.abs().sum() > 0
+
+
 def test_uint8_hwc_and_float_chw_agree(tiny_teacher):
     images = _images(4, size=48, seed=2)
     as_float = images.permute(0, 3, 1, 2).float() / 255.0
@@ -294,8 +302,10 @@ def test_offline_teacher_loads_without_network(offline_teacher):
     assert offline_teacher.embed_dim == 256 and offline_teacher.image_size == 64
     assert offline_teacher.tokenizer.__class__.__name__ == "SimpleTokenizer"  # open_clip's CLIP BPE tokenizer
     assert all(not p.requires_grad for p in offline_teacher.parameters())
-    wheel_size = sum(p.stat().st_size for p in [__import__("clip_gs.teachers.synthetic", fromlist=["x"]).WEIGHTS_PATH])
-    assert wheel_size < 8 * 2**20
+    from clip_gs.teachers.synthetic import WEIGHTS_PATH
+
+    assert WEIGHTS_PATH.stat().st_size < 8 * 2**20  # small enough to ship in the wheel
+    torch.testing.assert_close(offline_teacher.encode_text(["a red cube"]).norm(dim=-1), torch.ones(1))
 
 
 def test_offline_teacher_quality_bars(offline_teacher):
@@ -321,6 +331,22 @@ def test_offline_teacher_quality_is_not_free(tiny_teacher):
 
     assert zero_shot_accuracy(tiny_teacher, per_class=2)["top1"] < 0.5
     assert caption_retrieval(tiny_teacher, num_objects=26)["r1"] < 0.3
+
+
+def test_eval_command_prints_the_three_numbers(tiny_configs, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from clip_gs.cli import main
+
+    torch.manual_seed(5)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(TINY).state_dict().items()}, str(path))
+    code = main(["teacher", "eval", "--teacher", f"{TINY}@{path}", "--per-class", "1", "--objects", "13",
+                 "--per-colour", "1", "--json"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["zero_shot"]["n"] == 13 and result["retrieval"]["n"] == 13
+    assert result["colour"]["pairs"] == 12 * 11 and 0.0 <= result["colour"]["pair_accuracy"] <= 1.0
+    assert result["teacher"].startswith(f"file:{TINY}@sha256:")
 
 
 # ---------------------------------------------------------------------------- the build command

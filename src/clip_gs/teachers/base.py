@@ -10,7 +10,7 @@ A :class:`Teacher` wraps a contrastive image-text model and only ever runs it fo
   pretrained tag or file checksum), so shards, checkpoints and model cards can record which teacher
   made their embeddings; :func:`check_same_teacher` refuses to mix two of them;
 - frozen: the wrapped model is in eval mode with ``requires_grad=False`` everywhere and is run under
-  :func:`torch.inference_mode`; a Teacher is deliberately *not* an ``nn.Module``, so an enclosing
+  :func:`torch.no_grad` (outputs are plain tensors a student loss can use); a Teacher is deliberately *not* an ``nn.Module``, so an enclosing
   LightningModule or optimizer never sees (or trains, or switches to train mode) its parameters;
 - batched internally (``batch_size``) and, on CUDA, in fp16 / bf16 autocast when asked (``precision``).
 
@@ -209,7 +209,7 @@ class Teacher:
         if not texts:
             return torch.empty(0, self.embed_dim, device=self.device)
         out = []
-        with torch.inference_mode(), self._autocast():
+        with torch.no_grad(), self._autocast():
             for start in range(0, len(texts), self.batch_size):
                 tokens = self.tokenize(texts[start : start + self.batch_size]).to(self.device)
                 out.append(self.model.encode_text(tokens).float())
@@ -266,14 +266,15 @@ class Teacher:
         Returns:
             ``[B, E]`` float32, unit norm, on the teacher's device.
         """
-        n = images.shape[0] if getattr(images, "ndim", 0) == 4 else 1
+        x = images if isinstance(images, Tensor) else torch.as_tensor(np.asarray(images))
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
         out = []
-        with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                part = images[start : start + self.batch_size] if n > 1 or getattr(images, "ndim", 0) == 4 else images
-                x = self.preprocess(part)
+        with torch.no_grad():
+            for start in range(0, x.shape[0], self.batch_size):
+                pixels = self.preprocess(x[start : start + self.batch_size])
                 with self._autocast():
-                    out.append(self.model.encode_image(x).float())
+                    out.append(self.model.encode_image(pixels).float())
         if not out:
             return torch.empty(0, self.embed_dim, device=self.device)
         return F.normalize(torch.cat(out), dim=-1)

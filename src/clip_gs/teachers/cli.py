@@ -20,8 +20,11 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: ~35 min)")
     build.add_argument("--seed", type=int, required=True, help="build seed, 0..99 (the shipped file: 0)")
     build.add_argument("--out", required=True, help="output .safetensors (a .json build record goes next to it)")
-    build.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-    build.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step")
+    build.add_argument("--steps", type=int, default=1200, help="optimiser steps")
+    build.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step (main batch)")
+    build.add_argument("--group-size", type=int, default=16, help="main batch: groups of objects sharing a colour")
+    build.add_argument("--class-groups", type=int, default=4, help="extra one-object-per-class groups per step")
+    build.add_argument("--gray-prob", type=float, default=0.2, help="probability of a greyscale, colour-free view")
     build.add_argument("--objects-per-class", type=int, default=200, help="training objects per class")
     build.add_argument("--views", type=int, default=4, help="rendered views per object")
     build.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
@@ -49,6 +52,7 @@ def run_build(args: argparse.Namespace) -> int:
         args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, per_class=args.objects_per_class,
         views=args.views, lr=args.lr, warmup=args.warmup, workers=args.workers, threads=args.threads,
         cache=False if args.no_cache else None, progress=not args.quiet, checkpoint_every=args.checkpoint_every,
+        group_size=args.group_size, class_groups=args.class_groups, gray_prob=args.gray_prob,
     )  # fmt: skip
     k = max(1, len(result.losses) // 10)
     first, last = sum(result.losses[:k]) / k, sum(result.losses[-k:]) / k

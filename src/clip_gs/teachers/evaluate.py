@@ -86,7 +86,6 @@ def colour_ranking(teacher, per_colour: int = 3, shape: str = "cube", pattern: s
         ``{"pair_accuracy": float, "pairs": int, "per_colour": {colour: accuracy}}``.
     """
     from clip_gs.data.synthetic import PALETTE, SHAPE_NOUNS
-
     from clip_gs.teachers.views import render_object
 
     colours = list(PALETTE)
@@ -130,8 +129,8 @@ def format_report(result: dict) -> str:
     worst = sorted(zs["per_class"].items(), key=lambda kv: kv[1])[:3]
     return "\n".join([
         f"teacher:    {result['teacher']}",
-        f"zero-shot:  top-1 {zs['top1']:.1%} over {zs['n']} fresh objects, 13 classes, {len(TEMPLATES)} templates "
-        f"(weakest: {', '.join(f'{c} {a:.0%}' for c, a in worst)})",
+        (f"zero-shot:  top-1 {zs['top1']:.1%} over {zs['n']} fresh objects, 13 classes, {len(TEMPLATES)} templates "
+         f"(weakest: {', '.join(f'{c} {a:.0%}' for c, a in worst)})"),
         f"retrieval:  caption->image R@1 {rt['r1']:.1%}, R@5 {rt['r5']:.1%} among {rt['n']} fresh objects",
         f"colour:     'a <colour> cube' ranks its colour first in {co['pair_accuracy']:.1%} of {co['pairs']} pairs",
         f"time:       {result['seconds']} s",

@@ -87,7 +87,7 @@ def _bare_name_help(name: str) -> str:
         import open_clip
 
         tags = open_clip.list_pretrained_tags_by_model(name)
-    except Exception:  # pragma: no cover - open_clip is a dependency
+    except Exception:  # noqa: BLE001 - only used to improve an error message
         tags = []
     return f"add a tag ({', '.join(f'{name}/{t}' for t in tags[:6])})" if tags else "add a tag or a file"
 

@@ -251,14 +251,14 @@ class OpenCLIPTeacher(Teacher):
             for name in [*names, filename]:
                 try:
                     return hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=offline)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any Hub / network failure means "unavailable"
                     tried.append(f"hf://{repo}/{name} ({type(exc).__name__})")
         elif tag_cfg.get("url"):
             url = tag_cfg["url"]
             if not offline:
                 try:
                     return open_clip.download_pretrained_from_url(url, cache_dir=cache_dir)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any Hub / network failure means "unavailable"
                     tried.append(f"{url} ({type(exc).__name__}: {exc})")
             else:
                 tried.append(f"{url} (offline)")
@@ -286,7 +286,7 @@ class OpenCLIPTeacher(Teacher):
             try:
                 hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=offline)
                 return str(Path(config).parent)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any Hub / network failure means "unavailable"
                 errors.append(f"{name} ({type(exc).__name__})")
         raise WeightsUnavailableError(
             f"open_clip teacher hf-hub:{repo}: no weights file available ({', '.join(errors)}"
