@@ -366,3 +366,15 @@ def test_build_command_few_steps_loss_goes_down(tmp_path, capsys):
     assert "loss" in capsys.readouterr().out
     teacher = load_teacher(f"{OFFLINE_TEACHER}@{out}")  # the built file loads as a teacher
     assert teacher.encode_text(["a red cube"]).shape == (1, 256)
+
+
+def test_build_is_reproducible_from_its_seed(tmp_path):
+    from clip_gs.teachers.build import build_offline_teacher
+
+    kwargs = dict(steps=3, batch_size=13, per_class=1, views=1, workers=1, warmup=1, cache=tmp_path, progress=False,
+                  log_every=0, threads=1)  # fmt: skip
+    a = build_offline_teacher(tmp_path / "a.safetensors", seed=1, **kwargs)
+    b = build_offline_teacher(tmp_path / "b.safetensors", seed=1, **kwargs)
+    c = build_offline_teacher(tmp_path / "c.safetensors", seed=2, **kwargs)
+    assert a.record["checksum"] == b.record["checksum"] and a.losses == b.losses
+    assert c.record["checksum"] != a.record["checksum"]

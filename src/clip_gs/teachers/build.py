@@ -65,6 +65,9 @@ CAPTION_FORMS: dict[str, float] = {
 GRAY_CAPTION_FORMS: dict[str, float] = {"class": 0.6, "pattern_class": 0.3, "pattern": 0.1}
 """Caption forms for views turned to greyscale (no colour words: only shape and pattern can match)."""
 
+METADATA_KEY = "clip_gs_build"
+"""The safetensors metadata key holding the build facts (a JSON object)."""
+
 TEMPLATE_PROBABILITY = 0.5
 """Probability that a caption is put inside a prompt template (else "a <phrase>")."""
 
@@ -208,7 +211,7 @@ def save_teacher_weights(model: torch.nn.Module, path: Path, seen_tokens: torch.
     Args:
         seen_tokens: ``bool [vocab]``, the token ids that occurred in training (other rows are dropped;
             they load as zeros).
-        metadata: string-valued safetensors metadata.
+        metadata: build facts, stored as one JSON string under :data:`METADATA_KEY`.
     """
     from safetensors.torch import save_file
 
@@ -223,10 +226,12 @@ def save_teacher_weights(model: torch.nn.Module, path: Path, seen_tokens: torch.
     state[f"{key}.shape"] = torch.tensor(list(emb.shape), dtype=torch.int64)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={k: str(v) for k, v in metadata.items()})
+    # one metadata key: safetensors writes a metadata map in hash order, so several keys would make
+    # the bytes (and the checksum in the teacher's identity) differ between identical builds
+    save_file(state, str(path), metadata={METADATA_KEY: json.dumps({k: str(v) for k, v in metadata.items()}, sort_keys=True)})
 
 
-def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, seed: int, batches: int = 30,
+def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, seed: int, batches: int | None = None,
                           batch_size: int = 128, gray_prob: float = 0.2) -> None:  # fmt: skip
     """Re-estimate every BatchNorm's running mean / variance of ``model``'s image tower.
 
@@ -238,12 +243,15 @@ def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, seed: in
 
     Args:
         images: ``uint8 [N, V, S, S, 3]`` training views.
+        batches: number of batches (default: enough to see every view about once, between 2 and 30).
     """
     import open_clip
 
     norms = [m for m in model.visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
+    if batches is None:
+        batches = min(30, max(2, math.ceil(images.shape[0] * images.shape[1] / batch_size)))
     gen = torch.Generator().manual_seed(seed * 1_000 + 2)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -285,6 +293,7 @@ def recalibrate_teacher_file(path: str | Path, images: torch.Tensor, seed: int, 
         metadata = dict(fh.metadata() or {})
         key = next(k for k in fh.keys() if k.endswith("token_embedding.weight.ids"))  # noqa: SIM118 - safe_open has no __iter__
         ids = fh.get_tensor(key).long()
+    metadata = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else metadata
     model = OpenCLIPTeacher._create(open_clip, ARCHITECTURE, None)  # quiet about the random init it overwrites
     OpenCLIPTeacher.load_weights(model, path)
     recalibrate_batchnorm(model, images, seed, gray_prob=gray_prob)
@@ -343,14 +352,6 @@ def build_offline_teacher(
     Raises:
         ConfigError: invalid arguments.
     """
-    import open_clip
-    from open_clip.loss import ClipLoss
-    from tqdm.auto import tqdm
-
-    from clip_gs.teachers.open_clip_teacher import file_checksum
-    from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
-    from clip_gs.teachers.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
-
     for name, value in (("steps", steps), ("batch_size", batch_size), ("per_class", per_class), ("views", views)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"teacher build: {name} must be a positive int, got {value!r}")
@@ -359,8 +360,26 @@ def build_offline_teacher(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"teacher build: output {out} must end in .safetensors")
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
+                      log_every, checkpoint_every, group_size, gray_prob, class_groups)  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
+           log_every, checkpoint_every, group_size, gray_prob, class_groups) -> BuildResult:  # fmt: skip
+    import open_clip
+    from open_clip.loss import ClipLoss
+    from tqdm.auto import tqdm
+
+    from clip_gs.teachers.open_clip_teacher import file_checksum
+    from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
+    from clip_gs.teachers.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
+
     warmup = max(1, round(0.05 * steps)) if warmup is None else warmup
 
     register_architecture()
