@@ -4,6 +4,7 @@ Subcommands:
     clip-gs info FILE                       count, SH degree, bounds, attribute statistics
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
+    clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
@@ -170,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--overwrite", action="store_true", help="discard records of an earlier run")
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=cmd_prepare)
+
+    from clip_gs.teachers.cli import add_teacher_parser  # clip-gs teacher build / eval
+
+    add_teacher_parser(sub)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""``load_teacher(spec)``: one string names any teacher, in code, configs and on the command line.
+
+Spec strings (the same for ``load_teacher``, config files and ``--teacher SPEC``):
+
+==================================  =====================================================================
+``synthetic-clip``                  the offline teacher shipped with the package (:data:`OFFLINE_TEACHER`)
+``NAME/TAG``                        open_clip architecture + pretrained tag, e.g.
+                                    ``EVA02-E-14-plus/laion2b_s9b_b144k`` (the paper's, the default of
+                                    ``CLIPGSConfig``) or ``ViT-B-32/laion2b_s34b_b79k``
+``hf-hub:ORG/NAME``                 an open_clip model repo on the Hugging Face Hub
+``NAME@/path/to/file``              a local checkpoint file for architecture ``NAME`` (``.safetensors``,
+                                    or ``.pt`` / ``.bin`` read with ``torch.load(weights_only=True)``),
+                                    e.g. ``EVA02-E-14-plus@/data/open_clip_pytorch_model.bin`` or
+                                    ``synthetic-clip@/tmp/rebuilt.safetensors``
+==================================  =====================================================================
+
+``NAME/TAG`` also accepts a file path as ``TAG`` (open_clip's own ``pretrained=`` convention), so
+``ViT-B-32//abs/file.pt`` works, but ``NAME@FILE`` is the documented form for files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clip_gs.errors import ConfigError
+from clip_gs.teachers.base import Teacher
+
+OFFLINE_TEACHER = "synthetic-clip"
+"""Spec string of the offline teacher (see :mod:`clip_gs.teachers.synthetic`)."""
+
+DEFAULT_TEACHER = "EVA02-E-14-plus/laion2b_s9b_b144k"
+"""The paper's teacher (needs the Hub or a local file)."""
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A parsed spec string.
+
+    Attributes:
+        kind: ``"offline"``, ``"open_clip"`` (name + tag), ``"hf-hub"`` or ``"file"``.
+        model: architecture name or hub id.
+        pretrained: tag or file path (``""`` for offline / hub).
+    """
+
+    kind: str
+    model: str
+    pretrained: str = ""
+
+
+def parse_teacher_spec(spec: str) -> TeacherSpec:
+    """Parse a spec string without loading anything (see the module docstring for the forms).
+
+    Raises:
+        ConfigError: empty or malformed spec (the message lists the accepted forms).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"teacher spec must be a non-empty string, got {spec!r}; {_FORMS}")
+    spec = spec.strip()
+    if spec == OFFLINE_TEACHER:
+        return TeacherSpec("offline", OFFLINE_TEACHER)
+    if spec.startswith("hf-hub:"):
+        repo = spec[len("hf-hub:"):]
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ConfigError(f"teacher spec {spec!r}: hf-hub ids look like hf-hub:ORG/NAME; {_FORMS}")
+        return TeacherSpec("hf-hub", spec)
+    if "@" in spec:
+        name, path = spec.split("@", 1)
+        if not name or not path:
+            raise ConfigError(f"teacher spec {spec!r}: expected NAME@/path/to/file; {_FORMS}")
+        return TeacherSpec("file", name, path)
+    if "/" in spec:
+        name, tag = spec.split("/", 1)
+        if not name or not tag:
+            raise ConfigError(f"teacher spec {spec!r}: expected NAME/TAG; {_FORMS}")
+        return TeacherSpec("open_clip", name, tag)
+    raise ConfigError(f"teacher spec {spec!r} names no weights: {_bare_name_help(spec)}; {_FORMS}")
+
+
+_FORMS = (
+    f"accepted forms: '{OFFLINE_TEACHER}' (offline), 'NAME/TAG' (open_clip, e.g. '{DEFAULT_TEACHER}'), "
+    "'hf-hub:ORG/NAME', 'NAME@/path/to/checkpoint'"
+)
+
+
+def _bare_name_help(name: str) -> str:
+    try:
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(name)
+    except Exception:  # noqa: BLE001 - only used to improve an error message
+        tags = []
+    return f"add a tag ({', '.join(f'{name}/{t}' for t in tags[:6])})" if tags else "add a tag or a file"
+
+
+def load_teacher(spec: str | Teacher, **kwargs) -> Teacher:
+    """Build the teacher a spec string names (a :class:`Teacher` passes through unchanged).
+
+    Args:
+        spec: see the module docstring.
+        **kwargs: ``batch_size``, ``device``, ``precision`` (and ``cache_dir`` for Hub teachers).
+
+    Raises:
+        ConfigError: malformed spec, unknown architecture or tag.
+        WeightsUnavailableError: weights not available offline (the message says how to pass a file).
+        CheckpointError: a local file that is unreadable or does not fit the architecture.
+    """
+    if isinstance(spec, Teacher):
+        return spec
+    parsed = parse_teacher_spec(spec)
+    from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher
+    from clip_gs.teachers.synthetic import ARCHITECTURE, SyntheticCLIPTeacher, register_architecture
+
+    if parsed.kind == "offline":
+        return SyntheticCLIPTeacher(**kwargs)
+    if parsed.kind == "hf-hub":
+        return OpenCLIPTeacher(parsed.model, None, **kwargs)
+    if parsed.model == ARCHITECTURE:
+        if parsed.kind == "file":
+            return SyntheticCLIPTeacher(parsed.pretrained, **kwargs)
+        register_architecture()
+    if parsed.kind == "file":
+        from pathlib import Path
+
+        if not Path(parsed.pretrained).is_file():
+            raise ConfigError(f"teacher spec {spec!r}: checkpoint file {parsed.pretrained} does not exist")
+    return OpenCLIPTeacher(parsed.model, parsed.pretrained, **kwargs)
+
+
+__all__ = ["DEFAULT_TEACHER", "OFFLINE_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec"]

@@ -1,0 +1,141 @@
+"""Prompt ensembles and label sets for zero-shot classification with a teacher.
+
+:data:`TEMPLATES` are this project's own templates for rendered 3D objects; each holds one ``{}``
+for a noun phrase. :func:`fill_template` puts "an" instead of "a" before a vowel sound, so
+``"a 3D model of a {}."`` with ``"L-shaped block"`` reads "a 3D model of an L-shaped block.".
+
+:func:`zero_shot_weights` builds the classifier: every template filled with every class name is
+encoded, normalised, averaged over templates and renormalised, giving ``[C, E]`` class embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from clip_gs.errors import ConfigError
+
+TEMPLATES: tuple[str, ...] = (
+    "a 3D model of a {}.",
+    "a rendering of a {}.",
+    "a 3D render of the {}.",
+    "a computer graphics image of a {}.",
+    "a small {} floating in empty space.",
+    "a {} on a white background.",
+    "a close-up render of a {}.",
+    "a digital 3D object: a {}.",
+    "a low-resolution render of a {}.",
+    "a view of a {} seen from an angle.",
+    "the shape of a {}.",
+    "a 3D scan of a {}.",
+)
+"""Twelve prompt templates for 3D objects (one ``{}`` each)."""
+
+_VOWEL_SOUND = re.compile(r"^(?:[aeiouAEIOU]|[FHLMNRSX](?:-|\b))")
+
+
+def article(phrase: str) -> str:
+    """``"an"`` before a vowel sound (``"orange"``, ``"L-shaped"``), else ``"a"``."""
+    return "an" if _VOWEL_SOUND.match(phrase) else "a"
+
+
+def fill_template(template: str, phrase: str) -> str:
+    """Put ``phrase`` into ``template``, fixing a preceding "a" to "an" where needed.
+
+    Raises:
+        ConfigError: the template has no ``{}``.
+    """
+    if "{}" not in template:
+        raise ConfigError(f"prompt template {template!r} has no '{{}}' placeholder")
+    if article(phrase) == "an":
+        template = re.sub(r"\b([Aa]) \{\}", lambda m: ("An" if m.group(1) == "A" else "an") + " {}", template)
+    return template.replace("{}", phrase)
+
+
+def load_label_set(source: str | Path | Sequence[str]) -> list[str]:
+    """Class names from a list or a file.
+
+    Args:
+        source: a sequence of names; or a path to a ``.json`` file (a list of names) or a text file
+            (one name per line; blank lines and lines starting with ``#`` are skipped).
+
+    Returns:
+        The names, stripped, in order.
+
+    Raises:
+        ConfigError: missing file, empty set, non-string or duplicate names.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"label set file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"label set {path}: invalid JSON ({exc})") from exc
+            if not isinstance(names, list):
+                raise ConfigError(f"label set {path}: expected a JSON list of names, got {type(names).__name__}")
+        else:
+            names = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        where = str(path)
+    else:
+        names, where = list(source), "label set"
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: every class name must be a string")
+    names = [n.strip() for n in names]
+    if not names or not all(names):
+        raise ConfigError(f"{where}: empty label set or empty class name")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: duplicate class names {dupes}")
+    return names
+
+
+def synthetic_label_set() -> list[str]:
+    """The synthetic set's 13 class nouns, in label-index order (``"sphere"``, ..., ``"L-shaped block"``, ``"mug"``)."""
+    from clip_gs.data.synthetic import SHAPE_CLASSES, SHAPE_NOUNS
+
+    return [SHAPE_NOUNS[c] for c in SHAPE_CLASSES]
+
+
+def zero_shot_weights(teacher, class_names: Sequence[str] | str | Path, templates: Sequence[str] = TEMPLATES) -> Tensor:
+    """Zero-shot classifier weights ``[C, E]`` (unit norm, float32).
+
+    Each of the T templates is filled with each of the C class names; the ``C * T`` prompts are
+    encoded (batched by the teacher), the template embeddings of a class averaged and renormalised.
+
+    Args:
+        teacher: a :class:`~clip_gs.teachers.base.Teacher`.
+        class_names: names, or a label-set file (:func:`load_label_set`).
+        templates: prompt templates with one ``{}`` each.
+    """
+    names = load_label_set(class_names)
+    templates = list(templates)
+    if not templates:
+        raise ConfigError("zero_shot_weights needs at least one template")
+    prompts = [fill_template(t, n) for n in names for t in templates]
+    emb = teacher.encode_text(prompts).view(len(names), len(templates), -1)
+    return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)
+
+
+def zero_shot_classify(teacher, images, weights: Tensor) -> Tensor:
+    """Class scores ``[B, C]`` (cosine similarities) of images against :func:`zero_shot_weights`."""
+    return teacher.encode_images(images) @ weights.to(teacher.device).T
+
+
+__all__ = [
+    "TEMPLATES",
+    "article",
+    "fill_template",
+    "load_label_set",
+    "synthetic_label_set",
+    "zero_shot_classify",
+    "zero_shot_weights",
+]
