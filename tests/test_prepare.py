@@ -22,7 +22,6 @@ from clip_gs.data.prepare import (
 )
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import DatasetError
-from tests.conftest import real_data
 from tests.test_cloud import random_cloud
 
 
@@ -189,8 +188,8 @@ def test_cli_prepare_exit_status_says_whether_something_failed(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_real_meshes_and_real_splats_prepare(tmp_path):
-    root = real_data()
+def test_real_meshes_and_real_splats_prepare(tmp_path, real_data):
+    root = real_data
     meshes, splats = tmp_path / "meshes", tmp_path / "splats"
     for name in ("Duck.glb", "chair_model.obj", "teapot.stl"):
         (meshes / "trimesh").mkdir(parents=True, exist_ok=True)
