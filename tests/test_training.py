@@ -107,7 +107,7 @@ def test_a_few_dozen_steps_learn(dataset, tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
-    trainer = make_trainer(tmp_path, max_steps=36, callbacks=[Record()])
+    trainer = make_trainer(tmp_path, max_steps=18, callbacks=[Record()])
     trainer.fit(module, datamodule=dm)
     after = evaluate(module, dm, tmp_path)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -116,3 +116,172 @@ def test_a_few_dozen_steps_learn(dataset, tmp_path):
     assert after["val/zeroshot_top1"] >= 0.75 > before["val/zeroshot_top1"] + 0.2
     assert after["val/3d_to_text_r5"] >= 0.6 and after["val/text_to_3d_r5"] >= 0.6
     assert after["val/loss"] < before["val/loss"] - 0.5
+
+
+# ---------------------------------------------------------------------------- optimiser and schedule
+def tiny_module(**kw) -> CLIPGSModule:
+    return CLIPGSModule(**(TINY | kw))
+
+
+def test_param_groups_weight_decay_and_layer_decay():
+    module = tiny_module(config_overrides={"depth": 3})
+    groups = param_groups(module.model, lr=1e-3, weight_decay=0.1, layer_decay=0.5)
+    by_name = {name: g for g in groups for name in g["names"]}
+    assert set(by_name) == {n for n, _ in module.model.named_parameters()}  # every parameter, once
+    no_decay = {n for n, g in by_name.items() if g["weight_decay"] == 0.0}
+    for name in ("logit_scale", "encoder.cls_token", "encoder.cls_pos", "encoder.norm.weight", "encoder.head.bias",
+                 "encoder.blocks.0.norm1.weight", "encoder.blocks.0.attn.q_bias",
+                 "encoder.tokenizer.gaussian_encoder.order_scale", "encoder.tokenizer.gaussian_encoder.order_shift"):
+        assert name in no_decay, name
+    for name in ("encoder.head.weight", "encoder.blocks.1.mlp.fc1.weight", "encoder.pos_embed.0.weight"):
+        assert by_name[name]["weight_decay"] == 0.1, name
+    # depth 3: tokenizer / embeddings layer 0 -> 0.5^4, block i -> 0.5^(3 - i), head / norm / logit scale -> 1
+    expected = {"encoder.tokenizer.point_proj.weight": 0.5**4, "encoder.cls_token": 0.5**4, "encoder.pos_embed.2.bias": 0.5**4,
+                "encoder.blocks.0.attn.proj.weight": 0.5**3, "encoder.blocks.2.mlp.fc2.weight": 0.5**1,
+                "encoder.norm.weight": 1.0, "encoder.head.weight": 1.0, "logit_scale": 1.0}  # fmt: skip
+    for name, scale in expected.items():
+        assert by_name[name]["lr_scale"] == pytest.approx(scale), name
+        assert by_name[name]["lr"] == pytest.approx(1e-3 * scale), name
+    assert layer_id("encoder.blocks.2.norm1.weight", 3) == 3 and layer_id("encoder.head.weight", 3) == 4
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 10, 110) == pytest.approx(0.1)
+    assert lr_factor(4, 10, 110) == pytest.approx(0.5)
+    assert lr_factor(9, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 110) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(110, 10, 110) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(500, 10, 110, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(35, 10, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    # the module's optimiser follows it, per group, per step
+    module = tiny_module(lr=1e-3, layer_decay=0.9, warmup_steps=4, total_steps=20)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step" and isinstance(optimizer, torch.optim.AdamW)
+    head = optimizer.param_groups[-1]
+    seen = []
+    for _ in range(12):
+        seen.append(head["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(1e-3 * 0.25) and seen[3] == pytest.approx(1e-3)
+    assert seen[11] == pytest.approx(1e-3 * lr_factor(11, 4, 20))
+    deepest = optimizer.param_groups[0]
+    assert deepest["lr"] == pytest.approx(1e-3 * 0.9**3 * lr_factor(12, 4, 20))  # depth 2: layer 0 -> 0.9^3
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_retrieval_recall_by_hand():
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    t = torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([True, True, True, False])
+    r = retrieval_recall(g, t, mask, ks=(1, 2))
+    # cosines g_i . t_j: g0 [.995, 1, 0]; g1 [.0995, 0, 1]; g2 [.774, .707, .707] (object 3 has no caption: left out)
+    # 3D->text ranks of the own caption: g0 1, g1 2, g2 2 (the tie at .707 counts against it)
+    assert r["3d_to_text_r1"].item() == pytest.approx(0.0)
+    assert r["3d_to_text_r2"].item() == pytest.approx(1 / 3)
+    # text->3D (columns): t0 [.995, .0995, .774] rank 0; t1 [1, 0, .707] rank 2; t2 [0, 1, .707] rank 1
+    assert r["text_to_3d_r1"].item() == pytest.approx(1 / 3)
+    assert r["text_to_3d_r2"].item() == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------------------- NaN stop
+def test_nan_loss_stops_with_the_step_and_ids(dataset, tmp_path):
+    module = tiny_module()
+    with torch.no_grad():
+        module.model.logit_scale.fill_(float("nan"))
+    trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    with pytest.raises(TrainingError, match=r"non-finite training loss nan .*global step 0 .*batch ids: \['obj-"):
+        trainer.fit(module, datamodule=make_dm(dataset, shuffle=False))
+
+
+# ---------------------------------------------------------------------------- export
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_fit_exports_the_best_checkpoint_as_a_hub_folder(dataset, tmp_path, capsys):
+    pl.seed_everything(1)
+    module = tiny_module(warmup_steps=1)
+    export = ExportBest(export_dir=str(tmp_path / "export"), dirpath=str(tmp_path / "ckpt"))
+    trainer = make_trainer(tmp_path, max_steps=3, enable_checkpointing=True, callbacks=[export])  # 1 epoch, 1 validation
+    trainer.fit(module, datamodule=make_dm(dataset))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    folder = tmp_path / "export"
+    assert lines[-1] == str(folder.resolve())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "teacher.json", "README.md", "curves.png", "metrics.json"]
+    )
+    assert export.best_model_path and "val/zeroshot_top1" in json.loads((folder / "metrics.json").read_text())["metrics"]
+    assert json.loads((folder / "teacher.json").read_text())["teacher"] == TEACHER
+    card = (folder / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "clip-gs" and "{{" not in card and "zeroshot_top1" in card
+    from PIL import Image
+
+    assert Image.open(folder / "curves.png").size[0] == 720
+    loaded = CLIPGS.from_pretrained(str(folder), local_files_only=True)
+    x = make_dm(dataset).val_dataloader()
+    dm = make_dm(dataset)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch.features), module(batch.features), atol=1e-5)
+    assert loaded.logit_scale.item() == pytest.approx(module.model.logit_scale.item())
+
+
+# ---------------------------------------------------------------------------- command line and configs
+def run_cli(*args, cwd=REPO, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    return subprocess.run([sys.executable, "-m", "clip_gs", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_fit_end_to_end(dataset, tmp_path):
+    config = {
+        "seed_everything": 3,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "logger": False, "enable_progress_bar": False,
+                    "enable_model_summary": False, "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path)},
+        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"} | {"warmup_steps": 1},
+        "data": {"root": str(dataset), "batch_size": 16, "num_workers": 0, "num_gaussians": N, "views_per_step": 3},
+        "export": {"export_dir": str(tmp_path / "export")},
+    }  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("fit", "--config", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = [line for line in result.stdout.splitlines() if line.strip()][-1]
+    assert last == str((tmp_path / "export").resolve())
+    assert CLIPGS.from_pretrained(last, local_files_only=True).config.num_gaussians == N
+
+
+@pytest.mark.parametrize("name", ["quickstart", "paper"])
+def test_print_config_of_the_examples(name, capsys):
+    from clip_gs.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "examples" / "configs" / f"{name}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert "num_gaussians" not in printed["model"] and printed["data"]["num_gaussians"] > 0  # linked from data
+    assert set(printed) >= {"trainer", "model", "data", "export", "seed_everything"}
+
+
+def test_paper_config_builds_without_downloading():
+    config = yaml.safe_load((REPO / "examples" / "configs" / "paper.yaml").read_text())
+    model_args = config["model"] | {"init": "random", "num_gaussians": config["data"]["num_gaussians"]}
+    module = CLIPGSModule(**model_args)
+    c = module.model.config
+    assert (c.name, c.num_gaussians, c.num_groups, c.group_size, c.embed_dim) == ("clip-gs-base", 10_000, 512, 64, 1024)
+    assert (c.drop_path_rate, c.patch_dropout) == (0.2, 0.5)
+    h = module.hparams
+    assert (h.lr, h.weight_decay, h.layer_decay, h.warmup_steps) == (1e-3, 0.1, 0.95, 10_000)
+    dm = GaussianDataModule(**config["data"])
+    assert dm.views_per_step == 5 and dm.batch_size == 48
+    t = config["trainer"]
+    assert (t["devices"], t["strategy"], t["precision"], t["gradient_clip_val"]) == (8, "ddp", "bf16-mixed", 5.0)
+    assert config["model"]["init"] == "uni3d"
