@@ -285,3 +285,83 @@ def test_paper_config_builds_without_downloading():
     t = config["trainer"]
     assert (t["devices"], t["strategy"], t["precision"], t["gradient_clip_val"]) == (8, "ddp", "bf16-mixed", 5.0)
     assert config["model"]["init"] == "uni3d"
+
+
+# ---------------------------------------------------------------------------- kill and resume
+class IdTrace(pl.Callback):
+    """Appends ``{"step", "ids"}`` per training batch to ``path`` (JSON lines, flushed), for the resume test."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(trainer.global_step), "ids": list(batch.ids)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def resume_config(tmp_path, name, dataset, max_steps) -> Path:
+    config = {
+        "seed_everything": 3,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+                    "default_root_dir": str(tmp_path / name),
+                    "callbacks": [{"class_path": "tests.test_training.IdTrace",
+                                   "init_args": {"path": str(tmp_path / f"{name}.jsonl")}},
+                                  {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / name / "ckpt"), "save_last": True,
+                                                 "save_top_k": 0, "every_n_train_steps": 1}}]},
+        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"} | {"warmup_steps": 2},
+        "data": {"root": str(dataset), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3,
+                 "seed": 5},
+        "export": {"export_dir": str(tmp_path / name / "export"), "dirpath": str(tmp_path / name / "best")},
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_trace(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_sees_every_id_once_and_ends_equal(dataset, tmp_path):
+    """A real ``clip-gs fit`` killed mid-epoch and resumed with ``--ckpt_path last`` repeats and skips no
+    id and ends with the metrics of an uninterrupted run (48 train objects, batch 8: 6 steps an epoch)."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{REPO}")
+    steps = 8  # one epoch and a third: the kill lands in the first epoch, validation after each epoch
+    whole = subprocess.run([sys.executable, "-m", "clip_gs", "fit", "--config", str(resume_config(tmp_path, "whole", dataset, steps))],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    cut_config = resume_config(tmp_path, "cut", dataset, steps)
+    proc = subprocess.Popen([sys.executable, "-m", "clip_gs", "fit", "--config", str(cut_config)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(entry["step"] >= 3 for entry in read_trace(tmp_path / "cut.jsonl")):
+            break  # step 3 has started: steps 0-2 are checkpointed, we are inside step 3's compute
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    last = tmp_path / "cut" / "ckpt" / "last.ckpt"
+    checkpointed = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 3 <= checkpointed < 6  # mid-epoch
+    killed_run = read_trace(tmp_path / "cut.jsonl")
+    before_kill = [e for e in killed_run if e["step"] < checkpointed]  # the steps the checkpoint holds
+    resumed = subprocess.run([sys.executable, "-m", "clip_gs", "fit", "--config", str(cut_config), "--ckpt_path", "last"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_trace(tmp_path / "cut.jsonl")[len(killed_run) :]  # what the resumed run saw
+    assert before_kill + after == read_trace(tmp_path / "whole.jsonl")  # same ids, same order, none repeated or skipped
+    a = json.loads((tmp_path / "whole" / "export" / "metrics.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "cut" / "export" / "metrics.json").read_text())["metrics"]
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key

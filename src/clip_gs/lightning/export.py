@@ -181,7 +181,10 @@ class ExportBest(ModelCheckpoint):
         monitor / mode: what "best" is (default ``val/zeroshot_top1``, ``max``). Without any
             validation, the final weights are exported.
         dirpath, filename, save_last, save_top_k, every_n_train_steps, every_n_epochs: as
-            ``ModelCheckpoint`` (e.g. ``save_last: true, every_n_train_steps: 100`` for resumable runs).
+            ``ModelCheckpoint``. For resumable step-interval checkpoints add a second, plain
+            ``ModelCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=...)`` under
+            ``trainer.callbacks``: Lightning defers a monitored checkpoint's step saves until the
+            monitored metric exists (after validation).
     """
 
     def __init__(
