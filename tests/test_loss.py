@@ -261,11 +261,12 @@ def test_fake_world_equals_single_process(local_loss, norm):
     """Two simulated ranks: loss values, label offsets and gradients equal the single-process run."""
     world = 2
     batch = list(random_batch(b=6, seed=11))
-    logit_scale = torch.tensor(2.3)
+    logit_scale = torch.tensor(2.3, requires_grad=True)
     loss = CLIPGSLoss(similarity_norm=norm, local_loss=local_loss)
     g_single = batch[0].clone().requires_grad_()
     single = loss(g_single, *batch[1:], logit_scale)
     single.loss.backward()
+    scale_grad, logit_scale.grad = logit_scale.grad.clone(), None
 
     g_all = batch[0].clone().requires_grad_()  # the features of all ranks, stacked in rank order
     b = g_all.shape[0] // world
@@ -295,6 +296,8 @@ def test_fake_world_equals_single_process(local_loss, norm):
         else:
             grads.append(torch.autograd.grad(v.loss, g_all, retain_graph=True)[0] * _row_mask(rank, b, g_all))
     assert torch.allclose(sum(grads), g_single.grad, atol=1e-6)
+    scale_grads = [torch.autograd.grad(v.loss, logit_scale, retain_graph=True)[0] for v in values]
+    assert sum(scale_grads).item() == pytest.approx(scale_grad.item(), rel=1e-5)  # the sum-over-ranks contract
 
 
 def _row_mask(rank, b, g_all):

@@ -365,3 +365,79 @@ def test_sigkill_and_resume_sees_every_id_once_and_ends_equal(dataset, tmp_path)
     assert a.keys() == b.keys() and a
     for key in a:
         assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+# ---------------------------------------------------------------------------- DDP equivalence
+def fake_batch(b: int, seed: int = 0):
+    from clip_gs.lightning import TripletBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    k = 3
+    text = F.normalize(torch.randn(b, E, generator=gen), dim=-1)
+    images = F.normalize(torch.randn(b, k, E, generator=gen), dim=-1)
+    image_mask = torch.ones(b, k, dtype=torch.bool)
+    image_mask[1, 2] = False
+    text_mask = torch.ones(b, dtype=torch.bool)
+    text_mask[2] = False
+    similarity = torch.where(image_mask, (text[:, None] * images).sum(-1), torch.zeros(()))
+    return TripletBatch(
+        features=torch.randn(b, N, 19, generator=gen), text=text, text_mask=text_mask, images=images,
+        image_mask=image_mask, similarity=similarity, labels=torch.zeros(b, dtype=torch.long),
+        indices=torch.arange(b), ids=[f"obj-{i}" for i in range(b)],
+    )  # fmt: skip
+
+
+def shard(batch, rank: int, world: int):
+    from clip_gs.lightning import TripletBatch
+
+    b = len(batch) // world
+    pick = slice(rank * b, (rank + 1) * b)
+    return TripletBatch(**{f: (getattr(batch, f)[pick]) for f in
+                           ("features", "text", "text_mask", "images", "image_mask", "similarity", "labels", "indices", "ids")})
+
+
+def _ddp_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for local_loss in (False, True):
+            torch.manual_seed(0)
+            module = tiny_module(local_loss=local_loss)
+            module.model.eval()  # BatchNorm on batch statistics would differ per shard (see the report)
+            ddp = torch.nn.parallel.DistributedDataParallel(module.model)
+            part = shard(fake_batch(8), rank, world)
+            result = module.compute_loss(part, ddp(part.features), rank=rank, world_size=world)
+            (result.loss * world).backward()  # what training_step returns; DDP averages the gradients
+            grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+            out[(rank, local_loss)] = (result.loss.item(), grads)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_a_single_process():
+    """2-process gloo DDP on a global batch of 8 (both loss modes): the loss and every parameter
+    gradient (encoder and logit scale) equal one process's on the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    module = tiny_module()
+    module.model.eval()
+    batch = fake_batch(8)
+    single = module.compute_loss(batch, module(batch.features))
+    single.loss.backward()
+    for local_loss in (False, True):
+        losses = [out[(r, local_loss)][0] for r in range(2)]
+        assert (sum(losses) if local_loss else losses[0]) == pytest.approx(single.loss.item(), rel=1e-5)
+        for name, p in module.model.named_parameters():
+            for r in range(2):
+                assert torch.allclose(out[(r, local_loss)][1][name], p.grad, rtol=1e-4, atol=1e-6), (name, r, local_loss)

@@ -244,9 +244,14 @@ class CLIPGSModule(LightningModule):
         """``features [B, N, 19]`` -> ``[B, embed_dim]`` unit vectors (the module path)."""
         return self.model(features)
 
-    def compute_loss(self, batch: TripletBatch, embeddings: Tensor) -> LossOutput:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.trainer.global_rank if self._trainer is not None else 0
+    def compute_loss(
+        self, batch: TripletBatch, embeddings: Tensor, rank: int | None = None, world_size: int | None = None
+    ) -> LossOutput:
+        """The loss of ``embeddings [B, E]`` (this rank's) against the batch's targets; ``rank`` /
+        ``world_size`` default to the trainer's (0 / 1 without one)."""
+        attached = self._trainer is not None
+        world = world_size if world_size is not None else (self.trainer.world_size if attached else 1)
+        rank = rank if rank is not None else (self.trainer.global_rank if attached else 0)
         return self.loss(
             embeddings, batch.text, batch.text_mask, batch.images, batch.image_mask, batch.similarity,
             self.model.logit_scale, rank=rank, world_size=world,

@@ -43,9 +43,12 @@ positives of this rank's rows are at columns ``rank * B + i`` (the label offset)
   rows: ``[B, R * B]`` logits instead of ``[R * B, R * B]``. The returned loss is this rank's
   share; the shares sum to the global loss.
 
-In both modes, DDP's gradient *average* over ranks divides by ``R``: multiply the loss by
-``world_size`` before ``backward`` to get exactly the single-process gradient of the global batch
-(:class:`~clip_gs.lightning.CLIPGSModule` does).
+Contract in both modes: the gradients of the ranks' returned losses *sum* to the gradient of the
+global-batch loss, for the features and for ``logit_scale`` (in the default mode every rank
+computes the whole loss, so the scale's gradient is divided by ``R`` on each rank; the value is
+not). DDP *averages* gradients over ranks, so multiply the loss by ``world_size`` before
+``backward`` to get exactly the single-process gradient of the global batch
+(:class:`~clip_gs.lightning.CLIPGSModule` does; tested with 2 gloo processes).
 """
 
 from __future__ import annotations
@@ -231,6 +234,10 @@ class CLIPGSLoss(nn.Module):
         t_mask, im_mask = t_mask.bool(), im_mask.bool()
         weights = voting_weights(sim, im_mask, self.similarity_norm, self.similarity_temperature)
         scale = logit_scale_value(logit_scale, self.max_logit_scale)
+        if world_size > 1 and not self.local_loss:
+            # every rank computes the whole loss: 1/R of the scale's gradient per rank keeps the
+            # sum-over-ranks contract (module docstring); the value is unchanged
+            scale = scale.detach() + (scale - scale.detach()) / world_size
 
         if world_size > 1:
             if gather is None:
