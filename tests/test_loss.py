@@ -336,7 +336,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gloo_worker(rank, world, port, local_loss, out):
+def _gloo_worker(rank, world, port, out):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -345,31 +345,36 @@ def _gloo_worker(rank, world, port, local_loss, out):
         batch = list(random_batch(b=6, seed=13))
         b = 6 // world
         shard = [x[rank * b : (rank + 1) * b] for x in batch]
-        g = shard[0].clone().requires_grad_()
-        result = CLIPGSLoss(local_loss=local_loss)(g, *shard[1:], torch.tensor(2.0), rank=rank, world_size=world)
-        result.loss.backward()
-        out[rank] = (result.loss.item(), g.grad.clone())
+        for local_loss in (False, True):
+            g = shard[0].clone().requires_grad_()
+            logit_scale = torch.tensor(2.0, requires_grad=True)
+            result = CLIPGSLoss(local_loss=local_loss)(g, *shard[1:], logit_scale, rank=rank, world_size=world)
+            result.loss.backward()
+            out[(rank, local_loss)] = (result.loss.item(), g.grad.clone(), logit_scale.grad.item())
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("local_loss", [False, True])
-def test_real_gloo_two_processes(local_loss):
+def test_real_gloo_two_processes():
+    """torch.distributed gathers (plain and differentiable): values, feature gradients and the
+    logit scale's sum-over-ranks gradient equal the single-process ones."""
     import torch.multiprocessing as mp
 
     world = 2
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_gloo_worker, args=(world, _free_port(), local_loss, out), nprocs=world, join=True)
+    out = mp.Manager().dict()
+    mp.spawn(_gloo_worker, args=(world, _free_port(), out), nprocs=world, join=True)
     batch = list(random_batch(b=6, seed=13))
     g = batch[0].clone().requires_grad_()
-    single = CLIPGSLoss()(g, *batch[1:], torch.tensor(2.0))
+    logit_scale = torch.tensor(2.0, requires_grad=True)
+    single = CLIPGSLoss()(g, *batch[1:], logit_scale)
     single.loss.backward()
-    values = [out[r][0] for r in range(world)]
-    if local_loss:
-        assert sum(values) == pytest.approx(single.loss.item(), rel=1e-6)
-    else:
-        assert values == pytest.approx([single.loss.item()] * world, rel=1e-6)
-    grad = torch.cat([out[r][1] for r in range(world)])
-    assert torch.allclose(grad, g.grad, atol=1e-6)
+    for local_loss in (False, True):
+        values = [out[(r, local_loss)][0] for r in range(world)]
+        if local_loss:
+            assert sum(values) == pytest.approx(single.loss.item(), rel=1e-6)
+        else:
+            assert values == pytest.approx([single.loss.item()] * world, rel=1e-6)
+        grad = torch.cat([out[(r, local_loss)][1] for r in range(world)])
+        assert torch.allclose(grad, g.grad, atol=1e-6)
+        assert sum(out[(r, local_loss)][2] for r in range(world)) == pytest.approx(logit_scale.grad.item(), rel=1e-5)

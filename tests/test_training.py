@@ -107,7 +107,7 @@ def test_a_few_dozen_steps_learn(dataset, tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
-    trainer = make_trainer(tmp_path, max_steps=18, callbacks=[Record()])
+    trainer = make_trainer(tmp_path, max_steps=14, callbacks=[Record()])
     trainer.fit(module, datamodule=dm)
     after = evaluate(module, dm, tmp_path)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -234,31 +234,6 @@ def test_fit_exports_the_best_checkpoint_as_a_hub_folder(dataset, tmp_path, caps
 
 
 # ---------------------------------------------------------------------------- command line and configs
-def run_cli(*args, cwd=REPO, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run([sys.executable, "-m", "clip_gs", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
-
-
-@pytest.mark.slow
-def test_cli_fit_end_to_end(dataset, tmp_path):
-    config = {
-        "seed_everything": 3,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "logger": False, "enable_progress_bar": False,
-                    "enable_model_summary": False, "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path)},
-        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"} | {"warmup_steps": 1},
-        "data": {"root": str(dataset), "batch_size": 16, "num_workers": 0, "num_gaussians": N, "views_per_step": 3},
-        "export": {"export_dir": str(tmp_path / "export")},
-    }  # fmt: skip
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = run_cli("fit", "--config", str(path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = [line for line in result.stdout.splitlines() if line.strip()][-1]
-    assert last == str((tmp_path / "export").resolve())
-    assert CLIPGS.from_pretrained(last, local_files_only=True).config.num_gaussians == N
-
-
 @pytest.mark.parametrize("name", ["quickstart", "paper"])
 def test_print_config_of_the_examples(name, capsys):
     from clip_gs.cli import main
@@ -327,8 +302,8 @@ def read_trace(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_sees_every_id_once_and_ends_equal(dataset, tmp_path):
-    """A real ``clip-gs fit`` killed mid-epoch and resumed with ``--ckpt_path last`` repeats and skips no
+def test_cli_fit_and_sigkill_resume(dataset, tmp_path):
+    """``clip-gs fit`` runs end to end; a real ``clip-gs fit`` killed mid-epoch and resumed with ``--ckpt_path last`` repeats and skips no
     id and ends with the metrics of an uninterrupted run (48 train objects, batch 8: 6 steps an epoch)."""
     import signal
     import time
@@ -338,6 +313,10 @@ def test_sigkill_and_resume_sees_every_id_once_and_ends_equal(dataset, tmp_path)
     whole = subprocess.run([sys.executable, "-m", "clip_gs", "fit", "--config", str(resume_config(tmp_path, "whole", dataset, steps))],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert whole.returncode == 0, whole.stderr[-3000:]
+    # `clip-gs fit` end to end: the last line of output is the export folder, which loads offline
+    last_line = [line for line in whole.stdout.splitlines() if line.strip()][-1]
+    assert last_line == str((tmp_path / "whole" / "export").resolve())
+    assert CLIPGS.from_pretrained(last_line, local_files_only=True).config.num_gaussians == N  # linked from data
 
     cut_config = resume_config(tmp_path, "cut", dataset, steps)
     proc = subprocess.Popen([sys.executable, "-m", "clip_gs", "fit", "--config", str(cut_config)], cwd=REPO, env=env,
@@ -441,3 +420,20 @@ def test_ddp_two_processes_equal_a_single_process():
         for name, p in module.model.named_parameters():
             for r in range(2):
                 assert torch.allclose(out[(r, local_loss)][1][name], p.grad, rtol=1e-4, atol=1e-6), (name, r, local_loss)
+
+
+def test_cli_predict_writes_the_test_split_embeddings(dataset, tmp_path, capsys):
+    from clip_gs.cli import main
+
+    config = {
+        "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
+        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"},
+        "data": {"root": str(dataset), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3},
+    }  # fmt: skip
+    path = tmp_path / "predict.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["predict", "--config", str(path)]) == 0
+    last = [line for line in capsys.readouterr().out.splitlines() if line.strip()][-1]
+    predictions = torch.load(last, weights_only=True)
+    assert len(predictions["ids"]) == 8 and predictions["embeddings"].shape == (8, E)
+    assert torch.allclose(predictions["embeddings"].norm(dim=-1), torch.ones(8), atol=1e-5)
