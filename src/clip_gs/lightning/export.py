@@ -148,7 +148,8 @@ def export_pretrained(
     counts = data.get("counts", {})
     training_data = (
         f"Prepared triplet dataset `{data.get('root', 'n/a')}` (splits {counts}), {len(data.get('labels', []))} labels; "
-        f"teacher embeddings by `{(teacher or {}).get('teacher', 'n/a')}`. Weights from `{checkpoint or 'the final step'}`. "
+        f"teacher embeddings by `{(teacher or {}).get('teacher', 'n/a')}`. Initialisation: {data.get('init', 'n/a')}. "
+        f"Weights from `{checkpoint or 'the final step'}`. "
         f"Training curves: `{CURVES_NAME}`."
     )
     result = ", ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in sorted(metrics.items())) or "n/a"
@@ -246,6 +247,8 @@ class ExportBest(ModelCheckpoint):
             if manifest is not None:
                 teacher |= {"embed_dim": manifest.embed_dim, "dataset_package_version": manifest.package_version}
                 data = {"root": dm.root, "counts": manifest.counts, "labels": manifest.labels}
+            hparams = getattr(pl_module, "hparams", {})
+            data["init"] = f"{hparams.get('init', 'n/a')}" + (f" from `{hparams['checkpoint']}`" if hparams.get("checkpoint") else "")
             self.export_path = export_pretrained(
                 model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best
             )
