@@ -194,7 +194,9 @@ def test_logit_scale_clamps_the_exponential():
     logit_scale_value(big).backward()
     assert big.grad.item() == 0.0  # clamped: no gradient pushes it further
     batch = random_batch(masks=False)
-    assert torch.allclose(run(CLIPGSLoss(), batch, torch.tensor(20.0)).loss, run(CLIPGSLoss(), batch, torch.tensor(math.log(100))).loss)
+    assert torch.allclose(
+        run(CLIPGSLoss(), batch, torch.tensor(20.0)).loss, run(CLIPGSLoss(), batch, torch.tensor(math.log(100))).loss
+    )
 
 
 def test_empty_terms_are_zero_and_in_the_graph():
@@ -290,7 +292,6 @@ def test_fake_world_equals_single_process(local_loss, norm):
     # (x world_size, then DDP's average) of what reaches each rank's local features.
     grads = []
     for rank, v in enumerate(values):
-        local = shards[rank][0]
         if local_loss:  # the differentiable gather sums every rank's gradient onto the local features
             grads.append(torch.autograd.grad(v.loss, g_all, retain_graph=True)[0])
         else:

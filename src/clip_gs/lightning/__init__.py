@@ -15,9 +15,9 @@ from clip_gs.lightning.module import CLIPGSModule, lr_factor, param_groups
 
 __all__ = [
     "CLIPGSCLI",
+    "SYNTHETIC_PREFIX",
     "CLIPGSModule",
     "ExportBest",
-    "SYNTHETIC_PREFIX",
     "GaussianDataModule",
     "ProcessedSample",
     "SampleProcessor",

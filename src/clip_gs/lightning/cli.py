@@ -64,4 +64,4 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COMMANDS", "CLIPGSCLI", "cli_main"]
+__all__ = ["CLIPGSCLI", "COMMANDS", "cli_main"]

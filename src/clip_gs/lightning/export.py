@@ -97,10 +97,10 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], path: str | os.Path
         s_lo, s_hi = min(steps), max(steps)
         s_hi = s_hi if s_hi > s_lo else s_lo + 1
 
-        def xy(step, value):
-            return (x0 + (x1 - x0) * (step - s_lo) / (s_hi - s_lo), y1 - (y1 - y0) * (value - lo) / (hi - lo))
-
-        coords = [xy(s, v) for s, v in points]
+        coords = [
+            (x0 + (x1 - x0) * (step - s_lo) / (s_hi - s_lo), y1 - (y1 - y0) * (value - lo) / (hi - lo))
+            for step, value in points
+        ]
         if len(coords) > 1:
             draw.line(coords, fill=(31, 119, 180), width=2)
         for c in coords if len(coords) <= 40 else coords[-1:]:
@@ -248,7 +248,9 @@ class ExportBest(ModelCheckpoint):
                 teacher |= {"embed_dim": manifest.embed_dim, "dataset_package_version": manifest.package_version}
                 data = {"root": dm.root, "counts": manifest.counts, "labels": manifest.labels}
             hparams = getattr(pl_module, "hparams", {})
-            data["init"] = f"{hparams.get('init', 'n/a')}" + (f" from `{hparams['checkpoint']}`" if hparams.get("checkpoint") else "")
+            data["init"] = f"{hparams.get('init', 'n/a')}" + (
+                f" from `{hparams['checkpoint']}`" if hparams.get("checkpoint") else ""
+            )
             self.export_path = export_pretrained(
                 model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best
             )

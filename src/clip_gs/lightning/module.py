@@ -184,9 +184,13 @@ class CLIPGSModule(LightningModule):
         if init == "random":
             get_model_config(model, **overrides)  # validate early, with the package's message
         self.model = build_model(model, init, checkpoint, overrides, trusted_globals or ())
-        self.loss = CLIPGSLoss(text_weight, image_weight, similarity_norm, similarity_temperature, local_loss=local_loss)
+        self.loss = CLIPGSLoss(
+            text_weight, image_weight, similarity_norm, similarity_temperature, local_loss=local_loss
+        )
         if warmup_steps < 0 or not 0 <= min_lr_ratio <= 1 or lr <= 0:
-            raise ConfigError(f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 (got {lr}, {warmup_steps}, {min_lr_ratio})")
+            raise ConfigError(
+                f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 (got {lr}, {warmup_steps}, {min_lr_ratio})"
+            )
         self.label_names: list[str] = []
         self.register_buffer("label_embeddings", torch.zeros(0), persistent=False)
         self._eval: dict[str, list] = {}
@@ -270,7 +274,7 @@ class CLIPGSModule(LightningModule):
         out = self.compute_loss(batch, self(batch.features))
         self._check_finite(out, batch, batch_idx)
         b = len(batch)
-        log = dict(on_step=True, on_epoch=False, batch_size=b)
+        log = {"on_step": True, "on_epoch": False, "batch_size": b}
         world = self.trainer.world_size
         # local_loss: this rank's share (the shares sum to the global loss); otherwise the global loss
         share = world if self.loss.local_loss else 1
@@ -300,7 +304,7 @@ class CLIPGSModule(LightningModule):
     def _eval_step(self, split: str, batch: TripletBatch) -> None:
         embeddings = self(batch.features)
         out = self.compute_loss(batch, embeddings)
-        log = dict(on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=self.trainer.world_size > 1)
+        log = {"on_step": False, "on_epoch": True, "batch_size": len(batch), "sync_dist": self.trainer.world_size > 1}
         self.log(f"{split}/loss", out.loss, **log)
         self.log(f"{split}/loss_text", out.text, **log)
         self.log(f"{split}/loss_image", out.image, **log)
@@ -387,4 +391,13 @@ def retrieval_recall(g: Tensor, t: Tensor, mask: Tensor, ks: Iterable[int] = REC
     return out
 
 
-__all__ = ["INITS", "NO_DECAY_NAMES", "CLIPGSModule", "build_model", "layer_id", "lr_factor", "param_groups", "retrieval_recall"]
+__all__ = [
+    "INITS",
+    "NO_DECAY_NAMES",
+    "CLIPGSModule",
+    "build_model",
+    "layer_id",
+    "lr_factor",
+    "param_groups",
+    "retrieval_recall",
+]

@@ -81,9 +81,7 @@ def logit_scale_value(logit_scale: Tensor, max_scale: float = MAX_LOGIT_SCALE) -
     return logit_scale.float().exp().clamp(max=max_scale)
 
 
-def voting_weights(
-    similarity: Tensor, image_mask: Tensor, mode: str = "raw", temperature: float = 0.1
-) -> Tensor:
+def voting_weights(similarity: Tensor, image_mask: Tensor, mode: str = "raw", temperature: float = 0.1) -> Tensor:
     """Voting weights ``a [B, K]`` from ``similarity S [B, K]`` and ``image_mask [B, K]`` (no gradient).
 
     ``raw``: ``S / K_i``; ``softmax``: ``softmax_k(S / temperature)``; ``sum_to_one``:
