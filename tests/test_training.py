@@ -242,6 +242,10 @@ def test_fit_exports_the_best_checkpoint_as_a_hub_folder(dataset, tmp_path, caps
     with torch.no_grad():
         assert torch.allclose(loaded(batch.features), module(batch.features), atol=1e-5)
     assert loaded.logit_scale.item() == pytest.approx(module.model.logit_scale.item())
+    # the folder is also a starting point for further training: model.init=pretrained
+    again = CLIPGSModule(model="clip-gs-tiny", init="pretrained", checkpoint=str(folder), num_gaussians=N).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(batch.features), module(batch.features), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- command line and configs
