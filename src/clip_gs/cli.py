@@ -123,7 +123,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting")
+    parser = argparse.ArgumentParser(
+        prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting",
+        epilog="training: clip-gs fit|validate|test|predict --config FILE.yaml (LightningCLI; see clip-gs fit --help)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_asset_options(p: argparse.ArgumentParser) -> None:
@@ -199,8 +202,20 @@ def join_signed_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
+"""Subcommands run by LightningCLI (:mod:`clip_gs.lightning.cli`); the others are argparse's."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TRAINING_COMMANDS:  # clip-gs fit --config FILE.yaml: typed LightningCLI
+        from clip_gs.lightning.cli import cli_main
+
+        try:
+            return cli_main(argv)
+        except ClipGSError as exc:
+            print(f"clip-gs {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(join_signed_values(argv))
     try:
         return args.func(args)

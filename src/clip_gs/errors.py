@@ -57,6 +57,10 @@ class CorruptSampleError(DatasetError):
     """A stored sample fails its checksum or cannot be decoded (names the shard and the index)."""
 
 
+class TrainingError(ClipGSError, RuntimeError):
+    """Training cannot go on (e.g. a NaN or infinite loss); names the step and the batch's sample ids."""
+
+
 __all__ = [
     "CheckpointError",
     "ClipGSError",
@@ -68,6 +72,7 @@ __all__ = [
     "MissingDependencyError",
     "NotGaussianDataError",
     "RenderError",
+    "TrainingError",
     "UnsupportedFormatError",
     "WeightsUnavailableError",
 ]

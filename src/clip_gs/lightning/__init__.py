@@ -2,17 +2,30 @@
 
 - :class:`GaussianDataModule`: prepared triplet shards (local or ``s3://``) -> :class:`TripletBatch`.
 - :class:`SampleProcessor`, :func:`collate_triplets`: the per-sample step and the collation it uses.
+- :class:`CLIPGSModule`: trains a ``CLIPGS`` with the CLIP-GS losses (AdamW + layer decay, warm-up + cosine).
+- :class:`ExportBest`: best checkpoint by ``val/zeroshot_top1`` -> Hub-ready folder at the end of fit.
+- :class:`CLIPGSCLI` / :func:`cli_main`: ``clip-gs fit|validate|test|predict --config FILE.yaml``.
 """
 
 from clip_gs.lightning.batch import ProcessedSample, SampleProcessor, TripletBatch, collate_triplets
+from clip_gs.lightning.cli import CLIPGSCLI, cli_main
 from clip_gs.lightning.datamodule import SYNTHETIC_PREFIX, GaussianDataModule, build_augmentation
+from clip_gs.lightning.export import ExportBest, export_pretrained
+from clip_gs.lightning.module import CLIPGSModule, lr_factor, param_groups
 
 __all__ = [
+    "CLIPGSCLI",
     "SYNTHETIC_PREFIX",
+    "CLIPGSModule",
+    "ExportBest",
     "GaussianDataModule",
     "ProcessedSample",
     "SampleProcessor",
     "TripletBatch",
     "build_augmentation",
+    "cli_main",
     "collate_triplets",
+    "export_pretrained",
+    "lr_factor",
+    "param_groups",
 ]

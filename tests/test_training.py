@@ -1,0 +1,462 @@
+"""Training: CLIPGSModule (learning, optimiser groups, schedule, NaN stop), the export, the CLI and the configs.
+
+The datasets are written here with a learnable signal: class ``c`` is a synthetic shape in a
+class colour; its captions and views embed as a fixed random unit vector ``v_c`` plus small noise,
+and the label embeddings are the ``v_c``. A model that learns maps each object near its class vector.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from clip_gs import CLIPGS
+from clip_gs.data.shards import write_label_embeddings, write_split
+from clip_gs.data.synthetic import make_object
+from clip_gs.data.triplets import Manifest, TripletSample
+from clip_gs.errors import TrainingError
+from clip_gs.lightning import CLIPGSModule, ExportBest, GaussianDataModule, lr_factor, param_groups
+from clip_gs.lightning.module import layer_id, retrieval_recall
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+E = 16
+N_STORED, N = 256, 256
+CLASSES = ("sphere", "cube", "torus", "cone")
+COLOURS = ("red", "green", "blue", "yellow")
+TEACHER = "fake:training-test"
+TINY = {"model": "clip-gs-tiny", "num_gaussians": N, "num_groups": 16, "group_size": 16, "embed_dim": E,
+        "config_overrides": {"depth": 2}}  # fmt: skip
+
+
+def class_vectors(seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(len(CLASSES), E, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def learnable_sample(i: int, vectors: torch.Tensor, views: int = 3) -> TripletSample:
+    c = i % len(CLASSES)
+    obj = make_object(CLASSES[c], seed=i, num_gaussians=N_STORED, color=COLOURS[c], pattern="solid")
+    gen = torch.Generator().manual_seed(5000 + i)
+    text = F.normalize(vectors[c] + 0.1 * torch.randn(1, E, generator=gen), dim=-1)
+    images = F.normalize(vectors[c] + 0.3 * torch.randn(views, E, generator=gen), dim=-1)
+    return TripletSample(
+        id=f"obj-{i:04d}", source=f"synthetic:{i}", cloud=obj.cloud, captions=(f"a {COLOURS[c]} {CLASSES[c]}",),
+        label=CLASSES[c], text_embeddings=text, image_embeddings=images,
+        viewmats=torch.eye(4).expand(views, 4, 4).clone(), Ks=torch.eye(3).expand(views, 3, 3).clone(),
+    )  # fmt: skip
+
+
+def write_learnable_dataset(root: Path, n_train: int, n_val: int, n_test: int = 0) -> Path:
+    vectors = class_vectors()
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+    start = 0
+    for split, count in counts.items():
+        if count:
+            samples = [learnable_sample(i, vectors) for i in range(start, start + count)]
+            write_split((s.to_record() for s in samples), root / split, chunk_bytes="64KB")
+        start += count
+    labels = sorted(CLASSES)
+    Manifest(teacher=TEACHER, embed_dim=E, counts=counts, labels=labels).write(root)
+    write_label_embeddings(root, labels, vectors[[CLASSES.index(label) for label in labels]], TEACHER, ["{}"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_learnable_dataset(tmp_path_factory.mktemp("learnable"), 48, 16, 8)
+
+
+def make_dm(root, **kw) -> GaussianDataModule:
+    args = {"batch_size": 16, "num_workers": 0, "num_gaussians": N, "views_per_step": 3, "augment": False, "seed": 0}
+    return GaussianDataModule(root=str(root), **(args | kw))
+
+
+def make_trainer(tmp_path, **kw) -> pl.Trainer:
+    args = {"accelerator": "cpu", "devices": 1, "max_steps": 40, "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "enable_checkpointing": False, "num_sanity_val_steps": 0,
+            "default_root_dir": str(tmp_path), "val_check_interval": None, "check_val_every_n_epoch": 1}  # fmt: skip
+    return pl.Trainer(**(args | kw))
+
+
+def evaluate(module, dm, tmp_path) -> dict:
+    trainer = make_trainer(tmp_path)
+    return trainer.validate(module, datamodule=dm, verbose=False)[0]
+
+
+# ---------------------------------------------------------------------------- learning
+@pytest.mark.slow
+def test_a_few_dozen_steps_learn(dataset, tmp_path):
+    """Loss goes down; zero-shot and retrieval rise clearly above chance (1/4); a detached branch would not."""
+    pl.seed_everything(0)
+    module = CLIPGSModule(**TINY, lr=2e-3, warmup_steps=3, weight_decay=0.05)
+    dm = make_dm(dataset)
+    before = evaluate(module, dm, tmp_path)
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    trainer = make_trainer(tmp_path, max_steps=14, callbacks=[Record()])
+    trainer.fit(module, datamodule=dm)
+    after = evaluate(module, dm, tmp_path)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    print("losses", [round(x, 3) for x in losses], "before", before, "after", after)
+    assert last < first - 0.5, (first, last)
+    assert after["val/zeroshot_top1"] >= 0.75 > before["val/zeroshot_top1"] + 0.2
+    assert after["val/3d_to_text_r5"] >= 0.6 and after["val/text_to_3d_r5"] >= 0.6
+    assert after["val/loss"] < before["val/loss"] - 0.5
+
+
+# ---------------------------------------------------------------------------- optimiser and schedule
+def tiny_module(**kw) -> CLIPGSModule:
+    return CLIPGSModule(**(TINY | kw))
+
+
+def test_param_groups_weight_decay_and_layer_decay():
+    module = tiny_module(config_overrides={"depth": 3})
+    groups = param_groups(module.model, lr=1e-3, weight_decay=0.1, layer_decay=0.5)
+    by_name = {name: g for g in groups for name in g["names"]}
+    assert set(by_name) == {n for n, _ in module.model.named_parameters()}  # every parameter, once
+    no_decay = {n for n, g in by_name.items() if g["weight_decay"] == 0.0}
+    for name in (
+        "logit_scale",
+        "encoder.cls_token",
+        "encoder.cls_pos",
+        "encoder.norm.weight",
+        "encoder.head.bias",
+        "encoder.blocks.0.norm1.weight",
+        "encoder.blocks.0.attn.q_bias",
+        "encoder.tokenizer.gaussian_encoder.order_scale",
+        "encoder.tokenizer.gaussian_encoder.order_shift",
+    ):
+        assert name in no_decay, name
+    for name in ("encoder.head.weight", "encoder.blocks.1.mlp.fc1.weight", "encoder.pos_embed.0.weight"):
+        assert by_name[name]["weight_decay"] == 0.1, name
+    # depth 3: tokenizer / embeddings layer 0 -> 0.5^4, block i -> 0.5^(3 - i), head / norm / logit scale -> 1
+    expected = {"encoder.tokenizer.point_proj.weight": 0.5**4, "encoder.cls_token": 0.5**4, "encoder.pos_embed.2.bias": 0.5**4,
+                "encoder.blocks.0.attn.proj.weight": 0.5**3, "encoder.blocks.2.mlp.fc2.weight": 0.5**1,
+                "encoder.norm.weight": 1.0, "encoder.head.weight": 1.0, "logit_scale": 1.0}  # fmt: skip
+    for name, scale in expected.items():
+        assert by_name[name]["lr_scale"] == pytest.approx(scale), name
+        assert by_name[name]["lr"] == pytest.approx(1e-3 * scale), name
+    assert layer_id("encoder.blocks.2.norm1.weight", 3) == 3 and layer_id("encoder.head.weight", 3) == 4
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 10, 110) == pytest.approx(0.1)
+    assert lr_factor(4, 10, 110) == pytest.approx(0.5)
+    assert lr_factor(9, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 110) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 110) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(110, 10, 110) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(500, 10, 110, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(35, 10, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    # the module's optimiser follows it, per group, per step
+    module = tiny_module(lr=1e-3, layer_decay=0.9, warmup_steps=4, total_steps=20)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step" and isinstance(optimizer, torch.optim.AdamW)
+    head = optimizer.param_groups[-1]
+    seen = []
+    for _ in range(12):
+        seen.append(head["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(1e-3 * 0.25) and seen[3] == pytest.approx(1e-3)
+    assert seen[11] == pytest.approx(1e-3 * lr_factor(11, 4, 20))
+    deepest = optimizer.param_groups[0]
+    assert deepest["lr"] == pytest.approx(1e-3 * 0.9**3 * lr_factor(12, 4, 20))  # depth 2: layer 0 -> 0.9^3
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_retrieval_recall_by_hand():
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, 5.0]])
+    t = torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([True, True, True, False])
+    r = retrieval_recall(g, t, mask, ks=(1, 2))
+    # cosines g_i . t_j: g0 [.995, 1, 0]; g1 [.0995, 0, 1]; g2 [.774, .707, .707] (object 3 has no caption: left out)
+    # 3D->text ranks of the own caption: g0 1, g1 2, g2 2 (the tie at .707 counts against it)
+    assert r["3d_to_text_r1"].item() == pytest.approx(0.0)
+    assert r["3d_to_text_r2"].item() == pytest.approx(1 / 3)
+    # text->3D (columns): t0 [.995, .0995, .774] rank 0; t1 [1, 0, .707] rank 2; t2 [0, 1, .707] rank 1
+    assert r["text_to_3d_r1"].item() == pytest.approx(1 / 3)
+    assert r["text_to_3d_r2"].item() == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------------------- NaN stop
+def test_nan_loss_stops_with_the_step_and_ids(dataset, tmp_path):
+    module = tiny_module()
+    with torch.no_grad():
+        module.model.logit_scale.fill_(float("nan"))
+    trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    with pytest.raises(TrainingError, match=r"non-finite training loss nan .*global step 0 .*batch ids: \['obj-"):
+        trainer.fit(module, datamodule=make_dm(dataset, shuffle=False))
+
+
+# ---------------------------------------------------------------------------- export
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_fit_exports_the_best_checkpoint_as_a_hub_folder(dataset, tmp_path, capsys):
+    pl.seed_everything(1)
+    module = tiny_module(warmup_steps=1)
+    export = ExportBest(export_dir=str(tmp_path / "export"), dirpath=str(tmp_path / "ckpt"))
+    trainer = make_trainer(
+        tmp_path, max_steps=3, enable_checkpointing=True, callbacks=[export]
+    )  # 1 epoch, 1 validation
+    trainer.fit(module, datamodule=make_dm(dataset))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    folder = tmp_path / "export"
+    assert lines[-1] == str(folder.resolve())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "teacher.json", "README.md", "curves.png", "metrics.json"]
+    )
+    assert (
+        export.best_model_path and "val/zeroshot_top1" in json.loads((folder / "metrics.json").read_text())["metrics"]
+    )
+    assert json.loads((folder / "teacher.json").read_text())["teacher"] == TEACHER
+    card = (folder / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "clip-gs" and "{{" not in card and "zeroshot_top1" in card
+    from PIL import Image
+
+    assert Image.open(folder / "curves.png").size[0] == 720
+    loaded = CLIPGS.from_pretrained(str(folder), local_files_only=True)
+    dm = make_dm(dataset)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch.features), module(batch.features), atol=1e-5)
+    assert loaded.logit_scale.item() == pytest.approx(module.model.logit_scale.item())
+    # the folder is also a starting point for further training: model.init=pretrained
+    again = CLIPGSModule(model="clip-gs-tiny", init="pretrained", checkpoint=str(folder), num_gaussians=N).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(batch.features), module(batch.features), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- command line and configs
+@pytest.mark.parametrize("name", ["quickstart", "paper"])
+def test_print_config_of_the_examples(name, capsys):
+    from clip_gs.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "examples" / "configs" / f"{name}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert "num_gaussians" not in printed["model"] and printed["data"]["num_gaussians"] > 0  # linked from data
+    assert set(printed) >= {"trainer", "model", "data", "export", "seed_everything"}
+
+
+def test_paper_config_builds_without_downloading():
+    config = yaml.safe_load((REPO / "examples" / "configs" / "paper.yaml").read_text())
+    model_args = config["model"] | {"init": "random", "num_gaussians": config["data"]["num_gaussians"]}
+    module = CLIPGSModule(**model_args)
+    c = module.model.config
+    assert (c.name, c.num_gaussians, c.num_groups, c.group_size, c.embed_dim) == ("clip-gs-base", 10_000, 512, 64, 1024)
+    assert (c.drop_path_rate, c.patch_dropout) == (0.2, 0.5)
+    h = module.hparams
+    assert (h.lr, h.weight_decay, h.layer_decay, h.warmup_steps) == (1e-3, 0.1, 0.95, 10_000)
+    dm = GaussianDataModule(**config["data"])
+    assert dm.views_per_step == 5 and dm.batch_size == 48
+    t = config["trainer"]
+    assert (t["devices"], t["strategy"], t["precision"], t["gradient_clip_val"]) == (8, "ddp", "bf16-mixed", 5.0)
+    assert config["model"]["init"] == "uni3d"
+
+
+# ---------------------------------------------------------------------------- kill and resume
+class IdTrace(pl.Callback):
+    """Appends ``{"step", "ids"}`` per training batch to ``path`` (JSON lines, flushed), for the resume test."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(trainer.global_step), "ids": list(batch.ids)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def resume_config(tmp_path, name, dataset, max_steps) -> Path:
+    config = {
+        "seed_everything": 3,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+                    "default_root_dir": str(tmp_path / name),
+                    "callbacks": [{"class_path": "tests.test_training.IdTrace",
+                                   "init_args": {"path": str(tmp_path / f"{name}.jsonl")}},
+                                  {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / name / "ckpt"), "save_last": True,
+                                                 "save_top_k": 0, "every_n_train_steps": 1}}]},
+        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"} | {"warmup_steps": 2},
+        "data": {"root": str(dataset), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3,
+                 "seed": 5},
+        "export": {"export_dir": str(tmp_path / name / "export"), "dirpath": str(tmp_path / name / "best")},
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_trace(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_cli_fit_and_sigkill_resume(dataset, tmp_path):
+    """``clip-gs fit`` runs end to end; a real ``clip-gs fit`` killed mid-epoch and resumed with ``--ckpt_path last`` repeats and skips no
+    id and ends with the metrics of an uninterrupted run (48 train objects, batch 8: 6 steps an epoch)."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{REPO}")
+    steps = 8  # one epoch and a third: the kill lands in the first epoch, validation after each epoch
+    whole = subprocess.run([sys.executable, "-m", "clip_gs", "fit", "--config", str(resume_config(tmp_path, "whole", dataset, steps))],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # `clip-gs fit` end to end: the last line of output is the export folder, which loads offline
+    last_line = [line for line in whole.stdout.splitlines() if line.strip()][-1]
+    assert last_line == str((tmp_path / "whole" / "export").resolve())
+    assert CLIPGS.from_pretrained(last_line, local_files_only=True).config.num_gaussians == N  # linked from data
+
+    cut_config = resume_config(tmp_path, "cut", dataset, steps)
+    proc = subprocess.Popen([sys.executable, "-m", "clip_gs", "fit", "--config", str(cut_config)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(entry["step"] >= 3 for entry in read_trace(tmp_path / "cut.jsonl")):
+            break  # step 3 has started: steps 0-2 are checkpointed, we are inside step 3's compute
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    last = tmp_path / "cut" / "ckpt" / "last.ckpt"
+    checkpointed = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 3 <= checkpointed < 6  # mid-epoch
+    killed_run = read_trace(tmp_path / "cut.jsonl")
+    before_kill = [e for e in killed_run if e["step"] < checkpointed]  # the steps the checkpoint holds
+    resumed = subprocess.run([sys.executable, "-m", "clip_gs", "fit", "--config", str(cut_config), "--ckpt_path", "last"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_trace(tmp_path / "cut.jsonl")[len(killed_run) :]  # what the resumed run saw
+    assert before_kill + after == read_trace(tmp_path / "whole.jsonl")  # same ids, same order, none repeated or skipped
+    a = json.loads((tmp_path / "whole" / "export" / "metrics.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "cut" / "export" / "metrics.json").read_text())["metrics"]
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+# ---------------------------------------------------------------------------- DDP equivalence
+def fake_batch(b: int, seed: int = 0):
+    from clip_gs.lightning import TripletBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    k = 3
+    text = F.normalize(torch.randn(b, E, generator=gen), dim=-1)
+    images = F.normalize(torch.randn(b, k, E, generator=gen), dim=-1)
+    image_mask = torch.ones(b, k, dtype=torch.bool)
+    image_mask[1, 2] = False
+    text_mask = torch.ones(b, dtype=torch.bool)
+    text_mask[2] = False
+    similarity = torch.where(image_mask, (text[:, None] * images).sum(-1), torch.zeros(()))
+    return TripletBatch(
+        features=torch.randn(b, N, 19, generator=gen), text=text, text_mask=text_mask, images=images,
+        image_mask=image_mask, similarity=similarity, labels=torch.zeros(b, dtype=torch.long),
+        indices=torch.arange(b), ids=[f"obj-{i}" for i in range(b)],
+    )  # fmt: skip
+
+
+def shard(batch, rank: int, world: int):
+    from clip_gs.lightning import TripletBatch
+
+    b = len(batch) // world
+    pick = slice(rank * b, (rank + 1) * b)
+    return TripletBatch(
+        **{
+            f: (getattr(batch, f)[pick])
+            for f in ("features", "text", "text_mask", "images", "image_mask", "similarity", "labels", "indices", "ids")
+        }
+    )
+
+
+def _ddp_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for local_loss in (False, True):
+            torch.manual_seed(0)
+            module = tiny_module(local_loss=local_loss)
+            module.model.eval()  # BatchNorm on batch statistics would differ per shard (see the report)
+            ddp = torch.nn.parallel.DistributedDataParallel(module.model)
+            part = shard(fake_batch(8), rank, world)
+            result = module.compute_loss(part, ddp(part.features), rank=rank, world_size=world)
+            (result.loss * world).backward()  # what training_step returns; DDP averages the gradients
+            grads = {n: p.grad.clone() for n, p in module.model.named_parameters()}
+            out[(rank, local_loss)] = (result.loss.item(), grads)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_a_single_process():
+    """2-process gloo DDP on a global batch of 8 (both loss modes): the loss and every parameter
+    gradient (encoder and logit scale) equal one process's on the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    module = tiny_module()
+    module.model.eval()
+    batch = fake_batch(8)
+    single = module.compute_loss(batch, module(batch.features))
+    single.loss.backward()
+    for local_loss in (False, True):
+        losses = [out[(r, local_loss)][0] for r in range(2)]
+        assert (sum(losses) if local_loss else losses[0]) == pytest.approx(single.loss.item(), rel=1e-5)
+        for name, p in module.model.named_parameters():
+            for r in range(2):
+                assert torch.allclose(out[(r, local_loss)][1][name], p.grad, rtol=1e-4, atol=1e-6), (
+                    name,
+                    r,
+                    local_loss,
+                )
+
+
+def test_cli_predict_writes_the_test_split_embeddings(dataset, tmp_path, capsys):
+    from clip_gs.cli import main
+
+    config = {
+        "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
+        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"},
+        "data": {"root": str(dataset), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3},
+    }  # fmt: skip
+    path = tmp_path / "predict.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["predict", "--config", str(path)]) == 0
+    last = [line for line in capsys.readouterr().out.splitlines() if line.strip()][-1]
+    predictions = torch.load(last, weights_only=True)
+    assert len(predictions["ids"]) == 8 and predictions["embeddings"].shape == (8, E)
+    assert torch.allclose(predictions["embeddings"].norm(dim=-1), torch.ones(8), atol=1e-5)
