@@ -356,7 +356,7 @@ def test_build_command_few_steps_loss_goes_down(tmp_path, capsys):
     out = tmp_path / "tiny-teacher.safetensors"
     code = main(["teacher", "build", "--seed", "3", "--out", str(out), "--steps", "16", "--batch-size", "13",
                  "--objects-per-class", "1", "--views", "1", "--workers", "1", "--warmup", "2", "--no-cache",
-                 "--quiet"])  # fmt: skip
+                 "--restart-steps", "0", "--quiet"])  # fmt: skip
     assert code == 0 and out.is_file()
     record = json.loads(out.with_suffix(".json").read_text())
     losses = record["losses"]
@@ -371,10 +371,11 @@ def test_build_command_few_steps_loss_goes_down(tmp_path, capsys):
 def test_build_is_reproducible_from_its_seed(tmp_path):
     from clip_gs.teachers.build import build_offline_teacher
 
-    kwargs = dict(steps=3, batch_size=13, per_class=1, views=1, workers=1, warmup=1, cache=tmp_path, progress=False,
-                  log_every=0, threads=1)  # fmt: skip
+    kwargs = {"steps": 3, "batch_size": 13, "per_class": 1, "views": 1, "workers": 1, "warmup": 1, "cache": tmp_path,
+              "progress": False, "log_every": 0, "threads": 1, "restart_steps": 2}
     a = build_offline_teacher(tmp_path / "a.safetensors", seed=1, **kwargs)
     b = build_offline_teacher(tmp_path / "b.safetensors", seed=1, **kwargs)
     c = build_offline_teacher(tmp_path / "c.safetensors", seed=2, **kwargs)
+    assert len(a.losses) == 5  # 3 steps + a 2-step warm restart
     assert a.record["checksum"] == b.record["checksum"] and a.losses == b.losses
     assert c.record["checksum"] != a.record["checksum"]
