@@ -324,6 +324,7 @@ def build_offline_teacher(
     class_groups: int = 4,
     restart_steps: int = 500,
     restart_lr: float | None = None,
+    restarts: int = 2,
 ) -> BuildResult:
     """Train the offline teacher from ``seed`` and write it to ``out`` (see the module docstring).
 
@@ -349,8 +350,8 @@ def build_offline_teacher(
             class alone (a prompt template around the noun) and scored by its own ``ClipLoss``: a
             13-way shape task without false negatives, added to the main batch's loss (0: none).
         restart_steps: after the first phase, a warm restart of this many steps (:func:`restart_from_file`:
-            fresh AdamW, cosine from ``restart_lr``, default ``0.3 * lr``) (0: none). The restart
-            added 500 steps to the shipped teacher (see the module docstring for what it bought).
+            fresh AdamW, cosine from ``restart_lr``, default ``0.3 * lr``) (0: none).
+        restarts: how many such restart cycles, one after the other.
 
     Returns:
         :class:`BuildResult`.
@@ -371,7 +372,8 @@ def build_offline_teacher(
         torch.set_num_threads(threads)
     try:
         return _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
-                      log_every, checkpoint_every, group_size, gray_prob, class_groups, restart_steps, restart_lr)  # fmt: skip
+                      log_every, checkpoint_every, group_size, gray_prob, class_groups, restart_steps, restart_lr,
+                      restarts)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -456,11 +458,12 @@ def _run_phase(model, images, labels, steps, lr, weight_decay, warmup, gen, rng,
 def restart_from_file(path: str | Path, images: torch.Tensor, labels: list[dict], seed: int, steps: int, lr: float,
                       weight_decay: float = 0.1, batch_size: int = 64, group_size: int = 16, gray_prob: float = 0.2,
                       class_groups: int = 4, progress: bool = True, log_every: int = 50,
-                      metadata: dict | None = None) -> tuple[list[float], float]:  # fmt: skip
+                      metadata: dict | None = None, cycle: int = 0) -> tuple[list[float], float]:  # fmt: skip
     """Warm restart: continue training the weights saved in ``path`` for ``steps`` more steps and save in place.
 
     A fresh AdamW with its own warmup (5%) and cosine decay from ``lr``, generators seeded from
-    ``(seed, 3)``; starting from the saved (fp16) file makes this phase reproducible from the file alone.
+    ``(seed, 3 + cycle)``; starting from the saved (fp16) file makes this phase reproducible from the
+    file alone.
 
     Returns:
         ``(losses, seconds)``.
@@ -482,18 +485,20 @@ def restart_from_file(path: str | Path, images: torch.Tensor, labels: list[dict]
     OpenCLIPTeacher.load_weights(model, path)
     seen = torch.zeros(model.vocab_size, dtype=torch.bool)
     seen[ids] = True
-    gen = torch.Generator().manual_seed(seed * 1_000 + 3)
-    rng = np.random.default_rng([seed, 3])
+    gen = torch.Generator().manual_seed(seed * 1_000 + 3 + cycle)
+    rng = np.random.default_rng([seed, 3 + cycle])
     losses, seconds, _ = _run_phase(model, images, labels, steps, lr, weight_decay, max(1, round(0.05 * steps)), gen, rng,
                                     seen, batch_size, group_size, gray_prob, class_groups, progress, log_every,
                                     "train synthetic-clip restart")  # fmt: skip
     save_teacher_weights(model, path, seen, {**stored, **(metadata or {}), "restart_steps": steps, "restart_lr": lr,
+                                             "restarts": cycle + 1,
                                              "restart_final_loss": f"{np.mean(losses[-max(1, steps // 20):]):.4f}"})  # fmt: skip
     return losses, seconds
 
 
 def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
-           log_every, checkpoint_every, group_size, gray_prob, class_groups, restart_steps, restart_lr) -> BuildResult:  # fmt: skip
+           log_every, checkpoint_every, group_size, gray_prob, class_groups, restart_steps, restart_lr,
+           restarts) -> BuildResult:  # fmt: skip
     import open_clip
 
     from clip_gs.teachers.open_clip_teacher import file_checksum
@@ -524,16 +529,17 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
                 "threads": torch.get_num_threads()}  # fmt: skip
     save_teacher_weights(model, out, seen, metadata)
     restart_losses, restart_seconds = [], 0.0
-    if restart_steps:
-        restart_losses, restart_seconds = restart_from_file(
+    for cycle in range(restarts if restart_steps else 0):
+        cycle_losses, cycle_seconds = restart_from_file(
             out, images, labels, seed, restart_steps, restart_lr if restart_lr is not None else lr * 0.3, weight_decay,
-            batch_size, group_size, gray_prob, class_groups, progress, log_every,
+            batch_size, group_size, gray_prob, class_groups, progress, log_every, cycle=cycle,
         )  # fmt: skip
+        restart_losses, restart_seconds = restart_losses + cycle_losses, restart_seconds + cycle_seconds
     recalibrate_teacher_file(out, images, seed, gray_prob=gray_prob)
-    record = {**metadata, "restart_steps": restart_steps, "train_seconds": round(seconds + restart_seconds, 1),
+    record = {**metadata, "restart_steps": restart_steps, "restarts": restarts if restart_steps else 0, "train_seconds": round(seconds + restart_seconds, 1),
               "num_objects": num_objects, "num_images": num_objects * views, "checksum": file_checksum(out),
               "losses": [round(v, 4) for v in losses + restart_losses],
-              "rebuild": f"clip-gs teacher build --seed {seed} --out {out.name} --steps {steps} --restart-steps {restart_steps} "
+              "rebuild": f"clip-gs teacher build --seed {seed} --out {out.name} --steps {steps} --restart-steps {restart_steps} --restarts {restarts} "
                          f"--batch-size {batch_size} --objects-per-class {per_class} --views {views} --lr {lr} "
                          f"--class-groups {class_groups}"}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
