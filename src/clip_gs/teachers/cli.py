@@ -17,7 +17,7 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     teacher = subparsers.add_parser("teacher", help="build or evaluate CLIP teachers (the offline synthetic-clip)")
     sub = teacher.add_subparsers(dest="teacher_command", required=True)
 
-    build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: ~40-60 min)")
+    build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: about an hour)")
     build.add_argument("--seed", type=int, required=True, help="build seed, 0..99 (the shipped file: 0)")
     build.add_argument("--out", required=True, help="output .safetensors (a .json build record goes next to it)")
     build.add_argument("--steps", type=int, default=1200, help="optimiser steps")
