@@ -22,8 +22,9 @@ Recipe (every random choice is drawn from ``seed``):
 
    The two losses are added. Views get random horizontal flips and shifts of up to 4 px. AdamW
    (weight decay on matrices only), linear warmup then cosine decay, logit scale clamped at 100.
-   At the end the image tower's BatchNorm statistics are re-estimated on training views
-   (:func:`recalibrate_batchnorm`, starting from the saved fp16 weights).
+   A warm restart follows (:func:`restart_from_file`, ``restart_steps`` more steps from the saved
+   fp16 weights with a fresh optimizer and a lower peak learning rate). At the end the image tower's
+   BatchNorm statistics are re-estimated on training views (:func:`recalibrate_batchnorm`).
    (Why the two parts: trained on full captions alone, or on mixed captions in uniformly random batches, this model
    learned colour and pattern within minutes but no shape at all after 300 steps: the 1-nearest-
    neighbour class accuracy of its image embeddings stayed at chance.)
@@ -321,6 +322,9 @@ def build_offline_teacher(
     group_size: int = 16,
     gray_prob: float = 0.2,
     class_groups: int = 4,
+    restart_steps: int = 500,
+    restart_lr: float | None = None,
+    restarts: int = 2,
 ) -> BuildResult:
     """Train the offline teacher from ``seed`` and write it to ``out`` (see the module docstring).
 
@@ -345,6 +349,9 @@ def build_offline_teacher(
         class_groups: per step, this many extra groups of one object per class, each captioned by its
             class alone (a prompt template around the noun) and scored by its own ``ClipLoss``: a
             13-way shape task without false negatives, added to the main batch's loss (0: none).
+        restart_steps: after the first phase, a warm restart of this many steps (:func:`restart_from_file`:
+            fresh AdamW, cosine from ``restart_lr``, default ``0.3 * lr``) (0: none).
+        restarts: how many such restart cycles, one after the other.
 
     Returns:
         :class:`BuildResult`.
@@ -365,32 +372,22 @@ def build_offline_teacher(
         torch.set_num_threads(threads)
     try:
         return _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
-                      log_every, checkpoint_every, group_size, gray_prob, class_groups)  # fmt: skip
+                      log_every, checkpoint_every, group_size, gray_prob, class_groups, restart_steps, restart_lr,
+                      restarts)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
-           log_every, checkpoint_every, group_size, gray_prob, class_groups) -> BuildResult:  # fmt: skip
+def _run_phase(model, images, labels, steps, lr, weight_decay, warmup, gen, rng, seen, batch_size, group_size,
+               gray_prob, class_groups, progress, log_every, desc, checkpoint=None) -> tuple[list[float], float, bool]:  # fmt: skip
+    """One training phase (AdamW from scratch, warmup + cosine); returns ``(losses, seconds, grouped)``."""
     import open_clip
     from open_clip.loss import ClipLoss
     from tqdm.auto import tqdm
 
-    from clip_gs.teachers.open_clip_teacher import file_checksum
-    from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
-    from clip_gs.teachers.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
+    from clip_gs.teachers.synthetic import ARCHITECTURE
 
-    warmup = max(1, round(0.05 * steps)) if warmup is None else warmup
-
-    register_architecture()
-    objects = training_objects(seed, per_class)
-    images, labels = cached_render_views(objects, views, ViewSpec(size=VIEW_SIZE), workers=workers,
-                                         progress=progress, cache=cache)  # fmt: skip
-    num_objects = images.shape[0]
-
-    torch.manual_seed(seed)
-    model = open_clip.create_model(ARCHITECTURE, pretrained=None)
-    model.train()
+    num_objects, views = images.shape[:2]
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -400,9 +397,6 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
         lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
     )
     loss_fn = ClipLoss()
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng([seed, 1])
-    seen = torch.zeros(model.vocab_size, dtype=torch.bool)
     losses: list[float] = []
     order = torch.randperm(num_objects, generator=gen)
     colour_names = sorted({lab["color"] for lab in labels})
@@ -411,8 +405,9 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
     class_names = sorted({lab["label"] for lab in labels})
     by_class = [torch.tensor([i for i, lab in enumerate(labels) if lab["label"] == c]) for c in class_names]
     cursor = 0
+    model.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="train synthetic-clip", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
     for step in bar:
         if grouped:
             idx = _colour_grouped_batch(by_colour, batch_size, group_size, gen)
@@ -422,7 +417,6 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
             idx = order[cursor : cursor + min(batch_size, num_objects)]
             cursor += len(idx)
         main = len(idx)
-        texts_main = None
         if class_groups:
             groups = _class_groups(by_class, class_groups, gen)  # [G, C]
             idx = torch.cat([idx, groups.flatten()])
@@ -450,14 +444,83 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if log_every and (step + 1) % log_every == 0:
             window = losses[-log_every:]
-            print(f"step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
+            print(f"{desc} step {step + 1}/{steps} loss {sum(window) / len(window):.4f} "
                   f"scale {model.logit_scale.exp().item():.1f} {time.perf_counter() - start:.0f}s", flush=True)  # fmt: skip
-        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+        if checkpoint is not None and checkpoint[0] and (step + 1) % checkpoint[0] == 0 and step + 1 < steps:
             model.eval()
-            save_teacher_weights(model, out.with_name(f"{out.stem}.step{step + 1}.safetensors"), seen.clone(), {})
+            save_teacher_weights(model, checkpoint[1].with_name(f"{checkpoint[1].stem}.{desc.split()[-1]}{step + 1}.safetensors"),
+                                 seen.clone(), {})  # fmt: skip
             model.train()
-    seconds = time.perf_counter() - start
     model.eval()
+    return losses, time.perf_counter() - start, grouped
+
+
+def restart_from_file(path: str | Path, images: torch.Tensor, labels: list[dict], seed: int, steps: int, lr: float,
+                      weight_decay: float = 0.1, batch_size: int = 64, group_size: int = 16, gray_prob: float = 0.2,
+                      class_groups: int = 4, progress: bool = True, log_every: int = 50,
+                      metadata: dict | None = None, cycle: int = 0) -> tuple[list[float], float]:  # fmt: skip
+    """Warm restart: continue training the weights saved in ``path`` for ``steps`` more steps and save in place.
+
+    A fresh AdamW with its own warmup (5%) and cosine decay from ``lr``, generators seeded from
+    ``(seed, 3 + cycle)``; starting from the saved (fp16) file makes this phase reproducible from the
+    file alone.
+
+    Returns:
+        ``(losses, seconds)``.
+    """
+    import open_clip
+    from safetensors import safe_open
+
+    from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher
+    from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
+
+    path = Path(path)
+    register_architecture()
+    with safe_open(str(path), framework="pt") as fh:
+        stored = dict(fh.metadata() or {})
+        key = next(k for k in fh.keys() if k.endswith("token_embedding.weight.ids"))  # noqa: SIM118 - safe_open has no __iter__
+        ids = fh.get_tensor(key).long()
+    stored = json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else stored
+    model = OpenCLIPTeacher._create(open_clip, ARCHITECTURE, None)
+    OpenCLIPTeacher.load_weights(model, path)
+    seen = torch.zeros(model.vocab_size, dtype=torch.bool)
+    seen[ids] = True
+    gen = torch.Generator().manual_seed(seed * 1_000 + 3 + cycle)
+    rng = np.random.default_rng([seed, 3 + cycle])
+    losses, seconds, _ = _run_phase(model, images, labels, steps, lr, weight_decay, max(1, round(0.05 * steps)), gen, rng,
+                                    seen, batch_size, group_size, gray_prob, class_groups, progress, log_every,
+                                    "train synthetic-clip restart")  # fmt: skip
+    save_teacher_weights(model, path, seen, {**stored, **(metadata or {}), "restart_steps": steps, "restart_lr": lr,
+                                             "restarts": cycle + 1,
+                                             "restart_final_loss": f"{np.mean(losses[-max(1, steps // 20):]):.4f}"})  # fmt: skip
+    return losses, seconds
+
+
+def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, warmup, workers, cache, progress,
+           log_every, checkpoint_every, group_size, gray_prob, class_groups, restart_steps, restart_lr,
+           restarts) -> BuildResult:  # fmt: skip
+    import open_clip
+
+    from clip_gs.teachers.open_clip_teacher import file_checksum
+    from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
+    from clip_gs.teachers.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
+
+    warmup = max(1, round(0.05 * steps)) if warmup is None else warmup
+
+    register_architecture()
+    objects = training_objects(seed, per_class)
+    images, labels = cached_render_views(objects, views, ViewSpec(size=VIEW_SIZE), workers=workers,
+                                         progress=progress, cache=cache)  # fmt: skip
+    num_objects = images.shape[0]
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(ARCHITECTURE, pretrained=None)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng([seed, 1])
+    seen = torch.zeros(model.vocab_size, dtype=torch.bool)
+    losses, seconds, grouped = _run_phase(model, images, labels, steps, lr, weight_decay, warmup, gen, rng, seen,
+                                          batch_size, group_size, gray_prob, class_groups, progress, log_every,
+                                          "train synthetic-clip", (checkpoint_every, out))  # fmt: skip
     args = {"seed": seed, "steps": steps, "batch_size": batch_size, "per_class": per_class, "views": views, "lr": lr,
             "weight_decay": weight_decay, "warmup": warmup, "view_size": VIEW_SIZE, "group_size": group_size if grouped else 0,
             "gray_prob": gray_prob, "class_groups": class_groups}  # fmt: skip
@@ -465,14 +528,22 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
                 "final_loss": f"{np.mean(losses[-max(1, steps // 20):]):.4f}", "torch": torch.__version__,
                 "threads": torch.get_num_threads()}  # fmt: skip
     save_teacher_weights(model, out, seen, metadata)
+    restart_losses, restart_seconds = [], 0.0
+    for cycle in range(restarts if restart_steps else 0):
+        cycle_losses, cycle_seconds = restart_from_file(
+            out, images, labels, seed, restart_steps, restart_lr if restart_lr is not None else lr * 0.3, weight_decay,
+            batch_size, group_size, gray_prob, class_groups, progress, log_every, cycle=cycle,
+        )  # fmt: skip
+        restart_losses, restart_seconds = restart_losses + cycle_losses, restart_seconds + cycle_seconds
     recalibrate_teacher_file(out, images, seed, gray_prob=gray_prob)
-    record = {**metadata, "train_seconds": round(seconds, 1), "num_objects": num_objects, "num_images": num_objects * views,
-              "checksum": file_checksum(out), "losses": [round(v, 4) for v in losses],
-              "rebuild": f"clip-gs teacher build --seed {seed} --out {out.name} --steps {steps} --batch-size {batch_size} "
-                         f"--objects-per-class {per_class} --views {views} --lr {lr}"}  # fmt: skip
+    record = {**metadata, "restart_steps": restart_steps, "restarts": restarts if restart_steps else 0, "train_seconds": round(seconds + restart_seconds, 1),
+              "num_objects": num_objects, "num_images": num_objects * views, "checksum": file_checksum(out),
+              "losses": [round(v, 4) for v in losses + restart_losses],
+              "rebuild": f"clip-gs teacher build --seed {seed} --out {out.name} --steps {steps} --restart-steps {restart_steps} --restarts {restarts} "
+                         f"--batch-size {batch_size} --objects-per-class {per_class} --views {views} --lr {lr} "
+                         f"--class-groups {class_groups}"}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return BuildResult(out, losses, seconds, record)
-
+    return BuildResult(out, losses + restart_losses, seconds + restart_seconds, record)
 
 __all__ = [
     "CAPTION_FORMS",
@@ -483,6 +554,7 @@ __all__ = [
     "caption_phrase",
     "recalibrate_batchnorm",
     "recalibrate_teacher_file",
+    "restart_from_file",
     "sample_caption",
     "save_teacher_weights",
 ]

@@ -17,13 +17,16 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     teacher = subparsers.add_parser("teacher", help="build or evaluate CLIP teachers (the offline synthetic-clip)")
     sub = teacher.add_subparsers(dest="teacher_command", required=True)
 
-    build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: ~35 min)")
+    build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: about an hour)")
     build.add_argument("--seed", type=int, required=True, help="build seed, 0..99 (the shipped file: 0)")
     build.add_argument("--out", required=True, help="output .safetensors (a .json build record goes next to it)")
     build.add_argument("--steps", type=int, default=1200, help="optimiser steps")
     build.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step (main batch)")
     build.add_argument("--group-size", type=int, default=16, help="main batch: groups of objects sharing a colour")
     build.add_argument("--class-groups", type=int, default=4, help="extra one-object-per-class groups per step")
+    build.add_argument("--restart-steps", type=int, default=500, help="steps of the warm-restart phase after the first")
+    build.add_argument("--restarts", type=int, default=2, help="number of warm-restart cycles")
+    build.add_argument("--restart-lr", type=float, default=None, help="peak learning rate of the restart (default 0.3 x --lr)")
     build.add_argument("--gray-prob", type=float, default=0.2, help="probability of a greyscale, colour-free view")
     build.add_argument("--objects-per-class", type=int, default=200, help="training objects per class")
     build.add_argument("--views", type=int, default=4, help="rendered views per object")
@@ -53,6 +56,7 @@ def run_build(args: argparse.Namespace) -> int:
         views=args.views, lr=args.lr, warmup=args.warmup, workers=args.workers, threads=args.threads,
         cache=False if args.no_cache else None, progress=not args.quiet, checkpoint_every=args.checkpoint_every,
         group_size=args.group_size, class_groups=args.class_groups, gray_prob=args.gray_prob,
+        restart_steps=args.restart_steps, restart_lr=args.restart_lr, restarts=args.restarts,
     )  # fmt: skip
     k = max(1, len(result.losses) // 10)
     first, last = sum(result.losses[:k]) / k, sum(result.losses[-k:]) / k

@@ -30,7 +30,10 @@ from clip_gs.teachers.views import EVAL_SEED_START, EVAL_VIEW, evaluation_object
 ZERO_SHOT_OFFSET = 0
 RETRIEVAL_OFFSET = 10_000
 COLOUR_OFFSET = 20_000
-"""Evaluation seeds: ``EVAL_SEED_START + offset + k`` (the three measurements use disjoint objects)."""
+FRESH_SET_STRIDE = 1_000_000
+"""Evaluation seeds: ``EVAL_SEED_START + offset + fresh_set * FRESH_SET_STRIDE + k`` (the three
+measurements use disjoint objects; ``fresh_set`` 0 is the one the tests use, other values give
+further independent sets, e.g. to check numbers not looked at while choosing the training length)."""
 
 
 def _render(objects, workers: int, progress: bool):
@@ -39,7 +42,7 @@ def _render(objects, workers: int, progress: bool):
 
 
 def zero_shot_accuracy(teacher, per_class: int = 8, templates: Sequence[str] = TEMPLATES, workers: int = 1,
-                       progress: bool = False) -> dict:  # fmt: skip
+                       progress: bool = False, fresh_set: int = 0) -> dict:  # fmt: skip
     """Top-1 zero-shot accuracy over the 13 synthetic classes on ``13 * per_class`` fresh objects.
 
     Returns:
@@ -47,7 +50,7 @@ def zero_shot_accuracy(teacher, per_class: int = 8, templates: Sequence[str] = T
     """
     from clip_gs.data.synthetic import SHAPE_CLASSES
 
-    images, labels = _render(evaluation_objects(per_class, ZERO_SHOT_OFFSET), workers, progress)
+    images, labels = _render(evaluation_objects(per_class, ZERO_SHOT_OFFSET + fresh_set * FRESH_SET_STRIDE), workers, progress)
     weights = zero_shot_weights(teacher, synthetic_label_set(), templates)
     pred = (teacher.encode_images(images) @ weights.T).argmax(-1).cpu()
     truth = torch.tensor([SHAPE_CLASSES.index(lab["label"]) for lab in labels])
@@ -55,7 +58,7 @@ def zero_shot_accuracy(teacher, per_class: int = 8, templates: Sequence[str] = T
     return {"top1": float((pred == truth).float().mean()), "n": len(labels), "per_class": per}
 
 
-def caption_retrieval(teacher, num_objects: int = 100, workers: int = 1, progress: bool = False) -> dict:
+def caption_retrieval(teacher, num_objects: int = 100, workers: int = 1, progress: bool = False, fresh_set: int = 0) -> dict:
     """Caption-to-image recall@1 (and @5) among ``num_objects`` fresh objects cycling through the classes.
 
     Returns:
@@ -63,7 +66,8 @@ def caption_retrieval(teacher, num_objects: int = 100, workers: int = 1, progres
     """
     from clip_gs.data.synthetic import SHAPE_CLASSES
 
-    objects = [(SHAPE_CLASSES[k % len(SHAPE_CLASSES)], EVAL_SEED_START + RETRIEVAL_OFFSET + k) for k in range(num_objects)]
+    base = EVAL_SEED_START + RETRIEVAL_OFFSET + fresh_set * FRESH_SET_STRIDE
+    objects = [(SHAPE_CLASSES[k % len(SHAPE_CLASSES)], base + k) for k in range(num_objects)]
     images, labels = _render(objects, workers, progress)
     captions = [lab["caption"] for lab in labels]
     sim = teacher.encode_text(captions) @ teacher.encode_images(images).T  # [N texts, N images]
@@ -75,7 +79,7 @@ def caption_retrieval(teacher, num_objects: int = 100, workers: int = 1, progres
 
 
 def colour_ranking(teacher, per_colour: int = 3, shape: str = "cube", pattern: str | None = "solid",
-                   workers: int = 1, progress: bool = False) -> dict:  # fmt: skip
+                   workers: int = 1, progress: bool = False, fresh_set: int = 0) -> dict:  # fmt: skip
     """How often "a {colour} {shape}" ranks a ``shape`` of that colour above one of another colour.
 
     ``per_colour`` fresh ``shape`` objects of each of the 12 colours (``pattern`` fixed, default solid;
@@ -92,7 +96,7 @@ def colour_ranking(teacher, per_colour: int = 3, shape: str = "cube", pattern: s
     images, truth = [], []
     for ci, colour in enumerate(colours):
         for k in range(per_colour):
-            seed = EVAL_SEED_START + COLOUR_OFFSET + ci * per_colour + k
+            seed = EVAL_SEED_START + COLOUR_OFFSET + fresh_set * FRESH_SET_STRIDE + ci * per_colour + k
             img, _ = render_object(shape, seed, 1, EVAL_VIEW, color=colour, pattern=pattern)
             images.append(torch.from_numpy(img[0]))
             truth.append(ci)
@@ -110,14 +114,15 @@ def colour_ranking(teacher, per_colour: int = 3, shape: str = "cube", pattern: s
 
 
 def evaluate_teacher(teacher, per_class: int = 8, num_objects: int = 100, per_colour: int = 3, workers: int = 1,
-                     progress: bool = False) -> dict:  # fmt: skip
+                     progress: bool = False, fresh_set: int = 0) -> dict:  # fmt: skip
     """All three measurements (see the module docstring) plus the teacher's identity and the time taken."""
     start = time.perf_counter()
     result = {
         "teacher": str(teacher.identity),
-        "zero_shot": zero_shot_accuracy(teacher, per_class, workers=workers, progress=progress),
-        "retrieval": caption_retrieval(teacher, num_objects, workers=workers, progress=progress),
-        "colour": colour_ranking(teacher, per_colour, workers=workers, progress=progress),
+        "fresh_set": fresh_set,
+        "zero_shot": zero_shot_accuracy(teacher, per_class, workers=workers, progress=progress, fresh_set=fresh_set),
+        "retrieval": caption_retrieval(teacher, num_objects, workers=workers, progress=progress, fresh_set=fresh_set),
+        "colour": colour_ranking(teacher, per_colour, workers=workers, progress=progress, fresh_set=fresh_set),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -128,7 +133,7 @@ def format_report(result: dict) -> str:
     zs, rt, co = result["zero_shot"], result["retrieval"], result["colour"]
     worst = sorted(zs["per_class"].items(), key=lambda kv: kv[1])[:3]
     return "\n".join([
-        f"teacher:    {result['teacher']}",
+        f"teacher:    {result['teacher']} (fresh object set {result.get('fresh_set', 0)})",
         (f"zero-shot:  top-1 {zs['top1']:.1%} over {zs['n']} fresh objects, 13 classes, {len(TEMPLATES)} templates "
          f"(weakest: {', '.join(f'{c} {a:.0%}' for c, a in worst)})"),
         f"retrieval:  caption->image R@1 {rt['r1']:.1%}, R@5 {rt['r5']:.1%} among {rt['n']} fresh objects",
@@ -151,6 +156,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objects", type=int, default=100, help="objects in the retrieval gallery")
     parser.add_argument("--per-colour", type=int, default=3, help="cubes per colour for the colour test")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
+    parser.add_argument("--fresh-set", type=int, default=0, help="which independent set of fresh objects (0: the tests')")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
@@ -159,7 +165,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from clip_gs.teachers.factory import load_teacher
 
     teacher = load_teacher(args.teacher)
-    result = evaluate_teacher(teacher, args.per_class, args.objects, args.per_colour, workers=args.workers)
+    result = evaluate_teacher(teacher, args.per_class, args.objects, args.per_colour, workers=args.workers,
+                              fresh_set=args.fresh_set)
     print(json.dumps(result, indent=1) if args.json else format_report(result))
     return 0
 

@@ -27,7 +27,7 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "synthetic-clip.safetensors"
 """The shipped weights."""
 
-REBUILD_COMMAND = "clip-gs teacher build --seed 0 --out src/clip_gs/teachers/weights/synthetic-clip.safetensors"
+REBUILD_COMMAND = "clip-gs teacher build --seed 0 --threads 1 --out src/clip_gs/teachers/weights/synthetic-clip.safetensors"
 
 _registered = False
 
@@ -59,7 +59,7 @@ class SyntheticCLIPTeacher(OpenCLIPTeacher):
         if not path.is_file():
             raise WeightsUnavailableError(
                 f"offline teacher {OFFLINE_TEACHER}: weights file {path} is missing; rebuild it with `{REBUILD_COMMAND}`"
-                " (about 30 minutes on 2 CPU cores)"
+                " (about an hour on 2 CPU cores: 10-14 min rendering, 47 min training)"
             )
         super().__init__(ARCHITECTURE, pretrained=path, batch_size=batch_size, device=device, precision=precision,
                          identity_name=OFFLINE_TEACHER)  # fmt: skip
