@@ -158,8 +158,8 @@ class EmbeddingIndex:
             queries: ``[Q, E]`` or ``[E]`` (normalised here).
             k: hits per query (at most ``len(self)``).
             exclude_self: per query, an id to leave out (3D-to-3D search of an indexed asset).
-            chunk_rows: rows scored per step (memory bound only; results do not depend on it,
-                ties are broken by the lower row).
+            chunk_rows: rows scored per step (memory bound only). Equal scores are ordered by
+                row; an exact tie at the k-th place within one chunk keeps the row ``topk`` picks.
             model / teacher: identities of what embedded the queries, checked against the
                 index's (:meth:`check_query_source`); pass them whenever they are known.
 
@@ -186,10 +186,12 @@ class EmbeddingIndex:
         best_rows = torch.zeros((len(queries), 0), dtype=torch.long)
         for start in range(0, len(self), chunk_rows):
             scores = queries @ self._embeddings[start : start + chunk_rows].T  # [Q, chunk]
-            rows = torch.arange(start, start + scores.shape[1]).expand_as(scores)
-            scores = torch.cat([best_scores, scores], dim=1)
-            rows = torch.cat([best_rows, rows], dim=1)
-            # stable descending sort: equal scores keep the lower row first
+            top = scores.topk(min(want, scores.shape[1]), dim=1)  # the chunk's candidates
+            scores = torch.cat([best_scores, top.values], dim=1)
+            rows = torch.cat([best_rows, top.indices + start], dim=1)
+            # candidates by row, then a stable descending sort: equal scores keep the lower row first
+            by_row = rows.argsort(dim=1)
+            scores, rows = scores.gather(1, by_row), rows.gather(1, by_row)
             order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :want]
             best_scores, best_rows = scores.gather(1, order), rows.gather(1, order)
         results = []
