@@ -158,6 +158,19 @@ def test_an_edited_input_is_prepared_again_and_the_rest_reused(tmp_path):
         prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
 
 
+def test_default_teacher_is_the_offline_one_when_the_papers_is_not_cached(tmp_path, monkeypatch):
+    from clip_gs.data.prepare import default_teacher
+    from clip_gs.teachers import OFFLINE_TEACHER
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.delenv("CLIP_GS_OFFLINE", raising=False)
+    teacher = default_teacher()
+    assert OFFLINE_TEACHER in str(teacher.identity)
+    import os
+
+    assert "CLIP_GS_OFFLINE" not in os.environ  # the lookup's offline switch is undone
+
+
 def test_read_captions_jsonl_and_errors(tmp_path):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text('{"id": "a", "captions": ["x", "y"], "label": "cup"}\n\n{"path": "b.ply", "caption": "z"}\n')
@@ -174,7 +187,7 @@ def test_read_captions_jsonl_and_errors(tmp_path):
 def test_cli_prepare_exit_status_says_whether_something_failed(tmp_path, monkeypatch, capsys):
     import clip_gs.teachers
 
-    monkeypatch.setattr(clip_gs.teachers, "load_teacher", lambda spec: FakeTeacher(), raising=False)
+    monkeypatch.setattr(clip_gs.teachers, "load_teacher", lambda spec: FakeTeacher())
     src = tmp_path / "src"
     src.mkdir()
     save_gaussians(random_cloud(300), src / "good.ply")

@@ -112,8 +112,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
     )  # fmt: skip
+    from clip_gs.data.prepare import default_teacher
+    from clip_gs.teachers import load_teacher
+
+    teacher = load_teacher(args.teacher) if args.teacher else default_teacher()
+    print(f"teacher: {teacher.identity}", file=sys.stderr)
     summary = prepare_dataset(
-        args.source, args.out, teacher=args.teacher, captions=args.captions, settings=settings,
+        args.source, args.out, teacher=teacher, captions=args.captions, settings=settings,
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
     )  # fmt: skip
     for failure in summary.failures:
@@ -159,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("source", help="folder of 3DGS files and/or meshes (root/<label>/<file>), or synthetic:N")
     prepare.add_argument("--out", required=True, help="output folder (train/, val/, test/, manifest.json)")
     prepare.add_argument("--captions", help="captions file: CSV (id|path, caption, label, split) or JSONL")
-    prepare.add_argument("--teacher", default=None, help="teacher spec (default: the offline synthetic-clip)")
+    prepare.add_argument(
+        "--teacher", default=None,
+        help="teacher spec (default: EVA02-E-14-plus/laion2b_s9b_b144k when cached locally, else synthetic-clip)",
+    )  # fmt: skip
     prepare.add_argument("--views", type=int, default=8, help="orbit views rendered per object (paper: 36)")
     prepare.add_argument("--elevation", type=float, default=20.0, help="camera elevation of the views in degrees")
     prepare.add_argument("--image-size", type=int, default=None, help="view size (default: the teacher's)")

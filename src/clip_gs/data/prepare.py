@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from clip_gs.data.triplets import MANIFEST_NAME, SPLITS, Manifest, TripletSample
-from clip_gs.errors import ClipGSError, ConfigError, DatasetError
+from clip_gs.errors import ClipGSError, ConfigError, DatasetError, MissingDependencyError
 
 CAPTION_TEMPLATE = "a 3D model of a {}."
 """Caption of an object with a label but no caption (labels from folder names)."""
@@ -318,6 +318,28 @@ def default_work_dir(out: str) -> Path:
     return Path(tempfile.gettempdir()) / "clip-gs-prepare" / hashlib.sha256(out.encode()).hexdigest()[:16]
 
 
+def default_teacher():
+    """The teacher ``prepare`` uses when none is named: the paper's
+    :data:`~clip_gs.teachers.DEFAULT_TEACHER` (EVA02-E-14-plus) when its weights are already in
+    the local cache, else the offline :data:`~clip_gs.teachers.OFFLINE_TEACHER`. Nothing is
+    downloaded to decide (the lookup runs with ``CLIP_GS_OFFLINE=1``); the choice is printed by
+    the command and recorded in the manifest, and mixing datasets of two teachers is refused."""
+    from clip_gs.errors import WeightsUnavailableError
+    from clip_gs.teachers import DEFAULT_TEACHER, OFFLINE_TEACHER, load_teacher
+
+    previous = os.environ.get("CLIP_GS_OFFLINE")
+    os.environ["CLIP_GS_OFFLINE"] = "1"
+    try:
+        return load_teacher(DEFAULT_TEACHER)
+    except (WeightsUnavailableError, MissingDependencyError):
+        return load_teacher(OFFLINE_TEACHER)
+    finally:
+        if previous is None:
+            os.environ.pop("CLIP_GS_OFFLINE", None)
+        else:
+            os.environ["CLIP_GS_OFFLINE"] = previous
+
+
 def prepare_dataset(
     source: str,
     out: str | os.PathLike,
@@ -338,8 +360,7 @@ def prepare_dataset(
         out: output folder or ``s3://`` prefix (``out/train``, ``out/val``, ``out/test``,
             ``out/manifest.json``). A remote split that changed is refused (write to a new prefix).
         teacher: a :class:`~clip_gs.teachers.Teacher` or a spec string for
-            :func:`~clip_gs.teachers.load_teacher`; None takes the offline teacher
-            (:data:`~clip_gs.teachers.OFFLINE_TEACHER`).
+            :func:`~clip_gs.teachers.load_teacher`; None: :func:`default_teacher`.
         captions: optional captions file (:func:`read_captions`).
         settings: :class:`PrepareSettings` (defaults when None).
         work_dir: where finished per-object records are kept between runs (:func:`default_work_dir`).
@@ -363,10 +384,12 @@ def prepare_dataset(
     import clip_gs
 
     settings = settings or PrepareSettings()
-    if teacher is None or isinstance(teacher, str):
-        from clip_gs.teachers import OFFLINE_TEACHER, load_teacher
+    if teacher is None:
+        teacher = default_teacher()
+    elif isinstance(teacher, str):
+        from clip_gs.teachers import load_teacher
 
-        teacher = load_teacher(teacher or OFFLINE_TEACHER)
+        teacher = load_teacher(teacher)
     from clip_gs.data.shards import is_remote, join, write_label_embeddings, write_manifest, write_split
 
     out = str(out)
@@ -489,6 +512,7 @@ __all__ = [
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",
+    "default_teacher",
     "default_work_dir",
     "list_sources",
     "prepare_dataset",
