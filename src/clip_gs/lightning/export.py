@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clip_gs.model.clipgs import CLIPGS, load_state_dict_strict
+from clip_gs.model.clipgs import CLIPGS
+from clip_gs.state_dicts import load_state_dict_strict
 
 CARD_NAME = "README.md"
 CURVES_NAME = "curves.png"

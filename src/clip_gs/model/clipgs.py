@@ -25,6 +25,7 @@ from clip_gs.model.uni3d import (
     infer_uni3d_size,
     load_checkpoint_file,
 )
+from clip_gs.state_dicts import load_state_dict_strict
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -33,31 +34,6 @@ LOAD_TIME_OVERRIDES = ("num_gaussians", "num_groups", "group_size", "fps_start",
 parameter shape, so the saved weights still load (tokenizer sampling and grouping, training-only
 regularisation). Changing one changes the embeddings; the model's ``config`` records the new
 value, and ``save_pretrained`` writes it."""
-
-
-def load_state_dict_strict(
-    model: nn.Module, state: Mapping[str, Tensor], source: str, allowed_missing: str = ""
-) -> None:
-    """Load ``state`` into ``model``; any unexpected key, any missing key (other than those
-    starting with ``allowed_missing``) or any shape mismatch raises :class:`CheckpointError`."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not (allowed_missing and k.startswith(allowed_missing))]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in state
-        if k in own and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) {missing[:8]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) {unexpected[:8]}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) {shapes[:4]}")
-        raise CheckpointError(f"{source}: weights do not match the architecture: " + "; ".join(parts))
-    model.load_state_dict(state, strict=False)
 
 
 class CLIPGS(

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from clip_gs.errors import CheckpointError, ConfigError, MissingDependencyError, WeightsUnavailableError
+from clip_gs.state_dicts import load_state_dict_strict
 from clip_gs.teachers.base import Teacher, TeacherIdentity
 
 DEFAULT_MODEL = "EVA02-E-14-plus"
@@ -207,24 +208,9 @@ class OpenCLIPTeacher(Teacher):
         state = read_state_dict(path)
         if "logit_scale" in state and hasattr(model, "logit_scale") and state["logit_scale"].ndim != model.logit_scale.ndim:
             state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:4])})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:4])})")
-            if shapes:
-                parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
-            raise CheckpointError(
-                f"teacher checkpoint {path} does not match the architecture {type(model).__name__}: " + ", ".join(parts)
-                + " (name the architecture the file was trained with: NAME@FILE)"
-            )
-        model.load_state_dict(state, strict=True)
+        load_state_dict_strict(
+            model, state, f"teacher checkpoint {path}", hint="name the architecture the file was trained with: NAME@FILE"
+        )
 
     @staticmethod
     def _advice(model_name: str, tag: str) -> str:
