@@ -62,13 +62,13 @@ def default_up_axis(path: str | os.PathLike[str]) -> str:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".ply":
-        declared = declared_up_axis(path)
-        if declared is not None:
-            return declared
         try:
             header = read_ply_header(path)
         except (ClipGSError, OSError):
             return CAPTURE_UP_AXIS
+        declared = declared_up_axis(header)
+        if declared is not None:
+            return declared
         vertex = header.element("vertex")
         splat = header.element("chunk") is not None or (vertex is not None and "f_dc_0" in vertex.property_names)
         return CAPTURE_UP_AXIS if splat else MESH_UP_AXIS

@@ -275,15 +275,16 @@ def _input_fingerprint(item: SourceItem) -> dict:
     return found
 
 
-def _is_done(work: Path, item: SourceItem) -> bool:
-    """Whether ``work`` holds a finished record of exactly this input."""
+def _finished_meta(work: Path, item: SourceItem) -> dict | None:
+    """The meta of the finished record ``work`` holds of exactly this input, else None."""
     meta_path = work / f"{_key(item.id)}.json"
     if not meta_path.exists():
-        return False
+        return None
     try:
-        return json.loads(meta_path.read_text()).get("input") == _input_fingerprint(item)
+        meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
+    return meta if meta.get("input") == _input_fingerprint(item) else None
 
 
 def _digest(value) -> str:
@@ -418,8 +419,9 @@ def prepare_dataset(
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
     summary = PrepareSummary(out=out, total=len(items))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
-    todo = [it for it in items if not _is_done(work, it)]
-    summary.reused = len(items) - len(todo)
+    finished = {it.id: meta for it in items if (meta := _finished_meta(work, it)) is not None}
+    todo = [it for it in items if it.id not in finished]
+    summary.reused = len(finished)
     bar = tqdm(total=len(todo), desc="prepare: load, render, embed", unit="obj", disable=not progress)
     done_now = 0
     for start in range(0, len(todo), batch_objects):
@@ -452,6 +454,7 @@ def prepare_dataset(
             meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label,
                     "input": _input_fingerprint(item)}  # fmt: skip
             _atomic_write(work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
+            finished[item.id] = meta
         done_now += len(group)
         bar.update(len(group))
         bar.set_postfix(failed=len(summary.failures))
@@ -465,8 +468,7 @@ def prepare_dataset(
         summary.succeeded = summary.reused + done_now - summary.failed
         return summary
 
-    metas = [json.loads((work / f"{_key(it.id)}.json").read_text()) for it in items if _is_done(work, it)]
-    metas.sort(key=lambda m: m["id"])
+    metas = sorted(finished.values(), key=lambda m: m["id"])
     summary.succeeded = len(metas)
     summary.counts = {split: sum(m["split"] == split for m in metas) for split in SPLITS}
     labels = sorted({m["label"] for m in metas if m["label"]})

@@ -155,13 +155,9 @@ UP_AXIS_COMMENT = "up_axis"
 UP_AXIS_VALUES = ("+y", "-y", "+z", "-z")
 
 
-def declared_up_axis(path: Path) -> str | None:
-    """The up axis a ply declares in a ``comment up_axis <axis>`` header line (clip-gs writes one
-    when asked, see :func:`write_ply`), or None. Non-ply files and unreadable headers give None."""
-    try:
-        header = read_ply_header(Path(path))
-    except (GaussianFormatError, OSError):
-        return None
+def declared_up_axis(header: PlyHeader) -> str | None:
+    """The up axis a ply header declares in a ``comment up_axis <axis>`` line (clip-gs writes one
+    when asked, see :func:`write_ply`), or None."""
     for comment in header.comments:
         key, _, value = comment.strip().partition(" ")
         if key == UP_AXIS_COMMENT and value.strip() in UP_AXIS_VALUES:
