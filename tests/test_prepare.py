@@ -193,7 +193,8 @@ def test_cli_prepare_exit_status_says_whether_something_failed(tmp_path, monkeyp
     save_gaussians(random_cloud(300), src / "good.ply")
     args = ["prepare", str(src), "--out", str(tmp_path / "out"), "--views", "2", "--quiet", "--teacher", "x"]
     assert main(args) == 0
-    assert "prepared 1 of 1 objects" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "prepared 1 of 1 objects" in out and "teacher fake:prepare-test" in out  # the choice is printed
     (src / "bad.splat").write_bytes(b"\x00" * 33)
     assert main(args) == EXIT_SOME_FAILED
     captured = capsys.readouterr()

@@ -112,13 +112,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
     )  # fmt: skip
-    from clip_gs.data.prepare import default_teacher
-    from clip_gs.teachers import load_teacher
-
-    teacher = load_teacher(args.teacher) if args.teacher else default_teacher()
-    print(f"teacher: {teacher.identity}", file=sys.stderr)
     summary = prepare_dataset(
-        args.source, args.out, teacher=teacher, captions=args.captions, settings=settings,
+        args.source, args.out, teacher=args.teacher, captions=args.captions, settings=settings,
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
     )  # fmt: skip
     for failure in summary.failures:

@@ -111,6 +111,7 @@ class PrepareSummary:
     failed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
+    teacher: str = ""
 
     def line(self) -> str:
         split_counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
@@ -118,6 +119,7 @@ class PrepareSummary:
             f"prepared {self.succeeded} of {self.total} objects into {self.out} ({split_counts}); "
             f"{self.reused} reused from an earlier run, {self.failed} failed"
             + (" (see failures.jsonl)" if self.failed else "")
+            + f"; teacher {self.teacher}"
         )
 
 
@@ -417,7 +419,7 @@ def prepare_dataset(
     items = list_sources(source, settings, captions)
     if not items:
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
-    summary = PrepareSummary(out=out, total=len(items))
+    summary = PrepareSummary(out=out, total=len(items), teacher=str(teacher.identity))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
     finished = {it.id: meta for it in items if (meta := _finished_meta(work, it)) is not None}
     todo = [it for it in items if it.id not in finished]
