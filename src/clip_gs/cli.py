@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.teachers.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)
+    from clip_gs.hub.cli import add_hub_parser  # clip-gs push
+
+    add_hub_parser(sub)
     return parser
 
 

@@ -41,6 +41,16 @@ class WeightsUnavailableError(ClipGSError, OSError):
     """Weights or data could not be fetched (no network, no cache). The message says what was tried."""
 
 
+class HubError(ClipGSError, OSError):
+    """A Hugging Face Hub upload failed (offline, no connection, refused token, HTTP error). Nothing was
+    committed: the upload is one commit. The message names the repo and what to do."""
+
+
+class ModelCardError(ClipGSError, ValueError):
+    """A model card cannot be made: an evaluation report or an export record is malformed (names the file
+    and the field)."""
+
+
 class MissingDependencyError(ClipGSError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 
@@ -68,8 +78,10 @@ __all__ = [
     "CorruptSampleError",
     "DatasetError",
     "GaussianFormatError",
+    "HubError",
     "MeshError",
     "MissingDependencyError",
+    "ModelCardError",
     "NotGaussianDataError",
     "RenderError",
     "TrainingError",

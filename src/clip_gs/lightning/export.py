@@ -8,72 +8,26 @@ as the last line of output. The folder::
     config.json          CLIPGSConfig (``CLIPGS.from_pretrained(folder)`` loads it offline)
     model.safetensors    the weights (the encoder and the logit scale)
     teacher.json         the teacher identity of the training data (from the dataset manifest)
-    README.md            model card from MODEL_CARD.md: config, data, metrics, YAML front matter
+    README.md            model card (clip_gs.hub.card.folder_card): config, data, validation metrics
     curves.png           training loss and validation metrics over steps (PIL drawing)
-    metrics.json         the best checkpoint's validation metrics and the history behind curves.png
+    metrics.json         the best checkpoint's validation metrics, the checkpoint, the training data
+                         (root, counts, labels, init) and the history behind curves.png
+
+``clip-gs eval`` adds ``eval/report.json``; ``clip-gs push`` regenerates the card with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from clip_gs.hub.card import CARD_NAME, CURVES_NAME, METRICS_NAME, TEACHER_NAME, folder_card
 from clip_gs.model.clipgs import CLIPGS
 from clip_gs.state_dicts import load_state_dict_strict
-
-CARD_NAME = "README.md"
-CURVES_NAME = "curves.png"
-
-_FALLBACK_CARD = """---
-library_name: clip-gs
-license: apache-2.0
-tags:
-  - 3d-gaussian-splatting
-  - clip
----
-
-# {{ model_name }}
-
-A CLIP-GS encoder for 3D Gaussian Splatting objects.
-
-```python
-from clip_gs import CLIPGS
-
-model = CLIPGS.from_pretrained("{{ repo_id }}")
-```
-
-## Architecture
-
-configuration {{ config_name }}; {{ width }} wide, {{ depth }} blocks; {{ num_gaussians }} Gaussians,
-{{ num_groups }} x {{ group_size }}; teacher {{ clip_model }} / {{ clip_pretrained }}; {{ embed_dim }}-d.
-
-## Training data
-
-{{ training_data }}
-
-## Evaluation
-
-| benchmark | protocol | result |
-|---|---|---|
-| {{ benchmark }} | {{ protocol }} | {{ result }} |
-"""
-
-
-def card_template() -> str:
-    """The repository's ``MODEL_CARD.md`` (next to ``src/``), or a built-in copy of its fields when installed."""
-    path = Path(__file__).resolve().parents[3] / "MODEL_CARD.md"
-    return path.read_text() if path.is_file() else _FALLBACK_CARD
-
-
-def fill_card(template: str, fields: dict) -> str:
-    """Replace every ``{{ name }}`` by ``fields[name]`` (``n/a`` when unknown) and drop the template note."""
-    text = re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: str(fields.get(m.group(1), "n/a")), template)
-    return "\n".join(line for line in text.splitlines() if "This file is a template" not in line) + "\n"
 
 
 def plot_curves(history: dict[str, list[tuple[int, float]]], path: str | os.PathLike) -> Path:
@@ -138,31 +92,13 @@ def export_pretrained(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    (folder / "teacher.json").write_text(json.dumps(teacher or {}, indent=2, sort_keys=True) + "\n")
+    (folder / TEACHER_NAME).write_text(json.dumps(teacher or {}, indent=2, sort_keys=True) + "\n")
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    (folder / "metrics.json").write_text(
-        json.dumps({"metrics": metrics, "checkpoint": checkpoint, "history": history or {}}, indent=2) + "\n"
-    )
+    record = {"metrics": metrics, "checkpoint": checkpoint, "data": data or {}, "history": history or {}}
+    (folder / METRICS_NAME).write_text(json.dumps(record, indent=2) + "\n")
     plot_curves(history or {}, folder / CURVES_NAME)
-    c = model.config
-    data = data or {}
-    counts = data.get("counts", {})
-    training_data = (
-        f"Prepared triplet dataset `{data.get('root', 'n/a')}` (splits {counts}), {len(data.get('labels', []))} labels; "
-        f"teacher embeddings by `{(teacher or {}).get('teacher', 'n/a')}`. Initialisation: {data.get('init', 'n/a')}. "
-        f"Weights from `{checkpoint or 'the final step'}`. "
-        f"Training curves: `{CURVES_NAME}`."
-    )
-    result = ", ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in sorted(metrics.items())) or "n/a"
-    fields = {
-        "model_name": folder.name, "repo_id": "<your-namespace>/" + folder.name, "config_name": c.name,
-        "width": c.width, "depth": c.depth, "uni3d_model": c.uni3d_model, "num_gaussians": c.num_gaussians,
-        "num_groups": c.num_groups, "group_size": c.group_size, "gaussian_branch": c.gaussian_branch,
-        "clip_model": c.clip_model, "clip_pretrained": c.clip_pretrained, "embed_dim": c.embed_dim,
-        "training_data": training_data, "benchmark": "validation split of the training dataset",
-        "protocol": "zero-shot top-1/3/5 against the label embeddings; 3D<->text recall@1/5", "result": result,
-    }  # fmt: skip
-    (folder / CARD_NAME).write_text(fill_card(card_template(), fields))
+    # new weights: an evaluation report left in the folder is of earlier ones, so the card has none
+    folder_card(folder, use_eval_report=False).save(folder / CARD_NAME)
     return folder
 
 
@@ -278,4 +214,4 @@ def _cpu_copy(model: CLIPGS) -> CLIPGS:
     return copy
 
 
-__all__ = ["ExportBest", "card_template", "export_pretrained", "fill_card", "plot_curves", "weights_from_checkpoint"]
+__all__ = ["ExportBest", "export_pretrained", "plot_curves", "weights_from_checkpoint"]

@@ -1,0 +1,270 @@
+"""Pushing a model folder to the Hugging Face Hub as one commit: :func:`push_folder`.
+
+What is uploaded (from a folder written by the training export or ``save_pretrained``)::
+
+    config.json          checked: parses as a CLIPGSConfig
+    model.safetensors    checked: its header's tensor names and shapes match config.json
+    teacher.json         when present (checked: a JSON object; its embed_dim matches config.json)
+    README.md            the generated card (clip_gs.hub.card.folder_card), never the folder's README.md
+    curves.png           when present
+    eval/report.json     the evaluation report the card is made from, when there is one
+    eval/*.png           the figures next to that report (or in the folder's eval/), when present
+
+Everything is checked and the commit's operations are built before any network call. The files go
+up in a single ``HfApi.create_commit``: a failure (offline, no connection, refused token) raises
+:class:`~clip_gs.errors.HubError` and leaves no partial upload (at most the repository itself,
+created empty by ``create_repo``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clip_gs.errors import CheckpointError, ConfigError, HubError
+from clip_gs.hub.card import (
+    CARD_NAME,
+    CONFIG_NAME,
+    CURVES_NAME,
+    EVAL_REPORT,
+    TEACHER_NAME,
+    eval_images,
+    folder_card,
+    read_config,
+    read_json_record,
+    report_location,
+)
+
+if TYPE_CHECKING:
+    from clip_gs.model.config import CLIPGSConfig
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """One file of the commit: its path in the repo and its content (bytes, or a checked local file)."""
+
+    path_in_repo: str
+    content: bytes | Path
+
+    @property
+    def size(self) -> int:
+        return len(self.content) if isinstance(self.content, bytes) else self.content.stat().st_size
+
+    def read(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.read_bytes()
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A checked model folder and the files of its commit (:func:`prepare_upload`)."""
+
+    folder: Path
+    repo_id: str
+    config: CLIPGSConfig
+    files: tuple[UploadFile, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.path_in_repo for f in self.files]
+
+    def card(self) -> str:
+        """The README.md that goes up (the generated card)."""
+        return next(f.read() for f in self.files if f.path_in_repo == CARD_NAME).decode("utf-8")
+
+    def summary(self) -> str:
+        return ", ".join(f"{f.path_in_repo} ({_size(f.size)})" for f in self.files)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What :func:`push_folder` committed."""
+
+    repo_id: str
+    repo_url: str
+    commit_url: str
+    files: tuple[str, ...]
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``ORG/NAME`` as the Hub spells repo ids; :class:`ConfigError` otherwise."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ConfigError(f"repo id {repo_id!r}: expected ORG/NAME (your user or organisation, then the model name)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ConfigError(f"repo id {repo_id!r} is not a valid Hub repo id: {exc}") from exc
+    return repo_id
+
+
+def validate_folder(folder: str | os.PathLike) -> CLIPGSConfig:
+    """Check that ``folder`` holds a loadable model; returns its :class:`~clip_gs.model.config.CLIPGSConfig`.
+
+    Reads ``config.json`` and the header of ``model.safetensors`` (tensor names and shapes, not the
+    data) and compares them with the architecture of the config, built on the meta device.
+
+    Raises:
+        CheckpointError: not a folder, no ``model.safetensors``, an unreadable safetensors header,
+            weights that do not match the config, a ``teacher.json`` of another embedding size.
+        ConfigError: ``config.json`` missing or invalid.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from clip_gs.model.clipgs import CLIPGS
+    from clip_gs.state_dicts import load_state_dict_strict
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; push takes a folder written by clip-gs fit or save_pretrained")
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {WEIGHTS_NAME} (the weights) next to {CONFIG_NAME}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: corrupt or unreadable safetensors header: {exc}") from exc
+    with torch.device("meta"):
+        model = CLIPGS(config)
+        state = {key: torch.empty(shape) for key, shape in shapes.items()}
+    load_state_dict_strict(model, state, str(weights), hint=f"it was not written for this {CONFIG_NAME}")
+    teacher_path = folder / TEACHER_NAME
+    if teacher_path.is_file():
+        teacher = read_json_record(teacher_path, "teacher record")
+        dim = teacher.get("embed_dim")
+        if dim is not None and dim != config.embed_dim:
+            raise CheckpointError(
+                f"{teacher_path}: the teacher embeds in {dim} dimensions but {folder / CONFIG_NAME} has "
+                f"embed_dim {config.embed_dim}"
+            )
+    return config
+
+
+def prepare_upload(
+    folder: str | os.PathLike,
+    repo_id: str,
+    eval_report: str | os.PathLike | None = None,
+    datasets: Sequence[str] = (),
+) -> Upload:
+    """Check ``folder`` and make the commit's files (module docstring); no network.
+
+    Args:
+        repo_id: ``ORG/NAME`` (named in the card's usage snippet).
+        eval_report: the evaluation report for the card (default ``folder/eval/report.json`` when present).
+        datasets: Hub dataset ids for the card's metadata.
+
+    Raises:
+        ConfigError / CheckpointError: see :func:`validate_folder`; a malformed ``repo_id``.
+        ModelCardError: an unreadable report or record.
+    """
+    check_repo_id(repo_id)
+    folder = Path(folder)
+    config = validate_folder(folder)
+    card = folder_card(folder, repo_id=repo_id, eval_report=eval_report, datasets=datasets)
+    report = report_location(folder, eval_report)
+    files = [UploadFile(CONFIG_NAME, folder / CONFIG_NAME), UploadFile(WEIGHTS_NAME, folder / WEIGHTS_NAME)]
+    if (folder / TEACHER_NAME).is_file():
+        files.append(UploadFile(TEACHER_NAME, folder / TEACHER_NAME))
+    files.append(UploadFile(CARD_NAME, str(card).encode("utf-8")))
+    if (folder / CURVES_NAME).is_file():
+        files.append(UploadFile(CURVES_NAME, folder / CURVES_NAME))
+    if report is not None:
+        files.append(UploadFile(EVAL_REPORT, report))
+    files += [UploadFile(f"eval/{image.name}", image) for image in eval_images(folder, report)]
+    return Upload(folder=folder, repo_id=repo_id, config=config, files=tuple(files))
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    eval_report: str | os.PathLike | None = None,
+    datasets: Sequence[str] = (),
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> PushResult:
+    """Upload a model folder to the Hub repo ``repo_id`` (created if needed) in one commit.
+
+    Args:
+        folder: written by the training export or ``CLIPGS.save_pretrained``.
+        repo_id: ``ORG/NAME``.
+        private: make a new repository private (None: the account's default). An existing repo keeps its visibility.
+        token: a Hub token with write access (default: ``HF_TOKEN`` or the ``hf auth login`` token).
+        eval_report: the evaluation report for the card (default ``folder/eval/report.json`` when present).
+        datasets: Hub dataset ids for the card's metadata.
+        commit_message: default ``"Upload CLIP-GS model <config name>"``.
+        revision: the branch to commit to (default ``main``). create_pr: open a pull request instead.
+
+    Raises:
+        HubError: offline mode (``HF_HUB_OFFLINE``), no connection, a refused token, another HTTP
+            error: nothing was committed.
+        ConfigError / CheckpointError / ModelCardError: the folder does not check out (nothing was sent).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    upload = prepare_upload(folder, repo_id, eval_report=eval_report, datasets=datasets)
+    operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.content) for f in upload.files]
+    if constants.is_offline_mode():
+        raise HubError(
+            f"cannot push {upload.folder} to {repo_id}: HF_HUB_OFFLINE is set, so no request is made; nothing was "
+            "committed. Unset HF_HUB_OFFLINE on a machine with a connection and push again"
+        )
+    api = HfApi(token=token)
+    try:
+        repo_url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.create_commit(
+            repo_id=repo_id, repo_type="model", operations=operations, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload CLIP-GS model {upload.config.name}",
+        )  # fmt: skip
+    except _network_errors() as exc:
+        raise HubError(f"cannot push {upload.folder} to {repo_id}: {_explain(exc)}; nothing was committed") from exc
+    return PushResult(
+        repo_id=repo_id, repo_url=str(repo_url), commit_url=str(info.commit_url), files=tuple(upload.names)
+    )
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    # HfHubHTTPError derives from the HTTP client's base error (requests' in older huggingface_hub, httpx's in
+    # newer), which also covers refused connections and timeouts; OSError covers OfflineModeIsEnabled,
+    # socket errors and requests' exceptions.
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (OSError, *(base for base in HfHubHTTPError.__bases__ if issubclass(base, Exception)))
+
+
+def _explain(exc: BaseException) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    status = getattr(getattr(exc, "response", None), "status_code", None) if isinstance(exc, HfHubHTTPError) else None
+    if status in (401, 403):
+        return (f"the Hub refused the token (HTTP {status}): log in with `hf auth login`, set HF_TOKEN or pass "
+                f"--token with a token that has write access to the namespace ({exc})")  # fmt: skip
+    if status is not None:
+        return f"the Hub answered HTTP {status}: {exc}"
+    return f"the Hub could not be reached ({type(exc).__name__}: {exc}); check the connection"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KB" if n < 1024**2 else f"{n / 1024**2:.1f} MB"
+
+
+def describe(result: PushResult) -> str:
+    """One line for the command line: where the files went."""
+    return f"pushed {len(result.files)} files to {result.repo_url} ({', '.join(result.files)}): {result.commit_url}"
+
+
+__all__ = ["PushResult", "Upload", "UploadFile", "check_repo_id", "describe", "prepare_upload", "push_folder",
+           "validate_folder"]  # fmt: skip
