@@ -258,15 +258,22 @@ def training_markdown(teacher: Mapping | None, training: Mapping | None, curves:
                 "records the dataset, the initialisation and the checkpoint.")  # fmt: skip
     else:
         data = training.get("data") or {}
-        counts = data.get("counts") or {}
-        labels = list(data.get("labels") or [])
-        shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
-        splits = ", ".join(f"{k} {v}" for k, v in counts.items()) or "not recorded"
-        text = (
-            f"Prepared triplet dataset `{data.get('root', 'not recorded')}` (samples per split: {splits}); "
-            f"{len(labels)} labels{f' ({shown})' if labels else ''}. Initialisation: {data.get('init', 'not recorded')}. "
-            f"Weights from `{training.get('checkpoint') or 'the final training step'}`."
-        )
+        parts = []
+        if data.get("root"):
+            counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items())
+            parts.append(
+                f"Prepared triplet dataset `{data['root']}`" + (f" (samples per split: {counts})." if counts else ".")
+            )
+        else:
+            parts.append("The training dataset is not recorded (metrics.json of an earlier clip-gs export).")
+        if data.get("labels"):
+            labels = list(data["labels"])
+            shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
+            parts.append(f"{len(labels)} labels ({shown}).")
+        if data.get("init"):
+            parts.append(f"Initialisation: {data['init']}.")
+        parts.append(f"Weights from `{training.get('checkpoint') or 'the final training step'}`.")
+        text = " ".join(parts)
     who = (teacher or {}).get("teacher")
     text += (
         f" Teacher embeddings (targets) by `{who}`." if who else " The teacher of the training data is not recorded."
