@@ -350,7 +350,7 @@ def test_push_refused_token_names_the_fix(folder, monkeypatch, online):
     assert hub.commits == []
 
 
-def test_push_to_hub_of_a_model_sends_its_weights_and_card(monkeypatch, online):
+def test_push_to_hub_of_a_model_sends_its_weights_and_card(tmp_path, monkeypatch, online):
     hub = HubRecorder(monkeypatch)
     model = tiny_model(seed=3)
     url = model.push_to_hub("org/from-code", teacher=TEACHER)
@@ -363,6 +363,16 @@ def test_push_to_hub_of_a_model_sends_its_weights_and_card(monkeypatch, online):
     card = files["README.md"].decode()
     assert 'from_pretrained("org/from-code")' in card and "file:synthetic-clip@sha256:0123456789abcdef" in card
     assert json.loads(files["teacher.json"]) == TEACHER
+    # the mixin's save_pretrained(push_to_hub=True) goes the same way
+    model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="org/via-save")
+    assert hub.commits[1]["repo_id"] == "org/via-save"
+    assert list(hub.commits[1]["files"]) == ["config.json", "model.safetensors", "README.md"]
+    assert hub.commits[1]["files"]["model.safetensors"] == files["model.safetensors"]
+    with pytest.raises(ConfigError, match="differs from the model's config"):
+        model.push_to_hub("org/x", config=model.config.replace(depth=2))
+    with pytest.raises(ConfigError, match=r"model_card_kwargs \['license'\] are not used"):
+        model.push_to_hub("org/x", model_card_kwargs={"license": "mit"})
+    assert len(hub.commits) == 2
 
 
 # ---------------------------------------------------------------------------- folder checks (before any request)

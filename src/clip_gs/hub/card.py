@@ -423,11 +423,17 @@ def folder_card(
     report_path = report_location(folder, eval_report) if use_eval_report else None
     report = read_eval_report(report_path) if report_path is not None else None
     return build_model_card(
-        config, model_name=repo_id.split("/")[-1] if repo_id else folder.resolve().name, repo_id=repo_id,
+        config, model_name=repo_id.split("/")[-1] if repo_id else _folder_model_name(folder), repo_id=repo_id,
         teacher=teacher, training=training, report=report, report_name=EVAL_REPORT if report is not None else None,
         images=[f"eval/{p.name}" for p in eval_images(folder, report_path)],
         curves=CURVES_NAME if (folder / CURVES_NAME).is_file() else None, datasets=datasets,
     )  # fmt: skip
+
+
+def _folder_model_name(folder: Path) -> str:
+    """A folder's name, or its parent's for the export's default ``<run>/export``."""
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == "export" and folder.parent.name else folder.name
 
 
 def report_location(folder: Path, eval_report: str | os.PathLike | None) -> Path | None:

@@ -236,26 +236,29 @@ class CLIPGS(
             datasets: Hub dataset ids for the card's metadata.
             branch / create_pr: where the commit goes (default the main branch).
             config / model_card_kwargs: accepted for the mixin's ``save_pretrained(push_to_hub=True)``;
-                ``config`` must be this model's config, ``model_card_kwargs`` may hold ``model_name``.
+                ``config`` must be this model's config, ``model_card_kwargs`` empty (the card is generated).
 
         Raises:
             HubError: offline, no connection, a refused token (nothing was committed).
-            ConfigError: a malformed ``repo_id``, another ``config``, unknown ``model_card_kwargs``.
+            ConfigError: a malformed ``repo_id``, another ``config``, ``model_card_kwargs``.
         """
         import json
         import tempfile
 
-        from clip_gs.hub.push import push_folder
+        from clip_gs.hub.push import check_repo_id, push_folder
 
+        check_repo_id(repo_id)
         if config is not None:
             given = config if isinstance(config, CLIPGSConfig) else CLIPGSConfig.from_dict(dict(config))
             if given != self.config:
                 raise ConfigError("push_to_hub(config=...) differs from the model's config; the model's is pushed")
-        unknown = sorted(set(model_card_kwargs or {}) - {"model_name"})
-        if unknown:
-            raise ConfigError(f"push_to_hub: model_card_kwargs {unknown} are not used by the clip-gs card")
+        if model_card_kwargs:
+            raise ConfigError(
+                f"push_to_hub: model_card_kwargs {sorted(model_card_kwargs)} are not used: the clip-gs card is "
+                "generated from the model (clip_gs.hub.card)"
+            )
         with tempfile.TemporaryDirectory(prefix="clip-gs-push-") as tmp:
-            folder = Path(tmp) / ((model_card_kwargs or {}).get("model_name") or repo_id.split("/")[-1])
+            folder = Path(tmp) / repo_id.split("/")[-1]
             self.save_pretrained(folder)
             if teacher is not None:
                 (folder / "teacher.json").write_text(json.dumps(dict(teacher), indent=2, sort_keys=True) + "\n")
