@@ -149,6 +149,20 @@ def test_card_of_a_partial_report_has_only_its_tasks(folder):
     assert "**Zero-shot classification**" not in text and "| 3D → text | 50.0% | 75.0% | 100.0% |" in text
 
 
+def test_card_shows_the_optional_sample_count_and_failed_protocols(folder):
+    data = report(zeroshot=report()["tasks"]["zeroshot"] | {"num_samples": 16})
+    data["failures"] = {"fewshot": "DatasetError: 2 classes have fewer than 6 objects"}
+    path = folder / "with-failures.json"
+    path.write_text(json.dumps(data))
+    text = str(folder_card(folder, eval_report=path))
+    assert "(2 classes, label set `synthetic`, 16 objects)" in text
+    assert "Protocols that could not run on this split:\n\n- fewshot: DatasetError: 2 classes have fewer" in text
+    data["failures"] = {"fewshot": 3}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelCardError, match="failures.fewshot must be a str"):
+        read_eval_report(path)
+
+
 def test_export_card_ignores_an_earlier_report_and_push_uses_it(folder):
     """Re-exporting new weights into a folder leaves its old report off the export's card."""
     assert "No evaluation report" in (folder / "README.md").read_text()
@@ -167,6 +181,8 @@ def test_export_card_ignores_an_earlier_report_and_push_uses_it(folder):
         (lambda r: r.update(created="yesterday"), r"'created' is not an ISO 8601 time"),
         (lambda r: r.update(num_objects=-1), r"num_objects must be a non-negative integer"),
         (lambda r: r.pop("split"), r"missing \['split'\]"),
+        (lambda r: r["tasks"]["zeroshot"].update(num_samples=2.5), r"num_samples must be a non-negative integer"),
+        (lambda r: r.update(extra=1), r"unknown \['extra'\]"),
     ],
 )
 def test_malformed_reports_are_named(tmp_path, edit, message):

@@ -25,6 +25,9 @@ The evaluation report (written by ``clip-gs eval``; fractions in [0, 1], any tas
                "retrieval": {"text_to_3d" | "3d_to_text" | "image_to_3d" | "3d_to_image":
                              {"r1", "r5", "r10": float}}},
      "created": iso8601, "clip_gs_version": str}
+
+Optional: ``tasks.zeroshot.num_samples`` (int) and ``failures`` (``{task: message}``, protocols that could
+not run; shown on the card).
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ TEMPLATE_NAME = "model_card.md"
 
 REPORT_FIELDS = {"model": str, "data": str, "split": str, "teacher": str, "num_objects": int, "tasks": dict,
                  "created": str, "clip_gs_version": str}  # fmt: skip
+REPORT_OPTIONAL = {"failures": dict}
 ZEROSHOT_FIELDS = {"top1": float, "top3": float, "top5": float, "per_class": dict, "label_set": str, "num_classes": int}
+ZEROSHOT_OPTIONAL = {"num_samples": int}
 FEWSHOT_FIELDS = {"mean": float, "std": float, "episodes": int}
 RETRIEVAL_DIRECTIONS = {"text_to_3d": "text → 3D", "3d_to_text": "3D → text", "image_to_3d": "image → 3D",
                         "3d_to_image": "3D → image"}  # fmt: skip
@@ -99,7 +104,9 @@ def read_eval_report(path: str | os.PathLike) -> dict:
 
 def check_eval_report(report: object, source: str) -> None:
     """Raise :class:`ModelCardError` naming ``source`` and the field unless ``report`` has the report's shape."""
-    _check_fields(report, REPORT_FIELDS, source, "")
+    _check_fields(report, REPORT_FIELDS, source, "", REPORT_OPTIONAL)
+    for task, message in report.get("failures", {}).items():
+        _check_value(message, str, source, f"failures.{task}")
     try:
         datetime.fromisoformat(report["created"].replace("Z", "+00:00"))
     except ValueError as exc:
@@ -110,7 +117,7 @@ def check_eval_report(report: object, source: str) -> None:
         raise ModelCardError(f"{source}: unknown task(s) {unknown} under 'tasks'; known: zeroshot, fewshot, retrieval")
     if "zeroshot" in tasks:
         zeroshot = tasks["zeroshot"]
-        _check_fields(zeroshot, ZEROSHOT_FIELDS, source, "tasks.zeroshot.")
+        _check_fields(zeroshot, ZEROSHOT_FIELDS, source, "tasks.zeroshot.", ZEROSHOT_OPTIONAL)
         for name, value in zeroshot["per_class"].items():
             _check_value(value, float, source, f"tasks.zeroshot.per_class.{name}", fraction=True)
     if "fewshot" in tasks:
@@ -129,17 +136,20 @@ def check_eval_report(report: object, source: str) -> None:
             _check_fields(entry, RECALL_FIELDS, source, f"tasks.retrieval.{direction}.")
 
 
-def _check_fields(data: object, fields: Mapping[str, type], source: str, prefix: str) -> None:
+def _check_fields(
+    data: object, fields: Mapping[str, type], source: str, prefix: str, optional: Mapping[str, type] | None = None
+) -> None:
     _check_type(data, dict, source, prefix.rstrip(".") or "the report")
     missing = [f"{prefix}{k}" for k in fields if k not in data]
-    unknown = [f"{prefix}{k}" for k in data if k not in fields]
+    unknown = [f"{prefix}{k}" for k in data if k not in fields and k not in (optional or {})]
     if missing or unknown:
         detail = "; ".join(
             p for p in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown else "") if p
         )
         raise ModelCardError(f"{source}: not an evaluation report of clip-gs: {detail}")
-    for key, kind in fields.items():
-        _check_value(data[key], kind, source, prefix + key, fraction=key in _FRACTIONS)
+    for key, kind in {**fields, **(optional or {})}.items():
+        if key in data:
+            _check_value(data[key], kind, source, prefix + key, fraction=key in _FRACTIONS)
 
 
 def _check_value(value: object, kind: type, source: str, where: str, fraction: bool = False) -> None:
@@ -224,9 +234,13 @@ def evaluation_markdown(report: Mapping | None, report_name: str | None, validat
     )
     if not tasks:
         lines += ["", "The report holds no task results."]
+    if report.get("failures"):
+        lines += ["", "Protocols that could not run on this split:", ""]
+        lines += [f"- {task}: {message}" for task, message in sorted(report["failures"].items())]
     if "zeroshot" in tasks:
         z = tasks["zeroshot"]
-        lines += ["", f"**Zero-shot classification** ({z['num_classes']} classes, label set `{z['label_set']}`)", "",
+        on = f", {z['num_samples']} objects" if "num_samples" in z else ""
+        lines += ["", f"**Zero-shot classification** ({z['num_classes']} classes, label set `{z['label_set']}`{on})", "",
                   "| top-1 | top-3 | top-5 |", "|---|---|---|",
                   f"| {_percent(z['top1'])} | {_percent(z['top3'])} | {_percent(z['top5'])} |"]  # fmt: skip
         if z["per_class"]:
