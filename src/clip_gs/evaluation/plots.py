@@ -25,6 +25,15 @@ def _text_width(draw: ImageDraw.ImageDraw, text: str, font) -> int:
     return box[2] - box[0]
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text``, shortened with an ellipsis to at most ``width`` pixels."""
+    if _text_width(draw, text, font) <= width:
+        return text
+    while text and _text_width(draw, text + "...", font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def draw_confusion(confusion: Tensor, class_names: Sequence[str], title: str = "") -> Image.Image:
     """The confusion matrix as a heat map with the class names on both axes.
 
@@ -128,7 +137,7 @@ class RetrievalRow:
 
 def draw_retrieval_grid(rows: Sequence[RetrievalRow], title: str = "") -> Image.Image:
     """Rows of ``query text | top-1 | top-2 | ...``: each thumbnail captioned with its rank, name and
-    score; the query's own object framed in green (others in grey).
+    score (shortened to the cell's width); the query's own object framed in green (others in grey).
 
     Returns:
         An RGB ``PIL.Image``.
@@ -157,7 +166,8 @@ def draw_retrieval_grid(rows: Sequence[RetrievalRow], title: str = "") -> Image.
             colour = CORRECT if item.correct else WRONG
             draw.rectangle([x, y, x + cell_w - 1, y + thumb + 2 * frame - 1], fill=colour)
             image.paste(item.image.convert("RGB"), (x + frame, y + frame))
-            draw.text((x + 2, y + thumb + 2 * frame + 2), f"#{j + 1}  {item.caption}", fill="black", font=small)
+            caption = _fit(draw, f"#{j + 1}  {item.caption}", small, cell_w + pad - 4)
+            draw.text((x + 2, y + thumb + 2 * frame + 2), caption, fill="black", font=small)
             if item.correct:
                 draw.text((x + 2, y + thumb + 2 * frame + 17), "correct", fill=CORRECT, font=small)
     return image
