@@ -37,6 +37,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=15, help="few-shot query samples per class and episode")
     p.add_argument("--seed", type=int, default=0, help="seed of the 3DGS resampling, episodes and grid queries")
     p.add_argument("--batch-size", type=int, default=8, help="objects per forward pass")
+    p.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="fused inference precision")
     p.add_argument("--grid-queries", type=int, default=4, help="text queries (rows) in retrieval.png")
     p.add_argument("--grid-k", type=int, default=5, help="retrieved objects per row in retrieval.png")
@@ -79,17 +80,29 @@ def format_table(report: dict) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
+    import sys
+
+    import torch
+
     from clip_gs.data.prepare import EXIT_SOME_FAILED
+    from clip_gs.errors import WeightsUnavailableError
     from clip_gs.evaluation.run import TASKS, evaluate, load_model, model_teacher, write_outputs
 
-    model = load_model(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, map_location=device)
+    try:
+        teacher_identity = model_teacher(args.model)
+    except WeightsUnavailableError as exc:  # a cached Hub model without its teacher.json offline: say so, go on
+        teacher_identity = None
+        print(f"clip-gs eval: note: the model's teacher is unknown, not checked against the dataset's ({exc})",
+              file=sys.stderr)  # fmt: skip
     label_set = args.label_set if args.label_set else ([n for n in args.labels.split(",")] if args.labels else None)
     tasks = TASKS if args.task == "all" else (args.task,)
     protocols = [(w, s) for w in args.ways for s in args.shots]
     evaluation = evaluate(
         model, args.data, args.split, tasks, label_set=label_set, teacher=args.teacher, protocols=protocols,
         episodes=args.episodes, queries_per_class=args.queries, seed=args.seed, batch_size=args.batch_size,
-        precision=args.precision, model_name=str(args.model), model_teacher_identity=model_teacher(args.model),
+        precision=args.precision, model_name=str(args.model), model_teacher_identity=teacher_identity,
         progress=False if args.quiet else None,
     )  # fmt: skip
     out = Path(args.out) if args.out else default_out_dir(args.model)
