@@ -5,6 +5,7 @@ Subcommands:
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
     clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
+    clip-gs eval --model M --data DIR       zero-shot, few-shot and retrieval on a prepared split
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.hub.cli import add_hub_parser  # clip-gs push
 
     add_hub_parser(sub)
+
+    from clip_gs.evaluation.cli import add_eval_parser  # clip-gs eval
+
+    add_eval_parser(sub)
     return parser
 
 

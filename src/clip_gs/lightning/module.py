@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
+from clip_gs.evaluation.metrics import ZEROSHOT_K, retrieval_recall
 from clip_gs.lightning.batch import TripletBatch
 from clip_gs.model.clipgs import CLIPGS, LOAD_TIME_OVERRIDES
 from clip_gs.model.config import UNI3D_SIZES, get_model_config
@@ -46,8 +47,8 @@ NO_DECAY_NAMES = ("cls_token", "cls_pos", "order_scale", "order_shift", "logit_s
 """Parameters (by final name) without weight decay, besides every parameter with fewer than 2
 dimensions (norm weights, biases, EVA's ``q_bias``/``v_bias``)."""
 
-ZEROSHOT_K = (1, 3, 5)
 RECALL_K = (1, 5)
+"""Recall@k logged by validation (:func:`~clip_gs.evaluation.metrics.retrieval_recall`, the one implementation)."""
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -343,7 +344,7 @@ class CLIPGSModule(LightningModule):
         if self.trainer.world_size > 1:
             g, t = (self.all_gather(x).flatten(0, 1) for x in (g, t))
             mask = self.all_gather(mask.to(torch.uint8)).flatten(0, 1).bool()
-        recalls = retrieval_recall(g, t, mask)
+        recalls = retrieval_recall(g, t, mask, RECALL_K)
         for name, value in recalls.items():
             self.log(f"{split}/{name}", value, on_step=False, on_epoch=True)
 
@@ -363,32 +364,6 @@ class CLIPGSModule(LightningModule):
         warmup, floor = h.warmup_steps, h.min_lr_ratio
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-
-def retrieval_recall(g: Tensor, t: Tensor, mask: Tensor, ks: Iterable[int] = RECALL_K) -> dict[str, Tensor]:
-    """3D <-> text recall@k among the objects with a caption.
-
-    Args:
-        g: ``[M, E]`` 3D embeddings. t: ``[M, E]`` caption embeddings. mask: ``[M]`` bool (has a caption).
-
-    Returns:
-        ``{"3d_to_text_r{k}", "text_to_3d_r{k}"}``: share of objects whose own caption (resp. 3D
-        embedding) is among the k most similar; ties count against the object.
-    """
-    mask = mask.bool()
-    g = torch.nn.functional.normalize(g[mask].float(), dim=-1)
-    t = torch.nn.functional.normalize(t[mask].float(), dim=-1)
-    if len(g) == 0:
-        return {}
-    sims = g @ t.T  # [M', M']
-    own = sims.diagonal()
-    rank_g2t = (sims >= own[:, None]).sum(dim=1) - 1  # others scoring at least as high as the positive
-    rank_t2g = (sims >= own[None, :]).sum(dim=0) - 1
-    out = {}
-    for k in ks:
-        out[f"3d_to_text_r{k}"] = (rank_g2t < k).float().mean()
-        out[f"text_to_3d_r{k}"] = (rank_t2g < k).float().mean()
-    return out
 
 
 __all__ = [

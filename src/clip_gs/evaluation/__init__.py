@@ -1,0 +1,76 @@
+"""The paper's evaluation protocols on embeddings, and ``clip-gs eval``.
+
+- :func:`zero_shot` (``metrics``): top-1/3/5, per-class accuracy, confusion matrix against class embeddings.
+- :func:`few_shot` (``fewshot``): N-way K-shot episodes with a logistic-regression probe (L-BFGS, L2).
+- :func:`retrieval` (``metrics``): recall@1/5/10 text <-> 3D and image <-> 3D, several views per object;
+  :func:`retrieval_recall` is the 3D <-> text recall validation logs (the same ranking code).
+- :func:`evaluate` (``run``): all protocols for a model on a split prepared by ``clip-gs prepare``, the
+  JSON report; :func:`write_outputs` writes it with ``confusion.png`` and ``retrieval.png`` (``plots``).
+
+Importing this package loads only torch (``run`` and ``plots`` load on first use). No Lightning.
+"""
+
+from clip_gs.evaluation.fewshot import (
+    DEFAULT_L2,
+    DEFAULT_QUERIES,
+    PAPER_PROTOCOLS,
+    FewShotResult,
+    few_shot,
+    fit_linear_probe,
+)
+from clip_gs.evaluation.metrics import (
+    DIRECTIONS,
+    RECALL_K,
+    ZEROSHOT_K,
+    ZeroShotResult,
+    positive_ranks,
+    retrieval,
+    retrieval_recall,
+    zero_shot,
+)
+
+_LAZY = {
+    "Evaluation": "run", "SplitEmbeddings": "run", "TASKS": "run", "build_report": "run", "embed_split": "run",
+    "evaluate": "run", "load_model": "run", "model_teacher": "run", "write_outputs": "run",
+    "zero_shot_classes": "run", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
+    "render_thumbnail": "plots",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"clip_gs.evaluation.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'clip_gs.evaluation' has no attribute {name!r}")
+
+
+__all__ = [
+    "DEFAULT_L2",
+    "DEFAULT_QUERIES",
+    "DIRECTIONS",
+    "PAPER_PROTOCOLS",
+    "RECALL_K",
+    "ZEROSHOT_K",
+    "Evaluation",
+    "FewShotResult",
+    "SplitEmbeddings",
+    "TASKS",
+    "ZeroShotResult",
+    "build_report",
+    "draw_confusion",
+    "draw_retrieval_grid",
+    "embed_split",
+    "evaluate",
+    "few_shot",
+    "fit_linear_probe",
+    "load_model",
+    "model_teacher",
+    "positive_ranks",
+    "render_thumbnail",
+    "retrieval",
+    "retrieval_recall",
+    "write_outputs",
+    "zero_shot",
+    "zero_shot_classes",
+]

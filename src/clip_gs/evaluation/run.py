@@ -1,0 +1,528 @@
+"""Run the evaluation protocols for a model on a prepared dataset split, and write the report.
+
+:func:`embed_split` reads a split written by ``clip-gs prepare`` (:class:`~clip_gs.data.shards.TripletShardDataset`)
+and embeds its 3DGS objects through the model's fused inference path (``model.fused().encode``),
+keeping the stored teacher embeddings of each object's first caption and of its views.
+:func:`evaluate` runs zero-shot (against the dataset's stored label embeddings, or a label set
+encoded by a teacher), few-shot and retrieval on them and builds the JSON report
+(:func:`build_report`, the shape documented there). :func:`write_outputs` writes
+``report.json``, ``confusion.png`` and ``retrieval.png``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from clip_gs.errors import CheckpointError, ClipGSError, ConfigError, DatasetError, WeightsUnavailableError
+from clip_gs.evaluation.fewshot import DEFAULT_L2, DEFAULT_QUERIES, FewShotResult, few_shot
+from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, ZeroShotResult, positive_ranks, retrieval, zero_shot
+
+TASKS = ("zeroshot", "fewshot", "retrieval")
+"""The protocols :func:`evaluate` runs (``"all"`` on the command line)."""
+
+REPORT_NAME = "report.json"
+CONFUSION_NAME = "confusion.png"
+RETRIEVAL_NAME = "retrieval.png"
+
+ENCODE_CHUNK = 256
+"""Objects read from the shards and embedded per step of :func:`embed_split` (bounds memory)."""
+
+
+# ---------------------------------------------------------------------------- model and teacher
+def load_model(reference: str | os.PathLike, **kwargs):
+    """``CLIPGS.from_pretrained(reference)`` with a typed error for a path that is not a model folder.
+
+    Raises:
+        CheckpointError: ``reference`` looks like a path (exists, or contains a path separator /
+            starts with ``.`` or ``~``) but is not a folder with ``config.json``.
+        ConfigError: neither a folder nor a valid Hub repo id.
+        WeightsUnavailableError: a Hub repo that cannot be fetched (offline and not cached).
+    """
+    from clip_gs.model import CLIPGS
+
+    ref = str(reference)
+    path = Path(ref).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{ref}: is a file; give the model folder written by save_pretrained / clip-gs fit")
+    looks_local = path.exists() or ref.startswith((".", "~", os.sep)) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
+    if looks_local and not path.is_dir():
+        raise CheckpointError(f"{ref}: no such model folder")
+    try:
+        return CLIPGS.from_pretrained(str(path) if path.is_dir() else ref, **kwargs)
+    except ClipGSError:
+        raise
+    except ValueError as exc:  # huggingface_hub's HFValidationError: not a repo id either
+        raise ConfigError(f"{ref!r} is neither a model folder nor a Hub repo id: {exc}") from exc
+
+
+def model_teacher(reference: str | os.PathLike) -> str | None:
+    """The teacher identity a model was trained against (``teacher.json`` of its export folder or repo).
+
+    Returns:
+        The identity string, or None when the folder / repo has no ``teacher.json`` or it records none.
+
+    Raises:
+        WeightsUnavailableError: a Hub repo whose ``teacher.json`` cannot be fetched (offline).
+    """
+    path = Path(str(reference)).expanduser()
+    if path.is_dir():
+        file = path / "teacher.json"
+        if not file.is_file():
+            return None
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            file = Path(hf_hub_download(repo_id=str(reference), filename="teacher.json"))
+        except EntryNotFoundError:
+            return None
+        except Exception as exc:  # offline, gated, ...
+            raise WeightsUnavailableError(f"cannot fetch teacher.json of the Hub repo {reference!r}: {exc}") from exc
+    try:
+        value = json.loads(file.read_text()).get("teacher")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{file}: invalid teacher.json: {exc}") from exc
+    return str(value) if value else None
+
+
+def teacher_spec_for(identity: str) -> str:
+    """The :func:`~clip_gs.teachers.load_teacher` spec that rebuilds the teacher of an identity string.
+
+    ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` unchanged; ``file:synthetic-clip@...``
+    -> ``synthetic-clip`` (the shipped offline teacher; its checksum is compared after loading).
+
+    Raises:
+        ConfigError: a teacher loaded from another local file (its path is not recorded: pass
+            ``NAME@/path/to/file`` explicitly) or one that cannot be rebuilt (``random:``).
+    """
+    from clip_gs.teachers import OFFLINE_TEACHER
+
+    kind, _, rest = identity.partition(":")
+    if kind == "open_clip" and "/" in rest:
+        return rest
+    if kind == "hf-hub":
+        return identity
+    if kind == "file" and rest.split("@", 1)[0] == OFFLINE_TEACHER:
+        return OFFLINE_TEACHER
+    raise ConfigError(
+        f"teacher {identity!r} cannot be rebuilt from its identity alone; pass the teacher spec explicitly "
+        "(e.g. --teacher NAME@/path/to/checkpoint)"
+    )
+
+
+# ---------------------------------------------------------------------------- embeddings of a split
+@dataclass
+class SplitEmbeddings:
+    """One prepared split, embedded.
+
+    Attributes:
+        root, split: where it came from.
+        ids, labels, captions: N object ids, class labels (None when unlabelled) and first captions (None).
+        shape: ``[N, E]`` the model's 3D embeddings (unit norm).
+        text: ``[N, E]`` teacher embedding of each object's first caption (zeros without one).
+        text_mask: ``[N]`` bool, has a caption.
+        images: ``[N, V, E]`` teacher embeddings of the rendered views (zero padding).
+        image_mask: ``[N, V]`` bool, a real view.
+        ups: N world up axes of the objects' stored cameras (:func:`camera_up_axis`), for thumbnails.
+    """
+
+    root: str
+    split: str
+    ids: list[str]
+    labels: list[str | None]
+    captions: list[str | None]
+    shape: Tensor
+    text: Tensor
+    text_mask: Tensor
+    images: Tensor
+    image_mask: Tensor
+    ups: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def camera_up_axis(viewmat: Tensor) -> str:
+    """The world axis (``+y``, ``-y``, ``+z``, ``-z``) closest to a camera's image-up direction.
+
+    Args:
+        viewmat: ``[4, 4]`` world-to-camera matrix (OpenCV: the camera's y axis points down).
+    """
+    up = -viewmat[1, :3].double()  # image up, in world coordinates
+    candidates = {"+y": up[1], "-y": -up[1], "+z": up[2], "-z": -up[2]}
+    return max(candidates, key=lambda k: float(candidates[k]))
+
+
+def open_split(root: str | os.PathLike, split: str, storage_options: dict | None = None):
+    """``(manifest, TripletShardDataset)`` of one split of a prepared dataset.
+
+    Raises:
+        DatasetError: no manifest, a split the manifest lists without samples, a missing split folder.
+    """
+    from clip_gs.data.shards import TripletShardDataset, join, read_manifest
+
+    manifest = read_manifest(str(root), storage_options)
+    if manifest.counts.get(split, 0) <= 0:
+        raise DatasetError(f"{root}: split {split!r} has no samples (the manifest lists {manifest.counts})")
+    return manifest, TripletShardDataset(join(str(root), split), storage_options=storage_options)
+
+
+def embed_split(
+    model,
+    root: str | os.PathLike,
+    split: str = "test",
+    batch_size: int = 8,
+    seed: int = 0,
+    precision: str = "auto",
+    progress: bool | None = None,
+    storage_options: dict | None = None,
+) -> SplitEmbeddings:
+    """Embed every object of a prepared split with ``model`` (its fused inference path).
+
+    The 3DGS are resampled with ``seed`` (``model.encode(..., seed=seed)``, the input validation
+    builds with the data module's seed); the captions' and views' teacher embeddings are the
+    stored ones. Objects are read and embedded :data:`ENCODE_CHUNK` at a time.
+
+    Args:
+        model: a :class:`~clip_gs.model.CLIPGS`.
+        root: dataset root written by ``clip-gs prepare``.
+        split: ``train``, ``val`` or ``test``.
+        batch_size: objects per forward pass.
+        seed: resampling seed.
+        precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (``CLIPGS.fused``).
+        progress: progress bar over objects (default: more than one chunk).
+
+    Raises:
+        DatasetError: see :func:`open_split`; stored embeddings of another width than the model's.
+        CorruptSampleError: a damaged record (names the chunk and index).
+    """
+    manifest, dataset = open_split(root, split, storage_options)
+    if manifest.embed_dim != model.config.embed_dim:
+        raise DatasetError(
+            f"{root}: teacher {manifest.teacher!r} embeds in {manifest.embed_dim} dimensions, the model in "
+            f"{model.config.embed_dim}"
+        )
+    fused = model.fused(precision)
+    n = len(dataset)
+    ids, labels, captions, ups, texts, views, shapes = [], [], [], [], [], [], []
+    bar = None
+    if progress if progress is not None else n > ENCODE_CHUNK:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=f"embed {split}", unit="obj")
+    try:
+        for start in range(0, n, ENCODE_CHUNK):
+            samples = [dataset[i] for i in range(start, min(n, start + ENCODE_CHUNK))]
+            clouds = [s.cloud.replace(source=s.id) for s in samples]
+            shapes.append(fused.encode(clouds, batch_size=batch_size, seed=seed, progress=False).reshape(len(samples), -1))
+            for s in samples:
+                ids.append(s.id)
+                labels.append(s.label)
+                captions.append(s.captions[0] if s.captions else None)
+                texts.append(s.text_embeddings[0] if s.captions else torch.zeros(manifest.embed_dim))
+                views.append(s.image_embeddings)
+                ups.append(camera_up_axis(s.viewmats[0]) if len(s.viewmats) else "+y")
+            if bar is not None:
+                bar.update(len(samples))
+    finally:
+        if bar is not None:
+            bar.close()
+    v = max(x.shape[0] for x in views)
+    images = torch.zeros(n, v, manifest.embed_dim)
+    image_mask = torch.zeros(n, v, dtype=torch.bool)
+    for i, x in enumerate(views):
+        images[i, : len(x)] = x.float()
+        image_mask[i, : len(x)] = True
+    return SplitEmbeddings(
+        str(root), split, ids, labels, captions, torch.cat(shapes).float(), torch.stack(texts).float(),
+        torch.tensor([c is not None for c in captions], dtype=torch.bool), images, image_mask, ups,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- protocols
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` computed (the report plus what the pictures need).
+
+    Attributes:
+        report: the JSON report (:func:`build_report`).
+        embeddings: the embedded split.
+        zeroshot: the zero-shot result (None when not run).
+        fewshot: the few-shot results.
+        failures: ``{task: "ErrorType: message"}`` of protocols that could not run on this split.
+    """
+
+    report: dict
+    embeddings: SplitEmbeddings
+    zeroshot: ZeroShotResult | None = None
+    fewshot: list[FewShotResult] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def zero_shot_classes(
+    root: str | os.PathLike,
+    label_set: str | os.PathLike | Sequence[str] | None = None,
+    teacher=None,
+    dataset_teacher: str | None = None,
+    storage_options: dict | None = None,
+) -> tuple[list[str], Tensor, str]:
+    """Class names, class embeddings ``[C, E]`` and a description of where they came from.
+
+    ``label_set`` None: the dataset's stored prompt-ensemble embeddings (``label_embeddings.bin``,
+    described as ``"dataset"``). Otherwise a label-set file or list of names
+    (:func:`~clip_gs.teachers.load_label_set`), encoded with :data:`~clip_gs.teachers.TEMPLATES`
+    by ``teacher`` (a :class:`~clip_gs.teachers.Teacher` or spec; None rebuilds
+    ``dataset_teacher`` with :func:`teacher_spec_for`), which must be the dataset's teacher.
+
+    Raises:
+        DatasetError: unreadable label embeddings. TeacherMismatchError: another teacher.
+        ConfigError: an invalid label set, a teacher that cannot be rebuilt.
+    """
+    from clip_gs.data.shards import read_label_embeddings
+
+    if label_set is None:
+        names, weights, meta = read_label_embeddings(str(root), storage_options)
+        if dataset_teacher is not None and meta.get("teacher") not in (None, dataset_teacher):
+            raise DatasetError(f"{root}: label embeddings made by {meta.get('teacher')!r}, the shards by {dataset_teacher!r}")
+        return names, weights.float(), "dataset"
+    from clip_gs.teachers import TEMPLATES, check_same_teacher, load_label_set, load_teacher, zero_shot_weights
+
+    names = load_label_set(label_set)
+    if teacher is None:
+        if dataset_teacher is None:
+            raise ConfigError("a label set needs a teacher: pass one (or a dataset whose manifest names its teacher)")
+        teacher = teacher_spec_for(dataset_teacher)
+    teacher = load_teacher(teacher)
+    if dataset_teacher is not None:
+        check_same_teacher(teacher, dataset_teacher, what=f"label-set teacher and the dataset {root}")
+    where = str(label_set) if isinstance(label_set, (str, os.PathLike)) else f"labels:{','.join(names)}"
+    return names, zero_shot_weights(teacher, names, TEMPLATES).float(), where
+
+
+def evaluate(
+    model,
+    root: str | os.PathLike,
+    split: str = "test",
+    tasks: Sequence[str] = TASKS,
+    label_set: str | os.PathLike | Sequence[str] | None = None,
+    teacher=None,
+    protocols: Sequence[tuple[int, int]] = ((5, 5),),
+    episodes: int = 100,
+    queries_per_class: int = DEFAULT_QUERIES,
+    l2: float = DEFAULT_L2,
+    seed: int = 0,
+    batch_size: int = 8,
+    precision: str = "auto",
+    model_name: str = "",
+    model_teacher_identity: str | None = None,
+    progress: bool | None = None,
+    storage_options: dict | None = None,
+) -> Evaluation:
+    """Run the protocols for ``model`` on one split of a prepared dataset.
+
+    Zero-shot and few-shot use the labelled objects; retrieval uses every object (text directions:
+    those with a caption). A protocol that cannot run on this split (e.g. too few samples per class
+    for few-shot) is recorded in ``failures`` (and in the report's ``"failures"``) and the others go on.
+
+    Args:
+        model: a :class:`~clip_gs.model.CLIPGS`.
+        root, split: the prepared dataset and the split.
+        tasks: a subset of :data:`TASKS`.
+        label_set, teacher: zero-shot classes (:func:`zero_shot_classes`).
+        protocols: few-shot ``(ways, shots)`` pairs.
+        episodes, queries_per_class, l2: few-shot settings (:func:`~clip_gs.evaluation.few_shot`).
+        seed: seed of the 3DGS resampling and of the few-shot episodes.
+        batch_size, precision: embedding (:func:`embed_split`).
+        model_name: what the report calls the model (its folder or repo id).
+        model_teacher_identity: the model's teacher (``teacher.json``); checked against the dataset's.
+
+    Raises:
+        ConfigError: unknown tasks. TeacherMismatchError: a model trained against another teacher.
+        DatasetError: an unreadable dataset (see :func:`embed_split`).
+    """
+    from clip_gs.data.shards import read_manifest
+    from clip_gs.teachers import check_same_teacher
+
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise ConfigError(f"unknown evaluation tasks {unknown or list(tasks)}; choose from {list(TASKS)}")
+    manifest = read_manifest(str(root), storage_options)
+    if model_teacher_identity is not None:
+        check_same_teacher(model_teacher_identity, manifest.teacher, what=f"model {model_name or ''} and dataset {root}")
+    data = embed_split(model, root, split, batch_size, seed, precision, progress, storage_options)
+    result = Evaluation(report={}, embeddings=data)
+    labelled = [i for i, label in enumerate(data.labels) if label is not None]
+    label_names = [data.labels[i] for i in labelled]
+    tasks_out: dict = {}
+
+    def attempt(task: str, run) -> None:
+        try:
+            run()
+        except DatasetError as exc:  # this split cannot support the protocol: report it, go on
+            result.failures[task] = f"{type(exc).__name__}: {exc}"
+
+    if "zeroshot" in tasks:
+
+        def run_zeroshot() -> None:
+            if not labelled:
+                raise DatasetError(f"{root}/{split}: no labelled objects for zero-shot classification")
+            names, weights, where = zero_shot_classes(root, label_set, teacher, manifest.teacher, storage_options)
+            zs = zero_shot(data.shape[labelled], label_names, names, weights, ZEROSHOT_K)
+            result.zeroshot = zs
+            tasks_out["zeroshot"] = {
+                **{f"top{k}": zs.topk[k] for k in ZEROSHOT_K}, "per_class": zs.per_class, "label_set": where,
+                "num_classes": len(names), "num_samples": zs.num_samples,
+            }  # fmt: skip
+
+        attempt("zeroshot", run_zeroshot)
+    if "fewshot" in tasks:
+        shots_out: dict = {}
+        for ways, shots in protocols:
+
+            def run_fewshot(ways=ways, shots=shots) -> None:
+                fs = few_shot(data.shape[labelled], label_names, ways, shots, episodes, queries_per_class, seed, l2)
+                result.fewshot.append(fs)
+                shots_out[fs.name] = {"mean": fs.mean, "std": fs.std, "episodes": fs.episodes}
+
+            attempt(f"fewshot/{ways}-way-{shots}-shot", run_fewshot)
+        if shots_out:
+            tasks_out["fewshot"] = shots_out
+    if "retrieval" in tasks:
+
+        def run_retrieval() -> None:
+            tasks_out["retrieval"] = retrieval(data.shape, data.text, data.images, data.text_mask, data.image_mask, RECALL_K)
+
+        attempt("retrieval", run_retrieval)
+    result.report = build_report(model_name, str(root), split, manifest.teacher, len(data), tasks_out, result.failures)
+    return result
+
+
+def build_report(
+    model: str, data: str, split: str, teacher: str, num_objects: int, tasks: dict, failures: dict | None = None
+) -> dict:
+    """The evaluation report (JSON-ready)::
+
+        {"model": str, "data": str, "split": str, "teacher": str, "num_objects": int,
+         "tasks": {"zeroshot": {"top1", "top3", "top5", "per_class": {name: acc}, "label_set": str,
+                                "num_classes": int, "num_samples": int},
+                   "fewshot": {"<ways>-way-<shots>-shot": {"mean", "std", "episodes": int}},
+                   "retrieval": {"text_to_3d" | "3d_to_text" | "image_to_3d" | "3d_to_image": {"r1", "r5", "r10"}}},
+         "created": ISO 8601 UTC time, "clip_gs_version": str,
+         "failures": {task: message}}   # only when a protocol could not run
+
+    Accuracies and recalls are fractions in [0, 1]; a task that was not run (or failed) is absent.
+    """
+    import clip_gs
+
+    report = {
+        "model": model, "data": data, "split": split, "teacher": teacher, "num_objects": int(num_objects),
+        "tasks": tasks, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "clip_gs_version": clip_gs.__version__,
+    }  # fmt: skip
+    if failures:
+        report["failures"] = dict(failures)
+    return report
+
+
+# ---------------------------------------------------------------------------- outputs
+def retrieval_rows(
+    evaluation: Evaluation, queries: int = 4, k: int = 5, seed: int = 0, size: int = 128,
+    storage_options: dict | None = None,
+):  # fmt: skip
+    """The rows of the retrieval picture: ``queries`` captioned objects (a seeded choice, objects with
+    distinct captions first), each caption's top-``k`` objects by cosine (text -> 3D), rendered
+    ``size`` pixels wide (:func:`~clip_gs.evaluation.plots.render_thumbnail`).
+
+    Returns:
+        list of :class:`~clip_gs.evaluation.plots.RetrievalRow`.
+    """
+    from clip_gs.evaluation.plots import RetrievalRow, RetrievedItem, render_thumbnail
+
+    if queries < 1 or k < 1 or size < 16:
+        raise ConfigError(f"the retrieval grid needs queries >= 1, k >= 1 and size >= 16, got {queries}, {k}, {size}")
+    data = evaluation.embeddings
+    captioned = data.text_mask.nonzero().squeeze(1)
+    if not len(captioned):
+        raise DatasetError(f"{data.root}/{data.split}: no captioned objects to query")
+    order = torch.randperm(len(captioned), generator=torch.Generator().manual_seed(seed)).tolist()
+    distinct, seen = [], set()  # prefer different captions; repeat captions only when there are too few
+    for i in order:
+        if data.captions[int(captioned[i])] not in seen:
+            seen.add(data.captions[int(captioned[i])])
+            distinct.append(int(captioned[i]))
+    rest = [int(captioned[i]) for i in order if int(captioned[i]) not in distinct]
+    chosen = sorted((distinct + rest)[:queries])
+    _, dataset = open_split(data.root, data.split, storage_options)
+    sims = torch.nn.functional.normalize(data.text[chosen], dim=-1) @ torch.nn.functional.normalize(data.shape, dim=-1).T
+    rows, cache = [], {}
+    for row, q in enumerate(chosen):
+        top = sims[row].topk(min(k, len(data))).indices.tolist()
+        rank = int(positive_ranks(sims[row : row + 1], (torch.arange(len(data)) == q)[None])[0])
+        items = []
+        for j in top:
+            if j not in cache:
+                cache[j] = render_thumbnail(dataset[j].cloud, size, data.ups[j])
+            name = data.labels[j] or data.ids[j]
+            items.append(RetrievedItem(cache[j], f"{name}  {float(sims[row, j]):.3f}", j == q))
+        note = f"correct: {data.labels[q] or data.ids[q]}, rank {rank + 1}"
+        rows.append(RetrievalRow(data.captions[q] or "", items, note))
+    return rows
+
+
+def write_outputs(evaluation: Evaluation, out: str | os.PathLike, grid_queries: int = 4, grid_k: int = 5,
+                  grid_size: int = 128, seed: int = 0, storage_options: dict | None = None) -> dict[str, Path]:  # fmt: skip
+    """Write ``report.json`` and, when their task ran, ``confusion.png`` and ``retrieval.png`` into ``out``.
+
+    The retrieval picture has ``grid_queries`` rows of ``grid_k`` thumbnails, ``grid_size`` pixels
+    wide (:func:`retrieval_rows`, queries chosen with ``seed``).
+
+    Returns:
+        ``{"report" | "confusion" | "retrieval": path}`` of what was written.
+    """
+    from clip_gs.evaluation.plots import draw_confusion, draw_retrieval_grid
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if evaluation.zeroshot is not None:
+        zs = evaluation.zeroshot
+        title = f"zero-shot confusion, {evaluation.embeddings.split} split: top-1 {zs.topk[1]:.3f} ({zs.num_samples} objects)"
+        written["confusion"] = out / CONFUSION_NAME
+        draw_confusion(zs.confusion, zs.class_names, title).save(written["confusion"])
+    if "retrieval" in evaluation.report.get("tasks", {}):
+        rows = retrieval_rows(evaluation, grid_queries, grid_k, seed, grid_size, storage_options)
+        written["retrieval"] = out / RETRIEVAL_NAME
+        draw_retrieval_grid(rows, title="text -> 3D retrieval (green: the caption's own object)").save(written["retrieval"])
+    written["report"] = out / REPORT_NAME
+    written["report"].write_text(json.dumps(evaluation.report, indent=2) + "\n")
+    return written
+
+
+__all__ = [
+    "CONFUSION_NAME",
+    "REPORT_NAME",
+    "RETRIEVAL_NAME",
+    "TASKS",
+    "Evaluation",
+    "SplitEmbeddings",
+    "build_report",
+    "camera_up_axis",
+    "embed_split",
+    "evaluate",
+    "load_model",
+    "model_teacher",
+    "open_split",
+    "retrieval_rows",
+    "teacher_spec_for",
+    "write_outputs",
+    "zero_shot_classes",
+]
