@@ -5,6 +5,7 @@ Subcommands:
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
     clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
+    clip-gs classify FILE... --model M ...  zero-shot labels of 3DGS files and meshes (also: embed, search)
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
@@ -181,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.teachers.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)
+
+    from clip_gs.usage.cli import add_usage_parsers  # clip-gs classify / embed / search
+
+    add_usage_parsers(sub)
     return parser
 
 
