@@ -53,7 +53,9 @@ def teacher():
 
 def write_model(folder: Path, teacher_identity: str | None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    model = CLIPGS.from_config_name("clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2)
+    model = CLIPGS.from_config_name(
+        "clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2
+    )
     model.save_pretrained(folder)
     if teacher_identity is not None:
         (folder / "teacher.json").write_text(json.dumps({"teacher": teacher_identity, "embed_dim": 256}))
@@ -218,7 +220,11 @@ def test_classify_cli_text_json_and_exit_codes(model_dir, assets, tmp_path, caps
     for block in blocks:
         assert len(block) == 3 and all(line.startswith("  0.") for line in block[1:])
         scores = [float(line.split()[0]) for line in block[1:]]
-        assert scores == sorted(scores, reverse=True) and {line.split()[1] for line in block[1:]} <= {"cube", "sphere", "torus"}
+        assert scores == sorted(scores, reverse=True) and {line.split()[1] for line in block[1:]} <= {
+            "cube",
+            "sphere",
+            "torus",
+        }
 
     rc = main(["classify", str(assets), "--model", str(model_dir), "--label-set", "synthetic", "--json", "--quiet"])
     out, _ = capsys.readouterr()
@@ -279,7 +285,9 @@ def test_embed_is_resumable_and_counts(usage, assets, tmp_path, monkeypatch):
     assert "green_torus.ply" not in index and "new/pink_mug.ply" in index
     assert torch.equal(index.embeddings[index.ids.index("red_cube.ply")], before["red_cube.ply"])
     assert index.info("red_cube.ply")["mtime_ns"] == 2_000_000_000  # the touch is recorded, not re-embedded
-    assert not torch.allclose(index.embeddings[index.ids.index("shapes/blue_sphere.ply")], before["shapes/blue_sphere.ply"])
+    assert not torch.allclose(
+        index.embeddings[index.ids.index("shapes/blue_sphere.ply")], before["shapes/blue_sphere.ply"]
+    )
     assert embed_folder(assets, out, usage, progress=False).embedded == 0 and calls.objects == 7
 
 
@@ -332,7 +340,9 @@ def test_search_like_finds_itself_and_text_orders(usage, teacher, gallery, asset
     assert main(["search", str(gallery), "--like", str(target), "--model", str(usage.source), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["query"] == {"kind": "like", "value": str(target)} and record["model"] == usage.identity
-    assert [h["rank"] for h in record["hits"]] == [1, 2, 3, 4, 5] and record["hits"][0]["id"] == "shapes/yellow_cone.ply"
+    assert [h["rank"] for h in record["hits"]] == [1, 2, 3, 4, 5] and record["hits"][0][
+        "id"
+    ] == "shapes/yellow_cone.ply"
 
 
 def test_search_by_image_and_sheet(usage, gallery, assets, tmp_path, capsys):
@@ -368,7 +378,9 @@ def test_search_refuses_mismatched_sources(usage, gallery, tmp_path, capsys):
     foreign = EmbeddingIndex(256, model=usage.identity, teacher="open_clip:ViT-B-32/openai", settings=index.settings)
     foreign.add(index.ids, index.embeddings, index.paths)
     path = foreign.save(tmp_path / "foreign")
-    with pytest.raises(ConfigError, match="the query comes from teacher 'file:synthetic-clip@.* the index from teacher"):
+    with pytest.raises(
+        ConfigError, match="the query comes from teacher 'file:synthetic-clip@.* the index from teacher"
+    ):
         search_index(path, text="a cube", model=usage)
     assert main(["search", str(path), "--text", "a cube", "--model", str(usage.source)]) == 2
     assert "clip-gs search: error: the query comes from teacher" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 An index holds ``[M, E]`` float32 unit vectors with one id, one path and one ``info`` dict
 (JSON-ready: e.g. the file's size, mtime and content digest, so a rerun can tell what changed)
-per row, index-level ``settings`` (how the rows were made), and the identity of what made them (``model``: the CLIP-GS model, ``teacher``: its CLIP teacher), so a
-query from another model or teacher is refused rather than compared across embedding spaces.
+per row, index-level ``settings`` (how the rows were made), and the identity of what made them
+(``model``: the CLIP-GS model, ``teacher``: its CLIP teacher), so a query from another model or
+teacher is refused rather than compared across embedding spaces.
 Search is exact (a matrix product), in chunks of rows so memory stays bounded by
 ``chunk_size x num_queries`` scores whatever the index size.
 

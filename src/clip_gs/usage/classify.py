@@ -102,7 +102,10 @@ def class_weights(usage: UsageModel, labels: str | Path | Sequence[str]) -> tupl
     if same:
         logger.warning(
             "teacher %s gives %d classes the same text embedding (words it does not know?), so their scores are equal: "
-            "%s", teacher.identity, sum(len(g) for g in same), "; ".join(", ".join(g[:4]) + (", ..." if len(g) > 4 else "") for g in same[:3])
+            "%s",
+            teacher.identity,
+            sum(len(g) for g in same),
+            "; ".join(", ".join(g[:4]) + (", ..." if len(g) > 4 else "") for g in same[:3]),
         )
     return names, weights
 
@@ -122,7 +125,9 @@ def indistinguishable_classes(names: Sequence[str], weights: Tensor, threshold: 
     return groups
 
 
-def top_labels(embeddings: Tensor, weights: Tensor, names: Sequence[str], logit_scale: Tensor, k: int) -> list[tuple[LabelScore, ...]]:
+def top_labels(
+    embeddings: Tensor, weights: Tensor, names: Sequence[str], logit_scale: Tensor, k: int
+) -> list[tuple[LabelScore, ...]]:
     """Top-``k`` classes per object: ``embeddings [B, E]`` and ``weights [C, E]`` (unit rows) ->
     B tuples of :class:`LabelScore`, best first (softmax of ``scale * cosine`` over the C classes)."""
     from clip_gs.model.loss import logit_scale_value
@@ -131,7 +136,10 @@ def top_labels(embeddings: Tensor, weights: Tensor, names: Sequence[str], logit_
     probs = (logit_scale_value(logit_scale.detach().cpu()) * cosine).softmax(dim=-1)
     top = probs.topk(min(k, len(names)), dim=-1)
     return [
-        tuple(LabelScore(names[c], float(p), float(cosine[b, c])) for p, c in zip(top.values[b].tolist(), top.indices[b].tolist()))
+        tuple(
+            LabelScore(names[c], float(p), float(cosine[b, c]))
+            for p, c in zip(top.values[b].tolist(), top.indices[b].tolist())
+        )
         for b in range(len(embeddings))
     ]
 

@@ -6,7 +6,8 @@
     clip-gs search INDEX (--text T | --image PNG | --like FILE) [--k 5] [--json] [--sheet hits.png] [--model M]
 
 ``classify`` and ``embed`` report each bad file on stderr (``failed: FILE: reason``), go on with
-the others and exit with status 3 when any failed (``EXIT_SOME_FAILED``, as ``clip-gs prepare``). Importing this module is cheap (argparse only).
+the others and exit with status 3 when any failed (``EXIT_SOME_FAILED``, as ``clip-gs prepare``).
+Importing this module is cheap (argparse only).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 def add_usage_parsers(subparsers) -> None:
     """Add ``classify``, ``embed`` and ``search`` to the ``clip-gs`` subparsers; each sets ``func``."""
     classify = subparsers.add_parser("classify", help="zero-shot top-k labels of 3DGS files and meshes")
-    classify.add_argument("files", nargs="+", help="3DGS files (.ply, .splat, .spz, compressed .ply), meshes, or folders")
+    classify.add_argument(
+        "files", nargs="+", help="3DGS files (.ply, .splat, .spz, compressed .ply), meshes, or folders"
+    )
     _add_model_options(classify, required=True)
     labels = classify.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", type=_label_list, help='comma-separated class names, e.g. "chair,table,lamp"')
@@ -63,7 +66,9 @@ def add_usage_parsers(subparsers) -> None:
     _add_sampling_options(classify)
     classify.set_defaults(func=run_classify)
 
-    embed = subparsers.add_parser("embed", help="embed a folder of 3DGS files and meshes into a search index (resumable)")
+    embed = subparsers.add_parser(
+        "embed", help="embed a folder of 3DGS files and meshes into a search index (resumable)"
+    )
     embed.add_argument("folder", help="folder searched recursively for 3DGS files and meshes")
     embed.add_argument("--out", required=True, help="index file (.safetensors); an existing one is brought up to date")
     _add_model_options(embed, required=True)
@@ -162,9 +167,9 @@ def run_search(args: argparse.Namespace) -> int:
     if args.sheet:
         from pathlib import Path
 
-        settings = index.settings
-        sheet, failures = hits_sheet(hits, size=args.sheet_size, mesh_gaussians=int(settings.get("mesh_gaussians", MESH_GAUSSIANS)),
-                                     seed=int(settings.get("seed", 0)))  # fmt: skip
+        mesh_gaussians = int(index.settings.get("mesh_gaussians", MESH_GAUSSIANS))
+        seed = int(index.settings.get("seed", 0))
+        sheet, failures = hits_sheet(hits, size=args.sheet_size, mesh_gaussians=mesh_gaussians, seed=seed)
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
         sheet.save(args.sheet)
         _report_failures(failures)

@@ -166,8 +166,10 @@ def embed_folder(
             index.save(out)
 
     if todo:
-        stream = usage.model.encode_iter([str(p) for _, p, _ in todo], batch_size=batch_size, seed=seed,
-                                         on_error="skip", progress=progress, num_workers=num_workers, loader=loader)  # fmt: skip
+        stream = usage.model.encode_iter(
+            [str(p) for _, p, _ in todo], batch_size=batch_size, seed=seed, on_error="skip", progress=progress,
+            num_workers=num_workers, loader=loader,
+        )  # fmt: skip
         for item in stream:
             item_id, path, info = todo[item.index]
             if item.ok:

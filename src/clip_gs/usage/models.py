@@ -61,14 +61,19 @@ def teacher_spec_for(identity: str) -> str:
         name = rest.split("@", 1)[0]
         if name == OFFLINE_TEACHER:
             return OFFLINE_TEACHER
+        checksum = rest.partition("@")[2] or "the recorded one"
         raise WeightsUnavailableError(
             f"teacher {identity} was loaded from a local checkpoint file; pass that file with "
-            f"--teacher {name}@/path/to/checkpoint (its checksum must be {rest.partition('@')[2] or 'the recorded one'})"
+            f"--teacher {name}@/path/to/checkpoint (its checksum must be {checksum})"
         )
-    raise ConfigError(f"teacher {identity!r} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC")
+    raise ConfigError(
+        f"teacher {identity!r} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC"
+    )
 
 
-def load_recorded_teacher(recorded: str, override: str | Teacher | None = None, what: str = "the model", **kwargs) -> Teacher:
+def load_recorded_teacher(
+    recorded: str, override: str | Teacher | None = None, what: str = "the model", **kwargs
+) -> Teacher:
     """Load the teacher an identity names (or ``override``), checking that it is that teacher.
 
     Args:
@@ -96,7 +101,11 @@ def load_recorded_teacher(recorded: str, override: str | Teacher | None = None, 
     except ClipGSError as exc:
         raise type(exc)(f"{what} needs teacher {recorded or spec}, which cannot be loaded: {exc}") from exc
     if recorded:
-        check_same_teacher(recorded, teacher, what=f"{what} and the teacher loaded from {spec if isinstance(spec, str) else 'the given Teacher'}")
+        check_same_teacher(
+            recorded,
+            teacher,
+            what=f"{what} and the teacher loaded from {spec if isinstance(spec, str) else 'the given Teacher'}",
+        )
     return teacher
 
 

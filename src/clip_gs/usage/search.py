@@ -94,7 +94,9 @@ def make_query(
         index.check_query_source(model=model.identity)
     if kind == "like":
         if model is None:
-            raise ConfigError(f"a --like query is embedded by the index's model ({index.model}); pass --model DIR_OR_REPO")
+            raise ConfigError(
+                f"a --like query is embedded by the index's model ({index.model}); pass --model DIR_OR_REPO"
+            )
         settings = index.settings
         seed = int(settings.get("seed", 0))
         loader = asset_loader(int(settings.get("mesh_gaussians", MESH_GAUSSIANS)), seed)
