@@ -6,6 +6,8 @@ Subcommands:
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
     clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
     clip-gs eval --model M --data DIR       zero-shot, few-shot and retrieval on a prepared split
+    clip-gs push DIR --repo-id ORG/NAME     upload an exported model with its generated model card
+    clip-gs classify FILE... --model M ...  zero-shot labels of 3DGS files and meshes (also: embed, search)
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
@@ -182,13 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.teachers.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)
-    from clip_gs.hub.cli import add_hub_parser  # clip-gs push
-
-    add_hub_parser(sub)
-
     from clip_gs.evaluation.cli import add_eval_parser  # clip-gs eval
 
     add_eval_parser(sub)
+    from clip_gs.usage.cli import add_usage_parsers  # clip-gs classify / embed / search
+
+    add_usage_parsers(sub)
+    from clip_gs.hub.cli import add_hub_parser  # clip-gs push
+
+    add_hub_parser(sub)
     return parser
 
 

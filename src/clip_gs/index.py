@@ -1,14 +1,17 @@
 """`EmbeddingIndex`: exact cosine top-k search over unit embeddings, saved as safetensors.
 
-An index holds ``[M, E]`` float32 unit vectors with one id and one path per row, and the
-identity of what made them (``model``: the CLIP-GS model, ``teacher``: its CLIP teacher), so a
-query from another model or teacher is refused rather than compared across embedding spaces.
+An index holds ``[M, E]`` float32 unit vectors with one id, one path and one ``info`` dict
+(JSON-ready: e.g. the file's size, mtime and content digest, so a rerun can tell what changed)
+per row, index-level ``settings`` (how the rows were made), and the identity of what made them
+(``model``: the CLIP-GS model, ``teacher``: its CLIP teacher), so a query from another model or
+teacher is refused rather than compared across embedding spaces.
 Search is exact (a matrix product), in chunks of rows so memory stays bounded by
 ``chunk_size x num_queries`` scores whatever the index size.
 
-Files: ``<path>.safetensors`` holds the embeddings, the ids and paths (JSON bytes in a uint8
-tensor: the safetensors header is limited to 100 MB, too small for a million paths) and, in its
-metadata, the identities (no pickle).
+Files: ``<path>.safetensors`` holds the embeddings, the ids, paths and infos (JSON bytes in a
+uint8 tensor: the safetensors header is limited to 100 MB, too small for a million paths) and, in
+its metadata, the identities and the settings (no pickle). Files written before infos and
+settings existed load with empty ones.
 """
 
 from __future__ import annotations
@@ -48,15 +51,19 @@ class EmbeddingIndex:
         model: identity of the model that made the embeddings (e.g. a repo id or folder and a
             weights digest); queries must come from the same one.
         teacher: identity of that model's CLIP teacher (text and image queries go through it).
+        settings: JSON-ready description of how the rows were made (e.g. sampling seed); saved
+            with the index.
     """
 
-    def __init__(self, embed_dim: int, model: str = "", teacher: str = ""):
+    def __init__(self, embed_dim: int, model: str = "", teacher: str = "", settings: dict | None = None):
         if embed_dim <= 0:
             raise ConfigError(f"embed_dim must be positive, got {embed_dim}")
         self.embed_dim, self.model, self.teacher = embed_dim, model, teacher
+        self.settings: dict = dict(settings or {})
         self._embeddings = torch.zeros(0, embed_dim)
         self.ids: list[str] = []
         self.paths: list[str] = []
+        self.infos: list[dict] = []
         self._rows: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -74,24 +81,37 @@ class EmbeddingIndex:
         return self._embeddings
 
     # ------------------------------------------------------------------ editing
-    def add(self, ids: Sequence[str], embeddings: Tensor, paths: Sequence[str] | None = None) -> None:
+    def add(
+        self,
+        ids: Sequence[str],
+        embeddings: Tensor,
+        paths: Sequence[str] | None = None,
+        infos: Sequence[dict] | None = None,
+    ) -> None:
         """Add rows; an id already present is replaced (its row updated in place).
 
         Args:
             ids: M unique ids.
             embeddings: ``[M, E]``; normalised to unit length here.
             paths: M paths (default: the ids).
+            infos: M JSON-ready dicts kept with the rows (default: empty dicts).
 
         Raises:
             ConfigError: shape mismatch, duplicate ids in one call, non-finite or zero rows.
         """
         ids = [str(i) for i in ids]
         paths = [str(p) for p in paths] if paths is not None else list(ids)
+        infos = [dict(i) for i in infos] if infos is not None else [{} for _ in ids]
         embeddings = embeddings.detach().to("cpu", torch.float32)
-        if embeddings.ndim != 2 or embeddings.shape != (len(ids), self.embed_dim) or len(paths) != len(ids):
+        if (
+            embeddings.ndim != 2
+            or embeddings.shape != (len(ids), self.embed_dim)
+            or len(paths) != len(ids)
+            or len(infos) != len(ids)
+        ):
             raise ConfigError(
-                f"add() needs [M, {self.embed_dim}] embeddings with M ids and paths; got "
-                f"{list(embeddings.shape)}, {len(ids)} ids, {len(paths)} paths"
+                f"add() needs [M, {self.embed_dim}] embeddings with M ids, paths and infos; got "
+                f"{list(embeddings.shape)}, {len(ids)} ids, {len(paths)} paths, {len(infos)} infos"
             )
         if len(set(ids)) != len(ids):
             raise ConfigError("add() got duplicate ids")
@@ -105,13 +125,39 @@ class EmbeddingIndex:
             if row is not None:
                 self._embeddings[row] = embeddings[k]
                 self.paths[row] = paths[k]
+                self.infos[row] = infos[k]
         if new:
             start = len(self.ids)
             self._embeddings = torch.cat([self._embeddings, embeddings[new]])
             for offset, k in enumerate(new):
                 self.ids.append(ids[k])
                 self.paths.append(paths[k])
+                self.infos.append(infos[k])
                 self._rows[ids[k]] = start + offset
+
+    def info(self, item_id: str) -> dict:
+        """The info dict of a row (a copy).
+
+        Raises:
+            ConfigError: an id that is not in the index.
+        """
+        if item_id not in self._rows:
+            raise ConfigError(f"info(): id {item_id!r} is not in the index")
+        return dict(self.infos[self._rows[item_id]])
+
+    def update(self, item_id: str, path: str | None = None, info: dict | None = None) -> None:
+        """Change a row's path and / or info, keeping its embedding.
+
+        Raises:
+            ConfigError: an id that is not in the index.
+        """
+        if item_id not in self._rows:
+            raise ConfigError(f"update(): id {item_id!r} is not in the index")
+        row = self._rows[item_id]
+        if path is not None:
+            self.paths[row] = str(path)
+        if info is not None:
+            self.infos[row] = dict(info)
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove rows by id.
@@ -127,6 +173,7 @@ class EmbeddingIndex:
         self._embeddings = self._embeddings[keep]
         self.ids = [self.ids[r] for r in keep]
         self.paths = [self.paths[r] for r in keep]
+        self.infos = [self.infos[r] for r in keep]
         self._rows = {item_id: r for r, item_id in enumerate(self.ids)}
 
     # ------------------------------------------------------------------ search
@@ -213,9 +260,10 @@ class EmbeddingIndex:
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        names = json.dumps({"ids": self.ids, "paths": self.paths}).encode()
+        names = json.dumps({"ids": self.ids, "paths": self.paths, "infos": self.infos}).encode()
         tensors = {"embeddings": self._embeddings.contiguous(), "names": torch.frombuffer(bytearray(names), dtype=torch.uint8)}
-        meta = {"model": self.model, "teacher": self.teacher, "embed_dim": str(self.embed_dim)}
+        meta = {"model": self.model, "teacher": self.teacher, "embed_dim": str(self.embed_dim),
+                "settings": json.dumps(self.settings, sort_keys=True)}  # fmt: skip
         tmp = path.with_name(path.name + ".tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)
@@ -242,14 +290,16 @@ class EmbeddingIndex:
                 embeddings = handle.get_tensor("embeddings").float()
                 names = json.loads(bytes(handle.get_tensor("names").numpy()).decode())
             ids, paths = list(names["ids"]), list(names["paths"])
+            infos = [dict(i) for i in names.get("infos", [{} for _ in ids])]
             model, teacher = meta["model"], meta["teacher"]
+            settings = json.loads(meta.get("settings", "{}"))
         except Exception as exc:  # safetensors raises its own errors, a missing key or bad JSON
             raise DatasetError(f"{path}: not a readable clip-gs embedding index: {exc}") from exc
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(paths) != len(ids):
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(paths) != len(ids) or len(infos) != len(ids):
             raise DatasetError(f"{path}: embeddings and ids do not match")
-        index = cls(embeddings.shape[1], model, teacher)
+        index = cls(embeddings.shape[1], model, teacher, settings)
         index._embeddings = embeddings
-        index.ids, index.paths = ids, paths
+        index.ids, index.paths, index.infos = ids, paths, infos
         index._rows = {item_id: r for r, item_id in enumerate(index.ids)}
         return index
 

@@ -1,12 +1,13 @@
-"""`load_asset`: a 3DGS file of any supported format, or a mesh converted to Gaussians on the fly."""
+"""`load_asset`: a 3DGS file of any supported format, or a mesh converted to Gaussians on the fly;
+`find_asset_files`: the 3DGS files and meshes of a folder."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from clip_gs.errors import ClipGSError, NotGaussianDataError
-from clip_gs.gaussians import GaussianCloud, load_gaussians
+from clip_gs.errors import ClipGSError, DatasetError, NotGaussianDataError
+from clip_gs.gaussians import GaussianCloud, load_gaussians, registered_formats
 
 CAPTURE_UP_AXIS = "-y"
 """Up axis assumed for 3DGS files that declare none: INRIA / COLMAP captures (and the ``.splat``
@@ -17,6 +18,21 @@ MESH_UP_AXIS = "+y"
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".stl", ".off", ".ply")
 """Extensions tried as meshes when the file is not a 3DGS file (``.ply`` can be either)."""
+
+
+def find_asset_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every file under the folder ``root`` (recursively) with a 3DGS extension (any registered
+    format) or a mesh extension (:data:`MESH_EXTENSIONS`), sorted by path. Which of them really
+    hold 3DGS or mesh data is decided when they are loaded (:func:`load_asset`).
+
+    Raises:
+        DatasetError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    extensions = tuple({e for f in registered_formats() for e in f.extensions} | set(MESH_EXTENSIONS))
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(extensions))
 
 
 def load_asset(path: str | os.PathLike[str], num_gaussians: int = 100_000, seed: int = 0) -> GaussianCloud:

@@ -187,8 +187,7 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
     caption: its text term is masked in training, never filled in). With a captions file, objects
     it does not list are prepared without captions, and its labels and splits win.
     """
-    from clip_gs.data.assets import MESH_EXTENSIONS
-    from clip_gs.gaussians import registered_formats
+    from clip_gs.data.assets import find_asset_files
 
     table = read_captions(captions) if captions is not None else {}
     if source.startswith("synthetic:"):
@@ -206,8 +205,7 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
         root = Path(source)
         if not root.is_dir():
             raise DatasetError(f"{source}: not a folder (nor synthetic:N)")
-        extensions = tuple({e for f in registered_formats() for e in f.extensions} | set(MESH_EXTENSIONS))
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(extensions))
+        files = find_asset_files(root)
         found = []
         for path in files:
             relative = path.relative_to(root)

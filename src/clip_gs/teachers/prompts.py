@@ -11,6 +11,7 @@ encoded, normalised, averaged over templates and renormalised, giving ``[C, E]``
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,23 +58,59 @@ def fill_template(template: str, phrase: str) -> str:
     return template.replace("{}", phrase)
 
 
+LABEL_SET_DIR = Path(__file__).parent / "label_sets"
+"""The label-set files shipped in the package (one name per line, ``#`` comment header naming the source)."""
+
+LABEL_SETS: dict[str, str | None] = {
+    "modelnet40": "modelnet40.txt",
+    "objaverse-lvis": "objaverse-lvis.txt",
+    "synthetic": None,
+}
+"""Registered label-set names -> their file in :data:`LABEL_SET_DIR` (``None``: built from
+:func:`synthetic_label_set`). ``modelnet40``: the 40 ModelNet40 classes; ``objaverse-lvis``: the
+1,156 Objaverse-LVIS categories; ``synthetic``: the 13 classes of the synthetic set."""
+
+
+def named_label_set(name: str) -> list[str]:
+    """The names of a registered label set (:data:`LABEL_SETS`), in the set's order.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the known ones).
+    """
+    if name not in LABEL_SETS:
+        raise ConfigError(f"unknown label set {name!r}; known label sets: {', '.join(LABEL_SETS)} (or give a file)")
+    filename = LABEL_SETS[name]
+    return synthetic_label_set() if filename is None else load_label_set(LABEL_SET_DIR / filename)
+
+
 def load_label_set(source: str | Path | Sequence[str]) -> list[str]:
-    """Class names from a list or a file.
+    """Class names from a registered name, a list or a file.
 
     Args:
-        source: a sequence of names; or a path to a ``.json`` file (a list of names) or a text file
-            (one name per line; blank lines and lines starting with ``#`` are skipped).
+        source: a registered label-set name (``"modelnet40"``, ``"objaverse-lvis"``,
+            ``"synthetic"``: :data:`LABEL_SETS`; a name wins over a file of the same name, write
+            ``./modelnet40`` for the file); a sequence of names; or a path to a ``.json`` file (a
+            list of names) or a text file (one name per line; blank lines and lines starting with
+            ``#`` are skipped).
 
     Returns:
         The names, stripped, in order.
 
     Raises:
-        ConfigError: missing file, empty set, non-string or duplicate names.
+        ConfigError: an unknown label-set name (the message lists the known ones), a missing
+            file, an empty set, non-string or duplicate names.
     """
+    if isinstance(source, str) and source in LABEL_SETS:
+        return named_label_set(source)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
-            raise ConfigError(f"label set file {path} does not exist")
+            if isinstance(source, str) and "/" not in source and os.sep not in source and not path.suffix:
+                raise ConfigError(
+                    f"unknown label set {source!r}; known label sets: {', '.join(LABEL_SETS)} "
+                    "(or give a .json / .txt file of names)"
+                )
+            raise ConfigError(f"label set file {path} does not exist (known label sets: {', '.join(LABEL_SETS)})")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             try:
@@ -96,6 +133,13 @@ def load_label_set(source: str | Path | Sequence[str]) -> list[str]:
     if dupes:
         raise ConfigError(f"{where}: duplicate class names {dupes}")
     return names
+
+
+def label_phrase(name: str) -> str:
+    """The noun phrase a class name is prompted with: underscores become spaces
+    (``"car_(automobile)"`` -> ``"car (automobile)"``, ``"flower_pot"`` -> ``"flower pot"``);
+    anything else is kept."""
+    return " ".join(name.replace("_", " ").split())
 
 
 def synthetic_label_set() -> list[str]:
@@ -131,10 +175,14 @@ def zero_shot_classify(teacher, images, weights: Tensor) -> Tensor:
 
 
 __all__ = [
+    "LABEL_SETS",
+    "LABEL_SET_DIR",
     "TEMPLATES",
     "article",
     "fill_template",
+    "label_phrase",
     "load_label_set",
+    "named_label_set",
     "synthetic_label_set",
     "zero_shot_classify",
     "zero_shot_weights",

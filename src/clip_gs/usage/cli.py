@@ -1,0 +1,180 @@
+"""The ``clip-gs classify``, ``clip-gs embed`` and ``clip-gs search`` commands (registered by
+:func:`add_usage_parsers` from ``clip_gs.cli``).
+
+    clip-gs classify FILE... --model M (--labels a,b,c | --label-set NAME | --labels-file F) [--k 5] [--json]
+    clip-gs embed FOLDER --out INDEX --model M
+    clip-gs search INDEX (--text T | --image PNG | --like FILE) [--k 5] [--json] [--sheet hits.png] [--model M]
+
+``classify`` and ``embed`` report each bad file on stderr (``failed: FILE: reason``), go on with
+the others and exit with status 3 when any failed (``EXIT_SOME_FAILED``, as ``clip-gs prepare``).
+Importing this module is cheap (argparse only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _label_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"--labels takes comma-separated class names, got {text!r}")
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help="exported model folder (clip-gs fit's export/) or Hub repo id")
+    p.add_argument("--teacher", default=None,
+                   help="teacher spec to use instead of the one the model (or index) records; must be that same "
+                        "teacher (e.g. NAME@/path/to/checkpoint for a teacher loaded from a file)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    from clip_gs.usage.classify import MESH_GAUSSIANS
+
+    p.add_argument("--mesh-gaussians", type=_positive, default=MESH_GAUSSIANS,
+                   help=f"Gaussians sampled on a mesh before the model resamples it (default {MESH_GAUSSIANS:,}, "
+                        "as clip-gs prepare)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the mesh sampling and of the model's resampling")
+    p.add_argument("--batch-size", type=_positive, default=8, help="objects per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_usage_parsers(subparsers) -> None:
+    """Add ``classify``, ``embed`` and ``search`` to the ``clip-gs`` subparsers; each sets ``func``."""
+    classify = subparsers.add_parser("classify", help="zero-shot top-k labels of 3DGS files and meshes")
+    classify.add_argument(
+        "files", nargs="+", help="3DGS files (.ply, .splat, .spz, compressed .ply), meshes, or folders"
+    )
+    _add_model_options(classify, required=True)
+    labels = classify.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", type=_label_list, help='comma-separated class names, e.g. "chair,table,lamp"')
+    labels.add_argument("--label-set", help="a shipped label set: modelnet40, objaverse-lvis, synthetic")
+    labels.add_argument("--labels-file", help="a label-set file: one name per line (# comments) or a JSON list")
+    classify.add_argument("--k", type=_positive, default=5, help="labels shown per file")
+    classify.add_argument("--json", action="store_true", help="print a JSON list (one object per file) instead of text")
+    _add_sampling_options(classify)
+    classify.set_defaults(func=run_classify)
+
+    embed = subparsers.add_parser(
+        "embed", help="embed a folder of 3DGS files and meshes into a search index (resumable)"
+    )
+    embed.add_argument("folder", help="folder searched recursively for 3DGS files and meshes")
+    embed.add_argument("--out", required=True, help="index file (.safetensors); an existing one is brought up to date")
+    _add_model_options(embed, required=True)
+    _add_sampling_options(embed)
+    embed.add_argument("--overwrite", action="store_true", help="discard an existing index and embed everything")
+    embed.set_defaults(func=run_embed)
+
+    search = subparsers.add_parser("search", help="search an index by text, image or example file")
+    search.add_argument("index", help="index file written by clip-gs embed")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help='a description, e.g. "a red sports car" (embedded by the index\'s teacher)')
+    query.add_argument("--image", help="an image file (embedded by the index's teacher)")
+    query.add_argument("--like", help="a 3DGS file or mesh (embedded by the index's model: needs --model)")
+    search.add_argument("--k", type=_positive, default=5, help="hits shown")
+    search.add_argument("--json", action="store_true", help="print one JSON object instead of 'score path' lines")
+    search.add_argument("--sheet", help="also write a contact sheet of the hits (rendered, with scores) to this image")
+    search.add_argument("--sheet-size", type=_positive, default=192, help="pixels per contact-sheet tile")
+    _add_model_options(search, required=False)
+    search.set_defaults(func=run_search)
+
+
+def _report_failures(failures) -> None:
+    for path, reason in failures:
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    """Handler of ``clip-gs classify``."""
+    from pathlib import Path
+
+    from clip_gs.data.prepare import EXIT_SOME_FAILED
+    from clip_gs.teachers.prompts import named_label_set
+    from clip_gs.usage.classify import classify_files, format_classification
+    from clip_gs.usage.models import load_usage_model
+
+    if args.labels is not None:
+        labels = args.labels
+    elif args.label_set is not None:
+        labels = named_label_set(args.label_set)
+    else:
+        labels = Path(args.labels_file)
+    usage = load_usage_model(args.model, teacher=args.teacher, device=args.device)
+    results = classify_files(
+        args.files, usage, labels, k=args.k, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
+        batch_size=args.batch_size, progress=False if args.quiet else None,
+    )  # fmt: skip
+    failed = [(r.path, r.error) for r in results if not r.ok]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for result in results:
+            if result.ok:
+                print(format_classification(result))
+    _report_failures(failed)
+    print(f"classified {len(results) - len(failed)} of {len(results)} files, {len(failed)} failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Handler of ``clip-gs embed``."""
+    from clip_gs.data.prepare import EXIT_SOME_FAILED
+    from clip_gs.usage.embed import embed_folder
+    from clip_gs.usage.models import load_usage_model
+
+    usage = load_usage_model(args.model, teacher=args.teacher, device=args.device)
+    summary = embed_folder(
+        args.folder, args.out, usage, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
+        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    _report_failures(summary.failures)
+    print(summary.line())
+    return EXIT_SOME_FAILED if summary.failed else 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Handler of ``clip-gs search``."""
+    from clip_gs.index import EmbeddingIndex
+    from clip_gs.usage.classify import MESH_GAUSSIANS
+    from clip_gs.usage.models import load_usage_model
+    from clip_gs.usage.search import hits_sheet, search_index
+
+    index = EmbeddingIndex.load(args.index)
+    model = load_usage_model(args.model, teacher=args.teacher, device=args.device) if args.model else None
+    hits = search_index(index, text=args.text, image=args.image, like=args.like, k=args.k, model=model,
+                        teacher=args.teacher)  # fmt: skip
+    if args.json:
+        kind, value = next((k, v) for k, v in (("text", args.text), ("image", args.image), ("like", args.like)) if v)
+        print(json.dumps({
+            "index": str(args.index), "model": index.model, "teacher": index.teacher,
+            "query": {"kind": kind, "value": value},
+            "hits": [{"rank": r, "score": h.score, "id": h.id, "path": h.path} for r, h in enumerate(hits, 1)],
+        }, indent=2))  # fmt: skip
+    else:
+        for hit in hits:
+            print(f"{hit.score:.4f} {hit.path}")
+    if args.sheet:
+        from pathlib import Path
+
+        mesh_gaussians = int(index.settings.get("mesh_gaussians", MESH_GAUSSIANS))
+        seed = int(index.settings.get("seed", 0))
+        sheet, failures = hits_sheet(hits, size=args.sheet_size, mesh_gaussians=mesh_gaussians, seed=seed)
+        Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(args.sheet)
+        _report_failures(failures)
+        print(f"wrote {args.sheet} ({len(hits)} hits)", file=sys.stderr)
+    return 0
+
+
+__all__ = ["add_usage_parsers", "run_classify", "run_embed", "run_search"]

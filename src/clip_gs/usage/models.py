@@ -1,0 +1,242 @@
+"""A trained CLIP-GS model ready for use: the model, its identity and its CLIP teacher.
+
+:func:`load_usage_model` loads a folder written by ``export_pretrained`` / ``save_pretrained`` (or
+a Hub repo id) and reads ``teacher.json``, the identity of the teacher whose embedding space the
+model was trained into. That teacher is loaded only when text or images must be embedded
+(:meth:`UsageModel.teacher`): ``clip-gs embed`` never loads it.
+
+Identities (recorded in embedding indexes and compared before any query):
+
+- the model: ``clip-gs:<config name>@sha256:<16 hex>`` of its ``model.safetensors`` bytes, so two
+  copies of one model are the same model wherever they lie;
+- the teacher: ``str(TeacherIdentity)``, e.g. ``file:synthetic-clip@sha256:abe14372de083310`` or
+  ``open_clip:EVA02-E-14-plus/laion2b_s9b_b144k``. :func:`teacher_spec_for` turns one back into
+  the spec string :func:`~clip_gs.teachers.load_teacher` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from clip_gs.errors import ClipGSError, ConfigError, WeightsUnavailableError
+from clip_gs.teachers.base import Teacher, check_same_teacher
+
+TEACHER_RECORD = "teacher.json"
+"""The file of an exported model folder that names its teacher (``{"teacher": identity, ...}``)."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else the CPU; anything else as given."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def teacher_spec_for(identity: str) -> str:
+    """The :func:`~clip_gs.teachers.load_teacher` spec of a recorded teacher identity.
+
+    ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` -> ``hf-hub:ORG/NAME``;
+    ``file:synthetic-clip@sha256:...`` -> ``synthetic-clip`` (the shipped offline teacher; the
+    checksum is compared once it is loaded).
+
+    Raises:
+        WeightsUnavailableError: a teacher loaded from some other local file (only that file
+            will do; the message says how to pass it with ``--teacher NAME@FILE``).
+        ConfigError: an identity no teacher can be loaded from (random or test teachers).
+    """
+    from clip_gs.teachers.factory import OFFLINE_TEACHER
+
+    kind, _, rest = identity.partition(":")
+    if kind == "open_clip" and "/" in rest:
+        return rest
+    if kind == "hf-hub" and rest:
+        return f"hf-hub:{rest.split('@', 1)[0]}"
+    if kind == "file" and rest:
+        name = rest.split("@", 1)[0]
+        if name == OFFLINE_TEACHER:
+            return OFFLINE_TEACHER
+        checksum = rest.partition("@")[2] or "the recorded one"
+        raise WeightsUnavailableError(
+            f"teacher {identity} was loaded from a local checkpoint file; pass that file with "
+            f"--teacher {name}@/path/to/checkpoint (its checksum must be {checksum})"
+        )
+    raise ConfigError(
+        f"teacher {identity!r} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC"
+    )
+
+
+def load_recorded_teacher(
+    recorded: str, override: str | Teacher | None = None, what: str = "the model", **kwargs
+) -> Teacher:
+    """Load the teacher an identity names (or ``override``), checking that it is that teacher.
+
+    Args:
+        recorded: the teacher identity recorded with a model or an index (``""``: none recorded).
+        override: a spec string or a :class:`Teacher` to use instead of :func:`teacher_spec_for`
+            (e.g. ``--teacher NAME@FILE`` for a teacher from a local file).
+        what: what recorded it, for messages.
+        **kwargs: ``device``, ``batch_size``, ``precision`` for :func:`~clip_gs.teachers.load_teacher`.
+
+    Raises:
+        ConfigError: nothing recorded and no override.
+        WeightsUnavailableError: the teacher's weights are not available offline (the message
+            says which teacher ``what`` needs).
+        TeacherMismatchError: the loaded teacher is not the recorded one.
+    """
+    from clip_gs.teachers import load_teacher
+
+    if not recorded and override is None:
+        raise ConfigError(f"{what} records no teacher; pass --teacher SPEC (the teacher it was trained with)")
+    spec = override
+    try:
+        if spec is None:
+            spec = teacher_spec_for(recorded)
+        teacher = load_teacher(spec, **kwargs)
+    except ClipGSError as exc:
+        raise type(exc)(f"{what} needs teacher {recorded or spec}, which cannot be loaded: {exc}") from exc
+    if recorded:
+        check_same_teacher(
+            recorded,
+            teacher,
+            what=f"{what} and the teacher loaded from {spec if isinstance(spec, str) else 'the given Teacher'}",
+        )
+    return teacher
+
+
+@dataclass
+class UsageModel:
+    """A loaded CLIP-GS model with what using it needs.
+
+    Attributes:
+        model: the :class:`~clip_gs.CLIPGS` (eval mode, on ``device``).
+        source: the folder or Hub repo id it was loaded from.
+        identity: ``clip-gs:<config name>@sha256:<16 hex>`` of its weights file.
+        teacher_record: the teacher identity from ``teacher.json`` (``""`` when the folder has none).
+        teacher_override: a ``--teacher`` spec (or Teacher) to use instead of the recorded one.
+        device: where the model (and its teacher, when loaded) run.
+    """
+
+    model: object
+    source: str
+    identity: str
+    teacher_record: str = ""
+    teacher_override: str | Teacher | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _teacher: Teacher | None = field(default=None, repr=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.embed_dim)
+
+    @property
+    def teacher_identity(self) -> str:
+        """The teacher identity to record: the recorded one, else that of the override (loaded)."""
+        if self.teacher_record:
+            return self.teacher_record
+        if self.teacher_override is not None:
+            return str(self.teacher().identity)
+        return ""
+
+    def teacher(self) -> Teacher:
+        """The model's teacher, loaded on first use (see :func:`load_recorded_teacher`)."""
+        if self._teacher is None:
+            teacher = load_recorded_teacher(self.teacher_record, self.teacher_override, f"model {self.source}",
+                                            device=self.device)  # fmt: skip
+            if teacher.embed_dim != self.embed_dim:
+                raise ConfigError(
+                    f"teacher {teacher.identity} embeds in {teacher.embed_dim} dimensions, model {self.source} in "
+                    f"{self.embed_dim}"
+                )
+            self._teacher = teacher
+        return self._teacher
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+"""What a Hub repo id looks like (``name`` or ``owner/name``); anything else is a local path."""
+
+
+def _model_file(source: str, filename: str, required: bool) -> Path | None:
+    """A file of a model folder or Hub repo (None when absent and not required)."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        path = local / filename
+        return path if path.is_file() or required else None
+    from clip_gs.model.hub import hub_download
+
+    try:
+        return hub_download(source, filename)
+    except WeightsUnavailableError:
+        if required:
+            raise
+        return None
+
+
+def read_teacher_record(source: str) -> str:
+    """The teacher identity in a model folder's (or Hub repo's) ``teacher.json``; ``""`` when absent.
+
+    Raises:
+        ConfigError: a ``teacher.json`` that is not a JSON object with a string ``teacher``.
+    """
+    path = _model_file(source, TEACHER_RECORD, required=False)
+    if path is None:
+        return ""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable teacher record: {exc}") from exc
+    teacher = record.get("teacher") if isinstance(record, dict) else None
+    if teacher is not None and not isinstance(teacher, str):
+        raise ConfigError(f"{path}: 'teacher' must be a teacher identity string, got {teacher!r}")
+    return teacher or ""
+
+
+def load_usage_model(
+    source: str | os.PathLike,
+    teacher: str | Teacher | None = None,
+    device: str | torch.device | None = "auto",
+) -> UsageModel:
+    """Load a model folder or Hub repo for classification, embedding and search.
+
+    Args:
+        source: a folder written by ``export_pretrained`` / ``save_pretrained``, or a Hub repo id.
+        teacher: a teacher spec (or :class:`Teacher`) to use instead of the one ``teacher.json``
+            records; when both exist they must be the same teacher.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+
+    Raises:
+        ConfigError: a local path that does not exist.
+        CheckpointError / WeightsUnavailableError: see :meth:`CLIPGS.from_pretrained`.
+    """
+    from clip_gs.model.clipgs import CLIPGS, WEIGHTS_NAME
+    from clip_gs.teachers.open_clip_teacher import file_checksum
+
+    source = str(source)
+    local = Path(source).expanduser()
+    if not local.is_dir() and (local.exists() or not _HUB_ID.match(source)):
+        raise ConfigError(f"model folder {source} does not exist (give an exported model folder or a Hub repo id)")
+    device = resolve_device(device)
+    folder = str(local) if local.is_dir() else source
+    try:
+        model = CLIPGS.from_pretrained(folder, map_location=device)
+    except WeightsUnavailableError as exc:
+        raise WeightsUnavailableError(f"{source} is no local folder, and as a Hub repo id: {exc}") from exc
+    weights = _model_file(folder, WEIGHTS_NAME, required=True)
+    identity = f"clip-gs:{model.config.name}@{file_checksum(weights)}"
+    return UsageModel(model, source, identity, read_teacher_record(folder), teacher, device)
+
+
+__all__ = [
+    "TEACHER_RECORD",
+    "UsageModel",
+    "load_recorded_teacher",
+    "load_usage_model",
+    "read_teacher_record",
+    "resolve_device",
+    "teacher_spec_for",
+]
