@@ -197,7 +197,7 @@ def test_report_shape():
 def test_teacher_spec_for_identities():
     assert teacher_spec_for("open_clip:ViT-B-32/laion2b_s34b_b79k") == "ViT-B-32/laion2b_s34b_b79k"
     assert teacher_spec_for("hf-hub:org/name") == "hf-hub:org/name"
-    assert teacher_spec_for("file:synthetic-clip@sha256:abe14372de083310") == "synthetic-clip"
+    assert teacher_spec_for("file:synthetic-clip@sha256:2cbded4fb06663dc") == "synthetic-clip"
     with pytest.raises(ConfigError, match="--teacher NAME@/path"):
         teacher_spec_for("file:ViT-B-32@sha256:0123")
 

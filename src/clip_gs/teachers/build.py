@@ -324,7 +324,7 @@ def build_offline_teacher(
     class_groups: int = 4,
     restart_steps: int = 500,
     restart_lr: float | None = None,
-    restarts: int = 2,
+    restarts: int = 3,
 ) -> BuildResult:
     """Train the offline teacher from ``seed`` and write it to ``out`` (see the module docstring).
 

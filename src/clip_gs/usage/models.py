@@ -9,7 +9,7 @@ Identities (recorded in embedding indexes and compared before any query):
 
 - the model: ``clip-gs:<config name>@sha256:<16 hex>`` of its ``model.safetensors`` bytes, so two
   copies of one model are the same model wherever they lie;
-- the teacher: ``str(TeacherIdentity)``, e.g. ``file:synthetic-clip@sha256:abe14372de083310`` or
+- the teacher: ``str(TeacherIdentity)``, e.g. ``file:synthetic-clip@sha256:2cbded4fb06663dc`` or
   ``open_clip:EVA02-E-14-plus/laion2b_s9b_b144k``. :func:`teacher_spec_for` turns one back into
   the spec string :func:`~clip_gs.teachers.load_teacher` takes.
 """
