@@ -8,6 +8,7 @@ elsewhere) and run in CI, where it is present. ``CLIP_GS_REAL_DATA`` overrides t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,48 @@ def real_file(relative: str) -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# ---------------------------------------------------------------------------- a trained model
+TRAINED_RUN_OVERRIDES = [
+    "--data.root", "synthetic:{objects}", "--trainer.max_steps", "{steps}", "--trainer.enable_progress_bar", "false",
+    "--trainer.logger", "false", "--test_after_fit", "false",
+]  # fmt: skip
+"""The quick-start configuration with a smaller budget (see :func:`trained_run`)."""
+
+TRAINED_RUN_BUDGET = {"objects": 300, "steps": 100}
+"""Synthetic objects prepared and optimiser steps of :func:`trained_run`."""
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A model trained by ``clip-gs fit`` from the quick-start configuration, and its data.
+
+    Attributes:
+        model_dir: the exported, Hub-ready folder (``CLIPGS.from_pretrained`` loads it).
+        data_root: the prepared synthetic dataset (train / val / test, the offline teacher's embeddings).
+    """
+
+    model_dir: Path
+    data_root: Path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> TrainedRun:
+    """Train once per session: ``clip-gs fit --config examples/configs/quickstart.yaml`` on a smaller
+    synthetic set and step budget (:data:`TRAINED_RUN_BUDGET`), in-process, offline.
+
+    The quality tests of evaluation, search, classification and the demo use it; their bars are
+    set from what this budget measurably reaches (see each test)."""
+    from clip_gs.lightning.cli import cli_main
+    from clip_gs.lightning.datamodule import GaussianDataModule
+
+    root = tmp_path_factory.mktemp("trained-run")
+    export = root / "export"
+    args = [a.format(**TRAINED_RUN_BUDGET) for a in TRAINED_RUN_OVERRIDES]
+    argv = ["fit", "--config", str(REPO_ROOT / "examples" / "configs" / "quickstart.yaml"), *args,
+            "--trainer.default_root_dir", str(root), "--export.export_dir", str(export),
+            "--data.cache_dir", str(root / "data")]  # fmt: skip
+    assert cli_main(argv) == 0
+    dm = GaussianDataModule(root=f"synthetic:{TRAINED_RUN_BUDGET['objects']}", cache_dir=str(root / "data"))
+    return TrainedRun(model_dir=export, data_root=Path(dm.dataset_root))

@@ -20,6 +20,7 @@ from clip_gs.data.prepare import (
     read_captions,
     split_of,
 )
+from clip_gs.data.synthetic import SHAPE_NOUNS
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import DatasetError
 from tests.test_cloud import random_cloud
@@ -82,7 +83,8 @@ def test_synthetic_source_to_shards_and_manifest(tmp_path):
     samples = [s for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)]
     assert sorted(s.id for s in samples) == [f"synthetic-{i:06d}" for i in range(10)]
     sample = samples[0]
-    assert sample.cloud.num_gaussians == 512 and len(sample.captions) == 1 and sample.label in sample.captions[0]
+    assert sample.cloud.num_gaussians == 512 and len(sample.captions) == 3  # full, colour + class, class
+    assert all(SHAPE_NOUNS[sample.label] in c for c in sample.captions)
     assert sample.image_embeddings.shape == (2, 16) and sample.viewmats.shape == (2, 4, 4)
     assert torch.allclose(sample.text_embeddings, teacher.encode_text(list(sample.captions)))
     assert {s.id: split_of(s.id, SETTINGS) for s in samples} == {

@@ -104,6 +104,9 @@ def test_captions_match_recorded_colour_pattern_and_class():
         obj = make_object(shape, i, num_gaussians=256)
         seen_patterns.add(obj.pattern)
         assert obj.caption == make_caption(shape, obj.color_name, obj.pattern, obj.secondary_color_name)
+        noun = SHAPE_NOUNS[shape]
+        assert obj.captions == (obj.caption, make_caption(shape, obj.color_name, "solid", None),
+                                f"{'an' if noun[0] in 'aeiouL' else 'a'} {noun}")  # fmt: skip
         assert obj.caption.endswith(SHAPE_NOUNS[shape]) or f"{SHAPE_NOUNS[shape]} with" in obj.caption
         assert obj.color_name in obj.caption.split()
         assert (obj.secondary_color_name is None) == (obj.pattern == "solid")
@@ -279,3 +282,11 @@ def test_rendered_classes_differ_in_silhouette_area():
     assert coverage["sphere"] > coverage["torus"] + 0.1
     assert coverage["sphere"] > coverage["star_prism"] + 0.1
     assert np.isfinite(list(coverage.values())).all()
+
+
+def test_caption_variants_by_hand():
+    from clip_gs.data.synthetic import make_captions
+
+    assert make_captions("torus", "blue", "striped", "white") == ("a blue torus with white stripes", "a blue torus", "a torus")
+    assert make_captions("l_shape", "orange", "two_tone", "red") == (
+        "a two-tone orange and red L-shaped block", "an orange L-shaped block", "an L-shaped block")  # fmt: skip

@@ -332,6 +332,16 @@ def test_cli_fit_and_sigkill_resume(dataset, tmp_path):
     last_line = [line for line in whole.stdout.splitlines() if line.strip()][-1]
     assert last_line == str((tmp_path / "whole" / "export").resolve())
     assert CLIPGS.from_pretrained(last_line, local_files_only=True).config.num_gaussians == N  # linked from data
+    # ...after testing the best checkpoint on the test split: the summary, and the metrics recorded in the export
+    assert "test split (8 objects):" in whole.stdout and "zero-shot top-1" in whole.stdout, whole.stdout[-2000:]
+    tested = json.loads((tmp_path / "whole" / "export" / "metrics.json").read_text())["test"]["metrics"]
+    assert {"test/zeroshot_top1", "test/teacher_zeroshot_top1", "test/text_to_3d_r5"} <= tested.keys()
+    from clip_gs.data.shards import TripletShardDataset
+
+    vectors, hits = class_vectors(), []  # the teacher's own zero-shot, by hand: every view of every test object
+    for sample in TripletShardDataset(str(dataset / "test")):
+        hits += ((sample.image_embeddings @ vectors.T).argmax(-1) == CLASSES.index(sample.label)).tolist()
+    assert tested["test/teacher_zeroshot_top1"] == pytest.approx(sum(hits) / len(hits)) and len(hits) == 8 * 3
 
     cut_config = resume_config(tmp_path, "cut", dataset, steps)
     proc = subprocess.Popen([sys.executable, "-m", "clip_gs", "fit", "--config", str(cut_config)], cwd=REPO, env=env,

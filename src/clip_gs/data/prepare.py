@@ -233,7 +233,8 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
 
 
 def load_source(item: SourceItem, settings: PrepareSettings):
-    """``(cloud, captions, up axis)`` of one object (synthetic objects bring their caption)."""
+    """``(cloud, captions, up axis)`` of one object (synthetic objects bring their captions:
+    :func:`~clip_gs.data.synthetic.make_captions`)."""
     from clip_gs.data.assets import default_up_axis, load_asset
 
     if item.source.startswith("synthetic:"):
@@ -242,7 +243,7 @@ def load_source(item: SourceItem, settings: PrepareSettings):
         index = int(item.source.removeprefix("synthetic:"))
         dataset = SyntheticGaussianDataset(index + 1, num_gaussians=settings.synthetic_gaussians, seed=settings.seed)
         obj = dataset[index]
-        return obj.cloud.replace(source=item.source), item.captions or (obj.caption,), "+y"
+        return obj.cloud.replace(source=item.source), item.captions or obj.captions, "+y"
     cloud = load_asset(item.source, num_gaussians=settings.mesh_gaussians, seed=settings.seed)
     up = default_up_axis(item.source) if settings.up == "auto" else settings.up
     return cloud, item.captions, up

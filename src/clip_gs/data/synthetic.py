@@ -47,6 +47,7 @@ from clip_gs.data.mesh import (
 )
 from clip_gs.errors import ConfigError
 from clip_gs.gaussians.cloud import GaussianCloud, quaternions_to_matrices
+from clip_gs.teachers.prompts import article
 
 PALETTE: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.10, 0.10),
@@ -323,7 +324,7 @@ def make_caption(shape: str, color: str, pattern: str, secondary: str | None) ->
     Templates: solid ``"a {color} {noun}"``; striped ``"a {color} {noun} with {secondary} stripes"``;
     dotted ``"a {color} {noun} with {secondary} dots"``; two-tone
     ``"a two-tone {color} and {secondary} {noun}"``.
-    The article becomes "an" before a vowel.
+    The article becomes "an" before a vowel sound (:func:`~clip_gs.teachers.prompts.article`).
     """
     noun = SHAPE_NOUNS[_check_shape(shape)]
     if pattern == "solid":
@@ -336,8 +337,26 @@ def make_caption(shape: str, color: str, pattern: str, secondary: str | None) ->
         body = f"two-tone {color} and {secondary} {noun}"
     else:
         raise ConfigError(f"unknown pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
-    article = "an" if body[0] in "aeiou" else "a"
-    return f"{article} {body}"
+    return f"{article(body)} {body}"
+
+
+def make_captions(shape: str, color: str, pattern: str, secondary: str | None) -> tuple[str, str, str]:
+    """The captions of a synthetic object, from the most to the least specific: the full caption
+    (:func:`make_caption`), the primary colour and class (``"a blue torus"``) and the class alone
+    (``"a torus"``).
+
+    Why three: the full caption's colour words match the object's colours, which a 3D encoder
+    learns within a few steps, while its shape is what zero-shot classification needs. A
+    contrastive batch can be solved by colour alone unless colours repeat; "a torus" can only be
+    matched by shape. Training draws one caption per object and step (a choice of this package:
+    the paper has one caption per object); evaluation uses the first, the full caption.
+    """
+    noun = SHAPE_NOUNS[_check_shape(shape)]
+    return (
+        make_caption(shape, color, pattern, secondary),
+        make_caption(shape, color, "solid", None),
+        f"{article(noun)} {noun}",
+    )
 
 
 # ---------------------------------------------------------------------------- objects
@@ -353,6 +372,7 @@ class SyntheticObject:
         secondary_color_name: the pattern colour; ``None`` for ``solid``.
         pattern: one of :data:`PATTERNS`.
         caption: template caption naming colour(s), pattern and class (:func:`make_caption`).
+        captions: ``(caption, colour + class, class)`` (:func:`make_captions`), what ``prepare`` stores.
         seed: the seed the object was made from.
         rotation: ``[3, 3]`` rotation applied to the canonical shape (world = R @ canonical).
         pattern_axis: ``[3]`` world-frame direction the stripes / two-tone split run along, or ``None``.
@@ -366,6 +386,7 @@ class SyntheticObject:
     secondary_color_name: str | None
     pattern: str
     caption: str
+    captions: tuple[str, ...]
     seed: int
     rotation: Tensor
     pattern_axis: Tensor | None
@@ -445,6 +466,7 @@ def make_object(
         secondary_color_name=secondary,
         pattern=pattern,
         caption=make_caption(shape, color, pattern, secondary),
+        captions=make_captions(shape, color, pattern, secondary),
         seed=seed,
         rotation=torch.as_tensor(rotation, dtype=torch.float32),
         pattern_axis=None if axis is None else torch.as_tensor(rotation @ axis, dtype=torch.float32),
@@ -519,6 +541,7 @@ __all__ = [
     "SyntheticGaussianDataset",
     "SyntheticObject",
     "make_caption",
+    "make_captions",
     "make_object",
     "object_seed",
     "pattern_mask",

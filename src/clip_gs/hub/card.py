@@ -1,7 +1,8 @@
 """Model cards of CLIP-GS models: the one card generator used by the training export, ``save_pretrained``
 and ``clip-gs push``.
 
-The template is the package file ``clip_gs/hub/model_card.md`` (Jinja2, rendered by
+The template is the repository's ``MODEL_CARD.md``, shipped as the package file
+``clip_gs/hub/model_card.md`` (a symbolic link in the checkout; a wheel holds a copy) (Jinja2, rendered by
 ``huggingface_hub.ModelCard.from_template``); the YAML front matter is a ``ModelCardData``:
 ``library_name: clip-gs``, ``license``, ``tags``, ``pipeline_tag: feature-extraction``, ``datasets``
 (Hub dataset ids only: named with ``datasets=`` or recorded as ``hf://datasets/ORG/NAME``) and a

@@ -133,7 +133,8 @@ class SampleProcessor:
     - features: :func:`~clip_gs.model.features.preprocess` with ``transform`` and seed ``s``; with no
       transform, ``preprocess(cloud, num_gaussians, scale_activation, seed=seed)``, i.e. exactly
       the input ``CLIPGS.encode(..., seed=seed)`` builds for the same object;
-    - one caption's text embedding, chosen uniformly with a generator seeded from ``s``;
+    - one caption's text embedding: in training chosen uniformly with a generator seeded from
+      ``s``; in evaluation (``fixed_epoch`` set) the first caption, the most specific one;
     - ``views_per_step`` (K) of the V views without replacement (seeded from ``s``; all V in
       stored order, then masked padding, when V < K);
     - ``similarity[k] = cos(text, images[k])``.
@@ -145,8 +146,8 @@ class SampleProcessor:
         labels: the manifest's sorted label set (label -> its position; -1 for no label).
         seed: base seed.
         transform: the augmentation, or None.
-        fixed_epoch: use this epoch instead of the loader's (evaluation: the same caption and
-            views every epoch).
+        fixed_epoch: use this epoch instead of the loader's, and the first caption (evaluation:
+            the same caption and views every epoch).
     """
 
     num_gaussians: int
@@ -174,7 +175,8 @@ class SampleProcessor:
         emb_dim, k = sample.embed_dim, self.views_per_step
         t = sample.text_embeddings.shape[0]
         if t:
-            text = sample.text_embeddings[int(_rng(s, _DOMAIN_CAPTION).integers(t))].to(torch.float32)
+            caption = int(_rng(s, _DOMAIN_CAPTION).integers(t)) if self.fixed_epoch is None else 0
+            text = sample.text_embeddings[caption].to(torch.float32)
         else:
             text = torch.zeros(emb_dim)
         v = sample.image_embeddings.shape[0]

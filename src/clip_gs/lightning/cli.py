@@ -5,15 +5,20 @@
 Everything is typed from the classes' signatures (``--print_config`` prints a complete file).
 ``data.num_gaussians`` is linked to ``model.num_gaussians`` (set it under ``data:`` only); the
 data module's ``scale_activation`` must equal the model configuration's (checked in ``setup``).
+``fit`` then tests the best checkpoint on the test split (``--test_after_fit false`` skips it),
+prints the test zero-shot accuracy next to the teacher's own on the same objects and the test
+recall, adds them to the export's ``metrics.json``, and prints the export folder as its last line.
 ``predict`` embeds the test split and writes ``predictions.pt`` (``ids``, ``embeddings [M, E]``)
 to the log directory, printing its path last.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -31,6 +36,27 @@ class CLIPGSCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ExportBest, "export")
         parser.link_arguments("data.num_gaussians", "model.num_gaussians")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="fit: after training, test the best checkpoint on the test split (when the data has one)",
+        )  # fmt: skip
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint on the test split, print the summary, and print the export
+        folder as the last line of output (``fit`` only)."""
+        export = next((cb for cb in self.trainer.callbacks if isinstance(cb, ExportBest)), None)
+        manifest = getattr(self.datamodule, "manifest", None)
+        has_test = manifest is not None and manifest.counts.get("test", 0) > 0
+        if self.config[self.subcommand].get("test_after_fit", True) and has_test:
+            best = export.best_model_path if export is not None and export.best_model_path else None
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+            metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            if self.trainer.is_global_zero:
+                print(format_test_summary(metrics, manifest.counts['test']), flush=True)
+                if export is not None and export.export_path is not None:
+                    record_test_metrics(export.export_path, metrics, best)
+        if export is not None and export.export_path is not None and self.trainer.is_global_zero:
+            print(str(Path(export.export_path).resolve()), flush=True)
 
     def before_predict(self) -> None:
         dm = self.datamodule
@@ -48,6 +74,30 @@ class CLIPGSCLI(LightningCLI):
         path = os.path.join(folder, "predictions.pt")
         torch.save({"ids": ids, "embeddings": embeddings}, path)
         print(os.path.abspath(path), flush=True)
+
+
+def format_test_summary(metrics: dict[str, float], num_objects: int) -> str:
+    """Lines for the end of ``fit``: the model's test zero-shot against the teacher's, and test recall."""
+    lines = [f"test split ({num_objects} objects):"]
+    if "test/zeroshot_top1" in metrics:
+        model, teacher = metrics["test/zeroshot_top1"], metrics.get("test/teacher_zeroshot_top1")
+        line = f"  zero-shot top-1 {model:.1%} (top-5 {metrics.get('test/zeroshot_top5', float('nan')):.1%})"
+        if teacher:
+            line += f"; the teacher on the same objects' views {teacher:.1%}: ratio {model / teacher:.2f}"
+        lines.append(line)
+    recall = [f"{name} R@{k} {metrics[f'test/{name}_r{k}']:.1%}" for name in ("text_to_3d", "3d_to_text")
+              for k in (1, 5) if f"test/{name}_r{k}" in metrics]  # fmt: skip
+    if recall:
+        lines.append("  " + ", ".join(recall))
+    return "\n".join(lines)
+
+
+def record_test_metrics(folder: str | os.PathLike, metrics: dict[str, float], checkpoint: str | None) -> None:
+    """Add the test metrics to the export's ``metrics.json`` (under ``"test"``)."""
+    path = Path(folder) / "metrics.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["test"] = {"metrics": metrics, "checkpoint": checkpoint}
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def cli_main(args: Sequence[str] | None = None) -> int:

@@ -15,8 +15,9 @@ waiting for the loader). Validation / test (``val/...``, ``test/...``): the loss
 ``zeroshot_top1/3/5`` over the split's labelled objects against the dataset's label embeddings
 (``label_embeddings.bin``; top-k is capped at the number of labels), and 3D <-> text recall
 ``3d_to_text_r1/r5``, ``text_to_3d_r1/r5`` over the objects with a caption (each object's evaluation
-caption, a fixed seeded choice among its captions, against every other object of the split;
-embeddings gathered over the epoch and across ranks).
+caption, its first (the most specific), against every other object of the split;
+embeddings gathered over the epoch and across ranks), and ``teacher_zeroshot_top1``, the teacher's
+own zero-shot accuracy on the views of the same objects (the reference for ``zeroshot_top1``).
 
 All ``__init__`` arguments are plain types, so LightningCLI configures the module from YAML.
 """
@@ -315,8 +316,23 @@ class CLIPGSModule(LightningModule):
                 metric = self._metrics[f"{split}_top{k}"]
                 metric.update(logits, batch.labels)
                 self.log(f"{split}/zeroshot_top{k}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
+            self._log_teacher_zero_shot(split, batch)
         store = self._eval.setdefault(split, [])
         store.append((embeddings.detach().float(), batch.text.float(), batch.text_mask))
+
+    def _log_teacher_zero_shot(self, split: str, batch: TripletBatch) -> None:
+        """``{split}/teacher_zeroshot_top1``: the teacher's own zero-shot top-1 on the same objects,
+        from the stored image embeddings of their rendered views against the same label embeddings
+        (every view of a labelled object counts once; the mean is over views). The reference that
+        the model's ``zeroshot_top1`` is compared with."""
+        valid = batch.image_mask & (batch.labels >= 0).unsqueeze(1)  # [B, K]
+        count = int(valid.sum())
+        if not count:
+            return
+        predicted = (batch.images.float() @ self.label_embeddings.T).argmax(dim=-1)  # [B, K]
+        hits = ((predicted == batch.labels.unsqueeze(1)) & valid).sum().float() / count
+        log = {"on_step": False, "on_epoch": True, "batch_size": count, "sync_dist": self.trainer.world_size > 1}
+        self.log(f"{split}/teacher_zeroshot_top1", hits, **log)
 
     def validation_step(self, batch: TripletBatch, batch_idx: int) -> None:
         self._eval_step("val", batch)
