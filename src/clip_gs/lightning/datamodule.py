@@ -91,7 +91,10 @@ class GaussianDataModule(LightningDataModule):
             off: training inputs are exactly ``preprocess(cloud, N, scale_activation, seed=seed)``.
         rotation, max_rotation_deg, up_axis, min_scale, max_scale, max_translation,
             position_jitter, color_gain, brightness: the augmentation (:func:`build_augmentation`).
-        seed: base seed of every per-sample draw and of LitData's shuffle.
+        seed: base seed of every per-sample draw and of LitData's shuffle (and, for a
+            ``synthetic:`` root, of the objects and splits ``prepare`` makes).
+        synthetic_views: views rendered per object when ``prepare_data`` builds a ``synthetic:``
+            root (``clip-gs prepare --views``; ignored for other roots).
         cache_dir: where remote chunks (and ``synthetic:`` datasets) are stored; default
             :func:`~clip_gs.data.shards.default_cache_dir` (``$CLIP_GS_SHARD_CACHE`` or
             ``<tmp>/clip-gs-shards``), never the home directory.
@@ -128,6 +131,7 @@ class GaussianDataModule(LightningDataModule):
         color_gain: float = 0.1,
         brightness: float = 0.05,
         seed: int = 0,
+        synthetic_views: int = 8,
         cache_dir: str | None = None,
         storage_options: dict | None = None,
         drop_last: bool = True,
@@ -145,6 +149,7 @@ class GaussianDataModule(LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.num_gaussians, self.scale_activation, self.views_per_step = num_gaussians, scale_activation, views_per_step
         self.seed, self.cache_dir, self.storage_options = seed, cache_dir, storage_options
+        self.synthetic_views = synthetic_views
         self.drop_last, self.shuffle = drop_last, shuffle
         self.pin_memory, self.max_cache_size = pin_memory, max_cache_size
         augmentation = {
@@ -166,10 +171,10 @@ class GaussianDataModule(LightningDataModule):
     @property
     def dataset_root(self) -> str:
         """The folder or URL the shards are read from: ``root``, or for ``synthetic:<spec>`` a
-        folder under ``cache_dir`` named by the spec and the seed (the same on every rank)."""
+        folder under ``cache_dir`` named by the spec, the seed and the views (the same on every rank)."""
         if not self.root.startswith(SYNTHETIC_PREFIX):
             return self.root
-        digest = hashlib.sha256(f"{self.root}|seed={self.seed}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{self.root}|seed={self.seed}|views={self.synthetic_views}".encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir or default_cache_dir(), "synthetic", digest)
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -183,7 +188,7 @@ class GaussianDataModule(LightningDataModule):
         if self.root.startswith(SYNTHETIC_PREFIX):  # a no-op when the dataset is complete and up to date
             from clip_gs.data.prepare import PrepareSettings, prepare_dataset
 
-            prepare_dataset(self.root, root, settings=PrepareSettings(seed=self.seed), progress=True)
+            prepare_dataset(self.root, root, settings=PrepareSettings(seed=self.seed, views=self.synthetic_views), progress=True)
         read_manifest(root, self.storage_options)
 
     def setup(self, stage: str | None = None) -> None:
