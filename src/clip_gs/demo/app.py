@@ -147,34 +147,34 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
         with gr.Row():
             model_box = gr.Textbox(value=settings.model or "", label="Model (exported folder or Hub repo id)", scale=4)
             load_button = gr.Button("Load", scale=1)
-        with gr.Tab("Classify"):
-            with gr.Row():
-                upload = gr.File(label="3DGS file (.ply, .splat, .spz, compressed .ply) or mesh (.obj, .glb, .stl, ...)",
-                                 type="filepath", elem_id="upload")  # fmt: skip
-                with gr.Column():
-                    label_set = gr.Dropdown(list(LABEL_SET_CHOICES), value=LABEL_SET_CHOICES[0], label="Label set")
-                    labels_box = gr.Textbox(value=labels, label="Labels (comma-separated, editable)", lines=3,
-                                            elem_id="labels")  # fmt: skip
-                    k_box = gr.Slider(1, 20, value=settings.k, step=1, label="Top k")
-                    classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
-            upload_note = gr.Markdown(label="Upload note", elem_id="upload-note")
-            with gr.Row():
-                preview_image = gr.Image(label="Preview (four views)", type="pil", format="png", interactive=False,
-                                         elem_id="preview")  # fmt: skip
-                viewer = gr.Model3D(label="3D view", clear_color=(1.0, 1.0, 1.0, 1.0), interactive=False)
-            result_label = gr.Label(label="Zero-shot labels", elem_id="labels-out")
-            classify_note = gr.Markdown(label="Classify note", elem_id="classify-note")
-        with gr.Tab("Search the gallery"):
-            gr.Markdown(f"A gallery of synthetic objects ({len(gallery_items())} objects) ships with the demo.")
-            with gr.Row():
-                query_text = gr.Textbox(label="Text query", placeholder="a red torus", elem_id="query-text")
-                text_button = gr.Button("Search by text", elem_id="search-text")
-            with gr.Row():
-                query_image = gr.Image(label="Image query (a photo or a render)", type="filepath", elem_id="query-image")
-                image_button = gr.Button("Search by image", elem_id="search-image")
-            search_note = gr.Markdown(label="Search note", elem_id="search-note")
-            hits_image = gr.Image(label="Hits", type="pil", format="png", interactive=False, elem_id="hits")
-            hits_table = gr.Dataframe(headers=list(HIT_COLUMNS), label="Hits table", interactive=False, elem_id="hits-table")
+        gr.Markdown("## Classify")
+        with gr.Row():
+            upload = gr.File(label="3DGS file (.ply, .splat, .spz, compressed .ply) or mesh (.obj, .glb, .stl, ...)",
+                             type="filepath", elem_id="upload")  # fmt: skip
+            with gr.Column():
+                label_set = gr.Dropdown(list(LABEL_SET_CHOICES), value=LABEL_SET_CHOICES[0], label="Label set")
+                labels_box = gr.Textbox(value=labels, label="Labels (comma-separated, editable)", lines=3,
+                                        elem_id="labels")  # fmt: skip
+                k_box = gr.Slider(1, 20, value=settings.k, step=1, label="Top k")
+                classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
+        upload_note = gr.Markdown(label="Upload note", elem_id="upload-note")
+        with gr.Row():
+            preview_image = gr.Image(label="Preview (four views)", type="pil", format="png", interactive=False,
+                                     elem_id="preview")  # fmt: skip
+            viewer = gr.Model3D(label="3D view", clear_color=(1.0, 1.0, 1.0, 1.0), interactive=False)
+        result_label = gr.Label(label="Zero-shot labels", elem_id="labels-out")
+        classify_note = gr.Markdown(label="Classify note", elem_id="classify-note")
+        gr.Markdown("## Search the gallery")
+        gr.Markdown(f"A gallery of synthetic objects ({len(gallery_items())} objects) ships with the demo.")
+        with gr.Row():
+            query_text = gr.Textbox(label="Text query", placeholder="a red torus", elem_id="query-text")
+            text_button = gr.Button("Search by text", elem_id="search-text")
+        with gr.Row():
+            query_image = gr.Image(label="Image query (a photo or a render)", type="filepath", elem_id="query-image")
+            image_button = gr.Button("Search by image", elem_id="search-image")
+        search_note = gr.Markdown(label="Search note", elem_id="search-note")
+        hits_image = gr.Image(label="Hits", type="pil", format="png", interactive=False, elem_id="hits")
+        hits_table = gr.Dataframe(headers=list(HIT_COLUMNS), label="Hits table", interactive=False, elem_id="hits-table")
 
         load_button.click(load_model, [model_box], [source, status_box, labels_box], api_name="load_model")
         label_set.change(fill_labels, [label_set, source], [labels_box], api_name=False)
