@@ -315,7 +315,7 @@ def test_browser_upload_classify_search_and_screenshot(served, tmp_path):
 
     demo, url, root = served
     options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2200",
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1900",
                  "--force-device-scale-factor=1"):  # fmt: skip
         options.add_argument(flag)
     options.binary_location = shutil.which("chromium")
@@ -341,12 +341,18 @@ def test_browser_upload_classify_search_and_screenshot(served, tmp_path):
         wait.until(EC.text_to_be_present_in_element((By.ID, "hits-table"), caption))
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#hits img")))
         time.sleep(1.0)  # let the images paint
-        assert caption in driver.find_element(By.ID, "search-note").text
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, height + 150)  # the whole page in one screenshot
+        time.sleep(0.5)
         shot = Path(os.environ.get("CLIP_GS_DEMO_SCREENSHOT", tmp_path / "demo.png"))
         driver.save_screenshot(str(shot))
         rect = driver.find_element(By.CSS_SELECTOR, "#preview img").rect
+        note = driver.find_element(By.ID, "search-note").text
+        table = driver.find_element(By.ID, "hits-table").text
     finally:
         driver.quit()
+    best = note.split("best: ")[1].split(" (score")[0]
+    assert best in table and caption in table, (note, table)
     page = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     x, y, w, h = (int(rect[k]) for k in ("x", "y", "width", "height"))
     assert w > 100 and h > 100

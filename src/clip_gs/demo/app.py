@@ -161,20 +161,23 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
         with gr.Row():
             preview_image = gr.Image(label="Preview (four views)", type="pil", format="png", interactive=False,
                                      elem_id="preview")  # fmt: skip
-            viewer = gr.Model3D(label="3D view", clear_color=(1.0, 1.0, 1.0, 1.0), interactive=False)
+            viewer = gr.Model3D(label="3D view", interactive=False, elem_id="viewer")
         result_label = gr.Label(label="Zero-shot labels", elem_id="labels-out")
         classify_note = gr.Markdown(label="Classify note", elem_id="classify-note")
         gr.Markdown("## Search the gallery")
         gr.Markdown(f"A gallery of synthetic objects ({len(gallery_items())} objects) ships with the demo.")
         with gr.Row():
-            query_text = gr.Textbox(label="Text query", placeholder="a red torus", elem_id="query-text")
-            text_button = gr.Button("Search by text", elem_id="search-text")
-        with gr.Row():
-            query_image = gr.Image(label="Image query (a photo or a render)", type="filepath", elem_id="query-image")
-            image_button = gr.Button("Search by image", elem_id="search-image")
-        search_note = gr.Markdown(label="Search note", elem_id="search-note")
-        hits_image = gr.Image(label="Hits", type="pil", format="png", interactive=False, elem_id="hits")
-        hits_table = gr.Dataframe(headers=list(HIT_COLUMNS), label="Hits table", interactive=False, elem_id="hits-table")
+            with gr.Column(scale=2):
+                query_text = gr.Textbox(label="Text query", placeholder="a red torus", elem_id="query-text")
+                text_button = gr.Button("Search by text", elem_id="search-text")
+                query_image = gr.Image(label="Image query (a photo or a render)", type="filepath", height=200,
+                                       elem_id="query-image")  # fmt: skip
+                image_button = gr.Button("Search by image", elem_id="search-image")
+            with gr.Column(scale=3):
+                search_note = gr.Markdown(label="Search note", elem_id="search-note")
+                hits_image = gr.Image(label="Hits", type="pil", format="png", interactive=False, elem_id="hits")
+                hits_table = gr.Dataframe(headers=list(HIT_COLUMNS), label="Hits table", interactive=False,
+                                          elem_id="hits-table")  # fmt: skip
 
         load_button.click(load_model, [model_box], [source, status_box, labels_box], api_name="load_model")
         label_set.change(fill_labels, [label_set, source], [labels_box], api_name=False)

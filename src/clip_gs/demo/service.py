@@ -294,7 +294,7 @@ class DemoService:
             item = items.get(Path(hit.path).name)
             rows.append({"rank": rank, "score": round(hit.score, 4), "caption": item.caption if item else "",
                          "label": item.label if item else "", "file": Path(hit.path).name})  # fmt: skip
-        sheet, failures = hits_sheet(hits, size=128, seed=self.settings.seed)
+        sheet, failures = hits_sheet(hits, size=160, columns=len(hits), seed=self.settings.seed)
         for path, error in failures:
             logger.warning("gallery thumbnail of %s: %s", path, error)
         return rows, sheet
