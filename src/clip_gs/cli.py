@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.hub.cli import add_hub_parser  # clip-gs push
 
     add_hub_parser(sub)
+    from clip_gs.demo.cli import add_demo_parser  # clip-gs demo
+
+    add_demo_parser(sub)
     return parser
 
 

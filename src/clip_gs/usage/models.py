@@ -167,7 +167,7 @@ def _model_file(source: str, filename: str, required: bool) -> Path | None:
     if local.is_dir():
         path = local / filename
         return path if path.is_file() or required else None
-    from clip_gs.model.hub import hub_download
+    from clip_gs.hub.download import hub_download
 
     try:
         return hub_download(source, filename)

@@ -1,0 +1,313 @@
+"""What the demo page does, without Gradio: load models, check uploads, render previews, classify,
+search the gallery. :mod:`clip_gs.demo.app` wires these to the page; tests call them directly too.
+
+Classification and search are the package's (:func:`~clip_gs.usage.classify_files`,
+:func:`~clip_gs.usage.embed_folder`, :func:`~clip_gs.usage.search_index`,
+:func:`~clip_gs.usage.hits_sheet`); this module only adds what a web page needs: a cache of loaded
+models (one per source, shared by all visitors), an upload size limit, a four-view preview, the
+file the 3D viewer can show, and the default label set of a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from clip_gs.demo.gallery import build_gallery, read_gallery
+from clip_gs.demo.settings import DemoSettings
+from clip_gs.errors import ClipGSError, ConfigError
+from clip_gs.usage import Classification, UsageModel, classify_files, embed_folder, load_usage_model, search_index
+
+logger = logging.getLogger("clip_gs")
+
+VIEWER_EXTENSIONS: tuple[str, ...] = (".ply", ".splat", ".obj", ".glb", ".gltf", ".stl")
+"""Extensions Gradio's ``Model3D`` shows: Gaussian-splat ``.ply`` (INRIA layout) and ``.splat``, and
+the meshes ``.ply``, ``.obj``, ``.glb``, ``.gltf``, ``.stl``. Other 3DGS files (``.spz``, compressed
+``.ply``) are shown converted to an INRIA ``.ply``; ``.off`` meshes have the preview only."""
+
+PREVIEW_AZIMUTHS = (0, 90, 180, 270)
+"""Azimuths (degrees) of the four preview views."""
+
+PREVIEW_ELEVATION = 20.0
+"""Camera elevation of the preview views (degrees), as ``clip-gs render``."""
+
+
+def preview_cloud(cloud, max_gaussians: int, seed: int = 0):
+    """The cloud to preview: itself when it has at most ``max_gaussians``, else a seeded random
+    ``max_gaussians`` of it with every scale multiplied by ``sqrt(N / max_gaussians)``, so the
+    thinned splats still cover the surface they did (the area of a disk grows with the square of
+    its scale). A display approximation for the CPU rasterizer, whose time grows with the count;
+    the model always sees the file as it is.
+
+    Args:
+        cloud: an unbatched :class:`~clip_gs.gaussians.GaussianCloud` of N Gaussians.
+    """
+    n = cloud.num_gaussians
+    if n <= max_gaussians:
+        return cloud
+    thin = cloud.resample(max_gaussians, seed=seed)
+    return thin.replace(log_scales=thin.log_scales + 0.5 * math.log(n / max_gaussians))
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A rendered preview: the ``image`` (PIL, four labelled views in a 2 x 2 sheet), the Gaussians
+    of the file (``num_gaussians``) and rendered (``rendered``), and the rasterizer ``backend``."""
+
+    image: object
+    num_gaussians: int
+    rendered: int
+    backend: str
+
+    def caption(self) -> str:
+        thinned = (f"{self.rendered:,} of its {self.num_gaussians:,} Gaussians, splats enlarged to cover the surface"
+                   if self.rendered < self.num_gaussians else f"all {self.num_gaussians:,} Gaussians")  # fmt: skip
+        return f"Preview: four views, {thinned} ({self.backend} rasterizer)."
+
+
+def render_preview(path: str | Path, size: int, max_gaussians: int, device: torch.device, seed: int = 0) -> Preview:
+    """Four orbit views of a 3DGS file or mesh, upright by :func:`~clip_gs.data.assets.default_up_axis`.
+
+    On CUDA with gsplat every Gaussian is rendered; on the CPU at most ``max_gaussians``
+    (:func:`preview_cloud`).
+
+    Raises:
+        GaussianFormatError / MeshError / UnsupportedFormatError: the file cannot be read.
+    """
+    from clip_gs.data.assets import default_up_axis, load_asset
+    from clip_gs.render import contact_sheet, orbit_cameras, render_cloud
+    from clip_gs.render.gsplat_backend import gsplat_available
+
+    cloud = load_asset(path, seed=seed)
+    fast = device.type == "cuda" and gsplat_available()
+    shown = cloud if fast else preview_cloud(cloud, max_gaussians, seed)
+    shown = shown.to(device=device if fast else "cpu", dtype=torch.float32).normalized()
+    up = default_up_axis(path)
+    images = []
+    for azimuth in PREVIEW_AZIMUTHS:
+        camera = orbit_cameras(1, elevation_deg=PREVIEW_ELEVATION, width=size, height=size, azimuth_start_deg=azimuth,
+                               up=up)  # fmt: skip
+        images.append(render_cloud(shown, camera, background=torch.ones(3)).rgb.cpu())
+    labels = [f"{a} deg" for a in PREVIEW_AZIMUTHS]
+    sheet = contact_sheet(torch.cat(images), columns=2, labels=labels)
+    return Preview(sheet, cloud.num_gaussians, shown.num_gaussians, "gsplat" if fast else "torch")
+
+
+def viewer_file(path: str | Path, out_dir: str | Path) -> Path | None:
+    """The file Gradio's 3D viewer can show for an upload: the upload itself when the viewer reads
+    its format (:data:`VIEWER_EXTENSIONS`, INRIA-layout ``.ply``), an INRIA ``.ply`` written into
+    ``out_dir`` for another 3DGS file (``.spz``, compressed ``.ply``), ``None`` for a mesh it cannot
+    show (``.off``).
+
+    Raises:
+        GaussianFormatError / UnsupportedFormatError: a 3DGS file that cannot be read.
+    """
+    from clip_gs.gaussians import load_gaussians, save_gaussians
+    from clip_gs.gaussians.formats.ply_header import read_ply_header
+
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(VIEWER_EXTENSIONS) and not name.endswith(".ply"):
+        return path
+    if name.endswith(".ply"):
+        try:
+            compressed = read_ply_header(path).element("chunk") is not None
+        except (ClipGSError, OSError):
+            return path  # not a ply the package reads; the viewer tries it as a mesh
+        if not compressed:
+            return path
+    elif name.endswith(".off"):
+        return None
+    cloud = load_gaussians(path)
+    out = Path(tempfile.mkdtemp(prefix="view-", dir=out_dir)) / (path.name.split(".")[0] + ".ply")
+    return save_gaussians(cloud, out)
+
+
+def parse_labels(text: str) -> list[str]:
+    """Class names from the page's label box: separated by commas or new lines.
+
+    Raises:
+        ConfigError: no names, duplicates (see :func:`~clip_gs.teachers.load_label_set`).
+    """
+    from clip_gs.teachers.prompts import load_label_set
+
+    names = [n.strip() for line in str(text or "").splitlines() for n in line.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError("the label set is empty: enter class names separated by commas or new lines")
+    return load_label_set(names)
+
+
+def model_labels(usage: UsageModel) -> tuple[list[str], str]:
+    """The default label set of a model and where it comes from: the labels of the data it was
+    trained on (its export's ``metrics.json``), else the synthetic set when its teacher is the offline
+    teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
+    from clip_gs.teachers.factory import OFFLINE_TEACHER
+    from clip_gs.teachers.prompts import load_label_set
+    from clip_gs.usage.models import _model_file
+
+    try:
+        path = _model_file(usage.source, "metrics.json", required=False)
+        labels = json.loads(Path(path).read_text(encoding="utf-8")).get("data", {}).get("labels") if path else None
+        if labels:
+            return load_label_set([str(n) for n in labels]), "the labels of the model's training data"
+    except (ClipGSError, OSError, ValueError, AttributeError) as exc:
+        logger.warning("%s: metrics.json gives no label set (%s)", usage.source, exc)
+    if usage.teacher_record.startswith(f"file:{OFFLINE_TEACHER}@"):
+        return load_label_set("synthetic"), f"the synthetic set (the model's teacher is {OFFLINE_TEACHER})"
+    return load_label_set("modelnet40"), "ModelNet40"
+
+
+class DemoService:
+    """The demo's state: settings, the loaded models and their gallery indexes (thread-safe: Gradio
+    calls handlers from worker threads).
+
+    Args:
+        settings: :class:`~clip_gs.demo.settings.DemoSettings`.
+    """
+
+    def __init__(self, settings: DemoSettings):
+        self.settings = settings
+        self._models: dict[str, UsageModel] = {}
+        self._indexes: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self.gallery_dir = settings.cache / "gallery"
+        self.work_dir = settings.cache / "uploads"
+
+    # ------------------------------------------------------------------ models
+    def model(self, source: str | None) -> UsageModel:
+        """The loaded model of a folder or Hub repo id (loaded once, then shared).
+
+        Raises:
+            ConfigError: no source; a folder that does not exist.
+            WeightsUnavailableError: a Hub repo that is neither reachable nor cached (the message
+                says what to do); CheckpointError: a broken model folder.
+        """
+        source = (source or "").strip()
+        if not source:
+            raise ConfigError("no model is loaded: enter an exported model folder or a Hub repo id and press Load")
+        with self._lock:
+            if source not in self._models:
+                usage = load_usage_model(source, teacher=self.settings.teacher, device=self.settings.device)
+                usage.teacher()  # fail here, with the model's name, rather than at the first query
+                self._models[source] = usage
+            return self._models[source]
+
+    # ------------------------------------------------------------------ uploads
+    def check_upload(self, path: str | Path | None, what: str = "upload") -> Path:
+        """The uploaded file, after the size limit.
+
+        Raises:
+            ConfigError: no file; a file over :attr:`DemoSettings.max_file_mb`.
+        """
+        if path is None or str(path) == "":
+            raise ConfigError(f"no {what}: choose a file first")
+        path = Path(path)
+        size = path.stat().st_size
+        if size > self.settings.max_file_bytes:
+            raise ConfigError(
+                f"{path.name} is {size / 1e6:.1f} MB, over this demo's upload limit of {self.settings.max_file_mb:g} MB "
+                "(a setting: clip-gs demo --max-file-mb, or CLIP_GS_DEMO_MAX_FILE_MB)"
+            )
+        return path
+
+    def preview(self, path: str | Path | None) -> Preview:
+        """The four-view preview of an upload (see :func:`render_preview`)."""
+        from clip_gs.usage.models import resolve_device
+
+        path = self.check_upload(path)
+        s = self.settings
+        return render_preview(path, s.preview_size, s.preview_gaussians, resolve_device(s.device), s.seed)
+
+    def viewer_file(self, path: str | Path | None) -> Path | None:
+        """The file for the 3D viewer (see :func:`viewer_file`)."""
+        path = self.check_upload(path)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return viewer_file(path, self.work_dir)
+
+    def classify(self, path: str | Path | None, source: str | None, labels: str, k: int | None = None) -> Classification:
+        """Zero-shot top-k of an upload against the label box's names (:func:`~clip_gs.usage.classify_files`).
+
+        Returns:
+            The :class:`~clip_gs.usage.Classification`; a file that cannot be read has its ``error``.
+
+        Raises:
+            ConfigError: no file, a file over the limit, a bad label set, no model.
+        """
+        path = self.check_upload(path)
+        names = parse_labels(labels)
+        usage = self.model(source)
+        k = int(k or self.settings.k)
+        [result] = classify_files([path], usage, names, k=k, seed=self.settings.seed, progress=False, num_workers=0)
+        return result
+
+    # ------------------------------------------------------------------ gallery search
+    def gallery_index(self, source: str | None) -> Path:
+        """The gallery's index for a model: the gallery and the index are built on first use
+        (:func:`~clip_gs.demo.gallery.build_gallery`, :func:`~clip_gs.usage.embed_folder`) and
+        kept in the cache folder; later calls (and later starts) reuse them."""
+        usage = self.model(source)
+        with self._index_lock:
+            if usage.identity not in self._indexes:
+                build_gallery(self.gallery_dir, seed=self.settings.seed)
+                name = usage.identity.replace(":", "-").replace("@", "-")
+                out = self.settings.cache / "indexes" / f"{name}.safetensors"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                summary = embed_folder(self.gallery_dir, out, usage, seed=self.settings.seed, progress=False,
+                                       num_workers=0)  # fmt: skip
+                if summary.failed:
+                    raise ConfigError(f"the gallery could not be embedded: {summary.failures}")
+                logger.info("gallery index: %s", summary.line())
+                self._indexes[usage.identity] = summary.index_path
+            return self._indexes[usage.identity]
+
+    def search(self, source: str | None, text: str | None = None, image: str | Path | None = None,
+               k: int | None = None) -> tuple[list[dict], object]:  # fmt: skip
+        """Search the gallery by text or by image (exactly one); returns ``(rows, sheet)``: one
+        dict per hit (``rank``, ``score``, ``caption``, ``label``, ``file``) and the hits' contact
+        sheet (:func:`~clip_gs.usage.hits_sheet`, a PIL image).
+
+        Raises:
+            ConfigError: no or an empty query, an unreadable image, no model.
+        """
+        from clip_gs.usage import hits_sheet
+
+        if image is not None:
+            image = self.check_upload(image, what="query image")
+        elif not (text or "").strip():
+            raise ConfigError("the text query is empty: describe an object, e.g. 'a red torus'")
+        usage = self.model(source)
+        index = self.gallery_index(source)
+        hits = search_index(index, text=text if image is None else None, image=image, k=int(k or self.settings.k),
+                            model=usage)  # fmt: skip
+        items = read_gallery(self.gallery_dir)
+        rows = []
+        for rank, hit in enumerate(hits, 1):
+            item = items.get(Path(hit.path).name)
+            rows.append({"rank": rank, "score": round(hit.score, 4), "caption": item.caption if item else "",
+                         "label": item.label if item else "", "file": Path(hit.path).name})  # fmt: skip
+        sheet, failures = hits_sheet(hits, size=160, columns=len(hits), seed=self.settings.seed)
+        for path, error in failures:
+            logger.warning("gallery thumbnail of %s: %s", path, error)
+        return rows, sheet
+
+
+__all__ = [
+    "PREVIEW_AZIMUTHS",
+    "VIEWER_EXTENSIONS",
+    "DemoService",
+    "Preview",
+    "model_labels",
+    "parse_labels",
+    "preview_cloud",
+    "render_preview",
+    "viewer_file",
+]
