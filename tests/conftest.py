@@ -78,5 +78,9 @@ def trained_run(tmp_path_factory) -> TrainedRun:
             "--trainer.default_root_dir", str(root), "--export.export_dir", str(export),
             "--data.cache_dir", str(root / "data")]  # fmt: skip
     assert cli_main(argv) == 0
-    dm = GaussianDataModule(root=f"synthetic:{TRAINED_RUN_BUDGET['objects']}", cache_dir=str(root / "data"))
+    import yaml
+
+    data = yaml.safe_load((REPO_ROOT / "examples" / "configs" / "quickstart.yaml").read_text())["data"]
+    dm = GaussianDataModule(root=f"synthetic:{TRAINED_RUN_BUDGET['objects']}", cache_dir=str(root / "data"),
+                            seed=data["seed"], synthetic_views=data["synthetic_views"])  # fmt: skip
     return TrainedRun(model_dir=export, data_root=Path(dm.dataset_root))
