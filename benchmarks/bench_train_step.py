@@ -37,8 +37,9 @@ Three measurements (training issue #12):
    ``--skip-steps`` (worker start-up). Epoch boundaries (loader workers restart) stay in.
 
 Run: ``python benchmarks/bench_train_step.py [--batch 2] [--steps 3] [--threads 2] [--json out.json]``
-(about 10-15 minutes on 2 cores). Smoke: ``--model clip-gs-tiny --num-gaussians 1024 --groups 64
---group-size 32 --embed-dim 256 --steps 1 --data-steps 5 --workers 1``.
+(about 15 minutes on 2 busy cores: most of it the 3 x 30 quick-start steps). Smoke (under a minute on
+an idle 2-core machine): ``--model clip-gs-tiny --num-gaussians 1024 --groups 64 --group-size 32
+--embed-dim 256 --steps 1 --data-steps 5 --workers 1 --peak-sizes 1024``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -402,7 +402,9 @@ def print_report(result: dict) -> None:
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
     print(f"command: {result['command']}")
     print(f"date: {result['date']}")
-    print(f"cpu: {m['cpu']}; flags: {flags}; torch kernels: {m['torch_cpu_capability']}; native bf16: {m['native_bf16']}")
+    print(
+        f"cpu: {m['cpu']}; flags: {flags}; torch kernels: {m['torch_cpu_capability']}; native bf16: {m['native_bf16']}"
+    )
     print(f"torch {m['torch']}, python {m['python']}, threads={m['threads']}, "
           f"load average at start {m['loadavg'][0]:.2f} / end {result['loadavg_end'][0]:.2f} (1 min)")  # fmt: skip
     peaks = result["peaks"]
@@ -450,7 +452,9 @@ def print_report(result: dict) -> None:
         print("   counted by op: " + ", ".join(f"{k.removeprefix('aten.')} {v / 1e9:.0f}" for k, v in ops) + " GFLOP")
         p = t.get("profile")
         if p:
-            print(f"   torch.profiler, one more step ({p['step_s']:.2f} s under the profiler), top ops by self CPU time:")
+            print(
+                f"   torch.profiler, one more step ({p['step_s']:.2f} s under the profiler), top ops by self CPU time:"
+            )
             for r in p["top"]:
                 print(f"     {r['op'][:58]:58s} {r['self_s']:7.2f} s {100 * r['self_s'] / p['self_total_s']:5.1f}% "
                       f"{r['calls']:6d} calls")  # fmt: skip
@@ -478,7 +482,9 @@ def print_report(result: dict) -> None:
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))) + " |"
+    line = (
+        "| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))) + " |"
+    )
     print(line)
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
@@ -500,7 +506,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-repeats", type=int, default=3)
     parser.add_argument("--config", type=Path, default=QUICKSTART, help="the quick-start config for the data wait")
     parser.add_argument("--data", default=None, help="dataset root for the data wait (default: the config's data.root)")
-    parser.add_argument("--cache-dir", default=None, help="data.cache_dir (where synthetic:<N> is built; default: the library's)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="data.cache_dir (where synthetic:<N> is built; default: the library's)"
+    )
     parser.add_argument("--data-steps", type=int, default=30, help="Trainer steps per loader setting (0: skip)")
     parser.add_argument("--skip-steps", type=int, default=2, help="first steps left out of the data wait")
     parser.add_argument("--workers", type=int, nargs="+", default=None,
@@ -511,7 +519,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    np.random.seed(args.seed)
 
     import yaml
 
