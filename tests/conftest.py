@@ -44,7 +44,7 @@ TRAINED_RUN_OVERRIDES = [
 ]  # fmt: skip
 """The quick-start configuration with a smaller budget (see :func:`trained_run`)."""
 
-TRAINED_RUN_BUDGET = {"objects": 300, "steps": 100}
+TRAINED_RUN_BUDGET = {"objects": 300, "steps": 60}
 """Synthetic objects prepared and optimiser steps of :func:`trained_run`."""
 
 

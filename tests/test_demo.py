@@ -231,18 +231,20 @@ def served(trained_run, tmp_path_factory):
     env = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "GRADIO_TEMP_DIR": str(root / "gradio"), "XDG_CACHE_HOME": str(root / "cache"),
            "XDG_CONFIG_HOME": str(root / "config")}  # fmt: skip
+    pytest.importorskip("gradio")  # before the environment changes: a skip leaves nothing behind
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    pytest.importorskip("gradio")
-    from clip_gs.demo import launch_demo
-
-    settings = DemoSettings.from_env(model=str(trained_run.model_dir), port=free_port(), device="cpu",
-                                     max_file_mb=30.0)  # fmt: skip
-    demo, url = launch_demo(settings, block=False)
     try:
-        yield demo, url, root
+        from clip_gs.demo import launch_demo
+
+        settings = DemoSettings.from_env(model=str(trained_run.model_dir), port=free_port(), device="cpu",
+                                         max_file_mb=30.0)  # fmt: skip
+        demo, url = launch_demo(settings, block=False)
+        try:
+            yield demo, url, root
+        finally:
+            demo.close()
     finally:
-        demo.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -33,7 +33,6 @@ from clip_gs.evaluation.run import (
     camera_up_axis,
     embed_split,
     load_model,
-    teacher_spec_for,
     zero_shot_classes,
 )
 from clip_gs.lightning import CLIPGSModule, GaussianDataModule
@@ -192,14 +191,6 @@ def test_report_shape():
     assert report["created"].endswith("+00:00") and report["clip_gs_version"]
     assert build_report("m", "d", "test", "t", 2, {}, {"fewshot": "x"})["failures"] == {"fewshot": "x"}
     json.dumps(report)
-
-
-def test_teacher_spec_for_identities():
-    assert teacher_spec_for("open_clip:ViT-B-32/laion2b_s34b_b79k") == "ViT-B-32/laion2b_s34b_b79k"
-    assert teacher_spec_for("hf-hub:org/name") == "hf-hub:org/name"
-    assert teacher_spec_for("file:synthetic-clip@sha256:2cbded4fb06663dc") == "synthetic-clip"
-    with pytest.raises(ConfigError, match="--teacher NAME@/path"):
-        teacher_spec_for("file:ViT-B-32@sha256:0123")
 
 
 def test_camera_up_axis_of_orbit_cameras():

@@ -163,10 +163,13 @@ def test_card_shows_the_optional_sample_count_and_failed_protocols(folder):
         read_eval_report(path)
 
 
-def test_export_card_ignores_an_earlier_report_and_push_uses_it(folder):
-    """Re-exporting new weights into a folder leaves its old report off the export's card."""
+def test_export_card_has_no_report_and_a_reexport_removes_the_old_one(folder):
+    """The export's own card has no evaluation; a report written after it reaches the card; exporting new
+    weights into the folder removes that report (it describes the earlier weights)."""
     assert "No evaluation report" in (folder / "README.md").read_text()
     assert "model-index" in front_matter(str(folder_card(folder)))
+    export(folder, with_report=False)
+    assert not (folder / "eval").exists() and "model-index" not in front_matter(str(folder_card(folder)))
 
 
 @pytest.mark.parametrize(

@@ -211,6 +211,8 @@ class DemoService:
         if path is None or str(path) == "":
             raise ConfigError(f"no {what}: choose a file first")
         path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path.name}: no such {what} (the upload did not arrive; try again)")
         size = path.stat().st_size
         if size > self.settings.max_file_bytes:
             raise ConfigError(
@@ -258,7 +260,7 @@ class DemoService:
         with self._index_lock:
             if usage.identity not in self._indexes:
                 build_gallery(self.gallery_dir, seed=self.settings.seed)
-                name = usage.identity.replace(":", "-").replace("@", "-")
+                name = f"{usage.identity.replace(':', '-').replace('@', '-')}-seed{self.settings.seed}"  # one per sampling seed
                 out = self.settings.cache / "indexes" / f"{name}.safetensors"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 summary = embed_folder(self.gallery_dir, out, usage, seed=self.settings.seed, progress=False,

@@ -94,31 +94,6 @@ def model_teacher(reference: str | os.PathLike) -> str | None:
     return str(value) if value else None
 
 
-def teacher_spec_for(identity: str) -> str:
-    """The :func:`~clip_gs.teachers.load_teacher` spec that rebuilds the teacher of an identity string.
-
-    ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` unchanged; ``file:synthetic-clip@...``
-    -> ``synthetic-clip`` (the shipped offline teacher; its checksum is compared after loading).
-
-    Raises:
-        ConfigError: a teacher loaded from another local file (its path is not recorded: pass
-            ``NAME@/path/to/file`` explicitly) or one that cannot be rebuilt (``random:``).
-    """
-    from clip_gs.teachers import OFFLINE_TEACHER
-
-    kind, _, rest = identity.partition(":")
-    if kind == "open_clip" and "/" in rest:
-        return rest
-    if kind == "hf-hub":
-        return identity
-    if kind == "file" and rest.split("@", 1)[0] == OFFLINE_TEACHER:
-        return OFFLINE_TEACHER
-    raise ConfigError(
-        f"teacher {identity!r} cannot be rebuilt from its identity alone; pass the teacher spec explicitly "
-        "(e.g. --teacher NAME@/path/to/checkpoint)"
-    )
-
-
 # ---------------------------------------------------------------------------- embeddings of a split
 @dataclass
 class SplitEmbeddings:
@@ -295,6 +270,7 @@ def zero_shot_classes(
             raise DatasetError(f"{root}: label embeddings made by {meta.get('teacher')!r}, the shards by {dataset_teacher!r}")
         return names, weights.float(), "dataset"
     from clip_gs.teachers import TEMPLATES, check_same_teacher, load_label_set, load_teacher, zero_shot_weights
+    from clip_gs.teachers.factory import teacher_spec_for
 
     names = load_label_set(label_set)
     if teacher is None:
@@ -522,7 +498,6 @@ __all__ = [
     "model_teacher",
     "open_split",
     "retrieval_rows",
-    "teacher_spec_for",
     "write_outputs",
     "zero_shot_classes",
 ]

@@ -61,7 +61,9 @@ CONFIG_NAME = "config.json"
 TEACHER_NAME = "teacher.json"
 METRICS_NAME = "metrics.json"
 CURVES_NAME = "curves.png"
-EVAL_REPORT = "eval/report.json"
+EVAL_DIR = "eval"
+"""Where ``clip-gs eval`` writes into a model folder by default."""
+EVAL_REPORT = f"{EVAL_DIR}/report.json"
 """Where ``clip-gs eval`` writes the latest report of a model folder (relative to the folder)."""
 
 TEMPLATE_NAME = "model_card.md"
@@ -299,19 +301,17 @@ def training_markdown(teacher: Mapping | None, training: Mapping | None, curves:
 
 
 def teacher_spec(identity: str | None) -> str | None:
-    """The ``load_teacher`` spec of a teacher identity string (``open_clip:NAME/TAG`` -> ``NAME/TAG``,
-    ``file:synthetic-clip@...`` -> ``synthetic-clip``, ``hf-hub:...``), or None when there is none
-    (a local checkpoint file, a random teacher)."""
-    if not identity or ":" not in identity:
+    """The ``load_teacher`` spec of a teacher identity (:func:`~clip_gs.teachers.factory.teacher_spec_for`)
+    for the card's snippet, or None when there is none to show (a local checkpoint file, a random teacher)."""
+    from clip_gs.errors import ConfigError, WeightsUnavailableError
+    from clip_gs.teachers.factory import teacher_spec_for
+
+    if not identity:
         return None
-    kind, rest = identity.split(":", 1)
-    if kind == "open_clip" and "@" not in rest and "/" in rest:
-        return rest
-    if kind == "hf-hub":
-        return "hf-hub:" + rest.removeprefix("hf-hub:")
-    if kind == "file" and rest.split("@", 1)[0] == "synthetic-clip":
-        return "synthetic-clip"
-    return None
+    try:
+        return teacher_spec_for(identity)
+    except (ConfigError, WeightsUnavailableError):
+        return None
 
 
 def hub_dataset_id(reference: str | None) -> str | None:

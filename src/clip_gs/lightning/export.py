@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clip_gs.hub.card import CARD_NAME, CURVES_NAME, METRICS_NAME, TEACHER_NAME, folder_card
+from clip_gs.hub.card import CARD_NAME, CURVES_NAME, EVAL_DIR, METRICS_NAME, TEACHER_NAME, folder_card
 from clip_gs.model.clipgs import CLIPGS
 from clip_gs.state_dicts import load_state_dict_strict
 
@@ -91,13 +92,15 @@ def export_pretrained(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / EVAL_DIR  # a `clip-gs eval` report of earlier weights: it must not reach a card or a push
+    if stale.is_dir():
+        shutil.rmtree(stale)
     model.save_pretrained(folder)
     (folder / TEACHER_NAME).write_text(json.dumps(teacher or {}, indent=2, sort_keys=True) + "\n")
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     record = {"metrics": metrics, "checkpoint": checkpoint, "data": data or {}, "history": history or {}}
     (folder / METRICS_NAME).write_text(json.dumps(record, indent=2) + "\n")
     plot_curves(history or {}, folder / CURVES_NAME)
-    # new weights: an evaluation report left in the folder is of earlier ones, so the card has none
     folder_card(folder, use_eval_report=False).save(folder / CARD_NAME)
     return folder
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clip_gs.errors import ConfigError
+from clip_gs.errors import ConfigError, WeightsUnavailableError
 from clip_gs.teachers.base import Teacher
 
 OFFLINE_TEACHER = "synthetic-clip"
@@ -126,4 +126,35 @@ def load_teacher(spec: str | Teacher, **kwargs) -> Teacher:
     return OpenCLIPTeacher(parsed.model, parsed.pretrained, **kwargs)
 
 
-__all__ = ["DEFAULT_TEACHER", "OFFLINE_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec"]
+def teacher_spec_for(identity: str) -> str:
+    """The :func:`~clip_gs.teachers.load_teacher` spec of a recorded teacher identity.
+
+    ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` -> ``hf-hub:ORG/NAME``;
+    ``file:synthetic-clip@sha256:...`` -> ``synthetic-clip`` (the shipped offline teacher; the
+    checksum is compared once it is loaded).
+
+    Raises:
+        WeightsUnavailableError: a teacher loaded from some other local file (only that file
+            will do; the message says how to pass it with ``--teacher NAME@FILE``).
+        ConfigError: an identity no teacher can be loaded from (random or test teachers).
+    """
+    kind, _, rest = identity.partition(":")
+    if kind == "open_clip" and "/" in rest:
+        return rest
+    if kind == "hf-hub" and rest:
+        return f"hf-hub:{rest.split('@', 1)[0]}"
+    if kind == "file" and rest:
+        name = rest.split("@", 1)[0]
+        if name == OFFLINE_TEACHER:
+            return OFFLINE_TEACHER
+        checksum = rest.partition("@")[2] or "the recorded one"
+        raise WeightsUnavailableError(
+            f"teacher {identity} was loaded from a local checkpoint file; pass that file with "
+            f"--teacher {name}@/path/to/checkpoint (its checksum must be {checksum})"
+        )
+    raise ConfigError(
+        f"teacher {identity!r} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC"
+    )
+
+
+__all__ = ["DEFAULT_TEACHER", "OFFLINE_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec", "teacher_spec_for"]

@@ -152,19 +152,28 @@ def synthetic_label_set() -> list[str]:
 def zero_shot_weights(teacher, class_names: Sequence[str] | str | Path, templates: Sequence[str] = TEMPLATES) -> Tensor:
     """Zero-shot classifier weights ``[C, E]`` (unit norm, float32).
 
-    Each of the T templates is filled with each of the C class names; the ``C * T`` prompts are
-    encoded (batched by the teacher), the template embeddings of a class averaged and renormalised.
+    Each of the T templates is filled with each of the C class names' :func:`label_phrase`; the
+    ``C * T`` prompts are encoded (batched by the teacher), the template embeddings of a class
+    averaged and renormalised. Every zero-shot classifier of the package (dataset preparation,
+    ``clip-gs eval``, ``classify``, the demo) is made here.
 
     Args:
         teacher: a :class:`~clip_gs.teachers.base.Teacher`.
-        class_names: names, or a label-set file (:func:`load_label_set`).
+        class_names: names, a registered label-set name or a label-set file (:func:`load_label_set`).
         templates: prompt templates with one ``{}`` each.
+
+    Raises:
+        ConfigError: no templates, an invalid label set, or two names with the same phrase.
     """
     names = load_label_set(class_names)
     templates = list(templates)
     if not templates:
         raise ConfigError("zero_shot_weights needs at least one template")
-    prompts = [fill_template(t, n) for n in names for t in templates]
+    phrases = [label_phrase(n) for n in names]
+    if len(set(phrases)) != len(phrases):
+        dupes = sorted({p for p in phrases if phrases.count(p) > 1})
+        raise ConfigError(f"label set: class names {dupes} give the same prompt phrase")
+    prompts = [fill_template(t, p) for p in phrases for t in templates]
     emb = teacher.encode_text(prompts).view(len(names), len(templates), -1)
     return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)
 

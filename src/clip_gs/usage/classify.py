@@ -89,15 +89,11 @@ def class_weights(usage: UsageModel, labels: str | Path | Sequence[str]) -> tupl
         ConfigError: an invalid label set (see :func:`~clip_gs.teachers.load_label_set`).
         WeightsUnavailableError: the teacher is not available offline.
     """
-    from clip_gs.teachers.prompts import TEMPLATES, label_phrase, load_label_set, zero_shot_weights
+    from clip_gs.teachers.prompts import TEMPLATES, load_label_set, zero_shot_weights
 
     names = load_label_set(labels)
-    phrases = [label_phrase(n) for n in names]
-    if len(set(phrases)) != len(phrases):
-        dupes = sorted({p for p in phrases if phrases.count(p) > 1})
-        raise ConfigError(f"label set: class names {dupes} give the same prompt phrase")
     teacher = usage.teacher()
-    weights = zero_shot_weights(teacher, phrases, TEMPLATES).float().cpu()
+    weights = zero_shot_weights(teacher, names, TEMPLATES).float().cpu()
     same = indistinguishable_classes(names, weights)
     if same:
         logger.warning(

@@ -26,6 +26,7 @@ import torch
 
 from clip_gs.errors import ClipGSError, ConfigError, WeightsUnavailableError
 from clip_gs.teachers.base import Teacher, check_same_teacher
+from clip_gs.teachers.factory import teacher_spec_for
 
 TEACHER_RECORD = "teacher.json"
 """The file of an exported model folder that names its teacher (``{"teacher": identity, ...}``)."""
@@ -36,39 +37,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def teacher_spec_for(identity: str) -> str:
-    """The :func:`~clip_gs.teachers.load_teacher` spec of a recorded teacher identity.
-
-    ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` -> ``hf-hub:ORG/NAME``;
-    ``file:synthetic-clip@sha256:...`` -> ``synthetic-clip`` (the shipped offline teacher; the
-    checksum is compared once it is loaded).
-
-    Raises:
-        WeightsUnavailableError: a teacher loaded from some other local file (only that file
-            will do; the message says how to pass it with ``--teacher NAME@FILE``).
-        ConfigError: an identity no teacher can be loaded from (random or test teachers).
-    """
-    from clip_gs.teachers.factory import OFFLINE_TEACHER
-
-    kind, _, rest = identity.partition(":")
-    if kind == "open_clip" and "/" in rest:
-        return rest
-    if kind == "hf-hub" and rest:
-        return f"hf-hub:{rest.split('@', 1)[0]}"
-    if kind == "file" and rest:
-        name = rest.split("@", 1)[0]
-        if name == OFFLINE_TEACHER:
-            return OFFLINE_TEACHER
-        checksum = rest.partition("@")[2] or "the recorded one"
-        raise WeightsUnavailableError(
-            f"teacher {identity} was loaded from a local checkpoint file; pass that file with "
-            f"--teacher {name}@/path/to/checkpoint (its checksum must be {checksum})"
-        )
-    raise ConfigError(
-        f"teacher {identity!r} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC"
-    )
 
 
 def load_recorded_teacher(
