@@ -398,6 +398,14 @@ def test_synthetic_root_is_built_by_prepare(tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     assert len(flat_ids(dm.train_dataloader())) > 0
+    # the cached dataset of an earlier teacher (here: a tampered record of what it was made with) is
+    # refused with the advice that fits a synthetic root, not prepare's --out / --overwrite
+    (recorded,) = Path(dm.dataset_root).rglob("settings.json")
+    recorded.write_text(recorded.read_text().replace('"teacher": "', '"teacher": "an-earlier-'))
+    from clip_gs.errors import PreparedWithOtherSettingsError
+
+    with pytest.raises(PreparedWithOtherSettingsError, match=f"delete {dm.dataset_root} to rebuild it, or set data.cache_dir"):
+        make_dm("synthetic:8", cache_dir=str(tmp_path)).prepare_data()
 
 
 def test_plain_http_switch_only_for_http_endpoints(monkeypatch):

@@ -213,11 +213,12 @@ def test_teacher_specs_of_identities():
     assert teacher_spec("file:ViT-B-32@sha256:0123") is None and teacher_spec(None) is None
 
 
-def test_the_template_is_package_data_and_the_root_file_points_to_it():
+def test_the_template_is_the_root_model_card_shipped_as_package_data():
+    """``MODEL_CARD.md`` is the template; the package file links to it, so a wheel holds a copy."""
     packaged = REPO / "src" / "clip_gs" / "hub" / "model_card.md"
-    assert card_template() == packaged.read_text()
+    assert card_template() == packaged.read_text() == (REPO / "MODEL_CARD.md").read_text()
+    assert packaged.is_symlink() and packaged.resolve() == (REPO / "MODEL_CARD.md").resolve()
     assert '"clip_gs.hub" = ["model_card.md"]' in (REPO / "pyproject.toml").read_text()  # in the wheel
-    assert "src/clip_gs/hub/model_card.md" in (REPO / "MODEL_CARD.md").read_text()
 
 
 def test_save_pretrained_writes_the_clip_gs_card(tmp_path):

@@ -41,6 +41,10 @@ class WeightsUnavailableError(ClipGSError, OSError):
     """Weights or data could not be fetched (no network, no cache). The message says what was tried."""
 
 
+class FileNotOnHubError(WeightsUnavailableError):
+    """The Hub repo was reached (or is cached) but has no such file: it is absent, not unavailable."""
+
+
 class HubError(ClipGSError, OSError):
     """A Hugging Face Hub upload failed (offline, no connection, refused token, HTTP error). Nothing was
     committed: the upload is one commit. The message names the repo and what to do."""
@@ -63,6 +67,10 @@ class DatasetError(ClipGSError, ValueError):
     """A prepared dataset (triplet shards, manifest) is missing, inconsistent or made by another teacher."""
 
 
+class PreparedWithOtherSettingsError(DatasetError):
+    """An output folder holds the work of a ``prepare`` run with other settings, source or teacher."""
+
+
 class CorruptSampleError(DatasetError):
     """A stored sample fails its checksum or cannot be decoded (names the shard and the index)."""
 
@@ -75,6 +83,8 @@ __all__ = [
     "CheckpointError",
     "ClipGSError",
     "ConfigError",
+    "FileNotOnHubError",
+    "PreparedWithOtherSettingsError",
     "CorruptSampleError",
     "DatasetError",
     "GaussianFormatError",

@@ -37,7 +37,13 @@ from pathlib import Path
 import torch
 
 from clip_gs.data.triplets import MANIFEST_NAME, SPLITS, Manifest, TripletSample
-from clip_gs.errors import ClipGSError, ConfigError, DatasetError, MissingDependencyError
+from clip_gs.errors import (
+    ClipGSError,
+    ConfigError,
+    DatasetError,
+    MissingDependencyError,
+    PreparedWithOtherSettingsError,
+)
 
 CAPTION_TEMPLATE = "a 3D model of a {}."
 """Caption of an object with a label but no caption (labels from folder names)."""
@@ -408,7 +414,7 @@ def prepare_dataset(
     if recorded.exists():
         earlier = json.loads(recorded.read_text())
         if earlier != json.loads(json.dumps(fingerprint)):
-            raise DatasetError(
+            raise PreparedWithOtherSettingsError(
                 f"{work}: an earlier prepare run used other settings or another teacher "
                 f"({earlier['teacher']}); use another --out, or --overwrite to start afresh"
             )

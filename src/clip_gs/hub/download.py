@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clip_gs.errors import ConfigError, WeightsUnavailableError
+from clip_gs.errors import ConfigError, FileNotOnHubError, WeightsUnavailableError
 
 HUB_PREFIX = "hf://"
 
@@ -50,7 +50,7 @@ def hub_download(repo_id: str, filename: str, **kwargs) -> Path:
             f"cannot fetch {filename!r} of the Hub repo {repo_id!r}: {offline_advice(repo_id, kwargs.get('cache_dir'))}"
         ) from exc
     except EntryNotFoundError as exc:
-        raise WeightsUnavailableError(f"{repo_id} has no file {filename!r} on the Hub") from exc
+        raise FileNotOnHubError(f"{repo_id} has no file {filename!r} on the Hub") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise WeightsUnavailableError(f"cannot fetch {filename!r} from the Hub repo {repo_id!r}: {exc}") from exc
 

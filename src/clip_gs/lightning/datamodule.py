@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule
 from clip_gs.data.shards import TripletShardDataset, default_cache_dir, is_remote, join, read_manifest
 from clip_gs.data.transforms import ColorJitter, Compose, PositionJitter, RandomRotation, RandomScale, RandomTranslation
 from clip_gs.data.triplets import Manifest
-from clip_gs.errors import ConfigError, DatasetError
+from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsError
 from clip_gs.lightning.batch import SampleProcessor, collate_triplets
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -188,7 +188,14 @@ class GaussianDataModule(LightningDataModule):
         if self.root.startswith(SYNTHETIC_PREFIX):  # a no-op when the dataset is complete and up to date
             from clip_gs.data.prepare import PrepareSettings, prepare_dataset
 
-            prepare_dataset(self.root, root, settings=PrepareSettings(seed=self.seed, views=self.synthetic_views), progress=True)
+            settings = PrepareSettings(seed=self.seed, views=self.synthetic_views)
+            try:
+                prepare_dataset(self.root, root, settings=settings, progress=True)
+            except PreparedWithOtherSettingsError as exc:
+                raise PreparedWithOtherSettingsError(  # e.g. the dataset was built by an earlier release's offline teacher
+                    f"{exc}. For data.root {self.root}: delete {root} to rebuild it, or set data.cache_dir "
+                    "to another folder"
+                ) from exc
         read_manifest(root, self.storage_options)
 
     def setup(self, stage: str | None = None) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from clip_gs.errors import ClipGSError, ConfigError, WeightsUnavailableError
+from clip_gs.errors import ClipGSError, ConfigError, FileNotOnHubError, WeightsUnavailableError
 from clip_gs.teachers.base import Teacher, check_same_teacher
 from clip_gs.teachers.factory import teacher_spec_for
 
@@ -130,7 +130,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _model_file(source: str, filename: str, required: bool) -> Path | None:
-    """A file of a model folder or Hub repo (None when absent and not required)."""
+    """A file of a model folder or Hub repo (None when absent and not required).
+
+    Raises:
+        WeightsUnavailableError: the Hub cannot be reached and the file is not cached (an optional
+            file included: its absence cannot be told from its unavailability then).
+    """
     local = Path(source).expanduser()
     if local.is_dir():
         path = local / filename
@@ -139,7 +144,7 @@ def _model_file(source: str, filename: str, required: bool) -> Path | None:
 
     try:
         return hub_download(source, filename)
-    except WeightsUnavailableError:
+    except FileNotOnHubError:  # absent; an unreachable Hub or a missing cache entry is an error
         if required:
             raise
         return None
