@@ -165,6 +165,8 @@ def test_the_3d_viewer_file_of_each_format(tmp_path):
         shown = viewer_file(source, out)
         assert shown.suffix == ".ply" and shown.parent.parent == out and not shown.name.endswith(".compressed.ply")
         torch.testing.assert_close(load_gaussians(shown).means, load_gaussians(source).means)
+        assert viewer_file(source, out) == shown  # the same upload again: converted once, no new folder
+    assert len(list(out.iterdir())) == 2
 
 
 def test_default_label_sets_of_models(tiny_model, tmp_path):

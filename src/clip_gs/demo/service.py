@@ -10,10 +10,10 @@ file the 3D viewer can show, and the default label set of a model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +103,7 @@ def render_preview(path: str | Path, size: int, max_gaussians: int, device: torc
 def viewer_file(path: str | Path, out_dir: str | Path) -> Path | None:
     """The file Gradio's 3D viewer can show for an upload: the upload itself when the viewer reads
     its format (:data:`VIEWER_EXTENSIONS`, INRIA-layout ``.ply``), an INRIA ``.ply`` written into
-    ``out_dir`` for another 3DGS file (``.spz``, compressed ``.ply``), ``None`` for a mesh it cannot
+    ``out_dir/view-<content digest>/`` for another 3DGS file (``.spz``, compressed ``.ply``), ``None`` for a mesh it cannot
     show (``.off``).
 
     Raises:
@@ -125,9 +125,14 @@ def viewer_file(path: str | Path, out_dir: str | Path) -> Path | None:
             return path
     elif name.endswith(".off"):
         return None
-    cloud = load_gaussians(path)
-    out = Path(tempfile.mkdtemp(prefix="view-", dir=out_dir)) / (path.name.split(".")[0] + ".ply")
-    return save_gaussians(cloud, out)
+    # one converted file per upload content (a digest-named folder): repeated uploads reuse it and a
+    # long-running Space does not pile up copies
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    out = Path(out_dir) / f"view-{digest}" / (path.name.split(".")[0] + ".ply")
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_gaussians(load_gaussians(path), out)
 
 
 def parse_labels(text: str) -> list[str]:

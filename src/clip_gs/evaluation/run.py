@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clip_gs.errors import CheckpointError, ClipGSError, ConfigError, DatasetError, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ClipGSError, ConfigError, DatasetError
 from clip_gs.evaluation.fewshot import DEFAULT_L2, DEFAULT_QUERIES, FewShotResult, few_shot
 from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, ZeroShotResult, positive_ranks, retrieval, zero_shot
 
@@ -64,34 +64,16 @@ def load_model(reference: str | os.PathLike, **kwargs):
 
 
 def model_teacher(reference: str | os.PathLike) -> str | None:
-    """The teacher identity a model was trained against (``teacher.json`` of its export folder or repo).
-
-    Returns:
-        The identity string, or None when the folder / repo has no ``teacher.json`` or it records none.
+    """The teacher identity a model was trained against (``teacher.json`` of its export folder or repo),
+    or None when it records none (:func:`~clip_gs.usage.models.read_teacher_record`).
 
     Raises:
         WeightsUnavailableError: a Hub repo whose ``teacher.json`` cannot be fetched (offline).
+        ConfigError: an unreadable ``teacher.json``.
     """
-    path = Path(str(reference)).expanduser()
-    if path.is_dir():
-        file = path / "teacher.json"
-        if not file.is_file():
-            return None
-    else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+    from clip_gs.usage.models import read_teacher_record
 
-        try:
-            file = Path(hf_hub_download(repo_id=str(reference), filename="teacher.json"))
-        except EntryNotFoundError:
-            return None
-        except Exception as exc:  # offline, gated, ...
-            raise WeightsUnavailableError(f"cannot fetch teacher.json of the Hub repo {reference!r}: {exc}") from exc
-    try:
-        value = json.loads(file.read_text()).get("teacher")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise CheckpointError(f"{file}: invalid teacher.json: {exc}") from exc
-    return str(value) if value else None
+    return read_teacher_record(str(reference)) or None
 
 
 # ---------------------------------------------------------------------------- embeddings of a split
