@@ -370,7 +370,10 @@ class CLIPGSModule(LightningModule):
         groups = param_groups(self.model, h.lr, h.weight_decay, h.layer_decay)
         for g in groups:
             g.pop("names")
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps)
+        # torch's fused AdamW kernel (CPU and CUDA): about 4x faster per step than the for-loop form on
+        # clip-gs-base on CPU (benchmarks/bench_train_step.py), the same update
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.model.parameters())
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps, fused=fused)
         total = h.total_steps
         if total is None:
             total = self.trainer.estimated_stepping_batches
