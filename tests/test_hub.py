@@ -272,7 +272,7 @@ def online(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
-PUSHED = ["config.json", "model.safetensors", "teacher.json", "README.md", "curves.png", "eval/report.json",
+PUSHED = ["config.json", "model.safetensors", "teacher.json", "README.md", "curves.png", "metrics.json", "eval/report.json",
           "eval/zeroshot.png"]  # fmt: skip
 
 
@@ -311,7 +311,7 @@ def test_clip_gs_push_command(folder, monkeypatch, online, capsys):
     hub = HubRecorder(monkeypatch)
     assert main(["push", str(folder), "--repo-id", "org/tiny", "--private", "--dataset", "org/objects"]) == 0
     out = capsys.readouterr().out
-    assert "pushed 7 files to https://huggingface.co/org/tiny" in out and "/commit/" in out
+    assert "pushed 8 files to https://huggingface.co/org/tiny" in out and "/commit/" in out
     assert hub.repos[0]["private"] is True
     assert front_matter(hub.commits[0]["files"]["README.md"].decode())["datasets"] == ["org/objects"]
 
@@ -320,7 +320,7 @@ def test_dry_run_prints_the_card_and_sends_nothing(folder, monkeypatch, online, 
     hub = HubRecorder(monkeypatch)
     assert main(["push", str(folder), "--repo-id", "org/tiny", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("---\nlibrary_name: clip-gs") and "dry run: would push 7 files to org/tiny" in out
+    assert out.startswith("---\nlibrary_name: clip-gs") and "dry run: would push 8 files to org/tiny" in out
     assert hub.repos == [] and hub.commits == []
 
 

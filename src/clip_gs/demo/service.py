@@ -156,10 +156,10 @@ def model_labels(usage: UsageModel) -> tuple[list[str], str]:
     teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
     from clip_gs.teachers.factory import OFFLINE_TEACHER
     from clip_gs.teachers.prompts import load_label_set
-    from clip_gs.usage.models import _model_file
+    from clip_gs.usage.models import model_file
 
     try:
-        path = _model_file(usage.source, "metrics.json", required=False)
+        path = model_file(usage.source, "metrics.json", required=False)
         labels = json.loads(Path(path).read_text(encoding="utf-8")).get("data", {}).get("labels") if path else None
         if labels:
             return load_label_set([str(n) for n in labels]), "the labels of the model's training data"

@@ -30,6 +30,7 @@ from clip_gs.hub.card import (
     CONFIG_NAME,
     CURVES_NAME,
     EVAL_REPORT,
+    METRICS_NAME,
     TEACHER_NAME,
     eval_images,
     folder_card,
@@ -174,8 +175,9 @@ def prepare_upload(
     if (folder / TEACHER_NAME).is_file():
         files.append(UploadFile(TEACHER_NAME, folder / TEACHER_NAME))
     files.append(UploadFile(CARD_NAME, str(card).encode("utf-8")))
-    if (folder / CURVES_NAME).is_file():
-        files.append(UploadFile(CURVES_NAME, folder / CURVES_NAME))
+    for name in (CURVES_NAME, METRICS_NAME):  # the training record: curves, validation / test metrics, labels
+        if (folder / name).is_file():
+            files.append(UploadFile(name, folder / name))
     if report is not None:
         files.append(UploadFile(EVAL_REPORT, report))
     files += [UploadFile(f"eval/{image.name}", image) for image in eval_images(folder, report)]

@@ -129,7 +129,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 """What a Hub repo id looks like (``name`` or ``owner/name``); anything else is a local path."""
 
 
-def _model_file(source: str, filename: str, required: bool) -> Path | None:
+def model_file(source: str, filename: str, required: bool) -> Path | None:
     """A file of a model folder or Hub repo (None when absent and not required).
 
     Raises:
@@ -156,7 +156,7 @@ def read_teacher_record(source: str) -> str:
     Raises:
         ConfigError: a ``teacher.json`` that is not a JSON object with a string ``teacher``.
     """
-    path = _model_file(source, TEACHER_RECORD, required=False)
+    path = model_file(source, TEACHER_RECORD, required=False)
     if path is None:
         return ""
     try:
@@ -199,7 +199,7 @@ def load_usage_model(
         model = CLIPGS.from_pretrained(folder, map_location=device)
     except WeightsUnavailableError as exc:
         raise WeightsUnavailableError(f"{source} is no local folder, and as a Hub repo id: {exc}") from exc
-    weights = _model_file(folder, WEIGHTS_NAME, required=True)
+    weights = model_file(folder, WEIGHTS_NAME, required=True)
     identity = f"clip-gs:{model.config.name}@{file_checksum(weights)}"
     return UsageModel(model, source, identity, read_teacher_record(folder), teacher, device)
 
