@@ -201,7 +201,9 @@ class DemoService:
             raise ConfigError("no model is loaded: enter an exported model folder or a Hub repo id and press Load")
         with self._lock:
             if source not in self._models:
-                usage = load_usage_model(source, teacher=self.settings.teacher, device=self.settings.device)
+                # the --teacher override belongs to the configured model; another model uses its own record
+                teacher = self.settings.teacher if source == (self.settings.model or "").strip() else None
+                usage = load_usage_model(source, teacher=teacher, device=self.settings.device)
                 usage.teacher()  # fail here, with the model's name, rather than at the first query
                 self._models[source] = usage
             return self._models[source]

@@ -34,8 +34,9 @@ class DemoSettings:
     Attributes:
         model: the model shown first: an exported model folder or a Hub repo id (``None``: none;
             the page then says how to give one).
-        teacher: a teacher spec to use instead of the one the model records (as ``--teacher`` of
-            ``clip-gs classify``; it must be that same teacher).
+        teacher: a teacher spec to use instead of the one ``model`` records (as ``--teacher`` of
+            ``clip-gs classify``; it must be that same teacher); other models a visitor loads use
+            their own records.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
         host / port: where the server listens (127.0.0.1 by default: only this machine; a Space
             sets ``0.0.0.0``); ``port`` 0 lets Gradio pick a free one from 7860 up.
