@@ -67,14 +67,16 @@ OPTIONAL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma
 
 
 def _sibling(name: str):
-    """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/<name>.py`` (the benchmarks are scripts, not a package), by ``run.py``'s loader."""
+    if name not in sys.modules:
+        sys.modules[name] = _run_module()._load(name) if name != "run" else _run_module()
+    return sys.modules[name]
+
+
+def _run_module():
+    import run  # benchmarks/run.py: this folder is on sys.path when a benchmark runs as a script
+
+    return run
 
 
 # ---------------------------------------------------------------------------- machine
