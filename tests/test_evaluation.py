@@ -176,8 +176,12 @@ def test_few_shot_refuses_too_small_data_naming_what_is_missing():
     with pytest.raises(DatasetError, match=r"only 3 classes .* for 5 ways"):
         few_shot(x, labels, ways=5, shots=1)
     x2, labels2 = x[:20], labels[:20]  # class-2 keeps 4 samples
-    with pytest.raises(DatasetError, match=r"needs 7 samples per class; 1 of 3 classes have fewer: 'class-2' has 4"):
-        few_shot(x2, labels2, ways=2, shots=2, queries_per_class=5)
+    with pytest.raises(DatasetError, match=r"needs 7 samples per class in 3 classes; only 2 of 3 classes have them; "
+                                           r"1 have fewer: 'class-2' has 4"):  # fmt: skip
+        few_shot(x2, labels2, ways=3, shots=2, queries_per_class=5)
+    # with 2 ways the small class is left out of the draws, and the result says so
+    r = few_shot(x2, labels2, ways=2, shots=2, queries_per_class=5, episodes=5)
+    assert r.excluded == ("class-2",) and r.mean > 0.9  # the two remaining clusters are well separated
     with pytest.raises(ConfigError, match="ways must be an int >= 2"):
         few_shot(x, labels, ways=1, shots=1)
 

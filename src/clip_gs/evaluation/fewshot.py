@@ -80,6 +80,8 @@ class FewShotResult:
         std: its standard deviation over the episodes (population, ddof 0).
         accuracies: ``[episodes]`` per-episode accuracies.
         ways, shots, queries_per_class, seed: the protocol.
+        excluded: classes left out of every episode for having fewer than ``shots +
+            queries_per_class`` samples.
     """
 
     mean: float
@@ -89,6 +91,7 @@ class FewShotResult:
     shots: int
     queries_per_class: int
     seed: int
+    excluded: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -132,8 +135,10 @@ def few_shot(
 
     Raises:
         ConfigError: non-positive protocol numbers, ``ways < 2``, mismatched lengths.
-        DatasetError: fewer than ``ways`` classes, or a class with fewer than ``shots +
-            queries_per_class`` samples (named, with its count).
+        DatasetError: fewer than ``ways`` classes with ``shots + queries_per_class`` samples
+            (the smaller classes named, with their counts). Classes below that size are left out
+            of the draws (:attr:`FewShotResult.excluded`), as a long-tail set such as
+            Objaverse-LVIS needs.
     """
     for what, value, low in (("ways", ways, 2), ("shots", shots, 1), ("episodes", episodes, 1),
                              ("queries_per_class", queries_per_class, 1)):  # fmt: skip
@@ -152,13 +157,15 @@ def few_shot(
     if len(classes) < ways:
         raise DatasetError(f"few-shot {protocol}: only {len(classes)} classes ({classes}) for {ways} ways")
     small = {c: len(members[c]) for c in classes if len(members[c]) < need}
-    if small:
+    eligible = [c for c in classes if c not in small]
+    if len(eligible) < ways:
         shown = ", ".join(f"{c!r} has {n}" for c, n in sorted(small.items())[:10])
         more = f" (and {len(small) - 10} more)" if len(small) > 10 else ""
         raise DatasetError(
-            f"few-shot {protocol} needs {need} samples per class; {len(small)} of {len(classes)} classes have fewer: "
-            f"{shown}{more}"
+            f"few-shot {protocol} needs {need} samples per class in {ways} classes; only {len(eligible)} of "
+            f"{len(classes)} classes have them; {len(small)} have fewer: {shown}{more}"
         )
+    classes = eligible  # episodes draw their classes among those with enough samples (long-tail sets)
     x = F.normalize(embeddings.detach().float().cpu(), dim=-1)
     member_idx = {c: torch.tensor(members[c]) for c in classes}
     generator = torch.Generator().manual_seed(seed)
@@ -177,7 +184,7 @@ def few_shot(
         torch.set_num_threads(threads)
     return FewShotResult(
         float(accuracies.mean()), float(accuracies.std(unbiased=False)), accuracies.float(), ways, shots,
-        queries_per_class, seed,
+        queries_per_class, seed, tuple(sorted(small)),
     )  # fmt: skip
 
 
