@@ -33,7 +33,8 @@ the meshes ``.ply``, ``.obj``, ``.glb``, ``.gltf``, ``.stl``. Other 3DGS files (
 ``.ply``) are shown converted to an INRIA ``.ply``; ``.off`` meshes have the preview only."""
 
 PREVIEW_AZIMUTHS = (0, 90, 180, 270)
-"""Azimuths (degrees) of the four preview views."""
+"""Azimuths (degrees) of the four preview views: regular from 0, as
+:func:`~clip_gs.render.render_sheet` places them."""
 
 PREVIEW_ELEVATION = 20.0
 """Camera elevation of the preview views (degrees), as ``clip-gs render``."""
@@ -82,21 +83,15 @@ def render_preview(path: str | Path, size: int, max_gaussians: int, device: torc
         GaussianFormatError / MeshError / UnsupportedFormatError: the file cannot be read.
     """
     from clip_gs.data.assets import default_up_axis, load_asset
-    from clip_gs.render import contact_sheet, orbit_cameras, render_cloud
+    from clip_gs.render import render_sheet
     from clip_gs.render.gsplat_backend import gsplat_available
 
     cloud = load_asset(path, seed=seed)
     fast = device.type == "cuda" and gsplat_available()
     shown = cloud if fast else preview_cloud(cloud, max_gaussians, seed)
-    shown = shown.to(device=device if fast else "cpu", dtype=torch.float32).normalized()
-    up = default_up_axis(path)
-    images = []
-    for azimuth in PREVIEW_AZIMUTHS:
-        camera = orbit_cameras(1, elevation_deg=PREVIEW_ELEVATION, width=size, height=size, azimuth_start_deg=azimuth,
-                               up=up)  # fmt: skip
-        images.append(render_cloud(shown, camera, background=torch.ones(3)).rgb.cpu())
-    labels = [f"{a} deg" for a in PREVIEW_AZIMUTHS]
-    sheet = contact_sheet(torch.cat(images), columns=2, labels=labels)
+    shown = shown.to(device=device if fast else "cpu", dtype=torch.float32)
+    sheet = render_sheet(shown, views=len(PREVIEW_AZIMUTHS), size=size, elevation=PREVIEW_ELEVATION,
+                         up=default_up_axis(path), progress=False, labels=[f"{a} deg" for a in PREVIEW_AZIMUTHS])  # fmt: skip
     return Preview(sheet, cloud.num_gaussians, shown.num_gaussians, "gsplat" if fast else "torch")
 
 

@@ -79,6 +79,7 @@ def render_sheet(
     up: str = "+y",
     background: Sequence[float] = (1.0, 1.0, 1.0),
     progress: bool | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Image.Image:
     """Render ``views`` regular orbit views of an object into one contact sheet.
 
@@ -92,6 +93,7 @@ def render_sheet(
         elevation: camera elevation in degrees.
         background: RGB in [0, 1].
         progress: show a per-view progress bar (default: for >= 200,000 Gaussian-views).
+        labels: one text label per view (:func:`contact_sheet`).
 
     Returns:
         The sheet as an RGB ``PIL.Image``.
@@ -101,12 +103,12 @@ def render_sheet(
 
     cloud = cloud.normalized()
     cameras = orbit_cameras(views, elevation_deg=elevation, width=size, height=size, up=up)
-    bg = torch.tensor(background, dtype=cloud.dtype)
+    bg = torch.tensor(background, dtype=cloud.dtype, device=cloud.device)  # on CUDA, gsplat renders
     show = progress if progress is not None else cloud.num_gaussians * views >= 200_000
     indices = range(views)
     if show:
         from tqdm.auto import tqdm
 
         indices = tqdm(indices, desc=f"render {cloud.num_gaussians:,} Gaussians", unit="view")
-    images = [render_cloud(cloud, cameras[i : i + 1], background=bg).rgb for i in indices]
-    return contact_sheet(torch.cat(images))
+    images = [render_cloud(cloud, cameras[i : i + 1], background=bg).rgb.cpu() for i in indices]
+    return contact_sheet(torch.cat(images), labels=labels)
