@@ -82,13 +82,12 @@ def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
     import sys
 
-    import torch
-
     from clip_gs.data.prepare import EXIT_SOME_FAILED
     from clip_gs.errors import WeightsUnavailableError
     from clip_gs.evaluation.run import TASKS, evaluate, load_model, model_teacher, write_outputs
+    from clip_gs.usage.models import resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model = load_model(args.model, map_location=device)
     try:
         teacher_identity = model_teacher(args.model)
