@@ -282,13 +282,21 @@ def recalibrate_teacher_file(path: str | Path, images: torch.Tensor, seed: int, 
 
     Starting from the saved (fp16) weights makes this step reproducible from the file alone.
     """
+    path = Path(path)
+    model, metadata, seen = load_teacher_file(path)
+    recalibrate_batchnorm(model, images, seed, gray_prob=gray_prob)
+    save_teacher_weights(model, path, seen, {**metadata, "batchnorm": "recalibrated"})
+
+
+def load_teacher_file(path: str | Path) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+    """A built teacher file as a trainable open_clip model: ``(model, build metadata, seen)``, where
+    ``seen`` is the ``[vocab]`` bool mask of the token embeddings the file stores (the rest are zero)."""
     import open_clip
     from safetensors import safe_open
 
     from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher
     from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
 
-    path = Path(path)
     register_architecture()
     with safe_open(str(path), framework="pt") as fh:
         metadata = dict(fh.metadata() or {})
@@ -297,10 +305,9 @@ def recalibrate_teacher_file(path: str | Path, images: torch.Tensor, seed: int, 
     metadata = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else metadata
     model = OpenCLIPTeacher._create(open_clip, ARCHITECTURE, None)  # quiet about the random init it overwrites
     OpenCLIPTeacher.load_weights(model, path)
-    recalibrate_batchnorm(model, images, seed, gray_prob=gray_prob)
     seen = torch.zeros(model.vocab_size, dtype=torch.bool)
     seen[ids] = True
-    save_teacher_weights(model, path, seen, {**metadata, "batchnorm": "recalibrated"})
+    return model, metadata, seen
 
 
 def build_offline_teacher(
@@ -468,23 +475,8 @@ def restart_from_file(path: str | Path, images: torch.Tensor, labels: list[dict]
     Returns:
         ``(losses, seconds)``.
     """
-    import open_clip
-    from safetensors import safe_open
-
-    from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher
-    from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
-
     path = Path(path)
-    register_architecture()
-    with safe_open(str(path), framework="pt") as fh:
-        stored = dict(fh.metadata() or {})
-        key = next(k for k in fh.keys() if k.endswith("token_embedding.weight.ids"))  # noqa: SIM118 - safe_open has no __iter__
-        ids = fh.get_tensor(key).long()
-    stored = json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else stored
-    model = OpenCLIPTeacher._create(open_clip, ARCHITECTURE, None)
-    OpenCLIPTeacher.load_weights(model, path)
-    seen = torch.zeros(model.vocab_size, dtype=torch.bool)
-    seen[ids] = True
+    model, stored, seen = load_teacher_file(path)
     gen = torch.Generator().manual_seed(seed * 1_000 + 3 + cycle)
     rng = np.random.default_rng([seed, 3 + cycle])
     losses, seconds, _ = _run_phase(model, images, labels, steps, lr, weight_decay, max(1, round(0.05 * steps)), gen, rng,
