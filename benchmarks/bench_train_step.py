@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import importlib.util
 import json
 import os
 import platform
