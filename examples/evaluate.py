@@ -14,7 +14,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from clip_gs.evaluation import embed_split, evaluate, few_shot, load_model, retrieval, write_outputs, zero_shot
+from clip_gs import CLIPGS
+from clip_gs.evaluation import embed_split, evaluate, few_shot, retrieval, write_outputs, zero_shot
 
 
 def toy() -> None:
@@ -37,7 +38,7 @@ def toy() -> None:
 
 
 def on_dataset(model_ref: str, root: str, split: str) -> None:
-    model = load_model(model_ref)  # CLIPGS.from_pretrained, with typed errors for bad paths
+    model = CLIPGS.from_pretrained(model_ref)  # a folder or a Hub repo id
     data = embed_split(model, root, split)  # the model's fused encode path; stored teacher embeddings
     print(f"{len(data)} objects, shape embeddings {tuple(data.shape.shape)}, views {tuple(data.images.shape)}")
     print("retrieval:", retrieval(data.shape, data.text, data.images, data.text_mask, data.image_mask))

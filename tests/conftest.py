@@ -82,5 +82,6 @@ def trained_run(tmp_path_factory) -> TrainedRun:
 
     data = yaml.safe_load((REPO_ROOT / "examples" / "configs" / "quickstart.yaml").read_text())["data"]
     dm = GaussianDataModule(root=f"synthetic:{TRAINED_RUN_BUDGET['objects']}", cache_dir=str(root / "data"),
-                            seed=data["seed"], synthetic_views=data["synthetic_views"])  # fmt: skip
+                            seed=data["seed"], synthetic_views=data["synthetic_views"],
+                            synthetic_pose=data["synthetic_pose"])  # fmt: skip
     return TrainedRun(model_dir=export, data_root=Path(dm.dataset_root))

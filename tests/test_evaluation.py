@@ -32,11 +32,11 @@ from clip_gs.evaluation.run import (
     build_report,
     camera_up_axis,
     embed_split,
-    load_model,
     zero_shot_classes,
 )
 from clip_gs.lightning import CLIPGSModule, GaussianDataModule
 from clip_gs.lightning.export import export_pretrained
+from clip_gs.model import CLIPGS
 from clip_gs.teachers import TeacherMismatchError
 from tests.test_training import CLASSES, TEACHER, TINY, E, N, write_learnable_dataset
 
@@ -274,7 +274,7 @@ def test_evaluate_matches_lightning_validation(tiny, tmp_path):
     dm = GaussianDataModule(root=str(data), batch_size=8, num_workers=0, num_gaussians=N, views_per_step=3,
                             augment=False, seed=0)  # fmt: skip
     val = trainer.validate(module, datamodule=dm, verbose=False)[0]
-    ev = evaluate(load_model(model_dir), data, "val", precision="fp32", protocols=(), seed=0)
+    ev = evaluate(CLIPGS.from_pretrained(model_dir), data, "val", precision="fp32", protocols=(), seed=0)
     zs = ev.report["tasks"]["zeroshot"]
     assert zs["top1"] == pytest.approx(val["val/zeroshot_top1"]) and zs["top3"] == pytest.approx(val["val/zeroshot_top3"])
     r = ev.report["tasks"]["retrieval"]
@@ -285,7 +285,7 @@ def test_evaluate_matches_lightning_validation(tiny, tmp_path):
 
 def test_embed_split_keeps_the_stored_embeddings(tiny):
     data, model_dir, _ = tiny
-    model = load_model(model_dir)
+    model = CLIPGS.from_pretrained(model_dir)
     split = embed_split(model, data, "test", precision="fp32")
     assert len(split) == 24 and split.shape.shape == (24, E) and split.images.shape == (24, 3, E)
     assert torch.allclose(split.shape.norm(dim=-1), torch.ones(24), atol=1e-5)
@@ -340,7 +340,7 @@ def test_cli_errors_are_typed(tiny, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--data", str(data)]) == 2
     assert "no such model folder" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="no such model folder"):
-        load_model(tmp_path / "nope")
+        CLIPGS.from_pretrained(tmp_path / "nope")
     other = export_pretrained(module.model, tmp_path / "other", teacher={"teacher": "fake:another-teacher"})
     assert main(["eval", "--model", str(other), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "different teachers" in capsys.readouterr().err
@@ -369,11 +369,9 @@ def test_label_set_zero_shot_through_the_teacher(tmp_path):
 @pytest.mark.slow
 def test_trained_model_zero_shot_well_above_chance(trained_run, tmp_path, capsys):
     """``clip-gs eval --task all`` on the CI-budget trained run (:data:`tests.conftest.TRAINED_RUN_BUDGET`):
-    the report and both pictures are written, and retrieval is well above chance.
-
-    That budget's model matches colour, not yet shape: its zero-shot top-1 is near chance (measured
-    3% on 33 test objects), so zero-shot is checked for completeness only; the quick-start's own
-    figures are in the README (Training)."""
+    the report and both pictures are written, and zero-shot and retrieval are well above chance
+    (zero-shot chance: 1 / 13 = 7.7%; the bar 50% sits below what that budget measured, see
+    :data:`tests.conftest.TRAINED_RUN_BUDGET`)."""
     argv = ["eval", "--model", str(trained_run.model_dir), "--data", str(trained_run.data_root), "--split", "test",
             "--task", "all", "--out", str(tmp_path), "--quiet"]  # fmt: skip
     rc = main(argv)
@@ -384,6 +382,7 @@ def test_trained_model_zero_shot_well_above_chance(trained_run, tmp_path, capsys
     assert set(report.get("failures", {})) <= {"fewshot/5-way-5-shot"}  # a small test split may be too small for it
     zs = report["tasks"]["zeroshot"]
     assert zs["num_classes"] == 13 and 0 < len(zs["per_class"]) <= 13 and zs["top1"] <= zs["top3"] <= zs["top5"], zs
+    assert zs["top1"] >= 0.5, zs
     n = report["num_objects"]
     assert report["tasks"]["retrieval"]["text_to_3d"]["r5"] >= 3 * 5 / n, report["tasks"]["retrieval"]  # chance: 5 / n
     for name in ("confusion.png", "retrieval.png"):

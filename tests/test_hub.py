@@ -25,6 +25,7 @@ from clip_gs import CLIPGS
 from clip_gs.cli import main
 from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
 from clip_gs.hub.card import EVAL_REPORT, card_template, folder_card, read_eval_report, teacher_spec
+from clip_gs.hub.download import model_location
 from clip_gs.hub.push import prepare_upload, push_folder, validate_folder
 from clip_gs.lightning.export import export_pretrained
 
@@ -518,3 +519,17 @@ def test_trained_export_is_ready_to_push(trained_run, monkeypatch, online):
     pushed = load_safetensors(files["model.safetensors"])
     loaded = CLIPGS.from_pretrained(str(folder), local_files_only=True).state_dict()
     assert pushed.keys() == loaded.keys() and all(torch.equal(pushed[k], loaded[k]) for k in pushed)
+
+
+def test_model_location_tells_folders_files_and_repo_ids_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    assert model_location(tmp_path / "run") == str(tmp_path / "run")
+    assert model_location("~/run") == str(tmp_path / "run")
+    assert model_location("my-org/clip-gs-tiny") == "my-org/clip-gs-tiny"
+    with pytest.raises(CheckpointError, match="weights.safetensors: is a file; give the model folder"):
+        model_location(tmp_path / "weights.safetensors")
+    for missing in (str(tmp_path / "nope"), "./runs/export", "a/b/c"):
+        with pytest.raises(CheckpointError, match=f"{missing}: no such model folder"):
+            CLIPGS.from_pretrained(missing)

@@ -20,9 +20,9 @@ from clip_gs.data.prepare import (
     read_captions,
     split_of,
 )
-from clip_gs.data.synthetic import SHAPE_NOUNS
+from clip_gs.data.synthetic import SHAPE_NOUNS, SyntheticGaussianDataset
 from clip_gs.data.triplets import Manifest, TripletSample
-from clip_gs.errors import DatasetError
+from clip_gs.errors import ConfigError, DatasetError
 from tests.test_cloud import random_cloud
 
 
@@ -90,6 +90,21 @@ def test_synthetic_source_to_shards_and_manifest(tmp_path):
     assert {s.id: split_of(s.id, SETTINGS) for s in samples} == {
         s.id: split for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)
     }
+
+
+def test_synthetic_pose_setting_reaches_the_stored_clouds(tmp_path):
+    settings = PrepareSettings(
+        views=1, synthetic_gaussians=256, synthetic_pose="upright", val_fraction=0, test_fraction=0
+    )
+    prepare_dataset("synthetic:2", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
+    assert Manifest.read(tmp_path / "out").settings["synthetic_pose"] == "upright"
+    expected = SyntheticGaussianDataset(2, num_gaussians=256, pose="upright")
+    for sample in read_split(tmp_path / "out", "train"):
+        index = int(sample.id.removeprefix("synthetic-"))
+        torch.testing.assert_close(sample.cloud.means, expected[index].cloud.means)
+        assert not torch.allclose(sample.cloud.means, SyntheticGaussianDataset(2, num_gaussians=256)[index].cloud.means)
+    with pytest.raises(ConfigError, match="synthetic_pose must be one of random, upright, canonical, got 'lying'"):
+        PrepareSettings(synthetic_pose="lying")
 
 
 def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_shards(tmp_path):
@@ -201,6 +216,10 @@ def test_cli_prepare_exit_status_says_whether_something_failed(tmp_path, monkeyp
     assert main(args) == EXIT_SOME_FAILED
     captured = capsys.readouterr()
     assert "bad.splat" in captured.err and "1 reused from an earlier run, 1 failed" in captured.out
+    synthetic = ["prepare", "synthetic:2", "--out", str(tmp_path / "up"), "--views", "1", "--quiet", "--teacher", "x",
+                 "--synthetic-gaussians", "128", "--synthetic-pose", "upright"]  # fmt: skip
+    assert main(synthetic) == 0
+    assert Manifest.read(tmp_path / "up").settings["synthetic_pose"] == "upright"
 
 
 @pytest.mark.slow

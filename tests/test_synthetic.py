@@ -200,11 +200,32 @@ def test_cylinder_points_lie_on_side_or_caps():
     assert on_side.any() and on_cap.any()
 
 
-def test_canonical_pose_is_kept_without_random_pose():
-    obj = make_object("cone", 0, random_pose=False)
+def test_canonical_pose_is_kept_and_other_poses_change_only_the_rotation():
+    obj = make_object("cone", 0, pose="canonical")
     assert torch.equal(obj.rotation, torch.eye(3))
-    posed = make_object("cone", 0)
-    torch.testing.assert_close(_canonical(posed), obj.cloud.means, atol=1e-5, rtol=0)
+    for pose in ("random", "upright"):
+        posed = make_object("cone", 0, pose=pose)
+        torch.testing.assert_close(_canonical(posed), obj.cloud.means, atol=1e-5, rtol=0)
+        torch.testing.assert_close(posed.cloud.sh, obj.cloud.sh)
+        assert (posed.caption, posed.params) == (obj.caption, obj.params)
+
+
+def test_upright_pose_stands_the_axis_on_plus_y_with_uniform_turns():
+    """The shape's axis (canonical z) maps to +Y; the turn about +Y covers the circle evenly."""
+    angles = []
+    for seed in range(400):
+        rotation = make_object("cone", seed, num_gaussians=64, pose="upright").rotation.double()
+        torch.testing.assert_close(rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
+        assert torch.linalg.det(rotation).item() == pytest.approx(1.0, abs=1e-6)
+        up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+        torch.testing.assert_close(rotation[:, 2], up, atol=1e-6, rtol=0)
+        x_axis = rotation[:, 0]  # canonical x, turned in the horizontal plane
+        assert abs(x_axis[1].item()) < 1e-6
+        angles.append(torch.atan2(x_axis[2], x_axis[0]).item())
+    counts = torch.histc(torch.tensor(angles), bins=8, min=-torch.pi, max=torch.pi)
+    assert counts.min().item() > 30 and counts.max().item() < 70  # 50 expected per bin
+    random = make_object("cone", 0, num_gaussians=64).rotation.double()
+    assert abs(random[1, 2].item()) < 0.999  # the random pose does not stand the axis up
 
 
 # ---------------------------------------------------------------------------- errors
@@ -222,6 +243,7 @@ def test_unknown_class_lists_the_classes():
     [
         ({"color": "mauve"}, "unknown colour"),
         ({"pattern": "plaid"}, "unknown pattern"),
+        ({"pose": "lying"}, "unknown pose .lying.; choose one of random, upright, canonical"),
         ({"num_gaussians": 0}, "num_gaussians"),
     ],
 )
@@ -259,7 +281,7 @@ def test_dataset_class_subset_keeps_global_label_indices():
 @pytest.mark.parametrize(("shape", "hole"), [("torus", True), ("ring", True), ("sphere", False), ("cube", False)])
 def test_rendered_silhouette_from_the_axis(shape, hole):
     from clip_gs import render
-    obj = make_object(shape, 0, num_gaussians=2048, random_pose=False, pattern="solid")
+    obj = make_object(shape, 0, num_gaussians=2048, pose="canonical", pattern="solid")
     cameras = render.orbit_cameras(1, width=48, height=48, elevation_deg=89.0, up="+z")  # looks down z
     alpha = render.render_cloud(obj.cloud, cameras).alpha[0]
     centre = alpha[20:28, 20:28].mean().item()
@@ -275,7 +297,7 @@ def test_rendered_classes_differ_in_silhouette_area():
     from clip_gs import render
     cameras = render.orbit_cameras(1, width=48, height=48, elevation_deg=89.0, up="+z")
     coverage = {
-        shape: render.render_cloud(make_object(shape, 0, random_pose=False).cloud, cameras).alpha[0].mean().item()
+        shape: render.render_cloud(make_object(shape, 0, pose="canonical").cloud, cameras).alpha[0].mean().item()
         for shape in ("sphere", "torus", "star_prism", "helix")
     }
     # a sphere fills its disk; a torus misses its hole; a star misses the gaps between points

@@ -113,6 +113,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     settings = PrepareSettings(
         views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
         up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
+        synthetic_pose=args.synthetic_pose,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
     )  # fmt: skip
     summary = prepare_dataset(
@@ -173,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--up", default="auto", help="world up axis of file inputs (auto, +y, -y, +z, -z)")
     prepare.add_argument("--mesh-gaussians", type=int, default=10_000, help="Gaussians sampled on each mesh")
     prepare.add_argument("--synthetic-gaussians", type=int, default=2048, help="Gaussians per synthetic object")
+    prepare.add_argument(
+        "--synthetic-pose", default="random", choices=("random", "upright"),
+        help="synthetic objects: any rotation, or standing on +Y and turned about it",
+    )  # fmt: skip
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
     prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")

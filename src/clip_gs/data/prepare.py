@@ -68,6 +68,8 @@ class PrepareSettings:
             per file (synthetic objects are +Y up).
         mesh_gaussians: Gaussians sampled on meshes (:data:`MESH_GAUSSIANS`).
         synthetic_gaussians: Gaussians per synthetic object.
+        synthetic_pose: pose of synthetic objects (:data:`clip_gs.data.synthetic.POSES`): ``random``
+            (any rotation) or ``upright`` (standing on +Y, turned about it, as real assets stand).
         val_fraction / test_fraction: share of objects in each split, decided by a seeded hash of
             the id (stable when objects are added), unless the captions file gives a split.
         seed: seed of the split hash, the mesh sampling and the synthetic set.
@@ -81,6 +83,7 @@ class PrepareSettings:
     up: str = "auto"
     mesh_gaussians: int = MESH_GAUSSIANS
     synthetic_gaussians: int = 2048
+    synthetic_pose: str = "random"
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -93,6 +96,10 @@ class PrepareSettings:
             raise ConfigError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
         if "{}" not in self.caption_template:
             raise ConfigError(f"caption_template must contain '{{}}', got {self.caption_template!r}")
+        from clip_gs.data.synthetic import POSES
+
+        if self.synthetic_pose not in POSES:
+            raise ConfigError(f"synthetic_pose must be one of {', '.join(POSES)}, got {self.synthetic_pose!r}")
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,9 @@ def load_source(item: SourceItem, settings: PrepareSettings):
         from clip_gs.data.synthetic import SyntheticGaussianDataset
 
         index = int(item.source.removeprefix("synthetic:"))
-        dataset = SyntheticGaussianDataset(index + 1, num_gaussians=settings.synthetic_gaussians, seed=settings.seed)
+        dataset = SyntheticGaussianDataset(
+            index + 1, num_gaussians=settings.synthetic_gaussians, seed=settings.seed, pose=settings.synthetic_pose
+        )
         obj = dataset[index]
         return obj.cloud.replace(source=item.source), item.captions or obj.captions, "+y"
     cloud = load_asset(item.source, num_gaussians=settings.mesh_gaussians, seed=settings.seed)

@@ -18,7 +18,7 @@ Each object is built in four steps, all driven by one seeded ``numpy`` generator
      radius in the secondary colour on the primary colour.
    - ``two_tone``: the half beyond the middle of the extent along one canonical axis is secondary.
 
-4. **Pose and Gaussians**: a uniformly random rotation (:attr:`SyntheticObject.rotation`), flat
+4. **Pose and Gaussians**: a rotation (:attr:`SyntheticObject.rotation`, see :data:`POSES`), flat
    disk Gaussians along the normals (:func:`clip_gs.data.mesh.surface_disks`, the one disk
    implementation), normalised into the unit sphere.
 
@@ -275,9 +275,35 @@ def _check_shape(shape: str) -> str:
 
 
 # ---------------------------------------------------------------------------- colour and pose
+POSES: tuple[str, ...] = ("random", "upright", "canonical")
+"""How a synthetic object is posed in the world (+Y is up, as :mod:`clip_gs.data.prepare` renders it):
+
+- ``random``: a uniformly random rotation (any side may face up);
+- ``upright``: the shape's axis (canonical z) along +Y, turned about +Y by a uniform angle, as
+  objects stand in Objaverse or ModelNet (a torus lies flat, a cone and a mug stand);
+- ``canonical``: no rotation (the shape's axis along world z).
+"""
+
+_Z_TO_Y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # canonical z -> world +y
+
+
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly distributed rotation matrix ``[3, 3]`` (normalised Gaussian quaternion)."""
-    quat = torch.from_numpy(rng.standard_normal(4))
+    return _rotation_from_draw(rng.standard_normal(4), "random")
+
+
+def _rotation_from_draw(draw: np.ndarray, pose: str) -> np.ndarray:
+    """The rotation of ``pose`` from one draw of 4 standard normals (every pose uses the same draw,
+    so the pose leaves the object's other random choices unchanged). ``upright`` turns about +Y
+    by ``atan2(draw[1], draw[0])``, uniform in (-pi, pi] for independent standard normals."""
+    if pose == "canonical":
+        return np.eye(3)
+    if pose == "upright":
+        angle = math.atan2(draw[1], draw[0])
+        c, s = math.cos(angle), math.sin(angle)
+        yaw = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+        return yaw @ _Z_TO_Y
+    quat = torch.from_numpy(draw)
     return quaternions_to_matrices(quat / quat.norm()).numpy()
 
 
@@ -399,7 +425,7 @@ def make_object(
     num_gaussians: int = 2048,
     color: str | None = None,
     pattern: str | None = None,
-    random_pose: bool = True,
+    pose: str = "random",
     opacity: float = 0.95,
     scale_factor: float = DEFAULT_SCALE_FACTOR,
     thickness_ratio: float = DEFAULT_THICKNESS_RATIO,
@@ -413,8 +439,8 @@ def make_object(
         num_gaussians: N.
         color: primary colour name from :data:`PALETTE`; drawn from the seed when ``None``.
         pattern: one of :data:`PATTERNS`; drawn from the seed when ``None``.
-        random_pose: apply a uniformly random rotation; ``False`` keeps the canonical pose
-            (z is the shape's axis). The draw happens either way, so the rest is unchanged.
+        pose: one of :data:`POSES` (default ``"random"``: a uniformly random rotation). The
+            rotation is drawn the same way for every pose, so the pose changes nothing else.
         opacity, scale_factor, thickness_ratio: disk parameters, as in
             :func:`clip_gs.data.mesh.mesh_to_gaussians`.
 
@@ -426,6 +452,8 @@ def make_object(
         raise ConfigError(f"unknown colour {color!r}; choose one of {', '.join(PALETTE)}")
     if pattern is not None and pattern not in PATTERNS:
         raise ConfigError(f"unknown pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
+    if pose not in POSES:
+        raise ConfigError(f"unknown pose {pose!r}; choose one of {', '.join(POSES)}")
     if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, int) or num_gaussians <= 0:
         raise ConfigError(f"num_gaussians must be a positive int, got {num_gaussians!r}")
 
@@ -438,9 +466,7 @@ def make_object(
     color = color or drawn_color
     pattern = pattern or drawn_pattern
     secondary = names[(names.index(color) + secondary_offset) % len(names)] if pattern != "solid" else None
-    rotation = random_rotation(rng)
-    if not random_pose:
-        rotation = np.eye(3)
+    rotation = _rotation_from_draw(rng.standard_normal(4), pose)
 
     triangles, params = shape_triangles(shape, rng)
     face, _, points = sample_triangles(triangles, num_gaussians, rng)
@@ -491,7 +517,7 @@ class SyntheticGaussianDataset(Dataset):
         seed: dataset seed.
         classes: subset of :data:`SHAPE_CLASSES` (default: all), in the order items cycle through.
             Labels (``label_index``) always index the full :data:`SHAPE_CLASSES`.
-        **object_kwargs: forwarded to :func:`make_object` (``color``, ``pattern``, ``random_pose``, ...).
+        **object_kwargs: forwarded to :func:`make_object` (``color``, ``pattern``, ``pose``, ...).
     """
 
     def __init__(
@@ -536,6 +562,7 @@ class SyntheticGaussianDataset(Dataset):
 __all__ = [
     "PALETTE",
     "PATTERNS",
+    "POSES",
     "SHAPE_CLASSES",
     "SHAPE_NOUNS",
     "SyntheticGaussianDataset",

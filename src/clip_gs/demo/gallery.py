@@ -2,8 +2,9 @@
 their embedding index.
 
 The gallery is :data:`GALLERY_COLOURS`-coloured solid objects, :data:`PER_CLASS` of each synthetic
-class (:data:`~clip_gs.data.synthetic.SHAPE_CLASSES`), each in a random pose drawn from the seed,
-written with :func:`~clip_gs.gaussians.save_gaussians`; ``gallery.json`` beside them lists each
+class (:data:`~clip_gs.data.synthetic.SHAPE_CLASSES`), each standing upright (:data:`GALLERY_POSE`)
+and turned by an angle drawn from the seed, as assets stand in a real collection, written with
+:func:`~clip_gs.gaussians.save_gaussians`; ``gallery.json`` beside them lists each
 file with its class and caption (:func:`~clip_gs.data.synthetic.make_caption`). Its index is built
 by :func:`~clip_gs.usage.embed_folder` (one file per model, so switching models keeps both), which
 on a later start finds every file unchanged and embeds nothing.
@@ -26,6 +27,9 @@ PER_CLASS = 2
 
 GALLERY_GAUSSIANS = 4096
 """Gaussians per gallery object (4x what the tiny models sample; the thumbnails stay sharp)."""
+
+GALLERY_POSE = "upright"
+"""Pose of the gallery's objects (:data:`~clip_gs.data.synthetic.POSES`): the pose the quick-start trains on."""
 
 GALLERY_FILE = "gallery.json"
 """The gallery's list of objects (``{"objects": [{"file", "label", "caption", "color"}, ...]}``)."""
@@ -73,7 +77,8 @@ def build_gallery(folder: str | Path, seed: int = 0, num_gaussians: int = GALLER
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     items = gallery_items()
-    record = {"seed": seed, "num_gaussians": num_gaussians, "objects": [vars(item) for item in items]}
+    record = {"seed": seed, "num_gaussians": num_gaussians, "pose": GALLERY_POSE,
+              "objects": [vars(item) for item in items]}  # fmt: skip
     listing = folder / GALLERY_FILE
     same = listing.is_file() and _read_listing(listing) == record
     shape_of = {SHAPE_NOUNS[s]: s for s in SHAPE_CLASSES}
@@ -82,7 +87,7 @@ def build_gallery(folder: str | Path, seed: int = 0, num_gaussians: int = GALLER
         if same and path.is_file():
             continue
         obj = make_object(shape_of[item.label], seed=_object_seed(seed, item.file), num_gaussians=num_gaussians,
-                          color=item.color, pattern="solid")  # fmt: skip
+                          color=item.color, pattern="solid", pose=GALLERY_POSE)  # fmt: skip
         save_gaussians(obj.cloud, path)
     listing.write_text(json.dumps(record, indent=1), encoding="utf-8")
     return items

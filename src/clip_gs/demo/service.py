@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +176,7 @@ class DemoService:
 
     def __init__(self, settings: DemoSettings):
         self.settings = settings
-        self._models: dict[str, UsageModel] = {}
+        self._models: OrderedDict[str, UsageModel] = OrderedDict()  # least recently used first
         self._indexes: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -184,7 +185,8 @@ class DemoService:
 
     # ------------------------------------------------------------------ models
     def model(self, source: str | None) -> UsageModel:
-        """The loaded model of a folder or Hub repo id (loaded once, then shared).
+        """The loaded model of a folder or Hub repo id (loaded once, then shared; at most
+        ``settings.max_models`` stay loaded, the least recently used is dropped first).
 
         Raises:
             ConfigError: no source; a folder that does not exist.
@@ -201,6 +203,9 @@ class DemoService:
                 usage = load_usage_model(source, teacher=teacher, device=self.settings.device)
                 usage.teacher()  # fail here, with the model's name, rather than at the first query
                 self._models[source] = usage
+                while len(self._models) > self.settings.max_models:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(source)
             return self._models[source]
 
     # ------------------------------------------------------------------ uploads

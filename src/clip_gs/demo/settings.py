@@ -45,6 +45,8 @@ class DemoSettings:
         preview_gaussians: most Gaussians the CPU rasterizer previews (larger uploads are thinned,
             see :func:`~clip_gs.demo.service.preview_cloud`); gsplat on CUDA renders them all.
         k: labels shown by the zero-shot classifier and hits by a search.
+        max_models: most models kept loaded at once; loading one more unloads the one used least
+            recently (visitors can load any Hub repo, and a free Space has little memory).
         cache_dir: where the gallery and its index are written on first start (reused later).
         seed: seed of the gallery's objects, of mesh sampling and of the model's resampling.
     """
@@ -58,13 +60,14 @@ class DemoSettings:
     preview_size: int = 160
     preview_gaussians: int = 20_000
     k: int = 5
+    max_models: int = 2
     cache_dir: Path | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.max_file_mb > 0:
             raise ConfigError(f"max_file_mb must be > 0, got {self.max_file_mb}")
-        for name in ("preview_size", "preview_gaussians", "k"):
+        for name in ("preview_size", "preview_gaussians", "k", "max_models"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")

@@ -31,7 +31,7 @@ from clip_gs.evaluation.metrics import (
 
 _LAZY = {
     "Evaluation": "run", "SplitEmbeddings": "run", "TASKS": "run", "build_report": "run", "embed_split": "run",
-    "evaluate": "run", "load_model": "run", "model_teacher": "run", "write_outputs": "run",
+    "evaluate": "run", "model_teacher": "run", "write_outputs": "run",
     "zero_shot_classes": "run", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
     "render_thumbnail": "plots",
 }  # fmt: skip
@@ -64,7 +64,6 @@ __all__ = [
     "evaluate",
     "few_shot",
     "fit_linear_probe",
-    "load_model",
     "model_teacher",
     "positive_ranks",
     "render_thumbnail",

@@ -84,11 +84,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from clip_gs.data.prepare import EXIT_SOME_FAILED
     from clip_gs.errors import WeightsUnavailableError
-    from clip_gs.evaluation.run import TASKS, evaluate, load_model, model_teacher, write_outputs
+    from clip_gs.evaluation.run import TASKS, evaluate, model_teacher, write_outputs
+    from clip_gs.model import CLIPGS
     from clip_gs.usage.models import resolve_device
 
     device = resolve_device(args.device)
-    model = load_model(args.model, map_location=device)
+    model = CLIPGS.from_pretrained(args.model, map_location=device)
     try:
         teacher_identity = model_teacher(args.model)
     except WeightsUnavailableError as exc:  # a cached Hub model without its teacher.json offline: say so, go on

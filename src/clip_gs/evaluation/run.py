@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clip_gs.errors import CheckpointError, ClipGSError, ConfigError, DatasetError
+from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.evaluation.fewshot import DEFAULT_L2, DEFAULT_QUERIES, FewShotResult, few_shot
 from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, ZeroShotResult, positive_ranks, retrieval, zero_shot
 
@@ -37,32 +37,6 @@ ENCODE_CHUNK = 256
 
 
 # ---------------------------------------------------------------------------- model and teacher
-def load_model(reference: str | os.PathLike, **kwargs):
-    """``CLIPGS.from_pretrained(reference)`` with a typed error for a path that is not a model folder.
-
-    Raises:
-        CheckpointError: ``reference`` looks like a path (exists, or contains a path separator /
-            starts with ``.`` or ``~``) but is not a folder with ``config.json``.
-        ConfigError: neither a folder nor a valid Hub repo id.
-        WeightsUnavailableError: a Hub repo that cannot be fetched (offline and not cached).
-    """
-    from clip_gs.model import CLIPGS
-
-    ref = str(reference)
-    path = Path(ref).expanduser()
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{ref}: is a file; give the model folder written by save_pretrained / clip-gs fit")
-    looks_local = path.exists() or ref.startswith((".", "~", os.sep)) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
-    if looks_local and not path.is_dir():
-        raise CheckpointError(f"{ref}: no such model folder")
-    try:
-        return CLIPGS.from_pretrained(str(path) if path.is_dir() else ref, **kwargs)
-    except ClipGSError:
-        raise
-    except ValueError as exc:  # huggingface_hub's HFValidationError: not a repo id either
-        raise ConfigError(f"{ref!r} is neither a model folder nor a Hub repo id: {exc}") from exc
-
-
 def model_teacher(reference: str | os.PathLike) -> str | None:
     """The teacher identity a model was trained against (``teacher.json`` of its export folder or repo),
     or None when it records none (:func:`~clip_gs.usage.models.read_teacher_record`).
@@ -476,7 +450,6 @@ __all__ = [
     "camera_up_axis",
     "embed_split",
     "evaluate",
-    "load_model",
     "model_teacher",
     "open_split",
     "retrieval_rows",

@@ -8,11 +8,34 @@ not there raises :class:`~clip_gs.errors.WeightsUnavailableError` with :func:`of
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from clip_gs.errors import ConfigError, FileNotOnHubError, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, WeightsUnavailableError
 
 HUB_PREFIX = "hf://"
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+"""What a Hub repo id looks like (``name`` or ``owner/name``); anything else is a local path."""
+
+
+def model_location(reference: str | os.PathLike) -> str:
+    """A model reference as ``from_pretrained`` takes it: an existing folder (``~`` expanded), or a Hub
+    repo id when it is neither a folder nor a file and has a repo id's form.
+
+    Raises:
+        CheckpointError: ``reference`` is a file, or a path that does not exist and cannot be a
+            Hub repo id (``./run/export``, ``/abs/path``, ``a/b/c``).
+    """
+    name = str(reference)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise CheckpointError(f"{name}: is a file; give the model folder written by save_pretrained / clip-gs fit")
+    if not _REPO_ID.match(name):
+        raise CheckpointError(f"{name}: no such model folder (and not a Hub repo id such as 'owner/name')")
+    return name
 
 
 def parse_hub_reference(reference: str) -> tuple[str, str]:

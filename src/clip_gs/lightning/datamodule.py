@@ -95,6 +95,10 @@ class GaussianDataModule(LightningDataModule):
             ``synthetic:`` root, of the objects and splits ``prepare`` makes).
         synthetic_views: views rendered per object when ``prepare_data`` builds a ``synthetic:``
             root (``clip-gs prepare --views``; ignored for other roots).
+        synthetic_pose: pose of the objects of a ``synthetic:`` root (``clip-gs prepare
+            --synthetic-pose``): ``"random"`` (any rotation) or ``"upright"`` (standing on +Y,
+            turned about it, as Objaverse and ModelNet objects stand; see
+            :data:`clip_gs.data.synthetic.POSES`).
         cache_dir: where remote chunks (and ``synthetic:`` datasets) are stored; default
             :func:`~clip_gs.data.shards.default_cache_dir` (``$CLIP_GS_SHARD_CACHE`` or
             ``<tmp>/clip-gs-shards``), never the home directory.
@@ -132,6 +136,7 @@ class GaussianDataModule(LightningDataModule):
         brightness: float = 0.05,
         seed: int = 0,
         synthetic_views: int = 8,
+        synthetic_pose: str = "random",
         cache_dir: str | None = None,
         storage_options: dict | None = None,
         drop_last: bool = True,
@@ -149,7 +154,7 @@ class GaussianDataModule(LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.num_gaussians, self.scale_activation, self.views_per_step = num_gaussians, scale_activation, views_per_step
         self.seed, self.cache_dir, self.storage_options = seed, cache_dir, storage_options
-        self.synthetic_views = synthetic_views
+        self.synthetic_views, self.synthetic_pose = synthetic_views, synthetic_pose
         self.drop_last, self.shuffle = drop_last, shuffle
         self.pin_memory, self.max_cache_size = pin_memory, max_cache_size
         augmentation = {
@@ -171,10 +176,11 @@ class GaussianDataModule(LightningDataModule):
     @property
     def dataset_root(self) -> str:
         """The folder or URL the shards are read from: ``root``, or for ``synthetic:<spec>`` a
-        folder under ``cache_dir`` named by the spec, the seed and the views (the same on every rank)."""
+        folder under ``cache_dir`` named by the spec, the seed, the views and the pose (the same on every rank)."""
         if not self.root.startswith(SYNTHETIC_PREFIX):
             return self.root
-        digest = hashlib.sha256(f"{self.root}|seed={self.seed}|views={self.synthetic_views}".encode()).hexdigest()[:16]
+        spec = f"{self.root}|seed={self.seed}|views={self.synthetic_views}|pose={self.synthetic_pose}"
+        digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir or default_cache_dir(), "synthetic", digest)
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -188,7 +194,7 @@ class GaussianDataModule(LightningDataModule):
         if self.root.startswith(SYNTHETIC_PREFIX):  # a no-op when the dataset is complete and up to date
             from clip_gs.data.prepare import PrepareSettings, prepare_dataset
 
-            settings = PrepareSettings(seed=self.seed, views=self.synthetic_views)
+            settings = PrepareSettings(seed=self.seed, views=self.synthetic_views, synthetic_pose=self.synthetic_pose)
             try:
                 prepare_dataset(self.root, root, settings=settings, progress=True)
             except PreparedWithOtherSettingsError as exc:

@@ -2,8 +2,8 @@
 
 ``ExportBest`` is a ``ModelCheckpoint`` (default: the best checkpoint by ``val/zeroshot_top1``,
 mode ``max``) that, at the end of ``fit``, writes the best checkpoint's weights with
-``CLIPGS.save_pretrained`` to ``export_dir`` (default ``<log dir>/export``) and prints the folder
-as the last line of output. The folder::
+``CLIPGS.save_pretrained`` to ``export_dir`` (default ``<log dir>/export``) and keeps its path in
+``export_path`` (``clip-gs fit`` prints it as the last line of output). The folder::
 
     config.json          CLIPGSConfig (``CLIPGS.from_pretrained(folder)`` loads it offline)
     model.safetensors    the weights (the encoder and the logit scale)
@@ -195,9 +195,7 @@ class ExportBest(ModelCheckpoint):
                 model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best
             )
         trainer.strategy.barrier()
-        self.export_path = folder
-        if trainer.is_global_zero:
-            print(str(folder.resolve()), flush=True)
+        self.export_path = folder  # `clip-gs fit` prints it as its last line of output
 
     def _metrics_of(self, best: str | None) -> dict:
         if not self.evaluations:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from clip_gs.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from clip_gs.gaussians import load_gaussians
 from clip_gs.hub.card import LIBRARY_NAME, LICENSE, TAGS
-from clip_gs.hub.download import HUB_PREFIX, hub_download, offline_advice, parse_hub_reference
+from clip_gs.hub.download import HUB_PREFIX, hub_download, model_location, offline_advice, parse_hub_reference
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
 from clip_gs.model.fused import Encoded, FusedEncoder
@@ -124,11 +124,13 @@ class CLIPGS(
         architecture in ``config.json`` exactly.
 
         Raises:
-            ConfigError: any other keyword (a typo, or a field that changes the architecture).
-            CheckpointError: missing ``config.json``, corrupt or mismatched weights.
+            ConfigError: any other keyword (a typo, or a field that changes the architecture), or a
+                name the Hub rejects as a repo id.
+            CheckpointError: a file or a missing folder (:func:`~clip_gs.hub.download.model_location`),
+                missing ``config.json``, corrupt or mismatched weights.
             WeightsUnavailableError: a Hub repo that cannot be reached (offline, no cache).
         """
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
         hub_options = {"revision", "cache_dir", "local_files_only", "token", "force_download", "map_location"}
         unknown = sorted(set(kwargs) - hub_options - set(LOAD_TIME_OVERRIDES))
@@ -143,15 +145,17 @@ class CLIPGS(
                 f"accepted: {sorted(hub_options)} and the config overrides {list(LOAD_TIME_OVERRIDES)}"
             )
         overrides = {k: kwargs.pop(k) for k in LOAD_TIME_OVERRIDES if k in kwargs}
+        name = model_location(pretrained_model_name_or_path)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, config_overrides=overrides, **kwargs)
+            return super().from_pretrained(name, config_overrides=overrides, **kwargs)
         except LocalEntryNotFoundError as exc:
-            name = str(pretrained_model_name_or_path)
             raise WeightsUnavailableError(
                 f"cannot load {name!r}: it is not a local folder, and {offline_advice(name, kwargs.get('cache_dir'))}"
             ) from exc
         except HfHubHTTPError as exc:
-            raise WeightsUnavailableError(f"cannot fetch {str(pretrained_model_name_or_path)!r} from the Hub: {exc}") from exc
+            raise WeightsUnavailableError(f"cannot fetch {name!r} from the Hub: {exc}") from exc
+        except HFValidationError as exc:
+            raise ConfigError(f"{name!r} is neither a model folder nor a valid Hub repo id: {exc}") from exc
 
     @classmethod
     def _from_pretrained(

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from clip_gs.errors import ClipGSError, ConfigError, FileNotOnHubError, WeightsUnavailableError
+from clip_gs.errors import ClipGSError, ConfigError, FileNotOnHubError
 from clip_gs.teachers.base import Teacher, check_same_teacher
 from clip_gs.teachers.factory import teacher_spec_for
 
@@ -125,10 +124,6 @@ class UsageModel:
         return self._teacher
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-"""What a Hub repo id looks like (``name`` or ``owner/name``); anything else is a local path."""
-
-
 def model_file(source: str, filename: str, required: bool) -> Path | None:
     """A file of a model folder or Hub repo (None when absent and not required).
 
@@ -183,22 +178,16 @@ def load_usage_model(
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
 
     Raises:
-        ConfigError: a local path that does not exist.
         CheckpointError / WeightsUnavailableError: see :meth:`CLIPGS.from_pretrained`.
     """
+    from clip_gs.hub.download import model_location
     from clip_gs.model.clipgs import CLIPGS, WEIGHTS_NAME
     from clip_gs.teachers.open_clip_teacher import file_checksum
 
     source = str(source)
-    local = Path(source).expanduser()
-    if not local.is_dir() and (local.exists() or not _HUB_ID.match(source)):
-        raise ConfigError(f"model folder {source} does not exist (give an exported model folder or a Hub repo id)")
     device = resolve_device(device)
-    folder = str(local) if local.is_dir() else source
-    try:
-        model = CLIPGS.from_pretrained(folder, map_location=device)
-    except WeightsUnavailableError as exc:
-        raise WeightsUnavailableError(f"{source} is no local folder, and as a Hub repo id: {exc}") from exc
+    folder = model_location(source)
+    model = CLIPGS.from_pretrained(folder, map_location=device)
     weights = model_file(folder, WEIGHTS_NAME, required=True)
     identity = f"clip-gs:{model.config.name}@{file_checksum(weights)}"
     return UsageModel(model, source, identity, read_teacher_record(folder), teacher, device)
