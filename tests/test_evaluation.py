@@ -22,7 +22,6 @@ from clip_gs.evaluation import (
     evaluate,
     few_shot,
     fit_linear_probe,
-    render_thumbnail,
     retrieval,
     retrieval_recall,
     zero_shot,
@@ -37,6 +36,7 @@ from clip_gs.evaluation.run import (
 from clip_gs.lightning import CLIPGSModule, GaussianDataModule
 from clip_gs.lightning.export import export_pretrained
 from clip_gs.model import CLIPGS
+from clip_gs.render import render_view
 from clip_gs.teachers import TeacherMismatchError
 from tests.test_training import CLASSES, TEACHER, TINY, E, N, write_learnable_dataset
 
@@ -240,7 +240,9 @@ def test_thumbnail_and_retrieval_grid():
     from clip_gs.data.synthetic import make_object
 
     cloud = make_object("cube", seed=0, num_gaussians=256, color="red", pattern="solid").cloud
-    thumb = render_thumbnail(cloud, 48)
+    rgb = render_view(cloud, 48)
+    assert rgb.shape == (48, 48, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    thumb = Image.fromarray((rgb * 255).round().to(torch.uint8).numpy())
     assert thumb.size == (48, 48) and 0.05 < ink(thumb) < 0.9
     centre = thumb.getpixel((24, 24))
     assert centre[0] > 150 and centre[1] < 100  # a red object in the middle

@@ -33,7 +33,6 @@ _LAZY = {
     "Evaluation": "run", "SplitEmbeddings": "run", "TASKS": "run", "build_report": "run", "embed_split": "run",
     "evaluate": "run", "model_teacher": "run", "write_outputs": "run",
     "zero_shot_classes": "run", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
-    "render_thumbnail": "plots",
 }  # fmt: skip
 
 
@@ -66,7 +65,6 @@ __all__ = [
     "fit_linear_probe",
     "model_teacher",
     "positive_ranks",
-    "render_thumbnail",
     "retrieval",
     "retrieval_recall",
     "write_outputs",

@@ -100,23 +100,6 @@ def draw_confusion(confusion: Tensor, class_names: Sequence[str], title: str = "
     return image
 
 
-def render_thumbnail(cloud, size: int = 128, up: str = "+y", background=(1.0, 1.0, 1.0)) -> Image.Image:
-    """One orbit view (azimuth 30, elevation 20 degrees) of the normalised ``cloud`` with the CPU
-    rasterizer (:func:`~clip_gs.render.render_cloud`, as ``clip-gs render`` does).
-
-    Args:
-        cloud: an unbatched :class:`~clip_gs.gaussians.GaussianCloud`.
-        size: width and height in pixels.
-        up: the object's world up axis (``+y``, ``-y``, ``+z``, ``-z``).
-    """
-    from clip_gs.render import orbit_cameras, render_cloud
-
-    cloud = cloud.to(dtype=torch.float32).normalized()
-    cameras = orbit_cameras(1, elevation_deg=20.0, azimuth_start_deg=30.0, width=size, height=size, up=up)
-    rgb = render_cloud(cloud, cameras, background=torch.tensor(background)).rgb[0]
-    return Image.fromarray((rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
-
-
 @dataclass(frozen=True)
 class RetrievedItem:
     """One retrieved object: its thumbnail, a caption (name and score) and whether it is the query's own object."""
@@ -173,4 +156,4 @@ def draw_retrieval_grid(rows: Sequence[RetrievalRow], title: str = "") -> Image.
     return image
 
 
-__all__ = ["RetrievalRow", "RetrievedItem", "draw_confusion", "draw_retrieval_grid", "render_thumbnail"]
+__all__ = ["RetrievalRow", "RetrievedItem", "draw_confusion", "draw_retrieval_grid"]

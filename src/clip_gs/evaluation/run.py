@@ -372,12 +372,15 @@ def retrieval_rows(
 ):  # fmt: skip
     """The rows of the retrieval picture: ``queries`` captioned objects (a seeded choice, objects with
     distinct captions first), each caption's top-``k`` objects by cosine (text -> 3D), rendered
-    ``size`` pixels wide (:func:`~clip_gs.evaluation.plots.render_thumbnail`).
+    ``size`` pixels wide (:func:`~clip_gs.render.render_view`).
 
     Returns:
         list of :class:`~clip_gs.evaluation.plots.RetrievalRow`.
     """
-    from clip_gs.evaluation.plots import RetrievalRow, RetrievedItem, render_thumbnail
+    from PIL import Image
+
+    from clip_gs.evaluation.plots import RetrievalRow, RetrievedItem
+    from clip_gs.render import render_view
 
     if queries < 1 or k < 1 or size < 16:
         raise ConfigError(f"the retrieval grid needs queries >= 1, k >= 1 and size >= 16, got {queries}, {k}, {size}")
@@ -402,7 +405,8 @@ def retrieval_rows(
         items = []
         for j in top:
             if j not in cache:
-                cache[j] = render_thumbnail(dataset[j].cloud, size, data.ups[j])
+                rgb = render_view(dataset[j].cloud, size, data.ups[j])
+                cache[j] = Image.fromarray((rgb * 255).round().to(torch.uint8).numpy())
             name = data.labels[j] or data.ids[j]
             items.append(RetrievedItem(cache[j], f"{name}  {float(sims[row, j]):.3f}", j == q))
         note = f"correct: {data.labels[q] or data.ids[q]}, rank {rank + 1}"

@@ -112,3 +112,33 @@ def render_sheet(
         indices = tqdm(indices, desc=f"render {cloud.num_gaussians:,} Gaussians", unit="view")
     images = [render_cloud(cloud, cameras[i : i + 1], background=bg).rgb.cpu() for i in indices]
     return contact_sheet(torch.cat(images), labels=labels)
+
+
+def render_view(
+    cloud: GaussianCloud,
+    size: int = 128,
+    up: str = "+y",
+    elevation: float = 20.0,
+    azimuth: float = 30.0,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Tensor:
+    """One orbit view of the normalised ``cloud`` (a thumbnail: search hits, retrieval pictures).
+
+    Args:
+        cloud: an unbatched :class:`GaussianCloud` (rendered in float32 on its device).
+        size: width and height in pixels.
+        up: the object's world up axis (``+y``, ``-y``, ``+z``, ``-z``).
+        elevation, azimuth: camera angles in degrees (:func:`orbit_cameras`).
+        background: RGB in [0, 1].
+
+    Returns:
+        ``[size, size, 3]`` float RGB in [0, 1], on the CPU.
+    """
+    from clip_gs.render.cameras import orbit_cameras
+    from clip_gs.render.rasterize import render_cloud
+
+    cloud = cloud.to(dtype=torch.float32).normalized()
+    cameras = orbit_cameras(1, elevation_deg=elevation, azimuth_start_deg=azimuth, width=size, height=size, up=up)
+    bg = torch.tensor(background, dtype=torch.float32, device=cloud.device)
+    return render_cloud(cloud, cameras, background=bg).rgb[0].clamp(0, 1).cpu()
+

@@ -164,7 +164,7 @@ def hits_sheet(
         ConfigError: no hits.
     """
     from clip_gs.data.assets import default_up_axis, load_asset
-    from clip_gs.render import contact_sheet, orbit_cameras, render_cloud
+    from clip_gs.render import contact_sheet, render_view
 
     if not hits:
         raise ConfigError("no hits to draw")
@@ -175,9 +175,7 @@ def hits_sheet(
             cloud = load_asset(hit.path, num_gaussians=mesh_gaussians, seed=seed)
             if cloud.num_gaussians > SHEET_GAUSSIANS:
                 cloud = cloud.resample(SHEET_GAUSSIANS, seed=seed)
-            cloud = cloud.to(dtype=torch.float32).normalized()
-            cameras = orbit_cameras(1, elevation_deg=elevation, width=size, height=size, up=default_up_axis(hit.path))
-            tiles.append(render_cloud(cloud, cameras, background=torch.ones(3)).rgb[0])
+            tiles.append(render_view(cloud, size, default_up_axis(hit.path), elevation=elevation))
             labels.append(f"{rank}. {hit.score:.3f} {name}")
         except ClipGSError as exc:
             failures.append((hit.path, f"{type(exc).__name__}: {exc}"))
