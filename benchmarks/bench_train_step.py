@@ -27,7 +27,7 @@ Three measurements (training issue #12):
    analytic count of ``bench_encoder.encoder_flops`` is printed. With ``--profile-steps 1``
    (default) one more step runs under ``torch.profiler`` and the top ops by self CPU time are listed.
 3. **Data wait in the quick-start configuration** (``examples/configs/quickstart.yaml``): its
-   model and data module on ``--data`` (default: the config's ``synthetic:200``, built with the
+   model and data module on ``--data`` (default: the config's ``data.root``, built with the
    offline teacher on first use), a Lightning ``Trainer`` for ``--data-steps`` steps (fp32,
    the config's gradient clipping, CSV logger, no validation, no checkpoints) per value of
    ``--workers`` (default: the configured ``num_workers``, then 0 and 2). The module logs
