@@ -28,7 +28,7 @@ def main() -> None:
     background = torch.tensor([1.0, 1.0, 1.0])
     images, labels = [], []
     for i, shape in enumerate(SHAPE_CLASSES):
-        obj = make_object(shape, seed=args.seed + i, num_gaussians=8000, random_pose=False)
+        obj = make_object(shape, seed=args.seed + i, num_gaussians=8000, pose="canonical")
         images.append(render_cloud(obj.cloud, camera, background=background).rgb)
         labels.append(shape)
         print(f"{shape:>10}: {obj.caption}")

@@ -385,9 +385,10 @@ def test_browser_upload_classify_search_and_screenshot(served, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["clip-gs demo", "python app.py"])
 def test_the_command_and_the_space_folder_serve_the_page(how, trained_run, tmp_path):
-    """``clip-gs demo --model DIR`` and the Space folder's ``python app.py`` (model from
-    ``CLIP_GS_DEMO_MODEL``) start as a user starts them, serve the page with the model loaded on
-    127.0.0.1, and answer a classify call; the process is stopped at the end."""
+    """``clip-gs demo --model DIR`` (run as ``python -m clip_gs demo``, the same entry point) and the
+    Space folder's ``python app.py`` (model from ``CLIP_GS_DEMO_MODEL``) start in their own
+    processes, serve the page with the model loaded on 127.0.0.1, and answer a classify call; the
+    process is stopped (killed if it does not stop) at the end."""
     pytest.importorskip("gradio")
     from gradio_client import Client, handle_file
 
@@ -395,7 +396,8 @@ def test_the_command_and_the_space_folder_serve_the_page(how, trained_run, tmp_p
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "CLIP_GS_DEMO_CACHE_DIR": str(tmp_path / "demo"),
-           "PYTHONPATH": str(REPO_ROOT / "src"), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
     if how == "clip-gs demo":
         argv, cwd = [sys.executable, "-m", "clip_gs", "demo", "--model", str(trained_run.model_dir),
                      "--port", str(port), "--device", "cpu"], REPO_ROOT  # fmt: skip
@@ -403,23 +405,24 @@ def test_the_command_and_the_space_folder_serve_the_page(how, trained_run, tmp_p
         argv, cwd = [sys.executable, "app.py"], REPO_ROOT / "examples" / "space"
         env |= {"CLIP_GS_DEMO_MODEL": str(trained_run.model_dir), "CLIP_GS_DEMO_DEVICE": "cpu",
                 "GRADIO_SERVER_PORT": str(port)}  # fmt: skip
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 180
+            while f"serving {url}" not in log_path.read_text():  # this server's own line, not another's port
+                assert server.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.5)
-        client = Client(url, analytics_enabled=False, verbose=False)
-        torus = write_object(tmp_path / "torus.ply", "torus", "red", n=4096, seed=5)
-        scores, message = client.predict(handle_file(str(torus)), "torus, cube, sphere", 3, api_name="/classify")
-        assert [c["label"] for c in scores["confidences"]][0] == "torus", (scores, message)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+            client = Client(url, analytics_enabled=False, verbose=False)
+            torus = write_object(tmp_path / "torus.ply", "torus", "red", n=4096, seed=5)
+            job = client.submit(handle_file(str(torus)), "torus, cube, sphere", 3, api_name="/classify")
+            scores, message = job.result(timeout=120)
+            assert [c["label"] for c in scores["confidences"]][0] == "torus", (scores, message)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -130,6 +131,11 @@ def test_resuming_with_other_settings_or_teacher_is_refused(tmp_path):
     prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
     with pytest.raises(DatasetError, match="other settings or another teacher.*--overwrite"):
         prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3), progress=False)
+    # the default pose is left out of the record (folders prepared before poses existed resume); another is refused
+    assert "synthetic_pose" not in json.loads((tmp_path / "out" / ".work" / "settings.json").read_text())["settings"]
+    with pytest.raises(DatasetError, match="other settings"):
+        upright = dataclasses.replace(SETTINGS, synthetic_pose="upright")
+        prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=upright, progress=False)
     redone = prepare_dataset(
         "synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3, synthetic_gaussians=512),
         progress=False, overwrite=True,

@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--mesh-gaussians", type=int, default=10_000, help="Gaussians sampled on each mesh")
     prepare.add_argument("--synthetic-gaussians", type=int, default=2048, help="Gaussians per synthetic object")
     prepare.add_argument(
-        "--synthetic-pose", default="random", choices=("random", "upright"),
-        help="synthetic objects: any rotation, or standing on +Y and turned about it",
+        "--synthetic-pose", default="random", choices=("random", "upright", "canonical"),
+        help="synthetic objects: any rotation; standing on +Y and turned about it; or unrotated",
     )  # fmt: skip
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)

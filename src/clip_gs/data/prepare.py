@@ -416,7 +416,10 @@ def prepare_dataset(
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     image_size = settings.image_size or int(teacher.image_size)
-    fingerprint = {"source": str(source), "settings": asdict(settings), "image_size": image_size,
+    recorded_settings = asdict(settings)
+    if recorded_settings["synthetic_pose"] == "random":  # the default: folders prepared before poses existed resume
+        del recorded_settings["synthetic_pose"]
+    fingerprint = {"source": str(source), "settings": recorded_settings, "image_size": image_size,
                    "teacher": str(teacher.identity),
                    "captions": None if captions is None else hashlib.sha256(Path(captions).read_bytes()).hexdigest()}  # fmt: skip
     recorded = work / "settings.json"

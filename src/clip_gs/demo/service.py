@@ -24,6 +24,7 @@ import torch
 from clip_gs.demo.gallery import build_gallery, read_gallery
 from clip_gs.demo.settings import DemoSettings
 from clip_gs.errors import ClipGSError, ConfigError
+from clip_gs.hub.download import model_location
 from clip_gs.usage import Classification, UsageModel, classify_files, embed_folder, load_usage_model, search_index
 
 logger = logging.getLogger("clip_gs")
@@ -189,17 +190,20 @@ class DemoService:
         ``settings.max_models`` stay loaded, the least recently used is dropped first).
 
         Raises:
-            ConfigError: no source; a folder that does not exist.
+            ConfigError: no source.
+            CheckpointError: a file or a folder that does not exist
+                (:func:`~clip_gs.hub.download.model_location`), or a broken model folder.
             WeightsUnavailableError: a Hub repo that is neither reachable nor cached (the message
-                says what to do); CheckpointError: a broken model folder.
+                says what to do).
         """
         source = (source or "").strip()
         if not source:
             raise ConfigError("no model is loaded: enter an exported model folder or a Hub repo id and press Load")
+        source = model_location(source)  # one cache entry per folder however it is written
         with self._lock:
             if source not in self._models:
                 # the --teacher override belongs to the configured model; another model uses its own record
-                teacher = self.settings.teacher if source == (self.settings.model or "").strip() else None
+                teacher = self.settings.teacher if self._is_configured(source) else None
                 usage = load_usage_model(source, teacher=teacher, device=self.settings.device)
                 usage.teacher()  # fail here, with the model's name, rather than at the first query
                 self._models[source] = usage
@@ -207,6 +211,14 @@ class DemoService:
                     self._models.popitem(last=False)
             self._models.move_to_end(source)
             return self._models[source]
+
+    def _is_configured(self, source: str) -> bool:
+        """Whether ``source`` (a :func:`model_location`) is the model the settings name."""
+        configured = (self.settings.model or "").strip()
+        try:
+            return bool(configured) and model_location(configured) == source
+        except ClipGSError:  # a bad configured path: that model cannot load, so it is not this one
+            return False
 
     # ------------------------------------------------------------------ uploads
     def check_upload(self, path: str | Path | None, what: str = "upload") -> Path:

@@ -96,9 +96,9 @@ class GaussianDataModule(LightningDataModule):
         synthetic_views: views rendered per object when ``prepare_data`` builds a ``synthetic:``
             root (``clip-gs prepare --views``; ignored for other roots).
         synthetic_pose: pose of the objects of a ``synthetic:`` root (``clip-gs prepare
-            --synthetic-pose``): ``"random"`` (any rotation) or ``"upright"`` (standing on +Y,
-            turned about it, as Objaverse and ModelNet objects stand; see
-            :data:`clip_gs.data.synthetic.POSES`).
+            --synthetic-pose``): ``"random"`` (any rotation), ``"upright"`` (standing on +Y,
+            turned about it, as Objaverse and ModelNet objects stand) or ``"canonical"``; see
+            :data:`clip_gs.data.synthetic.POSES`.
         cache_dir: where remote chunks (and ``synthetic:`` datasets) are stored; default
             :func:`~clip_gs.data.shards.default_cache_dir` (``$CLIP_GS_SHARD_CACHE`` or
             ``<tmp>/clip-gs-shards``), never the home directory.
@@ -179,7 +179,9 @@ class GaussianDataModule(LightningDataModule):
         folder under ``cache_dir`` named by the spec, the seed, the views and the pose (the same on every rank)."""
         if not self.root.startswith(SYNTHETIC_PREFIX):
             return self.root
-        spec = f"{self.root}|seed={self.seed}|views={self.synthetic_views}|pose={self.synthetic_pose}"
+        spec = f"{self.root}|seed={self.seed}|views={self.synthetic_views}"
+        if self.synthetic_pose != "random":  # the default keeps the folder of datasets built before poses existed
+            spec += f"|pose={self.synthetic_pose}"
         digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir or default_cache_dir(), "synthetic", digest)
 

@@ -141,4 +141,3 @@ def render_view(
     cameras = orbit_cameras(1, elevation_deg=elevation, azimuth_start_deg=azimuth, width=size, height=size, up=up)
     bg = torch.tensor(background, dtype=torch.float32, device=cloud.device)
     return render_cloud(cloud, cameras, background=bg).rgb[0].clamp(0, 1).cpu()
-

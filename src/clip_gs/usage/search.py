@@ -175,7 +175,7 @@ def hits_sheet(
             cloud = load_asset(hit.path, num_gaussians=mesh_gaussians, seed=seed)
             if cloud.num_gaussians > SHEET_GAUSSIANS:
                 cloud = cloud.resample(SHEET_GAUSSIANS, seed=seed)
-            tiles.append(render_view(cloud, size, default_up_axis(hit.path), elevation=elevation))
+            tiles.append(render_view(cloud, size, default_up_axis(hit.path), elevation=elevation, azimuth=0.0))
             labels.append(f"{rank}. {hit.score:.3f} {name}")
         except ClipGSError as exc:
             failures.append((hit.path, f"{type(exc).__name__}: {exc}"))
