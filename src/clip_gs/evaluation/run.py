@@ -377,10 +377,8 @@ def retrieval_rows(
     Returns:
         list of :class:`~clip_gs.evaluation.plots.RetrievalRow`.
     """
-    from PIL import Image
-
     from clip_gs.evaluation.plots import RetrievalRow, RetrievedItem
-    from clip_gs.render import render_view
+    from clip_gs.render import contact_sheet, render_view
 
     if queries < 1 or k < 1 or size < 16:
         raise ConfigError(f"the retrieval grid needs queries >= 1, k >= 1 and size >= 16, got {queries}, {k}, {size}")
@@ -405,8 +403,7 @@ def retrieval_rows(
         items = []
         for j in top:
             if j not in cache:
-                rgb = render_view(dataset[j].cloud, size, data.ups[j])
-                cache[j] = Image.fromarray((rgb * 255).round().to(torch.uint8).numpy())
+                cache[j] = contact_sheet(render_view(dataset[j].cloud, size, data.ups[j])[None], padding=0)
             name = data.labels[j] or data.ids[j]
             items.append(RetrievedItem(cache[j], f"{name}  {float(sims[row, j]):.3f}", j == q))
         note = f"correct: {data.labels[q] or data.ids[q]}, rank {rank + 1}"
