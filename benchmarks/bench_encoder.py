@@ -4,7 +4,7 @@ Workload (default): Uni3D-Base size (``clip-gs-base``), a batch of 8 objects of 
 512 groups x 64, eval mode, end to end from the padded feature tensor ``[B, N, 19]`` (grouping
 included). Rows:
 
-- ``reference fp32``: :class:`~clip_gs.model.reference.Uni3DPointEncoderReference` (naive grouping,
+- ``reference fp32``: :class:`tests.uni3d_reference.Uni3DPointEncoderReference` (naive grouping,
   Conv1d mini-PointNet, timm EVA blocks called as Uni3D calls them), float32;
 - ``P&C fp32`` / ``P&C bf16``: ``CLIPGS`` with ``gaussian_branch=False`` and the reference's weights
   (the like-for-like comparison), its fused inference form (``model.fused(precision)``) in each precision;
@@ -27,14 +27,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, get_model_config
-from clip_gs.model.reference import Uni3DPointEncoderReference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: the reference lives with the tests
+from tests.uni3d_reference import Uni3DPointEncoderReference  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:

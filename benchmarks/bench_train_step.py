@@ -9,8 +9,8 @@ Three measurements (training issue #12):
    512 groups x 64, embed_dim 1024, random init, fp32, train mode): a batch of ``--batch``
    synthetic objects (:func:`~clip_gs.data.synthetic.make_object`, one per class in turn) turned
    into a :class:`~clip_gs.lightning.TripletBatch` by the data module's own per-sample code
-   (:class:`~clip_gs.lightning.batch.SampleProcessor`, i.e. ``preprocess``, then
-   :func:`~clip_gs.lightning.batch.collate_triplets`) with random unit teacher embeddings
+   (:class:`~clip_gs.data.batches.SampleProcessor`, i.e. ``preprocess``, then
+   :func:`~clip_gs.data.batches.collate_triplets`) with random unit teacher embeddings
    (one caption, 8 views at cosine ~0.3 to it, K = 5 sampled), so the module's real
    ``compute_loss`` runs. One step = forward + loss + backward + gradient clipping (by global
    norm, ``--clip``, the quick-start's 5.0) + AdamW step (``configure_optimizers``: layer-wise lr
@@ -129,7 +129,7 @@ def make_batch(config, batch: int, views_per_step: int = 5, views: int = 8, seed
     """
     from clip_gs.data.synthetic import SHAPE_CLASSES, make_object
     from clip_gs.data.triplets import TripletSample
-    from clip_gs.lightning.batch import SampleProcessor, collate_triplets
+    from clip_gs.data.batches import SampleProcessor, collate_triplets
 
     e = config.embed_dim
     labels = tuple(sorted(SHAPE_CLASSES))

@@ -27,7 +27,8 @@ from clip_gs.data.synthetic import SHAPE_CLASSES, make_object
 from clip_gs.data.transforms import RandomScale, RandomTranslation, sample_seed
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import CorruptSampleError, DatasetError
-from clip_gs.lightning import GaussianDataModule, SampleProcessor, TripletBatch, collate_triplets
+from clip_gs.data.batches import SampleProcessor, TripletBatch, collate_triplets
+from clip_gs.lightning import GaussianDataModule
 from clip_gs.model.features import preprocess
 
 E = 16
@@ -134,6 +135,22 @@ def test_write_split_is_deterministic_and_refuses_to_overwrite(tmp_path):
     write_split(records[:8], tmp_path / "f", chunk_bytes="20KB")
     keys = [json.loads((tmp_path / name / "index.json").read_text())["updated_at"] for name in "abf"]
     assert keys[0] == keys[1] != keys[2]
+
+
+def test_the_pinned_litdata_internals_behave_as_shards_relies_on(tmp_path, monkeypatch):
+    """LitData is pinned (pyproject.toml) because shards.py sets two private settings; this checks both."""
+    import litdata
+    from litdata.streaming import downloader
+
+    assert litdata.__version__ == "0.2.76"
+    # 1. BinaryWriter._rank: chunk names stay chunk-0-<i>.bin even where LitData's own env names another rank
+    monkeypatch.setenv("DATA_OPTIMIZER_GLOBAL_RANK", "5")
+    write_split([fake_sample(i).to_record() for i in range(3)], tmp_path / "ranked", chunk_bytes="20KB")
+    chunks = sorted(f for f in os.listdir(tmp_path / "ranked") if f.endswith(".bin"))
+    assert chunks and all(f.startswith("chunk-0-") for f in chunks), chunks
+    # 2. the obstore client options are a module-level dict that the store is built with
+    assert isinstance(downloader._OBSTORE_CLIENT_OPTIONS, dict)
+    assert "client_options=_OBSTORE_CLIENT_OPTIONS" in Path(downloader.__file__).read_text()
 
 
 def test_same_sample_gives_the_same_record():

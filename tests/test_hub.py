@@ -24,9 +24,9 @@ from safetensors.torch import load as load_safetensors
 from clip_gs import CLIPGS
 from clip_gs.cli import main
 from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
-from clip_gs.hub.card import EVAL_REPORT, card_template, folder_card, read_eval_report, teacher_spec
-from clip_gs.hub.download import model_location
-from clip_gs.hub.push import prepare_upload, push_folder, validate_folder
+from clip_gs.model.card import EVAL_REPORT, card_template, folder_card, read_eval_report, teacher_spec
+from clip_gs.downloads import model_location
+from clip_gs.model.push import prepare_upload, push_folder, validate_folder
 from clip_gs.lightning.export import export_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,10 +216,10 @@ def test_teacher_specs_of_identities():
 
 def test_the_template_is_the_root_model_card_shipped_as_package_data():
     """``MODEL_CARD.md`` is the template; the package file links to it, so a wheel holds a copy."""
-    packaged = REPO / "src" / "clip_gs" / "hub" / "model_card.md"
+    packaged = REPO / "src" / "clip_gs" / "model" / "model_card.md"
     assert card_template() == packaged.read_text() == (REPO / "MODEL_CARD.md").read_text()
     assert packaged.is_symlink() and packaged.resolve() == (REPO / "MODEL_CARD.md").resolve()
-    assert '"clip_gs.hub" = ["model_card.md"]' in (REPO / "pyproject.toml").read_text()  # in the wheel
+    assert '"clip_gs.model" = ["model_card.md"]' in (REPO / "pyproject.toml").read_text()  # in the wheel
 
 
 def test_save_pretrained_writes_the_clip_gs_card(tmp_path):

@@ -24,7 +24,7 @@ from clip_gs.model import (
     list_models,
     preprocess_cloud,
 )
-from clip_gs.model.reference import Uni3DPointEncoderReference
+from tests.uni3d_reference import Uni3DPointEncoderReference
 from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX
 from tests.conftest import real_file, requires_cuda
 from tests.test_cloud import random_cloud

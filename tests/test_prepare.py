@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from clip_gs import save_gaussians
 from clip_gs.cli import main
+from clip_gs.errors import EXIT_SOME_FAILED
 from clip_gs.data.prepare import (
-    EXIT_SOME_FAILED,
     PrepareSettings,
     list_sources,
     prepare_dataset,
@@ -192,6 +192,27 @@ def test_default_teacher_is_the_offline_one_when_the_papers_is_not_cached(tmp_pa
     import os
 
     assert "CLIP_GS_OFFLINE" not in os.environ  # the lookup's offline switch is undone
+
+
+def test_the_offline_teacher_refuses_views_on_a_background_it_never_saw(tmp_path, capsys):
+    """The offline teacher was trained on white views only (83% zero-shot there, chance on black):
+    preparing black views with it is refused before any work, from Python and from the command line."""
+    from clip_gs.teachers import load_teacher
+    from clip_gs.teachers.synthetic import VIEW_BACKGROUNDS
+
+    teacher = load_teacher("synthetic-clip")
+    assert teacher.view_backgrounds == VIEW_BACKGROUNDS == ((1.0, 1.0, 1.0),)
+    black = dataclasses.replace(SETTINGS, background=(0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match=r"synthetic-clip.*background \(1.0, 1.0, 1.0\) only.*\(0.0, 0.0, 0.0\)"):
+        prepare_dataset("synthetic:2", tmp_path / "black", settings=black, teacher=teacher, progress=False)
+    assert not (tmp_path / "black" / "manifest.json").exists()
+    args = ["prepare", "synthetic:2", "--out", str(tmp_path / "cli"), "--teacher", "synthetic-clip", "--background", "black"]
+    assert main(args) == 2
+    assert "trained on views rendered on background (1.0, 1.0, 1.0) only" in capsys.readouterr().err
+    # white (the default) is what it knows; a teacher that names no backgrounds (a CLIP) takes any
+    prepare_dataset("synthetic:2", tmp_path / "white", settings=SETTINGS, teacher=teacher, progress=False)
+    assert sum(Manifest.read(tmp_path / "white").counts.values()) == 2
+    prepare_dataset("synthetic:2", tmp_path / "fake", settings=black, teacher=FakeTeacher(), progress=False)
 
 
 def test_read_captions_jsonl_and_errors(tmp_path):

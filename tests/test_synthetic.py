@@ -68,6 +68,12 @@ def test_at_least_twelve_classes_and_nouns():
     assert set(SHAPE_NOUNS) == set(SHAPE_CLASSES)
 
 
+def test_the_shipped_synthetic_label_set_is_the_sets_nouns_in_label_order():
+    from clip_gs.teachers import synthetic_label_set
+
+    assert synthetic_label_set() == [SHAPE_NOUNS[c] for c in SHAPE_CLASSES]
+
+
 # ---------------------------------------------------------------------------- determinism
 def test_same_seed_is_bitwise_identical_and_seeds_differ():
     a, b = make_object("torus", 11), make_object("torus", 11)

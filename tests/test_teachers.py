@@ -311,8 +311,8 @@ def test_offline_teacher_loads_without_network(offline_teacher):
 @pytest.fixture(scope="module")
 def offline_quality(offline_teacher):
     """The three measurements on fresh objects (seeds >= EVAL_SEED_START, never used in training)."""
-    from clip_gs.teachers.evaluate import caption_retrieval, colour_ranking, zero_shot_accuracy
-    from clip_gs.teachers.views import EVAL_SEED_START, TRAIN_SEED_LIMIT
+    from clip_gs.offline_teacher.evaluate import caption_retrieval, colour_ranking, zero_shot_accuracy
+    from clip_gs.offline_teacher.views import EVAL_SEED_START, TRAIN_SEED_LIMIT
 
     assert EVAL_SEED_START >= TRAIN_SEED_LIMIT
     zs = zero_shot_accuracy(offline_teacher, per_class=8, workers=2)
@@ -334,7 +334,7 @@ def test_offline_teacher_retrieval_and_colour_bars(offline_quality):
 
 def test_offline_teacher_quality_is_not_free(tiny_teacher):
     """The same measurements give chance-level numbers for a random teacher (so the bars can fail)."""
-    from clip_gs.teachers.evaluate import caption_retrieval, zero_shot_accuracy
+    from clip_gs.offline_teacher.evaluate import caption_retrieval, zero_shot_accuracy
 
     assert zero_shot_accuracy(tiny_teacher, per_class=2)["top1"] < 0.5
     assert caption_retrieval(tiny_teacher, num_objects=26)["r1"] < 0.3
@@ -376,7 +376,7 @@ def test_build_command_few_steps_loss_goes_down(tmp_path, capsys):
 
 
 def test_build_is_reproducible_from_its_seed(tmp_path):
-    from clip_gs.teachers.build import build_offline_teacher
+    from clip_gs.offline_teacher.build import build_offline_teacher
 
     kwargs = {"steps": 3, "batch_size": 13, "per_class": 1, "views": 1, "workers": 1, "warmup": 1, "cache": tmp_path,
               "progress": False, "log_every": 0, "threads": 1, "restart_steps": 2}

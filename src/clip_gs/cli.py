@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from clip_gs.errors import ClipGSError
+from clip_gs.errors import EXIT_FATAL, ClipGSError
 
 
 def _statistics_rows(cloud) -> list[tuple[str, torch.Tensor]]:
@@ -108,7 +108,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from clip_gs.data.prepare import EXIT_SOME_FAILED, PrepareSettings, prepare_dataset
+    from clip_gs.data.prepare import PrepareSettings, prepare_dataset
+    from clip_gs.errors import EXIT_SOME_FAILED
 
     settings = PrepareSettings(
         views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=cmd_prepare)
 
-    from clip_gs.teachers.cli import add_teacher_parser  # clip-gs teacher build / eval
+    from clip_gs.offline_teacher.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)
     from clip_gs.evaluation.cli import add_eval_parser  # clip-gs eval
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.usage.cli import add_usage_parsers  # clip-gs classify / embed / search
 
     add_usage_parsers(sub)
-    from clip_gs.hub.cli import add_hub_parser  # clip-gs push
+    from clip_gs.model.push_cli import add_hub_parser  # clip-gs push
 
     add_hub_parser(sub)
     from clip_gs.demo.cli import add_demo_parser  # clip-gs demo
@@ -238,13 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_main(argv)
         except ClipGSError as exc:
             print(f"clip-gs {argv[0]}: error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_FATAL
     args = build_parser().parse_args(join_signed_values(argv))
     try:
         return args.func(args)
     except ClipGSError as exc:
         print(f"clip-gs {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
 
 
 if __name__ == "__main__":

@@ -79,7 +79,17 @@ class TrainingError(ClipGSError, RuntimeError):
     """Training cannot go on (e.g. a NaN or infinite loss); names the step and the batch's sample ids."""
 
 
+EXIT_FATAL = 2
+"""Exit status of a ``clip-gs`` command that stopped on one of the package's errors."""
+
+EXIT_SOME_FAILED = 3
+"""Exit status of a ``clip-gs`` command that went on past failed inputs (``prepare``, ``eval``,
+``classify``, ``embed``): 0 means none failed."""
+
+
 __all__ = [
+    "EXIT_FATAL",
+    "EXIT_SOME_FAILED",
     "CheckpointError",
     "ClipGSError",
     "ConfigError",

@@ -1,6 +1,7 @@
-"""Data sources for clip-gs: mesh -> 3DGS conversion, a synthetic procedural 3DGS set and seeded
-3DGS augmentations."""
+"""Data sources for clip-gs: mesh -> 3DGS conversion, a synthetic procedural 3DGS set, seeded
+3DGS augmentations, and triplet samples made into model inputs and batches (:mod:`~clip_gs.data.batches`)."""
 
+from clip_gs.data.batches import ProcessedSample, SampleProcessor, TripletBatch, collate_triplets
 from clip_gs.data.mesh import MeshColorWarning, mesh_to_gaussians, surface_disks
 from clip_gs.data.synthetic import (
     PALETTE,
@@ -39,12 +40,16 @@ __all__ = [
     "Compose",
     "MeshColorWarning",
     "PositionJitter",
+    "ProcessedSample",
     "RandomRotation",
     "RandomScale",
     "RandomTranslation",
     "Resample",
+    "SampleProcessor",
     "SyntheticGaussianDataset",
     "SyntheticObject",
+    "TripletBatch",
+    "collate_triplets",
     "color_affine",
     "element_seed",
     "make_object",

@@ -51,10 +51,6 @@ CAPTION_TEMPLATE = "a 3D model of a {}."
 MESH_GAUSSIANS = 10_000
 """Gaussians sampled on each mesh (the paper's objects have 10K-20K; SH degree 0)."""
 
-EXIT_SOME_FAILED = 3
-"""Exit status of ``clip-gs prepare`` when some inputs failed (0: none failed; 2: a fatal error)."""
-
-
 @dataclass(frozen=True)
 class PrepareSettings:
     """What ``prepare`` does with each object (recorded in the manifest).
@@ -407,6 +403,9 @@ def prepare_dataset(
         from clip_gs.teachers import load_teacher
 
         teacher = load_teacher(teacher)
+    from clip_gs.teachers.base import check_view_background
+
+    check_view_background(teacher, settings.background)
     from clip_gs.data.shards import is_remote, join, write_label_embeddings, write_manifest, write_split
 
     out = str(out)
@@ -528,7 +527,6 @@ def prepare_dataset(
 
 __all__ = [
     "CAPTION_TEMPLATE",
-    "EXIT_SOME_FAILED",
     "MESH_GAUSSIANS",
     "PrepareSettings",
     "PrepareSummary",

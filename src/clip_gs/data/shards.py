@@ -105,7 +105,8 @@ def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
     LitData downloads chunks with obstore, which refuses non-TLS endpoints unless its client
     option ``allow_http`` is set. LitData has no public switch for that, so this sets the
     private, version-specific ``litdata.streaming.downloader._OBSTORE_CLIENT_OPTIONS["allow_http"]``
-    (checked against litdata 0.2.76). It is the only place in the package that touches it, and it
+    (the reason LitData is pinned to 0.2.76 in ``pyproject.toml``; a test checks that the setting is there and
+    is what the store is built with). It is the only place in the package that touches it, and it
     does so only when ``storage_options["endpoint_url"]`` starts with ``http://``; https and AWS
     endpoints are left alone.
 
@@ -183,7 +184,9 @@ def write_split(
     try:
         os.makedirs(staging, exist_ok=True)
         writer = BinaryWriter(staging, chunk_bytes=chunk_bytes)
-        writer._rank = 0  # chunk names chunk-0-<i>.bin whatever process group this runs in
+        # Private (LitData is pinned for it, and a test checks it): chunk names chunk-0-<i>.bin whatever
+        # process group or LitData worker environment this runs in.
+        writer._rank = 0
         seen: set[str] = set()
         count = 0
         for count, record in enumerate(records, start=1):

@@ -24,7 +24,7 @@ import torch
 from clip_gs.demo.gallery import build_gallery, read_gallery
 from clip_gs.demo.settings import DemoSettings
 from clip_gs.errors import ClipGSError, ConfigError
-from clip_gs.hub.download import model_location
+from clip_gs.downloads import model_location
 from clip_gs.usage import Classification, UsageModel, classify_files, embed_folder, load_usage_model, search_index
 
 logger = logging.getLogger("clip_gs")
@@ -153,10 +153,10 @@ def model_labels(usage: UsageModel) -> tuple[list[str], str]:
     teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
     from clip_gs.teachers.factory import OFFLINE_TEACHER
     from clip_gs.teachers.prompts import load_label_set
-    from clip_gs.usage.models import model_file
+    from clip_gs.model.folder import METRICS_NAME, model_file
 
     try:
-        path = model_file(usage.source, "metrics.json", required=False)
+        path = model_file(usage.source, METRICS_NAME, required=False)
         labels = json.loads(Path(path).read_text(encoding="utf-8")).get("data", {}).get("labels") if path else None
         if labels:
             return load_label_set([str(n) for n in labels]), "the labels of the model's training data"
@@ -192,7 +192,7 @@ class DemoService:
         Raises:
             ConfigError: no source.
             CheckpointError: a file or a folder that does not exist
-                (:func:`~clip_gs.hub.download.model_location`), or a broken model folder.
+                (:func:`~clip_gs.downloads.model_location`), or a broken model folder.
             WeightsUnavailableError: a Hub repo that is neither reachable nor cached (the message
                 says what to do).
         """
@@ -242,7 +242,7 @@ class DemoService:
 
     def preview(self, path: str | Path | None) -> Preview:
         """The four-view preview of an upload (see :func:`render_preview`)."""
-        from clip_gs.usage.models import resolve_device
+        from clip_gs.model.precision import resolve_device
 
         path = self.check_upload(path)
         s = self.settings

@@ -82,11 +82,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
     import sys
 
-    from clip_gs.data.prepare import EXIT_SOME_FAILED
-    from clip_gs.errors import WeightsUnavailableError
+    from clip_gs.errors import EXIT_SOME_FAILED, WeightsUnavailableError
     from clip_gs.evaluation.run import TASKS, evaluate, model_teacher, write_outputs
     from clip_gs.model import CLIPGS
-    from clip_gs.usage.models import resolve_device
+    from clip_gs.model.precision import resolve_device
 
     device = resolve_device(args.device)
     model = CLIPGS.from_pretrained(args.model, map_location=device)

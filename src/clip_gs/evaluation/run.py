@@ -39,13 +39,13 @@ ENCODE_CHUNK = 256
 # ---------------------------------------------------------------------------- model and teacher
 def model_teacher(reference: str | os.PathLike) -> str | None:
     """The teacher identity a model was trained against (``teacher.json`` of its export folder or repo),
-    or None when it records none (:func:`~clip_gs.usage.models.read_teacher_record`).
+    or None when it records none (:func:`~clip_gs.model.folder.read_teacher_record`).
 
     Raises:
         WeightsUnavailableError: a Hub repo whose ``teacher.json`` cannot be fetched (offline).
         ConfigError: an unreadable ``teacher.json``.
     """
-    from clip_gs.usage.models import read_teacher_record
+    from clip_gs.model.folder import read_teacher_record
 
     return read_teacher_record(str(reference)) or None
 

@@ -1,13 +1,12 @@
 """PyTorch Lightning components of clip-gs (the only package that imports Lightning).
 
-- :class:`GaussianDataModule`: prepared triplet shards (local or ``s3://``) -> :class:`TripletBatch`.
-- :class:`SampleProcessor`, :func:`collate_triplets`: the per-sample step and the collation it uses.
+- :class:`GaussianDataModule`: prepared triplet shards (local or ``s3://``) -> ``TripletBatch`` es
+  (the per-sample processing and collation are data logic: :mod:`clip_gs.data.batches`).
 - :class:`CLIPGSModule`: trains a ``CLIPGS`` with the CLIP-GS losses (AdamW + layer decay, warm-up + cosine).
 - :class:`ExportBest`: best checkpoint by ``val/zeroshot_top1`` -> Hub-ready folder at the end of fit.
 - :class:`CLIPGSCLI` / :func:`cli_main`: ``clip-gs fit|validate|test|predict --config FILE.yaml``.
 """
 
-from clip_gs.lightning.batch import ProcessedSample, SampleProcessor, TripletBatch, collate_triplets
 from clip_gs.lightning.cli import CLIPGSCLI, cli_main
 from clip_gs.lightning.datamodule import SYNTHETIC_PREFIX, GaussianDataModule, build_augmentation
 from clip_gs.lightning.export import ExportBest, export_pretrained
@@ -19,12 +18,8 @@ __all__ = [
     "CLIPGSModule",
     "ExportBest",
     "GaussianDataModule",
-    "ProcessedSample",
-    "SampleProcessor",
-    "TripletBatch",
     "build_augmentation",
     "cli_main",
-    "collate_triplets",
     "export_pretrained",
     "lr_factor",
     "param_groups",

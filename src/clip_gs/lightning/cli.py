@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from clip_gs.hub.card import METRICS_NAME
+from clip_gs.model.folder import METRICS_NAME
 from clip_gs.lightning.datamodule import GaussianDataModule
 from clip_gs.lightning.export import ExportBest
 from clip_gs.lightning.module import CLIPGSModule
@@ -94,7 +94,7 @@ def format_test_summary(metrics: dict[str, float], num_objects: int) -> str:
 
 
 def record_test_metrics(folder: str | os.PathLike, metrics: dict[str, float], checkpoint: str | None) -> None:
-    """Add the test metrics to the export's ``metrics.json`` (:data:`~clip_gs.hub.card.METRICS_NAME`, under ``"test"``)."""
+    """Add the test metrics to the export's ``metrics.json`` (:data:`~clip_gs.model.folder.METRICS_NAME`, under ``"test"``)."""
     path = Path(folder) / METRICS_NAME
     record = json.loads(path.read_text()) if path.is_file() else {}
     record["test"] = {"metrics": metrics, "checkpoint": checkpoint}

@@ -3,8 +3,8 @@
 Reads a dataset written by ``clip-gs prepare`` (``<root>/manifest.json`` plus one LitData
 dataset per split, see :mod:`clip_gs.data.shards`) from a local folder or ``s3://``, streams
 it with LitData (each DDP rank and each loader worker reads its own chunks), and turns every
-sample into model inputs and targets with :class:`~clip_gs.lightning.batch.SampleProcessor`.
-Batches are :class:`~clip_gs.lightning.batch.TripletBatch` es.
+sample into model inputs and targets with :class:`~clip_gs.data.batches.SampleProcessor`.
+Batches are :class:`~clip_gs.data.batches.TripletBatch` es.
 
 Seeds and epochs: a training sample's randomness (augmentation, resampling, the caption, the K
 views) is a pure function of ``sample_seed(seed, epoch, index)``, ``epoch`` the 0-based epoch the
@@ -28,7 +28,7 @@ from clip_gs.data.shards import TripletShardDataset, default_cache_dir, is_remot
 from clip_gs.data.transforms import ColorJitter, Compose, PositionJitter, RandomRotation, RandomScale, RandomTranslation
 from clip_gs.data.triplets import Manifest
 from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsError
-from clip_gs.lightning.batch import SampleProcessor, collate_triplets
+from clip_gs.data.batches import SampleProcessor, collate_triplets
 
 SYNTHETIC_PREFIX = "synthetic:"
 """A ``root`` starting with this is built by ``clip_gs.data.prepare.prepare_dataset`` in ``prepare_data``."""
@@ -73,7 +73,7 @@ def build_augmentation(
 
 
 class GaussianDataModule(LightningDataModule):
-    """Streams a prepared triplet dataset (local or ``s3://``) as :class:`~clip_gs.lightning.batch.TripletBatch` es.
+    """Streams a prepared triplet dataset (local or ``s3://``) as :class:`~clip_gs.data.batches.TripletBatch` es.
 
     Batch: ``features [B, N, 19]``, ``text [B, E]`` + ``text_mask [B]``, ``images [B, K, E]`` +
     ``image_mask [B, K]``, ``similarity [B, K]``, ``labels [B]`` (-1: none), ``indices [B]``,

@@ -8,7 +8,7 @@ mode ``max``) that, at the end of ``fit``, writes the best checkpoint's weights 
     config.json          CLIPGSConfig (``CLIPGS.from_pretrained(folder)`` loads it offline)
     model.safetensors    the weights (the encoder and the logit scale)
     teacher.json         the teacher identity of the training data (from the dataset manifest)
-    README.md            model card (clip_gs.hub.card.folder_card): config, data, validation metrics
+    README.md            model card (clip_gs.model.card.folder_card): config, data, validation metrics
     curves.png           training loss and validation metrics over steps (PIL drawing)
     metrics.json         the best checkpoint's validation metrics, the checkpoint, the training data
                          (root, counts, labels, init) and the history behind curves.png
@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clip_gs.hub.card import CARD_NAME, CURVES_NAME, EVAL_DIR, METRICS_NAME, TEACHER_NAME, folder_card
+from clip_gs.model.card import CARD_NAME, CURVES_NAME, EVAL_DIR, folder_card
+from clip_gs.model.folder import METRICS_NAME, TEACHER_NAME
 from clip_gs.model.clipgs import CLIPGS
 from clip_gs.state_dicts import load_state_dict_strict
 

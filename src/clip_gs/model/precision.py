@@ -4,7 +4,11 @@
 
 - CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer);
 - CPU: the CPU flags name a native bf16 dot product (``avx512_bf16`` or ``amx_bf16`` on x86,
-  ``bf16`` on aarch64) and PyTorch has oneDNN. Without them bf16 is emulated and slower than fp32.
+  ``bf16`` on aarch64), PyTorch has oneDNN, and neither library is held below it: a
+  ``ONEDNN_MAX_CPU_ISA`` of an ISA without bf16 (``AVX2``, ``AVX512_CORE``) or an
+  ``ATEN_CPU_CAPABILITY`` other than ``avx512`` / ``default`` turns it off, so the AVX2 emulation
+  (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``) chooses what an AVX2 machine chooses.
+  Without native bf16 the products are emulated and slower than fp32.
 
 The precision of training and validation is not set here: they run the module path under
 whatever precision the trainer sets (Lightning's ``precision=``).
@@ -13,6 +17,7 @@ whatever precision the trainer sets (Lightning's ``precision=``).
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -56,7 +61,19 @@ def _cpu_bf16_supported() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     wanted = _CPU_BF16_FLAGS.get(platform.machine().lower(), ())
-    return any(flag in cpu_flags() for flag in wanted)
+    if not any(flag in cpu_flags() for flag in wanted):
+        return False
+    onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if onednn_isa != "ALL" and not any(part in onednn_isa for part in ("BF16", "AMX", "FP16", "AVX10")):
+        return False
+    return os.environ.get("ATEN_CPU_CAPABILITY", "default").lower() in ("default", "avx512", "")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else the CPU; anything else as given."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
@@ -75,4 +92,4 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tor
     raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-__all__ = ["PRECISIONS", "bf16_supported", "cpu_flags", "resolve_precision"]
+__all__ = ["PRECISIONS", "bf16_supported", "cpu_flags", "resolve_device", "resolve_precision"]

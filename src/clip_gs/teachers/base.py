@@ -95,6 +95,27 @@ def _as_identity(value: object) -> TeacherIdentity | str:
     raise ConfigError(f"expected a Teacher, TeacherIdentity, identity dict or string, got {type(value).__name__}")
 
 
+def check_view_background(teacher, background: Sequence[float]) -> None:
+    """Refuse to embed views rendered on ``background`` when ``teacher`` knows other backgrounds only
+    (its :attr:`Teacher.view_backgrounds`; a teacher without the attribute knows any).
+
+    Raises:
+        ConfigError: ``background`` is not among the teacher's ``view_backgrounds`` (the message names both).
+    """
+    backgrounds = getattr(teacher, "view_backgrounds", None)
+    if backgrounds is None:
+        return
+    rgb = tuple(float(c) for c in background)
+    if not any(max(abs(a - b) for a, b in zip(rgb, known)) <= 1e-6 for known in backgrounds):
+        known = ", ".join(str(tuple(round(c, 4) for c in k)) for k in backgrounds)
+        raise ConfigError(
+            f"teacher {teacher.identity} was trained on views rendered on background {known} only; its image "
+            f"embeddings of views on {tuple(round(c, 4) for c in rgb)} mean nothing (the offline teacher scores "
+            "chance zero-shot on black views). Render on a background it knows, or use a CLIP teacher "
+            "(e.g. --teacher EVA02-E-14-plus/laion2b_s9b_b144k)"
+        )
+
+
 def check_same_teacher(a: object, b: object, what: str = "embeddings") -> None:
     """Refuse to mix embeddings of two different teachers.
 
@@ -134,6 +155,10 @@ class Teacher:
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    view_backgrounds: tuple[tuple[float, float, float], ...] | None = None
+    """The backgrounds (RGB in [0, 1]) of the rendered views this teacher's image embeddings mean
+    something on; None: any (a CLIP trained on web images). Dataset preparation refuses to render
+    views on another background for a teacher that names its own (:func:`check_view_background`)."""
 
     def __init__(self, batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -284,4 +309,4 @@ class Teacher:
         return self.encode_images(images) @ self.encode_text(texts).T
 
 
-__all__ = ["PRECISIONS", "Teacher", "TeacherIdentity", "TeacherMismatchError", "check_same_teacher"]
+__all__ = ["PRECISIONS", "Teacher", "TeacherIdentity", "TeacherMismatchError", "check_same_teacher", "check_view_background"]

@@ -61,13 +61,12 @@ def fill_template(template: str, phrase: str) -> str:
 LABEL_SET_DIR = Path(__file__).parent / "label_sets"
 """The label-set files shipped in the package (one name per line, ``#`` comment header naming the source)."""
 
-LABEL_SETS: dict[str, str | None] = {
+LABEL_SETS: dict[str, str] = {
     "modelnet40": "modelnet40.txt",
     "objaverse-lvis": "objaverse-lvis.txt",
-    "synthetic": None,
+    "synthetic": "synthetic.txt",
 }
-"""Registered label-set names -> their file in :data:`LABEL_SET_DIR` (``None``: built from
-:func:`synthetic_label_set`). ``modelnet40``: the 40 ModelNet40 classes; ``objaverse-lvis``: the
+"""Registered label-set names -> their file in :data:`LABEL_SET_DIR`. ``modelnet40``: the 40 ModelNet40 classes; ``objaverse-lvis``: the
 1,156 Objaverse-LVIS categories; ``synthetic``: the 13 classes of the synthetic set."""
 
 
@@ -79,8 +78,7 @@ def named_label_set(name: str) -> list[str]:
     """
     if name not in LABEL_SETS:
         raise ConfigError(f"unknown label set {name!r}; known label sets: {', '.join(LABEL_SETS)} (or give a file)")
-    filename = LABEL_SETS[name]
-    return synthetic_label_set() if filename is None else load_label_set(LABEL_SET_DIR / filename)
+    return load_label_set(LABEL_SET_DIR / LABEL_SETS[name])
 
 
 def load_label_set(source: str | Path | Sequence[str]) -> list[str]:
@@ -143,10 +141,9 @@ def label_phrase(name: str) -> str:
 
 
 def synthetic_label_set() -> list[str]:
-    """The synthetic set's 13 class nouns, in label-index order (``"sphere"``, ..., ``"L-shaped block"``, ``"mug"``)."""
-    from clip_gs.data.synthetic import SHAPE_CLASSES, SHAPE_NOUNS
-
-    return [SHAPE_NOUNS[c] for c in SHAPE_CLASSES]
+    """The synthetic set's 13 class nouns, in label-index order (``"sphere"``, ..., ``"L-shaped block"``, ``"mug"``):
+    the label set ``"synthetic"``, shipped as a file so that teachers need not import the data layer."""
+    return named_label_set("synthetic")
 
 
 def zero_shot_weights(teacher, class_names: Sequence[str] | str | Path, templates: Sequence[str] = TEMPLATES) -> Tensor:

@@ -99,7 +99,7 @@ def run_classify(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs classify``."""
     from pathlib import Path
 
-    from clip_gs.data.prepare import EXIT_SOME_FAILED
+    from clip_gs.errors import EXIT_SOME_FAILED
     from clip_gs.teachers.prompts import named_label_set
     from clip_gs.usage.classify import classify_files, format_classification
     from clip_gs.usage.models import load_usage_model
@@ -129,7 +129,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def run_embed(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs embed``."""
-    from clip_gs.data.prepare import EXIT_SOME_FAILED
+    from clip_gs.errors import EXIT_SOME_FAILED
     from clip_gs.usage.embed import embed_folder
     from clip_gs.usage.models import load_usage_model
 

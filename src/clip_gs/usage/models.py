@@ -23,20 +23,11 @@ from pathlib import Path
 
 import torch
 
-from clip_gs.errors import ClipGSError, ConfigError, FileNotOnHubError
+from clip_gs.errors import ClipGSError, ConfigError
+from clip_gs.model.folder import WEIGHTS_NAME, model_file, read_teacher_record
+from clip_gs.model.precision import resolve_device
 from clip_gs.teachers.base import Teacher, check_same_teacher
 from clip_gs.teachers.factory import teacher_spec_for
-
-TEACHER_RECORD = "teacher.json"
-"""The file of an exported model folder that names its teacher (``{"teacher": identity, ...}``)."""
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` / ``"auto"``: CUDA when available, else the CPU; anything else as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
 
 def load_recorded_teacher(
     recorded: str, override: str | Teacher | None = None, what: str = "the model", **kwargs
@@ -124,46 +115,6 @@ class UsageModel:
         return self._teacher
 
 
-def model_file(source: str, filename: str, required: bool) -> Path | None:
-    """A file of a model folder or Hub repo (None when absent and not required).
-
-    Raises:
-        WeightsUnavailableError: the Hub cannot be reached and the file is not cached (an optional
-            file included: its absence cannot be told from its unavailability then).
-    """
-    local = Path(source).expanduser()
-    if local.is_dir():
-        path = local / filename
-        return path if path.is_file() or required else None
-    from clip_gs.hub.download import hub_download
-
-    try:
-        return hub_download(source, filename)
-    except FileNotOnHubError:  # absent; an unreachable Hub or a missing cache entry is an error
-        if required:
-            raise
-        return None
-
-
-def read_teacher_record(source: str) -> str:
-    """The teacher identity in a model folder's (or Hub repo's) ``teacher.json``; ``""`` when absent.
-
-    Raises:
-        ConfigError: a ``teacher.json`` that is not a JSON object with a string ``teacher``.
-    """
-    path = model_file(source, TEACHER_RECORD, required=False)
-    if path is None:
-        return ""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable teacher record: {exc}") from exc
-    teacher = record.get("teacher") if isinstance(record, dict) else None
-    if teacher is not None and not isinstance(teacher, str):
-        raise ConfigError(f"{path}: 'teacher' must be a teacher identity string, got {teacher!r}")
-    return teacher or ""
-
-
 def load_usage_model(
     source: str | os.PathLike,
     teacher: str | Teacher | None = None,
@@ -180,8 +131,8 @@ def load_usage_model(
     Raises:
         CheckpointError / WeightsUnavailableError: see :meth:`CLIPGS.from_pretrained`.
     """
-    from clip_gs.hub.download import model_location
-    from clip_gs.model.clipgs import CLIPGS, WEIGHTS_NAME
+    from clip_gs.downloads import model_location
+    from clip_gs.model.clipgs import CLIPGS
     from clip_gs.teachers.open_clip_teacher import file_checksum
 
     source = str(source)
@@ -194,11 +145,8 @@ def load_usage_model(
 
 
 __all__ = [
-    "TEACHER_RECORD",
     "UsageModel",
     "load_recorded_teacher",
     "load_usage_model",
-    "read_teacher_record",
-    "resolve_device",
     "teacher_spec_for",
 ]

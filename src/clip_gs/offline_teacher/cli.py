@@ -3,8 +3,8 @@
     clip-gs teacher build --seed S --out FILE [--steps N ...]   train the offline teacher from a seed
     clip-gs teacher eval [--teacher SPEC]                       print a teacher's quality numbers
 
-Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.teachers.build`
-and :mod:`clip_gs.teachers.evaluate`.
+Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.offline_teacher.build`
+and :mod:`clip_gs.offline_teacher.evaluate`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=run_build)
 
-    from clip_gs.teachers.evaluate import add_eval_arguments
+    from clip_gs.offline_teacher.evaluate import add_eval_arguments
 
     ev = sub.add_parser("eval", help="print zero-shot, retrieval and colour numbers on fresh synthetic objects")
     add_eval_arguments(ev)
@@ -49,7 +49,7 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_build(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs teacher build``."""
-    from clip_gs.teachers.build import build_offline_teacher
+    from clip_gs.offline_teacher.build import build_offline_teacher
 
     result = build_offline_teacher(
         args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, per_class=args.objects_per_class,
@@ -66,7 +66,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from clip_gs.teachers.evaluate import run_eval
+    from clip_gs.offline_teacher.evaluate import run_eval
 
     return run_eval(args)
 

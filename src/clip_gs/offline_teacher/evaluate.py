@@ -1,7 +1,7 @@
 """Quality of a teacher on fresh synthetic objects (seeds from ``EVAL_SEED_START``, never trained on).
 
 Three measurements, each from one rendered view per object under the fixed evaluation view
-(:data:`~clip_gs.teachers.views.EVAL_VIEW`: 64 px, elevation 20, distance 3, azimuth drawn from
+(:data:`~clip_gs.offline_teacher.views.EVAL_VIEW`: 64 px, elevation 20, distance 3, azimuth drawn from
 the object seed, white background; a teacher with another input size resizes):
 
 - :func:`zero_shot_accuracy`: top-1 over the 13 classes with the prompt ensemble
@@ -11,7 +11,7 @@ the object seed, white background; a teacher with another input size resizes):
 - :func:`colour_ranking`: for every colour c, the text "a {c} cube" against solid cubes: the fraction
   of (cube of colour c, cube of another colour) pairs ranked the right way round.
 
-``python -m clip_gs.teachers.evaluate [--teacher SPEC]`` (or ``clip-gs teacher eval``) prints all three.
+``python -m clip_gs.offline_teacher.evaluate [--teacher SPEC]`` (or ``clip-gs teacher eval``) prints all three.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from clip_gs.teachers.prompts import TEMPLATES, synthetic_label_set, zero_shot_weights
-from clip_gs.teachers.views import EVAL_SEED_START, EVAL_VIEW, evaluation_objects, render_views
+from clip_gs.offline_teacher.views import EVAL_SEED_START, EVAL_VIEW, evaluation_objects, render_views
 
 ZERO_SHOT_OFFSET = 0
 RETRIEVAL_OFFSET = 10_000
@@ -90,7 +90,7 @@ def colour_ranking(teacher, per_colour: int = 3, shape: str = "cube", pattern: s
         ``{"pair_accuracy": float, "pairs": int, "per_colour": {colour: accuracy}}``.
     """
     from clip_gs.data.synthetic import PALETTE, SHAPE_NOUNS
-    from clip_gs.teachers.views import render_object
+    from clip_gs.offline_teacher.views import render_object
 
     colours = list(PALETTE)
     images, truth = [], []
@@ -143,8 +143,8 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m clip_gs.teachers.evaluate``: print the quality numbers of a teacher."""
-    parser = argparse.ArgumentParser(prog="python -m clip_gs.teachers.evaluate", description=__doc__.split("\n")[0])
+    """``python -m clip_gs.offline_teacher.evaluate``: print the quality numbers of a teacher."""
+    parser = argparse.ArgumentParser(prog="python -m clip_gs.offline_teacher.evaluate", description=__doc__.split("\n")[0])
     add_eval_arguments(parser)
     return run_eval(parser.parse_args(argv))
 

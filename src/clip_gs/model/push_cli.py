@@ -2,7 +2,7 @@
 
     clip-gs push DIR --repo-id ORG/NAME [--private] [--eval-report PATH] [--token TOKEN] [--dry-run]
 
-Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.hub.push`.
+Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.model.push`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_hub_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_push(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs push``."""
-    from clip_gs.hub.push import describe, prepare_upload, push_folder
+    from clip_gs.model.push import describe, prepare_upload, push_folder
 
     if args.dry_run:
         upload = prepare_upload(args.folder, args.repo_id, eval_report=args.eval_report, datasets=args.dataset)

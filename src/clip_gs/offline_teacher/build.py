@@ -3,8 +3,8 @@
 Recipe (every random choice is drawn from ``seed``):
 
 1. Objects: ``per_class`` synthetic objects of each of the 13 classes, seeds
-   ``seed * 100_000 + k`` (all below :data:`~clip_gs.teachers.views.TRAIN_SEED_LIMIT`; the quality
-   tests use seeds from :data:`~clip_gs.teachers.views.EVAL_SEED_START`, never trained on).
+   ``seed * 100_000 + k`` (all below :data:`~clip_gs.offline_teacher.views.TRAIN_SEED_LIMIT`; the quality
+   tests use seeds from :data:`~clip_gs.offline_teacher.views.EVAL_SEED_START`, never trained on).
 2. Views: ``views`` renders of each by the package's rasterizer (64 px, white background, random
    azimuth, elevation in [-20, 60] degrees, distance 2.7-3.4), cached once as a tensor file under
    ``$CLIP_GS_CACHE`` (default ``/tmp/clip_gs_cache``).
@@ -87,7 +87,7 @@ def caption_phrase(labels: dict, form: str, rng: np.random.Generator) -> str:
 
     Args:
         labels: ``label``, ``color``, ``secondary``, ``pattern``, ``caption`` (see
-            :func:`clip_gs.teachers.views.render_object`).
+            :func:`clip_gs.offline_teacher.views.render_object`).
         form: a key of :data:`CAPTION_FORMS`.
         rng: the build's generator.
     """
@@ -495,7 +495,7 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
 
     from clip_gs.teachers.open_clip_teacher import file_checksum
     from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
-    from clip_gs.teachers.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
+    from clip_gs.offline_teacher.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
 
     warmup = max(1, round(0.05 * steps)) if warmup is None else warmup
 

@@ -2,7 +2,7 @@
 and ``clip-gs push``.
 
 The template is the repository's ``MODEL_CARD.md``, shipped as the package file
-``clip_gs/hub/model_card.md`` (a symbolic link in the checkout; a wheel holds a copy) (Jinja2, rendered by
+``clip_gs/model/model_card.md`` (a symbolic link in the checkout; a wheel holds a copy) (Jinja2, rendered by
 ``huggingface_hub.ModelCard.from_template``); the YAML front matter is a ``ModelCardData``:
 ``library_name: clip-gs``, ``license``, ``tags``, ``pipeline_tag: feature-extraction``, ``datasets``
 (Hub dataset ids only: named with ``datasets=`` or recorded as ``hf://datasets/ORG/NAME``) and a
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from clip_gs.errors import ConfigError, ModelCardError
+from clip_gs.model.folder import CONFIG_NAME, METRICS_NAME, TEACHER_NAME
 
 if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig
@@ -57,9 +58,6 @@ PIPELINE_TAG = "feature-extraction"
 """The Hub task: the model turns a 3DGS object into an embedding."""
 
 CARD_NAME = "README.md"
-CONFIG_NAME = "config.json"
-TEACHER_NAME = "teacher.json"
-METRICS_NAME = "metrics.json"
 CURVES_NAME = "curves.png"
 EVAL_DIR = "eval"
 """Where ``clip-gs eval`` writes into a model folder by default."""
@@ -82,8 +80,8 @@ _FRACTIONS = {"top1", "top3", "top5", "mean", "std", "r1", "r5", "r10"}
 
 
 def card_template() -> str:
-    """The Jinja2 template ``clip_gs/hub/model_card.md`` (package data: the same file from a checkout or a wheel)."""
-    return resources.files("clip_gs.hub").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+    """The Jinja2 template ``clip_gs/model/model_card.md`` (package data: the same file from a checkout or a wheel)."""
+    return resources.files("clip_gs.model").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- the evaluation report

@@ -5,7 +5,7 @@ What is uploaded (from a folder written by the training export or ``save_pretrai
     config.json          checked: parses as a CLIPGSConfig
     model.safetensors    checked: its header's tensor names and shapes match config.json
     teacher.json         when present (checked: a JSON object; its embed_dim matches config.json)
-    README.md            the generated card (clip_gs.hub.card.folder_card), never the folder's README.md
+    README.md            the generated card (clip_gs.model.card.folder_card), never the folder's README.md
     curves.png           when present
     eval/report.json     the evaluation report the card is made from, when there is one
     eval/*.png           the figures next to that report (or in the folder's eval/), when present
@@ -25,13 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clip_gs.errors import CheckpointError, ConfigError, HubError
-from clip_gs.hub.card import (
+from clip_gs.model.folder import CONFIG_NAME, METRICS_NAME, TEACHER_NAME, WEIGHTS_NAME
+from clip_gs.model.card import (
     CARD_NAME,
-    CONFIG_NAME,
     CURVES_NAME,
     EVAL_REPORT,
-    METRICS_NAME,
-    TEACHER_NAME,
     eval_images,
     folder_card,
     read_config,
@@ -42,7 +40,6 @@ from clip_gs.hub.card import (
 if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig
 
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ result does not depend on how many worker processes render it.
 Seed ranges (disjoint, see :data:`TRAIN_SEED_LIMIT` / :data:`EVAL_SEED_START`):
 
 - training objects: ``make_object(shape, seed)`` with ``0 <= seed < TRAIN_SEED_LIMIT``;
-- evaluation objects (quality tests, ``python -m clip_gs.teachers.evaluate``): seeds from
+- evaluation objects (quality tests, ``python -m clip_gs.offline_teacher.evaluate``): seeds from
   ``EVAL_SEED_START`` upwards, never used by any build.
 """
 
