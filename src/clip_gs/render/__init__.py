@@ -1,11 +1,12 @@
-"""Rendering: a differentiable 3DGS rasterizer (pure-PyTorch reference, gsplat on CUDA) and cameras.
+"""Rendering: a differentiable 3DGS rasterizer (pure PyTorch: a batched fast path and the per-tile
+reference it is tested against; gsplat on CUDA) and cameras.
 
 Conventions: OpenCV cameras (x right, y down, z forward), world-to-camera ``viewmats``, pixel
 centres at ``(j + 0.5, i + 0.5)``; :func:`orbit_cameras` puts the world's +Y up by default.
 """
 
 from clip_gs.render.cameras import Cameras, look_at_viewmats, orbit_cameras, pinhole_intrinsics
-from clip_gs.render.rasterize import RenderOutput, rasterize, render_cloud
+from clip_gs.render.rasterize import RenderOutput, rasterize, rasterize_reference, render_cloud
 from clip_gs.render.sh import eval_sh, sh_basis, sh_to_rgb
 from clip_gs.render.sheet import contact_sheet, render_sheet, render_view
 
@@ -18,6 +19,7 @@ __all__ = [
     "orbit_cameras",
     "pinhole_intrinsics",
     "rasterize",
+    "rasterize_reference",
     "render_cloud",
     "render_sheet",
     "render_view",

@@ -28,8 +28,13 @@ Outputs are ``rgb`` (background included), ``alpha = 1 - T_final`` and the expec
 
 Memory: no tensor ever spans pixels x Gaussians. The largest intermediates are
 ``tile_size^2 x chunk_size`` (a tile's pixels against one chunk of its depth-sorted Gaussians)
-and the list of (Gaussian, tile) intersections, which grows with N, not with N x pixels. The
-tile loop runs in Python; each tile is vectorised. Everything is differentiable with respect to
+and the list of (Gaussian, tile) intersections, which grows with N, not with N x pixels.
+
+Two pure-PyTorch implementations compute this, and tests hold them equal (values and gradients):
+``backend="reference"`` (:func:`rasterize_reference`) is the readable one, a Python loop over the
+tiles of each camera with each tile vectorised; ``backend="torch"`` (:func:`rasterize_torch`, the
+CPU default) composites 4 x 4 px tiles of all cameras in cache-sized blocks (:func:`composite_tiles`),
+several times faster on a CPU (``benchmarks/bench_render.py``). Everything is differentiable with respect to
 means, quats, scales, opacities and colors (culling, tile assignment and sorting are not, as in
 every 3DGS rasterizer).
 """
@@ -55,6 +60,14 @@ TRANSMITTANCE_MIN = 1e-4
 """A pixel stops compositing before its transmittance would drop below this."""
 FOV_CLAMP = 1.3
 """``x/z`` and ``y/z`` are clamped to this multiple of the field-of-view limit inside the Jacobian."""
+BATCHED_TILE = 4
+"""Tile side of the batched torch backend (px). Small tiles waste few pixel-Gaussian pairs outside a
+footprint, and the backend has no per-tile Python cost; 4 was the fastest of 2-16 on 2 CPU cores
+(``benchmarks/bench_render.py``)."""
+BATCHED_CHUNK = 128
+"""Gaussians per tile composited at once by the batched torch backend."""
+BATCHED_ELEMENTS = 1 << 17
+"""Pixel-Gaussian pairs per block of the batched torch backend: blocks this small stay in the CPU caches."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +306,121 @@ def _rasterize_view(proj: ProjectedGaussians, width: int, height: int, tile_size
     return rgb, alpha, depth
 
 
+def composite_tiles(
+    proj: ProjectedGaussians,
+    gaussians: Tensor,
+    offsets: Tensor,
+    tile_origins: Tensor,
+    tile_size: int = BATCHED_TILE,
+    chunk_size: int = BATCHED_CHUNK,
+    max_elements: int = BATCHED_ELEMENTS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`composite_tile` for many tiles at once: the fast path of the ``"torch"`` backend.
+
+    The same arithmetic as the per-tile reference (the same alpha, the same prefix rule, chunks of
+    ``chunk_size`` Gaussians counted from each tile's first one), but every tile's pixels are one
+    row of a padded ``[T, P, chunk]`` block, so a view costs a handful of tensor operations per
+    chunk instead of a Python loop over its tiles. Tiles are taken in order of their list length and
+    processed in groups that keep ``group * P * chunk`` at most ``max_elements`` (memory bound, and
+    small enough to stay in the CPU caches); a group stops at the chunk where all its pixels are
+    done, or where its longest tile list ends.
+
+    Args:
+        proj: projected Gaussians (several cameras may be concatenated: tiles index into it).
+        gaussians, offsets: ``[I]`` and ``[T + 1]``: the members of tile ``t``, nearest first, are
+            ``gaussians[offsets[t]:offsets[t + 1]]`` (:func:`intersect_tiles`).
+        tile_origins: ``[T, 2]`` pixel coordinates (x, y) of each tile's top-left corner.
+        tile_size: tile side; every tile has ``P = tile_size^2`` pixels (those past the image edge are
+            computed and cropped by the caller).
+
+    Returns:
+        ``(rgb [T, P, 3] without background, accumulated depth [T, P], transmittance [T, P])``,
+        pixels of a tile in row-major order.
+    """
+    dtype, device = proj.means2d.dtype, proj.means2d.device
+    num_tiles = tile_origins.shape[0]
+    steps = torch.arange(tile_size, dtype=dtype, device=device) + 0.5
+    local_y, local_x = torch.meshgrid(steps, steps, indexing="ij")
+    local = torch.stack([local_x.reshape(-1), local_y.reshape(-1)], dim=-1)  # [P, 2] (x, y)
+    num_pixels = local.shape[0]
+    counts = offsets[1:] - offsets[:-1]
+    # Tiles in order of their list length, so that a group pads its lists to a similar length.
+    order = torch.sort(counts, stable=True).indices
+    group = max(1, max_elements // (num_pixels * chunk_size))
+    outputs = []
+    for first in range(0, num_tiles, group):
+        tiles = order[first : first + group]
+        pixels = tile_origins[tiles, None, :].to(dtype) + local[None]  # [t, P, 2]
+        starts, lengths = offsets[tiles], counts[tiles]
+        t = tiles.numel()
+        transmittance = torch.ones(t, num_pixels, dtype=dtype, device=device)
+        done = torch.zeros(t, num_pixels, dtype=torch.bool, device=device)
+        rgb = torch.zeros(t, num_pixels, 3, dtype=dtype, device=device)
+        depth = torch.zeros(t, num_pixels, dtype=dtype, device=device)
+        longest = int(lengths.max()) if t else 0
+        for start in range(0, longest, chunk_size):
+            width = min(chunk_size, longest - start)
+            position = start + torch.arange(width, device=device)  # [c]
+            valid = position[None, :] < lengths[:, None]  # [t, c]
+            members = gaussians[(starts[:, None] + position[None, :]).clamp(max=max(gaussians.numel() - 1, 0))]
+            members = torch.where(valid, members, torch.zeros_like(members))
+            d = pixels[:, :, None, :] - proj.means2d[members][:, None]  # [t, P, c, 2]
+            conic = proj.conics[members][:, None]  # [t, 1, c, 3]
+            dx, dy = d[..., 0], d[..., 1]
+            power = -0.5 * (conic[..., 0] * dx * dx + conic[..., 2] * dy * dy) - conic[..., 1] * dx * dy
+            alpha = torch.clamp(proj.opacities[members][:, None] * torch.exp(power), max=ALPHA_MAX)
+            alpha = torch.where((alpha >= ALPHA_MIN) & (power <= 0) & valid[:, None], alpha, torch.zeros_like(alpha))
+
+            after = transmittance[..., None] * torch.cumprod(1.0 - alpha, dim=-1)  # [t, P, c]
+            keep = (after >= TRANSMITTANCE_MIN) & ~done[..., None]
+            before = torch.cat([transmittance[..., None], after[..., :-1]], dim=-1)
+            weights = torch.where(keep, alpha * before, torch.zeros_like(alpha))
+
+            rgb = rgb + torch.bmm(weights, proj.colors[members])
+            depth = depth + torch.bmm(weights, proj.depths[members][..., None])[..., 0]
+            transmittance = transmittance * torch.where(keep, 1.0 - alpha, torch.ones_like(alpha)).prod(dim=-1)
+            done = done | (after[..., -1] < TRANSMITTANCE_MIN)
+            if bool(done.all()):
+                break
+        outputs.append((rgb, depth, transmittance))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(num_tiles, device=device)
+    rgb, depth, transmittance = (torch.cat(parts)[inverse] for parts in zip(*outputs))
+    return rgb, depth, transmittance
+
+
+def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, height: int, tile_size: int,
+                             chunk_size: int, backgrounds: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Render C cameras with :func:`composite_tiles` over all their tiles at once:
+    ``(rgb [C, H, W, 3], alpha [C, H, W], depth [C, H, W])``."""
+    device = backgrounds.device
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    num_tiles = tiles_x * tiles_y
+    parts, lists, offsets, base = [], [], [], 0
+    for proj in projections:
+        gauss, tile_offsets = intersect_tiles(proj, width, height, tile_size)
+        lists.append(gauss + base)
+        offsets.append(tile_offsets[:-1] + sum(int(g.numel()) for g in lists[:-1]))
+        parts.append(proj)
+        base += proj.ids.numel()
+    total = sum(int(g.numel()) for g in lists)
+    merged = ProjectedGaussians(*(torch.cat([getattr(p, f) for p in parts]) for f in ProjectedGaussians.__dataclass_fields__))
+    gaussians = torch.cat(lists)
+    offsets = torch.cat([*offsets, torch.tensor([total], device=device, dtype=torch.long)])
+    ty, tx = torch.meshgrid(torch.arange(tiles_y, device=device), torch.arange(tiles_x, device=device), indexing="ij")
+    origins = (torch.stack([tx.reshape(-1), ty.reshape(-1)], dim=-1) * tile_size).repeat(len(projections), 1)
+    rgb, depth, trans = composite_tiles(merged, gaussians, offsets, origins, tile_size, chunk_size)
+    cams = len(projections)
+    image = torch.cat([rgb, depth[..., None], trans[..., None]], dim=-1)  # [C * T, P, 5]
+    image = image.view(cams, tiles_y, tiles_x, tile_size, tile_size, 5).permute(0, 1, 3, 2, 4, 5)
+    image = image.reshape(cams, tiles_y * tile_size, tiles_x * tile_size, 5)[:, :height, :width]
+    trans = image[..., 4]
+    alpha = 1.0 - trans
+    rgb = image[..., :3] + trans[..., None] * backgrounds[:, None, None, :]
+    depth = image[..., 3] / alpha.clamp_min(1e-10)
+    return rgb, alpha, depth
+
+
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, sh_degree):
     def shape(t):
         return list(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -338,6 +466,35 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         raise RenderError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
+def rasterize_reference(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    backgrounds: Tensor,
+    sh_degree: int | None,
+    near: float,
+    far: float,
+    tile_size: int,
+    chunk_size: int,
+    eps2d: float,
+) -> RenderOutput:
+    """The readable per-tile reference of :func:`rasterize` (``backend="reference"``; validated inputs,
+    ``backgrounds: [C, 3]``): one :func:`composite_tile` call per tile of each camera."""
+    outputs = []
+    for cam in range(viewmats.shape[0]):
+        proj = project_gaussians(means, quats, scales, opacities, colors, viewmats[cam], Ks[cam],
+                                 width, height, sh_degree, near=near, far=far, eps2d=eps2d)  # fmt: skip
+        outputs.append(_rasterize_view(proj, width, height, tile_size, chunk_size, backgrounds[cam]))
+    rgb, alpha, depth = (torch.stack(parts) for parts in zip(*outputs))
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
+
+
 def rasterize_torch(
     means: Tensor,
     quats: Tensor,
@@ -356,13 +513,17 @@ def rasterize_torch(
     chunk_size: int,
     eps2d: float,
 ) -> RenderOutput:
-    """The pure-PyTorch backend of :func:`rasterize` (validated inputs, ``backgrounds: [C, 3]``)."""
-    outputs = []
-    for cam in range(viewmats.shape[0]):
-        proj = project_gaussians(means, quats, scales, opacities, colors, viewmats[cam], Ks[cam],
-                                 width, height, sh_degree, near=near, far=far, eps2d=eps2d)  # fmt: skip
-        outputs.append(_rasterize_view(proj, width, height, tile_size, chunk_size, backgrounds[cam]))
-    rgb, alpha, depth = (torch.stack(parts) for parts in zip(*outputs))
+    """The pure-PyTorch backend of :func:`rasterize` (``backend="torch"``; validated inputs,
+    ``backgrounds: [C, 3]``): the tiles of every camera composited in blocks by :func:`composite_tiles`.
+    Equal to :func:`rasterize_reference` up to float rounding (tested, values and gradients).
+    ``tile_size`` and ``chunk_size`` are the reference's and gsplat's; this backend tiles with
+    :data:`BATCHED_TILE` and :data:`BATCHED_CHUNK` (the image does not depend on either)."""
+    projections = [
+        project_gaussians(means, quats, scales, opacities, colors, viewmats[cam], Ks[cam], width, height, sh_degree,
+                          near=near, far=far, eps2d=eps2d)  # fmt: skip
+        for cam in range(viewmats.shape[0])
+    ]
+    rgb, alpha, depth = _rasterize_views_batched(projections, width, height, BATCHED_TILE, BATCHED_CHUNK, backgrounds)
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
 
@@ -400,10 +561,13 @@ def rasterize(
         sh_degree: SH degree to evaluate for ``[N, K, 3]`` colors (None: the full degree of K);
             must be None for RGB colors.
         near, far: camera-space z range of the Gaussian means that are rendered.
-        backend: ``"torch"`` (this reference), ``"gsplat"`` (CUDA, ``pip install clip-gs[cuda]``)
-            or ``"auto"`` (gsplat for CUDA tensors when it is installed, torch otherwise).
-        tile_size: tile side in pixels.
-        chunk_size: torch backend only: Gaussians composited at once per tile (memory bound
+        backend: ``"torch"`` (pure PyTorch, all tiles batched), ``"reference"`` (pure PyTorch, the
+            readable per-tile loop the others are tested against), ``"gsplat"`` (CUDA,
+            ``pip install clip-gs[cuda]``) or ``"auto"`` (gsplat for CUDA tensors when it is
+            installed, torch otherwise).
+        tile_size: tile side in pixels (reference and gsplat; the batched torch backend uses
+            :data:`BATCHED_TILE`).
+        chunk_size: reference only: Gaussians composited at once per tile (memory bound
             ``tile_size^2 * chunk_size``).
         eps2d: low-pass term added to the 2D covariance diagonal, px^2.
 
@@ -430,10 +594,13 @@ def rasterize(
     if backend == "torch":
         return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
                                sh_degree, near, far, tile_size, chunk_size, eps2d)  # fmt: skip
+    if backend == "reference":
+        return rasterize_reference(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
+                                   sh_degree, near, far, tile_size, chunk_size, eps2d)  # fmt: skip
     if backend == "gsplat":
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
                                 sh_degree, near, far, tile_size, eps2d)  # fmt: skip
-    raise RenderError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
+    raise RenderError(f"backend must be 'auto', 'torch', 'reference' or 'gsplat', got {backend!r}")
 
 
 def render_cloud(
@@ -484,9 +651,11 @@ __all__ = [
     "ProjectedGaussians",
     "RenderOutput",
     "composite_tile",
+    "composite_tiles",
     "intersect_tiles",
     "project_gaussians",
     "rasterize",
+    "rasterize_reference",
     "rasterize_torch",
     "render_cloud",
 ]
