@@ -1,9 +1,11 @@
-"""Time and peak memory of the pure-PyTorch rasterizer for one 224x224 view of N Gaussians.
+"""Time and peak memory of the pure-PyTorch rasterizers for one 224x224 view of N Gaussians,
+the batched ``torch`` backend side by side with the per-tile ``reference`` in one run.
 
 Scene: N random Gaussians uniform inside the unit sphere, scales ``0.01 * exp(0.3 * normal)``
 (mean ~0.01, like a trained object normalised to the unit sphere), random rotations, opacities
 uniform in [0.1, 0.9], SH degree 3 colours; one :func:`~clip_gs.render.orbit_cameras` view
-(radius 3, vertical fov 45 degrees), rendered under ``torch.no_grad()`` with ``backend="torch"``.
+(radius 3, vertical fov 45 degrees), rendered under ``torch.no_grad()`` with each backend
+(``--backends``, default both); the ``x ref`` column is the reference's time over the backend's.
 
 Memory method: ``tracemalloc`` does not see torch's allocations, so every size runs in fresh
 subprocesses. The memory worker (1) builds the scene and renders once, (2) resets the kernel's
@@ -23,6 +25,7 @@ Usage::
 
     python benchmarks/bench_render.py                    # 10K, 100K, 1M Gaussians
     python benchmarks/bench_render.py --sizes 10000 100000 --threads 2
+    python benchmarks/bench_render.py --sizes 2048 --size 64 --repeats 5   # a prepare view
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def _scene(num_gaussians: int, size: int, seed: int):
 
 
 def measure(num_gaussians: int, mode: str, size: int = 224, repeats: int = 1, threads: int = 1,
-            seed: int = 0) -> dict:  # fmt: skip
+            seed: int = 0, backend: str = "torch") -> dict:  # fmt: skip
     """Build the scene and render it in this process.
 
     ``mode="time"``: best wall clock of ``repeats`` renders after a warm-up. ``mode="memory"``:
@@ -88,21 +91,21 @@ def measure(num_gaussians: int, mode: str, size: int = 224, repeats: int = 1, th
 
     torch.set_num_threads(threads)
     args = _scene(num_gaussians, size, seed)
-    row: dict = {"gaussians": num_gaussians, "size": size, "threads": threads}
+    row: dict = {"gaussians": num_gaussians, "size": size, "threads": threads, "backend": backend}
     with torch.no_grad():
-        out = rasterize(*args, backend="torch")  # warm-up (allocator, kernels)
+        out = rasterize(*args, backend=backend)  # warm-up (allocator, kernels)
         if mode == "time":
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                rasterize(*args, backend="torch")
+                rasterize(*args, backend=backend)
                 times.append(time.perf_counter() - start)
             row["seconds"] = min(times)
         else:
             exact = _reset_peak_rss() and _status_kib("VmHWM") is not None
             before_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             base_rss = _status_kib("VmRSS")
-            rasterize(*args, backend="torch")
+            rasterize(*args, backend=backend)
             if exact:
                 row["peak_mib"], row["method"] = (_status_kib("VmHWM") - base_rss) / 1024, "VmHWM-VmRSS"
             else:
@@ -113,9 +116,9 @@ def measure(num_gaussians: int, mode: str, size: int = 224, repeats: int = 1, th
     return row
 
 
-def _worker(n: int, mode: str, size: int, repeats: int, threads: int) -> dict:
+def _worker(n: int, mode: str, size: int, repeats: int, threads: int, backend: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(n), "--mode", mode, "--size", str(size),
-           "--repeats", str(repeats), "--threads", str(threads)]  # fmt: skip
+           "--repeats", str(repeats), "--threads", str(threads), "--backends", backend]  # fmt: skip
     env = dict(os.environ)
     if mode == "memory":
         env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
@@ -125,24 +128,32 @@ def _worker(n: int, mode: str, size: int, repeats: int, threads: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(sizes=DEFAULT_SIZES, size: int = 224, repeats: int = 1, threads: int = 1) -> list[dict]:
-    """Measure every N in fresh subprocesses (one for time, one for memory); returns the rows."""
+def run(sizes=DEFAULT_SIZES, size: int = 224, repeats: int = 1, threads: int = 1,
+        backends: tuple[str, ...] = ("reference", "torch")) -> list[dict]:  # fmt: skip
+    """Measure every N and backend in fresh subprocesses (one for time, one for memory); returns the rows."""
     rows = []
     for n in sizes:
-        row = _worker(n, "time", size, repeats, threads)
-        row.update({k: v for k, v in _worker(n, "memory", size, 1, threads).items() if k in ("peak_mib", "method")})
-        rows.append(row)
+        reference = None
+        for backend in backends:
+            row = _worker(n, "time", size, repeats, threads, backend)
+            memory = _worker(n, "memory", size, 1, threads, backend)
+            row.update({k: v for k, v in memory.items() if k in ("peak_mib", "method")})
+            reference = row["seconds"] if backend == "reference" else reference
+            row["speedup"] = reference / row["seconds"] if reference else None
+            rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'N':>10} {'image':>8} {'threads':>7} {'time s':>8} {'us/G':>6} {'peak MiB':>9} "
-              f"{'inputs MiB':>10}  method")  # fmt: skip
+    header = (f"{'N':>10} {'image':>8} {'threads':>7} {'backend':>9} {'time s':>8} {'x ref':>6} {'us/G':>6} "
+              f"{'peak MiB':>9} {'inputs MiB':>10}  method")  # fmt: skip
     lines = [header, "-" * len(header)]
     for r in rows:
+        speedup = f"{r['speedup']:>6.2f}" if r.get("speedup") else f"{'-':>6}"
         lines.append(
-            f"{r['gaussians']:>10,} {r['size']:>4}x{r['size']:<3} {r['threads']:>7} {r['seconds']:>8.2f} "
-            f"{1e6 * r['seconds'] / r['gaussians']:>6.2f} {r['peak_mib']:>9.1f} {r['inputs_mib']:>10.1f}  {r['method']}"
+            f"{r['gaussians']:>10,} {r['size']:>4}x{r['size']:<3} {r['threads']:>7} {r['backend']:>9} "
+            f"{r['seconds']:>8.3f} {speedup} {1e6 * r['seconds'] / r['gaussians']:>6.2f} {r['peak_mib']:>9.1f} "
+            f"{r['inputs_mib']:>10.1f}  {r['method']}"
         )
     return "\n".join(lines)
 
@@ -153,13 +164,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=1, help="timed renders per size (best is reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--backends", nargs="+", default=["reference", "torch"], help="rasterize backends, reference first")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(measure(args.worker, args.mode, args.size, args.repeats, args.threads)))
+        print(json.dumps(measure(args.worker, args.mode, args.size, args.repeats, args.threads,
+                                 backend=args.backends[0])))  # fmt: skip
         return
-    print(format_table(run(args.sizes, args.size, args.repeats, args.threads)))
+    import platform
+
+    import torch
+
+    print(f"{platform.processor() or platform.machine()}; torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
+    print(format_table(run(args.sizes, args.size, args.repeats, args.threads, tuple(args.backends))))
 
 
 if __name__ == "__main__":

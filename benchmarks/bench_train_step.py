@@ -127,9 +127,9 @@ def make_batch(config, batch: int, views_per_step: int = 5, views: int = 8, seed
     ``[V, E]`` at cosine ~0.3 to it (CLIP text-image cosines are ~0.2-0.4); then the data module's
     per-sample processing (no augmentation) and collation.
     """
+    from clip_gs.data.batches import SampleProcessor, collate_triplets
     from clip_gs.data.synthetic import SHAPE_CLASSES, make_object
     from clip_gs.data.triplets import TripletSample
-    from clip_gs.data.batches import SampleProcessor, collate_triplets
 
     e = config.embed_dim
     labels = tuple(sorted(SHAPE_CLASSES))

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from clip_gs.data.batches import SampleProcessor, TripletBatch, collate_triplets
 from clip_gs.data.shards import (
     TripletShardDataset,
     allow_plain_http_endpoint,
@@ -27,7 +28,6 @@ from clip_gs.data.synthetic import SHAPE_CLASSES, make_object
 from clip_gs.data.transforms import RandomScale, RandomTranslation, sample_seed
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import CorruptSampleError, DatasetError
-from clip_gs.data.batches import SampleProcessor, TripletBatch, collate_triplets
 from clip_gs.lightning import GaussianDataModule
 from clip_gs.model.features import preprocess
 

@@ -23,11 +23,11 @@ from safetensors.torch import load as load_safetensors
 
 from clip_gs import CLIPGS
 from clip_gs.cli import main
-from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
-from clip_gs.model.card import EVAL_REPORT, card_template, folder_card, read_eval_report, teacher_spec
 from clip_gs.downloads import model_location
-from clip_gs.model.push import prepare_upload, push_folder, validate_folder
+from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
 from clip_gs.lightning.export import export_pretrained
+from clip_gs.model.card import EVAL_REPORT, card_template, folder_card, read_eval_report, teacher_spec
+from clip_gs.model.push import prepare_upload, push_folder, validate_folder
 
 REPO = Path(__file__).resolve().parents[1]
 E = 16

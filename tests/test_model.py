@@ -24,10 +24,10 @@ from clip_gs.model import (
     list_models,
     preprocess_cloud,
 )
-from tests.uni3d_reference import Uni3DPointEncoderReference
 from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX
 from tests.conftest import real_file, requires_cuda
 from tests.test_cloud import random_cloud
+from tests.uni3d_reference import Uni3DPointEncoderReference
 
 SMALL = dict(num_gaussians=512, num_groups=32, group_size=16)
 """Tokenizer sizes that keep CPU tests fast."""
@@ -401,3 +401,60 @@ def test_preprocess_rejects_batched_clouds():
     batched = GaussianCloud.stack([random_cloud(10), random_cloud(10)])
     with pytest.raises(GaussianFormatError, match="one object"):
         preprocess_cloud(batched, get_model_config("clip-gs-tiny"))
+
+
+# ---------------------------------------------------------------------------- channels-last tokenizer layers
+def _channels_first_point_encoder(encoder, points):
+    """Uni3D's mini-PointNet as Uni3D writes it: Conv1d modules on [M, C, K]."""
+    b, g, k, _ = points.shape
+    x = encoder.first_conv(points.reshape(b * g, k, 6).transpose(1, 2))
+    x = torch.cat([x.amax(dim=2, keepdim=True).expand(-1, -1, k), x], dim=1)
+    return encoder.second_conv(x).amax(dim=2).reshape(b, g, -1)
+
+
+def _channels_first_gaussian_branch(branch, patch_features):
+    """The Gaussian branch with its Conv1d / BatchNorm1d modules called on [M, C, K]."""
+    from clip_gs.model.features import FEATURE_LAYOUT
+    from clip_gs.ops import serialization_order
+
+    b, g, k, _ = patch_features.shape
+    x = branch.stem(patch_features)
+    rel = patch_features[..., FEATURE_LAYOUT["xyz"]]
+    orders = [torch.take_along_dim(x, serialization_order(rel, order, bits=branch.bits).unsqueeze(-1), dim=2)
+              * (1 + branch.order_scale[i]) + branch.order_shift[i] for i, order in enumerate(branch.orders)]  # fmt: skip
+    x = branch.convs(torch.stack(orders).reshape(-1, k, x.shape[-1]).transpose(1, 2)).amax(dim=2)
+    return branch.proj(x.reshape(len(branch.orders), b, g, -1).mean(dim=0))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_channels_last_tokenizer_layers_equal_the_conv1d_modules(mode):
+    """Both branches run their Conv1d parameters as matrix products (module docstring); values, every
+    gradient and the BatchNorm running statistics equal those of the Conv1d / BatchNorm1d modules."""
+    import copy
+
+    from clip_gs.model.tokenizer import GaussianPatchEncoder, PointPatchEncoder
+
+    torch.manual_seed(0)
+    config = get_model_config("clip-gs-tiny", num_gaussians=256, num_groups=8, group_size=16)
+    branch = GaussianPatchEncoder(config).double()
+    torch.nn.init.normal_(branch.proj.weight)  # zero-initialised: make the output depend on everything
+    torch.nn.init.normal_(branch.order_scale, std=0.3)
+    cases = [(PointPatchEncoder(64).double(), _channels_first_point_encoder, torch.randn(2, 8, 16, 6, dtype=torch.float64)),
+             (branch, _channels_first_gaussian_branch, torch.randn(2, 8, 16, 19, dtype=torch.float64))]  # fmt: skip
+    for module, reference, x in cases:
+        x.requires_grad_(True)
+        for layer in module.modules():  # non-trivial running statistics for eval mode
+            if isinstance(layer, torch.nn.BatchNorm1d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+        fast, slow = copy.deepcopy(module), copy.deepcopy(module)
+        getattr(fast, mode)(), getattr(slow, mode)()
+        out_fast, out_slow = fast(x), reference(slow, x)
+        torch.testing.assert_close(out_fast, out_slow, atol=1e-10, rtol=1e-10)
+        weights = torch.randn_like(out_fast)
+        g_fast = torch.autograd.grad((out_fast * weights).sum(), [x, *fast.parameters()])
+        g_slow = torch.autograd.grad((out_slow * weights).sum(), [x, *slow.parameters()])
+        for a, b in zip(g_fast, g_slow):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
+        for a, b in zip(fast.buffers(), slow.buffers()):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

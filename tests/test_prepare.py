@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from clip_gs import save_gaussians
 from clip_gs.cli import main
-from clip_gs.errors import EXIT_SOME_FAILED
 from clip_gs.data.prepare import (
     PrepareSettings,
     list_sources,
@@ -23,7 +22,7 @@ from clip_gs.data.prepare import (
 )
 from clip_gs.data.synthetic import SHAPE_NOUNS, SyntheticGaussianDataset
 from clip_gs.data.triplets import Manifest, TripletSample
-from clip_gs.errors import ConfigError, DatasetError
+from clip_gs.errors import EXIT_SOME_FAILED, ConfigError, DatasetError
 from tests.test_cloud import random_cloud
 
 

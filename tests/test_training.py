@@ -372,7 +372,7 @@ def test_cli_fit_and_sigkill_resume(dataset, tmp_path):
 
 # ---------------------------------------------------------------------------- DDP equivalence
 def fake_batch(b: int, seed: int = 0):
-    from clip_gs.lightning import TripletBatch
+    from clip_gs.data.batches import TripletBatch
 
     gen = torch.Generator().manual_seed(seed)
     k = 3
@@ -391,7 +391,7 @@ def fake_batch(b: int, seed: int = 0):
 
 
 def shard(batch, rank: int, world: int):
-    from clip_gs.lightning import TripletBatch
+    from clip_gs.data.batches import TripletBatch
 
     b = len(batch) // world
     pick = slice(rank * b, (rank + 1) * b)

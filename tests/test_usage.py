@@ -125,9 +125,8 @@ def test_shipped_label_sets_counts_order_and_sources():
     assert load_label_set("synthetic") == synthetic_label_set() and len(synthetic_label_set()) == 13
     for name, filename in LABEL_SETS.items():
         assert named_label_set(name) == load_label_set(name)
-        if filename is not None:
-            header = (LABEL_SET_DIR / filename).read_text().splitlines()[:8]
-            assert any(line.startswith("# Source of the list: ") and "/" in line for line in header), name
+        header = (LABEL_SET_DIR / filename).read_text().splitlines()[:8]
+        assert any(line.startswith("# Source of the list: ") and "/" in line for line in header), name
 
 
 def test_label_set_lookup_errors_and_files(tmp_path):

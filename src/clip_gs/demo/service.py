@@ -23,8 +23,8 @@ import torch
 
 from clip_gs.demo.gallery import build_gallery, read_gallery
 from clip_gs.demo.settings import DemoSettings
-from clip_gs.errors import ClipGSError, ConfigError
 from clip_gs.downloads import model_location
+from clip_gs.errors import ClipGSError, ConfigError
 from clip_gs.usage import Classification, UsageModel, classify_files, embed_folder, load_usage_model, search_index
 
 logger = logging.getLogger("clip_gs")
@@ -151,9 +151,9 @@ def model_labels(usage: UsageModel) -> tuple[list[str], str]:
     """The default label set of a model and where it comes from: the labels of the data it was
     trained on (its export's ``metrics.json``), else the synthetic set when its teacher is the offline
     teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
+    from clip_gs.model.folder import METRICS_NAME, model_file
     from clip_gs.teachers.factory import OFFLINE_TEACHER
     from clip_gs.teachers.prompts import load_label_set
-    from clip_gs.model.folder import METRICS_NAME, model_file
 
     try:
         path = model_file(usage.source, METRICS_NAME, required=False)

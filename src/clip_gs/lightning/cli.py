@@ -7,7 +7,8 @@ Everything is typed from the classes' signatures (``--print_config`` prints a co
 data module's ``scale_activation`` must equal the model configuration's (checked in ``setup``).
 ``fit`` then tests the best checkpoint on the test split (``--test_after_fit false`` skips it),
 prints the test zero-shot accuracy next to the teacher's own on the same objects and the test
-recall, adds them to the export's ``metrics.json``, and prints the export folder as its last line.
+recall, adds them to the export's ``metrics.json``, prints the wall time of each stage (prepare,
+train, export, test), and prints the export folder as its last line.
 ``predict`` embeds the test split and writes ``predictions.pt`` (``ids``, ``embeddings [M, E]``)
 to the log directory, printing its path last.
 """
@@ -17,16 +18,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from clip_gs.model.folder import METRICS_NAME
 from clip_gs.lightning.datamodule import GaussianDataModule
 from clip_gs.lightning.export import ExportBest
 from clip_gs.lightning.module import CLIPGSModule
+from clip_gs.model.folder import METRICS_NAME
 
 COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -42,9 +44,14 @@ class CLIPGSCLI(LightningCLI):
             help="fit: after training, test the best checkpoint on the test split (when the data has one)",
         )  # fmt: skip
 
+    def before_fit(self) -> None:
+        self._fit_start = time.perf_counter()
+
     def after_fit(self) -> None:
-        """Test the best checkpoint on the test split, print the summary, and print the export
-        folder as the last line of output (``fit`` only)."""
+        """Test the best checkpoint on the test split, print the summary and the stage times, and
+        print the export folder as the last line of output (``fit`` only)."""
+        fit_seconds = time.perf_counter() - self._fit_start
+        test_start = time.perf_counter()
         export = next((cb for cb in self.trainer.callbacks if isinstance(cb, ExportBest)), None)
         manifest = getattr(self.datamodule, "manifest", None)
         has_test = manifest is not None and manifest.counts.get("test", 0) > 0
@@ -56,6 +63,12 @@ class CLIPGSCLI(LightningCLI):
                 print(format_test_summary(metrics, manifest.counts['test']), flush=True)
                 if export is not None and export.export_path is not None:
                     record_test_metrics(export.export_path, metrics, best)
+        test_seconds = time.perf_counter() - test_start if has_test else None
+        if self.trainer.is_global_zero:
+            prepare = getattr(self.datamodule, "prepare_seconds", 0.0)
+            stages = {"prepare": prepare, "train": fit_seconds - prepare - getattr(export, "export_seconds", 0.0),
+                      "export": getattr(export, "export_seconds", None), "test": test_seconds}  # fmt: skip
+            print(format_stage_times(stages, time.perf_counter() - self._fit_start), flush=True)
         if export is not None and export.export_path is not None and self.trainer.is_global_zero:
             print(str(Path(export.export_path).resolve()), flush=True)
 
@@ -75,6 +88,17 @@ class CLIPGSCLI(LightningCLI):
         path = os.path.join(folder, "predictions.pt")
         torch.save({"ids": ids, "embeddings": embeddings}, path)
         print(os.path.abspath(path), flush=True)
+
+
+def format_stage_times(stages: dict[str, float | None], total: float) -> str:
+    """One line with the wall time of each stage that ran (None: it did not) and the total."""
+
+    def clock(seconds: float) -> str:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+    parts = [f"{name} {clock(seconds)}" for name, seconds in stages.items() if seconds is not None]
+    return f"time: {', '.join(parts)}; total {clock(total)}"
 
 
 def format_test_summary(metrics: dict[str, float], num_objects: int) -> str:
@@ -115,4 +139,4 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CLIPGSCLI", "COMMANDS", "cli_main"]
+__all__ = ["CLIPGSCLI", "COMMANDS", "cli_main", "format_stage_times"]

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import torch
 from lightning.pytorch import LightningDataModule
 
+from clip_gs.data.batches import SampleProcessor, collate_triplets
 from clip_gs.data.shards import TripletShardDataset, default_cache_dir, is_remote, join, read_manifest
 from clip_gs.data.transforms import ColorJitter, Compose, PositionJitter, RandomRotation, RandomScale, RandomTranslation
 from clip_gs.data.triplets import Manifest
 from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsError
-from clip_gs.data.batches import SampleProcessor, collate_triplets
 
 SYNTHETIC_PREFIX = "synthetic:"
 """A ``root`` starting with this is built by ``clip_gs.data.prepare.prepare_dataset`` in ``prepare_data``."""
@@ -192,6 +193,7 @@ class GaussianDataModule(LightningDataModule):
         Raises:
             DatasetError: ``root`` has no (valid) manifest.
         """
+        start = time.perf_counter()
         root = self.dataset_root
         if self.root.startswith(SYNTHETIC_PREFIX):  # a no-op when the dataset is complete and up to date
             from clip_gs.data.prepare import PrepareSettings, prepare_dataset
@@ -205,6 +207,7 @@ class GaussianDataModule(LightningDataModule):
                     "to another folder"
                 ) from exc
         read_manifest(root, self.storage_options)
+        self.prepare_seconds = time.perf_counter() - start
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits the stage needs (called on every rank, after the process group exists,

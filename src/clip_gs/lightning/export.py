@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_gs.model.card import CARD_NAME, CURVES_NAME, EVAL_DIR, folder_card
-from clip_gs.model.folder import METRICS_NAME, TEACHER_NAME
 from clip_gs.model.clipgs import CLIPGS
+from clip_gs.model.folder import METRICS_NAME, TEACHER_NAME
 from clip_gs.state_dicts import load_state_dict_strict
 
 
@@ -176,6 +177,7 @@ class ExportBest(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        start = time.perf_counter()
         best = self.best_model_path if self.best_model_path and os.path.isfile(self.best_model_path) else None
         folder = Path(self.export_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "export"))
         if trainer.is_global_zero:
@@ -197,6 +199,7 @@ class ExportBest(ModelCheckpoint):
             )
         trainer.strategy.barrier()
         self.export_path = folder  # `clip-gs fit` prints it as its last line of output
+        self.export_seconds = time.perf_counter() - start
 
     def _metrics_of(self, best: str | None) -> dict:
         if not self.evaluations:

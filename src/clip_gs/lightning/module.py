@@ -34,9 +34,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from clip_gs.data.batches import TripletBatch
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
 from clip_gs.evaluation.metrics import ZEROSHOT_K, retrieval_recall
-from clip_gs.data.batches import TripletBatch
 from clip_gs.model.clipgs import CLIPGS, LOAD_TIME_OVERRIDES
 from clip_gs.model.config import UNI3D_SIZES, get_model_config
 from clip_gs.model.loss import CLIPGSLoss, LossOutput

@@ -11,10 +11,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from clip_gs.downloads import HUB_PREFIX, hub_download, model_location, offline_advice, parse_hub_reference
 from clip_gs.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from clip_gs.gaussians import load_gaussians
 from clip_gs.model.card import LIBRARY_NAME, LICENSE, TAGS
-from clip_gs.downloads import HUB_PREFIX, hub_download, model_location, offline_advice, parse_hub_reference
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
 from clip_gs.model.folder import WEIGHTS_NAME

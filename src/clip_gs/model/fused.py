@@ -49,7 +49,13 @@ from clip_gs.gaussians import GaussianCloud, load_gaussians
 from clip_gs.model.config import CLIPGSConfig
 from clip_gs.model.features import FEATURE_LAYOUT
 from clip_gs.model.inputs import GaussianInput, GaussianInputDataset, Loader, iter_input_batches
-from clip_gs.model.tokenizer import GaussianPatchEncoder, PointPatchEncoder, make_patches, point_channels
+from clip_gs.model.tokenizer import (
+    GaussianPatchEncoder,
+    PointPatchEncoder,
+    conv1d_channels_last,
+    make_patches,
+    point_channels,
+)
 from clip_gs.ops import serialization_order
 
 logger = logging.getLogger("clip_gs")
@@ -180,10 +186,10 @@ class FusedGaussianBranch:
         idx = torch.stack([serialization_order(rel_xyz, order, bits=self.bits) for order in self.orders])  # [O, M, K]
         x = torch.take_along_dim(x.unsqueeze(0), idx.unsqueeze(-1), dim=2)  # [O, M, K, E]
         x = x.mul_(self.order_scale).add_(self.order_shift)
-        x = x.reshape(-1, k, x.shape[-1]).transpose(1, 2)  # [O*M, E, K]
+        x = x.reshape(-1, k, x.shape[-1])  # [O*M, K, E], channels-last as the module path runs it
         for weight, bias, stride, padding in self.convs:
-            x = F.conv1d(x, weight, bias, stride=stride, padding=padding).relu_()
-        x = x.amax(dim=2) if self.pooling == "max" else x.mean(dim=2)
+            x = conv1d_channels_last(x, weight, bias, stride, padding).relu_()
+        x = x.amax(dim=1) if self.pooling == "max" else x.mean(dim=1)
         x = x.view(len(self.orders), m, -1).float().mean(dim=0)  # fuse orders
         return F.linear(x.to(dtype), *self.proj)
 

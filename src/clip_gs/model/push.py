@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clip_gs.errors import CheckpointError, ConfigError, HubError
-from clip_gs.model.folder import CONFIG_NAME, METRICS_NAME, TEACHER_NAME, WEIGHTS_NAME
 from clip_gs.model.card import (
     CARD_NAME,
     CURVES_NAME,
@@ -36,6 +35,7 @@ from clip_gs.model.card import (
     read_json_record,
     report_location,
 )
+from clip_gs.model.folder import CONFIG_NAME, METRICS_NAME, TEACHER_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig

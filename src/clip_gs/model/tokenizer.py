@@ -16,6 +16,14 @@ With ``gaussian_branch=False`` only the point branch exists: the "P&C baseline".
 This module is the one definition of these layers (the ``nn.Module`` path, used in training
 and everywhere autograd or Lightning's precision runs). The fused inference form is built from
 them explicitly by :mod:`clip_gs.model.fused`; nothing here caches derived weights.
+
+The convolutions keep their ``nn.Conv1d`` parameters (Uni3D's checkpoint layout), but both
+branches run channels-last, ``[..., K, C]``: a 1x1 convolution is a matrix product and a 1x3 one a
+matrix product over unfolded windows (:func:`conv1d_channels_last`), and BatchNorm normalises the
+flattened ``[M * K, C]`` rows, which are the statistics of ``[M, C, K]``. On CPUs oneDNN's
+convolution kernels for these short sequences were the slowest part of a training step (more so
+without AVX-512); the products are several times faster, backward included, and equal to
+``F.conv1d`` (tested).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clip_gs.model.config import CLIPGSConfig
@@ -68,6 +77,23 @@ def point_channels(patch_features: Tensor) -> Tensor:
     )
 
 
+def conv1d_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0) -> Tensor:
+    """``F.conv1d`` of channels-last ``x: [M, L, C]`` with ``weight: [O, C, k]`` -> ``[M, L', O]``:
+    one matrix product over the unfolded (zero-padded) windows."""
+    k = weight.shape[-1]
+    if k == 1 and stride == 1 and padding == 0:
+        return F.linear(x, weight.squeeze(-1), bias)
+    if padding:
+        x = F.pad(x, (0, 0, padding, padding))
+    windows = x.unfold(1, k, stride)  # [M, L', C, k]
+    return F.linear(windows.flatten(2), weight.flatten(1), bias)
+
+
+def batch_norm_channels_last(x: Tensor, norm: nn.BatchNorm1d) -> Tensor:
+    """``norm`` (a BatchNorm1d over C channels) applied to channels-last ``x: [..., C]``."""
+    return norm(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
 class PointPatchEncoder(nn.Module):
     """Uni3D's mini-PointNet over ``[xyz - centre, rgb]`` of each patch.
 
@@ -89,10 +115,18 @@ class PointPatchEncoder(nn.Module):
     def forward(self, points: Tensor) -> Tensor:
         """``points: [B, G, K, 6]`` -> ``[B, G, C]``."""
         b, g, k, _ = points.shape
-        x = self.first_conv(points.reshape(b * g, k, 6).transpose(1, 2))  # [BG, 256, K]
-        pooled = x.amax(dim=2, keepdim=True)
-        x = self.second_conv(torch.cat([pooled.expand(-1, -1, k), x], dim=1))  # [BG, C, K]
-        return x.amax(dim=2).reshape(b, g, self.out_dim)
+        conv1, norm1, _, conv2 = self.first_conv
+        conv3, norm3, _, conv4 = self.second_conv
+        x = conv1d_channels_last(points.reshape(b * g, k, 6), conv1.weight, conv1.bias)
+        x = conv1d_channels_last(batch_norm_channels_last(x, norm1).relu(), conv2.weight, conv2.bias)  # [BG, K, 256]
+        # conv3 of [pooled, x] (the pooled half first, as Uni3D concatenates) is split into its two
+        # products, so the per-patch half runs once per patch instead of once per Gaussian.
+        half = x.shape[-1]
+        w3 = conv3.weight.squeeze(-1)
+        per_patch = F.linear(x.amax(dim=1, keepdim=True), w3[:, :half], conv3.bias)  # [BG, 1, 512]
+        x = F.linear(x, w3[:, half:]) + per_patch  # [BG, K, 512]
+        x = conv1d_channels_last(batch_norm_channels_last(x, norm3).relu(), conv4.weight, conv4.bias)  # [BG, K, C]
+        return x.amax(dim=1).reshape(b, g, self.out_dim)
 
 
 class GaussianPatchEncoder(nn.Module):
@@ -137,9 +171,12 @@ class GaussianPatchEncoder(nn.Module):
             idx = serialization_order(rel_xyz, order, bits=self.bits)  # [B, G, K]
             xo = torch.take_along_dim(x, idx.unsqueeze(-1), dim=2)
             serialized.append(xo * (1 + self.order_scale[i]) + self.order_shift[i])
-        x = torch.stack(serialized)  # [O, B, G, K, E]
-        x = self.convs(x.reshape(-1, k, x.shape[-1]).transpose(1, 2))  # [O*B*G, C, K']
-        x = x.amax(dim=2) if self.pooling == "max" else x.mean(dim=2)
+        x = torch.stack(serialized).reshape(-1, k, x.shape[-1])  # [O*B*G, K, E]
+        for i in range(0, len(self.convs), 3):  # Conv1d(1x3), BN, ReLU, channels-last
+            conv, norm = self.convs[i], self.convs[i + 1]
+            x = conv1d_channels_last(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])
+            x = batch_norm_channels_last(x, norm).relu()  # [O*B*G, K', C]
+        x = x.amax(dim=1) if self.pooling == "max" else x.mean(dim=1)
         x = x.reshape(len(self.orders), b, g, -1).mean(dim=0)  # fuse orders
         return self.proj(x)
 

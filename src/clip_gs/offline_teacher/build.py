@@ -493,9 +493,9 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
            restarts) -> BuildResult:  # fmt: skip
     import open_clip
 
+    from clip_gs.offline_teacher.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
     from clip_gs.teachers.open_clip_teacher import file_checksum
     from clip_gs.teachers.synthetic import ARCHITECTURE, register_architecture
-    from clip_gs.offline_teacher.views import VIEW_SIZE, ViewSpec, cached_render_views, training_objects
 
     warmup = max(1, round(0.05 * steps)) if warmup is None else warmup
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
-from clip_gs.teachers.prompts import TEMPLATES, synthetic_label_set, zero_shot_weights
 from clip_gs.offline_teacher.views import EVAL_SEED_START, EVAL_VIEW, evaluation_objects, render_views
+from clip_gs.teachers.prompts import TEMPLATES, synthetic_label_set, zero_shot_weights
 
 ZERO_SHOT_OFFSET = 0
 RETRIEVAL_OFFSET = 10_000

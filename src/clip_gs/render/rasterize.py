@@ -395,18 +395,17 @@ def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, 
     ``(rgb [C, H, W, 3], alpha [C, H, W], depth [C, H, W])``."""
     device = backgrounds.device
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    num_tiles = tiles_x * tiles_y
-    parts, lists, offsets, base = [], [], [], 0
+    lists, offsets, listed, base = [], [], 0, 0  # every camera's tile lists, indexing the merged Gaussians
     for proj in projections:
         gauss, tile_offsets = intersect_tiles(proj, width, height, tile_size)
         lists.append(gauss + base)
-        offsets.append(tile_offsets[:-1] + sum(int(g.numel()) for g in lists[:-1]))
-        parts.append(proj)
+        offsets.append(tile_offsets[:-1] + listed)
+        listed += gauss.numel()
         base += proj.ids.numel()
-    total = sum(int(g.numel()) for g in lists)
-    merged = ProjectedGaussians(*(torch.cat([getattr(p, f) for p in parts]) for f in ProjectedGaussians.__dataclass_fields__))
+    fields = ProjectedGaussians.__dataclass_fields__
+    merged = ProjectedGaussians(*(torch.cat([getattr(p, f) for p in projections]) for f in fields))
     gaussians = torch.cat(lists)
-    offsets = torch.cat([*offsets, torch.tensor([total], device=device, dtype=torch.long)])
+    offsets = torch.cat([*offsets, torch.tensor([listed], device=device, dtype=torch.long)])
     ty, tx = torch.meshgrid(torch.arange(tiles_y, device=device), torch.arange(tiles_x, device=device), indexing="ij")
     origins = (torch.stack([tx.reshape(-1), ty.reshape(-1)], dim=-1) * tile_size).repeat(len(projections), 1)
     rgb, depth, trans = composite_tiles(merged, gaussians, offsets, origins, tile_size, chunk_size)

@@ -16,10 +16,8 @@ Identities (recorded in embedding indexes and compared before any query):
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -28,6 +26,7 @@ from clip_gs.model.folder import WEIGHTS_NAME, model_file, read_teacher_record
 from clip_gs.model.precision import resolve_device
 from clip_gs.teachers.base import Teacher, check_same_teacher
 from clip_gs.teachers.factory import teacher_spec_for
+
 
 def load_recorded_teacher(
     recorded: str, override: str | Teacher | None = None, what: str = "the model", **kwargs
