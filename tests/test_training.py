@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -331,6 +332,13 @@ def test_cli_fit_and_sigkill_resume(dataset, tmp_path):
     last_line = [line for line in whole.stdout.splitlines() if line.strip()][-1]
     assert last_line == str((tmp_path / "whole" / "export").resolve())
     assert CLIPGS.from_pretrained(last_line, local_files_only=True).config.num_gaussians == N  # linked from data
+    # the line before it times each stage; they add up to no more than the total
+    times = [line for line in whole.stdout.splitlines() if line.startswith("time: ")]
+    assert len(times) == 1, whole.stdout[-2000:]
+    stages = dict(re.findall(r"(prepare|train|export|test|total) ([\d.]+) s", times[0]))
+    assert set(stages) == {"prepare", "train", "export", "test", "total"}, times[0]
+    parts = sum(float(stages[k]) for k in ("prepare", "train", "export", "test"))
+    assert float(stages["train"]) > 0 and parts <= float(stages["total"]) + 0.2, times[0]
     # ...after testing the best checkpoint on the test split: the summary, and the metrics recorded in the export
     assert "test split (8 objects):" in whole.stdout and "zero-shot top-1" in whole.stdout, whole.stdout[-2000:]
     tested = json.loads((tmp_path / "whole" / "export" / "metrics.json").read_text())["test"]["metrics"]

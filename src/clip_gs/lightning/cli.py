@@ -51,6 +51,7 @@ class CLIPGSCLI(LightningCLI):
         """Test the best checkpoint on the test split, print the summary and the stage times, and
         print the export folder as the last line of output (``fit`` only)."""
         fit_seconds = time.perf_counter() - self._fit_start
+        prepare = getattr(self.datamodule, "prepare_seconds", 0.0)  # read now: testing runs prepare_data again
         test_start = time.perf_counter()
         export = next((cb for cb in self.trainer.callbacks if isinstance(cb, ExportBest)), None)
         manifest = getattr(self.datamodule, "manifest", None)
@@ -65,7 +66,6 @@ class CLIPGSCLI(LightningCLI):
                     record_test_metrics(export.export_path, metrics, best)
         test_seconds = time.perf_counter() - test_start if has_test else None
         if self.trainer.is_global_zero:
-            prepare = getattr(self.datamodule, "prepare_seconds", 0.0)
             stages = {"prepare": prepare, "train": fit_seconds - prepare - getattr(export, "export_seconds", 0.0),
                       "export": getattr(export, "export_seconds", None), "test": test_seconds}  # fmt: skip
             print(format_stage_times(stages, time.perf_counter() - self._fit_start), flush=True)
