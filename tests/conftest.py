@@ -14,6 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
+# torch.compile's kernel cache is keyed without ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA: kernels compiled
+# by a run under the AVX2 emulation, loaded by a later native run from the shared default folder
+# (/tmp/torchinductor_<user>), crashed the process (seen here). Each test session compiles into its own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-gs-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CLIP_GS_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real"))
 
