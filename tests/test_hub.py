@@ -26,7 +26,8 @@ from clip_gs.cli import main
 from clip_gs.downloads import model_location
 from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
 from clip_gs.lightning.export import export_pretrained
-from clip_gs.model.card import EVAL_REPORT, card_template, folder_card, read_eval_report, teacher_spec
+from clip_gs.model.card import card_template, folder_card, read_eval_report, teacher_spec
+from clip_gs.model.folder import EVAL_REPORT
 from clip_gs.model.push import prepare_upload, push_folder, validate_folder
 
 REPO = Path(__file__).resolve().parents[1]

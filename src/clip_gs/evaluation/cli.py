@@ -50,8 +50,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 def default_out_dir(model: str) -> Path:
     """``<model>/eval`` for a local model folder, else ``./eval``."""
+    from clip_gs.model.folder import EVAL_DIR
+
     path = Path(model).expanduser()
-    return path / "eval" if path.is_dir() else Path("eval")
+    return path / EVAL_DIR if path.is_dir() else Path(EVAL_DIR)
 
 
 def format_table(report: dict) -> str:

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from torch import Tensor
@@ -24,11 +24,13 @@ from torch import Tensor
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.evaluation.fewshot import DEFAULT_L2, DEFAULT_QUERIES, FewShotResult, few_shot
 from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, ZeroShotResult, positive_ranks, retrieval, zero_shot
+from clip_gs.model.folder import EVAL_REPORT
 
 TASKS = ("zeroshot", "fewshot", "retrieval")
 """The protocols :func:`evaluate` runs (``"all"`` on the command line)."""
 
-REPORT_NAME = "report.json"
+REPORT_NAME = PurePosixPath(EVAL_REPORT).name
+"""The report's file name in the output folder (``eval/report.json`` of a model folder: the card reads it there)."""
 CONFUSION_NAME = "confusion.png"
 RETRIEVAL_NAME = "retrieval.png"
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clip_gs.model.card import CARD_NAME, CURVES_NAME, EVAL_DIR, folder_card
+from clip_gs.model.card import folder_card
 from clip_gs.model.clipgs import CLIPGS
-from clip_gs.model.folder import METRICS_NAME, TEACHER_NAME
+from clip_gs.model.folder import CARD_NAME, CURVES_NAME, EVAL_DIR, METRICS_NAME, write_teacher_record
 from clip_gs.state_dicts import load_state_dict_strict
 
 
@@ -98,7 +98,7 @@ def export_pretrained(
     if stale.is_dir():
         shutil.rmtree(stale)
     model.save_pretrained(folder)
-    (folder / TEACHER_NAME).write_text(json.dumps(teacher or {}, indent=2, sort_keys=True) + "\n")
+    write_teacher_record(folder, teacher or {})
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     record = {"metrics": metrics, "checkpoint": checkpoint, "data": data or {}, "history": history or {}}
     (folder / METRICS_NAME).write_text(json.dumps(record, indent=2) + "\n")

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from clip_gs.errors import ConfigError, ModelCardError
-from clip_gs.model.folder import CONFIG_NAME, METRICS_NAME, TEACHER_NAME
+from clip_gs.model.folder import CONFIG_NAME, CURVES_NAME, EVAL_REPORT, METRICS_NAME, TEACHER_NAME
 
 if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig
@@ -56,13 +56,6 @@ LICENSE = "apache-2.0"
 TAGS = ("3d-gaussian-splatting", "clip", "zero-shot-classification", "feature-extraction")
 PIPELINE_TAG = "feature-extraction"
 """The Hub task: the model turns a 3DGS object into an embedding."""
-
-CARD_NAME = "README.md"
-CURVES_NAME = "curves.png"
-EVAL_DIR = "eval"
-"""Where ``clip-gs eval`` writes into a model folder by default."""
-EVAL_REPORT = f"{EVAL_DIR}/report.json"
-"""Where ``clip-gs eval`` writes the latest report of a model folder (relative to the folder)."""
 
 TEMPLATE_NAME = "model_card.md"
 
@@ -472,8 +465,6 @@ def _is_number(value: object) -> bool:
 
 
 __all__ = [
-    "CARD_NAME",
-    "EVAL_REPORT",
     "LIBRARY_NAME",
     "LICENSE",
     "PIPELINE_TAG",

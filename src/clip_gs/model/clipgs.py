@@ -17,7 +17,7 @@ from clip_gs.gaussians import load_gaussians
 from clip_gs.model.card import LIBRARY_NAME, LICENSE, TAGS
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
-from clip_gs.model.folder import WEIGHTS_NAME
+from clip_gs.model.folder import WEIGHTS_NAME, write_teacher_record
 from clip_gs.model.fused import Encoded, FusedEncoder
 from clip_gs.model.inputs import GaussianInput, Loader
 from clip_gs.model.uni3d import (
@@ -245,7 +245,6 @@ class CLIPGS(
             HubError: offline, no connection, a refused token (nothing was committed).
             ConfigError: a malformed ``repo_id``, another ``config``, ``model_card_kwargs``.
         """
-        import json
         import tempfile
 
         from clip_gs.model.push import check_repo_id, push_folder
@@ -264,7 +263,7 @@ class CLIPGS(
             folder = Path(tmp) / repo_id.split("/")[-1]
             self.save_pretrained(folder)
             if teacher is not None:
-                (folder / "teacher.json").write_text(json.dumps(dict(teacher), indent=2, sort_keys=True) + "\n")
+                write_teacher_record(folder, teacher)
             result = push_folder(
                 folder, repo_id, private=private, token=token, eval_report=eval_report, datasets=datasets,
                 commit_message=commit_message, revision=branch, create_pr=bool(create_pr),

@@ -6,6 +6,9 @@
     model.safetensors    the weights                                                           WEIGHTS_NAME
     teacher.json         the identity of the teacher the model was trained against (optional) TEACHER_NAME
     metrics.json         the training export's record: validation / test metrics, data (opt.) METRICS_NAME
+    README.md            the model card (clip_gs.model.card)                                  CARD_NAME
+    curves.png           training curves (optional)                                           CURVES_NAME
+    eval/report.json     the latest ``clip-gs eval`` report, with its figures (optional)      EVAL_REPORT
 
 Every layer that reads or writes one of these names takes it from here (one name per file).
 """
@@ -21,6 +24,12 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TEACHER_NAME = "teacher.json"
 METRICS_NAME = "metrics.json"
+CARD_NAME = "README.md"
+CURVES_NAME = "curves.png"
+EVAL_DIR = "eval"
+"""Where ``clip-gs eval`` writes into a model folder by default."""
+EVAL_REPORT = f"{EVAL_DIR}/report.json"
+"""Where ``clip-gs eval`` writes the latest report of a model folder (relative to the folder)."""
 
 
 def model_file(source: str, filename: str, required: bool) -> Path | None:
@@ -45,6 +54,11 @@ def model_file(source: str, filename: str, required: bool) -> Path | None:
         return None
 
 
+def write_teacher_record(folder: str | Path, record: dict) -> None:
+    """Write ``folder/teacher.json`` (``{"teacher": identity, "embed_dim": E, ...}``; sorted keys)."""
+    (Path(folder) / TEACHER_NAME).write_text(json.dumps(dict(record), indent=2, sort_keys=True) + "\n")
+
+
 def read_teacher_record(source: str) -> str:
     """The teacher identity in a model folder's (or Hub repo's) ``teacher.json``; ``""`` when absent.
 
@@ -65,4 +79,5 @@ def read_teacher_record(source: str) -> str:
     return teacher or ""
 
 
-__all__ = ["CONFIG_NAME", "METRICS_NAME", "TEACHER_NAME", "WEIGHTS_NAME", "model_file", "read_teacher_record"]
+__all__ = ["CARD_NAME", "CONFIG_NAME", "CURVES_NAME", "EVAL_DIR", "EVAL_REPORT", "METRICS_NAME", "TEACHER_NAME",
+           "WEIGHTS_NAME", "model_file", "read_teacher_record", "write_teacher_record"]

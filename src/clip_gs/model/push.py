@@ -26,16 +26,21 @@ from typing import TYPE_CHECKING
 
 from clip_gs.errors import CheckpointError, ConfigError, HubError
 from clip_gs.model.card import (
-    CARD_NAME,
-    CURVES_NAME,
-    EVAL_REPORT,
     eval_images,
     folder_card,
     read_config,
     read_json_record,
     report_location,
 )
-from clip_gs.model.folder import CONFIG_NAME, METRICS_NAME, TEACHER_NAME, WEIGHTS_NAME
+from clip_gs.model.folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    CURVES_NAME,
+    EVAL_REPORT,
+    METRICS_NAME,
+    TEACHER_NAME,
+    WEIGHTS_NAME,
+)
 
 if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig
