@@ -357,13 +357,12 @@ def composite_tiles(
         done = torch.zeros(t, num_pixels, dtype=torch.bool, device=device)
         rgb = torch.zeros(t, num_pixels, 3, dtype=dtype, device=device)
         depth = torch.zeros(t, num_pixels, dtype=dtype, device=device)
-        longest = int(lengths.max()) if t else 0
+        longest = int(lengths.max())
         for start in range(0, longest, chunk_size):
             width = min(chunk_size, longest - start)
             position = start + torch.arange(width, device=device)  # [c]
-            valid = position[None, :] < lengths[:, None]  # [t, c]
-            members = gaussians[(starts[:, None] + position[None, :]).clamp(max=max(gaussians.numel() - 1, 0))]
-            members = torch.where(valid, members, torch.zeros_like(members))
+            valid = position[None, :] < lengths[:, None]  # [t, c]; past a tile's list: alpha 0 below
+            members = gaussians[(starts[:, None] + position[None, :]).clamp(max=gaussians.numel() - 1)]
             d = pixels[:, :, None, :] - proj.means2d[members][:, None]  # [t, P, c, 2]
             conic = proj.conics[members][:, None]  # [t, 1, c, 3]
             dx, dy = d[..., 0], d[..., 1]
@@ -465,6 +464,13 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, 
         raise RenderError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
+def _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, near, far,
+                     eps2d) -> list[ProjectedGaussians]:  # fmt: skip
+    """:func:`project_gaussians` into each of the C cameras (the first step of both torch backends)."""
+    return [project_gaussians(means, quats, scales, opacities, colors, viewmats[cam], Ks[cam], width, height,
+                              sh_degree, near=near, far=far, eps2d=eps2d) for cam in range(viewmats.shape[0])]  # fmt: skip
+
+
 def rasterize_reference(
     means: Tensor,
     quats: Tensor,
@@ -485,11 +491,10 @@ def rasterize_reference(
 ) -> RenderOutput:
     """The readable per-tile reference of :func:`rasterize` (``backend="reference"``; validated inputs,
     ``backgrounds: [C, 3]``): one :func:`composite_tile` call per tile of each camera."""
-    outputs = []
-    for cam in range(viewmats.shape[0]):
-        proj = project_gaussians(means, quats, scales, opacities, colors, viewmats[cam], Ks[cam],
-                                 width, height, sh_degree, near=near, far=far, eps2d=eps2d)  # fmt: skip
-        outputs.append(_rasterize_view(proj, width, height, tile_size, chunk_size, backgrounds[cam]))
+    projections = _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                                   near, far, eps2d)  # fmt: skip
+    outputs = [_rasterize_view(proj, width, height, tile_size, chunk_size, backgrounds[cam])
+               for cam, proj in enumerate(projections)]  # fmt: skip
     rgb, alpha, depth = (torch.stack(parts) for parts in zip(*outputs))
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
@@ -517,11 +522,8 @@ def rasterize_torch(
     Equal to :func:`rasterize_reference` up to float rounding (tested, values and gradients).
     ``tile_size`` and ``chunk_size`` are the reference's and gsplat's; this backend tiles with
     :data:`BATCHED_TILE` and :data:`BATCHED_CHUNK` (the image does not depend on either)."""
-    projections = [
-        project_gaussians(means, quats, scales, opacities, colors, viewmats[cam], Ks[cam], width, height, sh_degree,
-                          near=near, far=far, eps2d=eps2d)  # fmt: skip
-        for cam in range(viewmats.shape[0])
-    ]
+    projections = _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                                   near, far, eps2d)  # fmt: skip
     rgb, alpha, depth = _rasterize_views_batched(projections, width, height, BATCHED_TILE, BATCHED_CHUNK, backgrounds)
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
