@@ -30,11 +30,11 @@ Three measurements (training issue #12):
    model and data module on ``--data`` (default: the config's ``data.root``, built with the
    offline teacher on first use), a Lightning ``Trainer`` for ``--data-steps`` steps (fp32,
    the config's gradient clipping, CSV logger, no validation, no checkpoints) per value of
-   ``--workers`` (default: the configured ``num_workers``, then 0 and 2). The module logs
-   ``train/data_wait_s`` (end of the previous step to the start of this one) and
-   ``train/objects_per_s`` (batch / time from the previous step's start to this one's), so the
-   share is mean(wait) / mean(batch / objects_per_s) over the steps after the first
-   ``--skip-steps`` (worker start-up). Epoch boundaries (loader workers restart) stay in.
+   ``--workers`` (default: the configured ``num_workers``, then 0 and 2). A callback of this
+   script (:class:`StepClock`) records each step's wait (end of the previous step to the start of
+   this one: the loader) and cycle (start of the previous step to the start of this one), so the
+   share is mean(wait) / mean(cycle) over the steps after the first ``--skip-steps`` (worker
+   start-up). Epoch boundaries (loader workers restart) stay in.
 
 Run: ``python benchmarks/bench_train_step.py [--batch 2] [--steps 3] [--threads 2] [--json out.json]``
 (about 15 minutes on 2 busy cores: most of it the 3 x 30 quick-start steps). Smoke (under a minute on
@@ -45,7 +45,6 @@ an idle 2-core machine): ``--model clip-gs-tiny --num-gaussians 1024 --groups 64
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -53,11 +52,11 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Callback
 
 HERE = Path(__file__).resolve().parent
 QUICKSTART = HERE.parent / "examples" / "configs" / "quickstart.yaml"
@@ -279,8 +278,8 @@ def run_train_step(
     from clip_gs.model.tokenizer import make_patches
 
     torch.manual_seed(seed)
-    module = CLIPGSModule(model=model, init="random", num_gaussians=num_gaussians, num_groups=num_groups,
-                          group_size=group_size, embed_dim=embed_dim, total_steps=1_000_000)  # fmt: skip
+    module = CLIPGSModule(model=model, init="random", config={"num_gaussians": num_gaussians, "num_groups": num_groups,
+                          "group_size": group_size, "embed_dim": embed_dim}, total_steps=1_000_000)  # fmt: skip
     module.train()
     config = module.model.config
     optim = module.configure_optimizers()
@@ -330,6 +329,25 @@ def tqdm_range(n: int, desc: str):
 
 
 # ---------------------------------------------------------------------------- data wait
+class StepClock(Callback):
+    """Per training step: ``wait_s`` (end of the previous step to the start of this one: waiting for
+    the loader) and ``cycle_s`` (start of the previous step to the start of this one), in ``steps``."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+        self._start: float | None = None
+        self._end: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._start is not None and self._end is not None:
+            self.steps.append({"step": int(trainer.global_step), "wait_s": now - self._end, "cycle_s": now - self._start})
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._end = time.perf_counter()
+
+
 def run_data_wait(
     config_path: Path, data: str | None, steps: int, workers: int | None, skip: int, seed: int, cache_dir: str | None
 ) -> dict:
@@ -342,7 +360,6 @@ def run_data_wait(
     """
     import yaml
     from lightning.pytorch import Trainer, seed_everything
-    from lightning.pytorch.loggers import CSVLogger
 
     from clip_gs.errors import ConfigError
     from clip_gs.lightning import CLIPGSModule, GaussianDataModule
@@ -360,25 +377,18 @@ def run_data_wait(
     seed_everything(cfg.get("seed_everything", seed), verbose=False)
     dm = GaussianDataModule(**data_cfg)
     dm.prepare_data()  # builds synthetic:<N> once; outside the timed fit
-    module = CLIPGSModule(**model_cfg, num_gaussians=data_cfg["num_gaussians"])
-    with tempfile.TemporaryDirectory() as tmp:
-        logger = CSVLogger(tmp, name="bench")
-        trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, precision=trainer_cfg.get("precision", 32),
-                          gradient_clip_val=trainer_cfg.get("gradient_clip_val"), logger=logger,
-                          enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
-                          log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-        trainer.fit(module, datamodule=dm)
-        logger.finalize("success")
-        with open(Path(logger.log_dir) / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+    model_cfg["config"] = dict(model_cfg.get("config") or {}) | {"num_gaussians": data_cfg["num_gaussians"]}
+    module = CLIPGSModule(**model_cfg)
+    clock = StepClock()
+    trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, precision=trainer_cfg.get("precision", 32),
+                      gradient_clip_val=trainer_cfg.get("gradient_clip_val"), logger=False, callbacks=[clock],
+                      enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
     batch = data_cfg["batch_size"]
-    per_step = []
-    for row in rows:
-        if row.get("train/data_wait_s") and row.get("train/objects_per_s") and int(row["step"]) >= skip:
-            per_step.append({"step": int(row["step"]), "wait_s": float(row["train/data_wait_s"]),
-                             "cycle_s": batch / float(row["train/objects_per_s"])})  # fmt: skip
+    per_step = [r for r in clock.steps if r["step"] >= skip]
     if not per_step:
-        raise ConfigError(f"no logged train/data_wait_s after step {skip} in {steps} steps")
+        raise ConfigError(f"no timed step after step {skip} in {steps} steps")
     waits = [r["wait_s"] for r in per_step]
     cycles = [r["cycle_s"] for r in per_step]
     worst = max(per_step, key=lambda r: r["wait_s"])

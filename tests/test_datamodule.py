@@ -414,7 +414,13 @@ def test_synthetic_root_is_built_by_prepare(tmp_path):
     dm = make_dm("synthetic:8", cache_dir=str(tmp_path))
     dm.prepare_data()
     dm.setup("fit")
-    assert len(flat_ids(dm.train_dataloader())) > 0
+    from clip_gs.data.shards import TripletShardDataset
+
+    stored = TripletShardDataset(str(Path(dm.dataset_root) / "train"))
+    train_ids = {stored[i].id for i in range(len(stored))}
+    assert len(train_ids) == dm.manifest.counts["train"] and sum(dm.manifest.counts.values()) == 8
+    seen = flat_ids(dm.train_dataloader())  # drop_last: the whole batches of the split, each object once
+    assert len(seen) == len(set(seen)) == len(train_ids) // 4 * 4 > 0 and set(seen) <= train_ids
     # the cached dataset of an earlier teacher (here: a tampered record of what it was made with) is
     # refused with the advice that fits a synthetic root, not prepare's --out / --overwrite
     (recorded,) = Path(dm.dataset_root).rglob("settings.json")

@@ -123,7 +123,7 @@ def test_card_sections_snippet_and_tables(folder):
     assert positions == sorted(positions)
     assert 'CLIPGS.from_pretrained("org/tiny")' in text and 'load_teacher("synthetic-clip")' in text
     assert "| 62.5% | 87.5% | 100.0% |" in text  # zero-shot top-1/3/5
-    assert "| 2-way-1-shot | 70.0% ± 5.0% | 20 |" in text
+    assert "| 2-way-1-shot | episodes | 70.0% ± 5.0% | 20 |" in text
     assert "| text → 3D | 25.0% | 50.0% | 75.0% |" in text and "| 3D → image | 12.5% | 37.5% | 62.5% |" in text
     assert "| sphere | 75.0% |" in text and "![zeroshot](eval/zeroshot.png)" in text
     assert "`synthetic:64` (samples per split: train 48, val 16). 2 labels (cube, sphere). Initialisation: random." in text

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_gs.errors import ConfigError
-from clip_gs.model.loss import CLIPGSLoss, logit_scale_value, voting_weights
+from clip_gs.model.loss import MAX_LOGIT_SCALE, CLIPGSLoss, clamp_logit_scale_, logit_scale_value, voting_weights
 
 
 def log1pexp(x: float) -> float:
@@ -37,7 +37,7 @@ def reference(g, t, t_mask, im, im_mask, sim, scale, norm="raw", temperature=0.1
         real = [kk for kk in range(k) if im_mask[i, kk]]
         s = {kk: float(sim[i, kk]) for kk in real}
         if norm == "raw":
-            return {kk: s[kk] / len(real) for kk in real}
+            return {kk: max(s[kk], 0.0) / len(real) for kk in real}
         if norm == "softmax":
             z = sum(math.exp(v / temperature) for v in s.values())
             return {kk: math.exp(s[kk] / temperature) / z for kk in real}
@@ -45,7 +45,7 @@ def reference(g, t, t_mask, im, im_mask, sim, scale, norm="raw", temperature=0.1
         z = sum(pos.values())
         return {kk: (pos[kk] / z if z > 0 else 0.0) for kk in real}
 
-    img_ids = [i for i in range(b) if im_mask[i].any()]
+    img_ids = [i for i in range(b) if im_mask[i].any() and t_mask[i]]  # the voters
     img_sum = 0.0
     for i in img_ids:
         for kk, a in weights(i).items():
@@ -100,8 +100,8 @@ def test_image_voting_loss_by_hand(norm):
     sim = torch.tensor([[0.5, 0.25], [0.2, -0.1]])
     mask = torch.ones(2, 2, dtype=torch.bool)
     out = CLIPGSLoss(text_weight=0.0, similarity_norm=norm, similarity_temperature=0.5)(
-        g, torch.zeros(2, 2), torch.zeros(2, dtype=torch.bool), im, mask, sim, torch.tensor(math.log(10.0))
-    )
+        g, torch.zeros(2, 2), torch.ones(2, dtype=torch.bool), im, mask, sim, torch.tensor(math.log(10.0))
+    )  # captioned (the voters) but text weight 0: only the image term
     # view 0: I_.0 = [[1,0],[0,1]] = G -> every Contra is -log(1 + e^-10)
     c0 = -log1pexp(-10)
     # view 1: I_.1 = [[.6,.8],[1,0]]; G0.I = [6, 10] (target 0), G1.I = [8, 0] (target 1)
@@ -109,7 +109,7 @@ def test_image_voting_loss_by_hand(norm):
     g0, g1 = -log1pexp(4), -log1pexp(8)
     i0, i1 = -log1pexp(2), -log1pexp(10)
     if norm == "raw":
-        a = [[0.5 / 2, 0.25 / 2], [0.2 / 2, -0.1 / 2]]
+        a = [[0.5 / 2, 0.25 / 2], [0.2 / 2, 0.0]]  # a negative cosine votes 0
     elif norm == "softmax":
         e0 = [math.exp(0.5 / 0.5), math.exp(0.25 / 0.5)]
         e1 = [math.exp(0.2 / 0.5), math.exp(-0.1 / 0.5)]
@@ -125,18 +125,49 @@ def test_image_voting_loss_by_hand(norm):
 def test_voting_weights_values_and_masks():
     sim = torch.tensor([[0.4, 0.2, 0.9], [0.3, -0.2, 0.0]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
-    raw = voting_weights(sim, mask, "raw")
-    assert torch.allclose(raw, torch.tensor([[0.2, 0.1, 0.0], [0.1, -0.2 / 3, 0.0]]))
-    soft = voting_weights(sim, mask, "softmax", temperature=0.1)
+    raw = voting_weights(sim, mask, mode="raw")
+    assert torch.allclose(raw, torch.tensor([[0.2, 0.1, 0.0], [0.1, 0.0, 0.0]]))  # a negative S votes 0, not < 0
+    soft = voting_weights(sim, mask, mode="softmax", temperature=0.1)
     assert soft[0, 2] == 0 and torch.allclose(soft.sum(1), torch.ones(2))
     assert soft[0, 0].item() == pytest.approx(math.exp(4) / (math.exp(4) + math.exp(2)), rel=1e-6)
-    one = voting_weights(sim, mask, "sum_to_one")
+    one = voting_weights(sim, mask, mode="sum_to_one")
     assert torch.allclose(one, torch.tensor([[2 / 3, 1 / 3, 0.0], [1.0, 0.0, 0.0]]))
     none = torch.zeros(1, 3, dtype=torch.bool)
     for mode in ("raw", "softmax", "sum_to_one"):
-        assert torch.equal(voting_weights(torch.ones(1, 3), none, mode), torch.zeros(1, 3))
+        assert torch.equal(voting_weights(torch.ones(1, 3), none, mode=mode), torch.zeros(1, 3))
     with pytest.raises(ConfigError, match="similarity_norm"):
-        voting_weights(sim, mask, "mean")
+        voting_weights(sim, mask, mode="mean")
+
+
+@pytest.mark.parametrize("mode", ["raw", "softmax", "sum_to_one"])
+def test_objects_without_a_caption_never_vote(mode):
+    """One rule in every mode: no caption, weight 0 (softmax used to give them uniform weights)."""
+    sim = torch.tensor([[0.4, 0.2], [0.3, 0.5]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    weights = voting_weights(sim, mask, torch.tensor([True, False]), mode=mode)
+    assert torch.equal(weights[1], torch.zeros(2)) and weights[0].sum() > 0
+    assert torch.equal(weights[0], voting_weights(sim[:1], mask[:1], mode=mode)[0])
+
+
+@pytest.mark.parametrize("norm", ["raw", "softmax", "sum_to_one"])
+def test_uncaptioned_objects_do_not_shrink_the_image_term(norm):
+    """N_img counts the voters only: adding an object without a caption whose views are far from
+    everything leaves L_img as it was (it used to divide by one more object)."""
+    g, t, t_mask, im, im_mask, sim = random_batch(b=4, masks=False, seed=11)
+    loss = CLIPGSLoss(similarity_norm=norm)
+    scale = torch.tensor(1.0)
+    base = loss(g, t, t_mask, im, im_mask, sim, scale)
+    extra_g = torch.cat([g, torch.randn(1, g.shape[1])])
+    far = torch.zeros(1, *im.shape[1:])  # a zero view: cosine 0 with everything (normalize keeps it 0)
+    out = loss(extra_g, torch.cat([t, torch.zeros(1, t.shape[1])]), torch.cat([t_mask, torch.tensor([False])]),
+               torch.cat([im, far]), torch.cat([im_mask, torch.zeros(1, im.shape[1], dtype=torch.bool)]),
+               torch.cat([sim, torch.zeros(1, sim.shape[1])]), scale)  # fmt: skip
+    assert out.n_image.item() == base.n_image.item() == 4
+    assert out.image.item() == pytest.approx(base.image.item(), rel=1e-5)
+    with_views = loss(extra_g, torch.cat([t, torch.zeros(1, t.shape[1])]), torch.cat([t_mask, torch.tensor([False])]),
+                      torch.cat([im, torch.randn(1, *im.shape[1:])]), torch.ones(5, im.shape[1], dtype=torch.bool),
+                      torch.cat([sim, torch.ones(1, sim.shape[1])]), scale)  # fmt: skip
+    assert with_views.n_image.item() == 4  # real views but no caption: still not a voter
 
 
 # ---------------------------------------------------------------------------- the reference
@@ -151,7 +182,7 @@ def test_matches_the_loop_reference(norm, masks):
     assert out.text.item() == pytest.approx(l_text, rel=1e-5)
     assert out.image.item() == pytest.approx(l_img, rel=1e-5)
     assert out.loss.item() == pytest.approx(total, rel=1e-5)
-    assert out.n_text.item() == (5 if masks else 6) and out.n_image.item() == (5 if masks else 6)
+    assert out.n_text.item() == (5 if masks else 6) and out.n_image.item() == (4 if masks else 6)  # voters: caption + view
 
 
 def test_masked_objects_are_left_out_not_filled():
@@ -187,16 +218,33 @@ def test_symmetry_and_no_gradient_into_teacher_or_similarity():
     assert t.grad is None and sim.grad is None
 
 
-def test_logit_scale_clamps_the_exponential():
+def test_the_scale_has_a_gradient_above_the_cap_and_the_clamp_is_on_the_parameter():
+    """The bug this guards against: ``exp(p).clamp(max=100)`` has zero gradient above the cap, so a
+    scale that crossed ln 100 could never come down. Now the loss sees ``exp(p)`` (gradient
+    everywhere) and the parameter is clamped in place after each optimiser step."""
     assert logit_scale_value(torch.tensor(math.log(1 / 0.07))).item() == pytest.approx(1 / 0.07, rel=1e-6)
-    big = torch.tensor(10.0, requires_grad=True)
-    assert logit_scale_value(big).item() == 100.0
-    logit_scale_value(big).backward()
-    assert big.grad.item() == 0.0  # clamped: no gradient pushes it further
-    batch = random_batch(masks=False)
-    assert torch.allclose(
-        run(CLIPGSLoss(), batch, torch.tensor(20.0)).loss, run(CLIPGSLoss(), batch, torch.tensor(math.log(100))).loss
-    )
+    big = torch.tensor(math.log(MAX_LOGIT_SCALE) + 0.5, requires_grad=True)
+    run(CLIPGSLoss(), random_batch(masks=False), big).loss.backward()
+    assert big.grad.item() > 0  # random features: a lower scale lowers the loss, and the gradient says so
+    p = torch.nn.Parameter(torch.tensor(7.0))
+    assert clamp_logit_scale_(p) is p and p.item() == pytest.approx(math.log(100))
+    p.data.fill_(-1.0)
+    assert clamp_logit_scale_(p, 50.0).item() == 0.0  # the floor: s >= 1
+    with pytest.raises(ConfigError, match="max_logit_scale"):
+        clamp_logit_scale_(p, 0.5)
+
+
+def test_no_host_synchronisation_in_the_loss(monkeypatch):
+    """The loss never reads a tensor back (``bool``/``item`` on a tensor): a training step stays asynchronous."""
+    def refuse(self, *args):
+        raise AssertionError("the loss read a tensor back to the host")
+
+    batch = random_batch(seed=2)
+    monkeypatch.setattr(torch.Tensor, "__bool__", refuse)
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    out = run(CLIPGSLoss(similarity_norm="softmax"), batch, torch.tensor(2.0))
+    monkeypatch.undo()
+    assert math.isfinite(out.loss.item())
 
 
 def test_empty_terms_are_zero_and_in_the_graph():

@@ -36,39 +36,43 @@ N_STORED, N = 256, 256
 CLASSES = ("sphere", "cube", "torus", "cone")
 COLOURS = ("red", "green", "blue", "yellow")
 TEACHER = "fake:training-test"
-TINY = {"model": "clip-gs-tiny", "num_gaussians": N, "num_groups": 16, "group_size": 16, "embed_dim": E,
-        "config_overrides": {"depth": 2}}  # fmt: skip
+TINY = {"model": "clip-gs-tiny", "config": {"num_gaussians": N, "num_groups": 16, "group_size": 16, "embed_dim": E,
+                                            "depth": 2}}  # fmt: skip
 
 
-def class_vectors(seed: int = 0) -> torch.Tensor:
-    return F.normalize(torch.randn(len(CLASSES), E, generator=torch.Generator().manual_seed(seed)), dim=-1)
+def class_vectors(seed: int = 0, classes: int = len(CLASSES)) -> torch.Tensor:
+    return F.normalize(torch.randn(classes, E, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
-def learnable_sample(i: int, vectors: torch.Tensor, views: int = 3) -> TripletSample:
-    c = i % len(CLASSES)
-    obj = make_object(CLASSES[c], seed=i, num_gaussians=N_STORED, color=COLOURS[c], pattern="solid")
+def learnable_sample(i: int, vectors: torch.Tensor, views: int = 3, labelled: bool = True,
+                     classes: tuple[str, ...] = CLASSES) -> TripletSample:  # fmt: skip
+    c = i % len(classes)
+    obj = make_object(classes[c], seed=i, num_gaussians=N_STORED, color=COLOURS[c % len(COLOURS)], pattern="solid")
     gen = torch.Generator().manual_seed(5000 + i)
     text = F.normalize(vectors[c] + 0.1 * torch.randn(1, E, generator=gen), dim=-1)
     images = F.normalize(vectors[c] + 0.3 * torch.randn(views, E, generator=gen), dim=-1)
     return TripletSample(
-        id=f"obj-{i:04d}", source=f"synthetic:{i}", cloud=obj.cloud, captions=(f"a {COLOURS[c]} {CLASSES[c]}",),
-        label=CLASSES[c], text_embeddings=text, image_embeddings=images,
+        id=f"obj-{i:04d}", source=f"synthetic:{i}", cloud=obj.cloud, captions=(f"a {COLOURS[c % len(COLOURS)]} {classes[c]}",),
+        label=classes[c] if labelled else None, text_embeddings=text, image_embeddings=images,
         viewmats=torch.eye(4).expand(views, 4, 4).clone(), Ks=torch.eye(3).expand(views, 3, 3).clone(),
     )  # fmt: skip
 
 
-def write_learnable_dataset(root: Path, n_train: int, n_val: int, n_test: int = 0) -> Path:
-    vectors = class_vectors()
+def write_learnable_dataset(root: Path, n_train: int, n_val: int, n_test: int = 0, labelled: bool = True,
+                            start: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:  # fmt: skip
+    """Splits of learnable samples (object indices from ``start``, object ``i`` of class ``i mod C``);
+    ``labelled=False``: no labels at all (as Objaverse without LVIS), so no label embeddings either."""
+    vectors = class_vectors(classes=len(classes))
     counts = {"train": n_train, "val": n_val, "test": n_test}
-    start = 0
     for split, count in counts.items():
         if count:
-            samples = [learnable_sample(i, vectors) for i in range(start, start + count)]
+            samples = [learnable_sample(i, vectors, labelled=labelled, classes=classes) for i in range(start, start + count)]
             write_split((s.to_record() for s in samples), root / split, chunk_bytes="64KB")
         start += count
-    labels = sorted(CLASSES)
+    labels = sorted(classes) if labelled else []
     Manifest(teacher=TEACHER, embed_dim=E, counts=counts, labels=labels).write(root)
-    write_label_embeddings(root, labels, vectors[[CLASSES.index(label) for label in labels]], TEACHER, ["{}"])
+    if labelled:
+        write_label_embeddings(root, labels, vectors[[classes.index(label) for label in labels]], TEACHER, ["{}"])
     return root
 
 
@@ -120,12 +124,12 @@ def test_a_few_dozen_steps_learn(dataset, tmp_path):
 
 
 # ---------------------------------------------------------------------------- optimiser and schedule
-def tiny_module(**kw) -> CLIPGSModule:
-    return CLIPGSModule(**(TINY | kw))
+def tiny_module(config: dict | None = None, **kw) -> CLIPGSModule:
+    return CLIPGSModule(**(TINY | kw | {"config": TINY["config"] | (config or {})}))
 
 
 def test_param_groups_weight_decay_and_layer_decay():
-    module = tiny_module(config_overrides={"depth": 3})
+    module = tiny_module(config={"depth": 3})
     groups = param_groups(module.model, lr=1e-3, weight_decay=0.1, layer_decay=0.5)
     by_name = {name: g for g in groups for name in g["names"]}
     assert set(by_name) == {n for n, _ in module.model.named_parameters()}  # every parameter, once
@@ -144,8 +148,10 @@ def test_param_groups_weight_decay_and_layer_decay():
         assert name in no_decay, name
     for name in ("encoder.head.weight", "encoder.blocks.1.mlp.fc1.weight", "encoder.pos_embed.0.weight"):
         assert by_name[name]["weight_decay"] == 0.1, name
-    # depth 3: tokenizer / embeddings layer 0 -> 0.5^4, block i -> 0.5^(3 - i), head / norm / logit scale -> 1
-    expected = {"encoder.tokenizer.point_proj.weight": 0.5**4, "encoder.cls_token": 0.5**4, "encoder.pos_embed.2.bias": 0.5**4,
+    # depth 3: block i -> 0.5^(3 - i); everything else at the full rate (Uni3D's rule): the tokenizer, the
+    # new Gaussian branch, the embeddings, the head, the final norm and the logit scale
+    expected = {"encoder.tokenizer.point_proj.weight": 1.0, "encoder.cls_token": 1.0, "encoder.pos_embed.2.bias": 1.0,
+                "encoder.tokenizer.gaussian_encoder.order_scale": 1.0,
                 "encoder.blocks.0.attn.proj.weight": 0.5**3, "encoder.blocks.2.mlp.fc2.weight": 0.5**1,
                 "encoder.norm.weight": 1.0, "encoder.head.weight": 1.0, "logit_scale": 1.0}  # fmt: skip
     for name, scale in expected.items():
@@ -177,7 +183,7 @@ def test_warmup_then_cosine_schedule():
     assert seen[0] == pytest.approx(1e-3 * 0.25) and seen[3] == pytest.approx(1e-3)
     assert seen[11] == pytest.approx(1e-3 * lr_factor(11, 4, 20))
     deepest = optimizer.param_groups[0]
-    assert deepest["lr"] == pytest.approx(1e-3 * 0.9**3 * lr_factor(12, 4, 20))  # depth 2: layer 0 -> 0.9^3
+    assert deepest["lr"] == pytest.approx(1e-3 * 0.9**2 * lr_factor(12, 4, 20))  # depth 2: block 0 -> 0.9^2
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -193,6 +199,25 @@ def test_retrieval_recall_by_hand():
     # text->3D (columns): t0 [.995, .0995, .774] rank 0; t1 [1, 0, .707] rank 2; t2 [0, 1, .707] rank 1
     assert r["text_to_3d_r1"].item() == pytest.approx(1 / 3)
     assert r["text_to_3d_r2"].item() == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------------------- the temperature
+def test_the_logit_scale_comes_down_after_crossing_the_cap(dataset, tmp_path):
+    """Started above ln 100, the scale is clamped to the cap by the first step and then moves down
+    (the loss has a gradient there). With the old clamp of ``exp`` it stayed up for good."""
+    module = tiny_module(warmup_steps=1, lr=1e-2)
+    with torch.no_grad():
+        module.model.logit_scale.fill_(math.log(100.0) + 1.0)
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(pl_module.model.logit_scale.item())
+
+    make_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[Record()]).fit(module, datamodule=make_dm(dataset))
+    cap = math.log(100.0)
+    assert all(v <= cap + 1e-6 for v in seen), seen
+    assert seen[-1] < cap - 1e-3 and seen[-1] < seen[0], seen  # it came down from the cap
 
 
 # ---------------------------------------------------------------------------- NaN stop
@@ -243,7 +268,7 @@ def test_fit_exports_the_best_checkpoint_as_a_hub_folder(dataset, tmp_path, caps
         assert torch.allclose(loaded(batch.features), module(batch.features), atol=1e-5)
     assert loaded.logit_scale.item() == pytest.approx(module.model.logit_scale.item())
     # the folder is also a starting point for further training: model.init=pretrained
-    again = CLIPGSModule(model="clip-gs-tiny", init="pretrained", checkpoint=str(folder), num_gaussians=N).eval()
+    again = CLIPGSModule(model="clip-gs-tiny", init="pretrained", checkpoint=str(folder), config={"num_gaussians": N}).eval()
     with torch.no_grad():
         assert torch.allclose(again(batch.features), module(batch.features), atol=1e-5)
 
@@ -257,24 +282,102 @@ def test_print_config_of_the_examples(name, capsys):
         main(["fit", "--config", str(REPO / "examples" / "configs" / f"{name}.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert "num_gaussians" not in printed["model"] and printed["data"]["num_gaussians"] > 0  # linked from data
+    assert "num_gaussians" not in printed["model"]["config"] and printed["data"]["num_gaussians"] > 0  # linked from data
     assert set(printed) >= {"trainer", "model", "data", "export", "seed_everything"}
 
 
-def test_paper_config_builds_without_downloading():
+def test_paper_config_builds_with_its_uni3d_init(tmp_path):
+    """The paper's configuration as written (``init: uni3d``, clip-gs-base), with only the checkpoint
+    pointed at a local Uni3D-B-format file (the published one cannot be downloaded here): the
+    transformer holds the checkpoint's weights."""
+    from clip_gs.model.config import get_model_config
+    from tests.uni3d_reference import Uni3DPointEncoderReference
+
     config = yaml.safe_load((REPO / "examples" / "configs" / "paper.yaml").read_text())
-    model_args = config["model"] | {"init": "random", "num_gaussians": config["data"]["num_gaussians"]}
+    assert config["model"]["init"] == "uni3d" and config["model"]["checkpoint"] is None
+    torch.manual_seed(0)
+    reference = Uni3DPointEncoderReference(get_model_config("clip-gs-base"))
+    checkpoint = tmp_path / "uni3d-b.pt"
+    torch.save(reference.uni3d_state_dict(), checkpoint)
+    del reference
+    model_args = config["model"] | {"checkpoint": str(checkpoint),
+                                    "config": config["model"]["config"] | {"num_gaussians": config["data"]["num_gaussians"]}}  # fmt: skip
     module = CLIPGSModule(**model_args)
     c = module.model.config
     assert (c.name, c.num_gaussians, c.num_groups, c.group_size, c.embed_dim) == ("clip-gs-base", 10_000, 512, 64, 1024)
     assert (c.drop_path_rate, c.patch_dropout) == (0.2, 0.5)
+    saved = torch.load(checkpoint, weights_only=True)["module"]
+    block = next(k for k in saved if k.endswith("blocks.3.mlp.fc2.weight"))
+    assert torch.equal(module.model.state_dict()["encoder.blocks.3.mlp.fc2.weight"], saved[block])  # Uni3D's weights
     h = module.hparams
     assert (h.lr, h.weight_decay, h.layer_decay, h.warmup_steps) == (1e-3, 0.1, 0.95, 10_000)
     dm = GaussianDataModule(**config["data"])
     assert dm.views_per_step == 5 and dm.batch_size == 48
     t = config["trainer"]
     assert (t["devices"], t["strategy"], t["precision"], t["gradient_clip_val"]) == (8, "ddp", "bf16-mixed", 5.0)
-    assert config["model"]["init"] == "uni3d"
+
+
+def paper_shaped_config(tmp_path: Path, checkpoint: Path, train: Path, extras: dict[str, Path], steps: int) -> dict:
+    """``paper.yaml`` as a researcher runs it, scaled to a CPU test: the same keys and recipe
+    (``init: uni3d``, the resume callback, extra validation sets, the export monitor), with a
+    tiny model, one CPU process and fp32."""
+    config = yaml.safe_load((REPO / "examples" / "configs" / "paper.yaml").read_text())
+    config["trainer"] |= {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": 32, "max_steps": steps,
+                          "log_every_n_steps": 1, "default_root_dir": str(tmp_path / "run"), "logger": False,
+                          "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+    config["trainer"]["callbacks"][0]["init_args"] |= {"dirpath": str(tmp_path / "run" / "resume"), "every_n_train_steps": 2}
+    config["model"] |= {"model": "clip-gs-tiny", "checkpoint": str(checkpoint), "warmup_steps": 1,
+                        "config": config["model"]["config"] | {"num_groups": 16, "group_size": 16, "embed_dim": E}}  # fmt: skip
+    config["data"] |= {"root": str(train), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3,
+                       "pin_memory": False,
+                       "extra_val": [{"name": name, "root": str(root), "split": "test"} for name, root in extras.items()]}  # fmt: skip
+    config["export"] |= {"export_dir": str(tmp_path / "run" / "export"), "dirpath": str(tmp_path / "run" / "best")}
+    return config
+
+
+def test_paper_shaped_run_on_unlabelled_data_with_two_labelled_validation_sets(tmp_path, capsys):
+    """Objaverse-like training data without labels + two labelled validation sets (LVIS- and
+    ModelNet-like), through ``clip-gs fit`` and ``clip-gs validate`` with the paper's config shape:
+    fit, validation of every set, export by ``val_lvis/zeroshot_top1``. The unchanged monitor
+    ``val/zeroshot_top1`` is refused at setup, before any step, naming what is logged."""
+    from tests.uni3d_reference import Uni3DPointEncoderReference
+
+    from clip_gs.cli import main
+    from clip_gs.model.config import get_model_config
+
+    train = write_learnable_dataset(tmp_path / "objaverse", 24, 8, 0, labelled=False)
+    extras = {"lvis": write_learnable_dataset(tmp_path / "lvis", 0, 0, 8, start=100),
+              "modelnet40": write_learnable_dataset(tmp_path / "modelnet", 0, 0, 12, start=200)}  # fmt: skip
+    torch.manual_seed(0)
+    reference = Uni3DPointEncoderReference(get_model_config("clip-gs-tiny", embed_dim=E))
+    checkpoint = tmp_path / "uni3d-ti.pt"
+    torch.save(reference.uni3d_state_dict(), checkpoint)
+    path = tmp_path / "paper-shaped.yaml"
+    path.write_text(yaml.safe_dump(paper_shaped_config(tmp_path, checkpoint, train, extras, steps=6)))
+    capsys.readouterr()
+
+    assert main(["fit", "--config", str(path), "--export.monitor", "val/zeroshot_top1"]) == 2
+    err = capsys.readouterr().err
+    assert "monitors 'val/zeroshot_top1', which this run never logs" in err and "val_lvis/zeroshot_top1" in err
+    assert not (tmp_path / "run" / "resume").exists()  # refused before the first step
+
+    assert main(["fit", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    export = Path(out[-1])
+    assert export == (tmp_path / "run" / "export").resolve()
+    record = json.loads((export / "metrics.json").read_text())
+    metrics = record["metrics"]
+    for name in ("val_lvis/zeroshot_top1", "val_modelnet40/zeroshot_top1", "val_lvis/teacher_zeroshot_top1",
+                 "val_modelnet40/loss", "val/loss", "val/text_to_3d_r5"):  # fmt: skip
+        assert name in metrics, (name, sorted(metrics))
+    assert "val/zeroshot_top1" not in metrics
+    assert metrics["val_lvis/teacher_zeroshot_top1"] == 1.0  # the stored views sit near their class vectors
+    assert record["checkpoint"] and Path(record["checkpoint"]).is_file()  # the best by val_lvis/zeroshot_top1
+    assert (tmp_path / "run" / "resume" / "last.ckpt").is_file()
+
+    assert main(["validate", "--config", str(path), "--ckpt_path", record["checkpoint"]]) == 0
+    printed = capsys.readouterr().out
+    assert "val_lvis/zeroshot_top1" in printed and "val_modelnet40/zeroshot_top1" in printed
 
 
 # ---------------------------------------------------------------------------- kill and resume
@@ -302,7 +405,7 @@ def resume_config(tmp_path, name, dataset, max_steps) -> Path:
                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp_path / name / "ckpt"), "save_last": True,
                                                  "save_top_k": 0, "every_n_train_steps": 1}}]},
-        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"} | {"warmup_steps": 2},
+        "model": TINY | {"config": {k: v for k, v in TINY["config"].items() if k != "num_gaussians"}, "warmup_steps": 2},
         "data": {"root": str(dataset), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3,
                  "seed": 5},
         "export": {"export_dir": str(tmp_path / name / "export"), "dirpath": str(tmp_path / name / "best")},
@@ -467,7 +570,7 @@ def test_cli_predict_writes_the_test_split_embeddings(dataset, tmp_path, capsys)
 
     config = {
         "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path)},
-        "model": {k: v for k, v in TINY.items() if k != "num_gaussians"},
+        "model": TINY | {"config": {k: v for k, v in TINY["config"].items() if k != "num_gaussians"}},
         "data": {"root": str(dataset), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3},
     }  # fmt: skip
     path = tmp_path / "predict.yaml"

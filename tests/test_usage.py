@@ -414,16 +414,30 @@ def test_trained_search_ranks_the_named_class_and_colour_first(trained_run, tmp_
 
 @pytest.mark.slow
 def test_trained_classify_runs_on_every_real_file(trained_run, real_data, capsys):
+    """Every shared real file (meshes of every format, 3DGS captures in compressed PLY and SPZ) is
+    classified, except the one file that is not an object at all: a coloured point cloud without
+    faces or Gaussian attributes, refused with a MeshError. And the answers mean something: the
+    CI-budget model, trained on synthetic shapes only, names the real torus and the real sphere
+    first among the 13 synthetic classes (measured: 0.95 and 0.99; the real cube it calls a sphere)."""
     files = [str(p) for p in find_asset_files(real_data)]
     rc = main(["classify", *files, "--model", str(trained_run.model_dir), "--label-set", "modelnet40", "--k", "3",
                "--json", "--quiet"])  # fmt: skip
     captured = capsys.readouterr()
     records = json.loads(captured.out)
-    assert rc in (0, 3) and [r["file"] for r in records] == files
+    assert [r["file"] for r in records] == files
+    failed = {Path(r["file"]).name: r["error"] for r in records if r["error"] is not None}
+    assert rc == 3 and set(failed) == {"donut_color.ply"}, failed  # the point cloud, nothing else
+    assert failed["donut_color.ply"].startswith("MeshError") and "no triangle faces" in failed["donut_color.ply"]
+    assert f"failed: {real_data / 'gshairlod-donut' / 'donut_color.ply'}: " in captured.err
     modelnet = set(load_label_set("modelnet40"))
-    good = [r for r in records if r["error"] is None]
-    assert len(good) >= 0.9 * len(files)
-    assert all(len(r["labels"]) == 3 and {lab["label"] for lab in r["labels"]} <= modelnet for r in good)
     for r in records:
-        if r["error"] is not None:
-            assert f"failed: {r['file']}: " in captured.err and r["error"].split(":")[0].endswith("Error")
+        if r["error"] is None:
+            scores = [lab["score"] for lab in r["labels"]]
+            assert len(r["labels"]) == 3 and {lab["label"] for lab in r["labels"]} <= modelnet
+            assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6  # a softmax's top 3
+    primitives = [str(real_data / "odedstein-meshes" / name / f"{name}.obj") for name in ("torus", "sphere")]
+    assert main(["classify", *primitives, "--model", str(trained_run.model_dir), "--label-set", "synthetic", "--k", "3",
+                 "--json", "--quiet"]) == 0  # fmt: skip
+    torus, sphere = json.loads(capsys.readouterr().out)
+    assert torus["labels"][0]["label"] == "torus", torus
+    assert sphere["labels"][0]["label"] == "sphere", sphere

@@ -1,7 +1,10 @@
 """The paper's evaluation protocols on embeddings, and ``clip-gs eval``.
 
 - :func:`zero_shot` (``metrics``): top-1/3/5, per-class accuracy, confusion matrix against class embeddings.
-- :func:`few_shot` (``fewshot``): N-way K-shot episodes with a logistic-regression probe (L-BFGS, L2).
+- :func:`standard_few_shot` (``fewshot``): the standard few-shot protocol (support from train, 20 test
+  queries per class, 10 seeded runs); :func:`few_shot`: N-way K-shot episodes from one split; both
+  with a logistic-regression probe (L-BFGS, L2).
+- :func:`zero_shot_protocol` (``protocols``): the classes and prompts of a zero-shot figure (ours, Uni3D's).
 - :func:`retrieval` (``metrics``): recall@1/5/10 text <-> 3D and image <-> 3D, several views per object;
   :func:`retrieval_recall` is the 3D <-> text recall validation logs (the same ranking code).
 - :func:`evaluate` (``run``): all protocols for a model on a split prepared by ``clip-gs prepare``, the
@@ -13,10 +16,15 @@ Importing this package loads only torch (``run`` and ``plots`` load on first use
 from clip_gs.evaluation.fewshot import (
     DEFAULT_L2,
     DEFAULT_QUERIES,
+    FEWSHOT_PROTOCOLS,
     PAPER_PROTOCOLS,
+    STANDARD_PROTOCOLS,
     FewShotResult,
     few_shot,
     fit_linear_probe,
+    largest_standard_protocol,
+    run_few_shot,
+    standard_few_shot,
 )
 from clip_gs.evaluation.metrics import (
     DIRECTIONS,
@@ -33,6 +41,8 @@ _LAZY = {
     "Evaluation": "run", "SplitEmbeddings": "run", "TASKS": "run", "build_report": "run", "embed_split": "run",
     "evaluate": "run", "model_teacher": "run", "write_outputs": "run",
     "zero_shot_classes": "run", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
+    "ZEROSHOT_PROTOCOLS": "protocols", "ZeroShotProtocol": "protocols", "zero_shot_protocol": "protocols",
+    "evaluate_benchmark": "benchmark_run",
 }  # fmt: skip
 
 
@@ -48,26 +58,35 @@ __all__ = [
     "DEFAULT_L2",
     "DEFAULT_QUERIES",
     "DIRECTIONS",
+    "FEWSHOT_PROTOCOLS",
     "PAPER_PROTOCOLS",
     "RECALL_K",
+    "STANDARD_PROTOCOLS",
     "ZEROSHOT_K",
+    "ZEROSHOT_PROTOCOLS",
     "Evaluation",
     "FewShotResult",
     "SplitEmbeddings",
     "TASKS",
+    "ZeroShotProtocol",
     "ZeroShotResult",
     "build_report",
     "draw_confusion",
     "draw_retrieval_grid",
     "embed_split",
     "evaluate",
+    "evaluate_benchmark",
     "few_shot",
     "fit_linear_probe",
+    "largest_standard_protocol",
     "model_teacher",
     "positive_ranks",
     "retrieval",
     "retrieval_recall",
+    "run_few_shot",
+    "standard_few_shot",
     "write_outputs",
     "zero_shot",
     "zero_shot_classes",
+    "zero_shot_protocol",
 ]

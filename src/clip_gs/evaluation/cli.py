@@ -1,15 +1,19 @@
-"""``clip-gs eval``: the paper's protocols for a model on a prepared split (registered by :func:`add_eval_parser`).
+"""``clip-gs eval``: the paper's protocols for a model on a prepared split or a public benchmark (registered by :func:`add_eval_parser`).
 
     clip-gs eval --model DIR_OR_REPO --data SHARDS_DIR [--split test] [--task zeroshot|fewshot|retrieval|all]
-                 [--label-set FILE | --labels a,b,c] [--teacher SPEC] [--ways 5 [10 ...]] [--shots 5 [...]]
-                 [--episodes 100] [--queries 15] [--seed 0] [--out DIR]
+    clip-gs eval --model DIR_OR_REPO --benchmark modelnet40|modelnet-splats|objaverse-gs|objaverse-lvis --root DIR
+                 [--zeroshot-protocol clip-gs|uni3d [--uni3d-data DIR]] [--label-set FILE | --labels a,b,c]
+                 [--fewshot-protocol standard|episodes] [--ways 10 [5 ...]] [--shots 10 [...]] [--runs 10]
+                 [--episodes 100] [--queries N] [--teacher SPEC] [--seed 0] [--out DIR]
 
-Prints a table, writes ``report.json``, ``confusion.png`` and ``retrieval.png`` into ``--out``
-(default ``<model folder>/eval`` for a local folder, else ``./eval``) and prints the report's
-path as the last line. Exit status 0 when every protocol ran, 3 when some could not run on the
-split (listed in the table and in the report's ``"failures"``), 2 on an error.
+Prints a table (for a benchmark, rows in the form of the paper's tables), writes ``report.json``
+(and for a prepared split ``confusion.png`` and ``retrieval.png``) into ``--out`` (default
+``<model folder>/eval`` for a local folder, else ``./eval``) and prints the report's path as the
+last line. Exit status 0 when every protocol ran, 3 when some could not run (listed in the table
+and in the report's ``"failures"``), 2 on an error.
 
-Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.evaluation.run`.
+Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.evaluation.run`
+and :mod:`clip_gs.evaluation.benchmark_run`.
 """
 
 from __future__ import annotations
@@ -22,21 +26,41 @@ TASK_CHOICES = ("zeroshot", "fewshot", "retrieval", "all")
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``eval`` to the ``clip-gs`` subparsers (sets ``func``)."""
-    p = subparsers.add_parser("eval", help="zero-shot, few-shot and retrieval of a model on a prepared split")
+    from clip_gs.evaluation.fewshot import FEWSHOT_PROTOCOLS
+    from clip_gs.evaluation.protocols import UNI3D_TEMPLATES_KEY, ZEROSHOT_PROTOCOLS
+
+    p = subparsers.add_parser("eval", help="zero-shot, few-shot and retrieval of a model on a prepared split or a benchmark")
     p.add_argument("--model", required=True, help="model folder (save_pretrained / clip-gs fit export) or Hub repo id")
-    p.add_argument("--data", required=True, help="dataset root written by clip-gs prepare")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="dataset root written by clip-gs prepare")
+    source.add_argument("--benchmark", help=("a public benchmark read in its download layout (with --root): "
+                                             "modelnet40, modelnet-splats, objaverse-gs, objaverse-lvis"))
+    p.add_argument("--root", help="the benchmark's folder, as downloaded (with --benchmark)")
+    p.add_argument("--cache", help="where converted benchmark objects are cached (default <root>/.clip-gs-cache)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--task", default="all", choices=TASK_CHOICES, help="protocol to run (default all)")
+    p.add_argument("--zeroshot-protocol", default="clip-gs", choices=ZEROSHOT_PROTOCOLS,
+                   help="class names and prompts: clip-gs (ours) or uni3d (Uni3D's templates.json / labels.json)")
+    p.add_argument("--uni3d-data", help="folder with Uni3D's templates.json and labels.json (its repository's data/)")
+    p.add_argument("--uni3d-templates", default=UNI3D_TEMPLATES_KEY, help="templates.json key (default %(default)s)")
+    p.add_argument("--uni3d-labels", help="labels.json key (default: the benchmark's)")
     labels = p.add_mutually_exclusive_group()
-    labels.add_argument("--label-set", help="zero-shot classes from a file (.json list or one name per line)")
+    labels.add_argument("--label-set", help="zero-shot classes from a file (.json list or one name per line) or a name")
     labels.add_argument("--labels", help="zero-shot classes, comma-separated (default: the dataset's label embeddings)")
-    p.add_argument("--teacher", help="teacher spec that encodes --label-set/--labels (default: the dataset's teacher)")
-    p.add_argument("--ways", type=int, nargs="+", default=[5], help="few-shot ways, one or more (default 5)")
-    p.add_argument("--shots", type=int, nargs="+", default=[5], help="few-shot shots, one or more (default 5)")
-    p.add_argument("--episodes", type=int, default=100, help="few-shot episodes per protocol")
-    p.add_argument("--queries", type=int, default=15, help="few-shot query samples per class and episode")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 3DGS resampling, episodes and grid queries")
+    p.add_argument("--teacher", help="teacher spec that encodes the classes (default: the dataset's or the model's teacher)")
+    p.add_argument("--fewshot-protocol", default="standard", choices=FEWSHOT_PROTOCOLS,
+                   help="standard: support from --support-split, queries from the evaluated split, 10 runs "
+                        "(Point-BERT / the paper); episodes: both from the evaluated split")  # fmt: skip
+    p.add_argument("--support-split", default="train", help="standard few-shot: where the support comes from")
+    p.add_argument("--ways", type=int, nargs="+", help="few-shot ways (default: standard 10, the paper's ModelNet; episodes 5)")
+    p.add_argument("--shots", type=int, nargs="+", help="few-shot shots (default: standard 10; episodes 5)")
+    p.add_argument("--runs", type=int, default=10, help="standard few-shot runs (run r seeded with seed + r)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes per setting (--fewshot-protocol episodes)")
+    p.add_argument("--queries", type=int, help="few-shot queries per class (default: standard 20, episodes 15)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 3DGS resampling, the few-shot draws and grid queries")
     p.add_argument("--batch-size", type=int, default=8, help="objects per forward pass")
+    p.add_argument("--num-gaussians", type=int, default=10_000,
+                   help="benchmark meshes: Gaussians sampled per mesh (default %(default)s)")
     p.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="fused inference precision")
     p.add_argument("--grid-queries", type=int, default=4, help="text queries (rows) in retrieval.png")
@@ -63,14 +87,24 @@ def format_table(report: dict) -> str:
     tasks = report["tasks"]
     if "zeroshot" in tasks:
         z = tasks["zeroshot"]
-        lines += ["", f"zero-shot ({z['num_classes']} classes from {z['label_set']}, {z['num_samples']} labelled objects)",
+        lines += ["", (f"zero-shot, {z.get('protocol', 'clip-gs')} protocol ({z['num_classes']} classes from "
+                       f"{z['label_set']}, {z['num_samples']} labelled objects)"),
                   f"  top-1 {z['top1']:.4f}   top-3 {z['top3']:.4f}   top-5 {z['top5']:.4f}"]  # fmt: skip
-        width = max(len(n) for n in z["per_class"]) if z["per_class"] else 0
-        lines += [f"  {name:<{width}}  {acc:.4f}" for name, acc in z["per_class"].items()]
+        per_class = z["per_class"]
+        if len(per_class) <= PER_CLASS_LINES:
+            width = max(len(n) for n in per_class) if per_class else 0
+            lines += [f"  {name:<{width}}  {acc:.4f}" for name, acc in per_class.items()]
+        else:
+            lines.append(f"  ({len(per_class)} classes with objects: per-class accuracy in the report)")
     if "fewshot" in tasks:
         lines += ["", "few-shot (logistic-regression probe)"]
-        lines += [f"  {name:<18} {r['mean']:.4f} +- {r['std']:.4f}  ({r['episodes']} episodes)"
-                  for name, r in tasks["fewshot"].items()]  # fmt: skip
+        for name, r in tasks["fewshot"].items():
+            protocol = r.get("protocol", "episodes")
+            how = (f"standard: {r['episodes']} runs, support from {r.get('support_split', 'train')}, "
+                   f"{r.get('queries_per_class', '?')} queries per class" if protocol == "standard"
+                   else f"episodes: {r['episodes']}")  # fmt: skip
+            note = f"; {r['note']}" if r.get("note") else ""
+            lines.append(f"  {name:<18} {100 * r['mean']:.2f} +- {100 * r['std']:.2f} %  ({how}{note})")
     if "retrieval" in tasks:
         ks = list(next(iter(tasks["retrieval"].values())))
         lines += ["", "retrieval      " + "".join(f"{k.upper():>8}" for k in ks)]
@@ -80,15 +114,33 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+PER_CLASS_LINES = 50
+"""Above this many classes the table gives no per-class lines (the report has them all)."""
+
+
+def _zeroshot_protocol(args: argparse.Namespace):
+    from clip_gs.evaluation.protocols import zero_shot_protocol
+
+    label_set = args.label_set if args.label_set else (args.labels.split(",") if args.labels else None)
+    if args.zeroshot_protocol == "clip-gs" and args.benchmark is None:
+        return None, label_set  # the dataset's stored label embeddings, or the label set with our templates
+    protocol = zero_shot_protocol(args.zeroshot_protocol, args.benchmark, args.uni3d_data, args.uni3d_templates,
+                                  args.uni3d_labels, label_set)  # fmt: skip
+    return protocol, label_set
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
     import sys
 
-    from clip_gs.errors import EXIT_SOME_FAILED, WeightsUnavailableError
+    from clip_gs.errors import EXIT_SOME_FAILED, ConfigError, WeightsUnavailableError
     from clip_gs.evaluation.run import TASKS, evaluate, model_teacher, write_outputs
     from clip_gs.model import CLIPGS
     from clip_gs.model.precision import resolve_device
 
+    if (args.benchmark is None) != (args.root is None):
+        raise ConfigError("--benchmark and --root go together (a benchmark read from its download folder)")
+    protocol, label_set = _zeroshot_protocol(args)
     device = resolve_device(args.device)
     model = CLIPGS.from_pretrained(args.model, map_location=device)
     try:
@@ -97,18 +149,40 @@ def run_eval(args: argparse.Namespace) -> int:
         teacher_identity = None
         print(f"clip-gs eval: note: the model's teacher is unknown, not checked against the dataset's ({exc})",
               file=sys.stderr)  # fmt: skip
-    label_set = args.label_set if args.label_set else ([n for n in args.labels.split(",")] if args.labels else None)
     tasks = TASKS if args.task == "all" else (args.task,)
-    protocols = [(w, s) for w in args.ways for s in args.shots]
-    evaluation = evaluate(
-        model, args.data, args.split, tasks, label_set=label_set, teacher=args.teacher, protocols=protocols,
-        episodes=args.episodes, queries_per_class=args.queries, seed=args.seed, batch_size=args.batch_size,
-        precision=args.precision, model_name=str(args.model), model_teacher_identity=teacher_identity,
-        progress=False if args.quiet else None,
-    )  # fmt: skip
+    settings = [(w, s) for w in args.ways for s in args.shots] if args.ways or args.shots else None
+    if settings is not None and not (args.ways and args.shots):
+        raise ConfigError("give both --ways and --shots (or neither, for the protocol's default setting)")
+    common = {"fewshot_protocol": args.fewshot_protocol, "protocols": settings, "runs": args.runs,
+              "episodes": args.episodes, "queries_per_class": args.queries, "seed": args.seed,
+              "batch_size": args.batch_size, "precision": args.precision, "model_name": str(args.model),
+              "progress": False if args.quiet else None}  # fmt: skip
     out = Path(args.out) if args.out else default_out_dir(args.model)
-    written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed)
-    print(format_table(evaluation.report))
+    if args.benchmark is not None:
+        from clip_gs.evaluation.benchmark_run import (
+            BENCHMARK_TASKS,
+            evaluate_benchmark,
+            format_paper_rows,
+            write_benchmark_report,
+        )
+
+        evaluation = evaluate_benchmark(
+            model, args.benchmark, args.root, BENCHMARK_TASKS if args.task == "all" else tasks, zeroshot_protocol=protocol,
+            teacher=args.teacher, model_teacher_identity=teacher_identity, support_split=args.support_split,
+            query_split=args.split, num_gaussians=args.num_gaussians, cache_dir=args.cache, **common,
+        )  # fmt: skip
+        written = write_benchmark_report(evaluation, out)
+        print(format_table(evaluation.report))
+        print()
+        print(format_paper_rows(evaluation.report))
+    else:
+        evaluation = evaluate(
+            model, args.data, args.split, tasks, label_set=label_set if protocol is None else None,
+            teacher=args.teacher, zeroshot_protocol=protocol, support_split=args.support_split,
+            model_teacher_identity=teacher_identity, **common,
+        )  # fmt: skip
+        written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed)
+        print(format_table(evaluation.report))
     for name in ("confusion", "retrieval"):
         if name in written:
             print(f"wrote {written[name]}")
@@ -116,4 +190,4 @@ def run_eval(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if evaluation.failures else 0
 
 
-__all__ = ["TASK_CHOICES", "add_eval_parser", "default_out_dir", "format_table", "run_eval"]
+__all__ = ["PER_CLASS_LINES", "TASK_CHOICES", "add_eval_parser", "default_out_dir", "format_table", "run_eval"]

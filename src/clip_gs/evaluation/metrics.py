@@ -7,12 +7,21 @@ Ranks: for a query whose positives form a set P of gallery items, the rank is th
 *non-positive* items scoring at least as high as the best positive (:func:`positive_ranks`);
 the query is a hit at k when that rank is below k. A tie with a negative therefore counts as a
 miss, so a constant (collapsed) embedding scores 0, never a lucky 1.
+
+Scale: :func:`ranks_by_owner` is the one ranking implementation behind :func:`retrieval` and
+:func:`retrieval_recall` (and :func:`positive_ranks` shares its counting rule). It never holds
+more than one tile of ``queries x gallery`` scores, sized from :data:`SCORE_BUDGET`, and
+normalises its inputs tile by tile in float32 (inputs may be stored in float16), so image -> 3D
+at Objaverse-LVIS scale (1.66M views x 46K objects) needs about a gigabyte beside the inputs
+instead of hundreds. :func:`class_ranks` is the zero-shot rank rule (ties go to the lower class
+index), chunked the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +38,43 @@ RECALL_K = (1, 5, 10)
 DIRECTIONS = ("text_to_3d", "3d_to_text", "image_to_3d", "3d_to_image")
 """The four retrieval directions, as named in reports."""
 
+SCORE_BUDGET = 2**26
+"""Default memory budget of the chunked rankings, in scores (float32) per tile: 2^26 = 256 MiB.
+
+:func:`ranks_by_owner` sizes its tiles so that ``queries x gallery`` scores, and each of its
+float32 row buffers (``rows x E``), stay within it; :func:`class_ranks` compares at most this
+many scores at once. See :func:`ranks_by_owner` for the full bound."""
+
+MIN_QUERY_BLOCK = 1024
+"""Queries per tile that :func:`ranks_by_owner` keeps at least when the gallery has to be split
+(a wide matrix product runs near peak, and each gallery chunk is converted once per block)."""
+
 
 def _unit(x: Tensor) -> Tensor:
     return F.normalize(x.detach().float(), dim=-1)
 
 
+def _best_positive(scores: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """``(best [q], ties [q])``: each query's best positive score and how many of its positives score
+    that much, from the ``(row, column)`` pairs of ``scores [q, w]`` that are positives (-inf and 0
+    for a query without any)."""
+    values = scores[rows, cols]
+    best = torch.full((scores.shape[0],), float("-inf"), dtype=scores.dtype, device=scores.device)
+    best.scatter_reduce_(0, rows, values, "amax")
+    ties = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    ties.index_add_(0, rows, (values >= best[rows]).long())
+    return best, ties
+
+
+def _at_least(scores: Tensor, best: Tensor) -> Tensor:
+    """``[q]`` int64: how many of each row's scores are >= its ``best`` (the rank rule's count)."""
+    return (scores >= best[:, None]).sum(dim=1)
+
+
 def positive_ranks(sims: Tensor, positive: Tensor) -> Tensor:
-    """Rank of each query's best positive among the negatives.
+    """Rank of each query's best positive among the negatives, from a dense similarity matrix.
+
+    The definition :func:`ranks_by_owner` computes tile by tile (the same counting code).
 
     Args:
         sims: ``[Q, G]`` query-gallery similarities.
@@ -45,15 +84,186 @@ def positive_ranks(sims: Tensor, positive: Tensor) -> Tensor:
         ``[Q]`` int64: the number of non-positive gallery items scoring >= the row's best positive
         (0 = retrieved first; ties count against the query).
     """
-    best = sims.masked_fill(~positive, float("-inf")).amax(dim=1)
-    return ((sims >= best[:, None]) & ~positive).sum(dim=1)
+    rows, cols = positive.nonzero(as_tuple=True)
+    best, ties = _best_positive(sims, rows, cols)
+    return _at_least(sims, best) - ties
 
 
-def retrieval_recall(g: Tensor, t: Tensor, mask: Tensor, ks: Iterable[int] = (1, 5)) -> dict[str, Tensor]:
+def _unit_rows_into(out: Tensor, rows: Tensor) -> None:
+    """Write ``F.normalize(rows.float())`` into ``out[:len(rows)]`` (the same arithmetic, no float32
+    temporary of ``rows``) and zeros into the rest of ``out`` (padding)."""
+    m = rows.shape[0]
+    head = out[:m]
+    head.copy_(rows)
+    head.div_(torch.linalg.vector_norm(head, dim=-1, keepdim=True).clamp_min_(1e-12))
+    out[m:].zero_()
+
+
+def _gather_rows(x: Tensor, index: Tensor, start: int, stop: int, contiguous: bool) -> Tensor:
+    """Rows ``x[index[start:stop]]``: a view of ``x`` when ``index`` is an increasing run there."""
+    if contiguous and stop > start:
+        first = int(index[start])
+        if int(index[stop - 1]) - first == stop - start - 1:
+            return x[first : first + stop - start]
+    return x.index_select(0, index[start:stop])
+
+
+def tile_sizes(
+    num_queries: int, gallery_size: int, dim: int, widest: int = 1, budget: int = SCORE_BUDGET,
+    chunk: int | None = None, gallery_chunk: int | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """``(b, g)``: queries and gallery items per tile of :func:`ranks_by_owner`.
+
+    Defaults: ``g = min(G, budget // max(E, min(Q, MIN_QUERY_BLOCK)))`` (the whole gallery when a
+    block of up to :data:`MIN_QUERY_BLOCK` queries against it fits the budget, and a float32
+    ``g x E`` buffer too), then ``b = min(Q, budget // g, budget // E)``. ``g`` is raised to
+    ``widest`` (the most positives of one query) so that each query's positives fit in one tile.
+
+    Raises:
+        ConfigError: a budget or chunk size below 1.
+    """
+    if budget < 1 or (chunk is not None and chunk < 1) or (gallery_chunk is not None and gallery_chunk < 1):
+        raise ConfigError(f"ranking needs budget, chunk and gallery_chunk >= 1, got {budget}, {chunk}, {gallery_chunk}")
+    dim = max(dim, 1)
+    if gallery_chunk is None:
+        gallery_chunk = max(1, budget // max(dim, min(max(num_queries, 1), MIN_QUERY_BLOCK)))
+    g = max(widest, min(gallery_chunk, gallery_size), 1)
+    b = chunk if chunk is not None else max(1, min(budget // g, budget // dim))
+    return max(1, min(b, num_queries)), g
+
+
+@torch.no_grad()
+def ranks_by_owner(
+    queries: Tensor, query_owner: Tensor, gallery: Tensor, gallery_owner: Tensor, budget: int = SCORE_BUDGET,
+    chunk: int | None = None, gallery_chunk: int | None = None,
+) -> Tensor:  # fmt: skip
+    """Cosine-similarity rank of each query's best positive, where the positives are the gallery
+    items of the same owner: :func:`positive_ranks` of ``normalize(queries) @ normalize(gallery).T``
+    with ``positive = query_owner[:, None] == gallery_owner[None, :]``, computed tile by tile.
+
+    How: the queries are taken in blocks of at most ``b`` (ordered by owner), each block's rows
+    normalised in float32 into a buffer; the gallery (ordered by owner) in chunks of ``g`` rows,
+    normalised the same way (:func:`tile_sizes`). A block is first scored against the gallery window
+    that holds all its positives, which gives each query's best positive and the negatives of that
+    window; then against the rest of the gallery, chunk by chunk, counting the negatives scoring >=
+    the best. Every score is computed once, by matrix products of one shape (partial blocks and
+    chunks are zero-padded), so equal vectors get equal scores and exact ties stay ties: a constant
+    embedding ranks every query after all its negatives.
+
+    Memory, besides the inputs, in bytes::
+
+        5 b g  +  (4 + s) (b + g) E  +  8 (6 Q + 4 G + 5 P)
+
+    one float32 ``[b, g]`` score tile and its bool comparison; the float32 query and gallery row
+    buffers plus a gathered copy of their rows (``s`` bytes per stored element, 0 when the rows are
+    a contiguous run, e.g. no padding or left-out items); int64 indices of the queries, the gallery
+    and the ``P`` positive pairs of one block (``P <= b x`` most positives of a query). The defaults
+    keep ``b g``, ``g E`` and ``b E`` within ``budget``: at most ``(13 + 2 s) budget`` bytes plus
+    the indices, 1.06 GiB at :data:`SCORE_BUDGET` with float16 rows (1.66M views x 46K objects:
+    measured in ``benchmarks/bench_eval_memory.py``).
+
+    Args:
+        queries: ``[Q, E]`` query embeddings (any norm, any floating dtype, e.g. float16).
+        query_owner: ``[Q]`` integer owner ids; a negative id leaves the query out.
+        gallery: ``[G, E]`` gallery embeddings (the computation runs on their device).
+        gallery_owner: ``[G]`` integer owner ids; a negative id leaves the item out of the gallery
+            (neither positive nor negative: padding).
+        budget: scores per tile (:func:`tile_sizes`).
+        chunk: queries per tile ``b`` (default: from the budget).
+        gallery_chunk: gallery items per tile ``g`` (default: from the budget; raised to the most
+            positives of one query).
+
+    Returns:
+        ``[Q]`` int64 on the gallery's device: the number of non-positive gallery items scoring >= the
+        query's best positive (0 = retrieved first; ties count against the query); -1 for the queries
+        left out.
+
+    Raises:
+        ConfigError: mismatched shapes, a budget or chunk below 1, or a query without any positive
+            in the gallery (names how many and the first).
+    """
+    if (queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]
+            or tuple(query_owner.shape) != (queries.shape[0],) or tuple(gallery_owner.shape) != (gallery.shape[0],)):  # fmt: skip
+        raise ConfigError(
+            f"ranks_by_owner needs queries [Q, E], query_owner [Q], gallery [G, E] and gallery_owner [G], got "
+            f"{list(queries.shape)}, {list(query_owner.shape)}, {list(gallery.shape)}, {list(gallery_owner.shape)}"
+        )
+    device, dim = gallery.device, gallery.shape[1]
+    q_owner, g_owner = query_owner.to(device, torch.long), gallery_owner.to(device, torch.long)
+    ranks = torch.full((queries.shape[0],), -1, dtype=torch.long, device=device)
+    q_index, g_index = _by_owner(q_owner), _by_owner(g_owner)
+    if not len(q_index):
+        return ranks
+    q_sorted, g_sorted = q_owner[q_index], g_owner[g_index]
+    lo = torch.searchsorted(g_sorted, q_sorted, right=False)
+    hi = torch.searchsorted(g_sorted, q_sorted, right=True)
+    del q_sorted, g_sorted
+    missing = (hi == lo).nonzero().squeeze(1)
+    if len(missing):
+        first = int(q_index[missing[0]])
+        raise ConfigError(f"ranks_by_owner: {len(missing)} of {len(q_index)} queries have no positive in the gallery "
+                          f"(first: query {first}, owner {int(q_owner[first])})")  # fmt: skip
+    b, g = tile_sizes(len(q_index), len(g_index), dim, int((hi - lo).max()), budget, chunk, gallery_chunk)
+    q_run, g_run = _increasing(q_index), _increasing(g_index)
+    q_buf = torch.empty(b, dim, device=device)
+    g_buf = torch.empty(g, dim, device=device)
+    tile = torch.empty(b, g, device=device)
+
+    def score(start: int, stop: int) -> Tensor:  # [b, stop - start]: the block against gallery rows start:stop
+        _unit_rows_into(g_buf, _gather_rows(gallery, g_index, start, stop, g_run))
+        torch.mm(q_buf, g_buf.T, out=tile)
+        return tile[:, : stop - start]
+
+    start, size = 0, len(g_index)
+    while start < len(q_index):
+        # the block: at most b queries whose positives all lie in one window of at most g gallery items
+        window_lo = int(lo[start])
+        stop = min(start + b, start + int(torch.searchsorted(hi[start:], window_lo + g, right=True)))
+        window_hi, n = int(hi[stop - 1]), stop - start
+        _unit_rows_into(q_buf, _gather_rows(queries, q_index, start, stop, q_run))
+        counts = hi[start:stop] - lo[start:stop]
+        rows = torch.arange(n, device=device).repeat_interleave(counts)  # the positive pairs (row, column)
+        cols = torch.arange(len(rows), device=device) + (
+            lo[start:stop] - window_lo - counts.cumsum(0) + counts
+        ).repeat_interleave(counts)
+        window = score(window_lo, window_hi)[:n]
+        best, ties = _best_positive(window, rows, cols)
+        count = _at_least(window, best) - ties
+        for a, z in (*_spans(0, window_lo, g), *_spans(window_hi, size, g)):
+            count += _at_least(score(a, z)[:n], best)
+        ranks[q_index[start:stop]] = count
+        start = stop
+    return ranks
+
+
+def _by_owner(owner: Tensor) -> Tensor:
+    """Positions of the non-negative owners, ordered by owner (stable: by position within an owner)."""
+    index = (owner >= 0).nonzero().squeeze(1)
+    return index[torch.argsort(owner[index], stable=True)]
+
+
+def _increasing(index: Tensor) -> bool:
+    return bool((index[1:] > index[:-1]).all()) if len(index) > 1 else True
+
+
+def _spans(start: int, stop: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+
+def _owners(n: int, valid: Tensor, device) -> Tensor:
+    """``[n]`` owner ids ``0..n-1``, -1 where ``valid`` is False."""
+    ids = torch.arange(n, device=device)
+    return torch.where(valid.to(device), ids, torch.full_like(ids, -1))
+
+
+def retrieval_recall(
+    g: Tensor, t: Tensor, mask: Tensor, ks: Iterable[int] = (1, 5), budget: int = SCORE_BUDGET
+) -> dict[str, Tensor]:
     """3D <-> text recall@k among the objects with a caption (what validation logs).
 
     Args:
         g: ``[M, E]`` 3D embeddings. t: ``[M, E]`` caption embeddings. mask: ``[M]`` bool (has a caption).
+        budget: scores per tile of :func:`ranks_by_owner` (memory: see there).
 
     Returns:
         ``{"3d_to_text_r{k}", "text_to_3d_r{k}"}`` 0-d float tensors: share of objects whose own
@@ -61,13 +271,12 @@ def retrieval_recall(g: Tensor, t: Tensor, mask: Tensor, ks: Iterable[int] = (1,
         count against the object. Empty when no object has a caption.
     """
     mask = mask.bool()
-    g, t = _unit(g[mask]), _unit(t[mask])
-    if len(g) == 0:
+    if not bool(mask.any()):
         return {}
-    sims = g @ t.T  # [M', M']
-    own = torch.eye(len(g), dtype=torch.bool, device=sims.device)
-    rank_g2t = positive_ranks(sims, own)
-    rank_t2g = positive_ranks(sims.T, own)
+    owner = _owners(len(mask), mask, t.device)
+    captioned = owner >= 0
+    rank_g2t = ranks_by_owner(g, owner, t, owner, budget)[captioned]
+    rank_t2g = ranks_by_owner(t, owner, g, owner, budget)[captioned]
     out = {}
     for k in ks:
         out[f"3d_to_text_r{k}"] = (rank_g2t < k).float().mean()
@@ -100,6 +309,43 @@ class ZeroShotResult:
     @property
     def num_samples(self) -> int:
         return int(self.confusion.sum())
+
+
+@torch.no_grad()
+def class_ranks(scores: Tensor, targets: Tensor, budget: int = SCORE_BUDGET) -> Tensor:
+    """Zero-shot rank of each sample's true class: the number of classes scoring higher, plus those
+    scoring equal with a lower index (ties go to the lower class index, as ``argmax`` breaks them,
+    so rank 0 is exactly ``scores.argmax(1) == targets``). Top-k accuracy is ``(ranks < k).mean()``.
+
+    Compares ``max(1, budget // C)`` rows at a time (memory: ``budget`` bytes of comparisons beside
+    the scores).
+
+    Args:
+        scores: ``[N, C]`` class scores (e.g. cosines or logits).
+        targets: ``[N]`` integer true class indices in ``[0, C)``.
+        budget: scores compared at once.
+
+    Returns:
+        ``[N]`` int64 on the device of ``scores``.
+
+    Raises:
+        ConfigError: mismatched shapes, a target outside ``[0, C)``, a budget below 1.
+    """
+    if scores.ndim != 2 or tuple(targets.shape) != (scores.shape[0],) or budget < 1:
+        raise ConfigError(f"class_ranks needs scores [N, C], targets [N] and budget >= 1, got {list(scores.shape)}, "
+                          f"{list(targets.shape)}, {budget}")  # fmt: skip
+    n, c = scores.shape
+    targets = targets.to(scores.device, torch.long)
+    if n and (int(targets.min()) < 0 or int(targets.max()) >= c):
+        raise ConfigError(f"class_ranks: targets must lie in [0, {c}), got {int(targets.min())}..{int(targets.max())}")
+    ranks = torch.empty(n, dtype=torch.long, device=scores.device)
+    classes = torch.arange(c, device=scores.device)[None, :]
+    step = max(1, budget // max(c, 1))
+    for start in range(0, n, step):
+        part, target = scores[start : start + step], targets[start : start + step, None]
+        own = part.gather(1, target)
+        ranks[start : start + step] = ((part > own) | ((part == own) & (classes < target))).sum(dim=1)
+    return ranks
 
 
 def zero_shot(
@@ -137,11 +383,13 @@ def zero_shot(
             f"{list(embeddings.shape)} and {list(class_weights.shape)}"
         )
     if len(names) != class_weights.shape[0] or len(set(names)) != len(names):
-        raise ConfigError(f"{len(names)} class names (distinct: {len(set(names))}) for {class_weights.shape[0]} class weights")
+        raise ConfigError(
+            f"{len(names)} class names (distinct: {len(set(names))}) for {class_weights.shape[0]} class weights"
+        )
     if len(labels) != embeddings.shape[0] or not len(labels):
         raise ConfigError(f"zero_shot needs one label per embedding and at least one sample, got {len(labels)} labels "
                           f"for {embeddings.shape[0]} embeddings")  # fmt: skip
-    ks = sorted(set(int(k) for k in ks))
+    ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"top-k needs k >= 1, got {ks}")
     index = {name: i for i, name in enumerate(names)}
@@ -152,9 +400,7 @@ def zero_shot(
         raise DatasetError(f"zero-shot: {len(missing)} label(s) not among the {len(names)} class names: {shown}{more}")
     target = torch.tensor([index[label] for label in labels], dtype=torch.long)
     scores = (_unit(embeddings) @ _unit(class_weights).T).cpu()  # [N, C]
-    own = scores.gather(1, target[:, None])  # [N, 1]
-    lower = torch.arange(len(names))[None, :] < target[:, None]
-    rank = ((scores > own) | ((scores == own) & lower)).sum(dim=1)  # [N]
+    rank = class_ranks(scores, target)  # [N]
     predictions = scores.argmax(dim=1)
     c = len(names)
     topk = {k: float((rank < min(k, c)).float().mean()) for k in ks}
@@ -175,6 +421,7 @@ def retrieval(
     text_mask: Tensor | None = None,
     image_mask: Tensor | None = None,
     ks: Iterable[int] = RECALL_K,
+    budget: int = SCORE_BUDGET,
 ) -> dict[str, dict[str, float]]:
     """Recall@k of text -> 3D, 3D -> text, image -> 3D and 3D -> image over one gallery of N objects.
 
@@ -191,6 +438,8 @@ def retrieval(
       other objects' views).
 
     Ties count against the query (:func:`positive_ranks`). k may exceed the gallery (recall 1).
+    Computed tile by tile (:func:`ranks_by_owner`, memory bounded by ``budget``) on the device of
+    the embeddings; the views may be stored in float16 (they are normalised per tile in float32).
 
     Args:
         shape_embeddings: ``[N, E]`` 3D embeddings.
@@ -199,6 +448,7 @@ def retrieval(
         text_mask: ``[N]`` bool, False for objects without a caption (default: all True).
         image_mask: ``[N, V]`` bool, False for padding views (default: all True).
         ks: the k of recall@k.
+        budget: scores per tile (:data:`SCORE_BUDGET`; memory: :func:`ranks_by_owner`).
 
     Returns:
         ``{direction: {"r{k}": recall}}`` for the four :data:`DIRECTIONS`.
@@ -220,42 +470,42 @@ def retrieval(
     if tuple(text_mask.shape) != (n,) or tuple(image_mask.shape) != (n, v):
         raise ConfigError(f"text_mask must be [{n}] and image_mask [{n}, {v}], got {list(text_mask.shape)}, "
                           f"{list(image_mask.shape)}")  # fmt: skip
-    ks = sorted(set(int(k) for k in ks))
+    ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"recall@k needs k >= 1, got {ks}")
     if not bool(text_mask.any()):
         raise DatasetError(f"retrieval: none of the {n} objects has a caption")
     if not bool(image_mask.any()):
         raise DatasetError(f"retrieval: none of the {n} objects has a view embedding")
-    g = _unit(shape_embeddings).cpu()
-    t = _unit(text_embeddings).cpu()
-    views = _unit(image_embeddings).cpu()
-
-    captioned = text_mask.nonzero().squeeze(1)  # [M]
-    owner = torch.arange(n)
-    ranks: dict[str, Tensor] = {}
-    # text -> 3D: captions of the captioned objects against all N shapes
-    ranks["text_to_3d"] = positive_ranks(t[captioned] @ g.T, captioned[:, None] == owner[None, :])
-    # 3D -> text: captioned objects against the M captions
-    eye = torch.eye(len(captioned), dtype=torch.bool)
-    ranks["3d_to_text"] = positive_ranks(g[captioned] @ t[captioned].T, eye)
-    # image -> 3D: every valid view against all N shapes
-    flat = views.reshape(n * v, -1)[image_mask.reshape(-1)]  # [Vt, E]
-    view_owner = owner[:, None].expand(n, v).reshape(-1)[image_mask.reshape(-1)]  # [Vt]
-    ranks["image_to_3d"] = positive_ranks(flat @ g.T, view_owner[:, None] == owner[None, :])
-    # 3D -> image: objects with at least one view against all valid views; any own view counts
-    has_view = image_mask.any(dim=1).nonzero().squeeze(1)
-    ranks["3d_to_image"] = positive_ranks(g[has_view] @ flat.T, has_view[:, None] == view_owner[None, :])
+    device = shape_embeddings.device
+    objects = torch.arange(n, device=device)  # owner ids: the object index, -1 leaves an item out
+    text_owner = _owners(n, text_mask, device)  # [N], -1 without a caption
+    has_view = _owners(n, image_mask.any(dim=1), device)  # [N], -1 without a view
+    view_owner = torch.where(image_mask.to(device), objects[:, None], -1).reshape(-1)  # [N * V], -1 for padding
+    flat = image_embeddings.reshape(n * v, -1)  # a view of the stored views (e.g. float16), never a float32 copy
+    rank = partial(ranks_by_owner, budget=budget)
+    ranks = {
+        "text_to_3d": rank(text_embeddings, text_owner, shape_embeddings, objects),  # captions over all N shapes
+        "3d_to_text": rank(shape_embeddings, text_owner, text_embeddings, text_owner),  # over the M captions
+        "image_to_3d": rank(flat, view_owner, shape_embeddings, objects),  # every valid view over all N shapes
+        "3d_to_image": rank(shape_embeddings, has_view, flat, view_owner),  # over all valid views, any own one counts
+    }
+    ranks = {d: r[r >= 0] for d, r in ranks.items()}
     return {d: {f"r{k}": float((ranks[d] < k).float().mean()) for k in ks} for d in DIRECTIONS}
 
 
 __all__ = [
     "DIRECTIONS",
+    "MIN_QUERY_BLOCK",
     "RECALL_K",
+    "SCORE_BUDGET",
     "ZEROSHOT_K",
     "ZeroShotResult",
+    "class_ranks",
     "positive_ranks",
+    "ranks_by_owner",
     "retrieval",
     "retrieval_recall",
+    "tile_sizes",
     "zero_shot",
 ]

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import ConfigError, DatasetError
-from clip_gs.evaluation.fewshot import DEFAULT_L2, DEFAULT_QUERIES, FewShotResult, few_shot
+from clip_gs.evaluation.fewshot import DEFAULT_L2, STANDARD_RUNS, FewShotResult, run_few_shot
 from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, ZeroShotResult, positive_ranks, retrieval, zero_shot
+from clip_gs.evaluation.protocols import ZeroShotProtocol, match_labels
 from clip_gs.model.folder import EVAL_REPORT
 
 TASKS = ("zeroshot", "fewshot", "retrieval")
@@ -207,13 +208,16 @@ def zero_shot_classes(
     teacher=None,
     dataset_teacher: str | None = None,
     storage_options: dict | None = None,
+    protocol: ZeroShotProtocol | None = None,
 ) -> tuple[list[str], Tensor, str]:
     """Class names, class embeddings ``[C, E]`` and a description of where they came from.
 
-    ``label_set`` None: the dataset's stored prompt-ensemble embeddings (``label_embeddings.bin``,
-    described as ``"dataset"``). Otherwise a label-set file or list of names
-    (:func:`~clip_gs.teachers.load_label_set`), encoded with :data:`~clip_gs.teachers.TEMPLATES`
-    by ``teacher`` (a :class:`~clip_gs.teachers.Teacher` or spec; None rebuilds
+    ``protocol`` with its own classes (``uni3d``, or ``clip-gs`` with a benchmark's list): those,
+    encoded with its templates and rule (:func:`~clip_gs.evaluation.protocols.protocol_weights`).
+    Otherwise ``label_set`` None: the dataset's stored prompt-ensemble embeddings
+    (``label_embeddings.bin``, described as ``"dataset"``); else a label-set file or list of names
+    (:func:`~clip_gs.teachers.load_label_set`), encoded with :data:`~clip_gs.teachers.TEMPLATES`.
+    Encoding is by ``teacher`` (a :class:`~clip_gs.teachers.Teacher` or spec; None rebuilds
     ``dataset_teacher`` with :func:`teacher_spec_for`), which must be the dataset's teacher.
 
     Raises:
@@ -221,16 +225,21 @@ def zero_shot_classes(
         ConfigError: an invalid label set, a teacher that cannot be rebuilt.
     """
     from clip_gs.data.shards import read_label_embeddings
+    from clip_gs.evaluation.protocols import protocol_weights, zero_shot_protocol
 
-    if label_set is None:
-        names, weights, meta = read_label_embeddings(str(root), storage_options)
-        if dataset_teacher is not None and meta.get("teacher") not in (None, dataset_teacher):
-            raise DatasetError(f"{root}: label embeddings made by {meta.get('teacher')!r}, the shards by {dataset_teacher!r}")
-        return names, weights.float(), "dataset"
-    from clip_gs.teachers import TEMPLATES, check_same_teacher, load_label_set, load_teacher, zero_shot_weights
+    if protocol is None or protocol.class_names is None:
+        if label_set is None:
+            names, weights, meta = read_label_embeddings(str(root), storage_options)
+            if dataset_teacher is not None and meta.get("teacher") not in (None, dataset_teacher):
+                raise DatasetError(f"{root}: label embeddings made by {meta.get('teacher')!r}, the shards by {dataset_teacher!r}")
+            return names, weights.float(), "dataset"
+        protocol = zero_shot_protocol("clip-gs", label_set=label_set)
+        where = str(label_set) if isinstance(label_set, (str, os.PathLike)) else f"labels:{','.join(protocol.class_names)}"
+    else:
+        where = protocol.source
+    from clip_gs.teachers import check_same_teacher, load_teacher
     from clip_gs.teachers.factory import teacher_spec_for
 
-    names = load_label_set(label_set)
     if teacher is None:
         if dataset_teacher is None:
             raise ConfigError("a label set needs a teacher: pass one (or a dataset whose manifest names its teacher)")
@@ -238,8 +247,7 @@ def zero_shot_classes(
     teacher = load_teacher(teacher)
     if dataset_teacher is not None:
         check_same_teacher(teacher, dataset_teacher, what=f"label-set teacher and the dataset {root}")
-    where = str(label_set) if isinstance(label_set, (str, os.PathLike)) else f"labels:{','.join(names)}"
-    return names, zero_shot_weights(teacher, names, TEMPLATES).float(), where
+    return list(protocol.class_names), protocol_weights(protocol, teacher), where
 
 
 def evaluate(
@@ -249,9 +257,9 @@ def evaluate(
     tasks: Sequence[str] = TASKS,
     label_set: str | os.PathLike | Sequence[str] | None = None,
     teacher=None,
-    protocols: Sequence[tuple[int, int]] = ((5, 5),),
+    protocols: Sequence[tuple[int, int]] | None = None,
     episodes: int = 100,
-    queries_per_class: int = DEFAULT_QUERIES,
+    queries_per_class: int | None = None,
     l2: float = DEFAULT_L2,
     seed: int = 0,
     batch_size: int = 8,
@@ -260,21 +268,28 @@ def evaluate(
     model_teacher_identity: str | None = None,
     progress: bool | None = None,
     storage_options: dict | None = None,
+    zeroshot_protocol: ZeroShotProtocol | None = None,
+    fewshot_protocol: str = "standard",
+    support_split: str = "train",
+    runs: int = STANDARD_RUNS,
 ) -> Evaluation:
     """Run the protocols for ``model`` on one split of a prepared dataset.
 
     Zero-shot and few-shot use the labelled objects; retrieval uses every object (text directions:
-    those with a caption). A protocol that cannot run on this split (e.g. too few samples per class
-    for few-shot) is recorded in ``failures`` (and in the report's ``"failures"``) and the others go on.
+    those with a caption). A protocol that cannot run on this split (e.g. too few objects per class
+    for a few-shot setting) is recorded in ``failures`` (and in the report's ``"failures"``) and the
+    others go on.
 
     Args:
         model: a :class:`~clip_gs.model.CLIPGS`.
         root, split: the prepared dataset and the split.
         tasks: a subset of :data:`TASKS`.
-        label_set, teacher: zero-shot classes (:func:`zero_shot_classes`).
-        protocols: few-shot ``(ways, shots)`` pairs.
-        episodes, queries_per_class, l2: few-shot settings (:func:`~clip_gs.evaluation.few_shot`).
-        seed: seed of the 3DGS resampling and of the few-shot episodes.
+        label_set, teacher, zeroshot_protocol: zero-shot classes and prompts (:func:`zero_shot_classes`).
+        fewshot_protocol: ``"standard"`` (support from ``support_split``, ``runs`` seeded runs) or
+            ``"episodes"`` (:func:`~clip_gs.evaluation.fewshot.run_few_shot`).
+        protocols: few-shot ``(ways, shots)`` settings (None: 10-way 10-shot standard, 5-way 5-shot episodes).
+        episodes, queries_per_class, l2: few-shot settings (queries None: 20 standard, 15 episodes).
+        seed: seed of the 3DGS resampling and of the few-shot draws.
         batch_size, precision: embedding (:func:`embed_split`).
         model_name: what the report calls the model (its folder or repo id).
         model_teacher_identity: the model's teacher (``teacher.json``); checked against the dataset's.
@@ -309,27 +324,37 @@ def evaluate(
         def run_zeroshot() -> None:
             if not labelled:
                 raise DatasetError(f"{root}/{split}: no labelled objects for zero-shot classification")
-            names, weights, where = zero_shot_classes(root, label_set, teacher, manifest.teacher, storage_options)
-            zs = zero_shot(data.shape[labelled], label_names, names, weights, ZEROSHOT_K)
+            names, weights, where = zero_shot_classes(root, label_set, teacher, manifest.teacher, storage_options,
+                                                      zeroshot_protocol)  # fmt: skip
+            as_class = match_labels(label_names, names, f"{root}/{split}") if where != "dataset" else {}
+            zs = zero_shot(data.shape[labelled], [as_class.get(n, n) for n in label_names], names, weights, ZEROSHOT_K)
             result.zeroshot = zs
             tasks_out["zeroshot"] = {
                 **{f"top{k}": zs.topk[k] for k in ZEROSHOT_K}, "per_class": zs.per_class, "label_set": where,
                 "num_classes": len(names), "num_samples": zs.num_samples,
+                "protocol": zeroshot_protocol.name if zeroshot_protocol is not None else "clip-gs",
             }  # fmt: skip
 
         attempt("zeroshot", run_zeroshot)
     if "fewshot" in tasks:
-        shots_out: dict = {}
-        for ways, shots in protocols:
 
-            def run_fewshot(ways=ways, shots=shots) -> None:
-                fs = few_shot(data.shape[labelled], label_names, ways, shots, episodes, queries_per_class, seed, l2)
-                result.fewshot.append(fs)
-                shots_out[fs.name] = {"mean": fs.mean, "std": fs.std, "episodes": fs.episodes}
+        def run_fewshot() -> None:
+            support = None
+            if fewshot_protocol == "standard":
+                support = embed_split(model, root, support_split, batch_size, seed, precision, progress, storage_options)
+            support_idx = [i for i, label in enumerate(support.labels) if label is not None] if support else []
+            run = run_few_shot(
+                fewshot_protocol, protocols, data.shape[labelled], label_names,
+                support.shape[support_idx] if support else None, [support.labels[i] for i in support_idx] if support else None,
+                runs, episodes, queries_per_class, seed, l2,
+            )  # fmt: skip
+            result.fewshot.extend(run.results)
+            result.failures.update(run.failures)
+            if run.results:
+                tasks_out["fewshot"] = {name: entry | ({"support_split": support_split} if support else {})
+                                        for name, entry in run.report().items()}  # fmt: skip
 
-            attempt(f"fewshot/{ways}-way-{shots}-shot", run_fewshot)
-        if shots_out:
-            tasks_out["fewshot"] = shots_out
+        attempt("fewshot", run_fewshot)
     if "retrieval" in tasks:
 
         def run_retrieval() -> None:

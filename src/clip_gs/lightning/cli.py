@@ -3,14 +3,17 @@
 (``data:``), with the :class:`~clip_gs.lightning.export.ExportBest` callback under ``export:``.
 
 Everything is typed from the classes' signatures (``--print_config`` prints a complete file).
-``data.num_gaussians`` is linked to ``model.num_gaussians`` (set it under ``data:`` only); the
-data module's ``scale_activation`` must equal the model configuration's (checked in ``setup``).
+``data.num_gaussians`` is linked to ``model.config.num_gaussians`` (set it under ``data:`` only);
+the data module's ``scale_activation`` must equal the model configuration's (checked in ``setup``).
+Two callbacks are always there: Lightning's ``ThroughputMonitor`` (``train/samples_per_sec``,
+``train/device/samples_per_sec``, ... over a window of :data:`THROUGHPUT_WINDOW` steps) and the
+:class:`~clip_gs.lightning.predictions.PredictionsWriter` of ``predict``.
 ``fit`` then tests the best checkpoint on the test split (``--test_after_fit false`` skips it),
 prints the test zero-shot accuracy next to the teacher's own on the same objects and the test
 recall, adds them to the export's ``metrics.json``, prints the wall time of each stage (prepare,
 train, export, test), and prints the export folder as its last line.
-``predict`` embeds the test split and writes ``predictions.pt`` (``ids``, ``embeddings [M, E]``)
-to the log directory, printing its path last.
+``predict`` embeds the test split (the data module's ``predict_dataloader``) and writes
+``predictions.pt`` (``ids``, ``embeddings [M, E]``) to the log directory, printing its path last.
 """
 
 from __future__ import annotations
@@ -22,15 +25,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from clip_gs.lightning.datamodule import GaussianDataModule
 from clip_gs.lightning.export import ExportBest
 from clip_gs.lightning.module import CLIPGSModule
+from clip_gs.lightning.predictions import PredictionsWriter
 from clip_gs.model.folder import METRICS_NAME
 
 COMMANDS = ("fit", "validate", "test", "predict")
+
+THROUGHPUT_WINDOW = 10
+"""Steps over which ``ThroughputMonitor`` averages (its first figures appear after this many steps)."""
 
 
 class CLIPGSCLI(LightningCLI):
@@ -38,7 +45,7 @@ class CLIPGSCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ExportBest, "export")
-        parser.link_arguments("data.num_gaussians", "model.num_gaussians")
+        parser.link_arguments("data.num_gaussians", "model.config.num_gaussians")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="fit: after training, test the best checkpoint on the test split (when the data has one)",
@@ -72,22 +79,10 @@ class CLIPGSCLI(LightningCLI):
         if export is not None and export.export_path is not None and self.trainer.is_global_zero:
             print(str(Path(export.export_path).resolve()), flush=True)
 
-    def before_predict(self) -> None:
-        dm = self.datamodule
-        if dm is not None and not hasattr(type(dm), "predict_dataloader_overridden"):
-            dm.predict_dataloader = dm.test_dataloader  # predict = embed the test split
-
     def after_predict(self) -> None:
-        outputs = self.trainer.predict_loop.predictions or []
-        if outputs and isinstance(outputs[0], list):  # several dataloaders
-            outputs = [o for per_loader in outputs for o in per_loader]
-        ids = [i for o in outputs for i in o["ids"]]
-        embeddings = torch.cat([o["embeddings"] for o in outputs]) if outputs else torch.zeros(0)
-        folder = self.trainer.log_dir or self.trainer.default_root_dir
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "predictions.pt")
-        torch.save({"ids": ids, "embeddings": embeddings}, path)
-        print(os.path.abspath(path), flush=True)
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, PredictionsWriter)), None)
+        if writer is not None and writer.path is not None:
+            print(str(writer.path), flush=True)
 
 
 def format_stage_times(stages: dict[str, float | None], total: float) -> str:
@@ -128,9 +123,11 @@ def record_test_metrics(folder: str | os.PathLike, metrics: dict[str, float], ch
 def cli_main(args: Sequence[str] | None = None) -> int:
     """Run a LightningCLI subcommand (``args`` like ``sys.argv[1:]``); returns the exit status."""
     args = None if args is None or list(args) == sys.argv[1:] else list(args)  # None: LightningCLI reads sys.argv
+    always = [ThroughputMonitor(batch_size_fn=len, window_size=THROUGHPUT_WINDOW), PredictionsWriter()]
     CLIPGSCLI(
         CLIPGSModule,
         GaussianDataModule,
+        trainer_defaults={"callbacks": always},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -13,6 +13,12 @@ dict) and ``index`` the sample's global index in the split. Workers are not pers
 epoch's workers see the new epoch. Validation and test use epoch 0 and no augmentation, so every
 evaluation sees the same inputs.
 
+Extra validation sets (``extra_val``): other prepared datasets, each with its own labels and
+label embeddings, validated every epoch beside the training data's ``val`` split and logged as
+``val_<name>/...``, as Uni3D validates on Objaverse-LVIS, ModelNet40 and ScanObjectNN and the
+paper on Objaverse-LVIS-GS and ModelNet-GS. ``val_dataloader`` then returns one loader per set,
+in :attr:`GaussianDataModule.val_prefixes` order. ``predict`` embeds the test split.
+
 All ``__init__`` arguments are plain types, so LightningCLI can configure the module from YAML.
 """
 
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
+from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -33,6 +41,27 @@ from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsE
 
 SYNTHETIC_PREFIX = "synthetic:"
 """A ``root`` starting with this is built by ``clip_gs.data.prepare.prepare_dataset`` in ``prepare_data``."""
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """An extra validation set: a dataset written by ``clip-gs prepare`` with the training data's teacher.
+
+    Attributes:
+        name: what its metrics are called, ``val_<name>/...`` (letters, digits, ``_``).
+        root: its folder or ``s3://`` URL.
+        split: which of its splits is validated (default ``test``: a benchmark's evaluation split).
+    """
+
+    name: str
+    root: str
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
+            raise ConfigError(f"extra validation set name {self.name!r}: use letters, digits and '_' only")
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"extra validation set {self.name!r}: split must be train, val or test, got {self.split!r}")
 
 
 def build_augmentation(
@@ -115,6 +144,8 @@ class GaussianDataModule(LightningDataModule):
         shuffle: shuffle the training split (chunks, then items within chunks, per epoch).
         pin_memory: pin batches (for CUDA training).
         max_cache_size: LitData's cache budget for remote chunks (e.g. ``"50GB"``).
+        extra_val: extra validation sets (:class:`ValidationSet`), validated every epoch and logged
+            as ``val_<name>/...`` (module docstring). Each must hold labels.
     """
 
     def __init__(
@@ -144,6 +175,7 @@ class GaussianDataModule(LightningDataModule):
         shuffle: bool = True,
         pin_memory: bool = False,
         max_cache_size: str | None = None,
+        extra_val: list[ValidationSet] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -158,6 +190,10 @@ class GaussianDataModule(LightningDataModule):
         self.synthetic_views, self.synthetic_pose = synthetic_views, synthetic_pose
         self.drop_last, self.shuffle = drop_last, shuffle
         self.pin_memory, self.max_cache_size = pin_memory, max_cache_size
+        self.extra_val = [v if isinstance(v, ValidationSet) else ValidationSet(**v) for v in extra_val or []]
+        names = [v.name for v in self.extra_val]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"extra validation set names must be distinct, got {names}")
         augmentation = {
             "rotation": rotation,
             "max_rotation_deg": max_rotation_deg,
@@ -172,6 +208,7 @@ class GaussianDataModule(LightningDataModule):
         self.augmentation = build_augmentation(**augmentation) if augment else None  # validated here, not in workers
         self.manifest: Manifest | None = None
         self.datasets: dict[str, TripletShardDataset] = {}
+        self.extra_datasets: dict[str, TripletShardDataset] = {}
 
     # ------------------------------------------------------------------ locations
     @property
@@ -185,6 +222,18 @@ class GaussianDataModule(LightningDataModule):
             spec += f"|pose={self.synthetic_pose}"
         digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir or default_cache_dir(), "synthetic", digest)
+
+    def evaluation_roots(self) -> dict[str, str]:
+        """Metric prefix -> dataset root of every evaluation set: ``val`` and ``test`` (this dataset)
+        and ``val_<name>`` for each extra validation set."""
+        roots = {"val": self.dataset_root, "test": self.dataset_root}
+        return roots | {f"val_{v.name}": v.root for v in self.extra_val}
+
+    @property
+    def val_prefixes(self) -> list[str]:
+        """The metric prefix of each loader :meth:`val_dataloader` returns, in order (after ``setup``)."""
+        main = ["val"] if "val" in self.datasets else []
+        return main + [f"val_{v.name}" for v in self.extra_val]
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -207,6 +256,14 @@ class GaussianDataModule(LightningDataModule):
                     "to another folder"
                 ) from exc
         read_manifest(root, self.storage_options)
+        for extra in self.extra_val:
+            manifest = read_manifest(extra.root, self.storage_options)
+            if manifest.counts.get(extra.split, 0) <= 0:
+                raise DatasetError(f"extra validation set {extra.name!r}: {extra.root} has no {extra.split!r} samples "
+                                   f"(the manifest lists {manifest.counts})")  # fmt: skip
+            if not manifest.labels:
+                raise DatasetError(f"extra validation set {extra.name!r}: {extra.root} has no labels (an extra set "
+                                   "is there for its zero-shot metrics)")  # fmt: skip
         self.prepare_seconds = time.perf_counter() - start
 
     def setup(self, stage: str | None = None) -> None:
@@ -218,9 +275,14 @@ class GaussianDataModule(LightningDataModule):
         for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             if split in self.datasets or not self._has_split(split):
                 continue
-            self.datasets[split] = self._make_dataset(split, root)
+            self.datasets[split] = self._make_dataset(split, root, self.manifest)
         if stage == "fit" and "train" not in self.datasets:
             raise DatasetError(f"{root}: the manifest lists no train samples")
+        if stage in ("fit", "validate", None):
+            for extra in self.extra_val:
+                if extra.name not in self.extra_datasets:
+                    manifest = read_manifest(extra.root, self.storage_options)
+                    self.extra_datasets[extra.name] = self._make_dataset(extra.split, extra.root, manifest)
 
     def _has_split(self, split: str) -> bool:
         """Listed in the manifest with samples; for a manifest without that count, present on disk."""
@@ -230,20 +292,20 @@ class GaussianDataModule(LightningDataModule):
             return is_remote(input_dir) or os.path.isdir(input_dir)
         return count > 0
 
-    def _make_dataset(self, split: str, root: str) -> TripletShardDataset:
-        train = split == "train"
+    def _make_dataset(self, split: str, root: str, manifest: Manifest) -> TripletShardDataset:
+        train = split == "train" and root == self.dataset_root
         processor = SampleProcessor(
             num_gaussians=self.num_gaussians,
             scale_activation=self.scale_activation,
             views_per_step=self.views_per_step,
-            labels=tuple(self.manifest.labels),
+            labels=tuple(manifest.labels),
             seed=self.seed,
             transform=self.augmentation if train else None,
             fixed_epoch=None if train else 0,
         )
         input_dir = join(root, split)
         if not is_remote(input_dir) and not os.path.isdir(input_dir):
-            count = self.manifest.counts.get(split)
+            count = manifest.counts.get(split)
             raise DatasetError(f"{input_dir}: split folder missing (the manifest lists {count} samples)")
         cache_dir = None
         if is_remote(input_dir):
@@ -260,14 +322,17 @@ class GaussianDataModule(LightningDataModule):
         )
 
     def _loader(self, split: str):
-        from litdata import StreamingDataLoader
-
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
         if split not in self.datasets:
             return []
+        return self._stream(self.datasets[split])
+
+    def _stream(self, dataset: TripletShardDataset):
+        from litdata import StreamingDataLoader
+
         return StreamingDataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate_triplets,
@@ -282,12 +347,23 @@ class GaussianDataModule(LightningDataModule):
     def val_dataloader(self):
         """In order, unaugmented, epoch-0 draws, every sample on a single device; in a process group
         of R ranks LitData drops ``len(val) mod (R * batch_size)`` samples to keep the ranks in step
-        (evaluate on one device for exact full-split numbers)."""
-        return self._loader("val")
+        (evaluate on one device for exact full-split numbers). With extra validation sets: a list of
+        loaders, one per :attr:`val_prefixes` entry."""
+        main = self._loader("val")
+        if not self.extra_val:
+            return main
+        if any(v.name not in self.extra_datasets for v in self.extra_val):
+            self.setup("validate")
+        extras = [self._stream(self.extra_datasets[v.name]) for v in self.extra_val]
+        return ([main] if "val" in self.datasets else []) + extras
 
     def test_dataloader(self):
-        """Like :meth:`val_dataloader`, for the test split."""
+        """Like :meth:`val_dataloader` without the extra sets, for the test split."""
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        """``predict`` embeds the test split (the loader of :meth:`test_dataloader`)."""
         return self._loader("test")
 
 
-__all__ = ["SYNTHETIC_PREFIX", "GaussianDataModule", "build_augmentation"]
+__all__ = ["SYNTHETIC_PREFIX", "GaussianDataModule", "ValidationSet", "build_augmentation"]

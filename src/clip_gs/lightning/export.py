@@ -1,7 +1,7 @@
 """Export of a trained model as a Hub-ready folder: :class:`ExportBest` and :func:`export_pretrained`.
 
 ``ExportBest`` is a ``ModelCheckpoint`` (default: the best checkpoint by ``val/zeroshot_top1``,
-mode ``max``) that, at the end of ``fit``, writes the best checkpoint's weights with
+mode ``max``; with extra validation sets e.g. ``val_lvis/zeroshot_top1``) that, at the end of ``fit``, writes the best checkpoint's weights with
 ``CLIPGS.save_pretrained`` to ``export_dir`` (default ``<log dir>/export``) and keeps its path in
 ``export_path`` (``clip-gs fit`` prints it as the last line of output). The folder::
 
@@ -10,7 +10,7 @@ mode ``max``) that, at the end of ``fit``, writes the best checkpoint's weights 
     teacher.json         the teacher identity of the training data (from the dataset manifest)
     README.md            model card (clip_gs.model.card.folder_card): config, data, validation metrics
     curves.png           training loss and validation metrics over steps (PIL drawing)
-    metrics.json         the best checkpoint's validation metrics, the checkpoint, the training data
+    metrics.json         the best checkpoint's validation metrics (every set: val/, val_<name>/), the checkpoint, the training data
                          (root, counts, labels, init) and the history behind curves.png
 
 ``clip-gs eval`` adds ``eval/report.json``; ``clip-gs push`` regenerates the card with it.
@@ -122,7 +122,9 @@ class ExportBest(ModelCheckpoint):
     Args:
         export_dir: where the Hub-ready folder goes (default ``<trainer.log_dir>/export``).
         monitor / mode: what "best" is (default ``val/zeroshot_top1``, ``max``). Without any
-            validation, the final weights are exported.
+            validation, the final weights are exported. A tie goes to the later checkpoint (the
+            same score after more training; accuracies over a few hundred objects tie often),
+            where Lightning's ``ModelCheckpoint`` keeps the earlier one.
         dirpath, filename, save_last, save_top_k, every_n_train_steps, every_n_epochs: as
             ``ModelCheckpoint``. For resumable step-interval checkpoints add a second, plain
             ``ModelCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=...)`` under
@@ -151,6 +153,14 @@ class ExportBest(ModelCheckpoint):
         self.evaluations: list[dict] = []
         self.export_path: Path | None = None
 
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        """``ModelCheckpoint``'s rule with ``>=`` / ``<=`` instead of ``>`` / ``<``: ties go to the later checkpoint."""
+        if current is None or self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return super().check_monitor_top_k(trainer, current)
+        monitor_op = {"min": torch.le, "max": torch.ge}[self.mode]
+        better = monitor_op(current, self.best_k_models[self.kth_best_model_path])
+        return trainer.strategy.reduce_boolean_decision(bool(better))
+
     # history for the curves (kept in the checkpoint, so a resumed run keeps its curves)
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         value = trainer.callback_metrics.get("train/loss")
@@ -160,7 +170,7 @@ class ExportBest(ModelCheckpoint):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0].startswith("val")}
             self.evaluations.append({"step": int(trainer.global_step), "metrics": metrics})
             for name, value in metrics.items():
                 if "zeroshot" in name or "_r1" in name or name == "val/loss":

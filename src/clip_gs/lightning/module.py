@@ -3,73 +3,100 @@
 A thin wrapper: the model's module path (``CLIPGS.forward``, never ``fused()``) runs under
 Lightning's precision plugin (``Trainer(precision="bf16-mixed")`` autocasts it; the loss itself
 runs in float32), the loss is :mod:`clip_gs.model.loss`, the optimiser is AdamW with layer-wise
-learning-rate decay (:func:`param_groups`) and a per-step linear warm-up + cosine schedule
-(:func:`lr_factor`). Gradient clipping is the Trainer's ``gradient_clip_val`` (by global norm;
-Uni3D uses 5.0).
+learning-rate decay over the transformer blocks (:func:`param_groups`) and a per-step linear
+warm-up + cosine schedule (:func:`lr_factor`). After every optimiser step the logit scale is
+clamped in place to ``[0, log(max_logit_scale)]`` (:func:`~clip_gs.model.loss.clamp_logit_scale_`).
+Gradient clipping is the Trainer's ``gradient_clip_val`` (by global norm; Uni3D uses 5.0).
+Throughput is Lightning's ``ThroughputMonitor`` (``clip-gs fit`` adds it), not timers of our own.
 
 Logged every training step (``train/...``): ``loss``, ``loss_text``, ``loss_image``,
 ``logit_scale`` (``exp``, i.e. 1/temperature), ``lr`` (the base learning rate after the schedule,
-what the head receives), ``objects_per_s`` (global batch / time from the previous step's start
-to this one's), ``data_wait_s`` (time from the end of the previous step to the start of this one:
-waiting for the loader). Validation / test (``val/...``, ``test/...``): the losses,
-``zeroshot_top1/3/5`` over the split's labelled objects against the dataset's label embeddings
-(``label_embeddings.bin``; top-k is capped at the number of labels), and 3D <-> text recall
-``3d_to_text_r1/r5``, ``text_to_3d_r1/r5`` over the objects with a caption (each object's evaluation
-caption, its first (the most specific), against every other object of the split;
-embeddings gathered over the epoch and across ranks), and ``teacher_zeroshot_top1``, the teacher's
-own zero-shot accuracy on the views of the same objects (the reference for ``zeroshot_top1``).
+what the head receives). A training step reads nothing back to the host on an accelerator: the
+finiteness of the loss is checked every ``finite_check_every`` steps from flags kept on the
+device (every step on the CPU, where checking costs nothing), and a non-finite loss stops
+training naming the first bad step and its batch's ids.
 
-All ``__init__`` arguments are plain types, so LightningCLI configures the module from YAML.
+Validation / test, for every evaluation set (``val`` and ``test``: the training dataset's splits;
+``val_<name>``: each extra validation set of the data module, see
+:class:`~clip_gs.lightning.GaussianDataModule`): the losses, ``zeroshot_top1/3/5`` over the set's
+labelled objects against *its* label embeddings (``label_embeddings.bin``; top-k capped at the
+number of labels; ties go to the lower class index, the rule of
+:func:`~clip_gs.evaluation.metrics.class_ranks`, as ``clip-gs eval`` counts them), 3D <-> text recall
+``3d_to_text_r{k}``, ``text_to_3d_r{k}`` for :data:`~clip_gs.evaluation.metrics.RECALL_K` over the
+objects with a caption (each object's first caption, against every other object of the set;
+embeddings gathered over the epoch and across ranks), and ``teacher_zeroshot_top1``, the
+teacher's own zero-shot accuracy on the views of the same objects (the reference for
+``zeroshot_top1``; it depends only on the stored data, so it is computed once per set, on the
+first full evaluation, and logged again from then on).
+
+At ``setup`` the module lists the metric names it will log and refuses (``ConfigError``) a
+checkpoint callback whose ``monitor`` is not among them, before any training step (e.g.
+``val/zeroshot_top1`` on an unlabelled dataset such as Objaverse without LVIS).
+
+All ``__init__`` arguments are typed, so LightningCLI validates them from YAML.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric
 
 from clip_gs.data.batches import TripletBatch
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
-from clip_gs.evaluation.metrics import ZEROSHOT_K, retrieval_recall
+from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, class_ranks, retrieval_recall
 from clip_gs.model.clipgs import CLIPGS, LOAD_TIME_OVERRIDES
-from clip_gs.model.config import UNI3D_SIZES, get_model_config
-from clip_gs.model.loss import CLIPGSLoss, LossOutput
+from clip_gs.model.config import UNI3D_SIZES, ConfigOverrides, as_overrides, get_model_config
+from clip_gs.model.loss import MAX_LOGIT_SCALE, CLIPGSLoss, LossOutput, clamp_logit_scale_
 
 INITS = ("random", "uni3d", "pretrained")
 """How the model is built: a registered configuration with random weights, a Uni3D checkpoint, a pretrained folder / repo."""
+
+NO_OVERRIDES = ConfigOverrides()
+"""The default of ``CLIPGSModule(config=...)``: the registered configuration as it is (frozen, shared)."""
 
 NO_DECAY_NAMES = ("cls_token", "cls_pos", "order_scale", "order_shift", "logit_scale")
 """Parameters (by final name) without weight decay, besides every parameter with fewer than 2
 dimensions (norm weights, biases, EVA's ``q_bias``/``v_bias``)."""
 
-RECALL_K = (1, 5)
-"""Recall@k logged by validation (:func:`~clip_gs.evaluation.metrics.retrieval_recall`, the one implementation)."""
+@dataclass
+class EvalSet:
+    """One evaluation set of a run: its metric prefix (``val``, ``test``, ``val_<name>``), dataset
+    root, class names and unit label embeddings ``[C, E]`` (empty without labels)."""
+
+    prefix: str
+    root: str
+    labels: list[str]
+    label_embeddings: Tensor
 
 
 def layer_id(name: str, depth: int) -> int:
-    """Layer of a ``CLIPGS`` parameter for layer-wise lr decay: 0 for the tokenizer and embeddings
-    (``encoder.tokenizer``, ``cls_token``, ``cls_pos``, ``pos_embed``), ``i + 1`` for
-    ``encoder.blocks.i``, ``depth + 1`` for the rest (final ``norm``, ``head``, ``logit_scale``)."""
+    """Layer of a ``CLIPGS`` parameter for layer-wise lr decay: ``i + 1`` for ``encoder.blocks.i``,
+    ``depth + 1`` for everything else: the tokenizer (the Gaussian branch included), ``cls_token``,
+    ``cls_pos``, ``pos_embed``, the final ``norm``, ``head`` and ``logit_scale``.
+
+    Uni3D's rule: only the transformer blocks (the part initialised from a pretrained ViT) are
+    decayed; the point tokenizer and the embeddings train at the full rate. It matters more here:
+    the Gaussian branch starts from a zero-initialised output and is exactly what must learn.
+    """
     if name.startswith("encoder.blocks."):
         return int(name.split(".")[2]) + 1
-    if name.startswith(("encoder.tokenizer.", "encoder.cls_token", "encoder.cls_pos", "encoder.pos_embed.")):
-        return 0
     return depth + 1
 
 
 def param_groups(model: CLIPGS, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW parameter groups with layer-wise lr decay.
 
-    Layer ``l`` (:func:`layer_id`, of ``L + 2`` for ``L = depth`` blocks) gets
-    ``lr * layer_decay ** (L + 1 - l)``: the tokenizer / embeddings ``layer_decay ** (L + 1)``,
-    block ``i`` ``layer_decay ** (L - i)``, the final norm, head and logit scale 1. Weight decay
-    ``weight_decay`` except for parameters with ``ndim < 2`` and :data:`NO_DECAY_NAMES` (0).
+    Layer ``l`` (:func:`layer_id`) gets ``lr * layer_decay ** (L + 1 - l)`` for ``L = depth``
+    blocks: block ``i`` ``layer_decay ** (L - i)`` (the first block ``layer_decay ** L``), every
+    other parameter 1. Weight decay ``weight_decay`` except for parameters with ``ndim < 2`` and
+    :data:`NO_DECAY_NAMES` (0).
 
     Returns:
         groups with ``params``, ``names``, ``lr``, ``initial_lr``, ``lr_scale``, ``weight_decay``, ``layer``.
@@ -137,37 +164,41 @@ class CLIPGSModule(LightningModule):
         init: ``"random"``, ``"uni3d"`` (the paper: from a Uni3D checkpoint) or ``"pretrained"``.
         checkpoint: the Uni3D checkpoint (path or ``hf://BAAI/Uni3D/...``; None: the published one
             for the size) or the pretrained folder / repo id.
-        num_gaussians, num_groups, group_size, drop_path_rate, patch_dropout, embed_dim: config
-            overrides (None: the configuration's value). ``num_gaussians`` is linked to the data
-            module's by ``clip-gs fit``.
-        config_overrides: any other :class:`~clip_gs.model.config.CLIPGSConfig` fields.
+        config: typed overrides of the registered configuration
+            (:data:`~clip_gs.model.config.ConfigOverrides`: any ``CLIPGSConfig`` field, e.g.
+            ``num_groups``, ``group_size``, ``drop_path_rate``, ``embed_dim``). ``num_gaussians``
+            is linked to the data module's by ``clip-gs fit``. With ``init: pretrained`` only
+            :data:`~clip_gs.model.clipgs.LOAD_TIME_OVERRIDES` may be set.
         trusted_globals: passed to ``CLIPGS.from_uni3d`` (explicit opt-in for pickled objects).
         text_weight, image_weight, similarity_norm, similarity_temperature, local_loss: the loss
             (:class:`~clip_gs.model.loss.CLIPGSLoss`).
+        max_logit_scale: cap of ``exp(logit_scale)`` (CLIP: 100), applied to the parameter after
+            every optimiser step.
         lr, weight_decay, layer_decay, betas, eps: AdamW with layer-wise lr decay (Uni3D: 1e-3,
             0.1, 0.95).
         warmup_steps: linear warm-up steps (Uni3D: 10,000). min_lr_ratio: the cosine's floor.
         total_steps: schedule length; None takes ``trainer.estimated_stepping_batches``.
+        finite_check_every: on an accelerator, check the loss for NaN / Inf every this many steps
+            (from flags kept on the device; the error names the first bad step). On the CPU
+            every step is checked.
     """
+
+    flops_per_batch: int | None = None
+    """Read by Lightning's ``ThroughputMonitor`` (None: no FLOP figures; the monitor warns without the attribute)."""
 
     def __init__(
         self,
         model: str = "clip-gs-tiny",
         init: str = "random",
         checkpoint: str | None = None,
-        num_gaussians: int | None = None,
-        num_groups: int | None = None,
-        group_size: int | None = None,
-        drop_path_rate: float | None = None,
-        patch_dropout: float | None = None,
-        embed_dim: int | None = None,
-        config_overrides: dict | None = None,
+        config: ConfigOverrides = NO_OVERRIDES,
         trusted_globals: list[str] | None = None,
         text_weight: float = 1.0,
         image_weight: float = 1.0,
         similarity_norm: str = "raw",
         similarity_temperature: float = 0.1,
         local_loss: bool = False,
+        max_logit_scale: float = MAX_LOGIT_SCALE,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         layer_decay: float = 0.95,
@@ -176,13 +207,12 @@ class CLIPGSModule(LightningModule):
         warmup_steps: int = 10_000,
         min_lr_ratio: float = 0.0,
         total_steps: int | None = None,
+        finite_check_every: int = 50,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        overrides = dict(config_overrides or {})
-        named = {"num_gaussians": num_gaussians, "num_groups": num_groups, "group_size": group_size,
-                 "drop_path_rate": drop_path_rate, "patch_dropout": patch_dropout, "embed_dim": embed_dim}  # fmt: skip
-        overrides.update({k: v for k, v in named.items() if v is not None})
+        overrides = as_overrides(config if not isinstance(config, Mapping) else dict(config)).as_dict()
+        self.save_hyperparameters(ignore=["config"])
+        self.hparams["config"] = dict(overrides)  # plain types in checkpoints (weights_only loading)
         if init == "random":
             get_model_config(model, **overrides)  # validate early, with the package's message
         self.model = build_model(model, init, checkpoint, overrides, trusted_globals or ())
@@ -193,16 +223,20 @@ class CLIPGSModule(LightningModule):
             raise ConfigError(
                 f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 (got {lr}, {warmup_steps}, {min_lr_ratio})"
             )
-        self.label_names: list[str] = []
-        self.register_buffer("label_embeddings", torch.zeros(0), persistent=False)
+        if max_logit_scale < 1 or finite_check_every < 1:
+            raise ConfigError(f"need max_logit_scale >= 1 and finite_check_every >= 1, got {max_logit_scale}, "
+                              f"{finite_check_every}")  # fmt: skip
+        self.eval_sets: dict[str, EvalSet] = {}
         self._eval: dict[str, list] = {}
         self._metrics = nn.ModuleDict()
-        self._step_end: float | None = None
-        self._step_start: float | None = None
+        self._teacher_top1: dict[str, float] = {}
+        self._teacher_counts: dict[str, list[Tensor]] = {}
+        self._pending: list[tuple[int, int, list[str], Tensor]] = []  # (step, batch_idx, ids, finite flag)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        """Check the data against the model and read the label embeddings (``label_embeddings.bin``)."""
+        """Check the data against the model, read every evaluation set's label embeddings, and
+        (``fit``) check that the checkpoint callbacks monitor a metric this run will log."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or not hasattr(dm, "dataset_root"):
             return
@@ -213,37 +247,74 @@ class CLIPGSModule(LightningModule):
             raise ConfigError(
                 f"data.scale_activation {dm.scale_activation!r} != the model's {config.scale_activation!r} (set both)"
             )
-        manifest = getattr(dm, "manifest", None)
-        if manifest is None:
-            from clip_gs.data.shards import read_manifest
+        from clip_gs.data.shards import read_manifest
 
-            manifest = read_manifest(dm.dataset_root, dm.storage_options)
-        if manifest.embed_dim != config.embed_dim:
-            raise ConfigError(
-                f"{dm.dataset_root}: teacher {manifest.teacher!r} embeds in {manifest.embed_dim} dimensions but the "
-                f"model's embed_dim is {config.embed_dim} (set model.embed_dim)"
-            )
+        manifest = getattr(dm, "manifest", None) or read_manifest(dm.dataset_root, dm.storage_options)
+        self._check_width(dm.dataset_root, manifest)
         self.teacher = manifest.teacher
-        if manifest.labels:
-            from clip_gs.data.shards import read_label_embeddings
+        roots = dm.evaluation_roots() if hasattr(dm, "evaluation_roots") else {"val": dm.dataset_root, "test": dm.dataset_root}
+        for prefix, root in roots.items():
+            if prefix not in self.eval_sets:
+                self.eval_sets[prefix] = self._read_eval_set(prefix, root, manifest, dm.storage_options)
+        if stage == "fit":
+            self.check_monitors(self.trainer.checkpoint_callbacks, roots)
 
-            try:
-                labels, embeddings, _ = read_label_embeddings(dm.dataset_root, dm.storage_options)
-            except DatasetError as exc:
-                raise DatasetError(f"zero-shot validation needs the label embeddings: {exc}") from exc
-            if list(labels) != list(manifest.labels):
-                raise DatasetError(f"{dm.dataset_root}: label_embeddings.bin labels differ from the manifest's")
-            self.label_names = list(labels)
-            self.label_embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1).to(self.device)
-        else:
-            rank_zero_warn(f"{dm.dataset_root}: the dataset has no labels; no zero-shot metrics will be logged")
-        num_classes = len(self.label_names)
-        if num_classes and not len(self._metrics):
-            for split in ("val", "test"):
-                for k in ZEROSHOT_K:
-                    self._metrics[f"{split}_top{k}"] = MulticlassAccuracy(
-                        num_classes=num_classes, top_k=min(k, num_classes), average="micro", ignore_index=-1
-                    )
+    def _check_width(self, root: str, manifest) -> None:
+        if manifest.embed_dim != self.model.config.embed_dim:
+            raise ConfigError(
+                f"{root}: teacher {manifest.teacher!r} embeds in {manifest.embed_dim} dimensions but the "
+                f"model's embed_dim is {self.model.config.embed_dim} (set model.config.embed_dim)"
+            )
+
+    def _read_eval_set(self, prefix: str, root: str, train_manifest, storage_options) -> EvalSet:
+        from clip_gs.data.shards import read_label_embeddings, read_manifest
+
+        manifest = train_manifest if prefix in ("val", "test") else read_manifest(root, storage_options)
+        self._check_width(root, manifest)
+        if manifest.teacher != train_manifest.teacher:
+            raise ConfigError(f"validation set {prefix!r} ({root}) was prepared with teacher {manifest.teacher!r}, "
+                              f"the training data with {train_manifest.teacher!r}: their embeddings do not compare")  # fmt: skip
+        if not manifest.labels:
+            if prefix == "val":
+                rank_zero_warn(f"{root}: the dataset has no labels; no zero-shot metrics will be logged for val/")
+            return EvalSet(prefix, root, [], torch.zeros(0))
+        try:
+            labels, embeddings, _ = read_label_embeddings(root, storage_options)
+        except DatasetError as exc:
+            raise DatasetError(f"zero-shot validation ({prefix}) needs the label embeddings: {exc}") from exc
+        if list(labels) != list(manifest.labels):
+            raise DatasetError(f"{root}: label_embeddings.bin labels differ from the manifest's")
+        for k in ZEROSHOT_K:
+            self._metrics[f"{prefix}_top{k}"] = MeanMetric()
+        return EvalSet(prefix, root, list(labels), torch.nn.functional.normalize(embeddings.float(), dim=-1))
+
+    def metric_names(self, prefixes: Iterable[str]) -> list[str]:
+        """Every metric name this module logs for the evaluation sets ``prefixes`` (read in ``setup``)
+        and for training; the recall names only appear for sets with captions."""
+        names = [f"train/{n}" for n in ("loss", "loss_text", "loss_image", "logit_scale", "lr")]
+        for prefix in prefixes:
+            names += [f"{prefix}/{n}" for n in ("loss", "loss_text", "loss_image")]
+            names += [f"{prefix}/{d}_r{k}" for d in ("3d_to_text", "text_to_3d") for k in RECALL_K]
+            if self.eval_sets.get(prefix) is not None and self.eval_sets[prefix].labels:
+                names += [f"{prefix}/zeroshot_top{k}" for k in ZEROSHOT_K] + [f"{prefix}/teacher_zeroshot_top1"]
+        return names
+
+    def check_monitors(self, callbacks: Iterable, prefixes: Iterable[str]) -> None:
+        """Refuse a callback whose ``monitor`` this run never logs (before any step, not after the first validation).
+
+        Raises:
+            ConfigError: names the callback, the monitor and the metrics there will be.
+        """
+        names = self.metric_names(prefixes)
+        for callback in callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if monitor is not None and monitor not in names:
+                unlabelled = [p for p in prefixes if p.startswith("val") and not self.eval_sets[p].labels]
+                hint = (f" ({', '.join(unlabelled)}: no labels, so no zero-shot metrics; add a labelled extra "
+                        "validation set, data.extra_val, and monitor its val_<name>/zeroshot_top1, or monitor "
+                        "val/loss with mode min)") if unlabelled and "zeroshot" in monitor else ""  # fmt: skip
+                raise ConfigError(f"{type(callback).__name__} monitors {monitor!r}, which this run never logs{hint}; "
+                                  f"it logs: {', '.join(n for n in names if not n.startswith('test'))}")  # fmt: skip
 
     # ------------------------------------------------------------------ running
     def forward(self, features: Tensor) -> Tensor:
@@ -263,18 +334,9 @@ class CLIPGSModule(LightningModule):
             self.model.logit_scale, rank=rank, world_size=world,
         )  # fmt: skip
 
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        now = time.perf_counter()
-        self._data_wait = None if self._step_end is None else now - self._step_end
-        self._cycle = None if self._step_start is None else now - self._step_start
-        self._step_start = now
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._step_end = time.perf_counter()
-
     def training_step(self, batch: TripletBatch, batch_idx: int) -> Tensor:
         out = self.compute_loss(batch, self(batch.features))
-        self._check_finite(out, batch, batch_idx)
+        self._track_finite(out, batch, batch_idx)
         b = len(batch)
         log = {"on_step": True, "on_epoch": False, "batch_size": b}
         world = self.trainer.world_size
@@ -285,73 +347,125 @@ class CLIPGSModule(LightningModule):
         self.log("train/loss_image", out.image * share, sync_dist=world > 1, **log)
         self.log("train/logit_scale", out.scale, **log)
         self.log("train/lr", self.optimizers().param_groups[-1]["lr"] if self._trainer is not None else 0.0, **log)
-        if getattr(self, "_data_wait", None) is not None:
-            self.log("train/data_wait_s", self._data_wait, **log)
-        if getattr(self, "_cycle", None):
-            self.log("train/objects_per_s", b * world / self._cycle, **log)
         # DDP averages gradients over ranks: x world gives the single-process gradient of the global batch
         return out.loss * world
 
-    def _check_finite(self, out: LossOutput, batch: TripletBatch, batch_idx: int) -> None:
-        if not torch.isfinite(out.loss):
-            ids = list(batch.ids)
-            shown = ids if len(ids) <= 32 else ids[:32] + [f"... {len(ids) - 32} more"]
-            raise TrainingError(
-                f"non-finite training loss {out.loss.item()} (text {out.text.item()}, image {out.image.item()}, "
-                f"logit scale {out.scale.item()}) at global step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}, rank {self.global_rank}); batch ids: {shown}"
-            )
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The optimiser step, then the logit scale's clamp (module docstring)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        clamp_logit_scale_(self.model.logit_scale, self.hparams.max_logit_scale)
+
+    def _track_finite(self, out: LossOutput, batch: TripletBatch, batch_idx: int) -> None:
+        """Keep the step's finiteness flag on the device; check every ``finite_check_every`` steps (CPU: every step)."""
+        self._pending.append((self.global_step, batch_idx, list(batch.ids), out))
+        if out.loss.device.type == "cpu" or len(self._pending) >= self.hparams.finite_check_every:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise :class:`~clip_gs.errors.TrainingError` for the first pending step with a non-finite loss.
+
+        Raises:
+            TrainingError: names the step, epoch, batch, rank, the losses and the batch's ids.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        flags = torch.stack([torch.isfinite(p[3].loss) for p in pending]).cpu()  # one read for all pending steps
+        if bool(flags.all()):
+            return
+        step, batch_idx, ids, out = pending[int((~flags).nonzero()[0])]
+        shown = ids if len(ids) <= 32 else ids[:32] + [f"... {len(ids) - 32} more"]
+        raise TrainingError(
+            f"non-finite training loss {out.loss.item()} (text {out.text.item()}, image {out.image.item()}, "
+            f"logit scale {out.scale.item()}) at global step {step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}, rank {self.global_rank}); batch ids: {shown}"
+        )
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def on_validation_start(self) -> None:
+        self.check_finite()  # never validate (or checkpoint) weights a pending NaN step has spoiled
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, split: str, batch: TripletBatch) -> None:
+    def _prefix(self, stage: str, dataloader_idx: int) -> str:
+        dm = getattr(self.trainer, "datamodule", None)
+        names = getattr(dm, "val_prefixes", None) if stage == "val" else None
+        return names[dataloader_idx] if names else stage
+
+    def _eval_set(self, prefix: str) -> EvalSet | None:
+        found = self.eval_sets.get(prefix)
+        if found is not None and found.label_embeddings.device != self.device:
+            found.label_embeddings = found.label_embeddings.to(self.device)
+        return found
+
+    def _eval_step(self, prefix: str, batch: TripletBatch) -> None:
         embeddings = self(batch.features)
         out = self.compute_loss(batch, embeddings)
-        log = {"on_step": False, "on_epoch": True, "batch_size": len(batch), "sync_dist": self.trainer.world_size > 1}
-        self.log(f"{split}/loss", out.loss, **log)
-        self.log(f"{split}/loss_text", out.text, **log)
-        self.log(f"{split}/loss_image", out.image, **log)
-        if self.label_names:
-            logits = embeddings.float() @ self.label_embeddings.T
+        log = {"on_step": False, "on_epoch": True, "batch_size": len(batch), "sync_dist": self.trainer.world_size > 1,
+               "add_dataloader_idx": False}  # fmt: skip
+        self.log(f"{prefix}/loss", out.loss, **log)
+        self.log(f"{prefix}/loss_text", out.text, **log)
+        self.log(f"{prefix}/loss_image", out.image, **log)
+        found = self._eval_set(prefix)
+        if found is not None and found.labels:
+            labelled = batch.labels >= 0
+            scores = embeddings.float() @ found.label_embeddings.T  # [B, C]
+            ranks = class_ranks(scores[labelled], batch.labels[labelled])
             for k in ZEROSHOT_K:
-                metric = self._metrics[f"{split}_top{k}"]
-                metric.update(logits, batch.labels)
-                self.log(f"{split}/zeroshot_top{k}", metric, on_step=False, on_epoch=True, batch_size=len(batch))
-            self._log_teacher_zero_shot(split, batch)
-        store = self._eval.setdefault(split, [])
+                metric = self._metrics[f"{prefix}_top{k}"]
+                metric.update((ranks < min(k, len(found.labels))).float())
+                self.log(f"{prefix}/zeroshot_top{k}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False)
+            if prefix not in self._teacher_top1 and not self.trainer.sanity_checking:
+                self._count_teacher_hits(prefix, batch, found)
+        store = self._eval.setdefault(prefix, [])
         store.append((embeddings.detach().float(), batch.text.float(), batch.text_mask))
 
-    def _log_teacher_zero_shot(self, split: str, batch: TripletBatch) -> None:
-        """``{split}/teacher_zeroshot_top1``: the teacher's own zero-shot top-1 on the same objects,
-        from the stored image embeddings of their rendered views against the same label embeddings
-        (every view of a labelled object counts once; the mean is over views). The reference that
-        the model's ``zeroshot_top1`` is compared with."""
+    def _count_teacher_hits(self, prefix: str, batch: TripletBatch, found: EvalSet) -> None:
+        """Accumulate the teacher's own top-1 hits on the views of the labelled objects (every
+        view counts once; the mean is over views) against the same label embeddings, with the same tie rule."""
         valid = batch.image_mask & (batch.labels >= 0).unsqueeze(1)  # [B, K]
-        count = int(valid.sum())
-        if not count:
-            return
-        predicted = (batch.images.float() @ self.label_embeddings.T).argmax(dim=-1)  # [B, K]
-        hits = ((predicted == batch.labels.unsqueeze(1)) & valid).sum().float() / count
-        log = {"on_step": False, "on_epoch": True, "batch_size": count, "sync_dist": self.trainer.world_size > 1}
-        self.log(f"{split}/teacher_zeroshot_top1", hits, **log)
+        scores = batch.images.float()[valid] @ found.label_embeddings.T  # [V, C]
+        targets = batch.labels.unsqueeze(1).expand_as(valid)[valid]
+        hits = (class_ranks(scores, targets) == 0).sum() if len(targets) else torch.zeros((), device=self.device)
+        counts = self._teacher_counts.setdefault(prefix, [torch.zeros((), device=self.device)] * 2)
+        counts[0] = counts[0] + hits
+        counts[1] = counts[1] + valid.sum()
 
-    def validation_step(self, batch: TripletBatch, batch_idx: int) -> None:
-        self._eval_step("val", batch)
+    def validation_step(self, batch: TripletBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(self._prefix("val", dataloader_idx), batch)
 
-    def test_step(self, batch: TripletBatch, batch_idx: int) -> None:
-        self._eval_step("test", batch)
+    def test_step(self, batch: TripletBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(self._prefix("test", dataloader_idx), batch)
 
-    def predict_step(self, batch: TripletBatch, batch_idx: int) -> dict:
+    def predict_step(self, batch: TripletBatch, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """``{"ids": B ids, "embeddings": [B, E] float32 on the CPU}``."""
         return {"ids": list(batch.ids), "embeddings": self(batch.features).float().cpu()}
 
     def on_validation_epoch_end(self) -> None:
-        self._log_recall("val")
+        self._end_of_evaluation()
 
     def on_test_epoch_end(self) -> None:
-        self._log_recall("test")
+        self._end_of_evaluation()
 
-    def _log_recall(self, split: str) -> None:
-        stored = self._eval.pop(split, [])
+    def _end_of_evaluation(self) -> None:
+        evaluated = list(self._eval)
+        for prefix in evaluated:
+            self._log_recall(prefix)
+        for prefix, (hits, count) in list(self._teacher_counts.items()):
+            if self.trainer.world_size > 1:
+                hits, count = (self.all_gather(x).sum() for x in (hits, count))
+            if int(count):
+                self._teacher_top1[prefix] = float(hits) / float(count)
+        self._teacher_counts.clear()
+        if self.trainer.sanity_checking:
+            return
+        for prefix in evaluated:
+            if prefix in self._teacher_top1:
+                self.log(f"{prefix}/teacher_zeroshot_top1", self._teacher_top1[prefix], add_dataloader_idx=False)
+
+    def _log_recall(self, prefix: str) -> None:
+        stored = self._eval.pop(prefix, [])
         if not stored:
             return
         g = torch.cat([s[0] for s in stored])
@@ -362,7 +476,7 @@ class CLIPGSModule(LightningModule):
             mask = self.all_gather(mask.to(torch.uint8)).flatten(0, 1).bool()
         recalls = retrieval_recall(g, t, mask, RECALL_K)
         for name, value in recalls.items():
-            self.log(f"{split}/{name}", value, on_step=False, on_epoch=True)
+            self.log(f"{prefix}/{name}", value, on_step=False, on_epoch=True, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -389,9 +503,9 @@ __all__ = [
     "INITS",
     "NO_DECAY_NAMES",
     "CLIPGSModule",
+    "EvalSet",
     "build_model",
     "layer_id",
     "lr_factor",
     "param_groups",
-    "retrieval_recall",
 ]

@@ -22,7 +22,8 @@ The evaluation report (written by ``clip-gs eval``; fractions in [0, 1], any tas
     {"model": str, "data": str, "split": str, "teacher": str, "num_objects": int,
      "tasks": {"zeroshot": {"top1", "top3", "top5": float, "per_class": {name: float},
                             "label_set": str, "num_classes": int},
-               "fewshot": {"<ways>-way-<shots>-shot": {"mean": float, "std": float, "episodes": int}},
+               "fewshot": {"<ways>-way-<shots>-shot": {"mean": float, "std": float, "episodes": int,
+                                                       "protocol"?, "queries_per_class"?, "support_split"?, "note"?}},
                "retrieval": {"text_to_3d" | "3d_to_text" | "image_to_3d" | "3d_to_image":
                              {"r1", "r5", "r10": float}}},
      "created": iso8601, "clip_gs_version": str}
@@ -61,10 +62,11 @@ TEMPLATE_NAME = "model_card.md"
 
 REPORT_FIELDS = {"model": str, "data": str, "split": str, "teacher": str, "num_objects": int, "tasks": dict,
                  "created": str, "clip_gs_version": str}  # fmt: skip
-REPORT_OPTIONAL = {"failures": dict}
+REPORT_OPTIONAL = {"failures": dict, "benchmark": str}
 ZEROSHOT_FIELDS = {"top1": float, "top3": float, "top5": float, "per_class": dict, "label_set": str, "num_classes": int}
-ZEROSHOT_OPTIONAL = {"num_samples": int}
+ZEROSHOT_OPTIONAL = {"num_samples": int, "protocol": str}
 FEWSHOT_FIELDS = {"mean": float, "std": float, "episodes": int}
+FEWSHOT_OPTIONAL = {"protocol": str, "queries_per_class": int, "support_split": str, "note": str}
 RETRIEVAL_DIRECTIONS = {"text_to_3d": "text → 3D", "3d_to_text": "3D → text", "image_to_3d": "image → 3D",
                         "3d_to_image": "3D → image"}  # fmt: skip
 RECALL_FIELDS = {"r1": float, "r5": float, "r10": float}
@@ -119,7 +121,7 @@ def check_eval_report(report: object, source: str) -> None:
         for setting, entry in tasks["fewshot"].items():
             if not FEWSHOT_KEY.match(setting):
                 raise ModelCardError(f"{source}: tasks.fewshot key {setting!r} is not '<ways>-way-<shots>-shot'")
-            _check_fields(entry, FEWSHOT_FIELDS, source, f"tasks.fewshot.{setting}.")
+            _check_fields(entry, FEWSHOT_FIELDS, source, f"tasks.fewshot.{setting}.", FEWSHOT_OPTIONAL)
     if "retrieval" in tasks:
         _check_type(tasks["retrieval"], dict, source, "tasks.retrieval")
         for direction, entry in tasks["retrieval"].items():
@@ -184,7 +186,8 @@ def eval_results(report: Mapping) -> list[EvalResult]:
             ))  # fmt: skip
     for setting, entry in tasks.get("fewshot", {}).items():
         results.append(EvalResult(
-            task_type="few-shot-classification", task_name="Few-shot 3D classification (linear probe episodes)",
+            task_type="few-shot-classification",
+            task_name=f"Few-shot 3D classification (linear probe, {entry.get('protocol', 'episodes')} protocol)",
             metric_type="accuracy", metric_name=f"{setting} accuracy", metric_value=float(entry["mean"]),
             metric_config=setting, metric_args={"std": float(entry["std"]), "episodes": int(entry["episodes"])},
             **dataset,
@@ -246,10 +249,10 @@ def evaluation_markdown(report: Mapping | None, report_name: str | None, validat
             "",
             "**Few-shot classification**",
             "",
-            "| setting | accuracy (mean ± std) | episodes |",
-            "|---|---|---|",
+            "| setting | protocol | accuracy (mean ± std) | runs / episodes |",
+            "|---|---|---|---|",
         ]
-        lines += [f"| {s} | {_percent(e['mean'])} ± {_percent(e['std'])} | {e['episodes']} |"
+        lines += [f"| {s} | {e.get('protocol', 'episodes')} | {_percent(e['mean'])} ± {_percent(e['std'])} | {e['episodes']} |"
                   for s, e in tasks["fewshot"].items()]  # fmt: skip
     if tasks.get("retrieval"):
         lines += ["", "**Retrieval** (recall at k)", "", "| direction | R@1 | R@5 | R@10 |", "|---|---|---|---|"]

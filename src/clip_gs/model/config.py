@@ -8,6 +8,8 @@ aligned to the 1024-d embedding space of Uni3D's teacher ``EVA02-E-14-plus``
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from clip_gs.errors import ConfigError
@@ -168,3 +170,42 @@ def get_model_config(name: str, **overrides) -> CLIPGSConfig:
     if name not in MODEL_CONFIGS:
         raise ConfigError(f"unknown model configuration {name!r}; registered: {list_models()}")
     return MODEL_CONFIGS[name].replace(**overrides) if overrides else MODEL_CONFIGS[name]
+
+
+def _overrides_dict(self) -> dict:
+    """The fields that are set (not None), as ``CLIPGSConfig.replace`` keywords."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+_HINTS = typing.get_type_hints(CLIPGSConfig)
+ConfigOverrides = dataclasses.make_dataclass(
+    "ConfigOverrides",
+    [(f.name, _HINTS[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(CLIPGSConfig)
+     if f.name != "name"],
+    frozen=True,
+    namespace={"as_dict": _overrides_dict, "__module__": __name__},
+)  # fmt: skip
+ConfigOverrides.__doc__ = """Typed overrides of a registered configuration: every :class:`CLIPGSConfig` field but ``name``,
+each None (keep the registered value) or a value of the field's type. Made from ``CLIPGSConfig``'s
+fields, so the two never drift apart; what ``clip-gs fit`` validates under ``model.config`` (a
+misspelt field or a value of the wrong type is refused when the YAML is read). ``as_dict()``
+gives the set fields."""
+
+
+def as_overrides(value: ConfigOverrides | Mapping | None) -> ConfigOverrides:
+    """``value`` as :data:`ConfigOverrides` (a mapping, e.g. from a checkpoint's hyperparameters, is converted).
+
+    Raises:
+        ConfigError: a mapping with a field ``CLIPGSConfig`` does not have.
+    """
+    if value is None:
+        return ConfigOverrides()
+    if isinstance(value, ConfigOverrides):
+        return value
+    if isinstance(value, Mapping):
+        names = {f.name for f in dataclasses.fields(ConfigOverrides)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; fields are {sorted(names)}")
+        return ConfigOverrides(**value)
+    raise ConfigError(f"model config overrides must be a mapping of CLIPGSConfig fields, got {type(value).__name__}")

@@ -5,32 +5,44 @@ step. All embeddings are L2-normalised here (the encoder's output already is; th
 embeddings are re-normalised so the loss never depends on how they were stored).
 
 ``Contra(a_i, B) = log softmax_j (s * a_i . b_j)`` at ``j = i``: the InfoNCE log-probability of
-the positive among the batch, with ``s = exp(logit_scale).clamp(max=100)`` (CLIP's init
-``log(1/0.07)``; the clamp is on the exponential, as CLIP does).
+the positive among the batch, with ``s = exp(logit_scale)`` (CLIP's init ``log(1/0.07)``). The
+scale is kept at most :data:`MAX_LOGIT_SCALE` by clamping the *parameter* in place after every
+optimiser step (:func:`clamp_logit_scale_`, as open_clip and Uni3D do), not by clamping ``s``
+inside the loss: a clamp of the exponential has zero gradient above the cap, so a scale that
+crossed it could never come down.
 
 - **Text loss** (one-to-one, 3DGS ``G`` <-> captions ``T``):
   ``L_text = -1/(2 N_text) sum_i [Contra(G_i, T) + Contra(T_i, G)]``.
 - **Image voting loss** (one-to-many, K views per object):
   ``L_img = -1/(2 N_img) sum_i sum_k a_ik [Contra(G_i, I_.k) + Contra(I_ik, G)]`` where the
   negatives of view ``k`` are the other objects' ``k``-th views, and the vote ``a_ik`` comes from
-  ``S_ik = cos(teacher text of i, teacher image of view k of i)`` (a constant: no gradient):
+  ``S_ik = cos(teacher text of i, teacher image of view k of i)`` (a constant: no gradient).
 
-  - ``"raw"`` (default, the paper's Eq. 4): ``a_ik = S_ik / K_i``, i.e. the S-weighted terms
-    averaged over the object's ``K_i`` real views (``K_i = K`` when nothing is masked).
+  The voters (one rule for every mode): an object votes when it has a caption (``S`` is defined
+  by its caption) and at least one real view. ``N_img`` counts the voters of the global batch.
+  A non-voter's weights are 0 in every mode; its real views stay in the view softmaxes as
+  negatives of the other objects (they are real renders), they are just never anchors.
+
+  - ``"raw"`` (default, the paper's Eq. 4): ``a_ik = max(S_ik, 0) / K_i``, i.e. the S-weighted
+    terms averaged over the object's ``K_i`` real views (``K_i = K`` when nothing is masked). The
+    paper does not say what a negative ``S`` does; here it gives weight 0 (a negative weight
+    would reward pushing an object away from its own render).
   - ``"softmax"``: ``a_ik = softmax_k(S_ik / temperature)`` over the object's real views.
-  - ``"sum_to_one"``: ``a_ik = max(S_ik, 0) / sum_k max(S_ik, 0)`` (all zero if every S is <= 0).
+  - ``"sum_to_one"``: ``a_ik = max(S_ik, 0) / sum_k max(S_ik, 0)`` (all zero if every S is <= 0;
+    the object still counts in ``N_img``).
 
-  With the two normalised forms the weights of an object sum to 1, so they too are an average
-  over views; ``raw`` keeps the paper's absolute scale (CLIP text-image cosines are ~0.2-0.4, so
-  ``L_img`` is then smaller than ``L_text``).
+  With the two normalised forms the weights of a voter sum to 1 (an average over views);
+  ``raw`` keeps the paper's absolute scale (CLIP text-image cosines are ~0.2-0.4, so ``L_img``
+  is then smaller than ``L_text``).
 - **Total**: ``L = text_weight * L_text + image_weight * L_img`` (both weights 1 by default).
 
 Masks (never filled with defaults): an object without a caption (``text_mask`` False) is removed
 from the text term as a row *and* a column (it is neither an anchor nor a negative); a missing
 view ``k`` of object ``i`` (``image_mask[i, k]`` False) is removed from view ``k``'s softmaxes as
-a row and a column. ``N_text`` = number of objects with a caption, ``N_img`` = number of objects
-with at least one real view, both counted over the global batch (all ranks). A term with
-``N = 0`` is 0 (kept in the graph, so DDP sees every parameter used).
+a row and a column. ``N_text`` = number of objects with a caption, ``N_img`` = number of voters
+(above), both counted over the global batch (all ranks). A term with ``N = 0`` is 0 (kept in the
+graph, so DDP sees every parameter used). Nothing here reads a tensor back to the host: the loss
+adds no device synchronisation to a training step.
 
 DDP (``world_size > 1``, see :class:`CLIPGSLoss`): features are gathered from every rank and the
 positives of this rank's rows are at columns ``rank * B + i`` (the label offset).
@@ -70,23 +82,43 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)
 """CLIP's initial logit scale (``exp`` = 14.29)."""
 
 MAX_LOGIT_SCALE = 100.0
-"""CLIP's clamp of ``exp(logit_scale)``."""
+"""CLIP's cap of ``exp(logit_scale)`` (:func:`clamp_logit_scale_`)."""
 
 Gather = Callable[[Tensor], Sequence[Tensor]]
 """``local [B, ...] -> R tensors [B, ...]`` in rank order (one per rank)."""
 
 
-def logit_scale_value(logit_scale: Tensor, max_scale: float = MAX_LOGIT_SCALE) -> Tensor:
-    """``exp(logit_scale).clamp(max=max_scale)`` (1 / temperature), differentiable below the clamp."""
-    return logit_scale.float().exp().clamp(max=max_scale)
+def logit_scale_value(logit_scale: Tensor) -> Tensor:
+    """``s = exp(logit_scale)`` (1 / temperature) in float32, differentiable everywhere.
+
+    Training keeps the parameter at most ``log(MAX_LOGIT_SCALE)`` with :func:`clamp_logit_scale_`
+    after each optimiser step; every checkpoint the package writes therefore holds a capped scale.
+    """
+    return logit_scale.float().exp()
 
 
-def voting_weights(similarity: Tensor, image_mask: Tensor, mode: str = "raw", temperature: float = 0.1) -> Tensor:
-    """Voting weights ``a [B, K]`` from ``similarity S [B, K]`` and ``image_mask [B, K]`` (no gradient).
+def clamp_logit_scale_(logit_scale: Tensor, max_scale: float = MAX_LOGIT_SCALE) -> Tensor:
+    """Clamp the parameter in place to ``[0, log(max_scale)]`` (open_clip's rule: ``1 <= s <= max_scale``),
+    without recording it in autograd; returns it. Call it after every optimiser step.
 
-    ``raw``: ``S / K_i``; ``softmax``: ``softmax_k(S / temperature)``; ``sum_to_one``:
-    ``relu(S) / sum_k relu(S)``; all over the real views only (masked entries are 0), ``K_i``
-    the number of real views of object ``i``.
+    Raises:
+        ConfigError: ``max_scale < 1``.
+    """
+    if max_scale < 1:
+        raise ConfigError(f"max_logit_scale must be >= 1, got {max_scale}")
+    with torch.no_grad():
+        return logit_scale.clamp_(0.0, math.log(max_scale))
+
+
+def voting_weights(
+    similarity: Tensor, image_mask: Tensor, text_mask: Tensor | None = None, mode: str = "raw", temperature: float = 0.1
+) -> Tensor:
+    """Voting weights ``a [B, K]`` from ``similarity S [B, K]``, ``image_mask [B, K]`` and ``text_mask [B]`` (no gradient).
+
+    ``raw``: ``max(S, 0) / K_i``; ``softmax``: ``softmax_k(S / temperature)``; ``sum_to_one``:
+    ``max(S, 0) / sum_k max(S, 0)``; all over the real views only (masked entries are 0), ``K_i``
+    the number of real views of object ``i``. Objects without a caption (``text_mask`` False;
+    None: all have one) get 0 everywhere (module docstring: the voters).
 
     Raises:
         ConfigError: an unknown ``mode`` or a non-positive temperature.
@@ -95,18 +127,21 @@ def voting_weights(similarity: Tensor, image_mask: Tensor, mode: str = "raw", te
         raise ConfigError(f"similarity_norm must be one of {SIMILARITY_NORMS}, got {mode!r}")
     s = similarity.detach().float()
     mask = image_mask.bool()
+    if text_mask is not None:
+        mask = mask & text_mask.bool().unsqueeze(1)
+    zeros = torch.zeros_like(s)
     if mode == "raw":
         count = mask.sum(dim=1, keepdim=True).clamp(min=1)
-        return torch.where(mask, s, torch.zeros_like(s)) / count
+        return torch.where(mask, s.clamp(min=0), zeros) / count
     if mode == "softmax":
         if temperature <= 0:
             raise ConfigError(f"similarity_temperature must be > 0, got {temperature}")
         logits = (s / temperature).masked_fill(~mask, float("-inf"))
         logits = logits.masked_fill(~mask.any(dim=1, keepdim=True), 0.0)  # no views: a finite row
-        return torch.where(mask, logits.softmax(dim=1), torch.zeros_like(s))
-    positive = torch.where(mask, s.clamp(min=0), torch.zeros_like(s))
+        return torch.where(mask, logits.softmax(dim=1), zeros)
+    positive = torch.where(mask, s.clamp(min=0), zeros)
     total = positive.sum(dim=1, keepdim=True)
-    return torch.where(total > 0, positive / total.clamp(min=1e-12), torch.zeros_like(s))
+    return torch.where(total > 0, positive / total.clamp(min=1e-12), zeros)
 
 
 def contra(queries: Tensor, keys: Tensor, targets: Tensor, row_mask: Tensor, key_mask: Tensor, scale: Tensor) -> Tensor:
@@ -167,7 +202,6 @@ class CLIPGSLoss(nn.Module):
         text_weight / image_weight: ``w_text`` / ``w_img`` (default 1, 1).
         similarity_norm: ``"raw"`` (default), ``"softmax"`` or ``"sum_to_one"``.
         similarity_temperature: temperature of ``"softmax"``.
-        max_logit_scale: clamp of ``exp(logit_scale)`` (CLIP: 100).
         local_loss: DDP mode (module docstring): False, full loss on every rank with the other
             ranks' features detached; True, this rank's rows only, through a differentiable gather.
 
@@ -181,7 +215,6 @@ class CLIPGSLoss(nn.Module):
         image_weight: float = 1.0,
         similarity_norm: str = "raw",
         similarity_temperature: float = 0.1,
-        max_logit_scale: float = MAX_LOGIT_SCALE,
         local_loss: bool = False,
     ) -> None:
         super().__init__()
@@ -193,7 +226,7 @@ class CLIPGSLoss(nn.Module):
             raise ConfigError(f"loss weights must be >= 0, got text {text_weight}, image {image_weight}")
         self.text_weight, self.image_weight = float(text_weight), float(image_weight)
         self.similarity_norm, self.similarity_temperature = similarity_norm, float(similarity_temperature)
-        self.max_logit_scale, self.local_loss = float(max_logit_scale), bool(local_loss)
+        self.local_loss = bool(local_loss)
 
     def forward(
         self,
@@ -230,8 +263,8 @@ class CLIPGSLoss(nn.Module):
         t = F.normalize(t.detach().float(), dim=-1)
         im = F.normalize(im.detach().float(), dim=-1)
         t_mask, im_mask = t_mask.bool(), im_mask.bool()
-        weights = voting_weights(sim, im_mask, self.similarity_norm, self.similarity_temperature)
-        scale = logit_scale_value(logit_scale, self.max_logit_scale)
+        weights = voting_weights(sim, im_mask, t_mask, self.similarity_norm, self.similarity_temperature)
+        scale = logit_scale_value(logit_scale)
         if world_size > 1 and not self.local_loss:
             # every rank computes the whole loss: 1/R of the scale's gradient per rank keeps the
             # sum-over-ranks contract (module docstring); the value is unchanged
@@ -265,7 +298,7 @@ class CLIPGSLoss(nn.Module):
         else:
             rows = torch.arange(total, device=g.device)
         n_text = all_t_mask.sum()
-        n_image = all_im_mask.any(dim=1).sum()
+        n_image = (all_im_mask.any(dim=1) & all_t_mask).sum()  # the voters
 
         # text term: rows `rows`, columns: every object with a caption
         row_t = all_t_mask[rows]
@@ -284,9 +317,7 @@ class CLIPGSLoss(nn.Module):
         )  # [K, Q]
         image_loss = -(all_w[rows].transpose(0, 1) * lp_img).sum() / (2 * n_image.clamp(min=1))
 
-        zero = all_g.sum() * 0.0  # keeps empty terms in the graph
-        text_loss = text_loss if n_text > 0 else zero
-        image_loss = image_loss if n_image > 0 else zero
+        # an empty term is exactly 0 (every masked row is 0) and still in the graph: no host check needed
         loss = self.text_weight * text_loss + self.image_weight * image_loss
         return LossOutput(loss, text_loss, image_loss, scale.detach(), n_text, n_image)
 
@@ -298,6 +329,7 @@ __all__ = [
     "CLIPGSLoss",
     "Gather",
     "LossOutput",
+    "clamp_logit_scale_",
     "contra",
     "logit_scale_value",
     "voting_weights",

@@ -146,33 +146,55 @@ def synthetic_label_set() -> list[str]:
     return named_label_set("synthetic")
 
 
-def zero_shot_weights(teacher, class_names: Sequence[str] | str | Path, templates: Sequence[str] = TEMPLATES) -> Tensor:
+PROMPT_RULES = ("clip-gs", "verbatim")
+"""How a class name is put into a template: ``clip-gs`` (:func:`label_phrase` then :func:`fill_template`:
+underscores become spaces, "a" becomes "an" before a vowel sound) or ``verbatim`` (``template.format(name)``
+with the name as written, the rule of Uni3D's and OpenShape's zero-shot code)."""
+
+
+def zero_shot_weights(
+    teacher, class_names: Sequence[str] | str | Path, templates: Sequence[str] = TEMPLATES, prompt_rule: str = "clip-gs"
+) -> Tensor:
     """Zero-shot classifier weights ``[C, E]`` (unit norm, float32).
 
-    Each of the T templates is filled with each of the C class names' :func:`label_phrase`; the
-    ``C * T`` prompts are encoded (batched by the teacher), the template embeddings of a class
-    averaged and renormalised. Every zero-shot classifier of the package (dataset preparation,
+    Each of the T templates is filled with each of the C class names (``prompt_rule``, see
+    :data:`PROMPT_RULES`); the ``C * T`` prompts are encoded (batched by the teacher), the template
+    embeddings of a class averaged and renormalised. Every zero-shot classifier of the package (dataset preparation,
     ``clip-gs eval``, ``classify``, the demo) is made here.
 
     Args:
         teacher: a :class:`~clip_gs.teachers.base.Teacher`.
         class_names: names, a registered label-set name or a label-set file (:func:`load_label_set`).
         templates: prompt templates with one ``{}`` each.
+        prompt_rule: ``"clip-gs"`` or ``"verbatim"`` (:data:`PROMPT_RULES`).
 
     Raises:
-        ConfigError: no templates, an invalid label set, or two names with the same phrase.
+        ConfigError: no templates, a template without ``{}``, an invalid label set, an unknown rule,
+            or two names with the same phrase.
     """
     names = load_label_set(class_names)
     templates = list(templates)
     if not templates:
         raise ConfigError("zero_shot_weights needs at least one template")
+    if prompt_rule not in PROMPT_RULES:
+        raise ConfigError(f"prompt_rule must be one of {PROMPT_RULES}, got {prompt_rule!r}")
+    if prompt_rule == "verbatim":
+        bad = [t for t in templates if "{}" not in t]
+        if bad:
+            raise ConfigError(f"prompt templates without a '{{}}' placeholder: {bad[:3]}")
+        prompts = [t.format(n) for n in names for t in templates]
+    else:
+        prompts = _clip_gs_prompts(names, templates)
+    emb = teacher.encode_text(prompts).view(len(names), len(templates), -1)
+    return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)
+
+
+def _clip_gs_prompts(names: list[str], templates: list[str]) -> list[str]:
     phrases = [label_phrase(n) for n in names]
     if len(set(phrases)) != len(phrases):
         dupes = sorted({p for p in phrases if phrases.count(p) > 1})
         raise ConfigError(f"label set: class names {dupes} give the same prompt phrase")
-    prompts = [fill_template(t, p) for p in phrases for t in templates]
-    emb = teacher.encode_text(prompts).view(len(names), len(templates), -1)
-    return F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)
+    return [fill_template(t, p) for p in phrases for t in templates]
 
 
 def zero_shot_classify(teacher, images, weights: Tensor) -> Tensor:
@@ -183,6 +205,7 @@ def zero_shot_classify(teacher, images, weights: Tensor) -> Tensor:
 __all__ = [
     "LABEL_SETS",
     "LABEL_SET_DIR",
+    "PROMPT_RULES",
     "TEMPLATES",
     "article",
     "fill_template",

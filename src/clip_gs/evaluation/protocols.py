@@ -1,0 +1,194 @@
+"""Zero-shot protocols: which class names and prompt templates a zero-shot figure is measured with.
+
+A zero-shot accuracy compares with a published one only under the same class list and prompts.
+Two protocols are offered (``clip-gs eval --zeroshot-protocol``):
+
+- ``clip-gs`` (default): the package's :data:`~clip_gs.teachers.TEMPLATES` (12 templates for 3D
+  objects), names filled by the package's rule (underscores become spaces, "a" becomes "an" before
+  a vowel sound), and the dataset's own label list (or a label set given by name or file).
+- ``uni3d``: Uni3D's (and, for the class lists, OpenShape's) protocol: the templates of Uni3D's
+  ``data/templates.json`` under a key (default :data:`UNI3D_TEMPLATES_KEY`, the 64 templates
+  Uni3D uses for every set) and the class list of its ``data/labels.json`` under the benchmark's key
+  (:data:`UNI3D_LABEL_KEYS`: ``modelnet40_openshape``, ``scanobjnn_openshape``,
+  ``objaverse_lvis_openshape``), names put in verbatim (``template.format(name)``, as its code does).
+  The files are read from the user's own copy (``--uni3d-data DIR``: the ``data/`` folder of
+  https://github.com/baaivision/Uni3D); the package ships neither.
+
+The classes of a protocol are the ones scored: a dataset's labels are matched to them by name,
+ignoring case and treating ``_`` as a space (ModelNet40's ``night_stand`` is Uni3D's
+``night stand``); a dataset label that matches none is an error, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clip_gs.errors import ConfigError, DatasetError
+
+ZEROSHOT_PROTOCOLS = ("clip-gs", "uni3d")
+"""The zero-shot protocols (module docstring)."""
+
+UNI3D_TEMPLATES_KEY = "modelnet40_64"
+"""The key of Uni3D's ``templates.json`` its zero-shot evaluation uses for every benchmark."""
+
+UNI3D_LABEL_KEYS = {
+    "modelnet40": "modelnet40_openshape",
+    "modelnet-splats": "modelnet40_openshape",
+    "scanobjectnn": "scanobjnn_openshape",
+    "objaverse-lvis": "objaverse_lvis_openshape",
+    "objaverse-gs": "objaverse_lvis_openshape",
+}
+"""Benchmark name -> the key of its class list in Uni3D's ``labels.json``."""
+
+CLIP_GS_LABEL_SETS = {"modelnet40": "modelnet40", "modelnet-splats": "modelnet40", "objaverse-lvis": "objaverse-lvis",
+                      "objaverse-gs": "objaverse-lvis"}  # fmt: skip
+"""Benchmark name -> the package's shipped label set (:data:`~clip_gs.teachers.prompts.LABEL_SETS`) of the ``clip-gs`` protocol."""
+
+
+@dataclass(frozen=True)
+class ZeroShotProtocol:
+    """The class names and prompts of a zero-shot measurement.
+
+    Attributes:
+        name: ``"clip-gs"`` or ``"uni3d"``.
+        templates: prompt templates (one ``{}`` each).
+        prompt_rule: how names fill them (:data:`~clip_gs.teachers.prompts.PROMPT_RULES`).
+        class_names: the scored classes, or None for the dataset's own label list.
+        source: where the templates and names came from (for reports).
+    """
+
+    name: str
+    templates: tuple[str, ...]
+    prompt_rule: str
+    class_names: tuple[str, ...] | None
+    source: str
+
+
+def _read_key(path: Path, key: str, what: str) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"the uni3d protocol reads Uni3D's {path.name}: {path} does not exist (pass --uni3d-data, the "
+                          "data/ folder of a clone of github.com/baaivision/Uni3D)")  # fmt: skip
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(table, dict) or key not in table:
+        keys = sorted(table) if isinstance(table, dict) else []
+        raise DatasetError(f"{path}: no {what} under {key!r} (keys: {keys})")
+    values = table[key]
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+        raise DatasetError(f"{path}: {key!r} must be a non-empty list of strings")
+    return values
+
+
+def zero_shot_protocol(
+    name: str = "clip-gs",
+    benchmark: str | None = None,
+    uni3d_data: str | os.PathLike | None = None,
+    templates_key: str = UNI3D_TEMPLATES_KEY,
+    labels_key: str | None = None,
+    label_set: str | os.PathLike | Sequence[str] | None = None,
+) -> ZeroShotProtocol:
+    """The protocol ``name`` for a benchmark (module docstring).
+
+    Args:
+        name: ``"clip-gs"`` or ``"uni3d"``.
+        benchmark: the benchmark's name (picks the class list; None: the dataset's own labels for
+            ``clip-gs``, and ``labels_key`` must be given for ``uni3d``).
+        uni3d_data: the folder holding Uni3D's ``templates.json`` and ``labels.json`` (``uni3d``).
+        templates_key / labels_key: keys into those files (``labels_key`` None: the benchmark's,
+            :data:`UNI3D_LABEL_KEYS`).
+        label_set: ``clip-gs`` only: the classes (a registered name, a file or names) instead of
+            the benchmark's or the dataset's.
+
+    Raises:
+        ConfigError: an unknown protocol, a missing file or folder, no class list for ``uni3d``,
+            ``label_set`` with ``uni3d``.
+        DatasetError: an unreadable file or a missing key.
+    """
+    from clip_gs.teachers import TEMPLATES, load_label_set
+
+    if name not in ZEROSHOT_PROTOCOLS:
+        raise ConfigError(f"zero-shot protocol must be one of {ZEROSHOT_PROTOCOLS}, got {name!r}")
+    if name == "clip-gs":
+        chosen = label_set if label_set is not None else CLIP_GS_LABEL_SETS.get(benchmark or "")
+        names = tuple(load_label_set(chosen)) if chosen is not None else None
+        where = f"clip-gs templates ({len(TEMPLATES)}), classes: " + (
+            str(chosen) if isinstance(chosen, (str, os.PathLike)) else "the dataset's" if chosen is None else "given")
+        return ZeroShotProtocol(name, tuple(TEMPLATES), "clip-gs", names, where)
+    if label_set is not None:
+        raise ConfigError("the uni3d protocol takes its classes from Uni3D's labels.json (--uni3d-labels), not a label set")
+    if uni3d_data is None:
+        raise ConfigError("the uni3d protocol needs --uni3d-data DIR: the data/ folder of github.com/baaivision/Uni3D "
+                          "(templates.json, labels.json)")  # fmt: skip
+    folder = Path(uni3d_data)
+    key = labels_key or UNI3D_LABEL_KEYS.get(benchmark or "")
+    if key is None:
+        raise ConfigError(f"the uni3d protocol needs a labels.json key for benchmark {benchmark!r} (--uni3d-labels; "
+                          f"known: {UNI3D_LABEL_KEYS})")  # fmt: skip
+    templates = _read_key(folder / "templates.json", templates_key, "templates")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise DatasetError(f"{folder / 'templates.json'}: templates without '{{}}' under {templates_key!r}: {bad[:3]}")
+    names = _read_key(folder / "labels.json", key, "class list")
+    source = f"uni3d: {folder / 'templates.json'} [{templates_key}] ({len(templates)}), {folder / 'labels.json'} [{key}]"
+    return ZeroShotProtocol(name, tuple(templates), "verbatim", tuple(names), source)
+
+
+def protocol_weights(protocol: ZeroShotProtocol, teacher, class_names: Sequence[str] | None = None):
+    """``[C, E]`` unit class embeddings of the protocol's classes (or ``class_names``, when the
+    protocol takes the dataset's own), encoded by ``teacher`` with the protocol's templates and rule.
+
+    Raises:
+        ConfigError: no class names at all (a ``clip-gs`` protocol without a list and none given).
+    """
+    from clip_gs.teachers import zero_shot_weights
+
+    names = list(protocol.class_names if protocol.class_names is not None else class_names or [])
+    if not names:
+        raise ConfigError(f"zero-shot protocol {protocol.name!r} has no class names here: give a label set")
+    return zero_shot_weights(teacher, names, protocol.templates, protocol.prompt_rule).float()
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def match_labels(labels: Sequence[str], class_names: Sequence[str], where: str = "dataset") -> dict[str, str]:
+    """Each distinct dataset label -> the protocol class it is (case and ``_`` / space ignored).
+
+    Raises:
+        DatasetError: labels that match no class (the first few named, with the count), or class
+            names that collide under the rule.
+    """
+    index: dict[str, str] = {}
+    for c in class_names:
+        if _key(c) in index:
+            raise DatasetError(f"protocol classes {index[_key(c)]!r} and {c!r} are the same name under the matching rule")
+        index[_key(c)] = c
+    mapping, missing = {}, []
+    for label in dict.fromkeys(labels):
+        if _key(label) in index:
+            mapping[label] = index[_key(label)]
+        else:
+            missing.append(label)
+    if missing:
+        raise DatasetError(f"{where}: {len(missing)} label(s) are not among the protocol's {len(index)} classes: "
+                           f"{missing[:8]}{' ...' if len(missing) > 8 else ''}")  # fmt: skip
+    return mapping
+
+
+__all__ = [
+    "CLIP_GS_LABEL_SETS",
+    "UNI3D_LABEL_KEYS",
+    "UNI3D_TEMPLATES_KEY",
+    "ZEROSHOT_PROTOCOLS",
+    "ZeroShotProtocol",
+    "match_labels",
+    "protocol_weights",
+    "zero_shot_protocol",
+]
