@@ -522,3 +522,35 @@ def test_datamodule_is_configurable_from_yaml(dataset_root):
         "so3",
     )
     assert "storage_options" not in dm.hparams  # may hold credentials: kept out of checkpoints
+
+
+# ---------------------------------------------------------------------------- extra validation sets
+def test_extra_validation_sets_are_checked_before_any_work(tmp_path):
+    """Names, splits and contents of ``extra_val`` are refused with the set named: a bad name or
+    split at construction, an unlabelled set or an empty split in ``prepare_data``."""
+    from clip_gs.errors import ConfigError, DatasetError
+    from clip_gs.lightning import ValidationSet
+    from tests.test_training import write_learnable_dataset
+
+    with pytest.raises(ConfigError, match="letters, digits"):
+        ValidationSet("lvis/val", "x")
+    with pytest.raises(ConfigError, match="split must be"):
+        ValidationSet("lvis", "x", split="dev")
+    with pytest.raises(ConfigError, match="distinct"):
+        make_dm(tmp_path, extra_val=[{"name": "a", "root": "x"}, {"name": "a", "root": "y"}])
+    train = write_learnable_dataset(tmp_path / "train", 8, 4, 0, labelled=False)
+    unlabelled = write_learnable_dataset(tmp_path / "unlabelled", 0, 0, 4, labelled=False)
+    labelled = write_learnable_dataset(tmp_path / "labelled", 0, 0, 4)
+    with pytest.raises(DatasetError, match="extra validation set 'u'.*has no labels"):
+        make_dm(train, extra_val=[{"name": "u", "root": str(unlabelled)}]).prepare_data()
+    with pytest.raises(DatasetError, match="extra validation set 'l'.*no 'val' samples"):
+        make_dm(train, extra_val=[{"name": "l", "root": str(labelled), "split": "val"}]).prepare_data()
+    dm = make_dm(train, num_gaussians=256, views_per_step=3, extra_val=[ValidationSet("l", str(labelled))])
+    dm.prepare_data()
+    dm.setup("fit")
+    loaders = dm.val_dataloader()
+    assert dm.val_prefixes == ["val", "val_l"] and len(loaders) == 2
+    assert dm.evaluation_roots() == {"val": str(train), "test": str(train), "val_l": str(labelled)}
+    extra_ids = [i for b in loaders[1] for i in b.ids]
+    assert len(extra_ids) == 4 and all(b.labels.min() >= 0 for b in loaders[1])  # its own labels, mapped
+    assert all(b.labels.max() == -1 for b in loaders[0])  # the training data's val split: unlabelled

@@ -47,10 +47,13 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
                 progress: bool | None) -> Tensor:  # fmt: skip
     """``[len(items), E]`` unit embeddings of benchmark items (loaded, converted and cached by
     :func:`~clip_gs.evaluation.benchmarks.load_item`), :data:`ENCODE_CHUNK` at a time."""
+    import warnings
+
+    from clip_gs.data.mesh import MeshColorWarning
     from clip_gs.evaluation.benchmarks import load_item
 
     fused = model.fused(precision)
-    parts = []
+    parts, grey = [], []
     bar = None
     if progress if progress is not None else len(items) > ENCODE_CHUNK:
         from tqdm.auto import tqdm
@@ -59,14 +62,25 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
     try:
         for start in range(0, len(items), ENCODE_CHUNK):
             chunk = items[start : start + ENCODE_CHUNK]
-            clouds = [load_item(item, num_gaussians=num_gaussians, seed=seed, cache_dir=cache_dir).replace(source=item.id)
-                      for item in chunk]  # fmt: skip
+            clouds = []
+            for item in chunk:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", MeshColorWarning)
+                    clouds.append(load_item(item, num_gaussians=num_gaussians, seed=seed, cache_dir=cache_dir).replace(source=item.id))
+                for w in caught:  # ModelNet's meshes have no colour by nature: one summary, not a warning per file
+                    if issubclass(w.category, MeshColorWarning):
+                        grey.append(item.path.name)
+                    else:
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             parts.append(fused.encode(clouds, batch_size=batch_size, seed=seed, progress=False).reshape(len(chunk), -1))
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
+    if grey:
+        warnings.warn(f"{len(set(grey))} of {len(items)} meshes have no colour (no texture, vertex colours or material) "
+                      f"and were given neutral grey, e.g. {grey[0]}", MeshColorWarning, stacklevel=2)  # fmt: skip
     return torch.cat(parts).float() if parts else torch.zeros(0, model.config.embed_dim)
 
 

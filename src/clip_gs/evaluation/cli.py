@@ -36,7 +36,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--benchmark", help=("a public benchmark read in its download layout (with --root): "
                                              "modelnet40, modelnet-splats, objaverse-gs, objaverse-lvis"))
     p.add_argument("--root", help="the benchmark's folder, as downloaded (with --benchmark)")
-    p.add_argument("--cache", help="where converted benchmark objects are cached (default <root>/.clip-gs-cache)")
+    p.add_argument("--cache", help="where converted benchmark meshes are cached (default <shard cache>/benchmarks)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--task", default="all", choices=TASK_CHOICES, help="protocol to run (default all)")
     p.add_argument("--zeroshot-protocol", default="clip-gs", choices=ZEROSHOT_PROTOCOLS,

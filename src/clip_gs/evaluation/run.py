@@ -438,6 +438,15 @@ def retrieval_rows(
     return rows
 
 
+def write_confusion(result: ZeroShotResult, out: str | os.PathLike, title: str) -> Path:
+    """Draw the zero-shot confusion picture of ``result`` into ``out`` (:data:`CONFUSION_NAME`); returns its path."""
+    from clip_gs.evaluation.plots import draw_confusion
+
+    path = Path(out) / CONFUSION_NAME
+    draw_confusion(result.confusion, result.class_names, title).save(path)
+    return path
+
+
 def write_outputs(evaluation: Evaluation, out: str | os.PathLike, grid_queries: int = 4, grid_k: int = 5,
                   grid_size: int = 128, seed: int = 0, storage_options: dict | None = None) -> dict[str, Path]:  # fmt: skip
     """Write ``report.json`` and, when their task ran, ``confusion.png`` and ``retrieval.png`` into ``out``.
@@ -448,7 +457,7 @@ def write_outputs(evaluation: Evaluation, out: str | os.PathLike, grid_queries: 
     Returns:
         ``{"report" | "confusion" | "retrieval": path}`` of what was written.
     """
-    from clip_gs.evaluation.plots import draw_confusion, draw_retrieval_grid
+    from clip_gs.evaluation.plots import draw_retrieval_grid
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -456,8 +465,7 @@ def write_outputs(evaluation: Evaluation, out: str | os.PathLike, grid_queries: 
     if evaluation.zeroshot is not None:
         zs = evaluation.zeroshot
         title = f"zero-shot confusion, {evaluation.embeddings.split} split: top-1 {zs.topk[1]:.3f} ({zs.num_samples} objects)"
-        written["confusion"] = out / CONFUSION_NAME
-        draw_confusion(zs.confusion, zs.class_names, title).save(written["confusion"])
+        written["confusion"] = write_confusion(zs, out, title)
     if "retrieval" in evaluation.report.get("tasks", {}):
         rows = retrieval_rows(evaluation, grid_queries, grid_k, seed, grid_size, storage_options)
         written["retrieval"] = out / RETRIEVAL_NAME
@@ -481,6 +489,7 @@ __all__ = [
     "model_teacher",
     "open_split",
     "retrieval_rows",
+    "write_confusion",
     "write_outputs",
     "zero_shot_classes",
 ]

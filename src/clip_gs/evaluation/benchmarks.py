@@ -1,0 +1,282 @@
+"""Public 3D benchmarks read in the layouts they are downloaded in (``clip-gs eval --benchmark NAME --root DIR``).
+
+:func:`discover` lists a benchmark's objects as :class:`BenchmarkItem` s (id, file, label, split),
+sorted; :func:`load_item` reads one as a :class:`~clip_gs.gaussians.GaussianCloud`: 3DGS files as
+they are, meshes converted to surface Gaussians (:func:`~clip_gs.data.mesh.mesh_to_gaussians`,
+seeded) and cached. The layouts (:data:`BENCHMARKS`)::
+
+    modelnet40/                    Princeton's ModelNet40.zip
+      <class>/train/<class>_0001.off
+      <class>/test/<class>_0627.off
+    modelnet-splats/               ShapeSplat's ModelNet-Splats (huggingface.co/datasets/ShapeSplats/ModelNet_Splats,
+      <class>/train/<class>_0001/point_cloud.ply      unzipped as its DATA.md lays out; a bare
+      <class>/test/<class>_0627/point_cloud.ply       <class>/<split>/<name>.ply is read too)
+    objaverse-gs/                  3DGS fitted per Objaverse object, the gaussian-splatting output layout
+      <uid>/point_cloud/iteration_<N>/point_cloud.ply UniGS fits (the highest iteration is read)
+      lvis.json                    OpenShape's meta_data/split/lvis.json: [{"uid": ..., "category": ...}]
+    objaverse-lvis/                the objaverse package's download folder
+      glbs/<000-159>/<uid>.glb     (the 000-159 folders are storage shards, never labels)
+      lvis-annotations.json        objaverse.load_lvis_annotations(): {category: [uid, ...]}
+
+Labels come from the class folders (ModelNet) or from the annotation / split file only
+(Objaverse). Nothing is dropped silently: annotated uids without a file and files without an
+annotation are counted in :attr:`Discovery.missing` / :attr:`Discovery.unannotated` and warned
+about (:class:`BenchmarkWarning`). UniGS's own processed ``.pkl`` files are pickles and are not read
+(never unpickle data); read its fitted ``point_cloud.ply`` folders instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clip_gs.errors import ConfigError, DatasetError
+from clip_gs.gaussians import GaussianCloud
+
+CONVERSION_VERSION = 1
+"""Part of every cache key: bump it when the mesh conversion changes, so stale entries are not read."""
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A benchmark layout: what it is, where its labels come from, its splits and the paper table it feeds."""
+
+    name: str
+    description: str
+    labels_from: str
+    splits: tuple[str, ...]
+    table: str
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "modelnet40": BenchmarkSpec("modelnet40", "ModelNet40 meshes (.off), converted to Gaussians and cached",
+                                "class folders", ("train", "test"), "zero-shot (Table 1), few-shot (Table 2)"),
+    "modelnet-splats": BenchmarkSpec("modelnet-splats", "ShapeSplat's ModelNet-Splats 3DGS .ply", "class folders",
+                                     ("train", "test"), "zero-shot and few-shot on fitted 3DGS"),
+    "objaverse-gs": BenchmarkSpec("objaverse-gs", "per-object 3DGS fits of Objaverse (UniGS) + OpenShape's lvis.json",
+                                  "the split file", ("test",), "zero-shot (Objaverse-LVIS-GS, Table 1)"),
+    "objaverse-lvis": BenchmarkSpec("objaverse-lvis", "Objaverse GLBs (objaverse package layout) + lvis-annotations.json",
+                                    "the annotation file", ("test",), "zero-shot (Objaverse-LVIS, Table 1)"),
+}  # fmt: skip
+"""The benchmark layouts :func:`discover` reads (module docstring)."""
+
+
+class BenchmarkWarning(UserWarning):
+    """Objects of a benchmark that are listed but absent, or present but unlabelled (counted, with examples)."""
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One object: ``id`` (unique in the benchmark), ``path`` (its file), ``label``, ``split``
+    (``"train"`` / ``"test"``, or None for a test-only set)."""
+
+    id: str
+    path: Path
+    label: str
+    split: str | None
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover_all` found: the items, annotated ids without a file, files without an annotation."""
+
+    items: list[BenchmarkItem]
+    missing: list[str] = field(default_factory=list)
+    unannotated: list[str] = field(default_factory=list)
+
+
+def _folder(root: str | os.PathLike) -> Path:
+    path = Path(root)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: not a folder")
+    return path
+
+
+def _class_split_layout(root: Path, name: str, find) -> list[BenchmarkItem]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root}: no class folders (the {name} layout is <class>/{{train,test}}/...)")
+    items = []
+    for folder in classes:
+        splits = [s for s in ("train", "test") if (folder / s).is_dir()]
+        if not splits:
+            raise DatasetError(f"{folder}: a class folder without train/ or test/ (the {name} layout)")
+        for split in splits:
+            for object_id, path in find(folder / split):
+                items.append(BenchmarkItem(f"{folder.name}/{split}/{object_id}", path, folder.name, split))
+    if not items:
+        raise DatasetError(f"{root}: no objects in the {name} layout")
+    return items
+
+
+def _off_files(folder: Path):
+    return [(p.stem, p) for p in sorted(folder.glob("*.off")) + sorted(folder.glob("*.OFF"))]
+
+
+def _splat_files(folder: Path):
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and (entry / "point_cloud.ply").is_file():
+            found.append((entry.name, entry / "point_cloud.ply"))
+        elif entry.is_file() and entry.suffix.lower() == ".ply":
+            found.append((entry.stem, entry))
+        elif entry.is_dir():
+            raise DatasetError(f"{entry}: an object folder without point_cloud.ply (the modelnet-splats layout)")
+    return found
+
+
+def _latest_fit(folder: Path) -> Path | None:
+    runs = []
+    for run in (folder / "point_cloud").glob("iteration_*"):
+        match = re.fullmatch(r"iteration_(\d+)", run.name)
+        if match and (run / "point_cloud.ply").is_file():
+            runs.append((int(match.group(1)), run / "point_cloud.ply"))
+    return max(runs)[1] if runs else None
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable {what} ({exc})") from exc
+
+
+def _find_file(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise DatasetError(f"{root}: no {what} (looked for {', '.join(names)})")
+
+
+def _objaverse_gs(root: Path) -> Discovery:
+    split_file = _find_file(root, ("lvis.json", "split/lvis.json", "meta_data/split/lvis.json"), "LVIS split file")
+    entries = _read_json(split_file, "LVIS split file")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"uid", "category"} <= set(e) for e in entries):
+        raise DatasetError(f"{split_file}: expected OpenShape's list of {{\"uid\": ..., \"category\": ...}} records")
+    labels = {str(e["uid"]): str(e["category"]) for e in entries}
+    fits = {p.name: fit for p in root.iterdir() if p.is_dir() and (fit := _latest_fit(p)) is not None}
+    items = [BenchmarkItem(uid, fits[uid], labels[uid], None) for uid in sorted(labels) if uid in fits]
+    return Discovery(items, sorted(set(labels) - set(fits)), sorted(set(fits) - set(labels)))
+
+
+def _objaverse_lvis(root: Path) -> Discovery:
+    annotation = _find_file(root, ("lvis-annotations.json", "lvis_annotations.json"), "LVIS annotation")
+    table = _read_json(annotation, "LVIS annotation")
+    if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+        raise DatasetError(f"{annotation}: expected {{category: [uid, ...]}} (objaverse.load_lvis_annotations())")
+    labels: dict[str, str] = {}
+    for category, uids in table.items():
+        for uid in uids:
+            if str(uid) in labels and labels[str(uid)] != category:
+                raise DatasetError(f"{annotation}: uid {uid} is annotated as both {labels[str(uid)]!r} and {category!r}")
+            labels[str(uid)] = str(category)
+    glbs = root / "glbs"
+    if not glbs.is_dir():
+        raise DatasetError(f"{root}: no glbs/ folder (the objaverse layout is glbs/<000-159>/<uid>.glb)")
+    files = {p.stem: p for p in glbs.glob("*/*.glb")}
+    items = [BenchmarkItem(uid, files[uid], labels[uid], None) for uid in sorted(labels) if uid in files]
+    return Discovery(items, sorted(set(labels) - set(files)), sorted(set(files) - set(labels)))
+
+
+def discover_all(name: str, root: str | os.PathLike) -> Discovery:
+    """Every object of benchmark ``name`` under ``root``, plus what was listed but absent and what is unannotated.
+
+    Raises:
+        ConfigError: an unknown benchmark name (the known ones listed).
+        DatasetError: a folder that is not in the benchmark's layout (named), an unreadable or
+            malformed annotation, no objects at all.
+    """
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    folder = _folder(root)
+    if name == "modelnet40":
+        found = Discovery(_class_split_layout(folder, name, _off_files))
+    elif name == "modelnet-splats":
+        found = Discovery(_class_split_layout(folder, name, _splat_files))
+    elif name == "objaverse-gs":
+        found = _objaverse_gs(folder)
+    else:
+        found = _objaverse_lvis(folder)
+    if not found.items:
+        raise DatasetError(f"{folder}: no annotated objects found in the {name} layout "
+                           f"({len(found.missing)} annotated ids have no file)")  # fmt: skip
+    return found
+
+
+def discover(name: str, root: str | os.PathLike) -> list[BenchmarkItem]:
+    """The objects of benchmark ``name`` under ``root`` (sorted by split, class, id), warning
+    (:class:`BenchmarkWarning`) with counts and examples about annotated ids without a file and
+    files without an annotation (:func:`discover_all` returns them)."""
+    found = discover_all(name, root)
+    for what, ids in (("annotated objects have no file", found.missing), ("files have no annotation", found.unannotated)):
+        if ids:
+            warnings.warn(f"{root} ({name}): {len(ids)} {what}, not evaluated: {ids[:5]}{' ...' if len(ids) > 5 else ''}",
+                          BenchmarkWarning, stacklevel=2)  # fmt: skip
+    return found.items
+
+
+def class_names(items: list[BenchmarkItem]) -> list[str]:
+    """The distinct labels of ``items``, sorted (the class index order of ModelNet40's folders)."""
+    return sorted({item.label for item in items})
+
+
+def cache_key(path: Path, num_gaussians: int, seed: int) -> str:
+    """What a converted mesh is cached under: the file (resolved path, size, modification time)
+    and the conversion (count, seed, :data:`CONVERSION_VERSION`)."""
+    stat = path.stat()
+    spec = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{num_gaussians}|{seed}|v{CONVERSION_VERSION}"
+    return hashlib.sha256(spec.encode()).hexdigest()[:24]
+
+
+def default_benchmark_cache() -> Path:
+    """``<shard cache>/benchmarks`` (``$CLIP_GS_SHARD_CACHE`` or the temp folder; never the home directory)."""
+    from clip_gs.data.shards import default_cache_dir
+
+    return Path(default_cache_dir()) / "benchmarks"
+
+
+def load_item(item: BenchmarkItem, num_gaussians: int = 10_000, seed: int = 0,
+              cache_dir: str | os.PathLike | None = None) -> GaussianCloud:  # fmt: skip
+    """The item as Gaussians: a 3DGS ``.ply`` read as it is; a mesh converted to ``num_gaussians``
+    surface Gaussians with ``seed`` and cached as ``.ply`` under ``cache_dir`` (default
+    :func:`default_benchmark_cache`), read from there the next time (:func:`cache_key`).
+
+    Raises:
+        GaussianFormatError / MeshError: a file that cannot be read or converted (names it).
+    """
+    from clip_gs.data.assets import load_asset
+    from clip_gs.gaussians import load_gaussians, save_gaussians
+
+    if item.path.suffix.lower() == ".ply":
+        return load_gaussians(item.path)
+    cache = Path(cache_dir) if cache_dir is not None else default_benchmark_cache()
+    cached = cache / f"{cache_key(item.path, num_gaussians, seed)}.ply"
+    if cached.is_file():
+        return load_gaussians(cached)
+    cloud = load_asset(item.path, num_gaussians=num_gaussians, seed=seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.part")
+    save_gaussians(cloud, partial, format="ply")
+    os.replace(partial, cached)  # atomic: a killed run leaves no half-written entry
+    return load_gaussians(cached)
+
+
+__all__ = [
+    "BENCHMARKS",
+    "CONVERSION_VERSION",
+    "BenchmarkItem",
+    "BenchmarkSpec",
+    "BenchmarkWarning",
+    "Discovery",
+    "cache_key",
+    "class_names",
+    "default_benchmark_cache",
+    "discover",
+    "discover_all",
+    "load_item",
+]
