@@ -45,8 +45,7 @@ from dataclasses import dataclass
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torch import Tensor
 
 from clip_gs.data.batches import TripletBatch
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
@@ -228,7 +227,7 @@ class CLIPGSModule(LightningModule):
                               f"{finite_check_every}")  # fmt: skip
         self.eval_sets: dict[str, EvalSet] = {}
         self._eval: dict[str, list] = {}
-        self._metrics = nn.ModuleDict()
+        self._zeroshot_counts: dict[str, Tensor] = {}  # prefix -> [hits at each of ZEROSHOT_K..., objects]
         self._teacher_top1: dict[str, float] = {}
         self._teacher_counts: dict[str, list[Tensor]] = {}
         self._pending: list[tuple[int, int, list[str], Tensor]] = []  # (step, batch_idx, ids, finite flag)
@@ -284,8 +283,6 @@ class CLIPGSModule(LightningModule):
             raise DatasetError(f"zero-shot validation ({prefix}) needs the label embeddings: {exc}") from exc
         if list(labels) != list(manifest.labels):
             raise DatasetError(f"{root}: label_embeddings.bin labels differ from the manifest's")
-        for k in ZEROSHOT_K:
-            self._metrics[f"{prefix}_top{k}"] = MeanMetric()
         return EvalSet(prefix, root, list(labels), torch.nn.functional.normalize(embeddings.float(), dim=-1))
 
     def metric_names(self, prefixes: Iterable[str]) -> list[str]:
@@ -412,10 +409,9 @@ class CLIPGSModule(LightningModule):
             labelled = batch.labels >= 0
             scores = embeddings.float() @ found.label_embeddings.T  # [B, C]
             ranks = class_ranks(scores[labelled], batch.labels[labelled])
-            for k in ZEROSHOT_K:
-                metric = self._metrics[f"{prefix}_top{k}"]
-                metric.update((ranks < min(k, len(found.labels))).float())
-                self.log(f"{prefix}/zeroshot_top{k}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False)
+            counts = torch.stack([(ranks < min(k, len(found.labels))).sum() for k in ZEROSHOT_K] + [labelled.sum()])
+            previous = self._zeroshot_counts.get(prefix)
+            self._zeroshot_counts[prefix] = counts if previous is None else previous + counts  # summed on the device
             if prefix not in self._teacher_top1 and not self.trainer.sanity_checking:
                 self._count_teacher_hits(prefix, batch, found)
         store = self._eval.setdefault(prefix, [])
@@ -458,6 +454,13 @@ class CLIPGSModule(LightningModule):
             if int(count):
                 self._teacher_top1[prefix] = float(hits) / float(count)
         self._teacher_counts.clear()
+        for prefix, counts in list(self._zeroshot_counts.items()):
+            if self.trainer.world_size > 1:
+                counts = self.all_gather(counts).sum(dim=0)
+            if int(counts[-1]):
+                for k, hits in zip(ZEROSHOT_K, counts[:-1]):
+                    self.log(f"{prefix}/zeroshot_top{k}", hits.float() / counts[-1], add_dataloader_idx=False)
+        self._zeroshot_counts.clear()
         if self.trainer.sanity_checking:
             return
         for prefix in evaluated:
