@@ -295,7 +295,7 @@ def test_embed_split_keeps_the_stored_embeddings(tiny):
     from clip_gs.data.shards import TripletShardDataset
 
     first = TripletShardDataset(data / "test")[0]
-    assert torch.equal(split.text[0], first.text_embeddings[0]) and torch.equal(split.images[0], first.image_embeddings)
+    assert torch.equal(split.text[0], first.text_embeddings[0]) and torch.equal(split.images[0], first.image_embeddings.half())
     assert torch.allclose(split.shape[0], model.encode(first.cloud, precision="fp32"), atol=1e-5)
 
 
@@ -459,3 +459,22 @@ def test_trained_model_zero_shot_well_above_chance(trained_run, tmp_path, capsys
     assert report["tasks"]["retrieval"]["text_to_3d"]["r5"] >= 3 * 5 / n, report["tasks"]["retrieval"]  # chance: 5 / n
     for name in ("confusion.png", "retrieval.png"):
         assert ink(Image.open(tmp_path / name)) > 0.02
+
+
+def test_many_classes_get_a_confusion_summary_not_a_matrix(tmp_path):
+    """Above CONFUSION_MATRIX_MAX classes the picture is the summary (a fixed-size image, not a
+    C-cell square), and its pairs are the largest off-diagonal cells."""
+    from clip_gs.evaluation.metrics import ZeroShotResult
+    from clip_gs.evaluation.plots import CONFUSION_MATRIX_MAX, most_confused
+    from clip_gs.evaluation.run import write_confusion
+
+    c = CONFUSION_MATRIX_MAX + 50
+    names = [f"class{i:03d}" for i in range(c)]
+    confusion = torch.eye(c, dtype=torch.long) * 3
+    confusion[5, 9], confusion[7, 2], confusion[1, 4] = 4, 2, 2
+    assert most_confused(confusion, names, 2) == [("class005", "class009", 4, 4 / 7), ("class001", "class004", 2, 2 / 5)]
+    result = ZeroShotResult({1: 0.9}, {}, confusion, torch.zeros(0), names)
+    image = Image.open(write_confusion(result, tmp_path, "many"))
+    assert image.width < 1000 and image.height < 1000 and ink(image) > 0.02
+    small = ZeroShotResult({1: 0.9}, {}, confusion[:4, :4], torch.zeros(0), names[:4])
+    assert Image.open(write_confusion(small, tmp_path / ".", "few")).width > 100  # the matrix for few classes

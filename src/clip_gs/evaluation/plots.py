@@ -118,6 +118,78 @@ class RetrievalRow:
     note: str = ""
 
 
+CONFUSION_MATRIX_MAX = 100
+"""Above this many classes ``clip-gs eval`` draws :func:`draw_confusion_summary` instead of the matrix
+(at Objaverse-LVIS's 1,156 classes the matrix would be a 23K-pixel square)."""
+
+
+def most_confused(confusion: Tensor, class_names: Sequence[str], pairs: int = 20) -> list[tuple[str, str, int, float]]:
+    """The ``pairs`` largest off-diagonal cells: ``(true class, predicted class, count, share of the true class's row)``,
+    largest count first (ties: row, then column order)."""
+    counts = confusion.detach().to(torch.int64).cpu().clone()
+    rows = counts.sum(dim=1).clamp_min(1)
+    counts.fill_diagonal_(0)
+    flat = counts.flatten()
+    order = sorted((i for i in flat.nonzero().flatten().tolist()), key=lambda i: (-int(flat[i]), i))[:pairs]
+    c = len(class_names)
+    return [(class_names[i // c], class_names[i % c], int(flat[i]), int(flat[i]) / int(rows[i // c])) for i in order]
+
+
+def draw_confusion_summary(confusion: Tensor, class_names: Sequence[str], title: str = "", pairs: int = 20) -> Image.Image:
+    """A confusion summary for many classes: the most-confused pairs as labelled bars (count and
+    share of the true class) and a histogram of the per-class top-1 accuracy (classes with objects).
+
+    Args:
+        confusion: ``[C, C]`` counts. class_names: C names. title: drawn on top. pairs: bars drawn.
+    """
+    c = len(class_names)
+    if tuple(confusion.shape) != (c, c) or c == 0:
+        raise ConfigError(f"draw_confusion_summary needs [C, C] counts for {c} class names, got {list(confusion.shape)}")
+    counts = confusion.detach().to(torch.float64).cpu()
+    present = counts.sum(dim=1) > 0
+    accuracy = (counts.diagonal() / counts.sum(dim=1).clamp_min(1))[present]
+    top = most_confused(confusion, class_names, pairs)
+    font, title_font = _font(13), _font(16)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    labels = [f"{t} -> {p}" for t, p, _, _ in top]
+    label_w = max([_text_width(probe, x, font) for x in labels] + [120]) + 16
+    bar_w, row_h, hist_h = 360, 20, 180
+    width = max(label_w + bar_w + 150, 640)
+    height = 44 + 24 + row_h * max(1, len(top)) + 40 + hist_h + 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 10), title, fill="black", font=title_font)
+    y = 44
+    draw.text((10, y), f"most confused pairs (true -> predicted), of {int(present.sum())} classes with objects:",
+              fill=(60, 60, 60), font=font)  # fmt: skip
+    y += 24
+    largest = max([n for _, _, n, _ in top] + [1])
+    for label, (_, _, n, share) in zip(labels, top):
+        draw.text((10, y + 2), _fit(draw, label, font, label_w - 12), fill="black", font=font)
+        length = int(bar_w * n / largest)
+        draw.rectangle([label_w, y + 3, label_w + max(1, length), y + row_h - 3], fill=(40, 80, 175))
+        draw.text((label_w + length + 6, y + 2), f"{n} ({share:.0%} of the class)", fill=(60, 60, 60), font=font)
+        y += row_h
+    if not top:
+        draw.text((10, y), "no confusions", fill=(60, 60, 60), font=font)
+        y += row_h
+    y += 20
+    draw.text((10, y), f"per-class top-1 accuracy ({len(accuracy)} classes): mean {float(accuracy.mean()):.3f}",
+              fill=(60, 60, 60), font=font)  # fmt: skip
+    y += 22
+    bins = torch.histc(accuracy.float(), bins=10, min=0.0, max=1.0)
+    left, bin_w, base = 40, (width - 80) // 10, y + hist_h
+    tallest = float(bins.max()) or 1.0
+    for b, count in enumerate(bins.tolist()):
+        x0 = left + b * bin_w
+        h = int((hist_h - 20) * count / tallest)
+        draw.rectangle([x0 + 2, base - h, x0 + bin_w - 2, base], fill=(40, 80, 175))
+        draw.text((x0 + 4, base - h - 16), str(int(count)), fill="black", font=font)
+        draw.text((x0 + 2, base + 4), f"{b / 10:.1f}", fill=(60, 60, 60), font=font)
+    draw.line([left, base, left + 10 * bin_w, base], fill="black")
+    return image
+
+
 def draw_retrieval_grid(rows: Sequence[RetrievalRow], title: str = "") -> Image.Image:
     """Rows of ``query text | top-1 | top-2 | ...``: each thumbnail captioned with its rank, name and
     score (shortened to the cell's width); the query's own object framed in green (others in grey).
@@ -156,4 +228,5 @@ def draw_retrieval_grid(rows: Sequence[RetrievalRow], title: str = "") -> Image.
     return image
 
 
-__all__ = ["RetrievalRow", "RetrievedItem", "draw_confusion", "draw_retrieval_grid"]
+__all__ = ["CONFUSION_MATRIX_MAX", "RetrievalRow", "RetrievedItem", "draw_confusion", "draw_confusion_summary", "draw_retrieval_grid",
+           "most_confused"]
