@@ -249,6 +249,11 @@ def test_cli_benchmark_standard_few_shot(tmp_path, capsys):
         "standard", 10, 20, "train")
     assert f"| 5-way 10-shot (standard, 10 runs) | {100 * entry['mean']:.1f} ± {100 * entry['std']:.1f} |" in out
     assert entry["mean"] > 0.4  # primitives of five kinds, random encoder: chance is 0.2
+    # without --ways / --shots: the paper's ModelNet setting, 10-way 10-shot; it cannot fit 5 classes,
+    # which is said, and the largest standard setting that fits runs instead
+    assert main(argv[:9] + argv[13:]) == 3
+    out = capsys.readouterr().out
+    assert "not run: fewshot/10-way-10-shot" in out and "run instead of 10-way 10-shot" in out
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data folder {REAL_DATA} is absent")

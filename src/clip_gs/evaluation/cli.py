@@ -23,6 +23,11 @@ from pathlib import Path
 
 TASK_CHOICES = ("zeroshot", "fewshot", "retrieval", "all")
 
+BENCHMARK_PAPER_SETS = {"modelnet40": "modelnet-gs", "modelnet-splats": "modelnet-gs", "objaverse-gs": "objaverse-gs",
+                        "objaverse-lvis": "objaverse-gs"}  # fmt: skip
+"""Benchmark -> its key in :data:`~clip_gs.evaluation.fewshot.PAPER_PROTOCOLS`: the few-shot settings
+``--benchmark`` runs without ``--ways`` / ``--shots`` (ModelNet 10-way 10-shot; Objaverse 5-shot with 5-50 ways)."""
+
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``eval`` to the ``clip-gs`` subparsers (sets ``func``)."""
@@ -52,7 +57,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="standard: support from --support-split, queries from the evaluated split, 10 runs "
                         "(Point-BERT / the paper); episodes: both from the evaluated split")  # fmt: skip
     p.add_argument("--support-split", default="train", help="standard few-shot: where the support comes from")
-    p.add_argument("--ways", type=int, nargs="+", help="few-shot ways (default: standard 10, the paper's ModelNet; episodes 5)")
+    p.add_argument("--ways", type=int, nargs="+",
+                   help="few-shot ways (default: a benchmark's paper settings; else standard 10, episodes 5)")
     p.add_argument("--shots", type=int, nargs="+", help="few-shot shots (default: standard 10; episodes 5)")
     p.add_argument("--runs", type=int, default=10, help="standard few-shot runs (run r seeded with seed + r)")
     p.add_argument("--episodes", type=int, default=100, help="episodes per setting (--fewshot-protocol episodes)")
@@ -153,6 +159,10 @@ def run_eval(args: argparse.Namespace) -> int:
     settings = [(w, s) for w in args.ways for s in args.shots] if args.ways or args.shots else None
     if settings is not None and not (args.ways and args.shots):
         raise ConfigError("give both --ways and --shots (or neither, for the protocol's default setting)")
+    if settings is None and args.benchmark is not None:
+        from clip_gs.evaluation.fewshot import PAPER_PROTOCOLS
+
+        settings = list(PAPER_PROTOCOLS[BENCHMARK_PAPER_SETS[args.benchmark]])  # the paper's settings for this set
     common = {"fewshot_protocol": args.fewshot_protocol, "protocols": settings, "runs": args.runs,
               "episodes": args.episodes, "queries_per_class": args.queries, "seed": args.seed,
               "batch_size": args.batch_size, "precision": args.precision, "model_name": str(args.model),
@@ -190,4 +200,4 @@ def run_eval(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if evaluation.failures else 0
 
 
-__all__ = ["PER_CLASS_LINES", "TASK_CHOICES", "add_eval_parser", "default_out_dir", "format_table", "run_eval"]
+__all__ = ["BENCHMARK_PAPER_SETS", "PER_CLASS_LINES", "TASK_CHOICES", "add_eval_parser", "default_out_dir", "format_table", "run_eval"]
