@@ -287,7 +287,7 @@ class CLIPGSModule(LightningModule):
 
     def metric_names(self, prefixes: Iterable[str]) -> list[str]:
         """Every metric name this module logs for the evaluation sets ``prefixes`` (read in ``setup``)
-        and for training; the recall names only appear for sets with captions."""
+        and for training (the recall names are listed for every set; a set without captions logs none)."""
         names = [f"train/{n}" for n in ("loss", "loss_text", "loss_image", "logit_scale", "lr")]
         for prefix in prefixes:
             names += [f"{prefix}/{n}" for n in ("loss", "loss_text", "loss_image")]
