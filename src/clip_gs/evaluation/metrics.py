@@ -8,8 +8,11 @@ Ranks: for a query whose positives form a set P of gallery items, the rank is th
 the query is a hit at k when that rank is below k. A tie with a negative therefore counts as a
 miss, so a constant (collapsed) embedding scores 0, never a lucky 1.
 
+A NaN similarity counts as -inf, and a gallery item with the same vector as the best positive
+always counts as a tie (matrix products may round equal dot products differently by position).
+
 Scale: :func:`ranks_by_owner` is the one ranking implementation behind :func:`retrieval` and
-:func:`retrieval_recall` (and :func:`positive_ranks` shares its counting rule). It never holds
+:func:`retrieval_recall` (and :func:`positive_ranks` shares its counting code). It never holds
 more than one tile of ``queries x gallery`` scores, sized from :data:`SCORE_BUDGET`, and
 normalises its inputs tile by tile in float32 (inputs may be stored in float16), so image -> 3D
 at Objaverse-LVIS scale (1.66M views x 46K objects) needs about a gigabyte beside the inputs
@@ -55,26 +58,47 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def _best_positive(scores: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-    """``(best [q], ties [q])``: each query's best positive score and how many of its positives score
-    that much, from the ``(row, column)`` pairs of ``scores [q, w]`` that are positives (-inf and 0
-    for a query without any)."""
+    """``(best [q], column [q])``: each query's best positive score and a column holding it (-inf and
+    -1 for a query without positives), from the ``(row, column)`` pairs of the positives in ``scores [q, w]``."""
     values = scores[rows, cols]
-    best = torch.full((scores.shape[0],), float("-inf"), dtype=scores.dtype, device=scores.device)
+    q = scores.shape[0]
+    best = torch.full((q,), float("-inf"), dtype=scores.dtype, device=scores.device)
     best.scatter_reduce_(0, rows, values, "amax")
-    ties = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-    ties.index_add_(0, rows, (values >= best[rows]).long())
-    return best, ties
+    top = values == best[rows]
+    column = torch.full((q,), -1, dtype=torch.long, device=scores.device)
+    column.scatter_reduce_(0, rows[top], cols[top], "amax")
+    return best, column
 
 
-def _at_least(scores: Tensor, best: Tensor) -> Tensor:
-    """``[q]`` int64: how many of each row's scores are >= its ``best`` (the rank rule's count)."""
-    return (scores >= best[:, None]).sum(dim=1)
+def _counted(scores: Tensor, best: Tensor, hashes: Tensor | None = None, best_hash: Tensor | None = None) -> Tensor:
+    """The rank rule, ``[q, w]`` bool: the items that count against each query, those scoring >= its best
+    positive and (given the items' vector ``hashes [w]``) those with the best positive's vector."""
+    hit = scores >= best[:, None]
+    if hashes is not None:
+        hit |= hashes[None, :] == best_hash[:, None]
+    return hit
+
+
+def _tile_ranks(scores: Tensor, rows: Tensor, cols: Tensor, hashes: Tensor | None = None):
+    """``(best [q], best_hash [q] | None, rank [q])`` of a tile ``scores [q, w]`` that holds every positive
+    (the ``(row, column)`` pairs): the best positive, its vector's hash, and the negatives counted."""
+    best, column = _best_positive(scores, rows, cols)
+    best_hash = None if hashes is None else hashes[column.clamp_min(0)]
+    hit = _counted(scores, best, hashes, best_hash)
+    ties = torch.zeros_like(best, dtype=torch.long).index_add_(0, rows, hit[rows, cols].long())
+    return best, best_hash, hit.sum(dim=1) - ties
+
+
+def _no_nan_(scores: Tensor) -> Tensor:
+    """NaN scores (from NaN embeddings) count as -inf: below everything, never a lucky hit. In place."""
+    return scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
 
 
 def positive_ranks(sims: Tensor, positive: Tensor) -> Tensor:
     """Rank of each query's best positive among the negatives, from a dense similarity matrix.
 
-    The definition :func:`ranks_by_owner` computes tile by tile (the same counting code).
+    The definition :func:`ranks_by_owner` computes tile by tile (the same counting code). A NaN
+    similarity counts as -inf.
 
     Args:
         sims: ``[Q, G]`` query-gallery similarities.
@@ -85,8 +109,22 @@ def positive_ranks(sims: Tensor, positive: Tensor) -> Tensor:
         (0 = retrieved first; ties count against the query).
     """
     rows, cols = positive.nonzero(as_tuple=True)
-    best, ties = _best_positive(sims, rows, cols)
-    return _at_least(sims, best) - ties
+    return _tile_ranks(_no_nan_(sims.clone()), rows, cols)[2]
+
+
+_HASH_WEIGHTS = (
+    torch.randint(-(2**31), 2**31, (2, 4096), generator=torch.Generator().manual_seed(0), dtype=torch.int32) | 1
+)
+
+
+def _row_hashes(rows: Tensor) -> Tensor:
+    """``[m]`` int64: a 64-bit hash of the bits of each float32 row of ``rows [m, E]`` (-0.0 as 0.0):
+    equal rows get equal hashes, different ones (all but surely) different hashes."""
+    bits = (rows + 0.0).view(torch.int32)
+    e = bits.shape[1]
+    weights = _HASH_WEIGHTS.repeat(1, -(-e // _HASH_WEIGHTS.shape[1]))[:, :e].to(rows.device)
+    high, low = ((bits * w).sum(dim=1, dtype=torch.int32) for w in weights)  # wrapping int32 arithmetic
+    return (high.long() << 32) | (low.long() & 0xFFFFFFFF)
 
 
 def _unit_rows_into(out: Tensor, rows: Tensor) -> None:
@@ -145,22 +183,29 @@ def ranks_by_owner(
     normalised in float32 into a buffer; the gallery (ordered by owner) in chunks of ``g`` rows,
     normalised the same way (:func:`tile_sizes`). A block is first scored against the gallery window
     that holds all its positives, which gives each query's best positive and the negatives of that
-    window; then against the rest of the gallery, chunk by chunk, counting the negatives scoring >=
-    the best. Every score is computed once, by matrix products of one shape (partial blocks and
-    chunks are zero-padded), so equal vectors get equal scores and exact ties stay ties: a constant
-    embedding ranks every query after all its negatives.
+    window; then against the rest of the gallery, chunk by chunk, counting the negatives. Every score
+    is computed once, by matrix products of one shape (partial blocks and chunks are zero-padded).
 
-    Memory, besides the inputs, in bytes::
+    Exact ties: a BLAS kernel may round the same dot product differently at different positions of
+    one product (MKL does at tile edges), so equal vectors can get scores one bit apart. A gallery
+    item whose normalised vector equals the best positive's (by a 64-bit hash of its float32 bits,
+    one pass over the gallery) therefore always counts against the query, whatever the rounding: a
+    constant gallery embedding ranks every query after all its negatives (recall 0), never a lucky
+    hit. A NaN score counts as -inf.
 
-        5 b g  +  (4 + s) (b + g) E  +  8 (6 Q + 4 G + 5 P)
+    Memory, besides the inputs, in bytes, at most::
 
-    one float32 ``[b, g]`` score tile and its bool comparison; the float32 query and gallery row
-    buffers plus a gathered copy of their rows (``s`` bytes per stored element, 0 when the rows are
-    a contiguous run, e.g. no padding or left-out items); int64 indices of the queries, the gallery
-    and the ``P`` positive pairs of one block (``P <= b x`` most positives of a query). The defaults
-    keep ``b g``, ``g E`` and ``b E`` within ``budget``: at most ``(13 + 2 s) budget`` bytes plus
-    the indices, 1.06 GiB at :data:`SCORE_BUDGET` with float16 rows (1.66M views x 46K objects:
-    measured in ``benchmarks/bench_eval_memory.py``).
+        6 b g  +  (6 + s) g E  +  (4 + s) b E  +  8 (6 Q + 5 G) + 40 P
+
+    a float32 ``[b, g]`` score tile and two bool ``[b, g]`` comparisons; the float32 gallery and query
+    row buffers, a gathered copy of their rows (``s`` bytes per stored element, e.g. 2 for float16;
+    0 when the rows are a contiguous run, e.g. no padding or left-out items) and the hashing
+    temporaries (``2 g E``); int64 indices of the queries, the gallery (and its hashes) and the ``P``
+    positive pairs of one block (``P <= b x`` most positives of one query). The defaults keep
+    ``b g``, ``g E`` and ``b E`` within ``budget``, so this is at most ``(16 + 2 s) budget`` bytes
+    (1.25 GiB for float16 at :data:`SCORE_BUDGET`) plus the indices; image -> 3D and 3D -> image at
+    Objaverse-LVIS scale use ``b g = budget``, ``g E = budget``, ``b E <= budget / 45``, about
+    ``(12 + s) budget`` (0.9 GiB; measured by ``benchmarks/bench_eval_memory.py``).
 
     Args:
         queries: ``[Q, E]`` query embeddings (any norm, any floating dtype, e.g. float16).
@@ -205,16 +250,21 @@ def ranks_by_owner(
                           f"(first: query {first}, owner {int(q_owner[first])})")  # fmt: skip
     b, g = tile_sizes(len(q_index), len(g_index), dim, int((hi - lo).max()), budget, chunk, gallery_chunk)
     q_run, g_run = _increasing(q_index), _increasing(g_index)
-    q_buf = torch.empty(b, dim, device=device)
+    size = len(g_index)
     g_buf = torch.empty(g, dim, device=device)
+    hashes = torch.empty(size, dtype=torch.long, device=device)  # [G'] of the normalised gallery rows
+    for a, z in _spans(0, size, g):
+        _unit_rows_into(g_buf, _gather_rows(gallery, g_index, a, z, g_run))
+        for c, d in _spans(0, z - a, max(1, g // 4)):
+            hashes[a + c : a + d] = _row_hashes(g_buf[c:d])
+    q_buf = torch.empty(b, dim, device=device)
     tile = torch.empty(b, g, device=device)
 
     def score(start: int, stop: int) -> Tensor:  # [b, stop - start]: the block against gallery rows start:stop
         _unit_rows_into(g_buf, _gather_rows(gallery, g_index, start, stop, g_run))
-        torch.mm(q_buf, g_buf.T, out=tile)
-        return tile[:, : stop - start]
+        return _no_nan_(torch.mm(q_buf, g_buf.T, out=tile))[:, : stop - start]
 
-    start, size = 0, len(g_index)
+    start = 0
     while start < len(q_index):
         # the block: at most b queries whose positives all lie in one window of at most g gallery items
         window_lo = int(lo[start])
@@ -226,11 +276,9 @@ def ranks_by_owner(
         cols = torch.arange(len(rows), device=device) + (
             lo[start:stop] - window_lo - counts.cumsum(0) + counts
         ).repeat_interleave(counts)
-        window = score(window_lo, window_hi)[:n]
-        best, ties = _best_positive(window, rows, cols)
-        count = _at_least(window, best) - ties
+        best, best_hash, count = _tile_ranks(score(window_lo, window_hi)[:n], rows, cols, hashes[window_lo:window_hi])
         for a, z in (*_spans(0, window_lo, g), *_spans(window_hi, size, g)):
-            count += _at_least(score(a, z)[:n], best)
+            count += _counted(score(a, z)[:n], best, hashes[a:z], best_hash).sum(dim=1)
         ranks[q_index[start:stop]] = count
         start = stop
     return ranks
