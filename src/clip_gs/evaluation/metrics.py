@@ -119,11 +119,17 @@ _HASH_WEIGHTS = (
 
 def _row_hashes(rows: Tensor) -> Tensor:
     """``[m]`` int64: a 64-bit hash of the bits of each float32 row of ``rows [m, E]`` (-0.0 as 0.0):
-    equal rows get equal hashes, different ones (all but surely) different hashes."""
-    bits = (rows + 0.0).view(torch.int32)
-    e = bits.shape[1]
+    equal rows get equal hashes, different ones (all but surely) different hashes. Each 32-bit word
+    goes through MurmurHash3's bijective finaliser (so every bit reaches the low bits), then two
+    random weighted sums, wrapping in int32."""
+    h = (rows + 0.0).view(torch.int32)  # a copy: mixed in place below
+    for shift, factor in ((16, -2048144789), (13, -1028477387)):  # 0x85ebca6b, 0xc2b2ae35
+        h ^= (h >> shift) & ((1 << (32 - shift)) - 1)  # a logical shift
+        h *= factor
+    h ^= (h >> 16) & 0xFFFF
+    e = h.shape[1]
     weights = _HASH_WEIGHTS.repeat(1, -(-e // _HASH_WEIGHTS.shape[1]))[:, :e].to(rows.device)
-    high, low = ((bits * w).sum(dim=1, dtype=torch.int32) for w in weights)  # wrapping int32 arithmetic
+    high, low = ((h * w).sum(dim=1, dtype=torch.int32) for w in weights)
     return (high.long() << 32) | (low.long() & 0xFFFFFFFF)
 
 
@@ -200,7 +206,7 @@ def ranks_by_owner(
     a float32 ``[b, g]`` score tile and two bool ``[b, g]`` comparisons; the float32 gallery and query
     row buffers, a gathered copy of their rows (``s`` bytes per stored element, e.g. 2 for float16;
     0 when the rows are a contiguous run, e.g. no padding or left-out items) and the hashing
-    temporaries (``2 g E``); int64 indices of the queries, the gallery (and its hashes) and the ``P``
+    temporaries (``< 2 g E``); int64 indices of the queries, the gallery (and its hashes) and the ``P``
     positive pairs of one block (``P <= b x`` most positives of one query). The defaults keep
     ``b g``, ``g E`` and ``b E`` within ``budget``, so this is at most ``(16 + 2 s) budget`` bytes
     (1.25 GiB for float16 at :data:`SCORE_BUDGET`) plus the indices; image -> 3D and 3D -> image at
@@ -255,7 +261,7 @@ def ranks_by_owner(
     hashes = torch.empty(size, dtype=torch.long, device=device)  # [G'] of the normalised gallery rows
     for a, z in _spans(0, size, g):
         _unit_rows_into(g_buf, _gather_rows(gallery, g_index, a, z, g_run))
-        for c, d in _spans(0, z - a, max(1, g // 4)):
+        for c, d in _spans(0, z - a, max(1, g // 8)):  # hashing temporaries: 1.5 g E bytes
             hashes[a + c : a + d] = _row_hashes(g_buf[c:d])
     q_buf = torch.empty(b, dim, device=device)
     tile = torch.empty(b, g, device=device)
