@@ -30,11 +30,13 @@ Memory: no tensor ever spans pixels x Gaussians. The largest intermediates are
 ``tile_size^2 x chunk_size`` (a tile's pixels against one chunk of its depth-sorted Gaussians)
 and the list of (Gaussian, tile) intersections, which grows with N, not with N x pixels.
 
-Two pure-PyTorch implementations compute this, and tests hold them equal (values and gradients):
+Three CPU implementations compute this, and tests hold them equal (values and gradients):
 ``backend="reference"`` (:func:`rasterize_reference`) is the readable one, a Python loop over the
-tiles of each camera with each tile vectorised; ``backend="torch"`` (:func:`rasterize_torch`, the
-CPU default) composites 4 x 4 px tiles of all cameras in cache-sized blocks (:func:`composite_tiles`),
-several times faster on a CPU (``benchmarks/bench_render.py``). Everything is differentiable with respect to
+tiles of each camera with each tile vectorised; ``backend="torch"`` (:func:`rasterize_torch`)
+composites 4 x 4 px tiles of all cameras in cache-sized blocks (:func:`composite_tiles`), pure
+PyTorch; ``backend="numba"`` (:func:`rasterize_numba`, the CPU default) compiles the per-pixel loop
+and its backward pass (:mod:`clip_gs.render.numba_backend`), many times faster again, forward and
+backward (``benchmarks/bench_render.py``, ``benchmarks/bench_raster_grad.py``). Everything is differentiable with respect to
 means, quats, scales, opacities and colors (culling, tile assignment and sorting are not, as in
 every 3DGS rasterizer).
 """
@@ -162,12 +164,13 @@ def project_gaussians(
     q = quats[candidates]
     q = q / q.norm(dim=-1, keepdim=True)
     m = quaternions_to_matrices(q) * scales[candidates].unsqueeze(-2)  # R S
-    cov_world = m @ m.transpose(-1, -2)
     t = jac @ rot  # [M, 2, 3]
-    cov2d = t @ cov_world @ t.transpose(-1, -2)
-    a = cov2d[:, 0, 0] + eps2d
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + eps2d
+    # Sigma_2d = (J W R S)(J W R S)^T, the products of 2x3 and 3x3 matrices written out as sums of
+    # broadcast products: batched matmuls of such small matrices cost several times more on a CPU.
+    tm = sum(t[:, :, k, None] * m[:, None, k, :] for k in range(3))  # [M, 2, 3] = J W R S
+    a = (tm[:, 0] * tm[:, 0]).sum(dim=-1) + eps2d
+    b = (tm[:, 0] * tm[:, 1]).sum(dim=-1)
+    c = (tm[:, 1] * tm[:, 1]).sum(dim=-1) + eps2d
     det = a * c - b * b
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
@@ -388,13 +391,11 @@ def composite_tiles(
     return rgb, depth, transmittance
 
 
-def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, height: int, tile_size: int,
-                             chunk_size: int, backgrounds: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Render C cameras with :func:`composite_tiles` over all their tiles at once:
-    ``(rgb [C, H, W, 3], alpha [C, H, W], depth [C, H, W])``."""
-    device = backgrounds.device
-    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    lists, offsets, listed, base = [], [], 0, 0  # every camera's tile lists, indexing the merged Gaussians
+def _merge_tile_lists(projections: list[ProjectedGaussians], width: int, height: int,
+                      tile_size: int) -> tuple[ProjectedGaussians, Tensor, Tensor]:  # fmt: skip
+    """Every camera's :func:`intersect_tiles` lists as one: ``(merged, gaussians [I], offsets [C * T + 1])``,
+    tiles camera-major, then row-major; ``gaussians`` index the concatenated ``merged`` Gaussians."""
+    lists, offsets, listed, base = [], [], 0, 0
     for proj in projections:
         gauss, tile_offsets = intersect_tiles(proj, width, height, tile_size)
         lists.append(gauss + base)
@@ -403,8 +404,24 @@ def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, 
         base += proj.ids.numel()
     fields = ProjectedGaussians.__dataclass_fields__
     merged = ProjectedGaussians(*(torch.cat([getattr(p, f) for p in projections]) for f in fields))
-    gaussians = torch.cat(lists)
+    device = merged.means2d.device
     offsets = torch.cat([*offsets, torch.tensor([listed], device=device, dtype=torch.long)])
+    return merged, torch.cat(lists), offsets
+
+
+def _finish(rgb: Tensor, depth: Tensor, trans: Tensor, backgrounds: Tensor) -> RenderOutput:
+    """Composite the background and normalise depth: ``rgb [C, H, W, 3]``, ``depth``, ``trans [C, H, W]``."""
+    alpha = 1.0 - trans
+    rgb = rgb + trans[..., None] * backgrounds[:, None, None, :]
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth / alpha.clamp_min(1e-10))
+
+
+def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, height: int, tile_size: int,
+                             chunk_size: int, backgrounds: Tensor) -> RenderOutput:  # fmt: skip
+    """Render C cameras with :func:`composite_tiles` over all their tiles at once."""
+    device = backgrounds.device
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    merged, gaussians, offsets = _merge_tile_lists(projections, width, height, tile_size)
     ty, tx = torch.meshgrid(torch.arange(tiles_y, device=device), torch.arange(tiles_x, device=device), indexing="ij")
     origins = (torch.stack([tx.reshape(-1), ty.reshape(-1)], dim=-1) * tile_size).repeat(len(projections), 1)
     rgb, depth, trans = composite_tiles(merged, gaussians, offsets, origins, tile_size, chunk_size)
@@ -412,11 +429,7 @@ def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, 
     image = torch.cat([rgb, depth[..., None], trans[..., None]], dim=-1)  # [C * T, P, 5]
     image = image.view(cams, tiles_y, tiles_x, tile_size, tile_size, 5).permute(0, 1, 3, 2, 4, 5)
     image = image.reshape(cams, tiles_y * tile_size, tiles_x * tile_size, 5)[:, :height, :width]
-    trans = image[..., 4]
-    alpha = 1.0 - trans
-    rgb = image[..., :3] + trans[..., None] * backgrounds[:, None, None, :]
-    depth = image[..., 3] / alpha.clamp_min(1e-10)
-    return rgb, alpha, depth
+    return _finish(image[..., :3], image[..., 3], image[..., 4], backgrounds)
 
 
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, background, sh_degree):
@@ -524,8 +537,39 @@ def rasterize_torch(
     :data:`BATCHED_TILE` and :data:`BATCHED_CHUNK` (the image does not depend on either)."""
     projections = _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                                    near, far, eps2d)  # fmt: skip
-    rgb, alpha, depth = _rasterize_views_batched(projections, width, height, BATCHED_TILE, BATCHED_CHUNK, backgrounds)
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
+    return _rasterize_views_batched(projections, width, height, BATCHED_TILE, BATCHED_CHUNK, backgrounds)
+
+
+def rasterize_numba(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    backgrounds: Tensor,
+    sh_degree: int | None,
+    near: float,
+    far: float,
+    eps2d: float,
+) -> RenderOutput:
+    """The compiled CPU backend of :func:`rasterize` (``backend="numba"``; validated CPU inputs,
+    ``backgrounds: [C, 3]``): projection and tile lists in PyTorch, compositing forward and backward
+    in the kernels of :mod:`clip_gs.render.numba_backend`. Equal to :func:`rasterize_reference` up to
+    float rounding (tested, values and gradients)."""
+    from clip_gs.render.numba_backend import TILE, composite_numba
+
+    if means.device.type != "cpu":
+        raise RenderError(f"backend='numba' needs CPU tensors, got device {means.device}")
+    projections = _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                                   near, far, eps2d)  # fmt: skip
+    merged, gaussians, offsets = _merge_tile_lists(projections, width, height, TILE)
+    rgb, depth, trans = composite_numba(merged.means2d, merged.conics, merged.colors, merged.opacities, merged.depths,
+                                        gaussians, offsets, len(projections), width, height)  # fmt: skip
+    return _finish(rgb, depth, trans, backgrounds)
 
 
 def rasterize(
@@ -562,12 +606,13 @@ def rasterize(
         sh_degree: SH degree to evaluate for ``[N, K, 3]`` colors (None: the full degree of K);
             must be None for RGB colors.
         near, far: camera-space z range of the Gaussian means that are rendered.
-        backend: ``"torch"`` (pure PyTorch, all tiles batched), ``"reference"`` (pure PyTorch, the
+        backend: ``"numba"`` (CPU: compiled compositing, forward and backward, the fastest there),
+            ``"torch"`` (pure PyTorch, all tiles batched), ``"reference"`` (pure PyTorch, the
             readable per-tile loop the others are tested against), ``"gsplat"`` (CUDA,
             ``pip install clip-gs[cuda]``) or ``"auto"`` (gsplat for CUDA tensors when it is
-            installed, torch otherwise).
+            installed, numba for CPU tensors, torch otherwise).
         tile_size: tile side in pixels (reference and gsplat; the batched torch backend uses
-            :data:`BATCHED_TILE`).
+            :data:`BATCHED_TILE`, numba :data:`clip_gs.render.numba_backend.TILE`).
         chunk_size: reference only: Gaussians composited at once per tile (memory bound
             ``tile_size^2 * chunk_size``).
         eps2d: low-pass term added to the 2D covariance diagonal, px^2.
@@ -589,9 +634,16 @@ def rasterize(
         backgrounds = background.to(device=device, dtype=dtype).expand(num_cams, 3)
 
     from clip_gs.render.gsplat_backend import gsplat_available, rasterize_gsplat
+    from clip_gs.render.numba_backend import numba_available
 
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda and gsplat_available() else "torch"
+        if means.is_cuda and gsplat_available():
+            backend = "gsplat"
+        else:
+            backend = "numba" if means.device.type == "cpu" and numba_available() else "torch"
+    if backend == "numba":
+        return rasterize_numba(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
+                               sh_degree, near, far, eps2d)  # fmt: skip
     if backend == "torch":
         return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
                                sh_degree, near, far, tile_size, chunk_size, eps2d)  # fmt: skip
@@ -601,7 +653,7 @@ def rasterize(
     if backend == "gsplat":
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
                                 sh_degree, near, far, tile_size, eps2d)  # fmt: skip
-    raise RenderError(f"backend must be 'auto', 'torch', 'reference' or 'gsplat', got {backend!r}")
+    raise RenderError(f"backend must be 'auto', 'numba', 'torch', 'reference' or 'gsplat', got {backend!r}")
 
 
 def render_cloud(
@@ -656,6 +708,7 @@ __all__ = [
     "intersect_tiles",
     "project_gaussians",
     "rasterize",
+    "rasterize_numba",
     "rasterize_reference",
     "rasterize_torch",
     "render_cloud",
