@@ -4,6 +4,7 @@ Subcommands:
     clip-gs info FILE                       count, SH degree, bounds, attribute statistics
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
+    clip-gs fit-gaussians MESH|DIR --out F  3DGS fitted to Blender renders of a mesh or to transforms.json views
     clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
     clip-gs eval --model M --data DIR       zero-shot, few-shot and retrieval on a prepared split
     clip-gs push DIR --repo-id ORG/NAME     upload an exported model with its generated model card
@@ -114,7 +115,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     settings = PrepareSettings(
         views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
         up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
-        synthetic_pose=args.synthetic_pose,
+        synthetic_pose=args.synthetic_pose, gaussians=args.gaussians, fit_iterations=args.fit_iterations,
+        fit_views=args.fit_views, fit_size=args.fit_size,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
     )  # fmt: skip
     summary = prepare_dataset(
@@ -179,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic-pose", default="random", choices=("random", "upright", "canonical"),
         help="synthetic objects: any rotation; standing on +Y and turned about it; or unrotated",
     )  # fmt: skip
+    prepare.add_argument(
+        "--gaussians", default="surface", choices=("surface", "fitted"),
+        help="meshes become surface samples, or 3DGS fitted to Blender renders (the paper's; teacher views "
+        "then come from the mesh renders and each record keeps its fit's PSNR)",
+    )  # fmt: skip
+    prepare.add_argument("--fit-iterations", type=int, default=1000, help="with --gaussians fitted (paper: 5000)")
+    prepare.add_argument("--fit-views", type=int, default=36, help="with --gaussians fitted: views fitted to")
+    prepare.add_argument("--fit-size", type=int, default=128, help="with --gaussians fitted: their size (paper: 512)")
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
     prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")
@@ -187,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=cmd_prepare)
 
+    from clip_gs.fitting.cli import add_fit_parser  # clip-gs fit-gaussians
+
+    add_fit_parser(sub)
     from clip_gs.offline_teacher.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)

@@ -75,6 +75,15 @@ class CorruptSampleError(DatasetError):
     """A stored sample fails its checksum or cannot be decoded (names the shard and the index)."""
 
 
+class PosedImagesError(ClipGSError, ValueError):
+    """Posed images (a ``transforms.json`` folder, or images with cameras) are missing or inconsistent:
+    no views, counts or sizes that differ, a NaN or all-transparent image (names the object or file)."""
+
+
+class FitError(ClipGSError, RuntimeError):
+    """A Gaussian fit cannot go on (the loss became NaN or infinite); names the object and the step."""
+
+
 class TrainingError(ClipGSError, RuntimeError):
     """Training cannot go on (e.g. a NaN or infinite loss); names the step and the batch's sample ids."""
 
@@ -94,6 +103,7 @@ __all__ = [
     "ClipGSError",
     "ConfigError",
     "FileNotOnHubError",
+    "FitError",
     "PreparedWithOtherSettingsError",
     "CorruptSampleError",
     "DatasetError",
@@ -103,6 +113,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelCardError",
     "NotGaussianDataError",
+    "PosedImagesError",
     "RenderError",
     "TrainingError",
     "UnsupportedFormatError",

@@ -385,6 +385,28 @@ def _load_parts(mesh: MeshLike) -> tuple[list[_Part], str]:
     return parts, source
 
 
+def mesh_unit_transform(mesh: MeshLike) -> torch.Tensor:
+    """``[4, 4]`` float64 similarity that puts a mesh's bounding-box centre at the origin and its
+    farthest vertex (of faces) at distance 1: the frame in which meshes are rendered and fitted
+    (:mod:`clip_gs.fitting`). It depends on the vertices only, never on a sampling.
+
+    Raises:
+        MeshError: unreadable file, no faces, non-finite vertices, or all vertices at one point.
+    """
+    parts, source = _load_parts(mesh)
+    vertices = np.concatenate([part.vertices[np.unique(part.faces)] for part in parts])
+    if not np.isfinite(vertices).all():
+        raise MeshError(f"{source}: non-finite vertex coordinates")
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    radius = float(np.linalg.norm(vertices - centre, axis=1).max())
+    if not radius > 0:
+        raise MeshError(f"{source}: every vertex sits at one point")
+    transform = np.eye(4)
+    transform[:3, :3] /= radius
+    transform[:3, 3] = -centre / radius
+    return torch.from_numpy(transform)
+
+
 def mesh_to_gaussians(
     mesh: MeshLike,
     num_gaussians: int = 10_000,
@@ -490,6 +512,7 @@ __all__ = [
     "disk_radius",
     "face_normals",
     "mesh_to_gaussians",
+    "mesh_unit_transform",
     "normals_to_quaternions",
     "sample_texture",
     "sample_triangles",

@@ -51,6 +51,9 @@ CAPTION_TEMPLATE = "a 3D model of a {}."
 MESH_GAUSSIANS = 10_000
 """Gaussians sampled on each mesh (the paper's objects have 10K-20K; SH degree 0)."""
 
+GAUSSIAN_KINDS = ("surface", "fitted")
+"""What meshes become (:attr:`PrepareSettings.gaussians`)."""
+
 @dataclass(frozen=True)
 class PrepareSettings:
     """What ``prepare`` does with each object (recorded in the manifest).
@@ -70,6 +73,13 @@ class PrepareSettings:
             the id (stable when objects are added), unless the captions file gives a split.
         seed: seed of the split hash, the mesh sampling and the synthetic set.
         caption_template: caption of labelled objects without one (:data:`CAPTION_TEMPLATE`).
+        gaussians: what a **mesh** becomes: ``"surface"`` (surface samples, fast) or ``"fitted"``
+            (the paper's way: :func:`~clip_gs.fitting.fit_mesh` optimises at most
+            ``mesh_gaussians`` Gaussians against Blender renders, and the teacher's views are
+            Blender renders of the mesh, not of the Gaussians). 3DGS files and synthetic objects
+            are Gaussians already and are stored as they are either way.
+        fit_iterations, fit_views, fit_size: the fit's schedule, training views and view size
+            (the paper: 5,000, 36 and 512).
     """
 
     views: int = 8
@@ -84,8 +94,14 @@ class PrepareSettings:
     test_fraction: float = 0.1
     seed: int = 0
     caption_template: str = CAPTION_TEMPLATE
+    gaussians: str = "surface"
+    fit_iterations: int = 1000
+    fit_views: int = 36
+    fit_size: int = 128
 
     def __post_init__(self) -> None:
+        if self.gaussians not in GAUSSIAN_KINDS:
+            raise ConfigError(f"gaussians must be one of {', '.join(GAUSSIAN_KINDS)}, got {self.gaussians!r}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
@@ -260,6 +276,49 @@ def load_source(item: SourceItem, settings: PrepareSettings):
     return cloud, item.captions, up
 
 
+def is_mesh_source(item: SourceItem) -> bool:
+    """True for inputs that are meshes (a ``.ply`` is a mesh unless it holds 3DGS)."""
+    from clip_gs.data.assets import MESH_EXTENSIONS
+    from clip_gs.errors import NotGaussianDataError
+
+    suffix = Path(item.source).suffix.lower()
+    if item.source.startswith("synthetic:") or suffix not in MESH_EXTENSIONS:
+        return False
+    if suffix != ".ply":
+        return True
+    from clip_gs.gaussians import load_gaussians
+
+    try:
+        load_gaussians(item.source)
+    except NotGaussianDataError:
+        return True
+    return False
+
+
+def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up: str):
+    """``(cloud, uint8 images [V, S, S, 3], cameras, fit facts)`` of a mesh with ``gaussians="fitted"``:
+    the fit (:func:`~clip_gs.fitting.fit_mesh`), normalised as every stored cloud is, and the
+    teacher's orbit views rendered from the mesh by Blender in that same normalised frame."""
+    from clip_gs.fitting import FitConfig, fit_mesh
+    from clip_gs.render import orbit_cameras
+    from clip_gs.render.blender import composite, render_mesh
+
+    config = FitConfig(iterations=settings.fit_iterations, max_gaussians=settings.mesh_gaussians, seed=settings.seed)
+    fitted = fit_mesh(item.source, config, views=settings.fit_views, size=settings.fit_size)
+    cloud = fitted.result.cloud
+    means = cloud.means.double()
+    centre = means.mean(dim=0)
+    radius = float((means - centre).norm(dim=-1).max())
+    to_normalized = torch.eye(4, dtype=torch.float64)
+    to_normalized[:3, :3] /= radius
+    to_normalized[:3, 3] = -centre / radius
+    cameras = orbit_cameras(settings.views, elevation_deg=settings.elevation_deg, width=image_size,
+                            height=image_size, up=up)  # fmt: skip
+    rgba = render_mesh(item.source, cameras, world=to_normalized @ fitted.world, seed=settings.seed)
+    images = (composite(rgba, settings.background).clamp(0, 1) * 255).round().to(torch.uint8)
+    return cloud.normalized(), images, cameras, fitted.result.summary()
+
+
 def render_views(cloud, settings: PrepareSettings, image_size: int, up: str):
     """``(uint8 images [V, S, S, 3], cameras)``: regular orbit views of the normalised ``cloud``."""
     from clip_gs.render import orbit_cameras, render_cloud
@@ -418,6 +477,9 @@ def prepare_dataset(
     recorded_settings = asdict(settings)
     if recorded_settings["synthetic_pose"] == "random":  # the default: folders prepared before poses existed resume
         del recorded_settings["synthetic_pose"]
+    if recorded_settings["gaussians"] == "surface":  # likewise for folders prepared before fitted Gaussians
+        for name in ("gaussians", "fit_iterations", "fit_views", "fit_size"):
+            del recorded_settings[name]
     fingerprint = {"source": str(source), "settings": recorded_settings, "image_size": image_size,
                    "teacher": str(teacher.identity),
                    "captions": None if captions is None else hashlib.sha256(Path(captions).read_bytes()).hexdigest()}  # fmt: skip
@@ -451,19 +513,27 @@ def prepare_dataset(
         loaded = []
         for item in group:
             try:
-                cloud, item_captions, up = load_source(item, settings)
-                images, cameras = render_views(cloud, settings, image_size, up)
-                loaded.append((item, cloud, item_captions, images, cameras))
+                if settings.gaussians == "fitted" and is_mesh_source(item):
+                    from clip_gs.data.assets import default_up_axis
+
+                    up = default_up_axis(item.source) if settings.up == "auto" else settings.up
+                    cloud, images, cameras, fit = fit_source(item, settings, image_size, up)
+                    item_captions = item.captions
+                else:
+                    cloud, item_captions, up = load_source(item, settings)
+                    images, cameras = render_views(cloud, settings, image_size, up)
+                    fit = None
+                loaded.append((item, cloud, item_captions, images, cameras, fit))
             except ClipGSError as exc:
                 summary.failures.append({"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc)})
-        for item, cloud, item_captions, images, cameras in loaded:
+        for item, cloud, item_captions, images, cameras, fit in loaded:
             # One teacher call per object: batch composition changes float results slightly, so
             # embedding object by object makes a resumed run equal an uninterrupted one.
             text_emb = teacher.encode_text(list(item_captions)) if item_captions else torch.zeros(0, teacher.embed_dim)
             sample = TripletSample(
                 id=item.id, source=item.source, cloud=cloud.to(dtype=torch.float32), captions=tuple(item_captions),
                 label=item.label, text_embeddings=text_emb, image_embeddings=teacher.encode_images(images),
-                viewmats=cameras.viewmats, Ks=cameras.Ks,
+                viewmats=cameras.viewmats, Ks=cameras.Ks, fit=fit,
             )  # fmt: skip
             record = sample.to_record()
             split = item.split or split_of(item.id, settings)
@@ -471,6 +541,8 @@ def prepare_dataset(
             _atomic_write(work / f"{key}.blob", record["blob"])
             meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label,
                     "input": _input_fingerprint(item)}  # fmt: skip
+            if fit is not None:
+                meta["fit"] = fit
             _atomic_write(work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
             finished[item.id] = meta
         done_now += len(group)
@@ -492,7 +564,8 @@ def prepare_dataset(
     labels = sorted({m["label"] for m in metas if m["label"]})
     manifest = Manifest(
         teacher=str(teacher.identity), embed_dim=int(teacher.embed_dim), counts=summary.counts, labels=labels,
-        settings=fingerprint["settings"] | {"image_size": image_size, "source": source}, failures=summary.failed,
+        settings=fingerprint["settings"] | {"image_size": image_size, "source": source, "gaussians": settings.gaussians},
+        failures=summary.failed,
         package_version=clip_gs.__version__,
     )  # fmt: skip
     contents = {split: _digest([m for m in metas if m["split"] == split]) for split in SPLITS}
@@ -527,12 +600,15 @@ def prepare_dataset(
 
 __all__ = [
     "CAPTION_TEMPLATE",
+    "GAUSSIAN_KINDS",
     "MESH_GAUSSIANS",
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",
     "default_teacher",
     "default_work_dir",
+    "fit_source",
+    "is_mesh_source",
     "list_sources",
     "prepare_dataset",
     "read_captions",

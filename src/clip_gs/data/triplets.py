@@ -59,6 +59,9 @@ class TripletSample:
         image_embeddings: ``[V, E]`` float32 unit vectors of the rendered views.
         viewmats: ``[V, 4, 4]`` world-to-camera matrices of the views (normalised object frame).
         Ks: ``[V, 3, 3]`` intrinsics of the views.
+        fit: for Gaussians fitted to views (``prepare --gaussians fitted``), the fit's facts
+            (:meth:`~clip_gs.fitting.FitResult.summary`: held-out PSNR and SSIM, count, iterations,
+            seconds); None for stored or surface-sampled Gaussians (and then not in the record).
     """
 
     id: str
@@ -70,6 +73,7 @@ class TripletSample:
     image_embeddings: Tensor
     viewmats: Tensor
     Ks: Tensor
+    fit: dict | None = None
 
     def __post_init__(self) -> None:
         t, v = len(self.captions), self.image_embeddings.shape[0]
@@ -96,6 +100,8 @@ class TripletSample:
         tensors = {name: getattr(self.cloud, name) for name in _CLOUD_FIELDS}
         tensors |= {name: getattr(self, name) for name in _VIEW_FIELDS}
         meta = {"id": self.id, "source": self.source, "captions": list(self.captions), "label": self.label}
+        if self.fit is not None:
+            meta["fit"] = self.fit
         blob = pack_tensors(tensors, meta)
         return {"id": self.id, "sha256": hashlib.sha256(blob).hexdigest(), "blob": blob}
 
@@ -125,6 +131,7 @@ class TripletSample:
                 captions=tuple(meta["captions"]),
                 label=meta["label"],
                 **{name: tensors[name] for name in _VIEW_FIELDS},
+                fit=meta.get("fit"),
             )
         except Exception as exc:  # a record with a valid digest but undecodable content
             raise CorruptSampleError(f"{where}: cannot decode sample {record.get('id')!r}: {exc}") from exc

@@ -208,4 +208,55 @@ def orbit_cameras(
     return Cameras(viewmats.to(dtype), Ks.to(dtype), width, height)
 
 
-__all__ = ["UP_AXES", "Cameras", "look_at_viewmats", "orbit_cameras", "pinhole_intrinsics"]
+def sphere_cameras(
+    num_views: int,
+    radius: float = 2.6,
+    fov_deg: float = 45.0,
+    width: int = 128,
+    height: int = 128,
+    turn: float = 0.0,
+    max_elevation_deg: float = 75.0,
+    up: str = "+y",
+    dtype: torch.dtype = torch.float32,
+) -> Cameras:
+    """Cameras spread evenly over a sphere around the origin (a Fibonacci lattice), all looking at it:
+    the views an object is rendered and fitted from (:mod:`clip_gs.fitting`).
+
+    View ``i`` sits at height ``sin(el_i)``, ``el_i`` spread evenly in sine between
+    ``-max_elevation_deg`` and ``+max_elevation_deg`` (no view looks straight down the up axis),
+    and at azimuth ``360 (i + turn) / phi^2`` degrees (the golden angle), so any number of views
+    covers the sphere without clusters. ``turn`` rotates the whole set about the up axis: a set with
+    ``turn=0.5`` lies between the views of ``turn=0`` (held-out views). Deterministic: no seed.
+
+    Args:
+        num_views: C >= 1.
+        radius: camera distance; the default 2.6 with fov 45 keeps the unit sphere in view.
+        up: world up axis (as in :func:`orbit_cameras`).
+
+    Returns:
+        :class:`Cameras` with C views.
+    """
+    if num_views < 1:
+        raise RenderError(f"num_views must be >= 1, got {num_views}")
+    if radius <= 0:
+        raise RenderError(f"radius must be > 0, got {radius}")
+    if not 0.0 <= max_elevation_deg < 90.0:
+        raise RenderError(f"max_elevation_deg must lie in [0, 90), got {max_elevation_deg}")
+    key = _UP_ALIASES.get(up, up)
+    if key not in UP_AXES:
+        raise RenderError(f"up must be one of {sorted(UP_AXES) + sorted(_UP_ALIASES)}, got {up!r}")
+    index = torch.arange(num_views, dtype=torch.float64)
+    limit = math.sin(math.radians(max_elevation_deg))
+    heights = limit * (1.0 - 2.0 * (index + 0.5) / num_views) if num_views > 1 else torch.zeros(1, dtype=torch.float64)
+    golden = math.pi * (3.0 - math.sqrt(5.0))  # the golden angle, radians
+    azimuths = golden * (index + turn)
+    up_vec, front = (torch.tensor(v, dtype=torch.float64) for v in UP_AXES[key])
+    side = torch.linalg.cross(up_vec, front)
+    horizontal = torch.cos(azimuths)[:, None] * front + torch.sin(azimuths)[:, None] * side
+    eyes = radius * (torch.sqrt(1.0 - heights**2)[:, None] * horizontal + heights[:, None] * up_vec)
+    viewmats = look_at_viewmats(eyes, torch.zeros_like(eyes), up_vec)
+    Ks = pinhole_intrinsics(fov_deg, width, height, num_views, dtype=torch.float64)
+    return Cameras(viewmats.to(dtype), Ks.to(dtype), width, height)
+
+
+__all__ = ["UP_AXES", "Cameras", "look_at_viewmats", "orbit_cameras", "pinhole_intrinsics", "sphere_cameras"]

@@ -42,6 +42,7 @@ def rasterize_gsplat(
     far: float,
     tile_size: int,
     eps2d: float,
+    with_info: bool = False,
 ):
     """The gsplat backend of :func:`clip_gs.render.rasterize` (validated inputs, ``backgrounds: [C, 3]``).
 
@@ -61,7 +62,7 @@ def rasterize_gsplat(
 
     from clip_gs.render.rasterize import RenderOutput
 
-    render, alphas, _meta = gsplat.rasterization(
+    render, alphas, meta = gsplat.rasterization(
         means=means,
         quats=quats,
         scales=scales,
@@ -83,7 +84,7 @@ def rasterize_gsplat(
     )
     alpha = alphas[..., 0]  # [C, H, W]
     rgb = render[..., :3] + (1.0 - alpha)[..., None] * backgrounds[:, None, None, :]
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=render[..., 3])
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=render[..., 3], info=meta if with_info else None)
 
 
 __all__ = ["gsplat_available", "rasterize_gsplat"]

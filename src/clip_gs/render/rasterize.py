@@ -80,11 +80,17 @@ class RenderOutput:
         rgb: ``[C, H, W, 3]`` colour, background composited.
         alpha: ``[C, H, W]`` accumulated opacity ``1 - T_final`` in [0, 1].
         depth: ``[C, H, W]`` expected camera-space depth (z), normalised by alpha; 0 where alpha is 0.
+        info: with ``rasterize(..., with_info=True)``, what gsplat's densification strategies read,
+            in gsplat's layout: ``means2d [C, N, 2]`` (in the graph: its ``.grad`` after a backward,
+            once ``retain_grad()`` is called, is the screen-space gradient of every Gaussian in every
+            camera), ``radii [C, N, 2]`` (footprint half-widths in px, 0 where culled), ``width``,
+            ``height``, ``n_cameras`` and ``gaussian_ids`` (None: not packed). Otherwise None.
     """
 
     rgb: Tensor
     alpha: Tensor
     depth: Tensor
+    info: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -409,11 +415,29 @@ def _merge_tile_lists(projections: list[ProjectedGaussians], width: int, height:
     return merged, torch.cat(lists), offsets
 
 
-def _finish(rgb: Tensor, depth: Tensor, trans: Tensor, backgrounds: Tensor) -> RenderOutput:
+def _finish(rgb: Tensor, depth: Tensor, trans: Tensor, backgrounds: Tensor, info: dict | None = None) -> RenderOutput:
     """Composite the background and normalise depth: ``rgb [C, H, W, 3]``, ``depth``, ``trans [C, H, W]``."""
     alpha = 1.0 - trans
     rgb = rgb + trans[..., None] * backgrounds[:, None, None, :]
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth / alpha.clamp_min(1e-10))
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth / alpha.clamp_min(1e-10), info=info)
+
+
+def _screen_space_info(projections: list[ProjectedGaussians], merged: ProjectedGaussians, num_gaussians: int,
+                       width: int, height: int) -> tuple[ProjectedGaussians, dict]:  # fmt: skip
+    """Route the merged ``means2d`` through a dense ``[C, N, 2]`` tensor (so that its gradient is every
+    Gaussian's screen-space gradient per camera) and list the footprints as ``radii [C, N, 2]``:
+    the ``info`` of :class:`RenderOutput`."""
+    cams = len(projections)
+    cam_index = torch.cat([torch.full_like(p.ids, cam) for cam, p in enumerate(projections)])
+    ids = torch.cat([p.ids for p in projections])
+    dense = merged.means2d.new_zeros(cams, num_gaussians, 2).index_put((cam_index, ids), merged.means2d)
+    radii = torch.zeros(cams, num_gaussians, 2, dtype=torch.int32, device=ids.device)
+    radii[cam_index, ids] = torch.ceil(merged.extents).to(torch.int32)
+    fields = {f: getattr(merged, f) for f in ProjectedGaussians.__dataclass_fields__}
+    routed = ProjectedGaussians(**{**fields, "means2d": dense[cam_index, ids]})
+    info = {"means2d": dense, "radii": radii, "width": width, "height": height, "n_cameras": cams,
+            "gaussian_ids": None}  # fmt: skip
+    return routed, info
 
 
 def _rasterize_views_batched(projections: list[ProjectedGaussians], width: int, height: int, tile_size: int,
@@ -555,6 +579,7 @@ def rasterize_numba(
     near: float,
     far: float,
     eps2d: float,
+    with_info: bool = False,
 ) -> RenderOutput:
     """The compiled CPU backend of :func:`rasterize` (``backend="numba"``; validated CPU inputs,
     ``backgrounds: [C, 3]``): projection and tile lists in PyTorch, compositing forward and backward
@@ -567,9 +592,12 @@ def rasterize_numba(
     projections = _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                                    near, far, eps2d)  # fmt: skip
     merged, gaussians, offsets = _merge_tile_lists(projections, width, height, TILE)
+    info = None
+    if with_info:
+        merged, info = _screen_space_info(projections, merged, means.shape[0], width, height)
     rgb, depth, trans = composite_numba(merged.means2d, merged.conics, merged.colors, merged.opacities, merged.depths,
                                         gaussians, offsets, len(projections), width, height)  # fmt: skip
-    return _finish(rgb, depth, trans, backgrounds)
+    return _finish(rgb, depth, trans, backgrounds, info)
 
 
 def rasterize(
@@ -590,6 +618,7 @@ def rasterize(
     tile_size: int = 16,
     chunk_size: int = 1024,
     eps2d: float = 0.3,
+    with_info: bool = False,
 ) -> RenderOutput:
     """Render 3D Gaussians into C pinhole cameras (see the module docstring for the model).
 
@@ -616,6 +645,8 @@ def rasterize(
         chunk_size: reference only: Gaussians composited at once per tile (memory bound
             ``tile_size^2 * chunk_size``).
         eps2d: low-pass term added to the 2D covariance diagonal, px^2.
+        with_info: also return the screen-space data densification needs (``RenderOutput.info``);
+            the numba and gsplat backends only.
 
     Returns:
         :class:`RenderOutput` with ``rgb [C, H, W, 3]``, ``alpha [C, H, W]``, ``depth [C, H, W]``.
@@ -641,9 +672,11 @@ def rasterize(
             backend = "gsplat"
         else:
             backend = "numba" if means.device.type == "cpu" and numba_available() else "torch"
+    if with_info and backend not in ("numba", "gsplat"):
+        raise RenderError(f"with_info=True needs backend 'numba' or 'gsplat', got {backend!r}")
     if backend == "numba":
         return rasterize_numba(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
-                               sh_degree, near, far, eps2d)  # fmt: skip
+                               sh_degree, near, far, eps2d, with_info)  # fmt: skip
     if backend == "torch":
         return rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
                                sh_degree, near, far, tile_size, chunk_size, eps2d)  # fmt: skip
@@ -652,7 +685,7 @@ def rasterize(
                                    sh_degree, near, far, tile_size, chunk_size, eps2d)  # fmt: skip
     if backend == "gsplat":
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
-                                sh_degree, near, far, tile_size, eps2d)  # fmt: skip
+                                sh_degree, near, far, tile_size, eps2d, with_info)  # fmt: skip
     raise RenderError(f"backend must be 'auto', 'numba', 'torch', 'reference' or 'gsplat', got {backend!r}")
 
 
@@ -680,7 +713,7 @@ def render_cloud(
             f"{list(cloud.batch_shape)}; unbind() it first"
         )
     cams = cameras.to(device=cloud.device, dtype=cloud.dtype)
-    return rasterize(
+    return rasterize(  # cloud.sh_degree: a cloud always renders with all its coefficients
         cloud.means,
         cloud.rotations,
         cloud.scales,
