@@ -1,4 +1,4 @@
-"""Fitted Gaussians: time and held-out quality of :func:`clip_gs.fitting.fit_mesh` on shared real meshes.
+"""Fitted Gaussians: time and held-out quality of :func:`clip_gs.data.fitted.fit_mesh` on shared real meshes.
 
 For each mesh: Blender (Cycles) renders ``--views`` training views and 4 held-out views at
 ``--size`` px (timed: "render s"), the fit starts from half the cap of surface samples and runs
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from clip_gs.fitting import FitConfig, fit_gaussians, init_from_mesh, render_views
+    from clip_gs.data.fitted import init_from_mesh, render_mesh_views
+    from clip_gs.fitting import FitConfig, fit_gaussians
 
     torch.set_num_threads(args.threads)
     meshes = args.meshes or [REAL / m for m in DEFAULT_MESHES]
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     config = FitConfig(iterations=args.iterations, sh_degree=args.sh_degree, max_gaussians=args.max_gaussians)
     for mesh in meshes:
         start = time.perf_counter()
-        train, test, world = render_views(mesh, args.views, 4, args.size)
+        train, test, world = render_mesh_views(mesh, args.views, 4, args.size)
         rendered = time.perf_counter() - start
         init = init_from_mesh(mesh, args.max_gaussians // 2, world)
         result = fit_gaussians(train, init, config, held_out=test, device=args.device)

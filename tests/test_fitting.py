@@ -54,7 +54,9 @@ def _views(cloud: GaussianCloud, cameras: Cameras) -> PosedImages:
 @pytest.fixture(scope="module")
 def ring_views():
     cloud = _object()
-    return _views(cloud, sphere_cameras(16, width=48, height=48)), _views(cloud, sphere_cameras(4, width=48, height=48, turn=0.5))
+    return _views(cloud, sphere_cameras(16, width=48, height=48)), _views(
+        cloud, sphere_cameras(4, width=48, height=48, turn=0.5)
+    )
 
 
 # ------------------------------------------------------------------ the fit

@@ -74,7 +74,7 @@ class PrepareSettings:
         seed: seed of the split hash, the mesh sampling and the synthetic set.
         caption_template: caption of labelled objects without one (:data:`CAPTION_TEMPLATE`).
         gaussians: what a **mesh** becomes: ``"surface"`` (surface samples, fast) or ``"fitted"``
-            (the paper's way: :func:`~clip_gs.fitting.fit_mesh` optimises at most
+            (the paper's way: :func:`~clip_gs.data.fitted.fit_mesh` optimises at most
             ``mesh_gaussians`` Gaussians against Blender renders, and the teacher's views are
             Blender renders of the mesh, not of the Gaussians). 3DGS files and synthetic objects
             are Gaussians already and are stored as they are either way.
@@ -297,9 +297,10 @@ def is_mesh_source(item: SourceItem) -> bool:
 
 def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up: str):
     """``(cloud, uint8 images [V, S, S, 3], cameras, fit facts)`` of a mesh with ``gaussians="fitted"``:
-    the fit (:func:`~clip_gs.fitting.fit_mesh`), normalised as every stored cloud is, and the
+    the fit (:func:`~clip_gs.data.fitted.fit_mesh`), normalised as every stored cloud is, and the
     teacher's orbit views rendered from the mesh by Blender in that same normalised frame."""
-    from clip_gs.fitting import FitConfig, fit_mesh
+    from clip_gs.data.fitted import fit_mesh
+    from clip_gs.fitting import FitConfig
     from clip_gs.render import orbit_cameras
     from clip_gs.render.blender import composite, render_mesh
 

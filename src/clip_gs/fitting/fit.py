@@ -204,7 +204,7 @@ def evaluate_views(cloud: GaussianCloud, posed: PosedImages, background=(1.0, 1.
 def fit_gaussians(
     posed: PosedImages,
     init: GaussianCloud,
-    config: FitConfig = FitConfig(),
+    config: FitConfig | None = None,
     held_out: PosedImages | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -216,7 +216,7 @@ def fit_gaussians(
         init: the starting Gaussians in the cameras' frame, e.g.
             :func:`~clip_gs.fitting.init_from_mesh` or :func:`~clip_gs.fitting.init_from_points`;
             its SH are cut or zero-padded to ``config.sh_degree``.
-        config: :class:`FitConfig`.
+        config: :class:`FitConfig` (None: the defaults).
         held_out: views to report PSNR / SSIM on (never trained on).
         device: ``"cpu"`` (compiled kernels) or a CUDA device (gsplat).
         progress: show a tqdm bar with the loss and the count.
@@ -229,6 +229,7 @@ def fit_gaussians(
             and the step).
         MissingDependencyError: gsplat (its strategies) is not installed.
     """
+    config = config or FitConfig()
     DefaultStrategy, remove, reset_opa = _strategy_module()
     from torchmetrics.functional.image import structural_similarity_index_measure
     from tqdm.auto import tqdm

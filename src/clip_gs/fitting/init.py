@@ -1,4 +1,6 @@
-"""Starting Gaussians for a fit: surface samples of a mesh, or given (or random) points."""
+"""Starting Gaussians for a fit: given (or random) points; moving a cloud into the fitting frame.
+
+A mesh's surface samples start :func:`clip_gs.data.fitted.fit_mesh` (the data layer holds meshes)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,6 @@ from torch import Tensor
 
 from clip_gs.errors import ConfigError
 from clip_gs.gaussians.cloud import GaussianCloud
-
-DEFAULT_INIT_OPACITY = 0.5
-"""Opacity of the starting Gaussians (the trainer starts at 0.1 from sparse SfM points; surface samples
-already cover the object, so they start more opaque)."""
 
 
 def transform_cloud(cloud: GaussianCloud, world: Tensor) -> GaussianCloud:
@@ -27,16 +25,6 @@ def transform_cloud(cloud: GaussianCloud, world: Tensor) -> GaussianCloud:
         raise ConfigError(f"transform_cloud takes a uniform scale plus a translation, got {linear.tolist()}")
     means = cloud.means.double() * scale + world[:3, 3]
     return cloud.replace(means=means.to(cloud.dtype), log_scales=cloud.log_scales + torch.log(torch.tensor(scale)))
-
-
-def init_from_mesh(mesh, num_gaussians: int, world: Tensor, seed: int = 0,
-                   opacity: float = DEFAULT_INIT_OPACITY) -> GaussianCloud:  # fmt: skip
-    """Surface samples of ``mesh`` (positions, texture / vertex / material colours, flat disks) moved
-    into the fitting frame by ``world``: :func:`~clip_gs.data.mesh.mesh_to_gaussians`."""
-    from clip_gs.data.mesh import mesh_to_gaussians
-
-    cloud = mesh_to_gaussians(mesh, num_gaussians=num_gaussians, seed=seed, opacity=opacity, normalize=False)
-    return transform_cloud(cloud, world)
 
 
 def init_from_points(points: Tensor, colors: Tensor | None = None, opacity: float = 0.1, neighbours: int = 3,
@@ -66,4 +54,4 @@ def random_points(num_points: int, radius: float = 1.0, seed: int = 0) -> Tensor
     return direction * radius * torch.rand(num_points, 1, generator=generator) ** (1.0 / 3.0)
 
 
-__all__ = ["DEFAULT_INIT_OPACITY", "init_from_mesh", "init_from_points", "random_points", "transform_cloud"]
+__all__ = ["init_from_points", "random_points", "transform_cloud"]

@@ -1,4 +1,6 @@
-"""A mesh to fitted 3DGS in one call: render it with Blender, start from its surface, fit."""
+"""Mesh -> fitted 3DGS in one call: render it with Blender, start from its surface samples, fit
+(:mod:`clip_gs.fitting`). Beside :mod:`clip_gs.data.mesh` (mesh -> surface samples): the two ways a
+mesh becomes Gaussians."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clip_gs.fitting.fit import FitConfig, FitResult, fit_gaussians
-from clip_gs.fitting.init import init_from_mesh
-from clip_gs.fitting.posed import PosedImages
+from clip_gs.fitting import FitConfig, FitResult, PosedImages, fit_gaussians, transform_cloud
+from clip_gs.gaussians.cloud import GaussianCloud
+
+DEFAULT_INIT_OPACITY = 0.5
+"""Opacity of the starting surface samples (the trainer starts at 0.1 from sparse SfM points; surface
+samples already cover the object, so they start more opaque)."""
 
 DEFAULT_VIEWS = 36
 """Training views per object (the paper renders 36)."""
@@ -35,7 +40,17 @@ class MeshFit:
     world: Tensor
 
 
-def render_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_OUT, size: int = 128,
+def init_from_mesh(mesh, num_gaussians: int, world: Tensor, seed: int = 0,
+                   opacity: float = DEFAULT_INIT_OPACITY) -> GaussianCloud:  # fmt: skip
+    """Surface samples of ``mesh`` (positions, texture / vertex / material colours, flat disks) moved
+    into the fitting frame by ``world``: :func:`~clip_gs.data.mesh.mesh_to_gaussians`."""
+    from clip_gs.data.mesh import mesh_to_gaussians
+
+    cloud = mesh_to_gaussians(mesh, num_gaussians=num_gaussians, seed=seed, opacity=opacity, normalize=False)
+    return transform_cloud(cloud, world)
+
+
+def render_mesh_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_OUT, size: int = 128,
                  samples: int | None = None, seed: int = 0) -> tuple[PosedImages, PosedImages, Tensor]:  # fmt: skip
     """Blender renders of ``mesh`` in its unit frame: ``views`` training views spread over the sphere
     (:func:`~clip_gs.render.sphere_cameras`), ``held_out`` views between them (``turn=0.5``).
@@ -58,21 +73,30 @@ def render_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_
             PosedImages(rgba[views:], test, name) if test is not None else None, world)  # fmt: skip
 
 
-def fit_mesh(mesh, config: FitConfig = FitConfig(), views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_OUT,
+def fit_mesh(mesh, config: FitConfig | None = None, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_OUT,
              size: int = 128, samples: int | None = None, init_gaussians: int | None = None,
              device: str | torch.device = "cpu", progress: bool = False) -> MeshFit:  # fmt: skip
-    """Render ``mesh`` (:func:`render_views`), start from ``init_gaussians`` surface samples (default
+    """Render ``mesh`` (:func:`render_mesh_views`), start from ``init_gaussians`` surface samples (default
     half the cap, room to densify) and fit (:func:`~clip_gs.fitting.fit_gaussians`).
 
     Raises:
         MeshError: unreadable mesh or no faces; MissingDependencyError: no Blender module or gsplat;
         PosedImagesError: a render came out empty; FitError: the fit diverged.
     """
-    train, test, world = render_views(mesh, views, held_out, size, samples, seed=config.seed)
+    config = config or FitConfig()
+    train, test, world = render_mesh_views(mesh, views, held_out, size, samples, seed=config.seed)
     count = init_gaussians or max(1, config.max_gaussians // 2)
     init = init_from_mesh(mesh, count, world, seed=config.seed)
     result = fit_gaussians(train, init, config, held_out=test, device=device, progress=progress)
     return MeshFit(result, train, test, world)
 
 
-__all__ = ["DEFAULT_HELD_OUT", "DEFAULT_VIEWS", "MeshFit", "fit_mesh", "render_views"]
+__all__ = [
+    "DEFAULT_HELD_OUT",
+    "DEFAULT_INIT_OPACITY",
+    "DEFAULT_VIEWS",
+    "MeshFit",
+    "fit_mesh",
+    "init_from_mesh",
+    "render_mesh_views",
+]
