@@ -155,7 +155,11 @@ def test_folder_with_labels_captions_and_a_bad_file(tmp_path, capsys):
     items = {i.id: i for i in list_sources(str(src), SETTINGS, captions)}
     assert items["chair/obj1"].captions == ("a wooden chair", "a seat") and items["chair/obj1"].split == "test"
     assert items["chair/obj0"].captions == ()  # not in the captions file: no caption is made up
-    summary = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS, progress=False)
+    with pytest.raises(DatasetError, match=r"captions for 1 of 4 objects \(25.0%.*no caption for chair/obj0, lamp/broken"):
+        prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS,
+                        progress=False)  # fmt: skip
+    summary = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS,
+                              progress=False, min_caption_coverage=0.25)  # fmt: skip
     assert summary.failed == 1 and summary.succeeded == 3
     failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     assert failures[0]["path"].endswith("broken.ply") and failures[0]["error"] == "MeshError"  # a ply that is no 3DGS is tried as a mesh
@@ -212,6 +216,71 @@ def test_the_offline_teacher_refuses_views_on_a_background_it_never_saw(tmp_path
     prepare_dataset("synthetic:2", tmp_path / "white", settings=SETTINGS, teacher=teacher, progress=False)
     assert sum(Manifest.read(tmp_path / "white").counts.values()) == 2
     prepare_dataset("synthetic:2", tmp_path / "fake", settings=black, teacher=FakeTeacher(), progress=False)
+
+
+def _objaverse_folder(root, uids):
+    """The ``objaverse`` package's layout: glbs/<shard>/<uid>.<ext> (3DGS files here, to keep it fast)."""
+    for index, uid in enumerate(uids):
+        folder = root / "glbs" / f"000-{index % 2:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_gaussians(random_cloud(200, seed=index), folder / f"{uid}.ply")
+
+
+def test_cap3d_captions_in_the_objaverse_layout(tmp_path):
+    """Cap3D's CSV has no header and is keyed by uid; the 000-NNN folders are storage, not labels."""
+    uids = ["8476c4170df24cf5bbe6967222d1a42d", "c0b6e5e3b9f94bc7b8b9a1c3d2e1f0a9", "0a1b2c3d4e5f60718293a4b5c6d7e8f9"]
+    _objaverse_folder(tmp_path / "objaverse", uids)
+    cap3d = tmp_path / "Cap3D_automated_Objaverse.csv"
+    cap3d.write_text(f'{uids[0]},"a wooden chair, with four legs"\n{uids[1]},a red lamp\n{uids[2]},a blue mug\n')
+    table = read_captions(cap3d)
+    assert table[uids[0]]["captions"] == ["a wooden chair, with four legs"] and len(table) == 3
+    items = {i.id: i for i in list_sources(str(tmp_path / "objaverse"), SETTINGS, cap3d)}
+    assert sorted(items) == sorted(f"glbs/000-{i % 2:03d}/{u}" for i, u in enumerate(uids))
+    assert all(item.captions and item.label is None for item in items.values())
+    assert list_sources(str(tmp_path / "objaverse"), SETTINGS)[0].captions == ()  # no folder label made up
+    summary = prepare_dataset(str(tmp_path / "objaverse"), tmp_path / "out", teacher=FakeTeacher(), captions=cap3d,
+                              settings=SETTINGS, progress=False)  # fmt: skip
+    assert summary.failed == 0 and summary.succeeded == 3
+    manifest = Manifest.read(tmp_path / "out")
+    assert manifest.caption_coverage == 1.0 and manifest.labels == []
+    # a header with a uid column works too; a stem two files share matches neither of them
+    headed = tmp_path / "headed.csv"
+    headed.write_text(f"uid,caption\n{uids[1]},a lamp\n")
+    assert read_captions(headed) == {uids[1]: {"captions": ["a lamp"], "label": None, "split": None}}
+    save_gaussians(random_cloud(200, seed=9), tmp_path / "objaverse" / "glbs" / "000-001" / f"{uids[0]}.ply")
+    twice = {i.id: i for i in list_sources(str(tmp_path / "objaverse"), SETTINGS, cap3d)}
+    assert twice[f"glbs/000-000/{uids[0]}"].captions == () and twice[f"glbs/000-001/{uids[0]}"].captions == ()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c\n")
+    with pytest.raises(DatasetError, match="row 1 has 3 fields; a CSV without a header must be Cap3D's uid,caption"):
+        read_captions(bad)
+
+
+def test_an_unmatched_captions_file_is_refused_before_any_work(tmp_path, capsys):
+    _objaverse_folder(tmp_path / "objaverse", ["uid-a", "uid-b"])
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("glbs/uid-a,a chair\nglbs/uid-b,a lamp\n")  # keyed by something else
+    teacher = FakeTeacher()
+    with pytest.raises(DatasetError, match=r"captions for 0 of 2 objects.*no caption for glbs/000-000/uid-a, glbs/000-001/uid-b"):
+        prepare_dataset(str(tmp_path / "objaverse"), tmp_path / "out", teacher=teacher, captions=wrong, settings=SETTINGS,
+                        progress=False)  # fmt: skip
+    assert teacher.calls == 0 and not (tmp_path / "out" / "manifest.json").exists()
+    args = ["prepare", str(tmp_path / "objaverse"), "--out", str(tmp_path / "cli"), "--captions", str(wrong),
+            "--teacher", "synthetic-clip", "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    assert "no caption for glbs/000-000/uid-a" in capsys.readouterr().err
+
+
+def test_a_folder_source_never_falls_back_to_the_toy_teacher(tmp_path, monkeypatch):
+    from clip_gs.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.delenv("CLIP_GS_OFFLINE", raising=False)
+    (tmp_path / "src").mkdir()
+    save_gaussians(random_cloud(200, seed=0), tmp_path / "src" / "a.ply")
+    with pytest.raises(WeightsUnavailableError, match="no --teacher given.*--teacher synthetic-clip for the offline toy"):
+        prepare_dataset(str(tmp_path / "src"), tmp_path / "out", settings=SETTINGS, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_read_captions_jsonl_and_errors(tmp_path):

@@ -241,9 +241,12 @@ def test_fast_backends_equal_the_reference_in_values_and_gradients(seed, backend
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8, msg=name)
 
 
-def test_numba_backend_float32_and_thread_count_independence():
+def test_numba_backend_float32_and_thread_count_independence(monkeypatch):
     """In float32 (the fitting dtype) the kernels agree with the float64 reference to float32 rounding,
     and 1 or 2 threads give bit-identical images and gradients (each tile belongs to one thread)."""
+    import clip_gs.render.numba_backend as kernels
+
+    monkeypatch.setattr(kernels, "PAIRS_PER_THREAD", 1)  # this small scene would otherwise run on one thread
     width, height = 40, 36
     scene = _random_scene(800, 3)
     cams = orbit_cameras(2, width=width, height=height)

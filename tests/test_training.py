@@ -230,6 +230,24 @@ def test_nan_loss_stops_with_the_step_and_ids(dataset, tmp_path):
         trainer.fit(module, datamodule=make_dm(dataset, shuffle=False))
 
 
+def test_a_run_whose_batches_have_no_caption_warns_then_stops(tmp_path):
+    """Uncaptioned data (a captions file that never matched) masks the text term: the first such step
+    warns, ``max_uncaptioned_steps`` in a row stop the run instead of training on a zero loss for days."""
+    import dataclasses
+
+    vectors = class_vectors()
+    samples = [dataclasses.replace(learnable_sample(i, vectors), captions=(), text_embeddings=torch.zeros(0, E), label=None)
+               for i in range(32)]  # fmt: skip
+    write_split((s.to_record() for s in samples), tmp_path / "data" / "train", chunk_bytes="64KB")
+    write_split((s.to_record() for s in samples[:8]), tmp_path / "data" / "val", chunk_bytes="64KB")
+    Manifest(teacher=TEACHER, embed_dim=E, counts={"train": 32, "val": 8, "test": 0}, labels=[]).write(tmp_path / "data")
+    module = CLIPGSModule(**TINY, warmup_steps=1, max_uncaptioned_steps=3)
+    trainer = make_trainer(tmp_path, max_steps=10, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="training step 0: no object of the batch has a caption"):
+        with pytest.raises(TrainingError, match=r"3 training steps in a row \(up to global step 2\) had no caption"):
+            trainer.fit(module, datamodule=make_dm(tmp_path / "data", shuffle=False))
+
+
 # ---------------------------------------------------------------------------- export
 def front_matter(card: str) -> dict:
     assert card.startswith("---\n")

@@ -123,6 +123,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     summary = prepare_dataset(
         args.source, args.out, teacher=args.teacher, captions=args.captions, settings=settings,
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
+        min_caption_coverage=args.min_caption_coverage,
     )  # fmt: skip
     for failure in summary.failures:
         print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
@@ -287,10 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="build triplet shards: 3DGS + teacher embeddings of views and captions")
     prepare.add_argument("source", help="folder of 3DGS files and/or meshes (root/<label>/<file>), or synthetic:N")
     prepare.add_argument("--out", required=True, help="output folder (train/, val/, test/, manifest.json)")
-    prepare.add_argument("--captions", help="captions file: CSV (id|path, caption, label, split) or JSONL")
+    prepare.add_argument(
+        "--captions",
+        help="captions file: CSV with a header (id|path|uid, caption, label, split), Cap3D's headerless uid,caption "
+        "CSV, or JSONL; rows match objects by id, relative path or file stem",
+    )
+    prepare.add_argument(
+        "--min-caption-coverage", type=float, default=1.0,
+        help="with --captions: the share of objects it must caption, else nothing is done (default 1: all)",
+    )  # fmt: skip
     prepare.add_argument(
         "--teacher", default=None,
-        help="teacher spec (default: EVA02-E-14-plus/laion2b_s9b_b144k when cached locally, else synthetic-clip)",
+        help="teacher spec (default: EVA02-E-14-plus/laion2b_s9b_b144k when cached locally; for synthetic:N "
+        "sources only, else synthetic-clip; a folder source without a cached EVA-CLIP must name one)",
     )  # fmt: skip
     prepare.add_argument("--views", type=int, default=8, help="orbit views rendered per object (paper: 36)")
     prepare.add_argument("--elevation", type=float, default=20.0, help="camera elevation of the views in degrees")

@@ -29,7 +29,9 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,15 +164,30 @@ def split_of(item_id: str, settings: PrepareSettings) -> str:
     return "train"
 
 
-def read_captions(path: str | os.PathLike) -> dict[str, dict]:
-    """A captions file -> ``{id or relative path: {"captions": [...], "label": str|None, "split": str|None}}``.
+CAPTION_KEYS = ("id", "path", "uid")
+"""Columns (CSV) or fields (JSONL) that name the object a caption row belongs to."""
 
-    CSV with a header: a ``id`` (or ``path``) column, ``caption`` (several captions separated by
-    ``|``), optional ``label`` and ``split``. JSONL: one object per line with ``id`` or ``path``,
-    ``caption`` (a string) or ``captions`` (a list), optional ``label`` and ``split``.
+OBJAVERSE_SHARD = re.compile(r"^\d{3}-\d{3}$")
+"""The ``objaverse`` package's storage folders (``glbs/000-023/<uid>.glb``): shards, not labels."""
+
+
+def read_captions(path: str | os.PathLike) -> dict[str, dict]:
+    """A captions file -> ``{key: {"captions": [...], "label": str|None, "split": str|None}}``.
+
+    Three forms:
+
+    - CSV with a header: an ``id``, ``path`` or ``uid`` column, ``caption`` (several captions
+      separated by ``|``), optional ``label`` and ``split``;
+    - Cap3D's headerless CSV: ``uid,caption`` rows (recognised when the first row names none of
+      those columns; a caption may hold commas when quoted, as Cap3D's are);
+    - JSONL: one object per line with ``id``, ``path`` or ``uid``, ``caption`` (a string) or
+      ``captions`` (a list), optional ``label`` and ``split``.
+
+    Keys are matched to objects by id, relative path or file stem (:func:`list_sources`).
 
     Raises:
-        DatasetError: unreadable file, a row without id/path or caption, an unknown split.
+        DatasetError: unreadable file, a row without key or caption, an unknown split, a headerless
+            row that is not ``uid,caption``.
     """
     path = Path(path)
     rows: list[dict] = []
@@ -183,23 +200,48 @@ def read_captions(path: str | os.PathLike) -> dict[str, dict]:
                     except json.JSONDecodeError as exc:
                         raise DatasetError(f"{path}:{number}: invalid JSON: {exc}") from exc
         else:
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
+            with path.open(newline="", encoding="utf-8") as handle:
+                lines = list(csv.reader(handle))
+            header = [cell.strip().lower() for cell in lines[0]] if lines else []
+            if any(key in header for key in CAPTION_KEYS) and "caption" in header:
+                rows = [dict(zip(header, line)) for line in lines[1:] if line]
+            else:  # Cap3D: uid,caption without a header
+                for number, line in enumerate(lines, 1):
+                    if not line:
+                        continue
+                    if len(line) != 2:
+                        raise DatasetError(
+                            f"{path}: row {number} has {len(line)} fields; a CSV without a header must be "
+                            "Cap3D's uid,caption (else give a header with id|path|uid and caption)"
+                        )
+                    rows.append({"uid": line[0], "caption": line[1]})
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the captions file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: the captions file is not UTF-8 text: {exc}") from exc
     table: dict[str, dict] = {}
     for number, row in enumerate(rows, 1):
-        key = row.get("id") or row.get("path")
+        key = next((row.get(k) for k in CAPTION_KEYS if row.get(k)), None)
         captions = row.get("captions") or row.get("caption")
         if isinstance(captions, str):
             captions = [c.strip() for c in captions.split("|") if c.strip()]
         if not key or not captions:
-            raise DatasetError(f"{path}: row {number} needs an id (or path) and a caption")
+            raise DatasetError(f"{path}: row {number} needs an id (or path, or uid) and a caption")
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
             raise DatasetError(f"{path}: row {number}: split must be one of {SPLITS}, got {split!r}")
-        table[str(key)] = {"captions": list(captions), "label": row.get("label") or None, "split": split}
+        table[str(key).strip()] = {"captions": list(captions), "label": row.get("label") or None, "split": split}
     return table
+
+
+def folder_label(relative: Path) -> str | None:
+    """The label a folder layout gives a file: the first folder below the root, except in the
+    ``objaverse`` layout (a ``glbs`` folder, or ``NNN-NNN`` storage shards), whose folders are storage,
+    not classes; files at the root have none."""
+    folders = relative.parts[:-1]
+    if not folders or folders[0] == "glbs" or any(OBJAVERSE_SHARD.match(part) for part in folders):
+        return None
+    return folders[0]
 
 
 def list_sources(source: str, settings: PrepareSettings, captions: str | os.PathLike | None = None) -> list[SourceItem]:
@@ -207,10 +249,13 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
 
     Folder inputs are found recursively (3DGS extensions and mesh extensions), sorted; an id is
     the path relative to the folder without its extension. Without a captions file, the label is
-    the first folder below the root (``root/<label>/<file>``; none for files at the root) and
-    the caption is ``caption_template`` filled with it (an object with neither is stored without
-    caption: its text term is masked in training, never filled in). With a captions file, objects
-    it does not list are prepared without captions, and its labels and splits win.
+    the first folder below the root (:func:`folder_label`: ``root/<label>/<file>``; none for files at
+    the root or in the ``objaverse`` layout) and the caption is ``caption_template`` filled with it
+    (an object with neither is stored without caption: its text term is masked in training, never
+    filled in). With a captions file, a row belongs to the object whose id, relative path or file
+    stem (Cap3D's and Objaverse's uid) is its key; a stem that several files share matches none of
+    them. Objects it does not list are prepared without captions (:func:`check_caption_coverage`
+    decides whether that is allowed), and its labels and splits win.
     """
     from clip_gs.data.assets import find_asset_files
 
@@ -225,21 +270,27 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
         from clip_gs.data.synthetic import SHAPE_NOUNS
 
         dataset = SyntheticGaussianDataset(count, num_gaussians=settings.synthetic_gaussians, seed=settings.seed)
-        found = [(f"synthetic-{i:06d}", f"synthetic:{i}", SHAPE_NOUNS[dataset.label_of(i)], ()) for i in range(count)]
+        found = [(f"synthetic-{i:06d}", f"synthetic:{i}", SHAPE_NOUNS[dataset.label_of(i)], (), ()) for i in range(count)]
     else:
         root = Path(source)
         if not root.is_dir():
             raise DatasetError(f"{source}: not a folder (nor synthetic:N)")
         files = find_asset_files(root)
+        stems: dict[str, int] = {}
+        for path in files:
+            stems[path.stem] = stems.get(path.stem, 0) + 1
         found = []
         for path in files:
             relative = path.relative_to(root)
-            label = relative.parts[0] if len(relative.parts) > 1 else None
+            label = folder_label(relative)
             captions_of = (settings.caption_template.format(label),) if label else ()
-            found.append((relative.with_suffix("").as_posix(), str(path), label, captions_of, relative.as_posix()))
+            keys = [relative.with_suffix("").as_posix(), relative.as_posix()]
+            if stems[path.stem] == 1:
+                keys.append(path.stem)
+            found.append((keys[0], str(path), label, captions_of, keys[1:]))
     items = []
-    for item_id, path, label, default_captions, *relative in found:
-        entry = table.get(item_id) or (table.get(relative[0]) if relative else None)
+    for item_id, path, label, default_captions, other_keys in found:
+        entry = next((table[k] for k in (item_id, *other_keys) if k in table), None)
         if table and entry is None:
             default_captions = ()  # a captions file lists what is captioned: nothing is made up
         items.append(
@@ -252,6 +303,25 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
             )
         )
     return items
+
+
+def check_caption_coverage(items: Sequence[SourceItem], captions: str | os.PathLike, minimum: float) -> float:
+    """The share of ``items`` a captions file captioned; refuses a share below ``minimum``.
+
+    Raises:
+        DatasetError: below ``minimum``, naming the count and a few unmatched ids (and what a key
+            must look like), so that a file keyed by something else is caught before any work.
+    """
+    missing = [item.id for item in items if not item.captions]
+    coverage = 1.0 - len(missing) / len(items) if items else 1.0
+    if coverage < minimum:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DatasetError(
+            f"{captions}: captions for {len(items) - len(missing)} of {len(items)} objects ({coverage:.1%}, below the "
+            f"required {minimum:.0%}); no caption for {shown}. Rows are matched by id (relative path without "
+            "extension), relative path or file stem (uid); lower --min-caption-coverage to prepare the rest uncaptioned"
+        )
+    return coverage
 
 
 # ---------------------------------------------------------------------------- one object
@@ -391,12 +461,18 @@ def default_work_dir(out: str) -> Path:
     return Path(tempfile.gettempdir()) / "clip-gs-prepare" / hashlib.sha256(out.encode()).hexdigest()[:16]
 
 
-def default_teacher():
+def default_teacher(source: str = "synthetic:"):
     """The teacher ``prepare`` uses when none is named: the paper's
     :data:`~clip_gs.teachers.DEFAULT_TEACHER` (EVA02-E-14-plus) when its weights are already in
-    the local cache, else the offline :data:`~clip_gs.teachers.OFFLINE_TEACHER`. Nothing is
-    downloaded to decide (the lookup runs with ``CLIP_GS_OFFLINE=1``); the choice is printed by
-    the command and recorded in the manifest, and mixing datasets of two teachers is refused."""
+    the local cache. Otherwise, for ``synthetic:`` sources only, the offline
+    :data:`~clip_gs.teachers.OFFLINE_TEACHER` (the synthetic set is what it was trained on); a
+    folder of real objects never falls back to that toy teacher silently: name one. Nothing is
+    downloaded to decide (the lookup runs with ``CLIP_GS_OFFLINE=1``); the choice is announced
+    before any work and recorded in the manifest, and mixing datasets of two teachers is refused.
+
+    Raises:
+        WeightsUnavailableError: a folder source and no cached EVA02-E-14-plus.
+    """
     from clip_gs.errors import WeightsUnavailableError
     from clip_gs.teachers import DEFAULT_TEACHER, OFFLINE_TEACHER, load_teacher
 
@@ -404,7 +480,13 @@ def default_teacher():
     os.environ["CLIP_GS_OFFLINE"] = "1"
     try:
         return load_teacher(DEFAULT_TEACHER)
-    except (WeightsUnavailableError, MissingDependencyError):
+    except (WeightsUnavailableError, MissingDependencyError) as exc:
+        if not str(source).startswith("synthetic:"):
+            raise WeightsUnavailableError(
+                f"{source}: no --teacher given and the paper's {DEFAULT_TEACHER} is not in the local cache ({exc}); "
+                f"name the teacher: --teacher {DEFAULT_TEACHER} once its weights are downloaded, another open_clip "
+                f"model, or --teacher {OFFLINE_TEACHER} for the offline toy teacher (256-d, synthetic shapes only)"
+            ) from exc
         return load_teacher(OFFLINE_TEACHER)
     finally:
         if previous is None:
@@ -425,6 +507,7 @@ def prepare_dataset(
     progress: bool = True,
     limit: int | None = None,
     storage_options: dict | None = None,
+    min_caption_coverage: float = 1.0,
 ) -> PrepareSummary:
     """Prepare ``source`` into triplet shards under ``out`` (see the module docstring).
 
@@ -445,24 +528,35 @@ def prepare_dataset(
             would leave behind; used by tests).
         storage_options: for ``s3://`` outputs (``endpoint_url``, credentials), as
             :func:`~clip_gs.data.shards.write_split` takes them.
+        min_caption_coverage: with a captions file, the share of objects it must caption
+            (default: all of them; :func:`check_caption_coverage`), checked before any work.
 
     Returns:
         :class:`PrepareSummary`.
 
     Raises:
-        DatasetError: a resumed run with other settings or another teacher, no objects at all.
+        DatasetError: a resumed run with other settings or another teacher, no objects at all, a
+            captions file that captions too few of them.
+        WeightsUnavailableError: no ``teacher`` for a folder source, and no cached EVA02-E-14-plus.
     """
     from tqdm.auto import tqdm
 
     import clip_gs
 
     settings = settings or PrepareSettings()
+    if not 0.0 <= min_caption_coverage <= 1.0:
+        raise ConfigError(f"min_caption_coverage must lie in [0, 1], got {min_caption_coverage}")
+    named = teacher is not None
     if teacher is None:
-        teacher = default_teacher()
+        teacher = default_teacher(str(source))
     elif isinstance(teacher, str):
         from clip_gs.teachers import load_teacher
 
         teacher = load_teacher(teacher)
+    if progress:  # before any work: days of embeddings should not find out at the end which teacher made them
+        why = "named" if named else "the default: the paper's, cached" if "EVA02" in str(teacher.identity) else (
+            "the default for synthetic sources")  # fmt: skip
+        print(f"prepare: teacher {teacher.identity} ({why}; {teacher.embed_dim}-d)", file=sys.stderr, flush=True)
     from clip_gs.teachers.base import check_view_background
 
     check_view_background(teacher, settings.background)
@@ -498,6 +592,10 @@ def prepare_dataset(
     items = list_sources(source, settings, captions)
     if not items:
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
+    if captions is not None:
+        coverage = check_caption_coverage(items, captions, min_caption_coverage)
+    else:
+        coverage = sum(bool(item.captions) for item in items) / len(items)
     summary = PrepareSummary(out=out, total=len(items), teacher=str(teacher.identity))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
     finished = {it.id: meta for it in items if (meta := _finished_meta(work, it)) is not None}
@@ -566,7 +664,7 @@ def prepare_dataset(
     manifest = Manifest(
         teacher=str(teacher.identity), embed_dim=int(teacher.embed_dim), counts=summary.counts, labels=labels,
         settings=fingerprint["settings"] | {"image_size": image_size, "source": source, "gaussians": settings.gaussians},
-        failures=summary.failed,
+        failures=summary.failed, caption_coverage=round(coverage, 6),
         package_version=clip_gs.__version__,
     )  # fmt: skip
     contents = {split: _digest([m for m in metas if m["split"] == split]) for split in SPLITS}
@@ -600,15 +698,19 @@ def prepare_dataset(
 
 
 __all__ = [
+    "CAPTION_KEYS",
     "CAPTION_TEMPLATE",
     "GAUSSIAN_KINDS",
+    "OBJAVERSE_SHARD",
     "MESH_GAUSSIANS",
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",
+    "check_caption_coverage",
     "default_teacher",
     "default_work_dir",
     "fit_source",
+    "folder_label",
     "is_mesh_source",
     "list_sources",
     "prepare_dataset",

@@ -177,6 +177,8 @@ class Manifest:
         labels: the sorted label set (empty when samples carry no labels).
         settings: the preparation settings (views, image size, background, seeds, ...).
         failures: number of inputs that failed (listed in ``failures.jsonl``).
+        caption_coverage: share of the objects that have at least one caption (None: written
+            before coverage was recorded).
         package_version: clip-gs version that wrote it.
         format_version: :data:`FORMAT_VERSION`.
     """
@@ -187,6 +189,7 @@ class Manifest:
     labels: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     failures: int = 0
+    caption_coverage: float | None = None
     package_version: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -53,6 +53,10 @@ from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, class_ranks, retrie
 from clip_gs.model.clipgs import CLIPGS, LOAD_TIME_OVERRIDES
 from clip_gs.model.config import UNI3D_SIZES, ConfigOverrides, as_overrides, get_model_config
 from clip_gs.model.loss import MAX_LOGIT_SCALE, CLIPGSLoss, LossOutput, clamp_logit_scale_
+from clip_gs.teachers import DEFAULT_TEACHER
+
+UNI3D_TEACHER = DEFAULT_TEACHER.split("/")[0]
+"""The CLIP Uni3D's checkpoints were trained against (EVA02-E-14-plus): ``init: uni3d`` warns on another."""
 
 INITS = ("random", "uni3d", "pretrained")
 """How the model is built: a registered configuration with random weights, a Uni3D checkpoint, a pretrained folder / repo."""
@@ -180,6 +184,10 @@ class CLIPGSModule(LightningModule):
         finite_check_every: on an accelerator, check the loss for NaN / Inf every this many steps
             (from flags kept on the device; the error names the first bad step). On the CPU
             every step is checked.
+        max_uncaptioned_steps: a batch without any caption has no text term (and, with ``raw``
+            voting, no image term: the loss is exactly 0). The first such step warns; this many in a
+            row stop the run with a :class:`~clip_gs.errors.TrainingError` (a dataset whose
+            captions never matched trains nothing). Read with the finiteness flags.
     """
 
     flops_per_batch: int | None = None
@@ -207,6 +215,7 @@ class CLIPGSModule(LightningModule):
         min_lr_ratio: float = 0.0,
         total_steps: int | None = None,
         finite_check_every: int = 50,
+        max_uncaptioned_steps: int = 100,
     ) -> None:
         super().__init__()
         overrides = as_overrides(config if not isinstance(config, Mapping) else dict(config)).as_dict()
@@ -222,15 +231,16 @@ class CLIPGSModule(LightningModule):
             raise ConfigError(
                 f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1 (got {lr}, {warmup_steps}, {min_lr_ratio})"
             )
-        if max_logit_scale < 1 or finite_check_every < 1:
-            raise ConfigError(f"need max_logit_scale >= 1 and finite_check_every >= 1, got {max_logit_scale}, "
-                              f"{finite_check_every}")  # fmt: skip
+        if max_logit_scale < 1 or finite_check_every < 1 or max_uncaptioned_steps < 1:
+            raise ConfigError(f"need max_logit_scale >= 1, finite_check_every >= 1 and max_uncaptioned_steps >= 1, got "
+                              f"{max_logit_scale}, {finite_check_every}, {max_uncaptioned_steps}")  # fmt: skip
         self.eval_sets: dict[str, EvalSet] = {}
         self._eval: dict[str, list] = {}
         self._zeroshot_counts: dict[str, Tensor] = {}  # prefix -> [hits at each of ZEROSHOT_K..., objects]
         self._teacher_top1: dict[str, float] = {}
         self._teacher_counts: dict[str, list[Tensor]] = {}
-        self._pending: list[tuple[int, int, list[str], Tensor]] = []  # (step, batch_idx, ids, finite flag)
+        self._pending: list[tuple] = []  # (step, batch_idx, ids, loss output, any caption in the batch)
+        self._uncaptioned = 0  # consecutive steps without a caption in the batch
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -251,6 +261,10 @@ class CLIPGSModule(LightningModule):
         manifest = getattr(dm, "manifest", None) or read_manifest(dm.dataset_root, dm.storage_options)
         self._check_width(dm.dataset_root, manifest)
         self.teacher = manifest.teacher
+        if self.hparams.init == "uni3d" and UNI3D_TEACHER not in manifest.teacher:
+            rank_zero_warn(f"init: uni3d starts from Uni3D, trained against {UNI3D_TEACHER}, but {dm.dataset_root} was "
+                          f"prepared with {manifest.teacher}: the initial embedding space does not match the targets",
+                          stacklevel=2)  # fmt: skip
         roots = dm.evaluation_roots() if hasattr(dm, "evaluation_roots") else {"val": dm.dataset_root, "test": dm.dataset_root}
         for prefix, root in roots.items():
             if prefix not in self.eval_sets:
@@ -354,7 +368,7 @@ class CLIPGSModule(LightningModule):
 
     def _track_finite(self, out: LossOutput, batch: TripletBatch, batch_idx: int) -> None:
         """Keep the step's finiteness flag on the device; check every ``finite_check_every`` steps (CPU: every step)."""
-        self._pending.append((self.global_step, batch_idx, list(batch.ids), out))
+        self._pending.append((self.global_step, batch_idx, list(batch.ids), out, batch.text_mask.any()))
         if out.loss.device.type == "cpu" or len(self._pending) >= self.hparams.finite_check_every:
             self.check_finite()
 
@@ -367,10 +381,23 @@ class CLIPGSModule(LightningModule):
         pending, self._pending = self._pending, []
         if not pending:
             return
-        flags = torch.stack([torch.isfinite(p[3].loss) for p in pending]).cpu()  # one read for all pending steps
+        read = torch.stack([torch.stack([torch.isfinite(p[3].loss), p[4]]) for p in pending]).cpu()  # one read
+        flags, captioned = read[:, 0], read[:, 1]
+        for (step, _, ids, _, _), has_text in zip(pending, captioned.tolist()):
+            self._uncaptioned = 0 if has_text else self._uncaptioned + 1
+            if self._uncaptioned == 1:
+                rank_zero_warn(f"training step {step}: no object of the batch has a caption, so the step has no text "
+                              f"term (ids {ids[:8]}); check the dataset's caption coverage (manifest.json)",
+                              stacklevel=2)  # fmt: skip
+            if self._uncaptioned >= self.hparams.max_uncaptioned_steps:
+                raise TrainingError(
+                    f"{self._uncaptioned} training steps in a row (up to global step {step}) had no caption in the "
+                    "batch: the text term is masked and the loss trains nothing. Were the captions matched? See "
+                    "caption_coverage in the dataset's manifest.json (clip-gs prepare --captions)"
+                )
         if bool(flags.all()):
             return
-        step, batch_idx, ids, out = pending[int((~flags).nonzero()[0])]
+        step, batch_idx, ids, out, _ = pending[int((~flags.bool()).nonzero()[0])]
         shown = ids if len(ids) <= 32 else ids[:32] + [f"... {len(ids) - 32} more"]
         raise TrainingError(
             f"non-finite training loss {out.loss.item()} (text {out.text.item()}, image {out.image.item()}, "
