@@ -364,3 +364,77 @@ def test_a_prepare_killed_with_sigkill_resumes_to_the_same_shards(tmp_path):
     rerun = subprocess.run(command(tmp_path / "cut"), check=True, env=env, capture_output=True, text=True)
     assert f"{len(finished)} reused from an earlier run, 0 failed" in rerun.stdout
     assert tree_digest(tmp_path / "cut") == tree_digest(tmp_path / "whole")
+
+
+# ---------------------------------------------------------------------------- faults and verify
+
+
+class FlakyTeacher(FakeTeacher):
+    """Fails (a raw RuntimeError, as a model would) on the captions or views of chosen objects."""
+
+    def __init__(self, bad_words=(), nan_words=(), always=False):
+        super().__init__()
+        self.bad_words, self.nan_words, self.always = bad_words, nan_words, always
+
+    def encode_text(self, texts):
+        if self.always or any(w in t for t in texts for w in self.bad_words):
+            raise RuntimeError(f"CUDA out of memory while embedding {texts[0]!r}")
+        out = super().encode_text(texts)
+        if any(w in t for t in texts for w in self.nan_words):
+            out[0, 3] = float("nan")
+        return out
+
+
+def _labelled_folder(root, names=("lamp", "chair", "mug")):
+    for seed, label in enumerate(names):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        save_gaussians(random_cloud(300, seed=seed), root / label / f"obj{seed}.ply")
+    return root
+
+
+def test_a_teacher_exception_lists_that_object_and_the_run_goes_on(tmp_path):
+    src = _labelled_folder(tmp_path / "src")
+    summary = prepare_dataset(str(src), tmp_path / "out", teacher=FlakyTeacher(bad_words=("chair",), nan_words=("mug",)),
+                              settings=SETTINGS, progress=False)  # fmt: skip
+    assert summary.succeeded == 1 and summary.failed == 2
+    failures = {f["id"]: f for f in (json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines())}
+    assert failures["chair/obj1"]["error"] == "RuntimeError" and "out of memory" in failures["chair/obj1"]["message"]
+    assert failures["chair/obj1"]["stage"] == "teacher"
+    assert failures["mug/obj2"]["error"] == "DatasetError" and "non-finite caption embeddings" in failures["mug/obj2"]["message"]
+    # a teacher that fails on every object stops the run and says why
+    with pytest.raises(DatasetError, match="the teacher failed on the first 5 objects with RuntimeError.*recurs"):
+        prepare_dataset("synthetic:8", tmp_path / "always", teacher=FlakyTeacher(always=True), settings=SETTINGS,
+                        progress=False)  # fmt: skip
+
+
+def test_a_record_without_its_blob_is_redone_and_a_cap_resamples(tmp_path):
+    settings = dataclasses.replace(SETTINGS, max_gaussians=300)
+    summary = prepare_dataset("synthetic:4", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
+    assert summary.resampled == 4 and "4 resampled to --max-gaussians" in summary.line()
+    work = tmp_path / "out" / ".work"
+    metas = [json.loads(p.read_text()) for p in sorted(work.glob("*.json")) if "sha256" in p.read_text()]
+    assert len(metas) == 4 and all(m["resampled_from"] == 512 for m in metas)
+    blob = sorted(work.glob("*.blob"))[0]
+    blob.unlink()
+    again = prepare_dataset("synthetic:4", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
+    assert again.reused == 3 and again.succeeded == 4 and blob.is_file()
+    samples = [s for split in ("train", "val", "test") if again.counts[split] for s in read_split(tmp_path / "out", split)]
+    assert len(samples) == 4 and all(s.cloud.num_gaussians == 300 for s in samples)
+    assert Manifest.read(tmp_path / "out").settings["max_gaussians"] == 300
+    with pytest.raises(ConfigError, match="max_gaussians"):
+        PrepareSettings(max_gaussians=0)
+
+
+def test_verify_finds_a_flipped_byte(tmp_path, capsys):
+    prepare_dataset("synthetic:6", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "all intact" in capsys.readouterr().out
+    chunk = sorted((tmp_path / "out" / "train").glob("*.bin"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a record's tensors
+    chunk.write_bytes(bytes(data))
+    assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 3
+    captured = capsys.readouterr()
+    assert "1 damaged" in captured.out
+    assert "damaged: train[" in captured.err and "checksum mismatch" in captured.err
+    assert main(["verify", str(tmp_path / "nowhere"), "--quiet"]) == 2

@@ -5,6 +5,7 @@ Subcommands:
     clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
     clip-gs fit-gaussians MESH|DIR --out F  3DGS fitted to Blender renders of a mesh or to transforms.json views
+    clip-gs verify DIR|s3://...             re-read and checksum every record; exit 3 when some are damaged
     clip-gs teacher build --seed S --out F  train the offline CLIP teacher (also: teacher eval)
     clip-gs eval --model M --data DIR       zero-shot, few-shot and retrieval on a prepared split
     clip-gs push DIR --repo-id ORG/NAME     upload an exported model with its generated model card
@@ -12,7 +13,8 @@ Subcommands:
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
-inputs failed (they are listed in ``DIR/failures.jsonl``) and 0 only when none did.
+inputs failed (they are listed in ``DIR/failures.jsonl``) and 0 only when none did; ``verify``
+exits with 3 when some records are damaged.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
         up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
         synthetic_pose=args.synthetic_pose, gaussians=args.gaussians, fit_iterations=args.fit_iterations,
-        fit_views=args.fit_views, fit_size=args.fit_size,
+        fit_views=args.fit_views, fit_size=args.fit_size, max_gaussians=args.max_gaussians,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
     )  # fmt: skip
     summary = prepare_dataset(
@@ -252,6 +254,19 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from clip_gs.data.verify import verify_dataset
+    from clip_gs.errors import EXIT_SOME_FAILED
+
+    storage = {"endpoint_url": args.endpoint_url} if args.endpoint_url else None
+    report = verify_dataset(args.root, storage_options=storage, progress=not args.quiet)
+    for entry in report.damaged:
+        where = entry["split"] if entry["index"] is None else f"{entry['split']}[{entry['index']}]"
+        print(f"damaged: {where}: {entry['error']}: {entry['message']}", file=sys.stderr)
+    print(report.line())
+    return 0 if report.ok else EXIT_SOME_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting",
@@ -321,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--fit-iterations", type=int, default=1000, help="with --gaussians fitted (paper: 5000)")
     prepare.add_argument("--fit-views", type=int, default=36, help="with --gaussians fitted: views fitted to")
     prepare.add_argument("--fit-size", type=int, default=128, help="with --gaussians fitted: their size (paper: 512)")
+    prepare.add_argument(
+        "--max-gaussians", type=int, default=None,
+        help="resample any object above this many Gaussians to it (seeded by --seed; the record keeps the count)",
+    )  # fmt: skip
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
     prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")
@@ -330,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=cmd_prepare)
 
     add_fit_parser(sub)  # clip-gs fit-gaussians
+    verify = sub.add_parser("verify", help="re-read every record of a prepared dataset; list what is damaged")
+    verify.add_argument("root", help="dataset folder or s3:// prefix (with manifest.json)")
+    verify.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// roots (else boto3's default)")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(func=cmd_verify)
     from clip_gs.offline_teacher.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)

@@ -17,8 +17,11 @@ Work is done in two stages so that an interrupted run can resume:
 2. the shards are (re)written from the records, in id order, with one writer process: the
    same records give byte-identical shards.
 
-A bad input is written to ``<out>/failures.jsonl`` (path, error type, message) and the run goes
-on; the summary counts successes and failures. Settings and teacher are recorded in
+A bad input is written to ``<out>/failures.jsonl`` (path, error type, message, stage) and the run
+goes on; the summary counts successes and failures. Every per-object exception is caught (the
+teacher's too) and NaN / Inf embeddings are refused per object; only faults that recur for every
+object stop the run (a full disk; the teacher failing alike on the first objects). Records are
+fsynced, and one whose blob is missing is prepared again. Settings and teacher are recorded in
 ``<work>/settings.json``; resuming with different ones is refused (use a new ``--out`` or
 ``overwrite=True``).
 """
@@ -82,6 +85,10 @@ class PrepareSettings:
             are Gaussians already and are stored as they are either way.
         fit_iterations, fit_views, fit_size: the fit's schedule, training views and view size
             (the paper: 5,000, 36 and 512).
+        max_gaussians: cap on the stored Gaussians of any object (None: none); a larger cloud is
+            resampled to it by :func:`cap_gaussians` (seeded by ``seed``; the record keeps the
+            original count), so that a multi-million-Gaussian scene does not become a record of
+            hundreds of MB.
     """
 
     views: int = 8
@@ -96,6 +103,7 @@ class PrepareSettings:
     test_fraction: float = 0.1
     seed: int = 0
     caption_template: str = CAPTION_TEMPLATE
+    max_gaussians: int | None = None
     gaussians: str = "surface"
     fit_iterations: int = 1000
     fit_views: int = 36
@@ -106,6 +114,8 @@ class PrepareSettings:
             raise ConfigError(f"gaussians must be one of {', '.join(GAUSSIAN_KINDS)}, got {self.gaussians!r}")
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
+        if self.max_gaussians is not None and self.max_gaussians < 1:
+            raise ConfigError(f"max_gaussians must be >= 1 or None, got {self.max_gaussians}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ConfigError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
         if "{}" not in self.caption_template:
@@ -139,6 +149,7 @@ class PrepareSummary:
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     teacher: str = ""
+    resampled: int = 0
 
     def line(self) -> str:
         split_counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
@@ -146,6 +157,7 @@ class PrepareSummary:
             f"prepared {self.succeeded} of {self.total} objects into {self.out} ({split_counts}); "
             f"{self.reused} reused from an earlier run, {self.failed} failed"
             + (" (see failures.jsonl)" if self.failed else "")
+            + (f"; {self.resampled} resampled to --max-gaussians" if self.resampled else "")
             + f"; teacher {self.teacher}"
         )
 
@@ -404,6 +416,39 @@ def render_views(cloud, settings: PrepareSettings, image_size: int, up: str):
     return images, cameras
 
 
+def cap_gaussians(cloud, settings: PrepareSettings, item: SourceItem):
+    """``(cloud, original count or None)``: a cloud above ``settings.max_gaussians`` is resampled to it by
+    :meth:`~clip_gs.GaussianCloud.resample` (a subset without replacement drawn from ``settings.seed``,
+    in input order); the record keeps the original count."""
+    cap = settings.max_gaussians
+    if cap is None or cloud.num_gaussians <= cap:
+        return cloud, None
+    return cloud.resample(cap, seed=settings.seed), cloud.num_gaussians
+
+
+TEACHER_STREAK = 5
+"""Teacher failures in a row, before any object succeeded, that stop the run: a fault that will recur."""
+
+
+def _fatal_or_listed(exc: Exception, item: SourceItem, stage: str, summary: PrepareSummary,
+                     streak: list[str] | None = None, succeeded: int = 0) -> None:  # fmt: skip
+    """List a per-object failure (type, message); raise for faults that recur for every object: a full
+    disk, or the teacher failing on the first :data:`TEACHER_STREAK` objects alike."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DatasetError(f"{item.id}: no space left on the device ({exc}); stopping: every object would fail") from exc
+    summary.failures.append({"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc),
+                             "stage": stage})  # fmt: skip
+    if streak is not None and not isinstance(exc, ClipGSError) and succeeded == 0:
+        streak.append(type(exc).__name__)
+        if len(streak) >= TEACHER_STREAK and len(set(streak)) == 1:
+            raise DatasetError(
+                f"the teacher failed on the first {len(streak)} objects with {type(exc).__name__}: {exc}; stopping: "
+                "a fault that recurs for every object (see failures.jsonl for the objects)"
+            ) from exc
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -426,6 +471,8 @@ def _finished_meta(work: Path, item: SourceItem) -> dict | None:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    if not (work / f"{_key(item.id)}.blob").is_file():
+        return None  # a record whose blob is gone is redone
     return meta if meta.get("input") == _input_fingerprint(item) else None
 
 
@@ -438,9 +485,19 @@ def _key(item_id: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the whole new one: a temporary
+    file, fsynced, renamed over ``path``, then the folder fsynced (the rename itself made durable)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _work_records(work: Path, metas: Sequence[dict]) -> Iterable[dict]:
@@ -572,6 +629,8 @@ def prepare_dataset(
     recorded_settings = asdict(settings)
     if recorded_settings["synthetic_pose"] == "random":  # the default: folders prepared before poses existed resume
         del recorded_settings["synthetic_pose"]
+    if recorded_settings["max_gaussians"] is None:  # likewise for folders prepared before the cap
+        del recorded_settings["max_gaussians"]
     if recorded_settings["gaussians"] == "surface":  # likewise for folders prepared before fitted Gaussians
         for name in ("gaussians", "fit_iterations", "fit_views", "fit_size"):
             del recorded_settings[name]
@@ -603,6 +662,7 @@ def prepare_dataset(
     summary.reused = len(finished)
     bar = tqdm(total=len(todo), desc="prepare: load, render, embed", unit="obj", disable=not progress)
     done_now = 0
+    streak: list[str] = []  # the teacher's consecutive failures while nothing has succeeded
     for start in range(0, len(todo), batch_objects):
         if limit is not None and done_now >= limit:
             break
@@ -622,28 +682,42 @@ def prepare_dataset(
                     cloud, item_captions, up = load_source(item, settings)
                     images, cameras = render_views(cloud, settings, image_size, up)
                     fit = None
-                loaded.append((item, cloud, item_captions, images, cameras, fit))
-            except ClipGSError as exc:
-                summary.failures.append({"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc)})
-        for item, cloud, item_captions, images, cameras, fit in loaded:
-            # One teacher call per object: batch composition changes float results slightly, so
-            # embedding object by object makes a resumed run equal an uninterrupted one.
-            text_emb = teacher.encode_text(list(item_captions)) if item_captions else torch.zeros(0, teacher.embed_dim)
-            sample = TripletSample(
-                id=item.id, source=item.source, cloud=cloud.to(dtype=torch.float32), captions=tuple(item_captions),
-                label=item.label, text_embeddings=text_emb, image_embeddings=teacher.encode_images(images),
-                viewmats=cameras.viewmats, Ks=cameras.Ks, fit=fit,
-            )  # fmt: skip
-            record = sample.to_record()
-            split = item.split or split_of(item.id, settings)
-            key = _key(item.id)
-            _atomic_write(work / f"{key}.blob", record["blob"])
-            meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label,
-                    "input": _input_fingerprint(item)}  # fmt: skip
-            if fit is not None:
-                meta["fit"] = fit
-            _atomic_write(work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
-            finished[item.id] = meta
+                cloud, resampled = cap_gaussians(cloud, settings, item)
+                loaded.append((item, cloud, item_captions, images, cameras, fit, resampled))
+            except Exception as exc:  # every per-object fault is listed and the run goes on
+                _fatal_or_listed(exc, item, "load", summary)
+        for item, cloud, item_captions, images, cameras, fit, resampled in loaded:
+            try:
+                # One teacher call per object: batch composition changes float results slightly, so
+                # embedding object by object makes a resumed run equal an uninterrupted one.
+                text_emb = teacher.encode_text(list(item_captions)) if item_captions else torch.zeros(0, teacher.embed_dim)
+                image_emb = teacher.encode_images(images)
+                for what, emb in (("caption", text_emb), ("view", image_emb)):
+                    bad = ~torch.isfinite(emb).all(dim=-1)
+                    if bool(bad.any()):
+                        raise DatasetError(f"{item.id}: the teacher returned non-finite {what} embeddings "
+                                           f"(rows {bad.nonzero().flatten().tolist()[:8]}); the object is not stored")  # fmt: skip
+                sample = TripletSample(
+                    id=item.id, source=item.source, cloud=cloud.to(dtype=torch.float32), captions=tuple(item_captions),
+                    label=item.label, text_embeddings=text_emb, image_embeddings=image_emb,
+                    viewmats=cameras.viewmats, Ks=cameras.Ks, fit=fit,
+                )  # fmt: skip
+                record = sample.to_record()
+                split = item.split or split_of(item.id, settings)
+                key = _key(item.id)
+                _atomic_write(work / f"{key}.blob", record["blob"])
+                meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label,
+                        "input": _input_fingerprint(item)}  # fmt: skip
+                if fit is not None:
+                    meta["fit"] = fit
+                if resampled is not None:
+                    meta["resampled_from"] = resampled
+                _atomic_write(work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
+                finished[item.id] = meta
+                summary.resampled += resampled is not None
+                streak.clear()
+            except Exception as exc:
+                _fatal_or_listed(exc, item, "teacher", summary, streak, succeeded=len(finished))
         done_now += len(group)
         bar.update(len(group))
         bar.set_postfix(failed=len(summary.failures))
@@ -706,6 +780,7 @@ __all__ = [
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",
+    "cap_gaussians",
     "check_caption_coverage",
     "default_teacher",
     "default_work_dir",
