@@ -472,3 +472,42 @@ def test_real_donut_renders_a_ring_with_a_hole(tmp_path):
         y, x = round(32 + dy * ring_radius), round(32 + dx * ring_radius)
         assert float(alpha[y, x]) > 0.9, (y, x)
     assert float(alpha[0, 0]) == 0.0
+
+
+def test_compiled_projection_equals_the_torch_projection_at_the_frustum_clamp():
+    """The compiled EWA projection against :func:`project_gaussians`, values and gradients, on Gaussians
+    spread far past the field of view (large ones still reach the image: the Jacobian's clamp is used)."""
+    from clip_gs.render.numba_backend import project_numba
+    from clip_gs.render.rasterize import FOV_CLAMP
+
+    gen = torch.Generator().manual_seed(4)
+    n = 400
+    means = (torch.randn(n, 3, generator=gen, dtype=F64) * 2.0).requires_grad_(True)
+    quats = torch.randn(n, 4, generator=gen, dtype=F64).requires_grad_(True)
+    scales = (torch.rand(n, 3, generator=gen, dtype=F64) * 0.8 + 0.01).requires_grad_(True)
+    opac = torch.rand(n, generator=gen, dtype=F64) * 0.9 + 0.05
+    cams = orbit_cameras(2, width=40, height=30, dtype=F64)
+    means2d, conics, depths, extents, valid = project_numba(means, quats, scales, opac, cams.viewmats, cams.Ks, 40, 30,
+                                                            0.01, 1e10, 0.3, FOV_CLAMP)  # fmt: skip
+    clamped = 0
+    weights = [torch.randn(s, generator=gen, dtype=F64) for s in ((n, 2), (n, 3), (n,))]
+    ours = sum((t[cam] * w).sum() for cam in range(2) for t, w in zip((means2d, conics, depths), weights))
+    grads = torch.autograd.grad(ours, (means, quats, scales))
+    theirs = 0
+    for cam in range(2):
+        proj = project_gaussians(means, quats, scales, opac, torch.ones(n, 3, dtype=F64), cams.viewmats[cam],
+                                 cams.Ks[cam], 40, 30, None)  # fmt: skip
+        assert valid[cam].nonzero().squeeze(1).tolist() == proj.ids.tolist()
+        torch.testing.assert_close(means2d[cam, proj.ids], proj.means2d, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(conics[cam, proj.ids], proj.conics, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(extents[cam, proj.ids], proj.extents, atol=1e-10, rtol=1e-10)
+        ids = proj.ids
+        theirs = theirs + (proj.means2d * weights[0][ids]).sum() + (proj.conics * weights[1][ids]).sum() + (
+            proj.depths * weights[2][ids]).sum()  # fmt: skip
+        x = proj.means2d[:, 0].detach()
+        clamped += int(((x < -0.15 * 40) | (x > 1.15 * 40)).sum())  # beyond 1.3x the field of view
+    assert clamped > 5  # the Jacobian's clamp is exercised, in values and gradients
+    expected = torch.autograd.grad(theirs, (means, quats, scales))
+    for name, a, b in zip(("means", "quats", "scales"), grads, expected):
+        assert float(b.abs().max()) > 0, name
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8, msg=name)

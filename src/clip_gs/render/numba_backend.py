@@ -192,7 +192,163 @@ def _kernels():
                 grad_pairs[k, 4], grad_pairs[k, 5], grad_pairs[k, 6], grad_pairs[k, 7] = g_cc, g_r, g_g, g_b
                 grad_pairs[k, 8], grad_pairs[k, 9] = g_o, g_d
 
-    _KERNELS = (numba, forward, backward)
+    @njit(parallel=True, cache=True, nogil=True)
+    def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, clamp,
+                        out_means2d, out_conics, out_depths, out_extents, out_valid):  # fmt: skip
+        # The EWA projection of clip_gs.render.rasterize.project_gaussians, per (camera, Gaussian).
+        cams, n = viewmats.shape[0], means.shape[0]
+        for job in prange(cams * n):
+            cam, i = job // n, job % n
+            out_valid[cam, i] = False
+            r = viewmats[cam]
+            x = r[0, 0] * means[i, 0] + r[0, 1] * means[i, 1] + r[0, 2] * means[i, 2] + r[0, 3]
+            y = r[1, 0] * means[i, 0] + r[1, 1] * means[i, 1] + r[1, 2] * means[i, 2] + r[1, 3]
+            z = r[2, 0] * means[i, 0] + r[2, 1] * means[i, 1] + r[2, 2] * means[i, 2] + r[2, 3]
+            opacity = opacities[i]
+            if not (z > near and z < far and opacity >= amin):
+                continue
+            fx, fy, cx, cy = Ks[cam, 0, 0], Ks[cam, 1, 1], Ks[cam, 0, 2], Ks[cam, 1, 2]
+            margin = clamp - 1.0
+            tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+            tx = z * min(max(x / z, -(cx / fx + margin * tan_x)), (width - cx) / fx + margin * tan_x)
+            ty = z * min(max(y / z, -(cy / fy + margin * tan_y)), (height - cy) / fy + margin * tan_y)
+            j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
+            qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
+            norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+            qw, qx, qy, qz = qw / norm, qx / norm, qy / norm, qz / norm
+            rq = np.empty((3, 3))
+            rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
+            rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
+            rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
+            tm = np.zeros((2, 3))  # J W R S
+            for col in range(3):
+                for k in range(3):
+                    t0 = j00 * r[0, k] + j02 * r[2, k]
+                    t1 = j11 * r[1, k] + j12 * r[2, k]
+                    m = rq[k, col] * scales[i, col]
+                    tm[0, col] += t0 * m
+                    tm[1, col] += t1 * m
+            a = tm[0, 0] * tm[0, 0] + tm[0, 1] * tm[0, 1] + tm[0, 2] * tm[0, 2] + eps2d
+            b = tm[0, 0] * tm[1, 0] + tm[0, 1] * tm[1, 1] + tm[0, 2] * tm[1, 2]
+            c = tm[1, 0] * tm[1, 0] + tm[1, 1] * tm[1, 1] + tm[1, 2] * tm[1, 2] + eps2d
+            det = a * c - b * b
+            u, v = fx * x / z + cx, fy * y / z + cy
+            k = math.sqrt(max(2.0 * math.log(opacity / amin), 0.0))
+            ex, ey = k * math.sqrt(a), k * math.sqrt(c)
+            if not (det > 0 and u + ex >= 0 and u - ex <= width and v + ey >= 0 and v - ey <= height):
+                continue
+            out_valid[cam, i] = True
+            out_means2d[cam, i, 0], out_means2d[cam, i, 1] = u, v
+            out_conics[cam, i, 0], out_conics[cam, i, 1], out_conics[cam, i, 2] = c / det, -b / det, a / det
+            out_depths[cam, i] = z
+            out_extents[cam, i, 0], out_extents[cam, i, 1] = ex, ey
+
+    @njit(cache=True, nogil=True)
+    def project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, clamp, valid, grad_means2d,
+                         grad_conics, grad_depths, grad_means, grad_quats, grad_scales):  # fmt: skip
+        # Gradients of project_forward's outputs back to means, quats (before normalisation) and
+        # scales, summed over the cameras in camera order (serial: deterministic).
+        cams, n = viewmats.shape[0], means.shape[0]
+        for cam in range(cams):
+            r = viewmats[cam]
+            fx, fy, cx, cy = Ks[cam, 0, 0], Ks[cam, 1, 1], Ks[cam, 0, 2], Ks[cam, 1, 2]
+            margin = clamp - 1.0
+            tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+            lx_lo, lx_hi = -(cx / fx + margin * tan_x), (width - cx) / fx + margin * tan_x
+            ly_lo, ly_hi = -(cy / fy + margin * tan_y), (height - cy) / fy + margin * tan_y
+            for i in range(n):
+                if not valid[cam, i]:
+                    continue
+                x = r[0, 0] * means[i, 0] + r[0, 1] * means[i, 1] + r[0, 2] * means[i, 2] + r[0, 3]
+                y = r[1, 0] * means[i, 0] + r[1, 1] * means[i, 1] + r[1, 2] * means[i, 2] + r[1, 3]
+                z = r[2, 0] * means[i, 0] + r[2, 1] * means[i, 1] + r[2, 2] * means[i, 2] + r[2, 3]
+                rx, ry = x / z, y / z
+                cx_in, cy_in = lx_lo <= rx <= lx_hi, ly_lo <= ry <= ly_hi
+                tx = z * min(max(rx, lx_lo), lx_hi)
+                ty = z * min(max(ry, ly_lo), ly_hi)
+                j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
+                qw0, qx0, qy0, qz0 = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
+                norm = math.sqrt(qw0 * qw0 + qx0 * qx0 + qy0 * qy0 + qz0 * qz0)
+                qw, qx, qy, qz = qw0 / norm, qx0 / norm, qy0 / norm, qz0 / norm
+                rq = np.empty((3, 3))
+                rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
+                rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
+                rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
+                t = np.empty((2, 3))  # J W
+                for k in range(3):
+                    t[0, k] = j00 * r[0, k] + j02 * r[2, k]
+                    t[1, k] = j11 * r[1, k] + j12 * r[2, k]
+                mm = np.empty((3, 3))  # R S
+                for row in range(3):
+                    for col in range(3):
+                        mm[row, col] = rq[row, col] * scales[i, col]
+                tm = np.zeros((2, 3))
+                for col in range(3):
+                    for k in range(3):
+                        tm[0, col] += t[0, k] * mm[k, col]
+                        tm[1, col] += t[1, k] * mm[k, col]
+                a = tm[0, 0] * tm[0, 0] + tm[0, 1] * tm[0, 1] + tm[0, 2] * tm[0, 2] + eps2d
+                b = tm[0, 0] * tm[1, 0] + tm[0, 1] * tm[1, 1] + tm[0, 2] * tm[1, 2]
+                c = tm[1, 0] * tm[1, 0] + tm[1, 1] * tm[1, 1] + tm[1, 2] * tm[1, 2] + eps2d
+                det = a * c - b * b
+                ga_, gb_, gc_ = grad_conics[cam, i, 0], grad_conics[cam, i, 1], grad_conics[cam, i, 2]
+                d2 = det * det
+                ga = ga_ * (-c * c / d2) + gb_ * (b * c / d2) + gc_ * (1.0 / det - a * c / d2)
+                gb = ga_ * (2.0 * b * c / d2) + gb_ * (-1.0 / det - 2.0 * b * b / d2) + gc_ * (2.0 * a * b / d2)
+                gc = ga_ * (1.0 / det - a * c / d2) + gb_ * (a * b / d2) + gc_ * (-a * a / d2)
+                gtm = np.empty((2, 3))
+                for col in range(3):
+                    gtm[0, col] = 2.0 * ga * tm[0, col] + gb * tm[1, col]
+                    gtm[1, col] = gb * tm[0, col] + 2.0 * gc * tm[1, col]
+                gt = np.zeros((2, 3))
+                gmm = np.zeros((3, 3))
+                for k in range(3):
+                    for col in range(3):
+                        gt[0, k] += gtm[0, col] * mm[k, col]
+                        gt[1, k] += gtm[1, col] * mm[k, col]
+                        gmm[k, col] += t[0, k] * gtm[0, col] + t[1, k] * gtm[1, col]
+                grq = np.empty((3, 3))
+                for row in range(3):
+                    for col in range(3):
+                        grad_scales[i, col] += gmm[row, col] * rq[row, col]
+                        grq[row, col] = gmm[row, col] * scales[i, col]
+                g_w = 2.0 * (-qz * grq[0, 1] + qy * grq[0, 2] + qz * grq[1, 0] - qx * grq[1, 2] - qy * grq[2, 0] + qx * grq[2, 1])
+                g_x = 2.0 * (qy * grq[0, 1] + qz * grq[0, 2] + qy * grq[1, 0] - 2.0 * qx * grq[1, 1] - qw * grq[1, 2]
+                             + qz * grq[2, 0] + qw * grq[2, 1] - 2.0 * qx * grq[2, 2])  # fmt: skip
+                g_y = 2.0 * (-2.0 * qy * grq[0, 0] + qx * grq[0, 1] + qw * grq[0, 2] + qx * grq[1, 0] + qz * grq[1, 2]
+                             - qw * grq[2, 0] + qz * grq[2, 1] - 2.0 * qy * grq[2, 2])  # fmt: skip
+                g_z = 2.0 * (-2.0 * qz * grq[0, 0] - qw * grq[0, 1] + qx * grq[0, 2] + qw * grq[1, 0] - 2.0 * qz * grq[1, 1]
+                             + qy * grq[1, 2] + qx * grq[2, 0] + qy * grq[2, 1])  # fmt: skip
+                dot = qw * g_w + qx * g_x + qy * g_y + qz * g_z  # through the normalisation q / |q|
+                grad_quats[i, 0] += (g_w - qw * dot) / norm
+                grad_quats[i, 1] += (g_x - qx * dot) / norm
+                grad_quats[i, 2] += (g_y - qy * dot) / norm
+                grad_quats[i, 3] += (g_z - qz * dot) / norm
+                # T = J W: J's entries from z, tx, ty
+                gj00 = gt[0, 0] * r[0, 0] + gt[0, 1] * r[0, 1] + gt[0, 2] * r[0, 2]
+                gj02 = gt[0, 0] * r[2, 0] + gt[0, 1] * r[2, 1] + gt[0, 2] * r[2, 2]
+                gj11 = gt[1, 0] * r[1, 0] + gt[1, 1] * r[1, 1] + gt[1, 2] * r[1, 2]
+                gj12 = gt[1, 0] * r[2, 0] + gt[1, 1] * r[2, 1] + gt[1, 2] * r[2, 2]
+                gx = gy = 0.0
+                gz = grad_depths[cam, i] - gj00 * fx / (z * z) - gj11 * fy / (z * z)
+                gz += gj02 * 2.0 * fx * tx / (z * z * z) + gj12 * 2.0 * fy * ty / (z * z * z)
+                gtx, gty = -gj02 * fx / (z * z), -gj12 * fy / (z * z)
+                if cx_in:
+                    gx += gtx
+                else:
+                    gz += gtx * min(max(rx, lx_lo), lx_hi)
+                if cy_in:
+                    gy += gty
+                else:
+                    gz += gty * min(max(ry, ly_lo), ly_hi)
+                gu, gv = grad_means2d[cam, i, 0], grad_means2d[cam, i, 1]
+                gx += gu * fx / z
+                gy += gv * fy / z
+                gz -= gu * fx * x / (z * z) + gv * fy * y / (z * z)
+                for k in range(3):
+                    grad_means[i, k] += r[0, k] * gx + r[1, k] * gy + r[2, k] * gz
+
+    _KERNELS = (numba, forward, backward, project_forward, project_backward)
     return _KERNELS
 
 
@@ -213,7 +369,7 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, depths, gaussians, offsets, shape):
-        numba, forward_kernel, _ = _kernels()
+        numba, forward_kernel, *_ = _kernels()
         _set_threads(numba, gaussians.numel())
         cams, height, width, tiles_x, tiles_y = shape
         dtype = means2d.dtype
@@ -232,7 +388,7 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_rgb, grad_depth, grad_trans, _grad_last):
-        numba, _, backward_kernel = _kernels()
+        numba, _, backward_kernel, *_ = _kernels()
         means2d, conics, colors, opacities, depths, gaussians, offsets, trans, last = ctx.saved_tensors
         _set_threads(numba, gaussians.numel())
         cams, height, width, tiles_x, tiles_y = ctx.shape
@@ -252,6 +408,81 @@ class _Composite(torch.autograd.Function):
                             pairs.numpy())  # fmt: skip
         grads = torch.zeros(means2d.shape[0], GRAD_FIELDS, dtype=dtype).index_add_(0, gaussians, pairs)
         return grads[:, 0:2], grads[:, 2:5], grads[:, 5:8], grads[:, 8], grads[:, 9], None, None, None
+
+
+class _Project(torch.autograd.Function):
+    """The EWA projection of N Gaussians into C cameras (forward and backward compiled)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, shape):
+        numba, _, _, project_kernel, _ = _kernels()
+        numba.set_num_threads(1)  # [C * N] cheap jobs: the parallel launch costs more than it saves here
+        width, height, near, far, eps2d, clamp = shape
+        cams, n, dtype = viewmats.shape[0], means.shape[0], means.dtype
+        means2d = torch.zeros(cams, n, 2, dtype=dtype)
+        conics = torch.zeros(cams, n, 3, dtype=dtype)
+        depths = torch.zeros(cams, n, dtype=dtype)
+        extents = torch.zeros(cams, n, 2, dtype=dtype)
+        valid = torch.zeros(cams, n, dtype=torch.bool)
+        inputs = [t.detach().contiguous() for t in (means, quats, scales, opacities)]
+        cameras = [viewmats.detach().to(dtype).contiguous(), Ks.detach().to(dtype).contiguous()]
+        with _LAUNCH:
+            project_kernel(*(t.numpy() for t in inputs + cameras), width, height, near, far, eps2d, clamp,
+                           means2d.numpy(), conics.numpy(), depths.numpy(), extents.numpy(), valid.numpy())  # fmt: skip
+        ctx.save_for_backward(inputs[0], inputs[1], inputs[2], *cameras, valid)
+        ctx.shape = shape
+        ctx.mark_non_differentiable(extents, valid)
+        return means2d, conics, depths, extents, valid
+
+    @staticmethod
+    def backward(ctx, grad_means2d, grad_conics, grad_depths, _extents, _valid):
+        numba, _, _, _, project_backward = _kernels()
+        means, quats, scales, viewmats, Ks, valid = ctx.saved_tensors
+        width, height, _near, _far, eps2d, clamp = ctx.shape
+        dtype = means.dtype
+
+        def dense(grad, like):
+            return torch.zeros_like(like) if grad is None else grad.to(dtype).contiguous()
+
+        cams, n = viewmats.shape[0], means.shape[0]
+        grad_means2d = dense(grad_means2d, torch.empty(cams, n, 2, dtype=dtype))
+        grad_conics = dense(grad_conics, torch.empty(cams, n, 3, dtype=dtype))
+        grad_depths = dense(grad_depths, torch.empty(cams, n, dtype=dtype))
+        grads = [torch.zeros_like(means), torch.zeros_like(quats), torch.zeros_like(scales)]
+        with _LAUNCH:
+            project_backward(means.numpy(), quats.numpy(), scales.numpy(), viewmats.numpy(), Ks.numpy(), width, height,
+                             eps2d, clamp, valid.numpy(), grad_means2d.numpy(), grad_conics.numpy(),
+                             grad_depths.numpy(), *(g.numpy() for g in grads))  # fmt: skip
+        return grads[0], grads[1], grads[2], None, None, None, None
+
+
+def project_numba(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near: float,
+    far: float,
+    eps2d: float,
+    clamp: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`~clip_gs.render.rasterize.project_gaussians` for all C cameras at once, compiled.
+
+    Args:
+        means: ``[N, 3]``, quats: ``[N, 4]`` (any norm), scales: ``[N, 3]``, opacities: ``[N]`` (CPU);
+            viewmats: ``[C, 4, 4]``, Ks: ``[C, 3, 3]``; clamp: :data:`~clip_gs.render.rasterize.FOV_CLAMP`.
+
+    Returns:
+        ``(means2d [C, N, 2], conics [C, N, 3], depths [C, N], extents [C, N, 2], valid [C, N])``:
+        dense per camera and Gaussian, zero where ``valid`` is False (culled); differentiable with
+        respect to means, quats and scales (extents and valid are not).
+    """
+    shape = (width, height, float(near), float(far), float(eps2d), float(clamp))
+    return _Project.apply(means, quats, scales, opacities, viewmats, Ks, shape)
 
 
 def composite_numba(
@@ -286,4 +517,4 @@ def composite_numba(
     return rgb, depth, trans
 
 
-__all__ = ["TILE", "composite_numba", "numba_available"]
+__all__ = ["TILE", "composite_numba", "numba_available", "project_numba"]

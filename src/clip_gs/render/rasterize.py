@@ -582,15 +582,29 @@ def rasterize_numba(
     with_info: bool = False,
 ) -> RenderOutput:
     """The compiled CPU backend of :func:`rasterize` (``backend="numba"``; validated CPU inputs,
-    ``backgrounds: [C, 3]``): projection and tile lists in PyTorch, compositing forward and backward
-    in the kernels of :mod:`clip_gs.render.numba_backend`. Equal to :func:`rasterize_reference` up to
-    float rounding (tested, values and gradients)."""
-    from clip_gs.render.numba_backend import TILE, composite_numba
+    ``backgrounds: [C, 3]``): the projection (:func:`~clip_gs.render.numba_backend.project_numba`) and
+    the compositing, forward and backward, in the kernels of :mod:`clip_gs.render.numba_backend`; SH
+    colour and the tile lists in PyTorch. Equal to :func:`rasterize_reference` up to float rounding
+    (tested, values and gradients)."""
+    from clip_gs.render.numba_backend import TILE, composite_numba, project_numba
 
     if means.device.type != "cpu":
         raise RenderError(f"backend='numba' needs CPU tensors, got device {means.device}")
-    projections = _project_cameras(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                                   near, far, eps2d)  # fmt: skip
+    if colors.ndim == 3 and sh_degree is None:
+        sh_degree = sh_degree_from_coeffs(colors.shape[1])
+    means2d, conics, depths, extents, valid = project_numba(means, quats, scales, opacities, viewmats, Ks, width,
+                                                           height, near, far, eps2d, FOV_CLAMP)  # fmt: skip
+    projections = []
+    for cam in range(viewmats.shape[0]):
+        ids = valid[cam].nonzero().squeeze(1)
+        if colors.ndim == 3:
+            campos = -viewmats[cam, :3, :3].T @ viewmats[cam, :3, 3]
+            rgb = sh_to_rgb(colors[ids], means[ids] - campos, sh_degree)
+        else:
+            rgb = colors[ids]
+        projections.append(ProjectedGaussians(ids=ids, means2d=means2d[cam, ids], conics=conics[cam, ids],
+                                              depths=depths[cam, ids], opacities=opacities[ids], colors=rgb,
+                                              extents=extents[cam, ids]))  # fmt: skip
     merged, gaussians, offsets = _merge_tile_lists(projections, width, height, TILE)
     info = None
     if with_info:
