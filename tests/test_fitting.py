@@ -107,6 +107,29 @@ def test_the_count_cap_and_sh_degree_hold(ring_views):
     assert any(count == 520 for _, count in result.counts)  # the cap was reached and enforced
 
 
+def test_starting_points_from_a_3dgs_file_and_a_point_cloud(tmp_path):
+    import numpy as np
+    import trimesh
+
+    from clip_gs import save_gaussians
+    from clip_gs.data.fitted import init_from_file
+
+    ring = _object(300)
+    save_gaussians(ring, tmp_path / "ring.ply")
+    init = init_from_file(tmp_path / "ring.ply", 200, torch.eye(4, dtype=torch.float64), seed=1)
+    assert init.num_gaussians == 200
+    assert bool(torch.isin(init.means[:, 0], ring.means[:, 0]).all())  # a seeded subset of the file's centres
+    colours = np.tile(np.array([[255, 0, 0, 255]], dtype=np.uint8), (50, 1))
+    trimesh.PointCloud(np.random.default_rng(0).normal(size=(50, 3)), colors=colours).export(tmp_path / "points.ply")
+    points = init_from_file(tmp_path / "points.ply", 200, torch.eye(4, dtype=torch.float64))
+    assert points.num_gaussians == 50
+    torch.testing.assert_close(points.rgb, torch.tensor([[1.0, 0.0, 0.0]]).expand(50, 3), atol=1e-5, rtol=0)
+    (tmp_path / "empty.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                                        "property float z\nend_header\n")  # fmt: skip
+    with pytest.raises(MeshError, match="no points"):
+        init_from_file(tmp_path / "empty.ply", 10, torch.eye(4, dtype=torch.float64))
+
+
 def test_a_diverging_fit_raises_naming_the_object(ring_views):
     train, _ = ring_views
     init = init_from_points(random_points(300, seed=2))

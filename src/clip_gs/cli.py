@@ -179,7 +179,7 @@ def _held_out_split(count: int, held_out: int) -> tuple[list[int], list[int]]:
 
 
 def _folder_init(folder: Path, init: str | None, count: int, seed: int):
-    from clip_gs.data.fitted import init_from_mesh
+    from clip_gs.data.fitted import init_from_file
     from clip_gs.fitting import init_from_points, random_points
 
     if init is None:
@@ -187,33 +187,10 @@ def _folder_init(folder: Path, init: str | None, count: int, seed: int):
         return init_from_points(random_points(count, 1.0, seed), source=folder.name)
     import torch
 
-    from clip_gs.data.assets import MESH_EXTENSIONS
-    from clip_gs.errors import MeshError, NotGaussianDataError
-    from clip_gs.gaussians import load_gaussians
-
-    path = Path(init)
-    if path.suffix.lower() in MESH_EXTENSIONS and path.suffix.lower() != ".ply":
-        # A mesh: its surface, moved into the views' frame when clip-gs wrote them (clip_gs.world).
-        spec = json.loads((folder / "transforms.json").read_text())
-        world = torch.tensor(spec.get("clip_gs", {}).get("world", torch.eye(4).tolist()), dtype=torch.float64)
-        return init_from_mesh(path, count, world, seed=seed)
-    try:
-        cloud = load_gaussians(path)
-        points, colors = cloud.means, cloud.rgb
-    except NotGaussianDataError:  # a point cloud (.ply with x, y, z and maybe colours)
-        import numpy as np
-        import trimesh
-
-        loaded = trimesh.load(str(path), process=False)
-        if not hasattr(loaded, "vertices") or len(loaded.vertices) == 0:
-            raise MeshError(f"{path}: no points to start the fit from") from None
-        points = torch.from_numpy(np.asarray(loaded.vertices, dtype=np.float32))
-        rgba = getattr(getattr(loaded, "visual", None), "vertex_colors", None)
-        colors = None if rgba is None or len(rgba) != len(points) else torch.from_numpy(np.asarray(rgba)[:, :3] / 255.0)
-    if points.shape[0] > count:
-        keep = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(seed))[:count].sort().values
-        points, colors = points[keep], None if colors is None else colors[keep]
-    return init_from_points(points, colors, source=path.name)
+    # a mesh goes into the views' frame when clip-gs wrote them (transforms.json's clip_gs.world)
+    spec = json.loads((folder / "transforms.json").read_text())
+    world = torch.tensor(spec.get("clip_gs", {}).get("world", torch.eye(4).tolist()), dtype=torch.float64)
+    return init_from_file(init, count, world, seed=seed)
 
 
 def cmd_fit_gaussians(args: argparse.Namespace) -> int:

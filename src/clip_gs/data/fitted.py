@@ -50,6 +50,48 @@ def init_from_mesh(mesh, num_gaussians: int, world: Tensor, seed: int = 0,
     return transform_cloud(cloud, world)
 
 
+def init_from_file(path, num_gaussians: int, world: Tensor, seed: int = 0) -> GaussianCloud:
+    """Starting Gaussians from a file: a mesh's surface samples moved by ``world``
+    (:func:`init_from_mesh`); a 3DGS file's centres and colours, or a point cloud's points and vertex
+    colours, as :func:`~clip_gs.fitting.init_from_points` (taken to be in the views' frame already).
+    More than ``num_gaussians`` points are subsampled, seeded, in file order.
+
+    Raises:
+        MeshError: a file with no points; GaussianFormatError / MeshError: an unreadable file.
+    """
+    import numpy as np
+
+    from clip_gs.data.assets import MESH_EXTENSIONS
+    from clip_gs.errors import MeshError, NotGaussianDataError
+    from clip_gs.fitting import init_from_points
+    from clip_gs.gaussians import load_gaussians
+
+    path = Path(path)
+    if path.suffix.lower() in MESH_EXTENSIONS and path.suffix.lower() != ".ply":
+        return init_from_mesh(path, num_gaussians, world, seed=seed)
+    try:
+        cloud = load_gaussians(path)
+        points, colors = cloud.means, cloud.rgb.clamp(0, 1)
+    except NotGaussianDataError:  # a point cloud (.ply with x, y, z and maybe colours), or a mesh .ply
+        import trimesh
+
+        loaded = trimesh.load(str(path), process=False)
+        if isinstance(loaded, trimesh.Trimesh) and len(loaded.faces):
+            return init_from_mesh(path, num_gaussians, world, seed=seed)
+        vertices = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float32)
+        if len(vertices) == 0:
+            raise MeshError(f"{path}: no points to start the fit from") from None
+        points = torch.from_numpy(vertices)
+        rgba = getattr(getattr(loaded, "visual", None), "vertex_colors", None)
+        colors = None if rgba is None or len(rgba) != len(points) else torch.from_numpy(np.asarray(rgba)[:, :3] / 255.0)
+    if points.shape[0] > num_gaussians:
+        keep = (
+            torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(seed))[:num_gaussians].sort().values
+        )
+        points, colors = points[keep], None if colors is None else colors[keep]
+    return init_from_points(points, colors, source=path.name)
+
+
 def render_mesh_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_OUT, size: int = 128,
                  samples: int | None = None, seed: int = 0) -> tuple[PosedImages, PosedImages, Tensor]:  # fmt: skip
     """Blender renders of ``mesh`` in its unit frame: ``views`` training views spread over the sphere

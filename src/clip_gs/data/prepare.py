@@ -684,7 +684,7 @@ def prepare_dataset(
                     fit = None
                 cloud, resampled = cap_gaussians(cloud, settings, item)
                 loaded.append((item, cloud, item_captions, images, cameras, fit, resampled))
-            except Exception as exc:  # every per-object fault is listed and the run goes on
+            except Exception as exc:  # noqa: BLE001 - every per-object fault is listed and the run goes on
                 _fatal_or_listed(exc, item, "load", summary)
         for item, cloud, item_captions, images, cameras, fit, resampled in loaded:
             try:
@@ -716,7 +716,7 @@ def prepare_dataset(
                 finished[item.id] = meta
                 summary.resampled += resampled is not None
                 streak.clear()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the teacher's faults too (a CUDA OOM on one object)
                 _fatal_or_listed(exc, item, "teacher", summary, streak, succeeded=len(finished))
         done_now += len(group)
         bar.update(len(group))
@@ -775,8 +775,8 @@ __all__ = [
     "CAPTION_KEYS",
     "CAPTION_TEMPLATE",
     "GAUSSIAN_KINDS",
-    "OBJAVERSE_SHARD",
     "MESH_GAUSSIANS",
+    "OBJAVERSE_SHARD",
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",

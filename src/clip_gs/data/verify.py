@@ -34,7 +34,9 @@ class VerifyReport:
         return f"verified {total} records of {self.root} ({counts}): {state}"
 
 
-def verify_dataset(root: str | os.PathLike, storage_options: dict | None = None, progress: bool = False) -> VerifyReport:
+def verify_dataset(
+    root: str | os.PathLike, storage_options: dict | None = None, progress: bool = False
+) -> VerifyReport:
     """Read every record of every split of ``root`` (a folder or ``s3://`` prefix), checking each one's
     sha256 and decoding it (:meth:`~clip_gs.data.triplets.TripletSample.from_record`), and each split's
     count against ``manifest.json``. A damaged record is listed and the check goes on.
@@ -55,7 +57,7 @@ def verify_dataset(root: str | os.PathLike, storage_options: dict | None = None,
             continue
         try:
             dataset = TripletShardDataset(join(root, split), storage_options=storage_options)
-        except Exception as exc:  # a missing or unreadable index damages the whole split
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable index damages the whole split
             report.damaged.append({"split": split, "index": None, "error": type(exc).__name__, "message": str(exc)})
             continue
         if len(dataset) != expected:
@@ -64,8 +66,10 @@ def verify_dataset(root: str | os.PathLike, storage_options: dict | None = None,
         for index in tqdm(range(len(dataset)), desc=f"verify {split}", unit="rec", disable=not progress):
             try:
                 dataset[index]
-            except Exception as exc:
-                report.damaged.append({"split": split, "index": index, "error": type(exc).__name__, "message": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - any failure to read a record is damage to report
+                report.damaged.append(
+                    {"split": split, "index": index, "error": type(exc).__name__, "message": str(exc)}
+                )
         report.checked[split] = len(dataset)
     return report
 

@@ -1,10 +1,11 @@
-"""The compiled CPU backend of :func:`clip_gs.render.rasterize`: tile compositing as numba kernels.
+"""The compiled CPU backend of :func:`clip_gs.render.rasterize`: projection and compositing in numba.
 
-Projection (EWA), SH colour, culling and the (tile, Gaussian) lists stay in PyTorch, shared with the
-other CPU backends (:func:`~clip_gs.render.rasterize.project_gaussians`,
-:func:`~clip_gs.render.rasterize.intersect_tiles`); only the per-pixel front-to-back loop, the part
-that costs pixels x Gaussians, is compiled. Its backward pass is the one of the 3DGS trainer and
-gsplat: each pixel walks its Gaussians back to front, recovering the transmittance before each one
+Two kernels and their backward passes: the EWA projection with culling (:func:`project_numba`, the
+arithmetic of :func:`~clip_gs.render.rasterize.project_gaussians`, for all cameras at once; tested
+against it, values and gradients) and the per-pixel front-to-back loop (:func:`composite_numba`),
+the part that costs pixels x Gaussians. SH colour and the (tile, Gaussian) lists
+(:func:`~clip_gs.render.rasterize.intersect_tiles`) stay in PyTorch. The compositing backward is
+the one of the 3DGS trainer and gsplat: each pixel walks its Gaussians back to front, recovering the transmittance before each one
 by division (``T_i = T_{i+1} / (1 - alpha_i)``), so nothing per pixel-Gaussian pair is stored.
 
 Equal to the readable reference (:func:`~clip_gs.render.rasterize.rasterize_reference`) up to
@@ -271,9 +272,21 @@ def _kernels():
                 norm = math.sqrt(qw0 * qw0 + qx0 * qx0 + qy0 * qy0 + qz0 * qz0)
                 qw, qx, qy, qz = qw0 / norm, qx0 / norm, qy0 / norm, qz0 / norm
                 rq = np.empty((3, 3))
-                rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
-                rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
-                rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
+                rq[0, 0], rq[0, 1], rq[0, 2] = (
+                    1 - 2 * (qy * qy + qz * qz),
+                    2 * (qx * qy - qw * qz),
+                    2 * (qx * qz + qw * qy),
+                )
+                rq[1, 0], rq[1, 1], rq[1, 2] = (
+                    2 * (qx * qy + qw * qz),
+                    1 - 2 * (qx * qx + qz * qz),
+                    2 * (qy * qz - qw * qx),
+                )
+                rq[2, 0], rq[2, 1], rq[2, 2] = (
+                    2 * (qx * qz - qw * qy),
+                    2 * (qy * qz + qw * qx),
+                    1 - 2 * (qx * qx + qy * qy),
+                )
                 t = np.empty((2, 3))  # J W
                 for k in range(3):
                     t[0, k] = j00 * r[0, k] + j02 * r[2, k]
@@ -312,7 +325,9 @@ def _kernels():
                     for col in range(3):
                         grad_scales[i, col] += gmm[row, col] * rq[row, col]
                         grq[row, col] = gmm[row, col] * scales[i, col]
-                g_w = 2.0 * (-qz * grq[0, 1] + qy * grq[0, 2] + qz * grq[1, 0] - qx * grq[1, 2] - qy * grq[2, 0] + qx * grq[2, 1])
+                g_w = 2.0 * (
+                    -qz * grq[0, 1] + qy * grq[0, 2] + qz * grq[1, 0] - qx * grq[1, 2] - qy * grq[2, 0] + qx * grq[2, 1]
+                )
                 g_x = 2.0 * (qy * grq[0, 1] + qz * grq[0, 2] + qy * grq[1, 0] - 2.0 * qx * grq[1, 1] - qw * grq[1, 2]
                              + qz * grq[2, 0] + qw * grq[2, 1] - 2.0 * qx * grq[2, 2])  # fmt: skip
                 g_y = 2.0 * (-2.0 * qy * grq[0, 0] + qx * grq[0, 1] + qw * grq[0, 2] + qx * grq[1, 0] + qz * grq[1, 2]
@@ -436,7 +451,7 @@ class _Project(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_means2d, grad_conics, grad_depths, _extents, _valid):
-        numba, _, _, _, project_backward = _kernels()
+        *_, project_backward = _kernels()
         means, quats, scales, viewmats, Ks, valid = ctx.saved_tensors
         width, height, _near, _far, eps2d, clamp = ctx.shape
         dtype = means.dtype

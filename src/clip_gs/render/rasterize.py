@@ -34,9 +34,9 @@ Three CPU implementations compute this, and tests hold them equal (values and gr
 ``backend="reference"`` (:func:`rasterize_reference`) is the readable one, a Python loop over the
 tiles of each camera with each tile vectorised; ``backend="torch"`` (:func:`rasterize_torch`)
 composites 4 x 4 px tiles of all cameras in cache-sized blocks (:func:`composite_tiles`), pure
-PyTorch; ``backend="numba"`` (:func:`rasterize_numba`, the CPU default) compiles the per-pixel loop
-and its backward pass (:mod:`clip_gs.render.numba_backend`), many times faster again, forward and
-backward (``benchmarks/bench_render.py``, ``benchmarks/bench_raster_grad.py``). Everything is differentiable with respect to
+PyTorch; ``backend="numba"`` (:func:`rasterize_numba`, the CPU default) compiles the projection and
+the per-pixel loop, each with its backward pass (:mod:`clip_gs.render.numba_backend`), many times
+faster again, forward and backward (``benchmarks/bench_render.py``, ``benchmarks/bench_raster_grad.py``). Everything is differentiable with respect to
 means, quats, scales, opacities and colors (culling, tile assignment and sorting are not, as in
 every 3DGS rasterizer).
 """
