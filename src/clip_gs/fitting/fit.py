@@ -40,6 +40,7 @@ from torch import Tensor
 from clip_gs.errors import ConfigError, FitError, MissingDependencyError
 from clip_gs.fitting.posed import PosedImages
 from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
+from clip_gs.render.blender import composite
 from clip_gs.render.rasterize import rasterize
 
 
@@ -179,11 +180,6 @@ def _render(params, cameras, background: Tensor, with_info: bool = False):
     )  # fmt: skip
 
 
-def _target(images: Tensor, background: Tensor) -> Tensor:
-    alpha = images[..., 3:]
-    return images[..., :3] * alpha + background * (1.0 - alpha)
-
-
 def evaluate_views(cloud: GaussianCloud, posed: PosedImages, background=(1.0, 1.0, 1.0)) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM of ``cloud`` against ``posed`` (composited over ``background``),
     torchmetrics' definitions, data range 1."""
@@ -195,7 +191,7 @@ def evaluate_views(cloud: GaussianCloud, posed: PosedImages, background=(1.0, 1.
     with torch.no_grad():
         out = render_cloud(cloud.to(dtype=torch.float32), posed.cameras, background=bg)
         preds = out.rgb.clamp(0, 1).permute(0, 3, 1, 2)
-        target = _target(posed.images, bg).permute(0, 3, 1, 2)
+        target = composite(posed.images, bg).permute(0, 3, 1, 2)
         psnr = torch.stack([peak_signal_noise_ratio(p[None], t[None], data_range=1.0) for p, t in zip(preds, target)])
         ssim = structural_similarity_index_measure(preds, target, data_range=1.0)
     return float(psnr.mean()), float(ssim)
@@ -264,7 +260,7 @@ def fit_gaussians(
             out = _render(params, cameras[view], background, with_info=True)
             strategy.step_pre_backward(params, optimizers, state, step, out.info)
             pred = out.rgb.permute(0, 3, 1, 2)
-            target = _target(images[view : view + 1], background).permute(0, 3, 1, 2)
+            target = composite(images[view : view + 1], background).permute(0, 3, 1, 2)
             l1 = (pred - target).abs().mean()
             ssim = structural_similarity_index_measure(pred, target, data_range=1.0)
             loss = (1.0 - config.ssim_weight) * l1 + config.ssim_weight * (1.0 - ssim)

@@ -32,10 +32,9 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import PosedImagesError
-from clip_gs.render.cameras import Cameras
+from clip_gs.render.cameras import OPENCV_TO_OPENGL, Cameras
 
 TRANSFORMS_NAME = "transforms.json"
-_GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +152,7 @@ def read_posed_images(folder: str | os.PathLike, name: str | None = None) -> Pos
             c2w = torch.cat([c2w, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)])
         if c2w.shape != (4, 4) or not bool(torch.isfinite(c2w).all()):
             raise PosedImagesError(f"{where}: transform_matrix must be a finite 4 x 4 matrix")
-        viewmats.append(torch.linalg.inv(c2w @ _GL_TO_CV))
+        viewmats.append(torch.linalg.inv(c2w @ OPENCV_TO_OPENGL))
         height, width = image.shape[:2]
         Ks.append(_intrinsics({**spec, **frame}, width, height, where))
     cameras = Cameras(torch.stack(viewmats).float(), torch.stack(Ks).float(), images[0].shape[1], images[0].shape[0])
@@ -194,7 +193,7 @@ def write_posed_images(folder: str | os.PathLike, posed: PosedImages, extra: dic
         rel = f"images/view_{index:03d}.png"
         pixels = (posed.images[index].clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
         Image.fromarray(pixels, mode="RGBA").save(folder / rel)
-        c2w = torch.linalg.inv(cams.viewmats[index].double()) @ _GL_TO_CV
+        c2w = torch.linalg.inv(cams.viewmats[index].double()) @ OPENCV_TO_OPENGL
         K = cams.Ks[index].double()
         frames.append({
             "file_path": rel,

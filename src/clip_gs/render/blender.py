@@ -38,13 +38,12 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import MeshError, MissingDependencyError, RenderError
-from clip_gs.render.cameras import Cameras
+from clip_gs.render.cameras import OPENCV_TO_OPENGL, Cameras
 
 DEFAULT_SAMPLES = 64
 """Cycles samples per pixel (with denoising: about 1e-3 RMS noise left on a white-lit object)."""
 SENSOR_MM = 36.0
 """Blender sensor width used for the conversion from pixels to a focal length in mm."""
-_OPENCV_TO_BLENDER = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 
 def blender_available() -> bool:
@@ -68,7 +67,7 @@ def blender_cameras(cameras: Cameras) -> list[dict]:
         fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
         if abs(fx - fy) > 1e-6 * fx or abs(float(K[0, 1])) > 1e-9:
             raise RenderError(f"camera {index}: Blender needs square pixels and no skew, got fx={fx}, fy={fy}")
-        c2w = torch.linalg.inv(cameras.viewmats[index].double()) @ _OPENCV_TO_BLENDER
+        c2w = torch.linalg.inv(cameras.viewmats[index].double()) @ OPENCV_TO_OPENGL
         views.append({
             "c2w": c2w.tolist(),
             "lens": fx * SENSOR_MM / largest,

@@ -24,6 +24,10 @@ from torch import Tensor
 
 from clip_gs.errors import RenderError
 
+OPENCV_TO_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+"""``[4, 4]`` flip of the camera's y and z axes: OpenCV (y down, z forward) <-> OpenGL / Blender (y up,
+z backward); ``c2w_gl = c2w_cv @ OPENCV_TO_OPENGL`` and back (it is its own inverse)."""
+
 # For each world up axis: (up vector, "front" vector where azimuth 0 puts the camera).
 # Azimuth turns the camera right-handedly about the up axis (counter-clockwise seen from above),
 # from front towards cross(up, front).
@@ -259,4 +263,4 @@ def sphere_cameras(
     return Cameras(viewmats.to(dtype), Ks.to(dtype), width, height)
 
 
-__all__ = ["UP_AXES", "Cameras", "look_at_viewmats", "orbit_cameras", "pinhole_intrinsics", "sphere_cameras"]
+__all__ = ["OPENCV_TO_OPENGL", "UP_AXES", "Cameras", "look_at_viewmats", "orbit_cameras", "pinhole_intrinsics", "sphere_cameras"]

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import MissingDependencyError
+from clip_gs.render.rasterize import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
 
 TILE = 4
 """Tile side (px) of the compiled backend: each tile's pixels walk one depth-sorted list."""
-ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN = 0.99, 1.0 / 255.0, 1e-4  # as in clip_gs.render.rasterize (tested)
 GRAD_FIELDS = 10
 """Per-pair gradient row: mean2d (2), conic (3), colour (3), opacity, depth."""
 
