@@ -433,28 +433,33 @@ class _Project(torch.autograd.Function):
         numba, _, _, project_kernel, _ = _kernels()
         numba.set_num_threads(1)  # [C * N] cheap jobs: the parallel launch costs more than it saves here
         width, height, near, far, eps2d, clamp = shape
+        # float64 inside whatever the dtype (a few numbers per Gaussian): rotating the cloud or the
+        # camera then rounds alike, and footprint edges (a discrete cut at alpha 1/255) move less.
         cams, n, dtype = viewmats.shape[0], means.shape[0], means.dtype
-        means2d = torch.zeros(cams, n, 2, dtype=dtype)
-        conics = torch.zeros(cams, n, 3, dtype=dtype)
-        depths = torch.zeros(cams, n, dtype=dtype)
-        extents = torch.zeros(cams, n, 2, dtype=dtype)
+        f64 = torch.float64
+        means2d = torch.zeros(cams, n, 2, dtype=f64)
+        conics = torch.zeros(cams, n, 3, dtype=f64)
+        depths = torch.zeros(cams, n, dtype=f64)
+        extents = torch.zeros(cams, n, 2, dtype=f64)
         valid = torch.zeros(cams, n, dtype=torch.bool)
-        inputs = [t.detach().contiguous() for t in (means, quats, scales, opacities)]
-        cameras = [viewmats.detach().to(dtype).contiguous(), Ks.detach().to(dtype).contiguous()]
+        inputs = [t.detach().to(f64).contiguous() for t in (means, quats, scales, opacities)]
+        cameras = [viewmats.detach().to(f64).contiguous(), Ks.detach().to(f64).contiguous()]
         with _LAUNCH:
             project_kernel(*(t.numpy() for t in inputs + cameras), width, height, near, far, eps2d, clamp,
                            means2d.numpy(), conics.numpy(), depths.numpy(), extents.numpy(), valid.numpy())  # fmt: skip
         ctx.save_for_backward(inputs[0], inputs[1], inputs[2], *cameras, valid)
         ctx.shape = shape
-        ctx.mark_non_differentiable(extents, valid)
-        return means2d, conics, depths, extents, valid
+        ctx.dtype = dtype
+        outputs = [t.to(dtype) for t in (means2d, conics, depths, extents)]
+        ctx.mark_non_differentiable(outputs[3], valid)
+        return (*outputs, valid)
 
     @staticmethod
     def backward(ctx, grad_means2d, grad_conics, grad_depths, _extents, _valid):
         *_, project_backward = _kernels()
         means, quats, scales, viewmats, Ks, valid = ctx.saved_tensors
         width, height, _near, _far, eps2d, clamp = ctx.shape
-        dtype = means.dtype
+        dtype = means.dtype  # float64: the saved copies
 
         def dense(grad, like):
             return torch.zeros_like(like) if grad is None else grad.to(dtype).contiguous()
@@ -468,7 +473,7 @@ class _Project(torch.autograd.Function):
             project_backward(means.numpy(), quats.numpy(), scales.numpy(), viewmats.numpy(), Ks.numpy(), width, height,
                              eps2d, clamp, valid.numpy(), grad_means2d.numpy(), grad_conics.numpy(),
                              grad_depths.numpy(), *(g.numpy() for g in grads))  # fmt: skip
-        return grads[0], grads[1], grads[2], None, None, None, None
+        return grads[0].to(ctx.dtype), grads[1].to(ctx.dtype), grads[2].to(ctx.dtype), None, None, None, None
 
 
 def project_numba(
