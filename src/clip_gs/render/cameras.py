@@ -140,6 +140,32 @@ def pinhole_intrinsics(fov_deg: float, width: int, height: int, num_views: int =
     return k.expand(num_views, 3, 3).clone()
 
 
+def _up_axis(num_views: int, radius: float, up: str) -> str:
+    """Check what every camera ring or sphere needs; the canonical key of ``up`` in :data:`UP_AXES`."""
+    if num_views < 1:
+        raise RenderError(f"num_views must be >= 1, got {num_views}")
+    if radius <= 0:
+        raise RenderError(f"radius must be > 0, got {radius}")
+    key = _UP_ALIASES.get(up, up)
+    if key not in UP_AXES:
+        raise RenderError(f"up must be one of {sorted(UP_AXES) + sorted(_UP_ALIASES)}, got {up!r}")
+    return key
+
+
+def _looking_at_origin(azimuths: Tensor, across, along, radius: float, key: str, fov_deg: float, width: int,
+                       height: int, dtype: torch.dtype) -> Cameras:  # fmt: skip
+    """Cameras at ``radius (across (cos(az) front + sin(az) up x front) + along up)`` (float64 ``[C]``
+    azimuths in radians; ``across``, ``along``: the cosine and sine of each elevation, scalars or ``[C]``),
+    all looking at the origin with the world's up axis up in the image."""
+    up_vec, front = (torch.tensor(v, dtype=torch.float64) for v in UP_AXES[key])
+    side = torch.linalg.cross(up_vec, front)
+    horizontal = torch.cos(azimuths)[:, None] * front + torch.sin(azimuths)[:, None] * side
+    eyes = radius * (across * horizontal + along * up_vec)
+    viewmats = look_at_viewmats(eyes, torch.zeros_like(eyes), up_vec)
+    Ks = pinhole_intrinsics(fov_deg, width, height, azimuths.shape[0], dtype=torch.float64)
+    return Cameras(viewmats.to(dtype), Ks.to(dtype), width, height)
+
+
 def orbit_cameras(
     num_views: int,
     radius: float = 3.0,
@@ -184,15 +210,9 @@ def orbit_cameras(
     Returns:
         :class:`Cameras` with C views.
     """
-    if num_views < 1:
-        raise RenderError(f"num_views must be >= 1, got {num_views}")
-    if radius <= 0:
-        raise RenderError(f"radius must be > 0, got {radius}")
+    key = _up_axis(num_views, radius, up)
     if not -90.0 < elevation_deg < 90.0:
         raise RenderError(f"elevation_deg must lie in (-90, 90) (no roll at the poles), got {elevation_deg}")
-    key = _UP_ALIASES.get(up, up)
-    if key not in UP_AXES:
-        raise RenderError(f"up must be one of {sorted(UP_AXES) + sorted(_UP_ALIASES)}, got {up!r}")
     if random:
         if seed is None:
             raise RenderError("orbit_cameras(random=True) needs an explicit seed")
@@ -202,14 +222,8 @@ def orbit_cameras(
         azimuths = torch.arange(num_views, dtype=torch.float64) * (360.0 / num_views)
     azimuths = torch.deg2rad(azimuths + azimuth_start_deg)
     elevation = math.radians(elevation_deg)
-
-    up_vec, front = (torch.tensor(v, dtype=torch.float64) for v in UP_AXES[key])
-    side = torch.linalg.cross(up_vec, front)
-    horizontal = torch.cos(azimuths)[:, None] * front + torch.sin(azimuths)[:, None] * side
-    eyes = radius * (math.cos(elevation) * horizontal + math.sin(elevation) * up_vec)
-    viewmats = look_at_viewmats(eyes, torch.zeros_like(eyes), up_vec)
-    Ks = pinhole_intrinsics(fov_deg, width, height, num_views, dtype=torch.float64)
-    return Cameras(viewmats.to(dtype), Ks.to(dtype), width, height)
+    return _looking_at_origin(azimuths, math.cos(elevation), math.sin(elevation), radius, key, fov_deg, width,
+                              height, dtype)  # fmt: skip
 
 
 def sphere_cameras(
@@ -240,27 +254,24 @@ def sphere_cameras(
     Returns:
         :class:`Cameras` with C views.
     """
-    if num_views < 1:
-        raise RenderError(f"num_views must be >= 1, got {num_views}")
-    if radius <= 0:
-        raise RenderError(f"radius must be > 0, got {radius}")
+    key = _up_axis(num_views, radius, up)
     if not 0.0 <= max_elevation_deg < 90.0:
         raise RenderError(f"max_elevation_deg must lie in [0, 90), got {max_elevation_deg}")
-    key = _UP_ALIASES.get(up, up)
-    if key not in UP_AXES:
-        raise RenderError(f"up must be one of {sorted(UP_AXES) + sorted(_UP_ALIASES)}, got {up!r}")
     index = torch.arange(num_views, dtype=torch.float64)
     limit = math.sin(math.radians(max_elevation_deg))
     heights = limit * (1.0 - 2.0 * (index + 0.5) / num_views) if num_views > 1 else torch.zeros(1, dtype=torch.float64)
     golden = math.pi * (3.0 - math.sqrt(5.0))  # the golden angle, radians
     azimuths = golden * (index + turn)
-    up_vec, front = (torch.tensor(v, dtype=torch.float64) for v in UP_AXES[key])
-    side = torch.linalg.cross(up_vec, front)
-    horizontal = torch.cos(azimuths)[:, None] * front + torch.sin(azimuths)[:, None] * side
-    eyes = radius * (torch.sqrt(1.0 - heights**2)[:, None] * horizontal + heights[:, None] * up_vec)
-    viewmats = look_at_viewmats(eyes, torch.zeros_like(eyes), up_vec)
-    Ks = pinhole_intrinsics(fov_deg, width, height, num_views, dtype=torch.float64)
-    return Cameras(viewmats.to(dtype), Ks.to(dtype), width, height)
+    return _looking_at_origin(azimuths, torch.sqrt(1.0 - heights**2)[:, None], heights[:, None], radius, key, fov_deg,
+                              width, height, dtype)  # fmt: skip
 
 
-__all__ = ["OPENCV_TO_OPENGL", "UP_AXES", "Cameras", "look_at_viewmats", "orbit_cameras", "pinhole_intrinsics", "sphere_cameras"]
+__all__ = [
+    "OPENCV_TO_OPENGL",
+    "UP_AXES",
+    "Cameras",
+    "look_at_viewmats",
+    "orbit_cameras",
+    "pinhole_intrinsics",
+    "sphere_cameras",
+]

@@ -67,20 +67,25 @@ def _kernels():
 
     amax, amin, tmin = ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
 
+    @njit(cache=True, nogil=True)
+    def tile_pixels(t, tiles_x, tiles_y, tile, width, height):
+        # Tile t (camera-major, then row-major): (camera, top, left, columns, pixels, their centres x, y).
+        cam, rest = t // (tiles_x * tiles_y), t % (tiles_x * tiles_y)
+        y0, x0 = (rest // tiles_x) * tile, (rest % tiles_x) * tile
+        cols = min(tile, width - x0)
+        count = min(tile, height - y0) * cols
+        xs, ys = np.empty(count), np.empty(count)
+        for p in range(count):
+            xs[p], ys[p] = x0 + p % cols + 0.5, y0 + p // cols + 0.5
+        return cam, y0, x0, cols, count, xs, ys
+
     @njit(parallel=True, cache=True, nogil=True)
     def forward(means2d, conics, colors, opacities, depths, gaussians, offsets, tiles_x, tiles_y, tile, width,
                 height, out_rgb, out_depth, out_trans, out_last):  # fmt: skip
         # Per tile: its Gaussians in the outer loop (each read once), its pixels in the inner one.
-        per_camera = tiles_x * tiles_y
         for t in prange(offsets.shape[0] - 1):
-            cam, rest = t // per_camera, t % per_camera
-            y0, x0 = (rest // tiles_x) * tile, (rest % tiles_x) * tile
-            rows, cols = min(tile, height - y0), min(tile, width - x0)
-            count = rows * cols
+            cam, y0, x0, cols, count, xs, ys = tile_pixels(t, tiles_x, tiles_y, tile, width, height)
             start, end = offsets[t], offsets[t + 1]
-            xs, ys = np.empty(count), np.empty(count)  # pixel centres
-            for p in range(count):
-                xs[p], ys[p] = x0 + p % cols + 0.5, y0 + p // cols + 0.5
             trans = np.ones(count)
             acc = np.zeros((count, 4))  # r, g, b, depth
             last = np.full(count, start)
@@ -129,23 +134,17 @@ def _kernels():
                  height, out_trans, out_last, grad_rgb, grad_depth, grad_trans, grad_pairs):  # fmt: skip
         # Per tile, back to front: each Gaussian read once, its gradient summed over the tile's pixels
         # in registers and written once.
-        per_camera = tiles_x * tiles_y
         for t in prange(offsets.shape[0] - 1):
-            cam, rest = t // per_camera, t % per_camera
-            y0, x0 = (rest // tiles_x) * tile, (rest % tiles_x) * tile
-            rows, cols = min(tile, height - y0), min(tile, width - x0)
-            count = rows * cols
+            cam, y0, x0, cols, count, xs, ys = tile_pixels(t, tiles_x, tiles_y, tile, width, height)
             start = offsets[t]
             trans = np.empty(count)
             final = np.empty(count)
             last = np.empty(count, np.int64)
             pixel_grads = np.empty((count, 5))  # r, g, b, depth, transmittance
             behind = np.zeros(count)  # per pixel: sum over the composited Gaussians behind of (colour.g + depth gd) w
-            xs, ys = np.empty(count), np.empty(count)  # pixel centres
             end = start
             for p in range(count):
                 py, px = y0 + p // cols, x0 + p % cols
-                xs[p], ys[p] = px + 0.5, py + 0.5
                 final[p] = trans[p] = out_trans[cam, py, px]
                 last[p] = out_last[cam, py, px]
                 end = max(end, last[p])
@@ -193,6 +192,54 @@ def _kernels():
                 grad_pairs[k, 4], grad_pairs[k, 5], grad_pairs[k, 6], grad_pairs[k, 7] = g_cc, g_r, g_g, g_b
                 grad_pairs[k, 8], grad_pairs[k, 9] = g_o, g_d
 
+    @njit(cache=True, nogil=True)
+    def camera_point(r, means, i):
+        # Gaussian i's mean in the camera frame of the world-to-camera matrix r.
+        x = r[0, 0] * means[i, 0] + r[0, 1] * means[i, 1] + r[0, 2] * means[i, 2] + r[0, 3]
+        y = r[1, 0] * means[i, 0] + r[1, 1] * means[i, 1] + r[1, 2] * means[i, 2] + r[1, 3]
+        z = r[2, 0] * means[i, 0] + r[2, 1] * means[i, 1] + r[2, 2] * means[i, 2] + r[2, 3]
+        return x, y, z
+
+    @njit(cache=True, nogil=True)
+    def ewa(x, y, z, r, K, quats, scales, i, width, height, eps2d, clamp):
+        # The terms of Sigma_2d = (J W R S)(J W R S)^T that the forward and backward passes share:
+        # x/z and y/z, the same clamped to the Jacobian's limits (equal where inside them), tx and ty,
+        # the quaternion's norm and unit components, R, J W, R S, J W R S and Sigma_2d's a, b, c.
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+        margin = clamp - 1.0
+        tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+        lx_lo, lx_hi = -(cx / fx + margin * tan_x), (width - cx) / fx + margin * tan_x
+        ly_lo, ly_hi = -(cy / fy + margin * tan_y), (height - cy) / fy + margin * tan_y
+        rx, ry = x / z, y / z
+        sx, sy = min(max(rx, lx_lo), lx_hi), min(max(ry, ly_lo), ly_hi)
+        tx, ty = z * sx, z * sy
+        j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
+        qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
+        norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+        q = (qw / norm, qx / norm, qy / norm, qz / norm)
+        qw, qx, qy, qz = q
+        rq = np.empty((3, 3))
+        rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
+        rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
+        rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
+        t = np.empty((2, 3))  # J W
+        for k in range(3):
+            t[0, k] = j00 * r[0, k] + j02 * r[2, k]
+            t[1, k] = j11 * r[1, k] + j12 * r[2, k]
+        mm = np.empty((3, 3))  # R S
+        for row in range(3):
+            for col in range(3):
+                mm[row, col] = rq[row, col] * scales[i, col]
+        tm = np.zeros((2, 3))  # J W R S
+        for col in range(3):
+            for k in range(3):
+                tm[0, col] += t[0, k] * mm[k, col]
+                tm[1, col] += t[1, k] * mm[k, col]
+        a = tm[0, 0] * tm[0, 0] + tm[0, 1] * tm[0, 1] + tm[0, 2] * tm[0, 2] + eps2d
+        b = tm[0, 0] * tm[1, 0] + tm[0, 1] * tm[1, 1] + tm[0, 2] * tm[1, 2]
+        c = tm[1, 0] * tm[1, 0] + tm[1, 1] * tm[1, 1] + tm[1, 2] * tm[1, 2] + eps2d
+        return rx, ry, sx, sy, tx, ty, norm, q, rq, t, mm, tm, a, b, c
+
     @njit(parallel=True, cache=True, nogil=True)
     def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, clamp,
                         out_means2d, out_conics, out_depths, out_extents, out_valid):  # fmt: skip
@@ -202,36 +249,13 @@ def _kernels():
             cam, i = job // n, job % n
             out_valid[cam, i] = False
             r = viewmats[cam]
-            x = r[0, 0] * means[i, 0] + r[0, 1] * means[i, 1] + r[0, 2] * means[i, 2] + r[0, 3]
-            y = r[1, 0] * means[i, 0] + r[1, 1] * means[i, 1] + r[1, 2] * means[i, 2] + r[1, 3]
-            z = r[2, 0] * means[i, 0] + r[2, 1] * means[i, 1] + r[2, 2] * means[i, 2] + r[2, 3]
+            x, y, z = camera_point(r, means, i)
             opacity = opacities[i]
             if not (z > near and z < far and opacity >= amin):
                 continue
+            terms = ewa(x, y, z, r, Ks[cam], quats, scales, i, width, height, eps2d, clamp)
+            a, b, c = terms[12], terms[13], terms[14]  # Sigma_2d
             fx, fy, cx, cy = Ks[cam, 0, 0], Ks[cam, 1, 1], Ks[cam, 0, 2], Ks[cam, 1, 2]
-            margin = clamp - 1.0
-            tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
-            tx = z * min(max(x / z, -(cx / fx + margin * tan_x)), (width - cx) / fx + margin * tan_x)
-            ty = z * min(max(y / z, -(cy / fy + margin * tan_y)), (height - cy) / fy + margin * tan_y)
-            j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
-            qw, qx, qy, qz = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
-            norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-            qw, qx, qy, qz = qw / norm, qx / norm, qy / norm, qz / norm
-            rq = np.empty((3, 3))
-            rq[0, 0], rq[0, 1], rq[0, 2] = 1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)
-            rq[1, 0], rq[1, 1], rq[1, 2] = 2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)
-            rq[2, 0], rq[2, 1], rq[2, 2] = 2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)
-            tm = np.zeros((2, 3))  # J W R S
-            for col in range(3):
-                for k in range(3):
-                    t0 = j00 * r[0, k] + j02 * r[2, k]
-                    t1 = j11 * r[1, k] + j12 * r[2, k]
-                    m = rq[k, col] * scales[i, col]
-                    tm[0, col] += t0 * m
-                    tm[1, col] += t1 * m
-            a = tm[0, 0] * tm[0, 0] + tm[0, 1] * tm[0, 1] + tm[0, 2] * tm[0, 2] + eps2d
-            b = tm[0, 0] * tm[1, 0] + tm[0, 1] * tm[1, 1] + tm[0, 2] * tm[1, 2]
-            c = tm[1, 0] * tm[1, 0] + tm[1, 1] * tm[1, 1] + tm[1, 2] * tm[1, 2] + eps2d
             det = a * c - b * b
             u, v = fx * x / z + cx, fy * y / z + cy
             k = math.sqrt(max(2.0 * math.log(opacity / amin), 0.0))
@@ -252,57 +276,14 @@ def _kernels():
         cams, n = viewmats.shape[0], means.shape[0]
         for cam in range(cams):
             r = viewmats[cam]
-            fx, fy, cx, cy = Ks[cam, 0, 0], Ks[cam, 1, 1], Ks[cam, 0, 2], Ks[cam, 1, 2]
-            margin = clamp - 1.0
-            tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
-            lx_lo, lx_hi = -(cx / fx + margin * tan_x), (width - cx) / fx + margin * tan_x
-            ly_lo, ly_hi = -(cy / fy + margin * tan_y), (height - cy) / fy + margin * tan_y
+            fx, fy = Ks[cam, 0, 0], Ks[cam, 1, 1]
             for i in range(n):
                 if not valid[cam, i]:
                     continue
-                x = r[0, 0] * means[i, 0] + r[0, 1] * means[i, 1] + r[0, 2] * means[i, 2] + r[0, 3]
-                y = r[1, 0] * means[i, 0] + r[1, 1] * means[i, 1] + r[1, 2] * means[i, 2] + r[1, 3]
-                z = r[2, 0] * means[i, 0] + r[2, 1] * means[i, 1] + r[2, 2] * means[i, 2] + r[2, 3]
-                rx, ry = x / z, y / z
-                cx_in, cy_in = lx_lo <= rx <= lx_hi, ly_lo <= ry <= ly_hi
-                tx = z * min(max(rx, lx_lo), lx_hi)
-                ty = z * min(max(ry, ly_lo), ly_hi)
-                j00, j02, j11, j12 = fx / z, -fx * tx / (z * z), fy / z, -fy * ty / (z * z)
-                qw0, qx0, qy0, qz0 = quats[i, 0], quats[i, 1], quats[i, 2], quats[i, 3]
-                norm = math.sqrt(qw0 * qw0 + qx0 * qx0 + qy0 * qy0 + qz0 * qz0)
-                qw, qx, qy, qz = qw0 / norm, qx0 / norm, qy0 / norm, qz0 / norm
-                rq = np.empty((3, 3))
-                rq[0, 0], rq[0, 1], rq[0, 2] = (
-                    1 - 2 * (qy * qy + qz * qz),
-                    2 * (qx * qy - qw * qz),
-                    2 * (qx * qz + qw * qy),
-                )
-                rq[1, 0], rq[1, 1], rq[1, 2] = (
-                    2 * (qx * qy + qw * qz),
-                    1 - 2 * (qx * qx + qz * qz),
-                    2 * (qy * qz - qw * qx),
-                )
-                rq[2, 0], rq[2, 1], rq[2, 2] = (
-                    2 * (qx * qz - qw * qy),
-                    2 * (qy * qz + qw * qx),
-                    1 - 2 * (qx * qx + qy * qy),
-                )
-                t = np.empty((2, 3))  # J W
-                for k in range(3):
-                    t[0, k] = j00 * r[0, k] + j02 * r[2, k]
-                    t[1, k] = j11 * r[1, k] + j12 * r[2, k]
-                mm = np.empty((3, 3))  # R S
-                for row in range(3):
-                    for col in range(3):
-                        mm[row, col] = rq[row, col] * scales[i, col]
-                tm = np.zeros((2, 3))
-                for col in range(3):
-                    for k in range(3):
-                        tm[0, col] += t[0, k] * mm[k, col]
-                        tm[1, col] += t[1, k] * mm[k, col]
-                a = tm[0, 0] * tm[0, 0] + tm[0, 1] * tm[0, 1] + tm[0, 2] * tm[0, 2] + eps2d
-                b = tm[0, 0] * tm[1, 0] + tm[0, 1] * tm[1, 1] + tm[0, 2] * tm[1, 2]
-                c = tm[1, 0] * tm[1, 0] + tm[1, 1] * tm[1, 1] + tm[1, 2] * tm[1, 2] + eps2d
+                x, y, z = camera_point(r, means, i)
+                rx, ry, sx, sy, tx, ty, norm, q, rq, t, mm, tm, a, b, c = ewa(x, y, z, r, Ks[cam], quats, scales, i,
+                                                                               width, height, eps2d, clamp)  # fmt: skip
+                qw, qx, qy, qz = q
                 det = a * c - b * b
                 ga_, gb_, gc_ = grad_conics[cam, i, 0], grad_conics[cam, i, 1], grad_conics[cam, i, 2]
                 d2 = det * det
@@ -348,14 +329,14 @@ def _kernels():
                 gz = grad_depths[cam, i] - gj00 * fx / (z * z) - gj11 * fy / (z * z)
                 gz += gj02 * 2.0 * fx * tx / (z * z * z) + gj12 * 2.0 * fy * ty / (z * z * z)
                 gtx, gty = -gj02 * fx / (z * z), -gj12 * fy / (z * z)
-                if cx_in:
+                if sx == rx:  # inside the clamp: tx = x
                     gx += gtx
-                else:
-                    gz += gtx * min(max(rx, lx_lo), lx_hi)
-                if cy_in:
+                else:  # clamped: tx = z * limit
+                    gz += gtx * sx
+                if sy == ry:
                     gy += gty
                 else:
-                    gz += gty * min(max(ry, ly_lo), ly_hi)
+                    gz += gty * sy
                 gu, gv = grad_means2d[cam, i, 0], grad_means2d[cam, i, 1]
                 gx += gu * fx / z
                 gy += gv * fy / z

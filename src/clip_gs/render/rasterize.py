@@ -116,6 +116,17 @@ class ProjectedGaussians:
     extents: Tensor
 
 
+def view_colors(means: Tensor, colors: Tensor, ids: Tensor, viewmat: Tensor, sh_degree: int | None) -> Tensor:
+    """``[M, 3]`` colour of the Gaussians ``ids`` seen by the camera ``viewmat [4, 4]``: ``colors [N, K, 3]``
+    SH evaluated at degree ``sh_degree`` (None: the full degree of K) for the direction camera centre
+    -> mean, or ``colors [N, 3]`` RGB as they are."""
+    if colors.ndim == 2:
+        return colors[ids]
+    degree = sh_degree_from_coeffs(colors.shape[1]) if sh_degree is None else sh_degree
+    rot, trans = viewmat[:3, :3], viewmat[:3, 3]
+    return sh_to_rgb(colors[ids], means[ids] + rot.T @ trans, degree)
+
+
 def project_gaussians(
     means: Tensor,
     quats: Tensor,
@@ -142,8 +153,6 @@ def project_gaussians(
     Returns:
         :class:`ProjectedGaussians` of the M Gaussians that can touch a pixel.
     """
-    if colors.ndim == 3 and sh_degree is None:
-        sh_degree = sh_degree_from_coeffs(colors.shape[1])
     rot, trans = viewmat[:3, :3], viewmat[:3, 3]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     with torch.no_grad():
@@ -191,11 +200,7 @@ def project_gaussians(
         keep = on_image.nonzero().squeeze(1)
 
     ids = candidates[keep]
-    if colors.ndim == 3:
-        campos = -rot.T @ trans
-        rgb = sh_to_rgb(colors[ids], means[ids] - campos, sh_degree)
-    else:
-        rgb = colors[ids]
+    rgb = view_colors(means, colors, ids, viewmat, sh_degree)
     return ProjectedGaussians(
         ids=ids,
         means2d=means2d[keep],
@@ -590,18 +595,12 @@ def rasterize_numba(
 
     if means.device.type != "cpu":
         raise RenderError(f"backend='numba' needs CPU tensors, got device {means.device}")
-    if colors.ndim == 3 and sh_degree is None:
-        sh_degree = sh_degree_from_coeffs(colors.shape[1])
     means2d, conics, depths, extents, valid = project_numba(means, quats, scales, opacities, viewmats, Ks, width,
                                                            height, near, far, eps2d, FOV_CLAMP)  # fmt: skip
     projections = []
     for cam in range(viewmats.shape[0]):
         ids = valid[cam].nonzero().squeeze(1)
-        if colors.ndim == 3:
-            campos = -viewmats[cam, :3, :3].T @ viewmats[cam, :3, 3]
-            rgb = sh_to_rgb(colors[ids], means[ids] - campos, sh_degree)
-        else:
-            rgb = colors[ids]
+        rgb = view_colors(means, colors, ids, viewmats[cam], sh_degree)
         projections.append(ProjectedGaussians(ids=ids, means2d=means2d[cam, ids], conics=conics[cam, ids],
                                               depths=depths[cam, ids], opacities=opacities[ids], colors=rgb,
                                               extents=extents[cam, ids]))  # fmt: skip
