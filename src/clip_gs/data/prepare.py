@@ -282,7 +282,8 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
         from clip_gs.data.synthetic import SHAPE_NOUNS
 
         dataset = SyntheticGaussianDataset(count, num_gaussians=settings.synthetic_gaussians, seed=settings.seed)
-        found = [(f"synthetic-{i:06d}", f"synthetic:{i}", SHAPE_NOUNS[dataset.label_of(i)], (), ()) for i in range(count)]
+        found = [(f"synthetic-{i:06d}", f"synthetic:{i}", SHAPE_NOUNS[dataset.label_of(i)], (), ())
+                 for i in range(count)]  # fmt: skip
     else:
         root = Path(source)
         if not root.is_dir():
@@ -359,22 +360,19 @@ def load_source(item: SourceItem, settings: PrepareSettings):
 
 
 def is_mesh_source(item: SourceItem) -> bool:
-    """True for inputs that are meshes (a ``.ply`` is a mesh unless it holds 3DGS)."""
+    """True for inputs that are meshes: a mesh extension, where a ``.ply`` counts only when its header
+    declares faces (3DGS and point-cloud plys have none). Only the header is read: the object is
+    loaded once, by whichever path it takes."""
     from clip_gs.data.assets import MESH_EXTENSIONS
-    from clip_gs.errors import NotGaussianDataError
+    from clip_gs.gaussians.formats.ply_header import read_ply_header
 
     suffix = Path(item.source).suffix.lower()
     if item.source.startswith("synthetic:") or suffix not in MESH_EXTENSIONS:
         return False
     if suffix != ".ply":
         return True
-    from clip_gs.gaussians import load_gaussians
-
-    try:
-        load_gaussians(item.source)
-    except NotGaussianDataError:
-        return True
-    return False
+    faces = read_ply_header(Path(item.source)).element("face")
+    return faces is not None and faces.count > 0
 
 
 def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up: str):
@@ -437,7 +435,9 @@ def _fatal_or_listed(exc: Exception, item: SourceItem, stage: str, summary: Prep
     import errno
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DatasetError(f"{item.id}: no space left on the device ({exc}); stopping: every object would fail") from exc
+        raise DatasetError(
+            f"{item.id}: no space left on the device ({exc}); stopping: every object would fail"
+        ) from exc
     summary.failures.append({"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc),
                              "stage": stage})  # fmt: skip
     if streak is not None and not isinstance(exc, ClipGSError) and succeeded == 0:
@@ -690,7 +690,9 @@ def prepare_dataset(
             try:
                 # One teacher call per object: batch composition changes float results slightly, so
                 # embedding object by object makes a resumed run equal an uninterrupted one.
-                text_emb = teacher.encode_text(list(item_captions)) if item_captions else torch.zeros(0, teacher.embed_dim)
+                text_emb = (
+                    teacher.encode_text(list(item_captions)) if item_captions else torch.zeros(0, teacher.embed_dim)
+                )
                 image_emb = teacher.encode_images(images)
                 for what, emb in (("caption", text_emb), ("view", image_emb)):
                     bad = ~torch.isfinite(emb).all(dim=-1)

@@ -160,8 +160,13 @@ def _params(cloud: GaussianCloud, sh_degree: int, device: torch.device) -> torch
     )
 
 
+def _sh(params: torch.nn.ParameterDict) -> Tensor:
+    """``[N, K, 3]``: the DC and (SH degree > 0) the higher coefficients, optimised apart."""
+    return params["sh0"] if "shN" not in params else torch.cat([params["sh0"], params["shN"]], dim=1)
+
+
 def _cloud(params: torch.nn.ParameterDict, source: str | None) -> GaussianCloud:
-    sh = params["sh0"] if "shN" not in params else torch.cat([params["sh0"], params["shN"]], dim=1)
+    sh = _sh(params)
     return GaussianCloud(
         means=params["means"].detach().cpu().clone(),
         sh=sh.detach().cpu().clone(),
@@ -173,9 +178,8 @@ def _cloud(params: torch.nn.ParameterDict, source: str | None) -> GaussianCloud:
 
 
 def _render(params, cameras, background: Tensor, with_info: bool = False):
-    sh = params["sh0"] if "shN" not in params else torch.cat([params["sh0"], params["shN"]], dim=1)
     return rasterize(
-        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]), sh,
+        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]), _sh(params),
         cameras.viewmats, cameras.Ks, cameras.width, cameras.height, background=background, with_info=with_info,
     )  # fmt: skip
 
