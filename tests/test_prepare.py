@@ -118,7 +118,7 @@ def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_shards(tmp_path):
     assert (tmp_path / "whole" / "train" / "index.json").stat().st_mtime_ns == mtime  # not even rewritten
     # a run stopped after 4 objects (as a kill leaves it), then rerun
     partial = prepare_dataset(
-        "synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False, limit=4, batch_objects=2
+        "synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False, limit=4
     )
     assert partial.succeeded == 4 and not (tmp_path / "cut" / "manifest.json").exists()
     resumed = prepare_dataset("synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
@@ -299,7 +299,7 @@ def test_read_captions_jsonl_and_errors(tmp_path):
 def test_cli_prepare_exit_status_says_whether_something_failed(tmp_path, monkeypatch, capsys):
     import clip_gs.teachers
 
-    monkeypatch.setattr(clip_gs.teachers, "load_teacher", lambda spec: FakeTeacher())
+    monkeypatch.setattr(clip_gs.teachers, "load_teacher", lambda spec, **kwargs: FakeTeacher())
     src = tmp_path / "src"
     src.mkdir()
     save_gaussians(random_cloud(300), src / "good.ply")

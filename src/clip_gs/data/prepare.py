@@ -17,6 +17,10 @@ Work is done in two stages so that an interrupted run can resume:
 2. the shards are (re)written from the records, in id order, with one writer process: the
    same records give byte-identical shards.
 
+The first stage runs on ``workers`` processes and on several machines (``num_nodes``, then a
+merge), and on a GPU (``device``); the dataset is the same byte for byte whatever the number of
+processes and machines (:mod:`clip_gs.data.parallel`, :class:`ObjectPreparer`).
+
 A bad input is written to ``<out>/failures.jsonl`` (path, error type, message, stage) and the run
 goes on; the summary counts successes and failures. Every per-object exception is caught (the
 teacher's too) and NaN / Inf embeddings are refused per object; only faults that recur for every
@@ -28,6 +32,7 @@ fsynced, and one whose blob is missing is prepared again. Settings and teacher a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -375,7 +380,7 @@ def is_mesh_source(item: SourceItem) -> bool:
     return faces is not None and faces.count > 0
 
 
-def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up: str):
+def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up: str, device: str = "cpu"):
     """``(cloud, uint8 images [V, S, S, 3], cameras, fit facts)`` of a mesh with ``gaussians="fitted"``:
     the fit (:func:`~clip_gs.data.fitted.fit_mesh`), normalised as every stored cloud is, and the
     teacher's orbit views rendered from the mesh by Blender in that same normalised frame."""
@@ -385,8 +390,8 @@ def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up:
     from clip_gs.render.blender import composite, render_mesh
 
     config = FitConfig(iterations=settings.fit_iterations, max_gaussians=settings.mesh_gaussians, seed=settings.seed)
-    fitted = fit_mesh(item.source, config, views=settings.fit_views, size=settings.fit_size)
-    cloud = fitted.result.cloud
+    fitted = fit_mesh(item.source, config, views=settings.fit_views, size=settings.fit_size, device=device)
+    cloud = fitted.result.cloud.to(device="cpu")
     means = cloud.means.double()
     centre = means.mean(dim=0)
     radius = float((means - centre).norm(dim=-1).max())
@@ -400,17 +405,18 @@ def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up:
     return cloud.normalized(), images, cameras, fitted.result.summary()
 
 
-def render_views(cloud, settings: PrepareSettings, image_size: int, up: str):
-    """``(uint8 images [V, S, S, 3], cameras)``: regular orbit views of the normalised ``cloud``."""
+def render_views(cloud, settings: PrepareSettings, image_size: int, up: str, device: str = "cpu"):
+    """``(uint8 images [V, S, S, 3], cameras)``: regular orbit views of the normalised ``cloud``,
+    rendered on ``device`` (the compiled CPU kernels, or gsplat on CUDA); images on the CPU."""
     from clip_gs.render import orbit_cameras, render_cloud
 
     cameras = orbit_cameras(
         settings.views, elevation_deg=settings.elevation_deg, width=image_size, height=image_size, up=up
     )
-    normalized = cloud.normalized()
-    background = torch.tensor(settings.background, dtype=normalized.dtype)
+    normalized = cloud.normalized().to(device=device)
+    background = torch.tensor(settings.background, dtype=normalized.dtype, device=normalized.device)
     rgb = render_cloud(normalized, cameras, background=background).rgb
-    images = (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
+    images = (rgb.clamp(0, 1) * 255).round().to(device="cpu", dtype=torch.uint8)
     return images, cameras
 
 
@@ -428,25 +434,154 @@ TEACHER_STREAK = 5
 """Teacher failures in a row, before any object succeeded, that stop the run: a fault that will recur."""
 
 
-def _fatal_or_listed(exc: Exception, item: SourceItem, stage: str, summary: PrepareSummary,
-                     streak: list[str] | None = None, succeeded: int = 0) -> None:  # fmt: skip
-    """List a per-object failure (type, message); raise for faults that recur for every object: a full
-    disk, or the teacher failing on the first :data:`TEACHER_STREAK` objects alike."""
+def _fatal(exc: Exception, item: SourceItem) -> None:
+    """Raise for a fault that recurs for every object: a full disk."""
     import errno
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DatasetError(
             f"{item.id}: no space left on the device ({exc}); stopping: every object would fail"
         ) from exc
-    summary.failures.append({"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc),
-                             "stage": stage})  # fmt: skip
-    if streak is not None and not isinstance(exc, ClipGSError) and succeeded == 0:
-        streak.append(type(exc).__name__)
-        if len(streak) >= TEACHER_STREAK and len(set(streak)) == 1:
-            raise DatasetError(
-                f"the teacher failed on the first {len(streak)} objects with {type(exc).__name__}: {exc}; stopping: "
-                "a fault that recurs for every object (see failures.jsonl for the objects)"
-            ) from exc
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """Run torch with ``count`` intra-op threads inside, restoring the caller's count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ObjectPreparer:
+    """Prepares objects one at a time into the work folder: load (or fit) the object, render its
+    views, embed views and captions with the teacher, and write the record (``<key>.blob`` +
+    ``<key>.json``) or, for a per-object fault, ``<key>.failed.json`` (path, error type, message,
+    stage). Picklable, so that LitData's ``map`` runs it in its worker processes
+    (:mod:`clip_gs.data.parallel`); its call signature is the one ``map`` gives a function.
+
+    Determinism: a record is a function of the object, the settings, the teacher, the device and
+    the precision, never of how many processes or machines made it. Batch composition and the
+    number of threads both change float results of a CPU teacher in the last bits, so the teacher
+    embeds each object in calls of its own, and on the CPU the per-object work runs torch with a
+    single intra-op thread (the rasterizer's kernels give identical results at any thread count);
+    more cores are used by more workers (``workers``), which is also the faster way to use them.
+
+    Args:
+        teacher: a :class:`~clip_gs.teachers.Teacher` (pickled into each worker) or a spec string
+            (loaded once per worker process, on its device).
+        settings: what is done to each object.
+        image_size: view size in pixels.
+        work: the work folder.
+        device: ``"cpu"``, ``"cuda"`` (in LitData's workers: the GPU it assigns, worker rank modulo
+            the GPU count) or ``"cuda:N"``; the teacher, the rendering (gsplat) and fits run there.
+        precision: the teacher's autocast precision (``fp32``, ``bf16``, ``fp16`` on CUDA).
+        succeeded_before: objects already finished (the fatal-streak rule counts only from nothing).
+    """
+
+    def __init__(self, teacher, settings: PrepareSettings, image_size: int, work: Path, device: str = "cpu",
+                 precision: str = "fp32", succeeded_before: int = 0) -> None:  # fmt: skip
+        self.teacher, self.settings, self.image_size, self.work = teacher, settings, image_size, Path(work)
+        self.device, self.precision, self.succeeded = device, precision, succeeded_before
+        self.streak: list[str] = []  # the teacher's consecutive failures while nothing has succeeded
+
+    def _teacher(self, device: str):
+        if isinstance(self.teacher, str):
+            from clip_gs.teachers import load_teacher
+
+            self.teacher = load_teacher(self.teacher, device=device, precision=self.precision)
+        return self.teacher
+
+    def __call__(self, item: SourceItem, output_dir: str | None = None, device: str | None = None) -> dict | None:
+        """Prepare ``item``; returns its record's meta, or None after listing a per-object fault.
+        ``output_dir`` and ``device`` are what LitData's ``map`` passes (the work folder; its GPU).
+
+        Raises:
+            DatasetError: a fault that recurs for every object (a full disk; the teacher failing
+                alike on the first :data:`TEACHER_STREAK` objects).
+        """
+        device = device if device is not None and self.device == "cuda" else self.device
+        stage = "load"
+        try:
+            with _torch_threads(1) if torch.device(device).type == "cpu" else contextlib.nullcontext():
+                cloud, captions, images, cameras, fit, resampled = self._load(item, device)
+                stage = "teacher"
+                text_emb, image_emb = self._embed(item, captions, images, device)
+                meta = self._store(item, cloud, captions, images, cameras, fit, resampled, text_emb, image_emb)
+        except Exception as exc:  # noqa: BLE001 - every per-object fault is listed and the run goes on
+            _fatal(exc, item)
+            failure = {"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc),
+                       "stage": stage}  # fmt: skip
+            _atomic_write(self.work / f"{_key(item.id)}.failed.json", json.dumps(failure).encode())
+            if stage == "teacher" and not isinstance(exc, ClipGSError) and self.succeeded == 0:
+                self.streak.append(type(exc).__name__)
+                if len(self.streak) >= TEACHER_STREAK and len(set(self.streak)) == 1:
+                    raise DatasetError(
+                        f"the teacher failed on the first {len(self.streak)} objects with {type(exc).__name__}: "
+                        f"{exc}; stopping: a fault that recurs for every object (see failures.jsonl for the objects)"
+                    ) from exc
+            return None
+        self.succeeded += 1
+        self.streak.clear()
+        return meta
+
+    def _load(self, item: SourceItem, device: str):
+        settings = self.settings
+        if settings.gaussians == "fitted" and is_mesh_source(item):
+            from clip_gs.data.assets import default_up_axis
+
+            up = default_up_axis(item.source) if settings.up == "auto" else settings.up
+            cloud, images, cameras, fit = fit_source(item, settings, self.image_size, up, device)
+            captions = item.captions
+        else:
+            cloud, captions, up = load_source(item, settings)
+            images, cameras = render_views(cloud, settings, self.image_size, up, device)
+            fit = None
+        cloud, resampled = cap_gaussians(cloud, settings, item)
+        return cloud, captions, images, cameras, fit, resampled
+
+    def _embed(self, item: SourceItem, captions, images, device: str):
+        teacher = self._teacher(device)
+        # One teacher call per object: batch composition changes float results slightly, so
+        # embedding object by object makes a resumed or parallel run equal an uninterrupted one.
+        text_emb = teacher.encode_text(list(captions)) if captions else torch.zeros(0, teacher.embed_dim)
+        image_emb = teacher.encode_images(images)
+        text_emb, image_emb = text_emb.float().cpu(), image_emb.float().cpu()
+        for what, emb in (("caption", text_emb), ("view", image_emb)):
+            bad = ~torch.isfinite(emb).all(dim=-1)
+            if bool(bad.any()):
+                raise DatasetError(f"{item.id}: the teacher returned non-finite {what} embeddings "
+                                   f"(rows {bad.nonzero().flatten().tolist()[:8]}); the object is not stored")  # fmt: skip
+        return text_emb, image_emb
+
+    def _store(self, item, cloud, captions, images, cameras, fit, resampled, text_emb, image_emb) -> dict:
+        sample = TripletSample(
+            id=item.id, source=item.source, cloud=cloud.to(device="cpu", dtype=torch.float32),
+            captions=tuple(captions), label=item.label, text_embeddings=text_emb, image_embeddings=image_emb,
+            viewmats=cameras.viewmats.cpu(), Ks=cameras.Ks.cpu(), fit=fit,
+        )  # fmt: skip
+        record = sample.to_record()
+        key = _key(item.id)
+        _atomic_write(self.work / f"{key}.blob", record["blob"])
+        meta = {"id": item.id, "sha256": record["sha256"], "split": item.split or split_of(item.id, self.settings),
+                "label": item.label, "input": _input_fingerprint(item)}  # fmt: skip
+        if fit is not None:
+            meta["fit"] = fit
+        if resampled is not None:
+            meta["resampled_from"] = resampled
+        _atomic_write(self.work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
+        (self.work / f"{key}.failed.json").unlink(missing_ok=True)
+        return meta
+
+
+def _failure_of(work: Path, item: SourceItem) -> dict | None:
+    path = work / f"{_key(item.id)}.failed.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 # ---------------------------------------------------------------------------- the run
@@ -518,7 +653,7 @@ def default_work_dir(out: str) -> Path:
     return Path(tempfile.gettempdir()) / "clip-gs-prepare" / hashlib.sha256(out.encode()).hexdigest()[:16]
 
 
-def default_teacher(source: str = "synthetic:"):
+def default_teacher(source: str = "synthetic:", **kwargs):
     """The teacher ``prepare`` uses when none is named: the paper's
     :data:`~clip_gs.teachers.DEFAULT_TEACHER` (EVA02-E-14-plus) when its weights are already in
     the local cache. Otherwise, for ``synthetic:`` sources only, the offline
@@ -526,6 +661,7 @@ def default_teacher(source: str = "synthetic:"):
     folder of real objects never falls back to that toy teacher silently: name one. Nothing is
     downloaded to decide (the lookup runs with ``CLIP_GS_OFFLINE=1``); the choice is announced
     before any work and recorded in the manifest, and mixing datasets of two teachers is refused.
+    ``kwargs`` (``device``, ``precision``) go to :func:`~clip_gs.teachers.load_teacher`.
 
     Raises:
         WeightsUnavailableError: a folder source and no cached EVA02-E-14-plus.
@@ -536,7 +672,7 @@ def default_teacher(source: str = "synthetic:"):
     previous = os.environ.get("CLIP_GS_OFFLINE")
     os.environ["CLIP_GS_OFFLINE"] = "1"
     try:
-        return load_teacher(DEFAULT_TEACHER)
+        return load_teacher(DEFAULT_TEACHER, **kwargs)
     except (WeightsUnavailableError, MissingDependencyError) as exc:
         if not str(source).startswith("synthetic:"):
             raise WeightsUnavailableError(
@@ -544,7 +680,7 @@ def default_teacher(source: str = "synthetic:"):
                 f"name the teacher: --teacher {DEFAULT_TEACHER} once its weights are downloaded, another open_clip "
                 f"model, or --teacher {OFFLINE_TEACHER} for the offline toy teacher (256-d, synthetic shapes only)"
             ) from exc
-        return load_teacher(OFFLINE_TEACHER)
+        return load_teacher(OFFLINE_TEACHER, **kwargs)
     finally:
         if previous is None:
             os.environ.pop("CLIP_GS_OFFLINE", None)
@@ -559,12 +695,17 @@ def prepare_dataset(
     captions: str | os.PathLike | None = None,
     settings: PrepareSettings | None = None,
     work_dir: str | os.PathLike | None = None,
-    batch_objects: int = 16,
     overwrite: bool = False,
     progress: bool = True,
     limit: int | None = None,
     storage_options: dict | None = None,
     min_caption_coverage: float = 1.0,
+    device: str = "cpu",
+    precision: str = "fp32",
+    workers: int = 1,
+    num_nodes: int = 1,
+    node_rank: int = 0,
+    merge: bool = False,
 ) -> PrepareSummary:
     """Prepare ``source`` into triplet shards under ``out`` (see the module docstring).
 
@@ -577,8 +718,6 @@ def prepare_dataset(
         captions: optional captions file (:func:`read_captions`).
         settings: :class:`PrepareSettings` (defaults when None).
         work_dir: where finished per-object records are kept between runs (:func:`default_work_dir`).
-        batch_objects: objects loaded and rendered per step (the teacher embeds each object's
-            views and captions in one call of its own, see the comment in the loop).
         overwrite: start afresh, discarding earlier records under ``work_dir``.
         progress: progress bars per stage.
         limit: stop after this many newly prepared objects without writing shards (what a kill
@@ -587,33 +726,45 @@ def prepare_dataset(
             :func:`~clip_gs.data.shards.write_split` takes them.
         min_caption_coverage: with a captions file, the share of objects it must caption
             (default: all of them; :func:`check_caption_coverage`), checked before any work.
+        device: where the teacher, the rendering and fits run (``cpu``, ``cuda``, ``cuda:N``);
+            recorded, since floats differ between devices.
+        precision: the teacher's precision (``fp32``, ``bf16``, ``fp16`` on CUDA); recorded.
+        workers: processes on this machine (LitData's ``map``, :mod:`clip_gs.data.parallel`);
+            the result does not depend on it.
+        num_nodes, node_rank: with ``num_nodes > 1``, prepare only this node's hash share and write
+            it as a part under ``<out>/parts/`` (no dataset yet); see :mod:`clip_gs.data.parallel`.
+        merge: with ``num_nodes > 1``, merge the finished parts of all nodes into the dataset
+            (byte for byte the single-process one), then remove the parts.
 
     Returns:
         :class:`PrepareSummary`.
 
     Raises:
         DatasetError: a resumed run with other settings or another teacher, no objects at all, a
-            captions file that captions too few of them.
+            captions file that captions too few of them, missing parts at a merge.
         WeightsUnavailableError: no ``teacher`` for a folder source, and no cached EVA02-E-14-plus.
     """
     from tqdm.auto import tqdm
 
     import clip_gs
+    from clip_gs.data import parallel
 
     settings = settings or PrepareSettings()
     if not 0.0 <= min_caption_coverage <= 1.0:
         raise ConfigError(f"min_caption_coverage must lie in [0, 1], got {min_caption_coverage}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    parallel.check_nodes(num_nodes, node_rank)
+    if merge and num_nodes == 1:
+        raise ConfigError("merge joins the parts of several nodes: give num_nodes > 1")
+    spec = teacher if isinstance(teacher, str) else None
     named = teacher is not None
-    if teacher is None:
-        teacher = default_teacher(str(source))
-    elif isinstance(teacher, str):
-        from clip_gs.teachers import load_teacher
-
-        teacher = load_teacher(teacher)
+    teacher = _load_teacher(teacher, source, device, precision)
     if progress:  # before any work: days of embeddings should not find out at the end which teacher made them
         why = "named" if named else "the default: the paper's, cached" if "EVA02" in str(teacher.identity) else (
             "the default for synthetic sources")  # fmt: skip
-        print(f"prepare: teacher {teacher.identity} ({why}; {teacher.embed_dim}-d)", file=sys.stderr, flush=True)
+        print(f"prepare: teacher {teacher.identity} ({why}; {teacher.embed_dim}-d) on {device} in {precision}",
+              file=sys.stderr, flush=True)  # fmt: skip
     from clip_gs.teachers.base import check_view_background
 
     check_view_background(teacher, settings.background)
@@ -626,17 +777,7 @@ def prepare_dataset(
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     image_size = settings.image_size or int(teacher.image_size)
-    recorded_settings = asdict(settings)
-    if recorded_settings["synthetic_pose"] == "random":  # the default: folders prepared before poses existed resume
-        del recorded_settings["synthetic_pose"]
-    if recorded_settings["max_gaussians"] is None:  # likewise for folders prepared before the cap
-        del recorded_settings["max_gaussians"]
-    if recorded_settings["gaussians"] == "surface":  # likewise for folders prepared before fitted Gaussians
-        for name in ("gaussians", "fit_iterations", "fit_views", "fit_size"):
-            del recorded_settings[name]
-    fingerprint = {"source": str(source), "settings": recorded_settings, "image_size": image_size,
-                   "teacher": str(teacher.identity),
-                   "captions": None if captions is None else hashlib.sha256(Path(captions).read_bytes()).hexdigest()}  # fmt: skip
+    fingerprint = _fingerprint(source, settings, image_size, teacher, captions, device, precision)
     recorded = work / "settings.json"
     if recorded.exists():
         earlier = json.loads(recorded.read_text())
@@ -657,80 +798,63 @@ def prepare_dataset(
         coverage = sum(bool(item.captions) for item in items) / len(items)
     summary = PrepareSummary(out=out, total=len(items), teacher=str(teacher.identity))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
-    finished = {it.id: meta for it in items if (meta := _finished_meta(work, it)) is not None}
-    todo = [it for it in items if it.id not in finished]
-    summary.reused = len(finished)
-    bar = tqdm(total=len(todo), desc="prepare: load, render, embed", unit="obj", disable=not progress)
-    done_now = 0
-    streak: list[str] = []  # the teacher's consecutive failures while nothing has succeeded
-    for start in range(0, len(todo), batch_objects):
-        if limit is not None and done_now >= limit:
-            break
-        group = todo[start : start + batch_objects]
+    if merge:
+        parts = parallel.read_parts(out, num_nodes, fingerprint, storage_options)
+        finished = {m["id"]: m for part in parts for m in part["metas"]}
+        summary.failures = sorted((f for part in parts for f in part["failures"]), key=lambda f: f["id"])
+        accounted = set(finished) | {f["id"] for f in summary.failures}
+        if accounted != {it.id for it in items}:
+            unknown = sorted(accounted ^ {it.id for it in items})
+            raise DatasetError(f"{join(out, parallel.PARTS)}: the parts do not hold the objects of {source} "
+                               f"(e.g. {', '.join(unknown[:5])}); were they prepared from another source?")  # fmt: skip
+        records_of = {split: parallel.merged_records(parts, split, storage_options) for split in SPLITS}
+        summary.reused = len(finished)
+    else:
+        if num_nodes > 1:
+            items = parallel.node_share(items, num_nodes, node_rank)
+            summary.total = len(items)
+        finished = {it.id: meta for it in items if (meta := _finished_meta(work, it)) is not None}
+        todo = [it for it in items if it.id not in finished]
+        summary.reused = len(finished)
         if limit is not None:
-            group = group[: limit - done_now]
-        loaded = []
-        for item in group:
-            try:
-                if settings.gaussians == "fitted" and is_mesh_source(item):
-                    from clip_gs.data.assets import default_up_axis
-
-                    up = default_up_axis(item.source) if settings.up == "auto" else settings.up
-                    cloud, images, cameras, fit = fit_source(item, settings, image_size, up)
-                    item_captions = item.captions
-                else:
-                    cloud, item_captions, up = load_source(item, settings)
-                    images, cameras = render_views(cloud, settings, image_size, up)
-                    fit = None
-                cloud, resampled = cap_gaussians(cloud, settings, item)
-                loaded.append((item, cloud, item_captions, images, cameras, fit, resampled))
-            except Exception as exc:  # noqa: BLE001 - every per-object fault is listed and the run goes on
-                _fatal_or_listed(exc, item, "load", summary)
-        for item, cloud, item_captions, images, cameras, fit, resampled in loaded:
-            try:
-                # One teacher call per object: batch composition changes float results slightly, so
-                # embedding object by object makes a resumed run equal an uninterrupted one.
-                text_emb = (
-                    teacher.encode_text(list(item_captions)) if item_captions else torch.zeros(0, teacher.embed_dim)
-                )
-                image_emb = teacher.encode_images(images)
-                for what, emb in (("caption", text_emb), ("view", image_emb)):
-                    bad = ~torch.isfinite(emb).all(dim=-1)
-                    if bool(bad.any()):
-                        raise DatasetError(f"{item.id}: the teacher returned non-finite {what} embeddings "
-                                           f"(rows {bad.nonzero().flatten().tolist()[:8]}); the object is not stored")  # fmt: skip
-                sample = TripletSample(
-                    id=item.id, source=item.source, cloud=cloud.to(dtype=torch.float32), captions=tuple(item_captions),
-                    label=item.label, text_embeddings=text_emb, image_embeddings=image_emb,
-                    viewmats=cameras.viewmats, Ks=cameras.Ks, fit=fit,
-                )  # fmt: skip
-                record = sample.to_record()
-                split = item.split or split_of(item.id, settings)
-                key = _key(item.id)
-                _atomic_write(work / f"{key}.blob", record["blob"])
-                meta = {"id": item.id, "sha256": record["sha256"], "split": split, "label": item.label,
-                        "input": _input_fingerprint(item)}  # fmt: skip
-                if fit is not None:
-                    meta["fit"] = fit
-                if resampled is not None:
-                    meta["resampled_from"] = resampled
-                _atomic_write(work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
+            todo = todo[:limit]
+        preparer = ObjectPreparer(spec if workers > 1 and spec is not None else teacher, settings, image_size, work,
+                                  device, precision, succeeded_before=len(finished))  # fmt: skip
+        if workers > 1 and todo:
+            if progress:
+                print(f"prepare: {len(todo)} objects on {workers} workers", file=sys.stderr, flush=True)
+            parallel.run_workers(preparer, todo, workers)
+        else:
+            bar, failed_now = tqdm(todo, desc="prepare: load, render, embed", unit="obj", disable=not progress), 0
+            for item in bar:
+                if preparer(item) is None:
+                    failed_now += 1
+                    bar.set_postfix(failed=failed_now)
+            bar.close()
+        for item in todo:
+            meta = _finished_meta(work, item)
+            if meta is not None:
                 finished[item.id] = meta
-                summary.resampled += resampled is not None
-                streak.clear()
-            except Exception as exc:  # noqa: BLE001 - the teacher's faults too (a CUDA OOM on one object)
-                _fatal_or_listed(exc, item, "teacher", summary, streak, succeeded=len(finished))
-        done_now += len(group)
-        bar.update(len(group))
-        bar.set_postfix(failed=len(summary.failures))
-    bar.close()
+            else:
+                summary.failures.append(_failure_of(work, item) or {
+                    "path": item.source, "id": item.id, "error": "DatasetError", "message": "no record was written",
+                    "stage": "worker"})  # fmt: skip
+        records_of = {split: None for split in SPLITS}
     summary.failed = len(summary.failures)
+    summary.resampled = sum("resampled_from" in m for m in finished.values())
+    if num_nodes > 1 and not merge:
+        metas = list(finished.values())
+        summary.succeeded = len(metas)
+        summary.counts = {split: sum(m["split"] == split for m in metas) for split in SPLITS}
+        summary.out = parallel.write_part(out, node_rank, num_nodes, fingerprint, metas, summary.failures,
+                                          lambda ms: _work_records(work, ms), storage_options)  # fmt: skip
+        return summary
     if not remote:
         Path(out).mkdir(parents=True, exist_ok=True)
     if summary.failures or failures_path.exists():
         failures_path.write_text("".join(json.dumps(f) + "\n" for f in summary.failures))
-    if limit is not None and done_now >= limit and len(todo) > limit:
-        summary.succeeded = summary.reused + done_now - summary.failed
+    if limit is not None and not merge and len(finished) < len(items) - summary.failed:
+        summary.succeeded = len(finished)
         return summary
 
     metas = sorted(finished.values(), key=lambda m: m["id"])
@@ -759,7 +883,8 @@ def prepare_dataset(
             shutil.rmtree(target)
         split_metas = [m for m in metas if m["split"] == split]
         if split_metas:
-            write_split(_work_records(work, split_metas), target, storage_options=storage_options)
+            records = records_of[split] if merge else _work_records(work, split_metas)
+            write_split(records, target, storage_options=storage_options)
         before[split] = contents[split]
         _atomic_write(written, json.dumps(before).encode())
     if before.get("manifest") != contents["manifest"]:
@@ -767,10 +892,50 @@ def prepare_dataset(
         if labels:  # zero-shot validation and evaluation then never run the teacher
             from clip_gs.teachers import TEMPLATES, zero_shot_weights
 
-            weights = zero_shot_weights(teacher, labels, TEMPLATES)
+            with _torch_threads(1) if torch.device(device).type == "cpu" else contextlib.nullcontext():
+                weights = zero_shot_weights(teacher, labels, TEMPLATES).float().cpu()
             write_label_embeddings(out, labels, weights, str(teacher.identity), TEMPLATES, storage_options)
     _atomic_write(written, json.dumps(contents).encode())
+    if merge:
+        parallel.remove_parts(out, storage_options)
     return summary
+
+
+def _load_teacher(teacher, source: str, device: str, precision: str):
+    """The run's teacher on ``device`` in ``precision`` (see :func:`prepare_dataset`)."""
+    if teacher is None:
+        teacher = default_teacher(str(source), device=device, precision=precision)
+    elif isinstance(teacher, str):
+        from clip_gs.teachers import load_teacher
+
+        teacher = load_teacher(teacher, device=device, precision=precision)
+    elif hasattr(teacher, "to") and hasattr(teacher, "precision"):  # a Teacher built by the caller
+        if teacher.precision != precision:
+            raise ConfigError(f"the teacher given runs in {teacher.precision}, but precision {precision!r} was asked for")
+        teacher.to(device)
+    return teacher
+
+
+def _fingerprint(source, settings: PrepareSettings, image_size: int, teacher, captions, device: str,
+                 precision: str) -> dict:  # fmt: skip
+    """What the records depend on (``<work>/settings.json``, the parts): a resumed run, a node's part
+    and a merge must agree on it. Defaults added after datasets existed are left out, so that those
+    datasets resume."""
+    recorded_settings = asdict(settings)
+    if recorded_settings["synthetic_pose"] == "random":
+        del recorded_settings["synthetic_pose"]
+    if recorded_settings["max_gaussians"] is None:
+        del recorded_settings["max_gaussians"]
+    if recorded_settings["gaussians"] == "surface":
+        for name in ("gaussians", "fit_iterations", "fit_views", "fit_size"):
+            del recorded_settings[name]
+    found = {"source": str(source), "settings": recorded_settings, "image_size": image_size,
+             "teacher": str(teacher.identity),
+             "captions": None if captions is None else hashlib.sha256(Path(captions).read_bytes()).hexdigest()}  # fmt: skip
+    kind = torch.device(device).type
+    if kind != "cpu" or precision != "fp32":
+        found["compute"] = {"device": kind, "precision": precision}
+    return found
 
 
 __all__ = [
@@ -779,6 +944,7 @@ __all__ = [
     "GAUSSIAN_KINDS",
     "MESH_GAUSSIANS",
     "OBJAVERSE_SHARD",
+    "ObjectPreparer",
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",

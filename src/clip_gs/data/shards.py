@@ -416,19 +416,32 @@ class TripletShardDataset(StreamingDataset):
             return index, bisect.bisect_right(self._chunk_starts, index) - 1
         raise TypeError(f"{type(self).__name__} is indexed by an int (got {type(index).__name__})")
 
-    def __getitem__(self, index: Any) -> Any:
+    def record(self, index: Any) -> tuple[dict, str]:
+        """``(raw record {"id", "sha256", "blob"}, where)`` of ``index``, not decoded (the checksum is
+        checked by whoever decodes or rewrites it: :meth:`TripletSample.from_record`, :func:`write_split`)."""
         global_index, chunk_index = self._locate(index)
         where = self.where(global_index, chunk_index)
         try:
-            record = super().__getitem__(index)
+            return super().__getitem__(index), where
         except OSError:
             raise
         except Exception as exc:  # a chunk whose framing no longer parses
             raise CorruptSampleError(f"{where}: cannot read the record ({type(exc).__name__}: {exc})") from exc
+
+    def __getitem__(self, index: Any) -> Any:
+        record, where = self.record(index)
+        global_index = self._locate(index)[0]
         sample = TripletSample.from_record(record, where)
         if self.sample_transform is None:
             return sample
         return self.sample_transform(sample, index=global_index, epoch=max(self.current_epoch - 1, 0))
+
+
+def iter_records(split_dir: str, storage_options: dict | None = None, cache_dir: str | None = None) -> Iterable[dict]:
+    """The raw records of a split (local or s3) in the order :func:`write_split` wrote them."""
+    dataset = TripletShardDataset(split_dir, cache_dir=cache_dir, storage_options=storage_options)
+    for index in range(len(dataset)):
+        yield dataset.record(index)[0]
 
 
 __all__ = [
@@ -438,6 +451,7 @@ __all__ = [
     "allow_plain_http_endpoint",
     "default_cache_dir",
     "is_remote",
+    "iter_records",
     "join",
     "read_manifest",
     "write_manifest",
