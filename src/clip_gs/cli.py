@@ -125,7 +125,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     summary = prepare_dataset(
         args.source, args.out, teacher=args.teacher, captions=args.captions, settings=settings,
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
-        min_caption_coverage=args.min_caption_coverage,
+        min_caption_coverage=args.min_caption_coverage, device=args.device, precision=args.precision,
+        workers=args.workers, num_nodes=args.num_nodes, node_rank=args.node_rank, merge=args.merge,
+        storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None,
     )  # fmt: skip
     for failure in summary.failures:
         print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
@@ -320,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
     prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")
+    prepare.add_argument("--device", default="cpu", help="teacher, rendering and fits: cpu, cuda (each worker "
+                         "its own GPU) or cuda:N")
+    prepare.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="the teacher's precision")
+    prepare.add_argument("--workers", type=int, default=1, help="processes on this machine (LitData map); same result")
+    prepare.add_argument("--num-nodes", type=int, default=1, help="machines sharing the work (each takes a hash share)")
+    prepare.add_argument("--node-rank", type=int, default=0, help="this machine's rank in [0, --num-nodes)")
+    prepare.add_argument("--merge", action="store_true", help="with --num-nodes: merge the finished parts into one dataset")
+    prepare.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// outputs (else boto3's default)")
     prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
     prepare.add_argument("--overwrite", action="store_true", help="discard records of an earlier run")
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -155,12 +155,15 @@ class PrepareSummary:
     failures: list[dict] = field(default_factory=list)
     teacher: str = ""
     resampled: int = 0
+    merged_parts: int = 0
 
     def line(self) -> str:
         split_counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        origin = (f"merged from {self.merged_parts} node parts" if self.merged_parts
+                  else f"{self.reused} reused from an earlier run")  # fmt: skip
         return (
             f"prepared {self.succeeded} of {self.total} objects into {self.out} ({split_counts}); "
-            f"{self.reused} reused from an earlier run, {self.failed} failed"
+            f"{origin}, {self.failed} failed"
             + (" (see failures.jsonl)" if self.failed else "")
             + (f"; {self.resampled} resampled to --max-gaussians" if self.resampled else "")
             + f"; teacher {self.teacher}"
@@ -622,7 +625,7 @@ def _key(item_id: str) -> str:
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the whole new one: a temporary
     file, fsynced, renamed over ``path``, then the folder fsynced (the rename itself made durable)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing the work folder never collide
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -808,7 +811,7 @@ def prepare_dataset(
             raise DatasetError(f"{join(out, parallel.PARTS)}: the parts do not hold the objects of {source} "
                                f"(e.g. {', '.join(unknown[:5])}); were they prepared from another source?")  # fmt: skip
         records_of = {split: parallel.merged_records(parts, split, storage_options) for split in SPLITS}
-        summary.reused = len(finished)
+        summary.merged_parts = len(parts)
     else:
         if num_nodes > 1:
             items = parallel.node_share(items, num_nodes, node_rank)

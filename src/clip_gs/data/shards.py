@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -152,11 +153,17 @@ def write_split(
     invalidate its cache) is a digest of the chunk files instead of a wall-clock time, so the
     same records give byte-identical files, and changed content gets a fresh cache.
 
+    To ``s3://`` each chunk is uploaded as soon as the writer finishes it and then deleted
+    locally (local disk holds about one chunk, never the split), with its SHA-256 as object
+    metadata; ``index.json`` goes last, so a prefix without it is an unfinished upload. Writing the
+    same records again to such a prefix **resumes** it: chunks already there with the same digest
+    are kept, not uploaded again.
+
     Args:
         records: ``TripletSample.to_record()`` dicts (or :class:`TripletSample` objects); ids
             must be unique and each ``sha256`` must match its blob (checked here).
         output_dir: a local folder (created; must be empty or absent) or ``s3://bucket/prefix/split``
-            (must not hold a dataset yet; written via a local staging folder, then uploaded).
+            (must not hold a finished dataset).
         chunk_bytes: maximum bytes per chunk (``"4MB"``, or an int); see the module docstring.
         storage_options: boto3 client options for s3 (``endpoint_url``, credentials, ...).
 
@@ -164,23 +171,27 @@ def write_split(
         The number of records written.
 
     Raises:
-        DatasetError: no records, an invalid or duplicate record, or an existing dataset at
-            ``output_dir``.
+        DatasetError: no records, an invalid or duplicate record, an existing dataset at
+            ``output_dir``, or an unfinished upload there of other content.
     """
     output_dir = str(output_dir)
-    remote = is_remote(output_dir)
-    if remote:
-        bucket, key = _split_url(output_dir)
-        client = _s3_client(storage_options)
-        listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
-        if listing.get("KeyCount", 0):
-            raise DatasetError(f"{output_dir}: already holds objects; refusing to overwrite a dataset")
-        staging_parent = tempfile.mkdtemp(prefix="clip-gs-write-")
-        staging = os.path.join(staging_parent, "split")
-    else:
+    remote = _RemoteSplit(output_dir, storage_options) if is_remote(output_dir) else None
+    if remote is None:
         staging_parent, staging = None, output_dir
         if os.path.isdir(staging) and os.listdir(staging):
             raise DatasetError(f"{output_dir}: folder is not empty; refusing to overwrite a dataset")
+    else:
+        staging_parent = tempfile.mkdtemp(prefix="clip-gs-write-")
+        staging = os.path.join(staging_parent, "split")
+    digests: dict[str, bytes] = {}
+
+    def finished(path: str) -> None:
+        with open(path, "rb") as f:
+            digests[os.path.basename(path)] = hashlib.sha256(f.read()).digest()
+        if remote is not None:
+            remote.upload(path, digests[os.path.basename(path)].hex())
+            os.remove(path)
+
     try:
         os.makedirs(staging, exist_ok=True)
         writer = BinaryWriter(staging, chunk_bytes=chunk_bytes)
@@ -192,34 +203,77 @@ def write_split(
         for count, record in enumerate(records, start=1):
             if isinstance(record, TripletSample):
                 record = record.to_record()
-            writer.add_item(count - 1, _check_record(record, count - 1, seen))
+            chunk = writer.add_item(count - 1, _check_record(record, count - 1, seen))
+            if chunk:
+                finished(chunk)
         if count == 0:
             raise DatasetError(f"{output_dir}: no records to write (LitData cannot read an empty dataset)")
-        writer.done()
-        _finalize_index(staging)
-        if remote:
-            for name in sorted(os.listdir(staging)):
-                client.upload_file(os.path.join(staging, name), bucket, f"{key}/{name}")
+        for chunk in writer.done():
+            finished(chunk)
+        index = _finalize_index(staging, digests)
+        if remote is not None:
+            remote.finish(index)
         return count
     finally:
         if staging_parent is not None:
             shutil.rmtree(staging_parent, ignore_errors=True)
 
 
-def _finalize_index(folder: str) -> None:
-    """Turn the writer's ``0.index.json`` into ``index.json`` with a content-derived ``updated_at``."""
+class _RemoteSplit:
+    """The ``s3://`` side of :func:`write_split`: refuses a finished dataset, uploads chunks as they
+    come (skipping those an interrupted upload of the same content left), then the index."""
+
+    def __init__(self, url: str, storage_options: dict | None) -> None:
+        self.url = url
+        self.bucket, self.key = _split_url(url)
+        self.client = _s3_client(storage_options)
+        self.existing: set[str] = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.key}/"):
+            self.existing.update(obj["Key"][len(self.key) + 1 :] for obj in page.get("Contents", []))
+        if _INDEX in self.existing:
+            raise DatasetError(f"{url}: already holds a dataset; refusing to overwrite it (write to a new prefix)")
+        strangers = sorted(name for name in self.existing if not re.fullmatch(r"chunk-\d+-\d+\.bin", name))
+        if strangers:
+            raise DatasetError(f"{url}: holds objects that are not chunks of a split ({', '.join(strangers[:3])}); "
+                               "refusing to write there")  # fmt: skip
+        self.uploaded: list[str] = []
+
+    def upload(self, path: str, sha256: str) -> None:
+        name = os.path.basename(path)
+        key = f"{self.key}/{name}"
+        if name in self.existing:
+            found = self.client.head_object(Bucket=self.bucket, Key=key).get("Metadata", {}).get("sha256")
+            if found == sha256:
+                self.uploaded.append(name)
+                return  # left by an interrupted upload of the same records
+            raise DatasetError(f"{self.url}/{name}: an unfinished upload of other content is there; "
+                               "write to a new prefix (or delete that one)")  # fmt: skip
+        self.client.upload_file(path, self.bucket, key, ExtraArgs={"Metadata": {"sha256": sha256}})
+        self.uploaded.append(name)
+
+    def finish(self, index_path: str) -> None:
+        leftovers = sorted(self.existing - set(self.uploaded))
+        if leftovers:  # chunks of an interrupted upload beyond this split's end
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": f"{self.key}/{n}"} for n in leftovers]})
+        self.client.upload_file(index_path, self.bucket, f"{self.key}/{_INDEX}")
+
+
+def _finalize_index(folder: str, digests: dict[str, bytes]) -> str:
+    """Turn the writer's ``0.index.json`` into ``index.json`` with a content-derived ``updated_at``
+    (from ``digests``: each chunk file's SHA-256); returns its path."""
     part = os.path.join(folder, f"0.{_INDEX}")
     with open(part) as f:
         data = json.load(f)
     digest = hashlib.sha256()
     for chunk in data["chunks"]:
-        with open(os.path.join(folder, chunk["filename"]), "rb") as f:
-            digest.update(chunk["filename"].encode() + b"\0" + hashlib.sha256(f.read()).digest())
+        digest.update(chunk["filename"].encode() + b"\0" + digests[chunk["filename"]])
     # updated_at is only compared for equality and used as a folder name by LitData's cache.
     index = {"chunks": data["chunks"], "config": data["config"], "updated_at": digest.hexdigest()[:32]}
-    with open(os.path.join(folder, _INDEX), "w") as f:
+    path = os.path.join(folder, _INDEX)
+    with open(path, "w") as f:
         json.dump(index, f, sort_keys=True)
     os.remove(part)
+    return path
 
 
 # ---------------------------------------------------------------------------- manifest
