@@ -7,7 +7,8 @@
 #   1. the CUDA tests: gsplat against the CPU rasterizer, GPU paths of the model (pytest -m "not slow" -k cuda)
 #   2. the paper's fit: 5,000 iterations at SH 0, 512 px, 36 views of a real mesh, on CUDA (goal: <= 30 s, >= 33 dB)
 #   3. bf16 training on CUDA: clip-gs fit of the quick-start config on 200 synthetic objects, bf16-mixed
-# (The teacher on CUDA needs prepare's --device, issue #20; add its step here when it lands.)
+#   4. prepare on CUDA (teacher and gsplat rendering): objects/s of 1 and 2 workers, bf16 teacher, and
+#      the same dataset twice on the same device (determinism)
 set -uo pipefail
 out=${1:-gpu-check}
 mkdir -p "$out"
@@ -28,4 +29,8 @@ step paper-fit python benchmarks/bench_fit.py "$mesh" --iterations 5000 --size 5
 step bf16-fit clip-gs fit --config examples/configs/quickstart.yaml --data.root synthetic:200 \
   --trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed --trainer.max_steps 50 \
   --trainer.default_root_dir "$out/run"
+step prepare-cuda python benchmarks/bench_prepare.py --workers 1 2 --objects 400 --views 8 --device cuda
+step prepare-bf16 bash -c "clip-gs prepare synthetic:64 --out $out/p1 --teacher synthetic-clip --device cuda \
+  --precision bf16 --quiet && clip-gs prepare synthetic:64 --out $out/p2 --teacher synthetic-clip --device cuda \
+  --precision bf16 --quiet && diff -r --exclude=.work $out/p1 $out/p2 && echo identical"
 exit $status

@@ -567,7 +567,7 @@ class ObjectPreparer:
         )  # fmt: skip
         record = sample.to_record()
         key = _key(item.id)
-        _atomic_write(self.work / f"{key}.blob", record["blob"])
+        _atomic_write(self.work / f"{key}.blob", record["blob"], sync_folder=False)
         meta = {"id": item.id, "sha256": record["sha256"], "split": item.split or split_of(item.id, self.settings),
                 "label": item.label, "input": _input_fingerprint(item)}  # fmt: skip
         if fit is not None:
@@ -622,15 +622,19 @@ def _key(item_id: str) -> str:
     return hashlib.sha256(item_id.encode()).hexdigest()[:24]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the whole new one: a temporary
-    file, fsynced, renamed over ``path``, then the folder fsynced (the rename itself made durable)."""
+    file, fsynced, renamed over ``path``, then the folder fsynced (the rename itself made durable).
+    ``sync_folder=False`` leaves the last step to a later write in the same folder (a record's blob:
+    its meta, written next, syncs the folder, and a meta whose blob is missing is redone)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing the work folder never collide
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    if not sync_folder:
+        return
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
