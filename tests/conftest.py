@@ -99,3 +99,36 @@ def trained_run(tmp_path_factory) -> TrainedRun:
                             seed=data["seed"], synthetic_views=data["synthetic_views"],
                             synthetic_pose=data["synthetic_pose"])  # fmt: skip
     return TrainedRun(model_dir=export, data_root=Path(dm.dataset_root))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3-compatible server (moto) on 127.0.0.1 with dummy credentials."""
+    moto_server = pytest.importorskip("moto.server")
+    from litdata.streaming import downloader
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    # restored afterwards: the plain-http switch is process-global
+    monkeypatch.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", "false")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield {"endpoint_url": f"http://{host}:{port}"}
+    finally:
+        server.stop()

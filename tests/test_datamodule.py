@@ -442,31 +442,7 @@ def test_plain_http_switch_only_for_http_endpoints(monkeypatch):
     assert downloader._OBSTORE_CLIENT_OPTIONS["allow_http"] == "true"
 
 
-# ---------------------------------------------------------------------------- S3 (moto)
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A local S3-compatible server (moto) on 127.0.0.1 with dummy credentials."""
-    moto_server = pytest.importorskip("moto.server")
-    from litdata.streaming import downloader
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    # restored afterwards: the plain-http switch is process-global
-    monkeypatch.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", "false")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield {"endpoint_url": f"http://{host}:{port}"}
-    finally:
-        server.stop()
-
-
+# ---------------------------------------------------------------------------- S3 (moto: the s3_server fixture in conftest.py)
 def test_stream_from_s3_equals_local_copy(s3_server, dataset_root, tmp_path, monkeypatch):
     import boto3
 

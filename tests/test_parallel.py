@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from clip_gs import save_gaussians
 from clip_gs.data.parallel import node_share
@@ -19,7 +20,7 @@ from clip_gs.data.prepare import PrepareSettings, SourceItem, prepare_dataset
 from clip_gs.data.shards import iter_records, write_split
 from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsError
 from tests.test_cloud import random_cloud
-from tests.test_datamodule import fake_sample, s3_server  # noqa: F401 - the fixture
+from tests.test_datamodule import fake_sample
 
 SETTINGS = PrepareSettings(views=2, synthetic_gaussians=512, val_fraction=0.2, test_fraction=0.2)
 CLI_SETTINGS = ["--teacher", "synthetic-clip", "--views", "2", "--synthetic-gaussians", "512",
@@ -187,3 +188,41 @@ def test_precision_is_recorded_and_a_resume_in_another_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         prepare_dataset("synthetic:2", tmp_path / "fp16", teacher="synthetic-clip", settings=settings, progress=False,
                         precision="fp16")  # fmt: skip
+
+
+def test_precomputed_embeddings_replace_rendering_and_give_the_same_dataset(tmp_path, single_process):
+    from clip_gs.data.precomputed import write_embeddings
+    from clip_gs.data.shards import TripletShardDataset
+    from clip_gs.teachers import load_teacher
+
+    teacher = load_teacher("synthetic-clip")
+    rendered = tmp_path / "rendered"
+    for split in ("train", "val", "test"):  # the single-process dataset's records, as a user's feature files
+        (rendered / split).mkdir(parents=True)
+        (rendered / split / "index.json").write_bytes(single_process[f"{split}/index.json"])
+        (rendered / split / "chunk-0-0.bin").write_bytes(single_process[f"{split}/chunk-0-0.bin"])
+        for sample in TripletShardDataset(rendered / split):
+            write_embeddings(tmp_path / "features" / f"{sample.id}.safetensors", sample.image_embeddings,
+                             str(teacher.identity), sample.text_embeddings, sample.viewmats, sample.Ks)  # fmt: skip
+    summary = prepare_dataset("synthetic:12", tmp_path / "out", teacher=teacher, settings=SETTINGS, progress=False,
+                              embeddings=tmp_path / "features")  # fmt: skip
+    assert summary.succeeded == 12
+    assert dataset_bytes(tmp_path / "out") == single_process  # no view rendered, the same dataset
+    # prepare's own orbit, declared: its cameras are recorded; the teacher embeds the captions
+    write_embeddings(tmp_path / "orbit" / "synthetic-000000.safetensors", torch.ones(2, teacher.embed_dim) / 16,
+                     "synthetic-clip")  # fmt: skip
+    one = prepare_dataset("synthetic:1", tmp_path / "out-orbit", teacher=teacher, settings=SETTINGS, progress=False,
+                          embeddings=tmp_path / "orbit")  # fmt: skip
+    assert one.succeeded == 1
+    # refused, named: objects without a file; another teacher; another width
+    with pytest.raises(DatasetError, match=r"no precomputed embeddings for 1 of 2 objects \(synthetic-000001\)"):
+        prepare_dataset("synthetic:2", tmp_path / "x", teacher=teacher, settings=SETTINGS, progress=False,
+                        embeddings=tmp_path / "orbit")  # fmt: skip
+    write_embeddings(tmp_path / "bad" / "synthetic-000000.safetensors", torch.ones(2, 8), "open_clip:ViT-B-32/openai")
+    failed = prepare_dataset("synthetic:1", tmp_path / "y", teacher=teacher, settings=SETTINGS, progress=False,
+                             embeddings=tmp_path / "bad")  # fmt: skip
+    assert failed.failed == 1 and "embeddings of teacher 'open_clip:ViT-B-32/openai'" in failed.failures[0]["message"]
+    write_embeddings(tmp_path / "wide" / "synthetic-000000.safetensors", torch.ones(2, 8), "synthetic-clip")
+    failed = prepare_dataset("synthetic:1", tmp_path / "z", teacher=teacher, settings=SETTINGS, progress=False,
+                             embeddings=tmp_path / "wide")  # fmt: skip
+    assert f"image_embeddings must be [V >= 1, {teacher.embed_dim}], got [2, 8]" in failed.failures[0]["message"]

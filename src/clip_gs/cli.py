@@ -128,6 +128,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         min_caption_coverage=args.min_caption_coverage, device=args.device, precision=args.precision,
         workers=args.workers, num_nodes=args.num_nodes, node_rank=args.node_rank, merge=args.merge,
         storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None,
+        embeddings=args.embeddings,
     )  # fmt: skip
     for failure in summary.failures:
         print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
     prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")
+    prepare.add_argument("--embeddings", default=None, help="folder of precomputed embeddings, <id or uid>.safetensors "
+                         "per object (clip_gs.data.precomputed): no rendering, no image tower")
     prepare.add_argument("--device", default="cpu", help="teacher, rendering and fits: cpu, cuda (each worker "
                          "its own GPU) or cuda:N")
     prepare.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="the teacher's precision")

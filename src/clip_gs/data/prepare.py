@@ -140,6 +140,9 @@ class SourceItem:
     captions: tuple[str, ...] = ()
     label: str | None = None
     split: str | None = None
+    embeddings: str | None = None
+    """A precomputed embeddings file (:mod:`clip_gs.data.precomputed`) that replaces rendering and
+    the teacher's image tower."""
 
 
 @dataclass
@@ -509,11 +512,11 @@ class ObjectPreparer:
         stage = "load"
         try:
             with _torch_threads(1) if torch.device(device).type == "cpu" else contextlib.nullcontext():
-                cloud, captions, images, cameras, fit, resampled = self._load(item, device)
+                cloud, captions, views, cameras, fit, resampled = self._load(item, device)
                 stage = "teacher"
-                text_emb, image_emb = self._embed(item, captions, images, device)
-                meta = self._store(item, cloud, captions, images, cameras, fit, resampled, text_emb, image_emb)
-        except Exception as exc:  # noqa: BLE001 - every per-object fault is listed and the run goes on
+                text_emb, image_emb = self._embed(item, captions, views, device)
+                meta = self._store(item, cloud, captions, cameras, fit, resampled, text_emb, image_emb)
+        except Exception as exc:  # every per-object fault is listed and the run goes on
             _fatal(exc, item)
             failure = {"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc),
                        "stage": stage}  # fmt: skip
@@ -531,7 +534,21 @@ class ObjectPreparer:
         return meta
 
     def _load(self, item: SourceItem, device: str):
+        """``(cloud, captions, views, (viewmats, Ks), fit facts, original count)``; ``views`` are uint8
+        images, or the ``(text or None, image)`` embeddings of a precomputed file."""
         settings = self.settings
+        if item.embeddings is not None:
+            from clip_gs.data.precomputed import read_embeddings
+            from clip_gs.render import orbit_cameras
+
+            cloud, captions, up = load_source(item, settings)
+            text, image, viewmats, Ks = read_embeddings(item.embeddings, self._teacher(device), captions)
+            if viewmats is None:  # the file says its views were prepare's orbit
+                orbit = orbit_cameras(len(image), elevation_deg=settings.elevation_deg, width=self.image_size,
+                                      height=self.image_size, up=up)  # fmt: skip
+                viewmats, Ks = orbit.viewmats, orbit.Ks
+            cloud, resampled = cap_gaussians(cloud, settings, item)
+            return cloud, captions, (text, image), (viewmats, Ks), None, resampled
         if settings.gaussians == "fitted" and is_mesh_source(item):
             from clip_gs.data.assets import default_up_axis
 
@@ -543,14 +560,17 @@ class ObjectPreparer:
             images, cameras = render_views(cloud, settings, self.image_size, up, device)
             fit = None
         cloud, resampled = cap_gaussians(cloud, settings, item)
-        return cloud, captions, images, cameras, fit, resampled
+        return cloud, captions, images, (cameras.viewmats, cameras.Ks), fit, resampled
 
-    def _embed(self, item: SourceItem, captions, images, device: str):
+    def _embed(self, item: SourceItem, captions, views, device: str):
         teacher = self._teacher(device)
+        text_emb, image_emb = views if isinstance(views, tuple) else (None, None)
         # One teacher call per object: batch composition changes float results slightly, so
         # embedding object by object makes a resumed or parallel run equal an uninterrupted one.
-        text_emb = teacher.encode_text(list(captions)) if captions else torch.zeros(0, teacher.embed_dim)
-        image_emb = teacher.encode_images(images)
+        if text_emb is None:
+            text_emb = teacher.encode_text(list(captions)) if captions else torch.zeros(0, teacher.embed_dim)
+        if image_emb is None:
+            image_emb = teacher.encode_images(views)
         text_emb, image_emb = text_emb.float().cpu(), image_emb.float().cpu()
         for what, emb in (("caption", text_emb), ("view", image_emb)):
             bad = ~torch.isfinite(emb).all(dim=-1)
@@ -559,11 +579,11 @@ class ObjectPreparer:
                                    f"(rows {bad.nonzero().flatten().tolist()[:8]}); the object is not stored")  # fmt: skip
         return text_emb, image_emb
 
-    def _store(self, item, cloud, captions, images, cameras, fit, resampled, text_emb, image_emb) -> dict:
+    def _store(self, item, cloud, captions, cameras, fit, resampled, text_emb, image_emb) -> dict:
         sample = TripletSample(
             id=item.id, source=item.source, cloud=cloud.to(device="cpu", dtype=torch.float32),
             captions=tuple(captions), label=item.label, text_embeddings=text_emb, image_embeddings=image_emb,
-            viewmats=cameras.viewmats.cpu(), Ks=cameras.Ks.cpu(), fit=fit,
+            viewmats=cameras[0].float().cpu(), Ks=cameras[1].float().cpu(), fit=fit,
         )  # fmt: skip
         record = sample.to_record()
         key = _key(item.id)
@@ -597,6 +617,9 @@ def _input_fingerprint(item: SourceItem) -> dict:
     if not item.source.startswith("synthetic:"):
         stat = Path(item.source).stat()
         found |= {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if item.embeddings is not None:
+        stat = Path(item.embeddings).stat()
+        found["embeddings"] = {"path": item.embeddings, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return found
 
 
@@ -713,6 +736,7 @@ def prepare_dataset(
     num_nodes: int = 1,
     node_rank: int = 0,
     merge: bool = False,
+    embeddings: str | os.PathLike | None = None,
 ) -> PrepareSummary:
     """Prepare ``source`` into triplet shards under ``out`` (see the module docstring).
 
@@ -742,6 +766,9 @@ def prepare_dataset(
             it as a part under ``<out>/parts/`` (no dataset yet); see :mod:`clip_gs.data.parallel`.
         merge: with ``num_nodes > 1``, merge the finished parts of all nodes into the dataset
             (byte for byte the single-process one), then remove the parts.
+        embeddings: a folder of precomputed embeddings, one file per object
+            (:mod:`clip_gs.data.precomputed`): no rendering and no image tower; every object must
+            have one (checked before any work).
 
     Returns:
         :class:`PrepareSummary`.
@@ -785,6 +812,8 @@ def prepare_dataset(
     work.mkdir(parents=True, exist_ok=True)
     image_size = settings.image_size or int(teacher.image_size)
     fingerprint = _fingerprint(source, settings, image_size, teacher, captions, device, precision)
+    if embeddings is not None:
+        fingerprint["embeddings"] = str(embeddings)
     recorded = work / "settings.json"
     if recorded.exists():
         earlier = json.loads(recorded.read_text())
@@ -803,6 +832,14 @@ def prepare_dataset(
         coverage = check_caption_coverage(items, captions, min_caption_coverage)
     else:
         coverage = sum(bool(item.captions) for item in items) / len(items)
+    if embeddings is not None:
+        from clip_gs.data.precomputed import attach_embeddings
+
+        stems: dict[str, int] = {}
+        for item in items:
+            stems[Path(item.source).stem] = stems.get(Path(item.source).stem, 0) + 1
+        items = attach_embeddings(items, embeddings, lambda it: [it.id] + (
+            [Path(it.source).stem] if stems[Path(it.source).stem] == 1 else []))  # fmt: skip
     summary = PrepareSummary(out=out, total=len(items), teacher=str(teacher.identity))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
     if merge:
