@@ -31,7 +31,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
 
@@ -119,21 +118,21 @@ def write_part(out: str, node_rank: int, num_nodes: int, fingerprint: dict, meta
     Returns:
         The part's location.
     """
-    from clip_gs.data.shards import write_split
+    from clip_gs.data.shards import read_bytes, write_bytes, write_split
     from clip_gs.data.triplets import SPLITS
 
     root = part_root(out, node_rank, num_nodes)
     body = {"node_rank": node_rank, "num_nodes": num_nodes, "fingerprint": fingerprint,
             "metas": sorted(metas, key=lambda m: m["id"]), "failures": sorted(failures, key=lambda f: f["id"])}  # fmt: skip
     data = (json.dumps(body, sort_keys=True, indent=1) + "\n").encode()
-    if _read_bytes(_join(root, PART_NAME), storage_options) == data:
+    if read_bytes(_join(root, PART_NAME), storage_options) == data:
         return root
     _remove(root, storage_options)
     for split in SPLITS:
         split_metas = [m for m in body["metas"] if m["split"] == split]
         if split_metas:
             write_split(records_of(split_metas), _join(root, split), storage_options=storage_options)
-    _write_bytes(_join(root, PART_NAME), data, storage_options)
+    write_bytes(_join(root, PART_NAME), data, storage_options)
     return root
 
 
@@ -145,10 +144,12 @@ def read_parts(out: str, num_nodes: int, fingerprint: dict, storage_options: dic
         DatasetError: missing parts (naming the nodes that have not finished) or a part made with
             other settings.
     """
+    from clip_gs.data.shards import read_bytes
+
     parts, missing = [], []
     for rank in range(num_nodes):
         location = _join(part_root(out, rank, num_nodes), PART_NAME)
-        data = _read_bytes(location, storage_options)
+        data = read_bytes(location, storage_options)
         if data is None:
             missing.append(rank)
             continue
@@ -185,33 +186,6 @@ def _join(root: str, *parts: str) -> str:
     from clip_gs.data.shards import join
 
     return join(root, *parts)
-
-
-def _read_bytes(location: str, storage_options: dict | None) -> bytes | None:
-    from clip_gs.data.shards import _s3_client, _split_url, is_remote
-
-    if not is_remote(location):
-        path = Path(location)
-        return path.read_bytes() if path.is_file() else None
-    bucket, key = _split_url(location)
-    client = _s3_client(storage_options)
-    try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
-
-
-def _write_bytes(location: str, data: bytes, storage_options: dict | None) -> None:
-    from clip_gs.data.shards import _s3_client, _split_url, is_remote
-
-    if is_remote(location):
-        bucket, key = _split_url(location)
-        _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=data)
-        return
-    from clip_gs.data.prepare import _atomic_write
-
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(location), data)
 
 
 def _remove(location: str, storage_options: dict | None) -> None:

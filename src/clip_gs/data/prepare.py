@@ -451,10 +451,14 @@ def _fatal(exc: Exception, item: SourceItem) -> None:
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int):
-    """Run torch with ``count`` intra-op threads inside, restoring the caller's count after."""
+def _one_thread_on_cpu(device: str):
+    """On a CPU ``device``, run torch with one intra-op thread inside (see :class:`ObjectPreparer`),
+    restoring the caller's count after; on CUDA, nothing."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
     before = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -511,7 +515,7 @@ class ObjectPreparer:
         device = device if device is not None and self.device == "cuda" else self.device
         stage = "load"
         try:
-            with _torch_threads(1) if torch.device(device).type == "cpu" else contextlib.nullcontext():
+            with _one_thread_on_cpu(device):
                 cloud, captions, views, cameras, fit, resampled = self._load(item, device)
                 stage = "teacher"
                 text_emb, image_emb = self._embed(item, captions, views, device)
@@ -936,7 +940,7 @@ def prepare_dataset(
         if labels:  # zero-shot validation and evaluation then never run the teacher
             from clip_gs.teachers import TEMPLATES, zero_shot_weights
 
-            with _torch_threads(1) if torch.device(device).type == "cpu" else contextlib.nullcontext():
+            with _one_thread_on_cpu(device):
                 weights = zero_shot_weights(teacher, labels, TEMPLATES).float().cpu()
             write_label_embeddings(out, labels, weights, str(teacher.identity), TEMPLATES, storage_options)
     _atomic_write(written, json.dumps(contents).encode())

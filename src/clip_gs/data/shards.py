@@ -126,6 +126,32 @@ def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------- bytes
+def read_bytes(location: str, storage_options: dict | None = None) -> bytes | None:
+    """The bytes of a local file or an ``s3://`` object; None when it does not exist."""
+    if not is_remote(location):
+        path = Path(location)
+        return path.read_bytes() if path.is_file() else None
+    bucket, key = _split_url(location)
+    client = _s3_client(storage_options)
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+def write_bytes(location: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write a local file (atomically, fsynced) or an ``s3://`` object."""
+    if is_remote(location):
+        bucket, key = _split_url(location)
+        _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    from clip_gs.data.prepare import _atomic_write
+
+    Path(location).parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(Path(location), data)
+
+
 # ---------------------------------------------------------------------------- writing
 def _check_record(record: Any, position: int, seen: set[str]) -> dict:
     if not isinstance(record, dict) or set(record) != set(_RECORD_KEYS):
@@ -352,11 +378,7 @@ def write_label_embeddings(
     blob = pack_tensors({"label_embeddings": embeddings}, {"labels": list(labels), "teacher": teacher,
                                                            "templates": list(templates)})  # fmt: skip
     location = join(str(root), LABEL_EMBEDDINGS_NAME)
-    if is_remote(location):
-        bucket, key = _split_url(location)
-        _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=blob)
-    else:
-        Path(location).write_bytes(blob)
+    write_bytes(location, blob, storage_options)
     return location
 
 
@@ -507,7 +529,9 @@ __all__ = [
     "is_remote",
     "iter_records",
     "join",
+    "read_bytes",
     "read_manifest",
+    "write_bytes",
     "write_manifest",
     "write_split",
 ]
