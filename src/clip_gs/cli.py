@@ -20,7 +20,6 @@ exits with 3 when some records are damaged.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,7 +154,9 @@ def add_fit_parser(sub) -> None:
     fit.add_argument("--iterations", type=int, default=defaults.iterations, help="optimisation steps (paper: 5000)")
     fit.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="training views rendered of a mesh (paper: 36)")
     fit.add_argument("--held-out", type=int, default=DEFAULT_HELD_OUT, help="views kept out of training and scored")
-    fit.add_argument("--size", type=int, default=128, help="rendered view size in pixels (paper: 512)")
+    fit.add_argument("--size", type=int, default=128,
+                     help="view size in pixels (paper: 512): a mesh is rendered at it, a folder's larger views "
+                     "are downscaled to it on reading")  # fmt: skip
     fit.add_argument("--samples", type=int, default=None, help="Cycles samples per pixel (default 64)")
     fit.add_argument("--sh-degree", type=int, default=defaults.sh_degree, help="SH degree of the result (paper: 0)")
     fit.add_argument("--max-gaussians", type=int, default=defaults.max_gaussians, help="cap on the count")
@@ -163,7 +164,9 @@ def add_fit_parser(sub) -> None:
     fit.add_argument("--init-gaussians", type=int, default=None, help="starting count (default: half the cap)")
     fit.add_argument("--device", default="cpu", help="cpu (compiled kernels) or cuda[:N] (gsplat)")
     fit.add_argument("--seed", type=int, default=defaults.seed)
-    fit.add_argument("--save-views", default=None, help="also write the rendered views as a transforms.json folder")
+    fit.add_argument("--save-views", default=None,
+                     help="mesh input: also write the rendered views as a transforms.json folder (a new or "
+                     "empty one)")  # fmt: skip
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=cmd_fit_gaussians)
 
@@ -183,17 +186,14 @@ def _held_out_split(count: int, held_out: int) -> tuple[list[int], list[int]]:
 
 def _folder_init(folder: Path, init: str | None, count: int, seed: int):
     from clip_gs.data.fitted import init_from_file
-    from clip_gs.fitting import init_from_points, random_points
+    from clip_gs.fitting import init_from_points, random_points, read_transforms
 
     if init is None:
         print(f"fit-gaussians: {folder}: no --init, starting from {count:,} random points in the unit ball")
         return init_from_points(random_points(count, 1.0, seed), source=folder.name)
-    import torch
-
     # a mesh goes into the views' frame when clip-gs wrote them (transforms.json's clip_gs.world)
-    spec = json.loads((folder / "transforms.json").read_text())
-    world = torch.tensor(spec.get("clip_gs", {}).get("world", torch.eye(4).tolist()), dtype=torch.float64)
-    return init_from_file(init, count, world, seed=seed)
+    world = read_transforms(folder).world
+    return init_from_file(init, count, torch.eye(4, dtype=torch.float64) if world is None else world, seed=seed)
 
 
 def cmd_fit_gaussians(args: argparse.Namespace) -> int:
@@ -201,17 +201,23 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
 
     from clip_gs.data.fitted import fit_mesh
     from clip_gs.fitting.fit import FitConfig, fit_gaussians
-    from clip_gs.fitting.posed import write_posed_images
+    from clip_gs.fitting.posed import views_folder_is_free, write_posed_images
     from clip_gs.gaussians import save_gaussians
 
     config = FitConfig(iterations=args.iterations, sh_degree=args.sh_degree, max_gaussians=args.max_gaussians,
                        seed=args.seed)  # fmt: skip
     source = Path(args.input)
     count = args.init_gaussians or max(1, config.max_gaussians // 2)
+    if args.save_views:
+        if source.is_dir():
+            from clip_gs.errors import ConfigError
+
+            raise ConfigError(f"--save-views writes the rendered views of a mesh; {source} holds its views already")
+        views_folder_is_free(args.save_views)  # before the fit, not after it
     if source.is_dir():
         from clip_gs.fitting.posed import read_posed_images
 
-        posed = read_posed_images(source)
+        posed = read_posed_images(source, max_size=args.size)
         train_ids, test_ids = _held_out_split(len(posed), args.held_out)
         train, test = posed[torch.tensor(train_ids)], (posed[torch.tensor(test_ids)] if test_ids else None)
         init = _folder_init(source, args.init, count, args.seed)

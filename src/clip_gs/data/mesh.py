@@ -11,13 +11,20 @@ its surface (as done to build 3DGS versions of mesh datasets):
    ``baseColorTexture * baseColorFactor``, or the OBJ ``map_Kd``), vertex colours interpolated
    with the barycentrics (or face colours), the material's constant colour (PBR
    ``baseColorFactor`` or OBJ ``Kd``), else :data:`NEUTRAL_GREY` with a :class:`MeshColorWarning`
-   naming the file.
+   naming the file. A file the mesh names that cannot be used (a missing or unreadable ``mtllib``
+   or ``map_Kd``, a texture that cannot be decoded) is also a :class:`MeshColorWarning` naming the
+   mesh and that file: the colour then comes from the next source in this list (for an OBJ whose
+   material library is missing, trimesh's default material grey).
 4. Put a flat disk Gaussian at every point (:func:`surface_disks`): local z axis along the face
    normal, tangent scale from the sampling density, a thin normal scale.
 5. Normalise to the unit sphere (:meth:`GaussianCloud.normalized`).
 
 :func:`sample_triangles` and :func:`surface_disks` are the one implementation of surface
 sampling and disk making; :mod:`clip_gs.data.synthetic` reuses them.
+
+Files read (:func:`_checked_resolver`): the mesh itself and the files it names (material
+libraries, textures, glTF buffers), regular files only (:mod:`clip_gs.gaussians.files`: a FIFO is
+never opened, a device never read), and only inside the mesh's folder (symlinks resolved).
 
 Colour conventions (choices where the formats are loose):
 
@@ -43,8 +50,9 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 import torch
 
-from clip_gs.errors import ConfigError, MeshError
+from clip_gs.errors import ClipGSError, ConfigError, MeshError
 from clip_gs.gaussians.cloud import GaussianCloud
+from clip_gs.gaussians.files import open_regular_file, read_regular_file
 
 if TYPE_CHECKING:
     import trimesh
@@ -61,7 +69,12 @@ DEFAULT_THICKNESS_RATIO = 0.1
 
 class MeshColorWarning(UserWarning):
     """Colour information was missing or unusable: a (part of a) mesh was given
-    :data:`NEUTRAL_GREY`, or a texture without UVs was ignored."""
+    :data:`NEUTRAL_GREY`, a texture without UVs was ignored, or a material library or texture
+    the mesh names is missing, unreadable or undecodable."""
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", ".webp", ".gif")
+"""Files named by a mesh that are checked to decode as images when they are read."""
 
 
 # ---------------------------------------------------------------------------- shared surface ops
@@ -251,6 +264,16 @@ def _lookup_rgb(image, uv: np.ndarray) -> np.ndarray:
     return sample_texture(np.asarray(image.convert("RGB")), uv) / 255.0
 
 
+def _texture_rgb(part: _Part, image, uv: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """:func:`_lookup_rgb`, or None with a note when the image data cannot be decoded."""
+    try:
+        return _lookup_rgb(image, uv)
+    except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises on truncated or corrupt image data
+        name = getattr(image, "info", {}).get("file_path") or "its texture"
+        notes.append(f"{part.name}: {name} cannot be decoded ({exc}); the next colour source is used")
+        return None
+
+
 def _color_to_float(color) -> np.ndarray:
     """trimesh colour (uint8 or float, RGB or RGBA, any leading shape) -> float RGB in [0, 1]."""
     arr = np.asarray(color)
@@ -305,8 +328,10 @@ def _part_colors(
             factor = material.baseColorFactor
             factor_rgb = None if factor is None else _color_to_float(factor).reshape(3)
             texture = material.baseColorTexture
+            rgb = None
             if texture is not None and has_uv:
-                rgb = _lookup_rgb(texture, interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
+                rgb = _texture_rgb(part, texture, interpolate(np.asarray(uv, dtype=np.float64)[:, :2]), notes)
+            if rgb is not None:
                 if factor_rgb is not None:
                     rgb = rgb * factor_rgb
                 return (rgb if vertex_rgb is None else rgb * vertex_rgb), "texture"
@@ -317,8 +342,10 @@ def _part_colors(
             return None, "PBR material without baseColorTexture, COLOR_0 or baseColorFactor"
         if material is not None:  # SimpleMaterial (OBJ/MTL)
             image = getattr(material, "image", None)
+            rgb = None
             if image is not None and has_uv:
-                rgb = _lookup_rgb(image, interpolate(np.asarray(uv, dtype=np.float64)[:, :2]))
+                rgb = _texture_rgb(part, image, interpolate(np.asarray(uv, dtype=np.float64)[:, :2]), notes)
+            if rgb is not None:
                 return rgb, "texture"
             if vertex_rgb is not None:
                 return vertex_rgb, "vertex colours"
@@ -343,17 +370,84 @@ def _part_colors(
 MeshLike = Union[str, os.PathLike, "trimesh.Trimesh", "trimesh.Scene"]  # trimesh is imported lazily (slow import)
 
 
-def _load_parts(mesh: MeshLike) -> tuple[list[_Part], str]:
-    """World-space sub-meshes of a file / Trimesh / Scene, plus a name for messages."""
+def _checked_resolver(path: Path, problems: list[str]):
+    """A trimesh resolver for the files a mesh names (material libraries, textures, buffers).
+
+    It keeps trimesh's rules (names are looked up inside the mesh's folder, symlinks resolved;
+    one escaping the folder is refused) and adds: only regular files are read
+    (:func:`~clip_gs.gaussians.files.read_regular_file`), and an image (:data:`IMAGE_EXTENSIONS`)
+    must decode with PIL (within PIL's own pixel-count limit). Every name that cannot be used is
+    described in ``problems``, for the caller to warn about; the loader sees an ``OSError`` as for
+    a missing file.
+    """
+    import io
+
+    import trimesh
+    from PIL import Image
+
+    class CheckedResolver(trimesh.resolvers.FilePathResolver):
+        def namespaced(self, namespace: str):
+            return _checked_resolver(Path(self.parent) / namespace / "_", problems)
+
+        def get(self, name: str) -> bytes:
+            stripped = name.strip()
+            located = None
+            for candidate in (stripped, stripped.lstrip("/"), os.path.split(name)[-1]):
+                try:
+                    where = self.absolute(candidate)
+                except ValueError:
+                    continue
+                if os.path.lexists(where):
+                    located = where
+                    break
+            kind = "material library" if stripped.lower().endswith(".mtl") else "file"
+            kind = "texture" if stripped.lower().endswith(IMAGE_EXTENSIONS) else kind
+            if located is None:
+                try:
+                    self.absolute(stripped)
+                    why = "is missing"
+                except ValueError:
+                    why = "lies outside the mesh's folder and is not read"
+                problems.append(f"{kind} {stripped!r} named by the mesh {why}")
+                raise FileNotFoundError(stripped)
+            try:
+                data = read_regular_file(located, MeshError)
+            except MeshError as exc:
+                problems.append(f"{kind} {stripped!r} named by the mesh cannot be read ({exc})")
+                raise OSError(str(exc)) from exc
+            if kind == "texture":
+                try:
+                    with Image.open(io.BytesIO(data)) as image:
+                        image.load()
+                except Exception as exc:  # PIL raises several types (and DecompressionBombError)
+                    problems.append(f"texture {stripped!r} named by the mesh cannot be decoded ({exc})")
+                    raise OSError(f"{stripped}: cannot be decoded") from exc
+            return data
+
+    return CheckedResolver(str(path))
+
+
+def _load_parts(mesh: MeshLike) -> tuple[list[_Part], str, list[str]]:
+    """World-space sub-meshes of a file / Trimesh / Scene, a name for messages, and the problems
+    met with the files the mesh names (see :func:`_checked_resolver`)."""
     import trimesh
 
+    problems: list[str] = []
     if isinstance(mesh, str | os.PathLike):
         path = Path(mesh)
         source = path.name
-        if not path.is_file():
+        if not path.exists():
             raise MeshError(f"{path}: no such mesh file")
         try:
-            scene = trimesh.load_scene(str(path), process=False)  # keep raw data: we report bad vertices
+            with open_regular_file(path, MeshError) as fh:
+                scene = trimesh.load_scene(
+                    fh,
+                    file_type=path.suffix.lstrip(".").lower(),
+                    resolver=_checked_resolver(path, problems),
+                    process=False,  # keep raw data: we report bad vertices
+                )
+        except ClipGSError:
+            raise
         except Exception as exc:  # trimesh raises many types; never let them escape raw
             raise MeshError(f"{path}: cannot read mesh ({type(exc).__name__}: {exc})") from exc
     elif isinstance(mesh, trimesh.Scene):
@@ -382,7 +476,7 @@ def _load_parts(mesh: MeshLike) -> tuple[list[_Part], str]:
         parts.append(_Part(name, np.asarray(geom.vertices, dtype=np.float64), faces, geom.visual))
     if not parts:
         raise MeshError(f"{source}: the mesh has no triangle faces (nothing to sample)")
-    return parts, source
+    return parts, source, problems
 
 
 def mesh_unit_transform(mesh: MeshLike) -> torch.Tensor:
@@ -393,7 +487,7 @@ def mesh_unit_transform(mesh: MeshLike) -> torch.Tensor:
     Raises:
         MeshError: unreadable file, no faces, non-finite vertices, or all vertices at one point.
     """
-    parts, source = _load_parts(mesh)
+    parts, source, _ = _load_parts(mesh)
     vertices = np.concatenate([part.vertices[np.unique(part.faces)] for part in parts])
     if not np.isfinite(vertices).all():
         raise MeshError(f"{source}: non-finite vertex coordinates")
@@ -438,7 +532,8 @@ def mesh_to_gaussians(
 
     Warns:
         MeshColorWarning: when (part of) the mesh has no colour and is given :data:`NEUTRAL_GREY`,
-            or has a texture but no UVs (the next colour source is used).
+            has a texture but no UVs, or names a material library or texture that is missing,
+            unreadable or undecodable (each time naming the file; the next colour source is used).
     """
     if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, int) or num_gaussians <= 0:
         raise ConfigError(f"num_gaussians must be a positive int, got {num_gaussians!r}")
@@ -448,7 +543,7 @@ def mesh_to_gaussians(
         raise ConfigError(f"opacity must lie strictly inside (0, 1), got {opacity}")
     if not 0 < thickness_ratio <= 1:
         raise ConfigError(f"thickness_ratio must lie in (0, 1], got {thickness_ratio}")
-    parts, source = _load_parts(mesh)
+    parts, source, problems = _load_parts(mesh)
 
     for part in parts:
         if not np.isfinite(part.vertices).all():
@@ -470,7 +565,7 @@ def mesh_to_gaussians(
 
     rgb = np.empty((num_gaussians, 3))
     grey_parts: list[str] = []
-    notes: list[str] = []
+    notes: list[str] = [f"{problem}; the next colour source is used" for problem in problems]
     sampled_owner = owner[face_index]
     for i, part in enumerate(parts):
         mask = sampled_owner == i

@@ -4,19 +4,24 @@ The layout is the one of the NeRF synthetic scenes, instant-ngp, Zero123's and S
 renders: a folder with ``transforms.json`` and image files. What is read:
 
 - ``frames``: a list of ``{"file_path": ..., "transform_matrix": 4 x 4}``; ``file_path`` is
-  relative to the folder, with or without an extension (``.png`` is tried when it has none);
-  ``transform_matrix`` is **camera-to-world in OpenGL/Blender axes** (x right, y up, z backward).
+  relative to the folder and stays inside it, with or without an extension (``.png``, ``.jpg``,
+  ``.jpeg`` are tried when it names no file); ``transform_matrix`` is **camera-to-world in
+  OpenGL/Blender axes** (x right, y up, z backward).
 - Intrinsics: ``fl_x``/``fl_y``/``cx``/``cy`` (instant-ngp) when present, at the top level or per
   frame; else ``camera_angle_x`` (and ``camera_angle_y`` if present, else square pixels) with the
   principal point at the image centre.
-- Images: RGBA (straight alpha) or RGB (then opaque), 8 or 16 bit; every image must have the same
-  size.
+- Images: PNG or JPEG, RGBA (straight alpha) or RGB (then opaque), 8 or 16 bit; every image must
+  have the same size.
+
+Every value is validated before use: :mod:`clip_gs.fitting.transforms_json` is the one reader of
+``transforms.json`` (its rules: paths inside the folder, rigid cameras, possible intrinsics) and
+:mod:`clip_gs.fitting.image_files` reads the images (formats, pixel cap, downscaling on read).
 
 :func:`write_posed_images` writes ``images/view_000.png``... as RGBA PNG and a ``transforms.json``
 with ``camera_angle_x`` and explicit ``fl_x, fl_y, cx, cy, w, h``, so that
-``read_posed_images(write_posed_images(...))`` gives back the same cameras and 8-bit images.
-Cameras are converted to the package's :class:`~clip_gs.render.Cameras` (OpenCV axes,
-world-to-camera) on reading and back on writing.
+``read_posed_images(write_posed_images(...))`` gives back the same cameras and 8-bit images; it
+writes only into a new or empty folder. Cameras are converted to the package's
+:class:`~clip_gs.render.Cameras` (OpenCV axes, world-to-camera) on reading and back on writing.
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clip_gs.errors import PosedImagesError
+from clip_gs.errors import ConfigError, PosedImagesError
+from clip_gs.fitting.image_files import image_size, read_rgba
+from clip_gs.fitting.transforms_json import TRANSFORMS_NAME, read_transforms
 from clip_gs.render.cameras import OPENCV_TO_OPENGL, Cameras
 
-TRANSFORMS_NAME = "transforms.json"
+MAX_VIEWS_BYTES = 4 << 30
+"""Largest float32 RGBA the read views may fill together (after any downscaling); checked from the first
+image's header and the frame count before any image is decoded."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,91 +96,78 @@ class PosedImages:
         return PosedImages(self.images[index], self.cameras[index], self.name)
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("I;16", "I;16B", "I"):
-                array = np.asarray(image, dtype=np.float32) / 65535.0
-                return np.concatenate([np.repeat(array[..., None], 3, -1), np.ones_like(array)[..., None]], -1)
-            array = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise PosedImagesError(f"{path}: cannot read the image ({exc})") from exc
-    return array
+def fit_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
+    """``(width, height)`` scaled so that the larger side is at most ``max_size`` (rounded, at least 1)."""
+    if max_size is None or max(width, height) <= max_size:
+        return width, height
+    scale = max_size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _frame_image(folder: Path, file_path: str) -> Path:
-    path = folder / file_path
-    if path.suffix == "" or not path.is_file():
-        for suffix in (".png", ".jpg", ".jpeg"):
-            candidate = path.with_name(path.name + suffix)
-            if candidate.is_file():
-                return candidate
-    if not path.is_file():
-        raise PosedImagesError(f"{folder / TRANSFORMS_NAME}: frame image {file_path!r} not found")
-    return path
-
-
-def read_posed_images(folder: str | os.PathLike, name: str | None = None) -> PosedImages:
+def read_posed_images(folder: str | os.PathLike, name: str | None = None, max_size: int | None = None) -> PosedImages:
     """Read a ``transforms.json`` folder (see the module docstring for what is read).
 
+    ``transforms.json`` is validated by :func:`~clip_gs.fitting.transforms_json.read_transforms` and each
+    image read by :func:`~clip_gs.fitting.image_files.read_rgba` (formats, pixel cap). Memory is bounded:
+    views larger than ``max_size`` are downscaled while read, and all views together may fill at most
+    :data:`MAX_VIEWS_BYTES` of float32.
+
+    Args:
+        name: the object, for messages (default: the folder's name).
+        max_size: views whose larger side exceeds it are area-averaged down to it on reading, their
+            intrinsics scaled with them; None keeps the files' size.
+
     Raises:
-        PosedImagesError: no ``transforms.json``, malformed JSON, no frames, a missing image, images
-            of different sizes, or bad values (see :class:`PosedImages`).
+        PosedImagesError: a rule of ``transforms.json`` or of the image files broken, images of different
+            sizes, views over :data:`MAX_VIEWS_BYTES`, or bad values (see :class:`PosedImages`).
+        ConfigError: ``max_size`` is not a positive int.
+    """
+    if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1):
+        raise ConfigError(f"max_size must be a positive int or None, got {max_size!r}")
+    folder = Path(folder)
+    spec = read_transforms(folder)
+    name = name or folder.name
+    width, height = image_size(spec.frames[0].image)
+    out_width, out_height = fit_size(width, height, max_size)
+    needed = len(spec.frames) * out_width * out_height * 4 * 4
+    if needed > MAX_VIEWS_BYTES:
+        raise PosedImagesError(
+            f"{spec.path}: {len(spec.frames)} views of {out_width}x{out_height} need {needed / 2**30:.1f} GiB as "
+            f"float32, over the {MAX_VIEWS_BYTES / 2**30:g} GiB read at most (a smaller size or fewer frames fit)"
+        )
+    try:
+        images = torch.empty(len(spec.frames), out_height, out_width, 4)
+    except (MemoryError, RuntimeError) as exc:  # the allocator's refusal
+        raise PosedImagesError(f"{spec.path}: no memory for the views ({needed / 2**30:.1f} GiB)") from exc
+    scale = torch.tensor([out_width / width, out_height / height, 1.0], dtype=torch.float64)[:, None]
+    viewmats, Ks = [], []
+    for index, frame in enumerate(spec.frames):
+        images[index] = torch.from_numpy(read_rgba(frame.image, (width, height), (out_width, out_height)))
+        viewmats.append(torch.linalg.inv(frame.c2w @ OPENCV_TO_OPENGL))
+        Ks.append(frame.intrinsics(width, height) * scale)
+    cameras = Cameras(torch.stack(viewmats).float(), torch.stack(Ks).float(), out_width, out_height)
+    return PosedImages(images, cameras, name)
+
+
+def views_folder_is_free(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path, refused unless it is absent or empty: views are written only where they replace
+    nothing (clip-gs never overwrites files it may not have written).
+
+    Raises:
+        PosedImagesError: ``folder`` is a file, or a folder that holds something.
     """
     folder = Path(folder)
-    spec_path = folder / TRANSFORMS_NAME
-    name = name or folder.name
-    if not spec_path.is_file():
-        raise PosedImagesError(f"{folder}: no {TRANSFORMS_NAME} (a folder of posed images needs one)")
-    try:
-        spec = json.loads(spec_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PosedImagesError(f"{spec_path}: not valid JSON ({exc})") from exc
-    frames = spec.get("frames") if isinstance(spec, dict) else None
-    if not isinstance(frames, list) or not frames:
-        raise PosedImagesError(f"{spec_path}: no frames")
-    images, viewmats, Ks = [], [], []
-    for index, frame in enumerate(frames):
-        where = f"{spec_path} frame {index}"
-        if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
-            raise PosedImagesError(f"{where}: needs 'file_path' and 'transform_matrix'")
-        image = _read_image(_frame_image(folder, str(frame["file_path"])))
-        if images and image.shape != images[0].shape:
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise PosedImagesError(f"{folder}: not a folder; views are written into a new or empty folder")
+    if folder.is_dir():
+        held = sorted(entry.name for entry in folder.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
             raise PosedImagesError(
-                f"{where}: image is {image.shape[1]}x{image.shape[0]}, the first one {images[0].shape[1]}x"
-                f"{images[0].shape[0]}; every view must have one size"
+                f"{folder}: not empty (holds {shown}); views are written into a new or empty folder, so that "
+                "nothing clip-gs did not write is replaced"
             )
-        images.append(image)
-        try:
-            c2w = torch.tensor(frame["transform_matrix"], dtype=torch.float64)
-        except (TypeError, ValueError) as exc:
-            raise PosedImagesError(f"{where}: transform_matrix is not a 4 x 4 matrix ({exc})") from exc
-        if c2w.shape == (3, 4):
-            c2w = torch.cat([c2w, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)])
-        if c2w.shape != (4, 4) or not bool(torch.isfinite(c2w).all()):
-            raise PosedImagesError(f"{where}: transform_matrix must be a finite 4 x 4 matrix")
-        viewmats.append(torch.linalg.inv(c2w @ OPENCV_TO_OPENGL))
-        height, width = image.shape[:2]
-        Ks.append(_intrinsics({**spec, **frame}, width, height, where))
-    cameras = Cameras(torch.stack(viewmats).float(), torch.stack(Ks).float(), images[0].shape[1], images[0].shape[0])
-    return PosedImages(torch.from_numpy(np.stack(images)), cameras, name)
-
-
-def _intrinsics(spec: dict, width: int, height: int, where: str) -> Tensor:
-    if "fl_x" in spec:
-        fx = float(spec["fl_x"])
-        fy = float(spec.get("fl_y", fx))
-    elif "camera_angle_x" in spec:
-        fx = 0.5 * width / math.tan(0.5 * float(spec["camera_angle_x"]))
-        fy = 0.5 * height / math.tan(0.5 * float(spec["camera_angle_y"])) if "camera_angle_y" in spec else fx
-    else:
-        raise PosedImagesError(f"{where}: no intrinsics (fl_x or camera_angle_x)")
-    cx, cy = float(spec.get("cx", width / 2)), float(spec.get("cy", height / 2))
-    if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
-        raise PosedImagesError(f"{where}: bad intrinsics fx={fx}, fy={fy}, cx={cx}, cy={cy}")
-    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return folder
 
 
 def write_posed_images(folder: str | os.PathLike, posed: PosedImages, extra: dict | None = None) -> Path:
@@ -182,10 +178,13 @@ def write_posed_images(folder: str | os.PathLike, posed: PosedImages, extra: dic
 
     Returns:
         The path of ``transforms.json``.
+
+    Raises:
+        PosedImagesError: ``folder`` exists and is not empty (:func:`views_folder_is_free`).
     """
     from PIL import Image
 
-    folder = Path(folder)
+    folder = views_folder_is_free(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     cams = posed.cameras
     frames = []
@@ -208,4 +207,12 @@ def write_posed_images(folder: str | os.PathLike, posed: PosedImages, extra: dic
     return path
 
 
-__all__ = ["TRANSFORMS_NAME", "PosedImages", "read_posed_images", "write_posed_images"]
+__all__ = [
+    "MAX_VIEWS_BYTES",
+    "TRANSFORMS_NAME",
+    "PosedImages",
+    "fit_size",
+    "read_posed_images",
+    "views_folder_is_free",
+    "write_posed_images",
+]

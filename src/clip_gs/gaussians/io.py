@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import GaussianCloud
+from clip_gs.gaussians.files import open_regular_file
 
 SNIFF_BYTES = 4096
 """How many leading bytes of a file the sniffers see."""
@@ -77,19 +78,32 @@ def load_gaussians(path: str | os.PathLike[str], format: str | None = None, **op
             ``.ply`` and ``.spz``, ``coordinates="stored"`` for ``.spz``); a reader that does not
             take an option raises ``TypeError``.
 
+    Only regular files are read (symlinks followed): a FIFO, device or folder is refused before
+    it is opened (:mod:`clip_gs.gaussians.files`). Running out of memory while reading is
+    reported as a :class:`GaussianFormatError` naming the file, never as a bare ``MemoryError``.
+
     Raises:
-        GaussianFormatError: the file is missing, unreadable or invalid.
+        GaussianFormatError: the file is missing, unreadable, not a regular file, invalid, or
+            too large for the memory available.
         UnsupportedFormatError: no registered format recognises it (the message lists them).
     """
     _ensure_builtin_formats()
     path = Path(path)
+    try:
+        return _load(path, format, options)
+    except MemoryError:
+        pass  # raised below, outside this block, so the failed allocation's frames are freed first
+    raise GaussianFormatError(f"{path}: not enough memory to read this file")
+
+
+def _load(path: Path, format: str | None, options: dict) -> GaussianCloud:
     if format is not None:
         return _by_name(format).read(path, **options)
-    try:
-        with open(path, "rb") as fh:
+    with open_regular_file(path) as fh:
+        try:
             head = fh.read(SNIFF_BYTES)
-    except OSError as exc:
-        raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            raise GaussianFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     for fmt in _FORMATS:
         if fmt.sniff(head):
             return fmt.read(path, **options)

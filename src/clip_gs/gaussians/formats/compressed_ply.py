@@ -22,6 +22,11 @@ Layout (binary PLY; found by element and property names, learned from PlayCanvas
 - optional ``element sh N`` with uint8 ``f_rest_0..f_rest_{M-1}`` (M = 9, 24 or 45, INRIA's
   channel-major order): ``f_rest = (t - 0.5) * 8`` with ``t = 0`` for byte 0, ``1`` for byte
   255 and ``(byte + 0.5) / 256`` otherwise.
+
+Checks beyond the header rules of :mod:`~clip_gs.gaussians.formats.ply_header` (exact size, no
+repeated element): the chunk count must be ``ceil(N / 256)``, chunk bounds must be finite, and
+the log-scale bounds must lie in the range of :mod:`~clip_gs.gaussians.formats.limits` (a bound
+of 200 would decode to an infinite covariance).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import torch
 
 from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import SH_C0, GaussianCloud, sh_coeff_count
-from clip_gs.gaussians.formats.ply_header import PlyElement, PlyHeader, is_ply, read_ply_header
+from clip_gs.gaussians.files import open_regular_file
+from clip_gs.gaussians.formats.limits import check_log_scales
+from clip_gs.gaussians.formats.ply_header import PlyElement, PlyHeader, find_end_header, is_ply, read_ply_header
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, opacity_logits_from_bytes
 
 CHUNK_SIZE = 256
@@ -51,8 +58,8 @@ def is_compressed_ply(head: bytes) -> bool:
     """True when the bytes start a PLY whose header has a ``chunk`` element and packed vertices."""
     if not is_ply(head):
         return False
-    end = head.find(b"end_header")
-    header = head if end < 0 else head[:end]
+    found = find_end_header(head)
+    header = head if found is None else head[: found[0]]
     return b"element chunk" in header and b"packed_position" in header
 
 
@@ -60,17 +67,13 @@ def _element_arrays(path: Path, header: PlyHeader) -> dict[str, np.ndarray]:
     """Structured arrays of every element (binary PLY without list properties), sizes checked."""
     if header.format == "ascii":
         raise UnsupportedFormatError(f"{path}: ASCII compressed PLY is not supported (SuperSplat writes binary)")
-    names = [element.name for element in header.elements]
-    duplicated = sorted({name for name in names if names.count(name) > 1})
-    if duplicated:
-        raise GaussianFormatError(f"{path}: PLY header declares the element(s) {duplicated} more than once")
     for element in header.elements:
         if element.has_lists:
             raise GaussianFormatError(
                 f"{path}: element {element.name!r} has list properties; a compressed PLY has only scalars"
             )
     # read_ply_header already checked that the file holds the claimed bytes
-    with open(path, "rb") as fh:
+    with open_regular_file(path) as fh:
         fh.seek(header.header_bytes)
         arrays = {}
         for element in header.elements:
@@ -144,8 +147,9 @@ def read_compressed_ply(path: Path, opacity_eps: float = DEFAULT_OPACITY_EPS) ->
         opacity_eps: see :data:`~clip_gs.gaussians.formats.splat.DEFAULT_OPACITY_EPS`.
 
     Raises:
-        GaussianFormatError: truncated file, missing or mistyped properties, a chunk count
-            that does not match ``ceil(N / 256)``, non-finite chunk bounds.
+        GaussianFormatError: truncated file or data beyond the declared counts, missing or
+            mistyped properties, a chunk count that does not match ``ceil(N / 256)``, non-finite
+            chunk bounds, log-scale bounds outside the accepted range.
         UnsupportedFormatError: an ASCII compressed PLY.
     """
     path = Path(path)
@@ -180,6 +184,8 @@ def read_compressed_ply(path: Path, opacity_eps: float = DEFAULT_OPACITY_EPS) ->
     bad = [name for name in used if not np.isfinite(bounds[name]).all()]
     if bad:
         raise GaussianFormatError(f"{path}: compressed PLY chunk bounds {bad} hold non-finite values")
+    for name in (n for n in CHUNK_BOUNDS if "_scale_" in n):
+        check_log_scales(path, bounds[name], f"chunk property {name!r}")
     owner = np.arange(n) // CHUNK_SIZE  # chunk of each Gaussian
 
     def lerp(prefix_min: str, prefix_max: str, axes: str, t: np.ndarray) -> np.ndarray:

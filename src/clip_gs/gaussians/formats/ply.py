@@ -4,7 +4,20 @@ Vertex properties, found by name: ``x y z`` (positions), ``nx ny nz`` (optional,
 ``f_dc_0..2`` (SH DC), ``f_rest_0..M-1`` (higher-order SH, **channel-major**: all R
 coefficients, then G, then B; ``M = 3 * ((d+1)^2 - 1)`` for degree d), ``opacity`` (logit),
 ``scale_0..2`` (log), ``rot_0..3`` (quaternion wxyz). Binary little/big-endian and ASCII.
-Other properties are tolerated and reported with a :class:`UnknownPropertiesWarning`.
+Other properties and other scalar elements are tolerated and reported with an
+:class:`UnknownPropertiesWarning`; they are not loaded.
+
+Rules (refused with a :class:`GaussianFormatError` naming the file and the property), beyond
+the header rules of :mod:`~clip_gs.gaussians.formats.ply_header` (``end_header`` as a whole line,
+no repeated element, exact size of binary files):
+
+- The properties read must have a float type (:data:`FLOAT_TYPES`): an integer ``opacity`` or
+  ``scale_0`` would be a quantised value, not the logit / log the format stores.
+- No element may have list properties (a 3DGS ply holds scalar rows only), so the data size is
+  exact for binary files.
+- An ASCII file holds exactly one line per declared row; non-blank lines after the last declared
+  row are data beyond the declared counts.
+- Log-scales must lie in the range of :mod:`~clip_gs.gaussians.formats.limits`.
 """
 
 from __future__ import annotations
@@ -18,7 +31,9 @@ import torch
 
 from clip_gs.errors import ConfigError, GaussianFormatError, NotGaussianDataError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
-from clip_gs.gaussians.formats.ply_header import PlyHeader, read_ply_header
+from clip_gs.gaussians.files import open_regular_file
+from clip_gs.gaussians.formats.limits import check_log_scales
+from clip_gs.gaussians.formats.ply_header import PLY_SCALAR_TYPES, PlyHeader, read_ply_header
 
 POSITION = ("x", "y", "z")
 NORMALS = ("nx", "ny", "nz")
@@ -28,9 +43,14 @@ SCALES = ("scale_0", "scale_1", "scale_2")
 ROTATION = ("rot_0", "rot_1", "rot_2", "rot_3")
 REQUIRED = POSITION + SH_DC + OPACITY + SCALES + ROTATION
 
+FLOAT_TYPES = ("f4", "f8")
+"""numpy codes of the PLY types accepted for the properties read (``float``/``float32``,
+``double``/``float64``)."""
+
 
 class UnknownPropertiesWarning(UserWarning):
-    """A 3DGS ply holds vertex properties that clip_gs does not use (they are not loaded)."""
+    """A 3DGS ply holds vertex properties or scalar elements that clip_gs does not use (they are
+    not loaded)."""
 
 
 def f_rest_names(degree: int) -> list[str]:
@@ -52,11 +72,12 @@ def _classify_non_gaussian(path: Path, header: PlyHeader, missing: list[str]) ->
 
 
 def read_ply(path: Path) -> GaussianCloud:
-    """Read an INRIA 3DGS ply into a float32 :class:`GaussianCloud`.
+    """Read an INRIA 3DGS ply into a float32 :class:`GaussianCloud` (rules: see the module).
 
     Raises:
-        GaussianFormatError: unreadable, truncated, or not a 3DGS ply (the message says what the
-            file is and what is missing).
+        GaussianFormatError: unreadable, truncated, data beyond the declared counts, a property
+            of a non-float type, list properties, log-scales out of range, or not a 3DGS ply
+            (the message says what the file is and what is missing).
         UnsupportedFormatError: a compressed PLY given to this reader.
     """
     path = Path(path)
@@ -72,15 +93,27 @@ def read_ply(path: Path) -> GaussianCloud:
         message = _classify_non_gaussian(path, header, missing)
         error = UnsupportedFormatError if header.element("chunk") is not None else NotGaussianDataError
         raise error(message)
-    list_props = [p.name for p in vertex.properties if p.list_count_dtype is not None]
-    if list_props:
-        raise GaussianFormatError(f"{path}: vertex has list properties {list_props}; a 3DGS ply has only scalars")
+    for element in header.elements:
+        list_props = [p.name for p in element.properties if p.list_count_dtype is not None]
+        if list_props:
+            raise GaussianFormatError(
+                f"{path}: element {element.name!r} has list properties {list_props}; a 3DGS ply has only scalars"
+            )
     rest = [name for name in names if name.startswith("f_rest_")]
     degree = _sh_degree_from_rest(path, len(rest))
     expected_rest = f_rest_names(degree)
     if sorted(rest) != sorted(expected_rest):
         raise GaussianFormatError(f"{path}: f_rest properties are not f_rest_0..f_rest_{len(rest) - 1}")
-    known = set(REQUIRED) | set(NORMALS) | set(expected_rest)
+    used = set(REQUIRED) | set(expected_rest)
+    type_names = {code: name for name, code in reversed(PLY_SCALAR_TYPES.items())}
+    for prop in vertex.properties:
+        if prop.name in used and prop.dtype not in FLOAT_TYPES:
+            raise GaussianFormatError(
+                f"{path}: vertex property {prop.name!r} has type {type_names[prop.dtype]}; a 3DGS ply stores it "
+                "as float or double (an integer value would be a quantised colour, opacity or scale, "
+                "not the raw value this format holds)"
+            )
+    known = used | set(NORMALS)
     unknown = [name for name in names if name not in known]
     if unknown:
         warnings.warn(
@@ -88,14 +121,24 @@ def read_ply(path: Path) -> GaussianCloud:
             UnknownPropertiesWarning,
             stacklevel=3,
         )
+    others = [element.name for element in header.elements if element.name != "vertex"]
+    if others:
+        warnings.warn(
+            f"{path}: ignoring {len(others)} element{'' if len(others) == 1 else 's'} other than 'vertex': {others}",
+            UnknownPropertiesWarning,
+            stacklevel=3,
+        )
 
     try:
-        # Binary data is memory-mapped (sizes were checked against the file above) and copied
-        # column by column below; plyfile's non-mmap binary path is ~30x slower on 1M Gaussians.
-        data = _map_binary_vertex(path, header)
-        if data is None:
-            data = plyfile.PlyData.read(str(path), mmap=header.format != "ascii")["vertex"].data
-    except (plyfile.PlyParseError, ValueError, EOFError, OSError, KeyError, IndexError, MemoryError) as exc:
+        if header.format == "ascii":
+            with open_regular_file(path) as fh:
+                data = plyfile.PlyData.read(fh)["vertex"].data
+            _check_ascii_rows(path, header)
+        else:
+            # Binary data is memory-mapped (sizes were checked against the file above) and copied
+            # column by column below; plyfile's non-mmap binary path is ~30x slower on 1M Gaussians.
+            data = _map_binary_vertex(path, header)
+    except (plyfile.PlyParseError, ValueError, EOFError, OSError, KeyError, IndexError) as exc:
         raise GaussianFormatError(f"{path}: cannot parse PLY data: {exc}") from exc
 
     def columns(fields) -> np.ndarray:
@@ -108,36 +151,48 @@ def read_ply(path: Path) -> GaussianCloud:
     if degree > 0:
         # channel-major: f_rest_{c*(k-1)+j} is coefficient j+1 of channel c
         sh[:, 1:, :] = columns(expected_rest).reshape(n, 3, k - 1).transpose(0, 2, 1)
+    log_scales = columns(SCALES)
+    for i, name in enumerate(SCALES):
+        check_log_scales(path, log_scales[:, i], f"vertex property {name!r}")
     return GaussianCloud(
         means=torch.from_numpy(columns(POSITION)),
         sh=torch.from_numpy(sh),
         opacity_logits=torch.from_numpy(columns(OPACITY)[:, 0].copy()),
-        log_scales=torch.from_numpy(columns(SCALES)),
+        log_scales=torch.from_numpy(log_scales),
         quats=torch.from_numpy(columns(ROTATION)),
         source=str(path),
     )
 
 
-def _map_binary_vertex(path: Path, header: PlyHeader) -> np.ndarray | None:
-    """Memory-map only the vertex rows of a binary PLY, or None when its offset is unknown (an
-    earlier element has list properties) or the file is ASCII.
+def _map_binary_vertex(path: Path, header: PlyHeader) -> np.ndarray:
+    """Memory-map only the vertex rows of a binary PLY whose elements have no list properties.
 
     plyfile would parse every element, and pre-allocates a list length read from the data of
     any other element (2^32 - 1 items: 16 GiB) before finding the file too short.
     """
-    if header.format == "ascii":
-        return None
     offset = header.header_bytes
     for element in header.elements:
-        if element.has_lists:
-            return None
         if element.name == "vertex":
             dtype = np.dtype([(p.name, header.byte_order + p.dtype) for p in element.properties])
             if element.count == 0:
                 return np.empty(0, dtype=dtype)
-            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(element.count,))
+            with open_regular_file(path) as fh:
+                return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=(element.count,))
         offset += element.count * element.row_bytes()
-    return None
+    raise GaussianFormatError(f"{path}: PLY has no 'vertex' element")
+
+
+def _check_ascii_rows(path: Path, header: PlyHeader) -> None:
+    """Refuse non-blank lines after the rows an ASCII PLY declares (one line per row)."""
+    rows = sum(element.count for element in header.elements)
+    with open_regular_file(path) as fh:
+        fh.seek(header.header_bytes)
+        for index, line in enumerate(fh):
+            if index >= rows and line.strip():
+                raise GaussianFormatError(
+                    f"{path}: data beyond the {rows:,} rows the ASCII PLY header declares "
+                    f"(line {index + 1} after the header: {line[:40]!r})"
+                )
 
 
 def _sh_degree_from_rest(path: Path, count: int) -> int:

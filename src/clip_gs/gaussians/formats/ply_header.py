@@ -3,16 +3,29 @@
 plyfile allocates ``count`` rows as soon as it reads an element line, so a header that claims
 10^12 vertices would exhaust memory. Every PLY-based reader in clip_gs parses the header here
 first, checks the claimed sizes against the file size, and only then reads the data.
+
+Rules (each refused with a :class:`GaussianFormatError` naming the file):
+
+- The header ends at the first line that is exactly ``end_header`` (LF or CRLF line end); a
+  line that merely contains the word (``comment end_header``) does not end it.
+- An element name is declared at most once (a second ``vertex`` element is refused).
+- A binary file whose elements have no list properties holds exactly the bytes its header
+  declares: fewer is a truncated file, more is data beyond the declared counts. With list
+  properties the size is known only after reading the lists, so only a lower bound is checked.
+- Only regular files are read (:mod:`clip_gs.gaussians.files`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from clip_gs.errors import GaussianFormatError
+from clip_gs.gaussians.files import open_regular_file
 
 MAX_HEADER_BYTES = 1 << 20
 """A header longer than this is refused (real 3DGS headers are a few hundred bytes)."""
@@ -73,9 +86,20 @@ class PlyHeader:
         return None
 
 
+_END_HEADER_LINE = re.compile(rb"\nend_header\r?\n")
+_END_HEADER_AT_EOF = re.compile(rb"\nend_header\r?$")
+
+
 def is_ply(head: bytes) -> bool:
     """True when the bytes start with the PLY magic line."""
     return head.startswith(b"ply\n") or head.startswith(b"ply\r\n")
+
+
+def find_end_header(raw: bytes) -> tuple[int, int] | None:
+    """``(start, data)`` of the first line of ``raw`` that is exactly ``end_header``: ``start`` is
+    where the header text ends, ``data`` the offset of the first data byte; None when there is none."""
+    match = _END_HEADER_LINE.search(raw)
+    return None if match is None else (match.start() + 1, match.end())
 
 
 def read_ply_header(path: Path) -> PlyHeader:
@@ -89,20 +113,20 @@ def read_ply_header(path: Path) -> PlyHeader:
     Raises:
         GaussianFormatError: naming the file and the problem.
     """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
+    with open_regular_file(path) as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
             raw = fh.read(MAX_HEADER_BYTES)
-    except OSError as exc:
-        raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            raise GaussianFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if not is_ply(raw):
         raise GaussianFormatError(f"{path}: not a PLY file (missing the 'ply' magic line)")
-    end = raw.find(b"end_header")
-    if end < 0:
+    found = find_end_header(raw)
+    if found is None:
+        if _END_HEADER_AT_EOF.search(raw):
+            raise GaussianFormatError(f"{path}: PLY header ends without a newline after 'end_header' (truncated file)")
         raise GaussianFormatError(f"{path}: PLY header has no 'end_header' line (truncated or not a PLY file)")
-    newline = raw.find(b"\n", end)
-    if newline < 0:
-        raise GaussianFormatError(f"{path}: PLY header ends without a newline after 'end_header' (truncated file)")
+    end, data_start = found
     try:
         text = raw[:end].decode("ascii")
     except UnicodeDecodeError as exc:
@@ -125,6 +149,10 @@ def read_ply_header(path: Path) -> PlyHeader:
         elif keyword == "element":
             if len(words) != 3 or not words[2].isdigit():
                 raise GaussianFormatError(f"{path}: bad PLY element line {line!r} (line {lineno})")
+            if any(element.name == words[1] for element in elements):
+                raise GaussianFormatError(
+                    f"{path}: PLY header declares the element {words[1]!r} more than once (line {lineno})"
+                )
             elements.append(PlyElement(words[1], int(words[2])))
         elif keyword == "property":
             if not elements:
@@ -145,7 +173,7 @@ def read_ply_header(path: Path) -> PlyHeader:
             raise GaussianFormatError(f"{path}: unknown PLY header keyword {keyword!r} (line {lineno})")
     if fmt is None:
         raise GaussianFormatError(f"{path}: PLY header has no 'format' line")
-    header = PlyHeader(fmt, elements, newline + 1, comments)
+    header = PlyHeader(fmt, elements, data_start, comments)
     _check_size(path, header, size)
     return header
 
@@ -163,9 +191,15 @@ def _check_size(path: Path, header: PlyHeader, size: int) -> None:
     # exact without list properties; with them a lower bound (every list empty), which still
     # stops a header claiming 10^12 faces before plyfile allocates them
     need = sum(element.count * element.min_row_bytes() for element in header.elements)
+    lists = any(e.has_lists for e in header.elements)
+    declared = ", ".join(f"{e.count:,} {e.name}" for e in header.elements)
     if need > remaining:
-        at_least = "at least " if any(e.has_lists for e in header.elements) else ""
         raise GaussianFormatError(
-            f"{path}: truncated PLY: the header claims {at_least}{need:,} data bytes "
-            f"({', '.join(f'{e.count:,} {e.name}' for e in header.elements)}) but only {remaining:,} follow it"
+            f"{path}: truncated PLY: the header claims {'at least ' if lists else ''}{need:,} data bytes "
+            f"({declared}) but only {remaining:,} follow it"
+        )
+    if need < remaining and not lists:
+        raise GaussianFormatError(
+            f"{path}: {remaining - need:,} bytes of data beyond what the PLY header declares "
+            f"({declared}: {need:,} bytes)"
         )

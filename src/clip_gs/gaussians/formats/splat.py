@@ -24,6 +24,8 @@ import torch
 
 from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.gaussians.cloud import SH_C0, GaussianCloud
+from clip_gs.gaussians.files import read_regular_file
+from clip_gs.gaussians.formats.limits import check_log_scales
 
 SPLAT_RECORD = np.dtype(
     [("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rotation", "u1", (4,))]
@@ -64,14 +66,13 @@ def read_splat(path: Path, opacity_eps: float = DEFAULT_OPACITY_EPS) -> Gaussian
         opacity_eps: clamp of ``a / 255`` before the logit (see :data:`DEFAULT_OPACITY_EPS`).
 
     Raises:
-        GaussianFormatError: empty file, size not a multiple of 32 bytes, a non-positive or
-            non-finite scale, non-finite position, or an all-zero rotation (naming its index).
+        GaussianFormatError: not a regular file (a FIFO or a device such as ``/dev/zero``), empty
+            file, size not a multiple of 32 bytes, a non-positive or non-finite scale, a scale
+            whose log lies outside the range of :mod:`~clip_gs.gaussians.formats.limits`,
+            non-finite position, or an all-zero rotation (naming its index).
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    raw = read_regular_file(path)
     size = len(raw)
     if size == 0 or size % SPLAT_RECORD.itemsize:
         raise GaussianFormatError(
@@ -87,6 +88,8 @@ def read_splat(path: Path, opacity_eps: float = DEFAULT_OPACITY_EPS) -> Gaussian
             f"{path}: {int(bad_scale.sum())} Gaussian(s) have a non-positive or non-finite scale "
             f"(first: index {index}, scale {scales[index].tolist()}); .splat scales are linear and must be > 0"
         )
+    log_scales = np.log(scales)
+    check_log_scales(path, log_scales, "scale")
     quats = (records["rotation"].astype(np.float32) - 128.0) / 128.0
     zero = ~quats.any(axis=1)
     if zero.any():
@@ -100,7 +103,7 @@ def read_splat(path: Path, opacity_eps: float = DEFAULT_OPACITY_EPS) -> Gaussian
         means=torch.from_numpy(records["position"].astype(np.float32)),
         sh=torch.from_numpy(np.ascontiguousarray(sh)),
         opacity_logits=torch.from_numpy(opacity_logits_from_bytes(rgba[:, 3], opacity_eps)),
-        log_scales=torch.from_numpy(np.log(scales)),
+        log_scales=torch.from_numpy(log_scales),
         quats=torch.from_numpy(quats),
         source=str(path),
     )

@@ -36,6 +36,13 @@ forward) by flipping y and z. By default (``coordinates="rdf"``) this reader fli
 with the matching quaternion and SH sign changes, so an spz and the INRIA / compressed PLY of the
 same object load identically (checked on PlayCanvas' biker). ``coordinates="stored"`` returns the
 values as stored.
+
+Sizes are checked before anything is decompressed or allocated: the header's point count
+against ``max_points``, and the decompressed size it implies against the file's size with the
+compression-ratio limit of :mod:`~clip_gs.gaussians.formats.limits` (``max_compression_ratio``).
+Decompression is streamed with an output limit of exactly the declared size, so a stream that
+holds more is refused without being inflated. Running out of memory while decompressing is a
+:class:`GaussianFormatError` naming the file and the stream.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ import torch
 
 from clip_gs.errors import ConfigError, GaussianFormatError, MissingDependencyError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import MAX_SH_DEGREE, GaussianCloud, sh_coeff_count
+from clip_gs.gaussians.files import read_regular_file
+from clip_gs.gaussians.formats.limits import MAX_COMPRESSION_RATIO, check_compression_ratio
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, opacity_logits_from_bytes
 
 SPZ_MAGIC = 0x5053474E
@@ -127,7 +136,14 @@ def _check_header(path: Path, version: int, num_points: int, sh_degree: int, fla
         )
 
 
-def _inflate_legacy(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int, int, int, int, int], dict[str, bytes]]:
+def _reason(exc: BaseException) -> str:
+    """An exception's message, or its type name when the message is empty."""
+    return str(exc) or type(exc).__name__
+
+
+def _inflate_legacy(
+    path: Path, raw: bytes, max_points: int, max_ratio: float
+) -> tuple[tuple[int, int, int, int, int], dict[str, bytes]]:
     """Gunzip a v2/v3 file incrementally: the header first, then exactly the bytes it implies."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = [raw]  # input not yet handed to the inflater
@@ -159,12 +175,7 @@ def _inflate_legacy(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int,
     _check_header(path, version, num_points, sh_degree, flags, max_points)
     layout = _point_layout(version, sh_degree)
     need = num_points * sum(width for _, width in layout)
-    # deflate expands at most ~1032:1; refuse impossible claims before inflating anything more
-    if need > 1100 * len(raw) + (1 << 16):
-        raise GaussianFormatError(
-            f"{path}: spz header claims {num_points:,} Gaussians ({need:,} bytes), "
-            f"impossible for a {len(raw):,}-byte gzip file"
-        )
+    check_compression_ratio(path, need, len(raw), max_ratio, f"spz header ({num_points:,} Gaussians)")
     body = take(need)
     try:
         extra = inflater.decompress(pending.pop() if pending else inflater.unconsumed_tail, 1)
@@ -196,8 +207,14 @@ def _zstd_decompress(path: Path, frame: bytes, size: int, name: str) -> bytes:
     decompress_into = _zstd_backend(path)
     try:
         out = decompress_into(frame, size + 1)
+    except MemoryError:
+        out = None  # raised below, once the failed allocation is released
     except Exception as exc:  # each zstd binding raises its own error type on corrupt input
-        raise GaussianFormatError(f"{path}: corrupt zstd stream {name!r} in spz file: {exc}") from exc
+        raise GaussianFormatError(f"{path}: corrupt zstd stream {name!r} in spz file: {_reason(exc)}") from exc
+    if out is None:
+        raise GaussianFormatError(
+            f"{path}: not enough memory to decompress spz v4 stream {name!r} ({size:,} bytes declared)"
+        )
     if len(out) != size:
         raise GaussianFormatError(f"{path}: spz v4 stream {name!r} holds {len(out):,} bytes, expected {size:,}")
     return out
@@ -244,7 +261,9 @@ def _zstd_backend(path: Path):
     return decompress
 
 
-def _read_v4(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int, int, int, int, int], dict[str, bytes]]:
+def _read_v4(
+    path: Path, raw: bytes, max_points: int, max_ratio: float
+) -> tuple[tuple[int, int, int, int, int], dict[str, bytes]]:
     if len(raw) < _V4_HEADER_BYTES:
         raise GaussianFormatError(f"{path}: truncated spz v4 header ({len(raw)} bytes, need {_V4_HEADER_BYTES})")
     magic, version, num_points, sh_degree, fractional_bits, flags, num_streams, toc_offset = struct.unpack(
@@ -256,6 +275,8 @@ def _read_v4(path: Path, raw: bytes, max_points: int) -> tuple[tuple[int, int, i
         raise GaussianFormatError(
             f"{path}: spz v4 with SH degree {sh_degree} must have {len(layout)} streams, header says {num_streams}"
         )
+    need = num_points * sum(width for _, width in layout)
+    check_compression_ratio(path, need, len(raw), max_ratio, f"spz v4 header ({num_points:,} Gaussians)")
     toc_end = toc_offset + 16 * num_streams
     if toc_offset < _V4_HEADER_BYTES or toc_end > len(raw):
         raise GaussianFormatError(f"{path}: spz v4 stream table at byte {toc_offset} lies outside the file")
@@ -305,6 +326,7 @@ def read_spz(
     opacity_eps: float = DEFAULT_OPACITY_EPS,
     coordinates: str = "rdf",
     max_points: int = DEFAULT_MAX_POINTS,
+    max_compression_ratio: float = MAX_COMPRESSION_RATIO,
 ) -> GaussianCloud:
     """Read a Niantic ``.spz`` file (v2, v3 gzip; v4 zstd) into a float32 :class:`GaussianCloud`.
 
@@ -316,21 +338,21 @@ def read_spz(
             frame, with the matching quaternion and SH sign changes; ``"stored"`` returns
             positions, rotations and SH as stored.
         max_points: refuse headers claiming more Gaussians (checked before allocating).
+        max_compression_ratio: refuse headers declaring more decompressed bytes than this many
+            times the file's size (see :mod:`~clip_gs.gaussians.formats.limits`).
 
     Raises:
-        GaussianFormatError: corrupt or truncated file, sizes that disagree with the header.
+        GaussianFormatError: corrupt or truncated file, sizes that disagree with the header or
+            exceed the limits above, not a regular file, or not enough memory to decompress.
         UnsupportedFormatError: a version other than 2, 3, 4, SH degree > 3, or extensions.
         MissingDependencyError: a v4 file without a zstd decompressor installed.
     """
     path = Path(path)
     if coordinates not in ("stored", "rdf"):
         raise ConfigError(f"coordinates must be 'stored' or 'rdf', got {coordinates!r}")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise GaussianFormatError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    raw = read_regular_file(path)
     if raw[:2] == _GZIP_MAGIC:
-        fields, arrays = _inflate_legacy(path, raw, max_points)
+        fields, arrays = _inflate_legacy(path, raw, max_points, max_compression_ratio)
     elif raw[:4] == b"NGSP":
         version = struct.unpack("<I", raw[4:8])[0] if len(raw) >= 8 else None
         if version is None:
@@ -339,7 +361,7 @@ def read_spz(
             raise UnsupportedFormatError(
                 f"{path}: uncompressed spz version {version} is not supported (v2/v3 are gzipped, v4 uses zstd streams)"
             )
-        fields, arrays = _read_v4(path, raw, max_points)
+        fields, arrays = _read_v4(path, raw, max_points, max_compression_ratio)
     else:
         raise GaussianFormatError(f"{path}: not an spz file (neither gzip nor the NGSP magic)")
     version, n, sh_degree, fractional_bits, _ = fields
@@ -355,11 +377,13 @@ def _decode(path, version, n, sh_degree, fractional_bits, arrays, opacity_eps, c
     log_scales = np.frombuffer(arrays["scales"], dtype=np.uint8).reshape(n, 3).astype(np.float64) / 16.0 - 10.0
     colors = np.frombuffer(arrays["colors"], dtype=np.uint8).reshape(n, 3).astype(np.float64)
     k = sh_coeff_count(sh_degree)
-    sh = np.zeros((n, k, 3), dtype=np.float64)
+    # float32 from the start: (b - 128) / 128 is exact in float32, and the SH is most of the memory
+    sh = np.empty((n, k, 3), dtype=np.float32)
     sh[:, 0, :] = (colors / 255.0 - 0.5) / SPZ_COLOR_SCALE
     if k > 1:
-        rest = np.frombuffer(arrays["sh"], dtype=np.uint8).reshape(n, k - 1, 3).astype(np.float64)
-        sh[:, 1:, :] = (rest - 128.0) / 128.0
+        rest = np.frombuffer(arrays["sh"], dtype=np.uint8).reshape(n, k - 1, 3)
+        np.subtract(rest, np.float32(128.0), out=sh[:, 1:, :], dtype=np.float32)
+        sh[:, 1:, :] /= np.float32(128.0)
 
     if version == 2:
         xyz = np.frombuffer(arrays["rotations"], dtype=np.uint8).reshape(n, 3).astype(np.float64) / 127.5 - 1.0
@@ -373,11 +397,11 @@ def _decode(path, version, n, sh_degree, fractional_bits, arrays, opacity_eps, c
         means = means * _FLIP_XYZ
         quats = quats * np.concatenate([[1.0], _FLIP_XYZ])
         if k > 1:
-            sh[:, 1:, :] *= _FLIP_SH[: k - 1, None]
+            sh[:, 1:, :] *= _FLIP_SH[: k - 1, None].astype(np.float32)
     alphas = np.frombuffer(arrays["alphas"], dtype=np.uint8)
     return GaussianCloud(
         means=torch.from_numpy(means.astype(np.float32)),
-        sh=torch.from_numpy(sh.astype(np.float32)),
+        sh=torch.from_numpy(sh),
         opacity_logits=torch.from_numpy(opacity_logits_from_bytes(alphas, opacity_eps)),
         log_scales=torch.from_numpy(log_scales.astype(np.float32)),
         quats=torch.from_numpy(quats.astype(np.float32)),
