@@ -233,6 +233,29 @@ def test_uncoloured_meshes_are_summarised_once(tmp_path):
                         "grey, e.g. cone_0001.off"], messages  # fmt: skip
 
 
+def test_material_file_warnings_are_not_counted_as_grey(tmp_path):
+    """A mesh whose material library is missing has a colour problem of its own: its warning
+    reaches the caller as it is, and the benchmark's summary counts only meshes given grey."""
+    import warnings
+
+    from clip_gs.data.mesh import MeshColorWarning, NeutralGreyWarning
+    from clip_gs.evaluation.benchmark_run import embed_items
+    from clip_gs.evaluation.benchmarks import BenchmarkItem
+    from clip_gs.model import CLIPGS
+
+    obj = tmp_path / "box.obj"
+    obj.write_text("mtllib missing.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nusemtl red\n"
+                   "f 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n")  # fmt: skip
+    item = BenchmarkItem(id="box", path=obj, label="box", split=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embed_items(CLIPGS.from_pretrained(tiny_model_folder(tmp_path)), [item], N, 0, tmp_path / "cache", 8,
+                    "fp32", False)  # fmt: skip
+    material = [w for w in caught if issubclass(w.category, MeshColorWarning)
+                and not issubclass(w.category, NeutralGreyWarning)]  # fmt: skip
+    assert material and "missing.mtl" in str(material[0].message), [str(w.message) for w in caught]
+
+
 def test_cli_benchmark_standard_few_shot(tmp_path, capsys):
     """ModelNet40's layout with 5 classes of 10 train and 20 test meshes: the standard protocol's
     5-way 10-shot runs (support from train/, queries from test/), 10 runs, mean +- std printed."""

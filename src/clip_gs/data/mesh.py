@@ -73,6 +73,11 @@ class MeshColorWarning(UserWarning):
     the mesh names is missing, unreadable or undecodable."""
 
 
+class NeutralGreyWarning(MeshColorWarning):
+    """The :class:`MeshColorWarning` for a (part of a) mesh given :data:`NEUTRAL_GREY` because it
+    has no colour at all: a benchmark of colourless meshes (ModelNet) summarises these in one line."""
+
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", ".webp", ".gif")
 """Files named by a mesh that are checked to decode as images when they are read."""
 
@@ -581,7 +586,7 @@ def mesh_to_gaussians(
     if grey_parts:
         warnings.warn(
             f"{source}: no colour information for {', '.join(grey_parts)}; using neutral grey {NEUTRAL_GREY}",
-            MeshColorWarning,
+            NeutralGreyWarning,
             stacklevel=2,
         )
     if not np.isfinite(rgb).all():
@@ -604,6 +609,7 @@ __all__ = [
     "DEFAULT_THICKNESS_RATIO",
     "NEUTRAL_GREY",
     "MeshColorWarning",
+    "NeutralGreyWarning",
     "disk_radius",
     "face_normals",
     "mesh_to_gaussians",

@@ -49,7 +49,7 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
     :func:`~clip_gs.evaluation.benchmarks.load_item`), :data:`ENCODE_CHUNK` at a time."""
     import warnings
 
-    from clip_gs.data.mesh import MeshColorWarning
+    from clip_gs.data.mesh import NeutralGreyWarning
     from clip_gs.evaluation.benchmarks import load_item
 
     fused = model.fused(precision)
@@ -65,10 +65,10 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
             clouds = []
             for item in chunk:
                 with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", MeshColorWarning)
+                    warnings.simplefilter("always", NeutralGreyWarning)
                     clouds.append(load_item(item, num_gaussians=num_gaussians, seed=seed, cache_dir=cache_dir).replace(source=item.id))
                 for w in caught:  # ModelNet's meshes have no colour by nature: one summary, not a warning per file
-                    if issubclass(w.category, MeshColorWarning):
+                    if issubclass(w.category, NeutralGreyWarning):
                         grey.append(item.path.name)
                     else:
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -80,7 +80,7 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
             bar.close()
     if grey:
         warnings.warn(f"{len(set(grey))} of {len(items)} meshes have no colour (no texture, vertex colours or material) "
-                      f"and were given neutral grey, e.g. {grey[0]}", MeshColorWarning, stacklevel=2)  # fmt: skip
+                      f"and were given neutral grey, e.g. {grey[0]}", NeutralGreyWarning, stacklevel=2)  # fmt: skip
     return torch.cat(parts).float() if parts else torch.zeros(0, model.config.embed_dim)
 
 
