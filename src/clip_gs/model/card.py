@@ -46,8 +46,16 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from clip_gs.errors import ConfigError, ModelCardError
-from clip_gs.model.folder import CONFIG_NAME, CURVES_NAME, EVAL_REPORT, METRICS_NAME, TEACHER_NAME
+from clip_gs.errors import ModelCardError
+from clip_gs.model.folder import (
+    CONFIG_NAME,
+    CURVES_NAME,
+    EVAL_REPORT,
+    METRICS_NAME,
+    TEACHER_NAME,
+    read_model_config,
+    read_teacher_record,
+)
 
 if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig
@@ -369,7 +377,7 @@ def build_model_card(
 
 # ---------------------------------------------------------------------------- a model folder's card
 def read_json_record(path: Path, what: str) -> dict:
-    """A JSON object file of a model folder (``teacher.json``, ``metrics.json``); :class:`ModelCardError` otherwise."""
+    """A JSON object file of a model folder (``metrics.json``); :class:`ModelCardError` otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -380,26 +388,12 @@ def read_json_record(path: Path, what: str) -> dict:
 
 
 def read_config(folder: str | os.PathLike) -> CLIPGSConfig:
-    """``folder/config.json`` as a :class:`CLIPGSConfig`.
+    """``folder/config.json`` as a :class:`CLIPGSConfig` (:func:`~clip_gs.model.folder.read_model_config`).
 
     Raises:
-        ConfigError: missing, not JSON, or not a CLIPGSConfig (the message names the file).
+        ConfigError: missing, not JSON, or not a CLIPGSConfig (the message names the file and the field).
     """
-    from clip_gs.model.config import CLIPGSConfig
-
-    path = Path(folder) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: missing; a model folder holds config.json next to model.safetensors") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of CLIPGSConfig fields, got {type(data).__name__}")
-    try:
-        return CLIPGSConfig.from_dict(data)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    return read_model_config(Path(folder) / CONFIG_NAME)
 
 
 def folder_card(
@@ -423,7 +417,7 @@ def folder_card(
     """
     folder = Path(folder)
     config = read_config(folder)
-    teacher = read_json_record(folder / TEACHER_NAME, "teacher record") if (folder / TEACHER_NAME).is_file() else None
+    teacher = read_teacher_record(folder).to_dict() if (folder / TEACHER_NAME).is_file() else None
     training = read_json_record(folder / METRICS_NAME, "export record") if (folder / METRICS_NAME).is_file() else None
     if training is not None:
         metrics = training.get("metrics", {})

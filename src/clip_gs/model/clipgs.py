@@ -12,12 +12,12 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from clip_gs.downloads import HUB_PREFIX, hub_download, model_location, offline_advice, parse_hub_reference
-from clip_gs.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, WeightsUnavailableError
 from clip_gs.gaussians import load_gaussians
 from clip_gs.model.card import LIBRARY_NAME, LICENSE, TAGS
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
-from clip_gs.model.folder import WEIGHTS_NAME, write_teacher_record
+from clip_gs.model.folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config, write_teacher_record
 from clip_gs.model.fused import Encoded, FusedEncoder
 from clip_gs.model.inputs import GaussianInput, Loader
 from clip_gs.model.uni3d import (
@@ -27,7 +27,7 @@ from clip_gs.model.uni3d import (
     infer_uni3d_size,
     load_checkpoint_file,
 )
-from clip_gs.state_dicts import load_state_dict_strict
+from clip_gs.state_dicts import check_state_shapes, check_weight_dtypes, load_state_dict_strict
 
 LOAD_TIME_OVERRIDES = ("num_gaussians", "num_groups", "group_size", "fps_start", "drop_path_rate", "patch_dropout")
 """``CLIPGSConfig`` fields ``from_pretrained`` accepts as keyword overrides: they change no
@@ -119,18 +119,22 @@ class CLIPGS(
         Keyword arguments: those of ``huggingface_hub``'s ``from_pretrained`` (``revision``,
         ``cache_dir``, ``local_files_only``, ``token``, ``force_download``), ``map_location``
         (the device the model is put on, default ``"cpu"``), and the configuration fields in
-        :data:`LOAD_TIME_OVERRIDES` (e.g. ``num_gaussians=2048``). Weights must match the
-        architecture in ``config.json`` exactly.
+        :data:`LOAD_TIME_OVERRIDES` (e.g. ``num_gaussians=2048``).
+
+        Nothing is built until the folder checks out: ``config.json`` is read by
+        :func:`~clip_gs.model.folder.read_model_config` (every field, typed, within
+        :data:`~clip_gs.model.config.SIZE_CAPS`), then the header of ``model.safetensors`` (names,
+        shapes and dtypes, no data) must match that architecture exactly (:func:`check_weights_file`);
+        the loaded values must be finite (:func:`~clip_gs.state_dicts.check_finite`).
 
         Raises:
-            ConfigError: any other keyword (a typo, or a field that changes the architecture), or a
-                name the Hub rejects as a repo id.
+            ConfigError: any other keyword (a typo, or a field that changes the architecture), a name the
+                Hub rejects as a repo id, an invalid ``config.json`` or override (names the file and field).
             CheckpointError: a file or a missing folder (:func:`~clip_gs.downloads.model_location`),
-                missing ``config.json``, corrupt or mismatched weights.
+                missing ``config.json``, corrupt or mismatched weights, weights of a non-float dtype or
+                holding NaN / infinite values (names the file and the tensor).
             WeightsUnavailableError: a Hub repo that cannot be reached (offline, no cache).
         """
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
         hub_options = {"revision", "cache_dir", "local_files_only", "token", "force_download", "map_location"}
         unknown = sorted(set(kwargs) - hub_options - set(LOAD_TIME_OVERRIDES))
         if unknown:
@@ -144,17 +148,10 @@ class CLIPGS(
                 f"accepted: {sorted(hub_options)} and the config overrides {list(LOAD_TIME_OVERRIDES)}"
             )
         overrides = {k: kwargs.pop(k) for k in LOAD_TIME_OVERRIDES if k in kwargs}
-        name = model_location(pretrained_model_name_or_path)
-        try:
-            return super().from_pretrained(name, config_overrides=overrides, **kwargs)
-        except LocalEntryNotFoundError as exc:
-            raise WeightsUnavailableError(
-                f"cannot load {name!r}: it is not a local folder, and {offline_advice(name, kwargs.get('cache_dir'))}"
-            ) from exc
-        except HfHubHTTPError as exc:
-            raise WeightsUnavailableError(f"cannot fetch {name!r} from the Hub: {exc}") from exc
-        except HFValidationError as exc:
-            raise ConfigError(f"{name!r} is neither a model folder nor a valid Hub repo id: {exc}") from exc
+        options = {"revision": None, "cache_dir": None, "force_download": False, "local_files_only": False,
+                   "token": None} | kwargs  # fmt: skip
+        return cls._from_pretrained(model_id=model_location(pretrained_model_name_or_path), config_overrides=overrides,
+                                    **options)  # fmt: skip
 
     @classmethod
     def _from_pretrained(
@@ -167,33 +164,40 @@ class CLIPGS(
         local_files_only: bool,
         token: str | bool | None,
         map_location: str | torch.device = "cpu",
-        config: dict | CLIPGSConfig | None = None,
         config_overrides: Mapping | None = None,
     ) -> CLIPGS:
+        """The loading behind :meth:`from_pretrained` (the ``PyTorchModelHubMixin`` hook), on a checked folder
+        or Hub repo id; see :meth:`from_pretrained`."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         local = Path(model_id)
-        if config is None:
-            where = f"{local / 'config.json'}" if local.is_dir() else f"Hub repo {model_id!r}"
-            error = CheckpointError if local.is_dir() else WeightsUnavailableError
-            raise error(f"no config.json found in {where}; cannot tell the architecture")
         if local.is_dir():
-            weights = local / WEIGHTS_NAME
+            config_path, weights = local / CONFIG_NAME, local / WEIGHTS_NAME
+            if not config_path.is_file():
+                raise CheckpointError(f"no {CONFIG_NAME} found in {config_path}; cannot tell the architecture")
             if not weights.is_file():
-                raise CheckpointError(f"{local}: no {WEIGHTS_NAME} next to config.json")
+                raise CheckpointError(f"{local}: no {WEIGHTS_NAME} next to {CONFIG_NAME}")
         else:
-            weights = hub_download(
-                model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
-                force_download=force_download, local_files_only=local_files_only, token=token,
-            )  # fmt: skip
-        if not isinstance(config, CLIPGSConfig):
-            config = CLIPGSConfig.from_dict(dict(config))
-        model = cls(config=config.replace(**(config_overrides or {})))
+            hub = {"revision": revision, "cache_dir": cache_dir, "force_download": force_download,
+                   "local_files_only": local_files_only, "token": token}  # fmt: skip
+            config_path = _hub_config(model_id, hub)
+            weights = hub_download(model_id, WEIGHTS_NAME, **hub)
+        config = read_model_config(config_path)
+        if config_overrides:
+            try:
+                config = config.replace(**config_overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"from_pretrained({model_id!r}) overrides {dict(config_overrides)}: {exc}") from exc
+        check_weights_file(config, weights)
+        model = cls(config=config)
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{weights}: corrupt or unreadable safetensors file: {exc}") from exc
+        except MemoryError as exc:
+            size = Path(weights).stat().st_size
+            raise CheckpointError(f"{weights}: not enough memory to load its {size:,} bytes of weights") from exc
         load_state_dict_strict(model, state, str(weights))
         return model.to(map_location).eval()
 
@@ -348,6 +352,55 @@ class CLIPGS(
             ConfigError: an unknown ``precision``, no inputs.
         """
         return self.fused(precision).encode(inputs, batch_size, seed, progress, num_workers, loader)
+
+
+def check_weights_file(config: CLIPGSConfig, weights: str | os.PathLike, hint: str = "") -> None:
+    """Check the header of a ``model.safetensors`` against ``config`` without reading its tensors.
+
+    The architecture is built on the meta device (no memory), and the header's tensor names and shapes
+    must be exactly its parameters' (:func:`~clip_gs.state_dicts.check_state_shapes`) and its dtypes
+    floating-point where the parameters are (:func:`~clip_gs.state_dicts.check_weight_dtypes`). A
+    safetensors file holds the bytes its header declares, so weights that pass need no more memory than
+    the file's size.
+
+    Raises:
+        CheckpointError: an unreadable header, other names, shapes or dtypes (names the file and the
+            tensors, and ``hint``).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = {key: f.get_slice(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            shapes = {key: tuple(piece.get_shape()) for key, piece in header.items()}
+            dtypes = {key: piece.get_dtype() for key, piece in header.items()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: corrupt or unreadable safetensors header: {exc}") from exc
+    with torch.device("meta"):
+        own = CLIPGS(config).state_dict()
+    check_state_shapes({k: v.shape for k, v in own.items()}, shapes, str(weights), CLIPGS.__name__, hint=hint)
+    check_weight_dtypes({k: v.dtype for k, v in own.items()}, dtypes, str(weights))
+
+
+def _hub_config(model_id: str, hub: Mapping) -> Path:
+    """``config.json`` of the Hub repo ``model_id`` (downloaded or from the cache)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(model_id, CONFIG_NAME, **hub))
+    except LocalEntryNotFoundError as exc:
+        raise WeightsUnavailableError(
+            f"cannot load {model_id!r}: it is not a local folder, and {offline_advice(model_id, hub.get('cache_dir'))}"
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise FileNotOnHubError(
+            f"no {CONFIG_NAME} found in Hub repo {model_id!r}; cannot tell the architecture"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise WeightsUnavailableError(f"cannot fetch {model_id!r} from the Hub: {exc}") from exc
+    except HFValidationError as exc:
+        raise ConfigError(f"{model_id!r} is neither a model folder nor a valid Hub repo id: {exc}") from exc
 
 
 def _check_size(size: str) -> str:

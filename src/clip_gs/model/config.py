@@ -3,16 +3,26 @@
 The named configurations follow Uni3D's sizes (the transformer is initialised from Uni3D), all
 aligned to the 1024-d embedding space of Uni3D's teacher ``EVA02-E-14-plus``
 (``laion2b_s9b_b144k``). ``CLIPGSConfig`` is what ``config.json`` holds on the Hub.
+
+Every :class:`CLIPGSConfig` is checked when it is made (from code, ``config.json``, a checkpoint's
+hyperparameters or a YAML override): each field must have its declared type (an ``int`` field takes
+no float, bool or string; a ``float`` field takes a finite int or float; a tuple field a list or tuple
+of its element type), and no size may exceed :data:`SIZE_CAPS`, :data:`SIZE_MARGIN` times the largest
+value of any registered configuration, so a configuration no registered model comes near is refused
+before anything is allocated for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from clip_gs.errors import ConfigError
+from clip_gs.ops.curves import MAX_BITS
 
 SERIALIZATION_ORDERS = ("xyz", "hilbert", "z")
 
@@ -87,13 +97,22 @@ class CLIPGSConfig:
     clip_pretrained: str = "laion2b_s9b_b144k"
 
     def __post_init__(self) -> None:
+        type_problems = _type_problems(self)
+        if type_problems:
+            raise ConfigError(f"invalid CLIPGSConfig {self.name!r}: " + "; ".join(type_problems))
         # JSON gives lists; keep tuples so configs compare and hash consistently.
         object.__setattr__(self, "serialization", tuple(self.serialization))
         object.__setattr__(self, "gaussian_channels", tuple(int(c) for c in self.gaussian_channels))
         problems = []
-        for name in ("width", "depth", "num_heads", "embed_dim", "num_gaussians", "num_groups", "group_size"):
+        for name in ("width", "depth", "num_heads", "embed_dim", "num_gaussians", "num_groups", "group_size",
+                     "point_encoder_dim", "gaussian_embed_dim"):  # fmt: skip
             if int(getattr(self, name)) <= 0:
                 problems.append(f"{name} must be positive")
+        if any(c <= 0 for c in self.gaussian_channels):
+            problems.append(f"gaussian_channels must be positive, got {self.gaussian_channels}")
+        problems += _cap_problems(self)
+        if problems:
+            raise ConfigError(f"invalid CLIPGSConfig {self.name!r}: " + "; ".join(problems))
         if self.width % self.num_heads:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.num_groups > self.num_gaussians:
@@ -104,7 +123,11 @@ class CLIPGSConfig:
             problems.append(f"fps_start must be 'first' or 'farthest', got {self.fps_start!r}")
         unknown = [o for o in self.serialization if o not in SERIALIZATION_ORDERS]
         if unknown or (self.gaussian_branch and not self.serialization):
-            problems.append(f"serialization must be a non-empty subset of {SERIALIZATION_ORDERS}, got {self.serialization}")
+            problems.append(
+                f"serialization must be a non-empty subset of {SERIALIZATION_ORDERS}, got {self.serialization}"
+            )
+        if not 1 <= self.serialization_bits <= MAX_BITS:
+            problems.append(f"serialization_bits must be in [1, {MAX_BITS}], got {self.serialization_bits}")
         if len(self.gaussian_channels) != 4:
             problems.append("gaussian_channels must have 4 entries (one per 1x3 convolution)")
         if self.gaussian_pooling not in ("max", "mean"):
@@ -113,6 +136,10 @@ class CLIPGSConfig:
             problems.append(f"order_fusion must be 'mean', got {self.order_fusion!r}")
         if self.scale_activation not in ("sigmoid", "exp"):
             problems.append(f"scale_activation must be 'sigmoid' or 'exp', got {self.scale_activation!r}")
+        if not 0.0 < self.mlp_ratio:
+            problems.append(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            problems.append(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.patch_dropout < 1.0:
             problems.append(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
         if problems:
@@ -130,29 +157,125 @@ class CLIPGSConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> CLIPGSConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: Mapping, complete: bool = False) -> CLIPGSConfig:
+        """The configuration a mapping of fields describes (``config.json``'s form).
+
+        Args:
+            complete: every field must be given (a file written by ``save_pretrained`` holds them all;
+                a missing one would silently take its default).
+
+        Raises:
+            ConfigError: a field the class does not have, a missing field (``complete``), or a value of
+                the wrong type or out of range (the message names the field).
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
             raise ConfigError(f"unknown CLIPGSConfig field(s) {unknown}")
+        missing = [name for name in names if name not in data] if complete else []
+        if missing:
+            raise ConfigError(f"missing CLIPGSConfig field(s) {missing}")
         return cls(**data)
 
 
-def _uni3d(name: str, uni3d_model: str, width: int, depth: int, heads: int, **block) -> CLIPGSConfig:
-    return CLIPGSConfig(name=name, uni3d_model=uni3d_model, width=width, depth=depth, num_heads=heads, **block)
+_HINTS = typing.get_type_hints(CLIPGSConfig)
+_TYPE_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
+               str | None: "a string or null", tuple[str, ...]: "a list of strings",
+               tuple[int, ...]: "a list of integers"}  # fmt: skip
 
 
-_EVA02_SMALL_BLOCK = dict(mlp_ratio=4 * 2 / 3, swiglu_mlp=True, scale_mlp=False, qkv_fused=True)
-_EVA02_BASE_BLOCK = dict(mlp_ratio=4 * 2 / 3, swiglu_mlp=True, scale_mlp=True, qkv_fused=False)
-_EVA_GIANT_BLOCK = dict(mlp_ratio=6144 / 1408, swiglu_mlp=False, scale_mlp=False, qkv_fused=True)
+def _type_problems(config: CLIPGSConfig) -> list[str]:
+    """Fields whose value is not of the declared type; int-like and real values are normalised in place."""
+    problems = []
+    for field in dataclasses.fields(config):
+        value, hint = getattr(config, field.name), _HINTS[field.name]
+        if hint is int:
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if ok:
+                object.__setattr__(config, field.name, int(value))
+        elif hint is float:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and _finite(value)
+            if ok:
+                object.__setattr__(config, field.name, float(value))
+        elif hint is bool:
+            ok = isinstance(value, bool)
+        elif hint is str:
+            ok = isinstance(value, str)
+        elif hint == str | None:
+            ok = value is None or isinstance(value, str)
+        else:  # tuple[str, ...] or tuple[int, ...]
+            element = typing.get_args(hint)[0]
+            ok = isinstance(value, list | tuple) and all(
+                isinstance(v, element) and not isinstance(v, bool) for v in value
+            )
+        if not ok:
+            problems.append(f"{field.name} must be {_TYPE_NAMES.get(hint, hint)}, got {_shown(value)}")
+    return problems
 
-MODEL_CONFIGS: dict[str, CLIPGSConfig] = {
-    "clip-gs-tiny": _uni3d("clip-gs-tiny", "eva02_tiny_patch14_224", 192, 12, 3, **_EVA02_SMALL_BLOCK),
-    "clip-gs-small": _uni3d("clip-gs-small", "eva02_small_patch14_224", 384, 12, 6, **_EVA02_SMALL_BLOCK),
-    "clip-gs-base": _uni3d("clip-gs-base", "eva02_base_patch14_448", 768, 12, 12, **_EVA02_BASE_BLOCK),
-    "clip-gs-large": _uni3d("clip-gs-large", "eva02_large_patch14_448", 1024, 24, 16, **_EVA02_BASE_BLOCK),
-    "clip-gs-giant": _uni3d("clip-gs-giant", "eva_giant_patch14_560", 1408, 40, 16, **_EVA_GIANT_BLOCK),
+
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= limit else text[:limit] + '...'}"
+
+
+def _cap_problems(config: CLIPGSConfig) -> list[str]:
+    problems = []
+    for name, cap in SIZE_CAPS.items():
+        value = getattr(config, name)
+        largest = max(value) if isinstance(value, tuple) and value else value
+        if isinstance(largest, int | float) and largest > cap:
+            problems.append(f"{name} {value} exceeds the cap {cap} ({SIZE_MARGIN}x the largest registered model's)")
+    return problems
+
+
+_EVA02_SMALL_BLOCK = {"mlp_ratio": 4 * 2 / 3, "swiglu_mlp": True, "scale_mlp": False, "qkv_fused": True}
+_EVA02_BASE_BLOCK = {"mlp_ratio": 4 * 2 / 3, "swiglu_mlp": True, "scale_mlp": True, "qkv_fused": False}
+_EVA_GIANT_BLOCK = {"mlp_ratio": 6144 / 1408, "swiglu_mlp": False, "scale_mlp": False, "qkv_fused": True}
+
+
+def _uni3d(uni3d_model: str, width: int, depth: int, heads: int, block: dict) -> dict:
+    return {"uni3d_model": uni3d_model, "width": width, "depth": depth, "num_heads": heads, **block}
+
+
+_REGISTERED: dict[str, dict] = {
+    "clip-gs-tiny": _uni3d("eva02_tiny_patch14_224", 192, 12, 3, _EVA02_SMALL_BLOCK),
+    "clip-gs-small": _uni3d("eva02_small_patch14_224", 384, 12, 6, _EVA02_SMALL_BLOCK),
+    "clip-gs-base": _uni3d("eva02_base_patch14_448", 768, 12, 12, _EVA02_BASE_BLOCK),
+    "clip-gs-large": _uni3d("eva02_large_patch14_448", 1024, 24, 16, _EVA02_BASE_BLOCK),
+    "clip-gs-giant": _uni3d("eva_giant_patch14_560", 1408, 40, 16, _EVA_GIANT_BLOCK),
 }
+"""The fields of each registered configuration that differ from :class:`CLIPGSConfig`'s defaults."""
+
+SIZE_MARGIN = 4
+"""How far beyond the registered configurations a size may go (see :data:`SIZE_CAPS`)."""
+
+_SIZE_FIELDS = ("width", "depth", "num_heads", "mlp_ratio", "embed_dim", "num_gaussians", "num_groups", "group_size",
+                "point_encoder_dim", "gaussian_embed_dim", "gaussian_channels")  # fmt: skip
+
+
+def _largest_registered(name: str) -> int | float:
+    default = CLIPGSConfig.__dataclass_fields__[name].default
+    values = [spec.get(name, default) for spec in _REGISTERED.values()]
+    return max(max(v) if isinstance(v, tuple) else v for v in values)
+
+
+SIZE_CAPS: dict[str, int | float] = {name: SIZE_MARGIN * _largest_registered(name) for name in _SIZE_FIELDS}
+"""The largest value each size field may take: :data:`SIZE_MARGIN` times the largest value of any
+registered configuration (``gaussian_channels``: each entry). With the registry of this version:
+width 5632, depth 160, num_heads 64, mlp_ratio 17.45, embed_dim 4096, num_gaussians 40000,
+num_groups 2048, group_size 256, point_encoder_dim 2048, gaussian_embed_dim 256, gaussian channels 1024.
+A larger value is refused (:class:`ConfigError`) when the configuration is made: it is a corrupt or
+hostile ``config.json``, not a model (an ``embed_dim`` of 1e9 or ``num_gaussians`` of 1e11 would
+allocate until the machine gives up)."""
+
+MODEL_CONFIGS: dict[str, CLIPGSConfig] = {name: CLIPGSConfig(name=name, **spec) for name, spec in _REGISTERED.items()}
 """Named configurations, one per Uni3D size (``from_config_name`` builds them)."""
 
 UNI3D_SIZES = {"tiny": "clip-gs-tiny", "small": "clip-gs-small", "base": "clip-gs-base",
@@ -177,7 +300,6 @@ def _overrides_dict(self) -> dict:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
 
-_HINTS = typing.get_type_hints(CLIPGSConfig)
 ConfigOverrides = dataclasses.make_dataclass(
     "ConfigOverrides",
     [(f.name, _HINTS[f.name] | None, dataclasses.field(default=None)) for f in dataclasses.fields(CLIPGSConfig)

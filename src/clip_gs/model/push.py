@@ -4,7 +4,7 @@ What is uploaded (from a folder written by the training export or ``save_pretrai
 
     config.json          checked: parses as a CLIPGSConfig
     model.safetensors    checked: its header's tensor names and shapes match config.json
-    teacher.json         when present (checked: a JSON object; its embed_dim matches config.json)
+    teacher.json         when present (checked: a valid teacher record; its embed_dim matches config.json)
     README.md            the generated card (clip_gs.model.card.folder_card), never the folder's README.md
     curves.png           when present
     eval/report.json     the evaluation report the card is made from, when there is one
@@ -29,7 +29,6 @@ from clip_gs.model.card import (
     eval_images,
     folder_card,
     read_config,
-    read_json_record,
     report_location,
 )
 from clip_gs.model.folder import (
@@ -40,6 +39,7 @@ from clip_gs.model.folder import (
     METRICS_NAME,
     TEACHER_NAME,
     WEIGHTS_NAME,
+    read_teacher_record,
 )
 
 if TYPE_CHECKING:
@@ -117,11 +117,7 @@ def validate_folder(folder: str | os.PathLike) -> CLIPGSConfig:
             weights that do not match the config, a ``teacher.json`` of another embedding size.
         ConfigError: ``config.json`` missing or invalid.
     """
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    from clip_gs.model.clipgs import CLIPGS
-    from clip_gs.state_dicts import load_state_dict_strict
+    from clip_gs.model.clipgs import check_weights_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -130,19 +126,10 @@ def validate_folder(folder: str | os.PathLike) -> CLIPGSConfig:
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS_NAME} (the weights) next to {CONFIG_NAME}")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights}: corrupt or unreadable safetensors header: {exc}") from exc
-    with torch.device("meta"):
-        model = CLIPGS(config)
-        state = {key: torch.empty(shape) for key, shape in shapes.items()}
-    load_state_dict_strict(model, state, str(weights), hint=f"it was not written for this {CONFIG_NAME}")
+    check_weights_file(config, weights, hint=f"it was not written for this {CONFIG_NAME}")
     teacher_path = folder / TEACHER_NAME
     if teacher_path.is_file():
-        teacher = read_json_record(teacher_path, "teacher record")
-        dim = teacher.get("embed_dim")
+        dim = read_teacher_record(folder).embed_dim
         if dim is not None and dim != config.embed_dim:
             raise CheckpointError(
                 f"{teacher_path}: the teacher embeds in {dim} dimensions but {folder / CONFIG_NAME} has "

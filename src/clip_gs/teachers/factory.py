@@ -20,7 +20,9 @@ Spec strings (the same for ``load_teacher``, config files and ``--teacher SPEC``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from clip_gs.errors import ConfigError, WeightsUnavailableError
 from clip_gs.teachers.base import Teacher
@@ -118,26 +120,62 @@ def load_teacher(spec: str | Teacher, **kwargs) -> Teacher:
         if parsed.kind == "file":
             return SyntheticCLIPTeacher(parsed.pretrained, **kwargs)
         register_architecture()
-    if parsed.kind == "file":
-        from pathlib import Path
-
-        if not Path(parsed.pretrained).is_file():
-            raise ConfigError(f"teacher spec {spec!r}: checkpoint file {parsed.pretrained} does not exist")
+    if parsed.kind == "file" and not Path(parsed.pretrained).is_file():
+        raise ConfigError(f"teacher spec {spec!r}: checkpoint file {parsed.pretrained} does not exist")
     return OpenCLIPTeacher(parsed.model, parsed.pretrained, **kwargs)
 
 
-def teacher_spec_for(identity: str) -> str:
+def teacher_spec_for(
+    identity: str, folder: str | os.PathLike | None = None, allow_external_files: bool = False
+) -> str:
     """The :func:`~clip_gs.teachers.load_teacher` spec of a recorded teacher identity.
 
     ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` -> ``hf-hub:ORG/NAME``;
     ``file:synthetic-clip@sha256:...`` -> ``synthetic-clip`` (the shipped offline teacher; the
     checksum is compared once it is loaded).
 
+    An identity is read from a file (``teacher.json``, an index, a dataset manifest), so one that
+    names a local checkpoint file (:func:`teacher_file`) is confined to ``folder``: the spec names the
+    file inside ``folder`` it resolves to, and a file elsewhere (or any file when no ``folder`` is given)
+    is refused unless ``allow_external_files``.
+
     Raises:
         WeightsUnavailableError: a teacher loaded from some other local file (only that file
             will do; the message says how to pass it with ``--teacher NAME@FILE``).
-        ConfigError: an identity no teacher can be loaded from (random or test teachers).
+        ConfigError: an identity no teacher can be loaded from (random or test teachers); one naming a
+            file outside ``folder``.
     """
+    spec = _recorded_spec(identity)
+    path = _confined_file(identity, spec, folder, allow_external_files)
+    return spec if path is None else f"{parse_teacher_spec(spec).model}@{path}"
+
+
+def teacher_file(
+    identity: str, folder: str | os.PathLike | None = None, allow_external_files: bool = False
+) -> Path | None:
+    """The local checkpoint file a recorded teacher identity names, resolved; None when it names none.
+
+    An identity names a file when its spec (:func:`teacher_spec_for`) is ``NAME@PATH``, or
+    ``NAME/TAG`` whose ``TAG`` is a path (it holds a path separator or starts with ``.`` or ``~``) or
+    names an existing file relative to the working directory or to ``folder`` (the open_clip teacher
+    takes an existing file for a tag). A relative path is taken relative to ``folder``; the resolved
+    path (symbolic links followed) must lie inside ``folder``.
+
+    Raises:
+        ConfigError: the file lies outside ``folder`` (or no ``folder`` is given) and not
+            ``allow_external_files``; the message names the identity and the path.
+    """
+    try:
+        spec = _recorded_spec(identity)
+        parse_teacher_spec(spec)
+    except (ConfigError, WeightsUnavailableError):
+        return None  # an identity nothing is loaded from names no file
+    return _confined_file(identity, spec, folder, allow_external_files)
+
+
+def _recorded_spec(identity: str) -> str:
+    if not isinstance(identity, str):
+        raise ConfigError(f"a teacher identity must be a string, got {type(identity).__name__}")
     kind, _, rest = identity.partition(":")
     if kind == "open_clip" and "/" in rest:
         return rest
@@ -153,8 +191,43 @@ def teacher_spec_for(identity: str) -> str:
             f"--teacher {name}@/path/to/checkpoint (its checksum must be {checksum})"
         )
     raise ConfigError(
-        f"teacher {identity!r} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC"
+        f"teacher {identity!r:.200} cannot be loaded (not an open_clip, hf-hub or file teacher); pass --teacher SPEC"
     )
 
 
-__all__ = ["DEFAULT_TEACHER", "OFFLINE_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec", "teacher_spec_for"]
+def _confined_file(identity: str, spec: str, folder: str | os.PathLike | None, allow_external: bool) -> Path | None:
+    parsed = parse_teacher_spec(spec)
+    if not (parsed.kind == "file" or (parsed.kind == "open_clip" and _is_file_name(parsed.pretrained, folder))):
+        return None
+    named = parsed.pretrained
+    try:
+        path = Path(named)
+        base = Path(folder).resolve() if folder is not None else None
+        resolved = (base / path if base is not None else path).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symbolic-link loop
+        raise ConfigError(f"teacher {identity!r:.200} names the file {named!r:.200}, which cannot be resolved: {exc}")
+    if base is not None and resolved.is_relative_to(base):
+        return resolved
+    if allow_external:
+        return resolved
+    where = f"outside the model folder {base}" if base is not None else "a local file (no folder to confine it to)"
+    raise ConfigError(
+        f"teacher {identity!r:.200} names the checkpoint file {named!r:.200}, {where}; refused: a recorded identity "
+        "may only name a file inside the folder it came with (allow_external_teacher_files=True reads it anyway)"
+    )
+
+
+def _is_file_name(tag: str, folder: str | os.PathLike | None) -> bool:
+    """Whether an open_clip ``TAG`` is a file path rather than a pretrained tag (see :func:`teacher_file`)."""
+    if any(sep in tag for sep in ("/", "\\")) or tag.startswith((".", "~")):
+        return True
+    try:
+        return Path(tag).is_file() or (folder is not None and (Path(folder) / tag).is_file())
+    except (OSError, ValueError):
+        return True
+
+
+__all__ = [
+    "DEFAULT_TEACHER", "OFFLINE_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec", "teacher_file",
+    "teacher_spec_for",
+]  # fmt: skip

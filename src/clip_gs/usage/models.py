@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from clip_gs.errors import ClipGSError, ConfigError
-from clip_gs.model.folder import WEIGHTS_NAME, model_file, read_teacher_record
+from clip_gs.errors import CheckpointError, ClipGSError, ConfigError
+from clip_gs.model.folder import TEACHER_NAME, WEIGHTS_NAME, model_file, read_teacher_record
 from clip_gs.model.precision import resolve_device
 from clip_gs.teachers.base import Teacher, check_same_teacher
 from clip_gs.teachers.factory import teacher_spec_for
 
 
 def load_recorded_teacher(
-    recorded: str, override: str | Teacher | None = None, what: str = "the model", **kwargs
+    recorded: str,
+    override: str | Teacher | None = None,
+    what: str = "the model",
+    *,
+    folder: str | os.PathLike | None = None,
+    allow_external_files: bool = False,
+    **kwargs,
 ) -> Teacher:
     """Load the teacher an identity names (or ``override``), checking that it is that teacher.
 
@@ -38,10 +45,12 @@ def load_recorded_teacher(
         override: a spec string or a :class:`Teacher` to use instead of :func:`teacher_spec_for`
             (e.g. ``--teacher NAME@FILE`` for a teacher from a local file).
         what: what recorded it, for messages.
+        folder, allow_external_files: where a recorded identity may name a checkpoint file
+            (:func:`teacher_spec_for`: none, unless ``allow_external_files``).
         **kwargs: ``device``, ``batch_size``, ``precision`` for :func:`~clip_gs.teachers.load_teacher`.
 
     Raises:
-        ConfigError: nothing recorded and no override.
+        ConfigError: nothing recorded and no override; a recorded identity naming a file outside ``folder``.
         WeightsUnavailableError: the teacher's weights are not available offline (the message
             says which teacher ``what`` needs).
         TeacherMismatchError: the loaded teacher is not the recorded one.
@@ -53,7 +62,7 @@ def load_recorded_teacher(
     spec = override
     try:
         if spec is None:
-            spec = teacher_spec_for(recorded)
+            spec = teacher_spec_for(recorded, folder, allow_external_files)
         teacher = load_teacher(spec, **kwargs)
     except ClipGSError as exc:
         raise type(exc)(f"{what} needs teacher {recorded or spec}, which cannot be loaded: {exc}") from exc
@@ -77,6 +86,9 @@ class UsageModel:
         teacher_record: the teacher identity from ``teacher.json`` (``""`` when the folder has none).
         teacher_override: a ``--teacher`` spec (or Teacher) to use instead of the recorded one.
         device: where the model (and its teacher, when loaded) run.
+        teacher_folder: the folder ``teacher.json`` was read from (where a recorded identity may name a
+            checkpoint file); None: none.
+        allow_external_teacher_files: a recorded identity may name a checkpoint file anywhere.
     """
 
     model: object
@@ -85,6 +97,8 @@ class UsageModel:
     teacher_record: str = ""
     teacher_override: str | Teacher | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    teacher_folder: Path | None = None
+    allow_external_teacher_files: bool = False
     _teacher: Teacher | None = field(default=None, repr=False)
 
     @property
@@ -103,8 +117,10 @@ class UsageModel:
     def teacher(self) -> Teacher:
         """The model's teacher, loaded on first use (see :func:`load_recorded_teacher`)."""
         if self._teacher is None:
-            teacher = load_recorded_teacher(self.teacher_record, self.teacher_override, f"model {self.source}",
-                                            device=self.device)  # fmt: skip
+            teacher = load_recorded_teacher(
+                self.teacher_record, self.teacher_override, f"model {self.source}", folder=self.teacher_folder,
+                allow_external_files=self.allow_external_teacher_files, device=self.device,
+            )  # fmt: skip
             if teacher.embed_dim != self.embed_dim:
                 raise ConfigError(
                     f"teacher {teacher.identity} embeds in {teacher.embed_dim} dimensions, model {self.source} in "
@@ -118,6 +134,8 @@ def load_usage_model(
     source: str | os.PathLike,
     teacher: str | Teacher | None = None,
     device: str | torch.device | None = "auto",
+    *,
+    allow_external_teacher_files: bool = False,
 ) -> UsageModel:
     """Load a model folder or Hub repo for classification, embedding and search.
 
@@ -126,9 +144,13 @@ def load_usage_model(
         teacher: a teacher spec (or :class:`Teacher`) to use instead of the one ``teacher.json``
             records; when both exist they must be the same teacher.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+        allow_external_teacher_files: let ``teacher.json`` name a teacher checkpoint outside the model
+            folder (:func:`~clip_gs.model.folder.read_teacher_record`; refused by default).
 
     Raises:
-        CheckpointError / WeightsUnavailableError: see :meth:`CLIPGS.from_pretrained`.
+        CheckpointError / WeightsUnavailableError: see :meth:`CLIPGS.from_pretrained`; a ``teacher.json``
+            whose ``embed_dim`` is not the model's.
+        ConfigError: an invalid ``teacher.json`` (:func:`~clip_gs.model.folder.read_teacher_record`).
     """
     from clip_gs.downloads import model_location
     from clip_gs.model.clipgs import CLIPGS
@@ -137,10 +159,18 @@ def load_usage_model(
     source = str(source)
     device = resolve_device(device)
     folder = model_location(source)
+    record = read_teacher_record(folder, allow_external_teacher_files=allow_external_teacher_files)
     model = CLIPGS.from_pretrained(folder, map_location=device)
+    if record.embed_dim is not None and record.embed_dim != model.config.embed_dim:
+        raise CheckpointError(
+            f"{source}: {TEACHER_NAME} records a teacher of {record.embed_dim} dimensions, the model embeds in "
+            f"{model.config.embed_dim}"
+        )
     weights = model_file(folder, WEIGHTS_NAME, required=True)
     identity = f"clip-gs:{model.config.name}@{file_checksum(weights)}"
-    return UsageModel(model, source, identity, read_teacher_record(folder), teacher, device)
+    teacher_folder = Path(weights).parent
+    return UsageModel(model, source, identity, record.teacher, teacher, device, teacher_folder,
+                      allow_external_teacher_files)  # fmt: skip
 
 
 __all__ = [
