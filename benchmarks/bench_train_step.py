@@ -1,36 +1,43 @@
-"""One training step of CLIP-GS on the CPU: objects/s, share of the fp32 matmul peak, and the quick-start's data wait.
+"""One training step of CLIP-GS (CPU, or CUDA with ``--device cuda``): objects/s, share of the matmul peak, data wait.
 
-Three measurements (training issue #12):
+Three measurements:
 
-1. **fp32 matmul peak**: the best GFLOP/s of square ``torch.mm`` products (sizes ``--peak-sizes``,
-   ``--peak-repeats`` timed products each after one warm-up) with the same thread count,
-   measured before and after the training steps; the higher of the two is the peak.
+1. **matmul peak**: the best GFLOP/s of square ``torch.mm`` products (sizes ``--peak-sizes``,
+   ``--peak-repeats`` timed products each after one warm-up) on ``--device`` in the dtype of
+   ``--precision`` (fp32, or bf16 for ``bf16``), with the same thread count, measured before and
+   after the training steps; the highest is the peak.
 2. **Training step at the paper's token budget** (default ``clip-gs-base``, 10,000 Gaussians,
-   512 groups x 64, embed_dim 1024, random init, fp32, train mode): a batch of ``--batch``
+   512 groups x 64, embed_dim 1024, random init, train mode) on ``--device``: a batch of ``--batch``
    synthetic objects (:func:`~clip_gs.data.synthetic.make_object`, one per class in turn) turned
    into a :class:`~clip_gs.lightning.TripletBatch` by the data module's own per-sample code
    (:class:`~clip_gs.data.batches.SampleProcessor`, i.e. ``preprocess``, then
    :func:`~clip_gs.data.batches.collate_triplets`) with random unit teacher embeddings
    (one caption, 8 views at cosine ~0.3 to it, K = 5 sampled), so the module's real
-   ``compute_loss`` runs. One step = forward + loss + backward + gradient clipping (by global
+   ``compute_loss`` runs. ``--precision bf16`` runs forward and loss under ``torch.autocast`` in
+   bfloat16, as Lightning's ``bf16-mixed`` does (weights, gradients and the optimiser stay fp32);
+   ``fp32`` runs without autocast. One step = forward + loss + backward + gradient clipping (by global
    norm, ``--clip``, the quick-start's 5.0) + AdamW step (``configure_optimizers``: layer-wise lr
    decay groups) + scheduler step. One warm-up step, then ``--steps`` timed steps (median
    reported), with the time split into forward (grouping, tokenizer, transformer), loss,
    backward and optimiser. FLOPs are counted on one more, untimed step with
    ``torch.utils.flop_counter.FlopCounterMode`` (forward + loss, and backward, separately); the
-   achieved rate is counted FLOPs / median step time, its share is against the measured peak.
+   achieved rate is counted FLOPs / median step time, its share is against the measured peak. On
+   CUDA every phase boundary synchronises the device (so the phases are the GPU's times), and the
+   peak memory allocated over the timed steps (``torch.cuda.max_memory_allocated``) is reported.
    FlopCounterMode counts matrix products, convolutions and attention only; the CPU attention
    kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward) is missing
    from its table in torch 2.x, so this script maps it to torch's own SDPA formulas. Not
    counted: FPS / kNN grouping, serialization sorts, norms, activations, softmax, elementwise
    ops and the optimiser (elementwise, ~10 FLOPs per parameter). A forward check against the
    analytic count of ``bench_encoder.encoder_flops`` is printed. With ``--profile-steps 1``
-   (default) one more step runs under ``torch.profiler`` and the top ops by self CPU time are listed.
+   (default) one more step runs under ``torch.profiler`` and the top ops by self CPU time are listed
+   (CPU only: on CUDA the profile is left out, and the report says so).
 3. **Data wait in the quick-start configuration** (``examples/configs/quickstart.yaml``): its
    model and data module on ``--data`` (default: the config's ``data.root``, built with the
-   offline teacher on first use), a Lightning ``Trainer`` for ``--data-steps`` steps (fp32,
-   the config's gradient clipping, CSV logger, no validation, no checkpoints) per value of
-   ``--workers`` (default: the configured ``num_workers``, then 0 and 2). A callback of this
+   offline teacher on first use), a Lightning ``Trainer`` for ``--data-steps`` steps (the
+   config's gradient clipping, no logger, no validation, no checkpoints) per value of
+   ``--workers`` (default: the configured ``num_workers``, then 0 and 2), on ``--device`` (GPU
+   accelerator for cuda) in ``--precision`` (``32``, or ``bf16-mixed`` for bf16). A callback of this
    script (:class:`StepClock`) records each step's wait (end of the previous step to the start of
    this one: the loader) and cycle (start of the previous step to the start of this one), so the
    share is mean(wait) / mean(cycle) over the steps after the first ``--skip-steps`` (worker
@@ -39,12 +46,15 @@ Three measurements (training issue #12):
 Run: ``python benchmarks/bench_train_step.py [--batch 2] [--steps 3] [--threads 2] [--json out.json]``
 (about 15 minutes on 2 busy cores: most of it the 3 x 30 quick-start steps). Smoke (under a minute on
 an idle 2-core machine): ``--model clip-gs-tiny --num-gaussians 1024 --groups 64 --group-size 32
---embed-dim 256 --steps 1 --data-steps 5 --workers 1 --peak-sizes 1024``.
+--embed-dim 256 --steps 1 --data-steps 5 --workers 1 --peak-sizes 1024``. On a GPU (the GPU check's
+``train-throughput`` step calls :func:`run_train_step` the same way): ``--device cuda --precision bf16
+--batch 16 --steps 10 --profile-steps 0 --data-steps 0 --peak-sizes 8192``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -61,6 +71,10 @@ from lightning.pytorch import Callback
 HERE = Path(__file__).resolve().parent
 QUICKSTART = HERE.parent / "examples" / "configs" / "quickstart.yaml"
 PEAK_SIZES = (1024, 2048, 3072, 4096)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""``--precision``: the matmul peak's dtype; ``bf16`` also means autocast in bfloat16 for forward and loss."""
+LIGHTNING_PRECISION = {"fp32": "32", "bf16": "bf16-mixed"}
+"""``--precision`` -> Lightning's ``Trainer(precision=...)`` for the data wait."""
 OPTIONAL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
 
 
@@ -78,12 +92,15 @@ def _run_module():
 
 
 # ---------------------------------------------------------------------------- machine
-def machine_facts() -> dict:
-    """CPU model, the SIMD / bf16 flags that matter for fp32 and bf16 products, torch's kernel level, versions."""
+def machine_facts(device: str = "cpu") -> dict:
+    """CPU model, the SIMD / bf16 flags that matter for fp32 and bf16 products, torch's kernel level, versions,
+    and on CUDA the GPU's name and torch's CUDA version."""
     from clip_gs.model.precision import bf16_supported, cpu_flags
 
     flags = cpu_flags()
+    gpu = {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda} if _is_cuda(device) else {}
     return {
+        **gpu,
         "cpu": _sibling("run").cpu_model(),
         "flags": {f: f in flags for f in OPTIONAL_FLAGS},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -95,8 +112,20 @@ def machine_facts() -> dict:
     }
 
 
-def matmul_peak(sizes: tuple[int, ...] = PEAK_SIZES, repeats: int = 3, seed: int = 0) -> dict:
-    """Best fp32 GFLOP/s of ``torch.mm`` of square ``size x size`` matrices (one warm-up product per size).
+def _is_cuda(device: str | torch.device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def _sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(sizes: tuple[int, ...] = PEAK_SIZES, repeats: int = 3, seed: int = 0, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> dict:  # fmt: skip
+    """Best GFLOP/s of ``torch.mm`` of square ``size x size`` matrices of ``dtype`` on ``device`` (one warm-up
+    product per size; on CUDA each product is timed between synchronisations).
 
     Returns:
         ``{"gflops": best over sizes and repeats, "by_size": {size: best GFLOP/s}}``.
@@ -104,14 +133,16 @@ def matmul_peak(sizes: tuple[int, ...] = PEAK_SIZES, repeats: int = 3, seed: int
     generator = torch.Generator().manual_seed(seed)
     by_size = {}
     for size in sizes:
-        a = torch.randn(size, size, generator=generator)
-        b = torch.randn(size, size, generator=generator)
-        out = torch.empty(size, size)
+        a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        out = torch.empty(size, size, device=device, dtype=dtype)
         torch.mm(a, b, out=out)
         best = 0.0
         for _ in range(repeats):
+            _sync(device)
             start = time.perf_counter()
             torch.mm(a, b, out=out)
+            _sync(device)
             best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
         by_size[size] = best
     return {"gflops": max(by_size.values()), "by_size": by_size}
@@ -147,10 +178,12 @@ def make_batch(config, batch: int, views_per_step: int = 5, views: int = 8, seed
 
 
 class _PhaseTimer:
-    """Forward hooks timing the tokenizer and the transformer blocks of a ``CLIPGS`` (seconds of the last forward)."""
+    """Forward hooks timing the tokenizer and the transformer blocks of a ``CLIPGS`` (seconds of the last forward;
+    on CUDA each hook synchronises the device first)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, device: str = "cpu") -> None:
         encoder = model.encoder
+        self.device = device
         self.times: dict[str, float] = {}
         self._start: dict[str, float] = {}
         self.handles = [
@@ -161,9 +194,11 @@ class _PhaseTimer:
         ]
 
     def _begin(self, name: str) -> None:
+        _sync(self.device)
         self._start[name] = time.perf_counter()
 
     def _end(self, name: str) -> None:
+        _sync(self.device)
         self.times[name] = time.perf_counter() - self._start[name]
 
     def remove(self) -> None:
@@ -171,20 +206,33 @@ class _PhaseTimer:
             handle.remove()
 
 
-def _step(module, optimizer, scheduler, batch, clip: float) -> dict:
+def _autocast(device: str, precision: str):
+    """``torch.autocast`` in bfloat16 for ``bf16`` (Lightning's bf16-mixed), nothing for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _step(module, optimizer, scheduler, batch, clip: float, device: str = "cpu", precision: str = "fp32") -> dict:
     """One optimisation step; returns its phase times in seconds (``forward``, ``loss``, ``backward``, ``optimizer``)."""
+    _sync(device)
     t0 = time.perf_counter()
-    embeddings = module(batch.features)
-    t1 = time.perf_counter()
-    loss = module.compute_loss(batch, embeddings).loss
+    with _autocast(device, precision):
+        embeddings = module(batch.features)
+        _sync(device)
+        t1 = time.perf_counter()
+        loss = module.compute_loss(batch, embeddings).loss
+        _sync(device)
     t2 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    _sync(device)
     t3 = time.perf_counter()
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
     optimizer.step()
     scheduler.step()
+    _sync(device)
     t4 = time.perf_counter()
     return {"forward": t1 - t0, "loss": t2 - t1, "backward": t3 - t2, "optimizer": t4 - t3, "step": t4 - t0}
 
@@ -211,8 +259,9 @@ def _flop_mapping() -> dict:
     return mapping
 
 
-def count_flops(module, optimizer, batch) -> dict:
-    """Executed FLOPs of one forward + loss and one backward (FlopCounterMode + :func:`_flop_mapping`).
+def count_flops(module, optimizer, batch, device: str = "cpu", precision: str = "fp32") -> dict:
+    """Executed FLOPs of one forward + loss and one backward (FlopCounterMode + :func:`_flop_mapping`), in the
+    step's precision.
 
     Returns:
         ``forward``, ``backward``, ``total`` FLOPs; ``forward_tokenizer`` / ``forward_transformer``
@@ -224,7 +273,7 @@ def count_flops(module, optimizer, batch) -> dict:
     mapping = _flop_mapping()
     forward = FlopCounterMode(display=False, custom_mapping=mapping)
     backward = FlopCounterMode(display=False, custom_mapping=mapping)
-    with forward:
+    with forward, _autocast(device, precision):
         loss = module.compute_loss(batch, module(batch.features)).loss
     optimizer.zero_grad(set_to_none=True)
     with backward:
@@ -249,12 +298,12 @@ def _is_block(name: str) -> bool:
     return last.isdigit() and head.endswith("encoder.blocks")
 
 
-def profile_step(module, optimizer, scheduler, batch, clip: float, top: int = 12) -> dict:
+def profile_step(module, optimizer, scheduler, batch, clip: float, top: int = 12, precision: str = "fp32") -> dict:
     """One step under ``torch.profiler`` (CPU): the ``top`` ops by self CPU time and the step's wall time."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        phases = _step(module, optimizer, scheduler, batch, clip)
+        phases = _step(module, optimizer, scheduler, batch, clip, "cpu", precision)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) / 1e6
     rows = [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in events[:top]]
@@ -272,43 +321,55 @@ def run_train_step(
     clip: float = 5.0,
     profile_steps: int = 1,
     seed: int = 0,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict:
-    """Warm-up step, ``steps`` timed steps, one FLOP-counted step, ``profile_steps`` profiled steps (see the module docstring)."""
+    """Warm-up step, ``steps`` timed steps, one FLOP-counted step, ``profile_steps`` profiled steps (CPU only),
+    on ``device`` in ``precision`` (see the module docstring)."""
     from clip_gs.lightning import CLIPGSModule
     from clip_gs.model.tokenizer import make_patches
 
     torch.manual_seed(seed)
     module = CLIPGSModule(model=model, init="random", config={"num_gaussians": num_gaussians, "num_groups": num_groups,
                           "group_size": group_size, "embed_dim": embed_dim}, total_steps=1_000_000)  # fmt: skip
+    module.to(device)
     module.train()
     config = module.model.config
     optim = module.configure_optimizers()
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
-    data = make_batch(config, batch, seed=seed)
-    timer = _PhaseTimer(module.model)
-    _step(module, optimizer, scheduler, data, clip)  # warm-up
+    data = make_batch(config, batch, seed=seed).to(device)
+    timer = _PhaseTimer(module.model, device)
+    _step(module, optimizer, scheduler, data, clip, device, precision)  # warm-up
+    if _is_cuda(device):
+        torch.cuda.reset_peak_memory_stats(device)
     timed, between = [], []
     for _ in tqdm_range(steps, "timed steps"):
-        phases = _step(module, optimizer, scheduler, data, clip)
+        phases = _step(module, optimizer, scheduler, data, clip, device, precision)
         phases.update(timer.times)
         timed.append(phases)
-        between.append(matmul_peak((2048,), 2, seed)["gflops"])  # the peak right after each step (shared machines)
+        # the peak right after each step (shared machines)
+        between.append(matmul_peak((2048,), 2, seed, device, PRECISIONS[precision])["gflops"])
+    peak_memory = torch.cuda.max_memory_allocated(device) if _is_cuda(device) else None
     timer.remove()
     with torch.no_grad():
         grouping = []
         for _ in range(3):
+            _sync(device)
             start = time.perf_counter()
             make_patches(data.features, config.num_groups, config.group_size, config.fps_start)
+            _sync(device)
             grouping.append(time.perf_counter() - start)
-    flops = count_flops(module, optimizer, data)
-    profiled = [profile_step(module, optimizer, scheduler, data, clip) for _ in range(profile_steps)]
+    flops = count_flops(module, optimizer, data, device, precision)
+    profiled = [profile_step(module, optimizer, scheduler, data, clip, precision=precision)
+                for _ in range(profile_steps) if not _is_cuda(device)]  # fmt: skip
     median = {k: statistics.median(t[k] for t in timed) for k in timed[0]}
     median["grouping"] = statistics.median(grouping)
     analytic = _sibling("bench_encoder").encoder_flops(config, batch, gaussian_branch=config.gaussian_branch,
                                                         inference_path=False)  # fmt: skip
     params = sum(p.numel() for p in module.parameters())
     return {
-        "workload": {"model": model, "batch": batch, "num_gaussians": config.num_gaussians,
+        "workload": {"model": model, "batch": batch, "device": str(device), "precision": precision,
+                     "num_gaussians": config.num_gaussians,
                      "num_groups": config.num_groups, "group_size": config.group_size, "embed_dim": config.embed_dim,
                      "width": config.width, "depth": config.depth, "parameters": params, "clip": clip,
                      "steps": steps, "patch_dropout": config.patch_dropout, "drop_path_rate": config.drop_path_rate},
@@ -319,6 +380,7 @@ def run_train_step(
         "analytic_forward_flops": analytic,
         "profile": profiled[0] if profiled else None,
         "peaks_between_steps": between,
+        "peak_memory_bytes": peak_memory,
     }  # fmt: skip
 
 
@@ -349,9 +411,18 @@ class StepClock(Callback):
 
 
 def run_data_wait(
-    config_path: Path, data: str | None, steps: int, workers: int | None, skip: int, seed: int, cache_dir: str | None
+    config_path: Path,
+    data: str | None,
+    steps: int,
+    workers: int | None,
+    skip: int,
+    seed: int,
+    cache_dir: str | None,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict:
-    """Fit the quick-start model for ``steps`` steps with ``workers`` loader processes; the data-wait share.
+    """Fit the quick-start model for ``steps`` steps with ``workers`` loader processes on ``device`` in ``precision``;
+    the data-wait share.
 
     Returns:
         ``num_workers``, ``dataset_root``, ``steps_used``, ``mean_wait_s``, ``max_wait_s`` (and its
@@ -380,7 +451,8 @@ def run_data_wait(
     model_cfg["config"] = dict(model_cfg.get("config") or {}) | {"num_gaussians": data_cfg["num_gaussians"]}
     module = CLIPGSModule(**model_cfg)
     clock = StepClock()
-    trainer = Trainer(max_steps=steps, accelerator="cpu", devices=1, precision=trainer_cfg.get("precision", 32),
+    accelerator = "gpu" if _is_cuda(device) else "cpu"
+    trainer = Trainer(max_steps=steps, accelerator=accelerator, devices=1, precision=LIGHTNING_PRECISION[precision],
                       gradient_clip_val=trainer_cfg.get("gradient_clip_val"), logger=False, callbacks=[clock],
                       enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
@@ -420,10 +492,13 @@ def print_report(result: dict) -> None:
     )
     print(f"torch {m['torch']}, python {m['python']}, threads={m['threads']}, "
           f"load average at start {m['loadavg'][0]:.2f} / end {result['loadavg_end'][0]:.2f} (1 min)")  # fmt: skip
+    if "gpu" in m:
+        print(f"device: {result['device']} ({m['gpu']}, CUDA {m['cuda']}); precision {result['precision']}")
     peaks = result["peaks"]
+    kind = result["precision"]
     by_size = ", ".join(f"{s}: {g:.0f}" for s, g in peaks["before"]["by_size"].items())
     between = " / ".join(f"{g:.1f}" for g in peaks["between_steps"]) or "-"
-    print(f"fp32 matmul peak: {peaks['gflops']:.1f} GFLOP/s (best of before {peaks['before']['gflops']:.1f}, "
+    print(f"{kind} matmul peak on {result['device']}: {peaks['gflops']:.1f} GFLOP/s (best of before {peaks['before']['gflops']:.1f}, "
           f"2048^2 after each timed step {between}, after {peaks['after']['gflops']:.1f}; before, by size: "
           f"{by_size})")  # fmt: skip
     print()
@@ -433,8 +508,8 @@ def print_report(result: dict) -> None:
         w, s, fl = t["workload"], t["seconds"], t["flops"]
         print(f"1. training step: {w['model']} (width {w['width']}, depth {w['depth']}, {w['parameters'] / 1e6:.1f} M "
               f"parameters), B={w['batch']} x N={w['num_gaussians']} -> G={w['num_groups']} x K={w['group_size']}, "
-              f"E={w['embed_dim']}, fp32, train mode, AdamW + clip {w['clip']}; median of {w['steps']} steps "
-              f"after 1 warm-up")  # fmt: skip
+              f"E={w['embed_dim']}, {w['precision']} on {w['device']}, train mode, AdamW + clip {w['clip']}; median of "
+              f"{w['steps']} steps after 1 warm-up")  # fmt: skip
         achieved = fl["total"] / s["step"] / 1e9
         share = achieved / peaks["gflops"]
         rows = [
@@ -453,9 +528,11 @@ def print_report(result: dict) -> None:
              f"{fl['backward'] / s['backward'] / 1e9:.1f}", f"{100 * fl['backward'] / s['backward'] / 1e9 / peaks['gflops']:.1f}%"),
             ("  optimiser (clip + AdamW + schedule)", f"{s['optimizer']:.2f} s", "", "", "", ""),
         ]  # fmt: skip
-        _table(("part", "time", "objects/s", "GFLOP", "GFLOP/s", "% fp32 pk"), rows)
+        _table(("part", "time", "objects/s", "GFLOP", "GFLOP/s", f"% {kind} pk"), rows)
         goal = "met" if share >= 0.5 else "NOT met"
-        print(f"   share of the fp32 matmul peak: {100 * share:.1f}% (goal >= 50%: {goal}); "
+        if t.get("peak_memory_bytes") is not None:
+            print(f"   peak memory allocated over the timed steps: {t['peak_memory_bytes'] / 2**30:.2f} GiB")
+        print(f"   share of the {kind} matmul peak: {100 * share:.1f}% (goal >= 50%: {goal}); "
               f"all timed steps: {', '.join(f'{x:.2f}' for x in t['all_step_seconds'])} s")  # fmt: skip
         print(f"   FLOPs: FlopCounterMode, executed, forward + backward (2 per multiply-add); the CPU attention kernel "
               f"added by this script: {fl['attention_added'] / 1e9:.1f} GFLOP; forward vs the analytic count "
@@ -469,6 +546,8 @@ def print_report(result: dict) -> None:
         ops = sorted(fl["by_op"].items(), key=lambda kv: -kv[1])
         print("   counted by op: " + ", ".join(f"{k.removeprefix('aten.')} {v / 1e9:.0f}" for k, v in ops) + " GFLOP")
         p = t.get("profile")
+        if p is None and result["device"] != "cpu":
+            print("   torch.profiler: CPU only, left out on this device")
         if p:
             print(
                 f"   torch.profiler, one more step ({p['step_s']:.2f} s under the profiler), top ops by self CPU time:"
@@ -534,9 +613,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-train", action="store_true", help="only the peak and the data wait")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for everything")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="fp32, or bf16 (autocast in bfloat16 for forward and loss; bf16 matmul peak)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if _is_cuda(args.device) and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
+    dtype = PRECISIONS[args.precision]
 
     import yaml
 
@@ -547,17 +632,20 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv),
         "date": f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-        "machine": machine_facts(),
+        "machine": machine_facts(args.device),
+        "device": args.device,
+        "precision": args.precision,
         "config": str(args.config),
         "skip_steps": args.skip_steps,
         "workers_configured": workers[0] == configured,
         "failures": [],
     }
-    before = matmul_peak(tuple(args.peak_sizes), args.peak_repeats, args.seed)
+    before = matmul_peak(tuple(args.peak_sizes), args.peak_repeats, args.seed, args.device, dtype)
     if not args.skip_train:
         result["train"] = run_train_step(args.model, args.num_gaussians, args.groups, args.group_size, args.embed_dim,
-                                         args.batch, args.steps, args.clip, args.profile_steps, args.seed)  # fmt: skip
-    after = matmul_peak(tuple(args.peak_sizes), args.peak_repeats, args.seed)
+                                         args.batch, args.steps, args.clip, args.profile_steps, args.seed,
+                                         args.device, args.precision)  # fmt: skip
+    after = matmul_peak(tuple(args.peak_sizes), args.peak_repeats, args.seed, args.device, dtype)
     between = result["train"]["peaks_between_steps"] if "train" in result else []
     best = max([before["gflops"], after["gflops"], *between])
     result["peaks"] = {"gflops": best, "before": before, "after": after, "between_steps": between}
@@ -566,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
         for w in workers:
             try:
                 result["data_wait"].append(run_data_wait(args.config, args.data, args.data_steps, w, args.skip_steps,
-                                                         args.seed, args.cache_dir))  # fmt: skip
+                                                         args.seed, args.cache_dir, args.device,
+                                                         args.precision))  # fmt: skip
             except (ClipGSError, RuntimeError, OSError, ValueError) as exc:  # reported; the other settings still run
                 result["failures"].append(f"data wait with num_workers={w}: {type(exc).__name__}: {exc}")
     result["loadavg_end"] = list(os.getloadavg())
