@@ -8,6 +8,7 @@ elsewhere) and run in CI, where it is present. ``CLIP_GS_REAL_DATA`` overrides t
 from __future__ import annotations
 
 import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,11 @@ def s3_server(monkeypatch):
     monkeypatch.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", "false")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide state, whatever the server: each test starts empty
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     try:
-        host, port = server.get_host_and_port()
-        yield {"endpoint_url": f"http://{host}:{port}"}
+        yield {"endpoint_url": endpoint}
     finally:
         server.stop()

@@ -29,9 +29,11 @@ DATASET_FILES = ("manifest.json", "label_embeddings.bin")
 
 
 def dataset_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a prepared dataset (the splits, manifest, label embeddings), not the work folder."""
+    """Every file of a prepared dataset (the splits, manifest, label embeddings), not the work folder
+    (nor the local folder's ownership marker)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".work" not in p.parts and p.name != "failures.jsonl"}  # fmt: skip
+            if p.is_file() and ".work" not in p.parts
+            and p.name not in ("failures.jsonl", ".clip-gs-prepare")}  # fmt: skip
 
 
 def s3_bytes(client, bucket: str, prefix: str) -> dict[str, bytes]:

@@ -33,6 +33,11 @@ CHUNK_ROWS = 65_536
 rows, already held; the scores of a chunk are ``chunk x queries`` floats)."""
 
 
+UNIT_TOLERANCE = 1e-3
+"""How far from 1 the length of a loaded row may be (rows are saved as float32 unit vectors, a few
+ulps off 1; a file with other rows would give scores that are not cosines)."""
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result: cosine ``score``, the row's ``id`` and ``path``, and its ``row``."""
@@ -276,32 +281,77 @@ class EmbeddingIndex:
     def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
         """Read an index written by :meth:`save`.
 
+        The file must be a regular file (not a FIFO or device) holding exactly the tensors
+        ``embeddings`` (float32 ``[M, E]``, finite, rows of unit length within :data:`UNIT_TOLERANCE`)
+        and ``names`` (uint8 JSON ``{"ids", "paths"[, "infos"]}``: M distinct id texts, M path texts,
+        M info objects), and the metadata ``model`` and ``teacher`` (text), ``embed_dim`` (E, when
+        present) and ``settings`` (a JSON object, when present). Files written before infos and
+        settings existed load with empty ones.
+
         Raises:
-            DatasetError: missing, corrupt or not an index file.
+            DatasetError: missing, corrupt or not an index file (naming the file and the problem).
         """
         from safetensors import safe_open
+
+        from clip_gs.gaussians.files import check_regular_file
 
         path = Path(path)
         if not path.is_file() and Path(str(path) + ".safetensors").is_file():
             path = Path(str(path) + ".safetensors")
+        check_regular_file(path, DatasetError)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
-                embeddings = handle.get_tensor("embeddings").float()
-                names = json.loads(bytes(handle.get_tensor("names").numpy()).decode())
-            ids, paths = list(names["ids"]), list(names["paths"])
-            infos = [dict(i) for i in names.get("infos", [{} for _ in ids])]
-            model, teacher = meta["model"], meta["teacher"]
+                keys = set(handle.keys())
+                if keys != {"embeddings", "names"}:
+                    raise DatasetError(f"{path}: holds tensors {sorted(keys)}, not an embedding index's")
+                embeddings = handle.get_tensor("embeddings")
+                names_tensor = handle.get_tensor("names")
+            if names_tensor.dtype != torch.uint8 or names_tensor.ndim != 1:
+                raise DatasetError(f"{path}: names are not uint8 JSON bytes")
+            names = json.loads(bytes(names_tensor.numpy()).decode())
             settings = json.loads(meta.get("settings", "{}"))
-        except Exception as exc:  # safetensors raises its own errors, a missing key or bad JSON
+        except DatasetError:
+            raise
+        except Exception as exc:  # safetensors' own errors, bad UTF-8 or JSON, MemoryError
             raise DatasetError(f"{path}: not a readable clip-gs embedding index: {exc}") from exc
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or len(paths) != len(ids) or len(infos) != len(ids):
-            raise DatasetError(f"{path}: embeddings and ids do not match")
-        index = cls(embeddings.shape[1], model, teacher, settings)
+        problem = _index_problem(embeddings, names, meta, settings)
+        if problem:
+            raise DatasetError(f"{path}: not a valid clip-gs embedding index: {problem}")
+        ids = names["ids"]
+        index = cls(embeddings.shape[1], meta["model"], meta["teacher"], settings)
         index._embeddings = embeddings
-        index.ids, index.paths, index.infos = ids, paths, infos
+        index.ids, index.paths = list(ids), list(names["paths"])
+        index.infos = [dict(i) for i in names.get("infos", [{} for _ in ids])]
         index._rows = {item_id: r for r, item_id in enumerate(index.ids)}
         return index
 
 
-__all__ = ["CHUNK_ROWS", "EmbeddingIndex", "Hit"]
+def _index_problem(embeddings: Tensor, names, meta: dict, settings) -> str | None:
+    """What makes a loaded index file invalid (the rules of :meth:`EmbeddingIndex.load`), or None."""
+    if embeddings.dtype != torch.float32 or embeddings.ndim != 2 or embeddings.shape[1] < 1:
+        return f"embeddings are {embeddings.dtype} {list(embeddings.shape)}, not float32 [M, E]"
+    m = embeddings.shape[0]
+    if not isinstance(names, dict) or not {"ids", "paths"} <= set(names) <= {"ids", "paths", "infos"}:
+        return "names are not {ids, paths, infos}"
+    ids, paths, infos = names["ids"], names["paths"], names.get("infos", [{}] * m)
+    if not all(isinstance(x, list) and len(x) == m for x in (ids, paths, infos)):
+        return f"{m} embeddings but not {m} ids, paths and infos"
+    if not all(isinstance(i, str) for i in ids) or len(set(ids)) != m:
+        return "ids are not distinct texts"
+    if not all(isinstance(p, str) for p in paths) or not all(isinstance(i, dict) for i in infos):
+        return "paths are not texts or infos not objects"
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("teacher"), str):
+        return "no model or teacher identity"
+    if "embed_dim" in meta and meta["embed_dim"] != str(embeddings.shape[1]):
+        return f"embed_dim {meta['embed_dim']!r:.40} is not the embeddings' width {embeddings.shape[1]}"
+    if not isinstance(settings, dict):
+        return "settings are not a JSON object"
+    if not bool(torch.isfinite(embeddings).all()):
+        return "embeddings are not all finite"
+    if m and float((embeddings.norm(dim=1) - 1).abs().max()) > UNIT_TOLERANCE:
+        return f"rows are not unit vectors (within {UNIT_TOLERANCE})"
+    return None
+
+
+__all__ = ["CHUNK_ROWS", "UNIT_TOLERANCE", "EmbeddingIndex", "Hit"]

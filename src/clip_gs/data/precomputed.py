@@ -17,8 +17,10 @@ Metadata (safetensors' string header): ``teacher``, the identity (``str(teacher.
 load spec of the teacher that made them, checked against the run's teacher; and ``cameras``:
 ``"stored"`` when the file holds ``viewmats`` / ``Ks``, or ``"orbit"`` when the views were
 prepare's own orbit (``--views`` at ``--elevation``, regular azimuths from 0), whose cameras are
-then recorded. Nothing is guessed: a file without these facts is refused, naming it.
-:func:`write_embeddings` writes the format.
+then recorded. Nothing is guessed: a file without these facts is refused, naming it, and so is
+one with other tensors, tensors that are not floating point, or (the file) anything but a regular
+file of at most :data:`MAX_EMBEDDINGS_BYTES`. A file stem that several files share is the key of
+none of them (as with captions). :func:`write_embeddings` writes the format.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from clip_gs.errors import DatasetError
 
 SUFFIX = ".safetensors"
 CAMERAS = ("stored", "orbit")
+TENSORS = ("image_embeddings", "text_embeddings", "viewmats", "Ks")
+"""Every tensor a precomputed embeddings file may hold."""
+
+MAX_EMBEDDINGS_BYTES = 256 << 20
+"""Largest precomputed embeddings file read (256 MiB: 4,096 views of 16,384-d embeddings)."""
 
 
 def write_embeddings(path: str | os.PathLike, image_embeddings: torch.Tensor, teacher: str,
@@ -76,8 +83,12 @@ def attach_embeddings(items: Sequence, folder: str | os.PathLike, keys_of) -> li
         raise DatasetError(f"{folder}: the precomputed embeddings folder does not exist")
     files = sorted(root.rglob(f"*{SUFFIX}"))
     table: dict[str, Path] = {p.relative_to(root).with_suffix("").as_posix(): p for p in files}
+    stems: dict[str, int] = {}
     for path in files:
-        table.setdefault(path.stem, path)
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    for path in files:
+        if stems[path.stem] == 1:  # a stem several files share names none of them
+            table.setdefault(path.stem, path)
     out, missing = [], []
     for item in items:
         found = next((table[k] for k in keys_of(item) if k in table), None)
@@ -96,11 +107,18 @@ def read_embeddings(path: str, teacher, captions: Sequence[str]):
     checked against the run's ``teacher`` (identity or spec, width) and the object's ``captions``.
 
     Raises:
-        DatasetError: unreadable file, missing or malformed tensors, another teacher, a width
-            other than the teacher's, text rows that are not one per caption, unknown cameras.
+        DatasetError: unreadable file, not a regular file or larger than :data:`MAX_EMBEDDINGS_BYTES`,
+            missing, unknown or malformed tensors, another teacher, a width other than the
+            teacher's, text rows that are not one per caption, unknown cameras.
     """
     from safetensors import safe_open
 
+    from clip_gs.gaussians.files import check_regular_file
+
+    size = check_regular_file(path, DatasetError).st_size
+    if size > MAX_EMBEDDINGS_BYTES:
+        raise DatasetError(f"{path}: {size:,} bytes, more than a precomputed embeddings file may have "
+                           f"({MAX_EMBEDDINGS_BYTES:,})")  # fmt: skip
     try:
         with safe_open(path, framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -116,6 +134,12 @@ def read_embeddings(path: str, teacher, captions: Sequence[str]):
         spec = identity
     if made_by not in (identity, spec):
         raise DatasetError(f"{path}: embeddings of teacher {made_by!r}, but this run's teacher is {identity}")
+    unknown = sorted(set(tensors) - set(TENSORS))
+    if unknown:
+        raise DatasetError(f"{path}: unknown tensor(s) {', '.join(unknown)} (a file holds {', '.join(TENSORS)})")
+    if not all(t.is_floating_point() for t in tensors.values()):
+        raise DatasetError(f"{path}: tensors must be floating point, got "
+                           f"{', '.join(f'{n} {t.dtype}' for n, t in tensors.items())}")  # fmt: skip
     image = tensors.get("image_embeddings")
     width = int(teacher.embed_dim)
     if image is None or image.ndim != 2 or image.shape[0] < 1 or image.shape[1] != width:
@@ -137,4 +161,4 @@ def read_embeddings(path: str, teacher, captions: Sequence[str]):
             None if cameras == "orbit" else viewmats.float(), None if cameras == "orbit" else Ks.float())  # fmt: skip
 
 
-__all__ = ["SUFFIX", "attach_embeddings", "read_embeddings", "write_embeddings"]
+__all__ = ["MAX_EMBEDDINGS_BYTES", "SUFFIX", "TENSORS", "attach_embeddings", "read_embeddings", "write_embeddings"]

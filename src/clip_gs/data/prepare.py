@@ -26,8 +26,15 @@ goes on; the summary counts successes and failures. Every per-object exception i
 teacher's too) and NaN / Inf embeddings are refused per object; only faults that recur for every
 object stop the run (a full disk; the teacher failing alike on the first objects). Records are
 fsynced, and one whose blob is missing is prepared again. Settings and teacher are recorded in
-``<work>/settings.json``; resuming with different ones is refused (use a new ``--out`` or
-``overwrite=True``).
+``<work>/settings.json`` (read by :func:`read_fingerprint`); resuming with different ones is
+refused (use a new ``--out`` or ``overwrite=True``).
+
+Before anything is written or any object prepared, every input is checked: the output and work
+folders must be absent, empty or prepare's own, and the splits and (with ``overwrite``) the work
+folder to be cleared must hold only what prepare writes there (:mod:`clip_gs.data.ownership`:
+prepare never deletes or overwrites what it did not write); the captions file is read and checked
+whole (:func:`read_captions`); two files of one id, or two caption rows of one object, are
+refused (:func:`list_sources`).
 """
 
 from __future__ import annotations
@@ -38,10 +45,9 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -190,8 +196,192 @@ def split_of(item_id: str, settings: PrepareSettings) -> str:
 CAPTION_KEYS = ("id", "path", "uid")
 """Columns (CSV) or fields (JSONL) that name the object a caption row belongs to."""
 
+CAPTION_FIELDS = (*CAPTION_KEYS, "caption", "captions", "label", "split")
+"""Every column (CSV: all but ``captions``) or field (JSONL) a captions row may have."""
+
+MAX_CAPTIONS_ROW_BYTES = 1 << 20
+"""Longest row of a captions file (1 MiB): a CSV row (with its quoted line breaks) or a JSONL line.
+Longer is refused (a caption is read by a teacher with a context of tens of words); within it,
+CSV fields also keep to the ``csv`` module's field limit."""
+
+MAX_CAPTIONS_PER_OBJECT = 256
+"""Most captions one row may give an object: the teacher embeds them in one call per object."""
+
 OBJAVERSE_SHARD = re.compile(r"^\d{3}-\d{3}$")
 """The ``objaverse`` package's storage folders (``glbs/000-023/<uid>.glb``): shards, not labels."""
+
+
+@dataclass(frozen=True)
+class CaptionTable:
+    """A checked captions file (:func:`load_captions`).
+
+    Attributes:
+        path: the file.
+        rows: ``{key: {"captions": [...], "label": str|None, "split": str|None}}`` (what
+            :func:`read_captions` returns).
+        lines: ``{key: line}``, the line each row starts on (for messages).
+        sha256: digest of the file's bytes (recorded in the settings of a run).
+    """
+
+    path: str
+    rows: dict[str, dict]
+    lines: dict[str, int]
+    sha256: str
+
+
+class _Lines:
+    """The lines of a captions file as text (each line ending kept, as ``csv`` wants them): the
+    bytes hashed as they are read, UTF-8 decoded (a byte-order mark at the start dropped), and the
+    bytes of the current row bounded by :data:`MAX_CAPTIONS_ROW_BYTES` before they are read."""
+
+    def __init__(self, handle, path: Path) -> None:
+        self.handle, self.path = handle, path
+        self.digest = hashlib.sha256()
+        self.number = 0  # lines read
+        self.row_bytes = 0  # bytes of the row being read (reset by the caller at each row)
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self.handle.readline(MAX_CAPTIONS_ROW_BYTES + 1 - self.row_bytes)
+        if not raw:
+            raise StopIteration
+        self.number += 1
+        self.digest.update(raw)
+        self.row_bytes += len(raw)
+        if self.row_bytes > MAX_CAPTIONS_ROW_BYTES:
+            raise DatasetError(f"{self.path}: line {self.number}: a row longer than {MAX_CAPTIONS_ROW_BYTES:,} bytes; "
+                               "a captions row holds an id and a few captions")  # fmt: skip
+        try:
+            return raw.decode("utf-8-sig" if self.number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{self.path}: line {self.number}: not UTF-8 text ({exc})") from exc
+
+
+def _unique_object(pairs: list[tuple[str, object]]) -> dict:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the field {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    return dict(pairs)
+
+
+def _jsonl_rows(lines: _Lines, path: Path) -> Iterable[tuple[int, dict]]:
+    for text in lines:
+        lines.row_bytes = 0
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text, object_pairs_hook=_unique_object)
+        except (ValueError, RecursionError) as exc:
+            raise DatasetError(f"{path}: line {lines.number}: invalid JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: line {lines.number}: a JSON {type(row).__name__}, not an object with an id "
+                               "and captions")  # fmt: skip
+        yield lines.number, row
+
+
+def _csv_rows(lines: _Lines, path: Path) -> Iterable[tuple[int, dict]]:
+    reader = csv.reader(lines, strict=True)
+    header: list[str] | None = None
+    first, number = True, 0
+    while True:
+        start, lines.row_bytes = lines.number + 1, 0
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(f"{path}: line {lines.number}: not valid CSV: {exc}") from exc
+        if not cells:
+            continue
+        if first:
+            first = False
+            names = [cell.strip().lower() for cell in cells]
+            if set(names) & set(CAPTION_FIELDS):  # a header
+                unknown = [n for n in names if n not in CAPTION_FIELDS or n == "captions"]
+                keys = [n for n in names if n in CAPTION_KEYS]
+                if unknown or len(set(names)) != len(names) or len(keys) != 1 or "caption" not in names:
+                    raise DatasetError(
+                        f"{path}: line {start}: the header {','.join(names)} must name one of "
+                        f"{', '.join(CAPTION_KEYS)}, and caption, optionally label and split, each once"
+                        + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+                    )
+                header = names
+                continue
+        number += 1
+        if header is not None:
+            if len(cells) != len(header):
+                raise DatasetError(f"{path}: line {start}: {len(cells)} fields, the header has {len(header)}")
+            yield start, {name: cell for name, cell in zip(header, cells) if cell != "" or name in CAPTION_KEYS}
+        elif len(cells) != 2:
+            raise DatasetError(
+                f"{path}: line {start}, row {number} has {len(cells)} fields; a CSV without a header must be Cap3D's "
+                "uid,caption (else give a header with id|path|uid and caption)"
+            )
+        else:
+            yield start, {"uid": cells[0], "caption": cells[1]}
+
+
+def _caption_row(row: dict, where: str) -> tuple[str, dict]:
+    """``(key, entry)`` of one row of a captions file (CSV cells or a JSONL object), checked."""
+    unknown = sorted(set(row) - set(CAPTION_FIELDS))
+    if unknown:
+        raise DatasetError(f"{where} has unknown field(s) {', '.join(unknown)} (known: {', '.join(CAPTION_FIELDS)})")
+    keys = [k for k in CAPTION_KEYS if k in row]
+    if len(keys) > 1:
+        raise DatasetError(f"{where} gives both {keys[0]} and {keys[1]}; a row names its object once")
+    key = row[keys[0]] if keys else None
+    if "caption" in row and "captions" in row:
+        raise DatasetError(f"{where} gives both caption and captions; give one")
+    captions = row.get("captions", row.get("caption"))
+    if key is not None and not isinstance(key, str):
+        raise DatasetError(f"{where}: {keys[0]} must be text, got {type(key).__name__} {key!r:.40}")
+    if not (key or "").strip() or captions is None:
+        raise DatasetError(f"{where} needs an id (or path, or uid) and a caption")
+    if isinstance(captions, str):
+        captions = [c.strip() for c in captions.split("|")]
+        if not all(captions):
+            raise DatasetError(f"{where}: an empty caption in {row.get('caption')!r:.80} (captions are separated by |)")
+    elif not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+        raise DatasetError(f"{where}: captions must be a non-empty list of non-empty texts, got {captions!r:.80}")
+    if len(captions) > MAX_CAPTIONS_PER_OBJECT:
+        raise DatasetError(f"{where}: {len(captions)} captions, more than {MAX_CAPTIONS_PER_OBJECT} per object")
+    label, split = row.get("label"), row.get("split")
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise DatasetError(f"{where}: label must be a non-empty text (or absent), got {type(label).__name__} "
+                           f"{label!r:.40}")  # fmt: skip
+    if split is not None and split not in SPLITS:
+        raise DatasetError(f"{where}: split must be one of {SPLITS}, got {split!r:.40}")
+    return key.strip(), {"captions": list(captions), "label": label, "split": split}
+
+
+def load_captions(path: str | os.PathLike) -> CaptionTable:
+    """The one reader of captions files: ``path`` parsed and checked (see :func:`read_captions`).
+
+    Raises:
+        DatasetError: see :func:`read_captions`.
+    """
+    from clip_gs.gaussians.files import open_regular_file
+
+    path = Path(path)
+    rows: dict[str, dict] = {}
+    lines_of: dict[str, int] = {}
+    with open_regular_file(path, DatasetError) as handle:
+        lines = _Lines(handle, path)
+        parse = _jsonl_rows if path.suffix.lower() == ".jsonl" else _csv_rows
+        try:
+            for count, (number, row) in enumerate(parse(lines, path), 1):
+                key, entry = _caption_row(row, f"{path}: line {number}, row {count}")
+                if key in rows:
+                    raise DatasetError(f"{path}: lines {lines_of[key]} and {number} both caption {key!r}; give one row "
+                                       "per object")  # fmt: skip
+                rows[key], lines_of[key] = entry, number
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read the captions file: {exc.strerror or exc}") from exc
+        except MemoryError as exc:
+            raise DatasetError(f"{path}: the captions file does not fit in memory ({len(rows):,} rows read)") from exc
+    return CaptionTable(str(path), rows, lines_of, lines.digest.hexdigest())
 
 
 def read_captions(path: str | os.PathLike) -> dict[str, dict]:
@@ -199,62 +389,27 @@ def read_captions(path: str | os.PathLike) -> dict[str, dict]:
 
     Three forms:
 
-    - CSV with a header: an ``id``, ``path`` or ``uid`` column, ``caption`` (several captions
-      separated by ``|``), optional ``label`` and ``split``;
+    - CSV with a header: exactly one of the ``id``, ``path`` or ``uid`` columns, ``caption``
+      (several captions separated by ``|``), optional ``label`` and ``split``; no other columns;
     - Cap3D's headerless CSV: ``uid,caption`` rows (recognised when the first row names none of
-      those columns; a caption may hold commas when quoted, as Cap3D's are);
-    - JSONL: one object per line with ``id``, ``path`` or ``uid``, ``caption`` (a string) or
-      ``captions`` (a list), optional ``label`` and ``split``.
+      the columns :data:`CAPTION_FIELDS`; a caption may hold commas when quoted, as Cap3D's are);
+    - JSONL: one object per line with one of ``id``, ``path`` or ``uid`` (text), ``caption`` (a
+      text, ``|``-separated as in CSV) or ``captions`` (a list of texts), optional ``label`` (text
+      or null) and ``split``; no other fields.
 
-    Keys are matched to objects by id, relative path or file stem (:func:`list_sources`).
+    Rules: UTF-8 text (a leading byte-order mark is allowed), a regular file; CSV is parsed
+    strictly (a stray quote is an error); a row is at most :data:`MAX_CAPTIONS_ROW_BYTES` and gives
+    at most :data:`MAX_CAPTIONS_PER_OBJECT` captions, none empty; each key appears in one row only.
+    Empty CSV cells of ``label`` and ``split`` mean none. Keys are matched to objects by id,
+    relative path or file stem (:func:`list_sources`).
 
     Raises:
-        DatasetError: unreadable file, a row without key or caption, an unknown split, a headerless
-            row that is not ``uid,caption``.
+        DatasetError: naming the file and the line: an unreadable or missing file, text that is not
+            UTF-8, invalid CSV or JSON, a JSONL line that is not an object, a row without key or
+            caption, a key, caption or label that is not text, an unknown split, an unknown
+            column or field, a headerless row that is not ``uid,caption``, a key given twice.
     """
-    path = Path(path)
-    rows: list[dict] = []
-    try:
-        if path.suffix.lower() == ".jsonl":
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DatasetError(f"{path}:{number}: invalid JSON: {exc}") from exc
-        else:
-            with path.open(newline="", encoding="utf-8") as handle:
-                lines = list(csv.reader(handle))
-            header = [cell.strip().lower() for cell in lines[0]] if lines else []
-            if any(key in header for key in CAPTION_KEYS) and "caption" in header:
-                rows = [dict(zip(header, line)) for line in lines[1:] if line]
-            else:  # Cap3D: uid,caption without a header
-                for number, line in enumerate(lines, 1):
-                    if not line:
-                        continue
-                    if len(line) != 2:
-                        raise DatasetError(
-                            f"{path}: row {number} has {len(line)} fields; a CSV without a header must be "
-                            "Cap3D's uid,caption (else give a header with id|path|uid and caption)"
-                        )
-                    rows.append({"uid": line[0], "caption": line[1]})
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the captions file: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: the captions file is not UTF-8 text: {exc}") from exc
-    table: dict[str, dict] = {}
-    for number, row in enumerate(rows, 1):
-        key = next((row.get(k) for k in CAPTION_KEYS if row.get(k)), None)
-        captions = row.get("captions") or row.get("caption")
-        if isinstance(captions, str):
-            captions = [c.strip() for c in captions.split("|") if c.strip()]
-        if not key or not captions:
-            raise DatasetError(f"{path}: row {number} needs an id (or path, or uid) and a caption")
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise DatasetError(f"{path}: row {number}: split must be one of {SPLITS}, got {split!r}")
-        table[str(key).strip()] = {"captions": list(captions), "label": row.get("label") or None, "split": split}
-    return table
+    return load_captions(path).rows
 
 
 def folder_label(relative: Path) -> str | None:
@@ -267,7 +422,8 @@ def folder_label(relative: Path) -> str | None:
     return folders[0]
 
 
-def list_sources(source: str, settings: PrepareSettings, captions: str | os.PathLike | None = None) -> list[SourceItem]:
+def list_sources(source: str, settings: PrepareSettings,
+                 captions: str | os.PathLike | CaptionTable | None = None) -> list[SourceItem]:  # fmt: skip
     """The objects of ``source``: ``synthetic:N`` or a folder of 3DGS files and / or meshes.
 
     Folder inputs are found recursively (3DGS extensions and mesh extensions), sorted; an id is
@@ -279,10 +435,18 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
     stem (Cap3D's and Objaverse's uid) is its key; a stem that several files share matches none of
     them. Objects it does not list are prepared without captions (:func:`check_caption_coverage`
     decides whether that is allowed), and its labels and splits win.
+
+    Raises:
+        DatasetError: two files of one id (``x.ply`` and ``x.splat`` beside each other), or two rows
+            of the captions file that both match one object (by id and by stem, say), naming both;
+            a captions file that :func:`read_captions` refuses; a source that is not a folder.
     """
     from clip_gs.data.assets import find_asset_files
 
-    table = read_captions(captions) if captions is not None else {}
+    if captions is None:
+        table = CaptionTable("", {}, {}, "")
+    else:
+        table = captions if isinstance(captions, CaptionTable) else load_captions(captions)
     if source.startswith("synthetic:"):
         from clip_gs.data.synthetic import SyntheticGaussianDataset
 
@@ -303,9 +467,14 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
         stems: dict[str, int] = {}
         for path in files:
             stems[path.stem] = stems.get(path.stem, 0) + 1
-        found = []
+        found, file_of = [], {}
         for path in files:
             relative = path.relative_to(root)
+            item_id = relative.with_suffix("").as_posix()
+            if item_id in file_of:
+                raise DatasetError(f"{file_of[item_id]} and {path} are both object {item_id!r} (an id is the path "
+                                   "without its extension); rename or remove one of them")  # fmt: skip
+            file_of[item_id] = path
             label = folder_label(relative)
             captions_of = (settings.caption_template.format(label),) if label else ()
             keys = [relative.with_suffix("").as_posix(), relative.as_posix()]
@@ -314,8 +483,12 @@ def list_sources(source: str, settings: PrepareSettings, captions: str | os.Path
             found.append((keys[0], str(path), label, captions_of, keys[1:]))
     items = []
     for item_id, path, label, default_captions, other_keys in found:
-        entry = next((table[k] for k in (item_id, *other_keys) if k in table), None)
-        if table and entry is None:
+        matches = [k for k in (item_id, *other_keys) if k in table.rows]
+        if len(matches) > 1:
+            lines = " and ".join(f"line {table.lines[k]} ({k!r})" for k in matches[:2])
+            raise DatasetError(f"{table.path}: {lines} both caption object {item_id!r}; give it one row")
+        entry = table.rows[matches[0]] if matches else None
+        if table.rows and entry is None:
             default_captions = ()  # a captions file lists what is captioned: nothing is made up
         items.append(
             SourceItem(
@@ -603,12 +776,22 @@ class ObjectPreparer:
         return meta
 
 
+FAILURE_FIELDS = ("path", "id", "error", "message", "stage")
+"""What a failure record (``<key>.failed.json``, a line of ``failures.jsonl``) holds, all texts."""
+
+
 def _failure_of(work: Path, item: SourceItem) -> dict | None:
+    """The failure record of ``item`` in ``work``; None when there is none or it is not one of
+    ``item``'s (then the run reports that no record was written)."""
     path = work / f"{_key(item.id)}.failed.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        failure = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    if (not isinstance(failure, dict) or set(failure) != set(FAILURE_FIELDS)
+            or not all(isinstance(v, str) for v in failure.values()) or failure["id"] != item.id):  # fmt: skip
+        return None
+    return failure
 
 
 # ---------------------------------------------------------------------------- the run
@@ -634,10 +817,14 @@ def _finished_meta(work: Path, item: SourceItem) -> dict | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not (work / f"{_key(item.id)}.blob").is_file():
         return None  # a record whose blob is gone is redone
+    if not isinstance(meta, dict) or meta.get("id") != item.id or meta.get("label") != item.label:
+        return None
+    if meta.get("split") not in SPLITS or not re.fullmatch(r"[0-9a-f]{64}", str(meta.get("sha256"))):
+        return None
     return meta if meta.get("input") == _input_fingerprint(item) else None
 
 
@@ -753,7 +940,8 @@ def prepare_dataset(
         captions: optional captions file (:func:`read_captions`).
         settings: :class:`PrepareSettings` (defaults when None).
         work_dir: where finished per-object records are kept between runs (:func:`default_work_dir`).
-        overwrite: start afresh, discarding earlier records under ``work_dir``.
+        overwrite: start afresh, discarding earlier records under ``work_dir`` (only what prepare
+            wrote there: a work folder holding anything else is refused, nothing removed).
         progress: progress bars per stage.
         limit: stop after this many newly prepared objects without writing shards (what a kill
             would leave behind; used by tests).
@@ -779,7 +967,12 @@ def prepare_dataset(
 
     Raises:
         DatasetError: a resumed run with other settings or another teacher, no objects at all, a
-            captions file that captions too few of them, missing parts at a merge.
+            captions file that captions too few of them or that :func:`read_captions` refuses, two
+            inputs of one id, missing or malformed parts at a merge, a corrupt settings record; an
+            ``out`` or ``work_dir`` that is not a folder, or is someone else's non-empty folder, or a
+            split (or work folder, with ``overwrite``) that holds files prepare did not write
+            (:mod:`clip_gs.data.ownership`, naming the folder and one such file). All of these
+            before any object is prepared.
         WeightsUnavailableError: no ``teacher`` for a folder source, and no cached EVA02-E-14-plus.
     """
     from tqdm.auto import tqdm
@@ -795,41 +988,24 @@ def prepare_dataset(
     parallel.check_nodes(num_nodes, node_rank)
     if merge and num_nodes == 1:
         raise ConfigError("merge joins the parts of several nodes: give num_nodes > 1")
-    spec = teacher if isinstance(teacher, str) else None
-    named = teacher is not None
-    teacher = _load_teacher(teacher, source, device, precision)
-    if progress:  # before any work: days of embeddings should not find out at the end which teacher made them
-        why = "named" if named else "the default: the paper's, cached" if "EVA02" in str(teacher.identity) else (
-            "the default for synthetic sources")  # fmt: skip
-        print(f"prepare: teacher {teacher.identity} ({why}; {teacher.embed_dim}-d) on {device} in {precision}",
-              file=sys.stderr, flush=True)  # fmt: skip
-    from clip_gs.teachers.base import check_view_background
-
-    check_view_background(teacher, settings.background)
+    from clip_gs.data.ownership import check_claimable, check_clearable, claim_folder, clear_folder
     from clip_gs.data.shards import is_remote, join, write_label_embeddings, write_manifest, write_split
 
     out = str(out)
     remote = is_remote(out)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    if overwrite and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    image_size = settings.image_size or int(teacher.image_size)
-    fingerprint = _fingerprint(source, settings, image_size, teacher, captions, device, precision)
-    if embeddings is not None:
-        fingerprint["embeddings"] = str(embeddings)
-    recorded = work / "settings.json"
-    if recorded.exists():
-        earlier = json.loads(recorded.read_text())
-        if earlier != json.loads(json.dumps(fingerprint)):
-            raise PreparedWithOtherSettingsError(
-                f"{work}: an earlier prepare run used other settings or another teacher "
-                f"({earlier['teacher']}); use another --out, or --overwrite to start afresh"
-            )
-    else:
-        _atomic_write(recorded, json.dumps(fingerprint, indent=2).encode())
-
-    items = list_sources(source, settings, captions)
+    # Every input and every folder is checked before anything is written or any object prepared.
+    if not remote:
+        check_claimable(out, "output folder", _legacy_output)
+        for split in SPLITS:
+            check_clearable(join(out, split), "split")
+        if num_nodes > 1:
+            check_clearable(join(out, parallel.PARTS), "parts")
+    check_claimable(work, "work folder", _legacy_work)
+    if overwrite:
+        check_clearable(work, "work")
+    table = load_captions(captions) if captions is not None else None
+    items = list_sources(source, settings, table)
     if not items:
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
     if captions is not None:
@@ -844,6 +1020,38 @@ def prepare_dataset(
             stems[Path(item.source).stem] = stems.get(Path(item.source).stem, 0) + 1
         items = attach_embeddings(items, embeddings, lambda it: [it.id] + (
             [Path(it.source).stem] if stems[Path(it.source).stem] == 1 else []))  # fmt: skip
+    spec = teacher if isinstance(teacher, str) else None
+    named = teacher is not None
+    teacher = _load_teacher(teacher, source, device, precision)
+    if progress:  # before any work: days of embeddings should not find out at the end which teacher made them
+        why = "named" if named else "the default: the paper's, cached" if "EVA02" in str(teacher.identity) else (
+            "the default for synthetic sources")  # fmt: skip
+        print(f"prepare: teacher {teacher.identity} ({why}; {teacher.embed_dim}-d) on {device} in {precision}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    from clip_gs.teachers.base import check_view_background
+
+    check_view_background(teacher, settings.background)
+    image_size = settings.image_size or int(teacher.image_size)
+    fingerprint = _fingerprint(source, settings, image_size, teacher, table, device, precision)
+    if embeddings is not None:
+        fingerprint["embeddings"] = str(embeddings)
+
+    if not remote:
+        claim_folder(out, "output folder", _legacy_output)
+    if overwrite:
+        clear_folder(work, "work")
+    claim_folder(work, "work folder", _legacy_work)
+    recorded = work / SETTINGS_NAME
+    earlier = read_fingerprint(recorded)
+    if earlier is not None:
+        if earlier != json.loads(json.dumps(fingerprint)):
+            raise PreparedWithOtherSettingsError(
+                f"{work}: an earlier prepare run used other settings or another teacher "
+                f"({earlier['teacher']}); use another --out, or --overwrite to start afresh"
+            )
+    else:
+        _atomic_write(recorded, json.dumps(fingerprint, indent=2).encode())
+
     summary = PrepareSummary(out=out, total=len(items), teacher=str(teacher.identity))
     failures_path = (work if remote else Path(out)) / "failures.jsonl"
     if merge:
@@ -917,8 +1125,8 @@ def prepare_dataset(
     )  # fmt: skip
     contents = {split: _digest([m for m in metas if m["split"] == split]) for split in SPLITS}
     contents["manifest"] = _digest(asdict(manifest))
-    written = work / "written.json"
-    before = json.loads(written.read_text()) if written.exists() else {}
+    written = work / WRITTEN_NAME
+    before = _read_written(written)
     # What a rerun over the same records finds written is left as it is: no shard, manifest or
     # teacher work is redone. A remote split that changed is refused by write_split (it never
     # overwrites objects): write to a new prefix.
@@ -927,8 +1135,8 @@ def prepare_dataset(
     changed = [split for split in SPLITS if before.get(split) != contents[split]]
     for split in tqdm(changed, desc="prepare: write shards", unit="split", disable=not progress or not changed):
         target = join(out, split)
-        if not remote and Path(target).exists():
-            shutil.rmtree(target)
+        if not remote:
+            clear_folder(target, "split")
         split_metas = [m for m in metas if m["split"] == split]
         if split_metas:
             records = records_of[split] if merge else _work_records(work, split_metas)
@@ -964,8 +1172,8 @@ def _load_teacher(teacher, source: str, device: str, precision: str):
     return teacher
 
 
-def _fingerprint(source, settings: PrepareSettings, image_size: int, teacher, captions, device: str,
-                 precision: str) -> dict:  # fmt: skip
+def _fingerprint(source, settings: PrepareSettings, image_size: int, teacher, captions: CaptionTable | None,
+                 device: str, precision: str) -> dict:  # fmt: skip
     """What the records depend on (``<work>/settings.json``, the parts): a resumed run, a node's part
     and a merge must agree on it. Defaults added after datasets existed are left out, so that those
     datasets resume."""
@@ -979,33 +1187,153 @@ def _fingerprint(source, settings: PrepareSettings, image_size: int, teacher, ca
             del recorded_settings[name]
     found = {"source": str(source), "settings": recorded_settings, "image_size": image_size,
              "teacher": str(teacher.identity),
-             "captions": None if captions is None else hashlib.sha256(Path(captions).read_bytes()).hexdigest()}  # fmt: skip
+             "captions": None if captions is None else captions.sha256}  # fmt: skip
     kind = torch.device(device).type
     if kind != "cpu" or precision != "fp32":
         found["compute"] = {"device": kind, "precision": precision}
     return found
 
 
+SETTINGS_NAME = "settings.json"
+"""The settings record of a work folder (:func:`read_fingerprint`)."""
+
+WRITTEN_NAME = "written.json"
+"""What a work folder's run last wrote: a digest per split and of the manifest."""
+
+MAX_SETTINGS_BYTES = 1 << 20
+"""Largest settings record (or ``written.json``) read (1 MiB; prepare writes a few hundred bytes)."""
+
+_FINGERPRINT_FIELDS = {"source": (str,), "settings": (dict,), "image_size": (int,), "teacher": (str,),
+                       "captions": (str, type(None)), "compute": (dict,), "embeddings": (str,)}  # fmt: skip
+_FINGERPRINT_OPTIONAL = ("compute", "embeddings")
+
+
+def check_fingerprint(value, location: str) -> dict:
+    """``value`` if it is a settings record as :func:`_fingerprint` makes it (``<work>/settings.json``,
+    the ``fingerprint`` of a node's part), else a typed refusal.
+
+    Rules: a JSON object with ``source``, ``teacher`` (texts), ``settings`` (an object whose names
+    are :class:`PrepareSettings` fields), ``image_size`` (an integer >= 1), ``captions`` (null or a
+    SHA-256 in hex), optionally ``compute`` (``device`` and ``precision`` texts) and ``embeddings``
+    (text); nothing else.
+
+    Raises:
+        DatasetError: naming ``location`` and the field.
+    """
+
+    def refuse(problem: str):
+        raise DatasetError(f"{location}: not a clip-gs prepare settings record: {problem}; move the work folder "
+                           "away (or use --overwrite to start afresh)")  # fmt: skip
+
+    if not isinstance(value, dict):
+        refuse(f"a JSON {type(value).__name__}, not an object")
+    missing = [k for k in _FINGERPRINT_FIELDS if k not in value and k not in _FINGERPRINT_OPTIONAL]
+    unknown = sorted(set(value) - set(_FINGERPRINT_FIELDS))
+    if missing or unknown:
+        refuse(f"missing {', '.join(missing) or 'nothing'}, unknown {', '.join(unknown) or 'nothing'}")
+    for name, kinds in _FINGERPRINT_FIELDS.items():
+        if name in value and (not isinstance(value[name], kinds) or isinstance(value[name], bool)):
+            refuse(f"{name} is a {type(value[name]).__name__}")
+    names = {f.name for f in fields(PrepareSettings)}
+    if not set(value["settings"]) <= names:
+        refuse(f"unknown settings {', '.join(sorted(set(value['settings']) - names))}")
+    if value["image_size"] < 1:
+        refuse(f"image_size {value['image_size']}")
+    if value["captions"] is not None and not re.fullmatch(r"[0-9a-f]{64}", value["captions"]):
+        refuse("captions is not a SHA-256")
+    compute = value.get("compute", {"device": "", "precision": ""})
+    if set(compute) != {"device", "precision"} or not all(isinstance(v, str) for v in compute.values()):
+        refuse("compute must be an object of device and precision")
+    return value
+
+
+def _read_json(location: Path, what: str):
+    """The JSON value of a small file prepare wrote (None when absent), at most :data:`MAX_SETTINGS_BYTES`."""
+    from clip_gs.data.shards import read_bytes
+
+    data = read_bytes(str(location), max_bytes=MAX_SETTINGS_BYTES)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise DatasetError(f"{location}: a corrupt {what} ({exc}); move the work folder away (or use --overwrite "
+                           "to start afresh)") from exc  # fmt: skip
+
+
+def read_fingerprint(location: str | os.PathLike) -> dict | None:
+    """The one reader of settings records (``<work>/settings.json``): the checked record
+    (:func:`check_fingerprint`), or None when there is none.
+
+    Raises:
+        DatasetError: not a regular file, larger than :data:`MAX_SETTINGS_BYTES`, not JSON, or not a
+            settings record (naming the file and the problem).
+    """
+    value = _read_json(Path(location), "settings record")
+    return None if value is None else check_fingerprint(value, str(location))
+
+
+def _read_written(location: Path) -> dict[str, str]:
+    """``<work>/written.json``: ``{split or "manifest": digest}`` (empty when absent)."""
+    value = _read_json(location, "record of written splits")
+    if value is None:
+        return {}
+    names = (*SPLITS, "manifest")
+    if not isinstance(value, dict) or not all(k in names and isinstance(v, str) for k, v in value.items()):
+        raise DatasetError(f"{location}: not a record of written splits (an object from split names and 'manifest' "
+                           "to digests); move the work folder away (or use --overwrite)")  # fmt: skip
+    return value
+
+
+def _legacy_work(folder: Path) -> bool:
+    """A work folder written before markers existed: it holds a valid settings record."""
+    try:
+        return read_fingerprint(folder / SETTINGS_NAME) is not None
+    except DatasetError:
+        return False
+
+
+def _legacy_output(folder: Path) -> bool:
+    """An output folder written before markers existed: it holds a clip-gs manifest, or a default
+    work folder (:func:`_legacy_work`)."""
+    try:
+        Manifest.read(folder)
+        return True
+    except DatasetError:
+        return (folder / ".work").is_dir() and _legacy_work(folder / ".work")
+
+
 __all__ = [
+    "CAPTION_FIELDS",
     "CAPTION_KEYS",
     "CAPTION_TEMPLATE",
+    "FAILURE_FIELDS",
     "GAUSSIAN_KINDS",
+    "MAX_CAPTIONS_PER_OBJECT",
+    "MAX_CAPTIONS_ROW_BYTES",
+    "MAX_SETTINGS_BYTES",
     "MESH_GAUSSIANS",
     "OBJAVERSE_SHARD",
+    "SETTINGS_NAME",
+    "WRITTEN_NAME",
+    "CaptionTable",
     "ObjectPreparer",
     "PrepareSettings",
     "PrepareSummary",
     "SourceItem",
     "cap_gaussians",
     "check_caption_coverage",
+    "check_fingerprint",
     "default_teacher",
     "default_work_dir",
     "fit_source",
     "folder_label",
     "is_mesh_source",
     "list_sources",
+    "load_captions",
     "prepare_dataset",
     "read_captions",
+    "read_fingerprint",
     "render_views",
     "split_of",
 ]

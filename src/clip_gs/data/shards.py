@@ -13,6 +13,15 @@ every read verifies the checksum, so a damaged byte range raises
 :class:`~clip_gs.errors.CorruptSampleError` naming the split, the chunk file and the index,
 never a silently different sample.
 
+Reading trusts nothing in a split: :func:`read_split_index` (the one reader of a split's
+``index.json``, used by every path: :class:`TripletShardDataset`, hence ``verify``, the data
+module, evaluation and :func:`iter_records`) refuses an index that is not exactly what
+:func:`write_split` writes (:mod:`clip_gs.data.split_format`: no ``pickle`` or other data format,
+no chunk outside the split, no count beyond a chunk's size) before LitData sees it, and items are
+parsed by clip-gs, not by LitData's decoders. Files beside the splits (``manifest.json``,
+``label_embeddings.bin``) are read through :func:`read_bytes` with a size cap and checked field
+by field (:meth:`Manifest.parse`, :func:`read_label_embeddings`).
+
 Chunk size (:data:`DEFAULT_CHUNK_BYTES`, 4 MB): LitData shuffles by permuting whole chunks and
 then items inside each chunk, and a loader worker fills a batch from consecutive items of its
 current chunk. Small chunks therefore mix better: with a prepared sample of ~0.6 MB (10k
@@ -45,11 +54,30 @@ os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 import torch
 from litdata import StreamingDataset
+from litdata.streaming.item_loader import PyTreeLoader
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.streaming.writer import BinaryWriter
 
-from clip_gs.data.triplets import MANIFEST_NAME, Manifest, TripletSample, pack_tensors, unpack_tensors
+from clip_gs.data.split_format import (
+    INDEX_NAME,
+    MAX_INDEX_BYTES,
+    RECORD_KEYS,
+    SplitIndex,
+    check_chunk_table,
+    check_local_chunks,
+    parse_item,
+    parse_split_index,
+)
+from clip_gs.data.triplets import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    TripletSample,
+    pack_tensors,
+    unpack_tensors,
+)
 from clip_gs.errors import CorruptSampleError, DatasetError
+from clip_gs.gaussians.files import open_regular_file
 
 DEFAULT_CHUNK_BYTES = "4MB"
 """Default chunk size of :func:`write_split` (see the module docstring for why)."""
@@ -57,8 +85,8 @@ DEFAULT_CHUNK_BYTES = "4MB"
 CACHE_ENV = "CLIP_GS_SHARD_CACHE"
 """Environment variable that overrides :func:`default_cache_dir`."""
 
-_INDEX = "index.json"
-_RECORD_KEYS = ("id", "sha256", "blob")
+_INDEX = INDEX_NAME
+_RECORD_KEYS = RECORD_KEYS
 
 
 # ---------------------------------------------------------------------------- locations
@@ -127,17 +155,63 @@ def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
 
 
 # ---------------------------------------------------------------------------- bytes
-def read_bytes(location: str, storage_options: dict | None = None) -> bytes | None:
-    """The bytes of a local file or an ``s3://`` object; None when it does not exist."""
+def read_bytes(location: str, storage_options: dict | None = None, max_bytes: int | None = None) -> bytes | None:
+    """The bytes of a local file or an ``s3://`` object; None when it does not exist.
+
+    A local path must be a regular file (symlinks followed): a folder, FIFO or device such as
+    ``/dev/zero`` is refused, never read.
+
+    Args:
+        max_bytes: refuse a file or object larger than this (checked before reading it).
+
+    Raises:
+        DatasetError: not a regular file, larger than ``max_bytes``, or unreadable (naming ``location``).
+    """
     if not is_remote(location):
-        path = Path(location)
-        return path.read_bytes() if path.is_file() else None
-    bucket, key = _split_url(location)
-    client = _s3_client(storage_options)
-    try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
+        if not os.path.lexists(location):
+            return None
+        with open_regular_file(location, DatasetError) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise DatasetError(f"{location}: {size:,} bytes, more than it may have ({max_bytes:,})")
+            try:
+                data = _read_all(handle.read, max_bytes)
+            except OSError as exc:
+                raise DatasetError(f"{location}: cannot read: {exc.strerror or exc}") from exc
+    else:
+        bucket, key = _split_url(location)
+        client = _s3_client(storage_options)
+        try:
+            response = client.get_object(Bucket=bucket, Key=key)
+            size = response.get("ContentLength")
+            if max_bytes is not None and size is not None and size > max_bytes:
+                raise DatasetError(f"{location}: {size:,} bytes, more than it may have ({max_bytes:,})")
+            data = _read_all(response["Body"].read, max_bytes)
+        except client.exceptions.NoSuchKey:
+            return None
+        except DatasetError:
+            raise
+        except Exception as exc:  # botocore ClientError (403, no such bucket, ...) or connection errors
+            raise DatasetError(f"{location}: cannot read: {exc}") from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DatasetError(f"{location}: more than it may have ({max_bytes:,} bytes)")
+    return data
+
+
+_READ_PIECE = 1 << 20
+
+
+def _read_all(read, max_bytes: int | None) -> bytes:
+    """Everything ``read(n)`` gives, in 1 MiB pieces (a single ``read(n)`` may allocate ``n`` bytes at
+    once), stopping once more than ``max_bytes`` came."""
+    pieces, total = [], 0
+    while max_bytes is None or total <= max_bytes:
+        piece = read(_READ_PIECE)
+        if not piece:
+            break
+        pieces.append(piece)
+        total += len(piece)
+    return b"".join(pieces)
 
 
 def write_bytes(location: str, data: bytes, storage_options: dict | None = None) -> None:
@@ -204,8 +278,10 @@ def write_split(
     remote = _RemoteSplit(output_dir, storage_options) if is_remote(output_dir) else None
     if remote is None:
         staging_parent, staging = None, output_dir
-        if os.path.isdir(staging) and os.listdir(staging):
-            raise DatasetError(f"{output_dir}: folder is not empty; refusing to overwrite a dataset")
+        if os.path.lexists(staging) and not os.path.isdir(staging):
+            raise DatasetError(f"{output_dir}: not a folder; refusing to write a split there")
+        if os.path.isdir(staging) and (entries := sorted(os.listdir(staging))):
+            raise DatasetError(f"{output_dir}: folder is not empty (holds {entries[0]}); refusing to overwrite it")
     else:
         staging_parent = tempfile.mkdtemp(prefix="clip-gs-write-")
         staging = os.path.join(staging_parent, "split")
@@ -315,23 +391,11 @@ def write_manifest(manifest: Manifest, root: str | os.PathLike, storage_options:
 
 
 def _read_one_manifest(root: str, storage_options: dict | None) -> Manifest:
-    if not is_remote(root):
-        return Manifest.read(root)
-    url = join(root, MANIFEST_NAME)
-    bucket, key = _split_url(url)
-    client = _s3_client(storage_options)
-    try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey as exc:
-        raise DatasetError(f"{url}: no manifest; is {root} a dataset written by `clip-gs prepare`?") from exc
-    except Exception as exc:  # botocore ClientError (403, 404 bucket, ...) or connection errors
-        raise DatasetError(f"{url}: cannot read the manifest: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix="clip-gs-manifest-") as tmp:  # one parser: Manifest.read
-        Path(tmp, MANIFEST_NAME).write_bytes(body)
-        try:
-            return Manifest.read(tmp)
-        except DatasetError as exc:
-            raise DatasetError(str(exc).replace(str(Path(tmp, MANIFEST_NAME)), url)) from exc
+    location = join(root, MANIFEST_NAME)
+    data = read_bytes(location, storage_options, max_bytes=MAX_MANIFEST_BYTES)
+    if data is None:
+        raise DatasetError(f"{location}: no manifest; is {root} a dataset written by `clip-gs prepare`?")
+    return Manifest.parse(data, location)
 
 
 def read_manifest(
@@ -382,28 +446,146 @@ def write_label_embeddings(
     return location
 
 
-def read_label_embeddings(root: str | os.PathLike, storage_options: dict | None = None) -> tuple[list[str], torch.Tensor, dict]:
+MAX_LABEL_EMBEDDINGS_BYTES = 256 << 20
+"""Largest ``label_embeddings.bin`` read (256 MiB: 65,536 labels x 1,024 dimensions)."""
+
+
+def read_label_embeddings(
+    root: str | os.PathLike, storage_options: dict | None = None
+) -> tuple[list[str], torch.Tensor, dict]:
     """``(labels, embeddings [C, E], metadata)`` from ``<root>/label_embeddings.bin``.
 
+    The file must be at most :data:`MAX_LABEL_EMBEDDINGS_BYTES` and hold exactly what
+    :func:`write_label_embeddings` writes: one tensor ``label_embeddings`` ``[C, E]`` (E >= 1) of
+    finite values, and metadata ``labels`` (C distinct texts), ``teacher`` (text) and
+    ``templates`` (a list of texts).
+
     Raises:
-        DatasetError: missing or unreadable file.
+        DatasetError: missing, unreadable or malformed file (naming it and the problem).
     """
     location = join(str(root), LABEL_EMBEDDINGS_NAME)
+    blob = read_bytes(location, storage_options, max_bytes=MAX_LABEL_EMBEDDINGS_BYTES)
+    if blob is None:
+        raise DatasetError(f"{location}: no label embeddings; is {root} a dataset written by `clip-gs prepare`?")
     try:
-        if is_remote(location):
-            bucket, key = _split_url(location)
-            blob = _s3_client(storage_options).get_object(Bucket=bucket, Key=key)["Body"].read()
-        else:
-            blob = Path(location).read_bytes()
         tensors, meta = unpack_tensors(blob)
-        return list(meta["labels"]), tensors["label_embeddings"], meta
-    except DatasetError:
-        raise
-    except Exception as exc:  # missing file, S3 errors, a damaged file
+    except (ValueError, MemoryError) as exc:
         raise DatasetError(f"{location}: cannot read the label embeddings: {exc}") from exc
+    problem = None
+    labels = meta.get("labels")
+    embeddings = tensors.get("label_embeddings")
+    if set(tensors) != {"label_embeddings"} or set(meta) != {"labels", "teacher", "templates"}:
+        problem = f"holds tensors {sorted(tensors)} and metadata {sorted(meta)}, not label embeddings"
+    elif not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+        problem = "its labels are not a list of distinct texts"
+    elif not isinstance(meta["teacher"], str):
+        problem = "its teacher is not text"
+    elif not isinstance(meta["templates"], list) or not all(isinstance(x, str) for x in meta["templates"]):
+        problem = "its templates are not a list of texts"
+    elif embeddings.ndim != 2 or embeddings.shape[0] != len(labels) or embeddings.shape[1] < 1:
+        problem = f"embeddings {list(embeddings.shape)} are not one row per label ({len(labels)})"
+    elif not bool(torch.isfinite(embeddings).all()):
+        problem = "its embeddings are not all finite"
+    if problem:
+        raise DatasetError(f"{location}: malformed label embeddings: {problem}")
+    return list(labels), embeddings, meta
 
 
 # ---------------------------------------------------------------------------- reading
+def read_split_index(split_dir: str, storage_options: dict | None = None) -> SplitIndex:
+    """The checked ``index.json`` of a split (a local folder or an ``s3://`` URL): every reader of
+    shards opens a split through this, before LitData reads anything of it.
+
+    The index must be what :func:`write_split` writes (:func:`~clip_gs.data.split_format.parse_split_index`:
+    the record format, no pickle, chunk names inside the split, counts that fit the chunk sizes), and
+    each chunk it lists must be there with the listed size: locally a regular file inside the split
+    folder (:func:`~clip_gs.data.split_format.check_local_chunks`), on s3 an object of the split's prefix.
+
+    Raises:
+        DatasetError: naming the split's ``index.json`` (or the chunk) and the problem.
+    """
+    split_dir = str(split_dir).rstrip("/")
+    location = join(split_dir, INDEX_NAME)
+    if not is_remote(split_dir):
+        if not os.path.isdir(split_dir):
+            raise DatasetError(f"{split_dir}: no {INDEX_NAME} (no such folder); not a split written by write_split / "
+                               "clip-gs prepare")  # fmt: skip
+        if os.path.lexists(location) and Path(location).resolve().parent != Path(split_dir).resolve():
+            raise DatasetError(f"{location}: resolves to {Path(location).resolve()}, outside its split folder")
+    data = read_bytes(location, storage_options, max_bytes=MAX_INDEX_BYTES)
+    if data is None:
+        raise DatasetError(f"{split_dir}: no {INDEX_NAME}; not a split written by write_split / clip-gs prepare")
+    index = parse_split_index(data, location)
+    if not is_remote(split_dir):
+        check_local_chunks(index, split_dir)
+        return index
+    bucket, key = _split_url(split_dir)
+    sizes: dict[str, int] = {}
+    try:
+        pages = _s3_client(storage_options).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+        for page in pages:
+            sizes.update((obj["Key"][len(key) + 1 :], obj["Size"]) for obj in page.get("Contents", []))
+    except Exception as exc:  # botocore ClientError or connection errors
+        raise DatasetError(f"{split_dir}: cannot list the split's chunks: {exc}") from exc
+    for chunk in index.chunks:
+        if sizes.get(chunk.filename) != chunk.chunk_bytes:
+            found = "missing" if chunk.filename not in sizes else f"{sizes[chunk.filename]} bytes"
+            raise DatasetError(f"{split_dir}/{chunk.filename}: {found}, {location} says {chunk.chunk_bytes} bytes")
+    return index
+
+
+class _RecordLoader(PyTreeLoader):
+    """LitData's item loader for a clip-gs split, reading items with clip-gs's checks instead of
+    LitData's decoders (no serializer of LitData's, pickle or any other, ever sees chunk bytes).
+
+    When LitData loads the split's index (in each process), :meth:`setup` refuses one that is not
+    the checked :class:`~clip_gs.data.split_format.SplitIndex` (a cached or re-downloaded copy
+    that changed). Each item is read from its chunk after the chunk's size and offset table are
+    checked (:func:`~clip_gs.data.split_format.check_chunk_table`, the table of the current chunk
+    kept) and parsed by :func:`~clip_gs.data.split_format.parse_item`.
+
+    LitData requires the loader's class name to be the index's ``item_loader`` (``PyTreeLoader``),
+    hence the ``__name__`` below.
+    """
+
+    def __init__(self, index: SplitIndex) -> None:
+        super().__init__()
+        self.split_index = index
+        self._table: tuple[int, Any] | None = None
+
+    def setup(self, config: dict, chunks: list, *args, **kwargs) -> None:
+        self.split_index.check_same(config, chunks, where="LitData")
+        super().setup(config, chunks, *args, **kwargs)
+
+    def load_item_from_chunk(self, index: int, chunk_index: int, chunk_filepath: str, begin: int,
+                             filesize_bytes: int, encryption: Any = None) -> dict:  # fmt: skip
+        self._wait_until_chunk_ready(chunk_index, chunk_filepath, filesize_bytes)
+        chunk = self.split_index.chunks[chunk_index]
+        position = index - begin
+        if os.path.basename(chunk_filepath) != chunk.filename or not 0 <= position < chunk.chunk_size:
+            raise CorruptSampleError(f"record {position} of {chunk_filepath} is not in the index")
+        with open_regular_file(chunk_filepath, CorruptSampleError) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if self._table is None or self._table[0] != chunk_index:
+                self._table = None
+                offsets = check_chunk_table(handle.read(4 * (chunk.chunk_size + 2)), chunk, size)
+                self._table = (chunk_index, offsets)
+            elif size != chunk.chunk_bytes:
+                raise CorruptSampleError(f"{size} bytes, the index says {chunk.chunk_bytes}")
+            start, end = (int(x) for x in self._table[1][position : position + 2])
+            handle.seek(start)
+            raw = handle.read(end - start)
+        if len(raw) != end - start:
+            raise CorruptSampleError("the chunk ends inside the record")
+        return parse_item(raw)
+
+    def load_item_from_bytes(self, raw_bytes: bytes, chunk_index: int) -> dict:
+        return parse_item(raw_bytes)
+
+
+_RecordLoader.__name__ = "PyTreeLoader"
+
+
 class TripletShardDataset(StreamingDataset):
     """A LitData ``StreamingDataset`` of one split whose items are decoded :class:`TripletSample` s.
 
@@ -430,8 +612,17 @@ class TripletShardDataset(StreamingDataset):
             worker; must be picklable.
         max_cache_size: LitData's cache budget for remote chunks.
 
+    The split is opened through :func:`read_split_index` (its ``index.json`` and chunk files
+    checked before LitData reads them) and its items are read by clip-gs's own item loader, never
+    by a LitData decoder; remote items come from whole downloaded chunks (:attr:`on_demand_bytes`).
+
+    Raises (on construction):
+        DatasetError: an ``index.json`` that is not what :func:`write_split` writes, or chunks that
+            are missing, of other sizes, not regular files or outside the split (naming the field or chunk).
+
     Raises (on reading an item):
-        CorruptSampleError: checksum mismatch or an undecodable record, naming the chunk and index.
+        CorruptSampleError: checksum mismatch, a chunk whose framing does not hold, or an undecodable
+            record, naming the chunk and index.
     """
 
     def __init__(
@@ -447,23 +638,44 @@ class TripletShardDataset(StreamingDataset):
     ) -> None:
         input_dir = str(input_dir)
         self.split_dir = input_dir.rstrip("/")
+        self.split_index = read_split_index(self.split_dir, storage_options)
+        index_path = None
         if is_remote(input_dir):
             cache_dir = str(cache_dir) if cache_dir is not None else default_cache_dir()
             os.makedirs(cache_dir, exist_ok=True)
             allow_plain_http_endpoint(storage_options)
+            # LitData takes the checked index from here instead of downloading index.json again.
+            handle, index_path = tempfile.mkstemp(prefix="clip-gs-index-", suffix=".json")
+            with os.fdopen(handle, "w") as f:
+                json.dump(self.split_index.data, f)
         else:
-            if not os.path.isfile(os.path.join(input_dir, _INDEX)):
-                raise DatasetError(f"{input_dir}: no {_INDEX}; not a split written by write_split / clip-gs prepare")
             cache_dir = None
-        super().__init__(
-            input_dir,
-            cache_dir=cache_dir,
-            storage_options=storage_options,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-            max_cache_size=max_cache_size,
-        )
+        try:
+            super().__init__(
+                input_dir,
+                cache_dir=cache_dir,
+                item_loader=_RecordLoader(self.split_index),
+                storage_options=storage_options,
+                shuffle=shuffle,
+                seed=seed,
+                drop_last=drop_last,
+                max_cache_size=max_cache_size,
+                index_path=index_path,
+            )
+        except (DatasetError, OSError):
+            raise
+        except Exception as exc:  # LitData's own refusals (its errors are ValueError / AssertionError)
+            raise DatasetError(f"{self.split_dir}: LitData cannot open the split: {exc}") from exc
+        finally:
+            if index_path is not None:
+                os.remove(index_path)
+        chunks = self.split_index.chunks
+        if self.subsampled_files != [c.filename for c in chunks] or [tuple(r) for r in self.region_of_interest] != [
+            (0, c.chunk_size) for c in chunks
+        ]:
+            raise DatasetError(f"{self.split_dir}: LitData lists other chunks than {self.split_index.location}, which "
+                               "was checked (a stale cached index?)")  # fmt: skip
+        self._on_demand_bytes = False
         self.sample_transform = sample_transform
         # Global index of each chunk's first sample (LitData numbers samples chunk after chunk).
         starts, total = [], 0
@@ -471,6 +683,25 @@ class TripletShardDataset(StreamingDataset):
             starts.append(total)
             total += end - begin
         self._chunk_starts, self._num_records = starts, total
+
+    @property
+    def on_demand_bytes(self) -> bool:
+        """Always False: remote items are read from whole downloaded chunks, whose size and offset
+        table are checked, never fetched as byte ranges whose length a chunk's bytes would decide."""
+        return False
+
+    @on_demand_bytes.setter
+    def on_demand_bytes(self, value: bool) -> None:
+        self._on_demand_bytes = False
+        if self.cache is not None:
+            self.cache._reader.on_demand_bytes = False
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """LitData's, taking a state saved without an item loader (``item_loader: None``) as this
+        dataset's loader, which reads the same items."""
+        if state_dict and state_dict.get("item_loader") is None:
+            state_dict = {**state_dict, "item_loader": self.item_loader.state_dict()}
+        super().load_state_dict(state_dict)
 
     def __iter__(self):
         # Worker processes may be spawned (fresh module state): re-apply the endpoint setting there.
@@ -499,9 +730,11 @@ class TripletShardDataset(StreamingDataset):
         where = self.where(global_index, chunk_index)
         try:
             return super().__getitem__(index), where
-        except OSError:
+        except CorruptSampleError as exc:  # from _RecordLoader: the chunk's framing does not hold
+            raise CorruptSampleError(f"{where}: {exc}") from exc
+        except (DatasetError, OSError):
             raise
-        except Exception as exc:  # a chunk whose framing no longer parses
+        except Exception as exc:  # any other failure of LitData's to read the record
             raise CorruptSampleError(f"{where}: cannot read the record ({type(exc).__name__}: {exc})") from exc
 
     def __getitem__(self, index: Any) -> Any:
@@ -523,6 +756,8 @@ def iter_records(split_dir: str, storage_options: dict | None = None, cache_dir:
 __all__ = [
     "CACHE_ENV",
     "DEFAULT_CHUNK_BYTES",
+    "LABEL_EMBEDDINGS_NAME",
+    "MAX_LABEL_EMBEDDINGS_BYTES",
     "TripletShardDataset",
     "allow_plain_http_endpoint",
     "default_cache_dir",
@@ -530,7 +765,9 @@ __all__ = [
     "iter_records",
     "join",
     "read_bytes",
+    "read_label_embeddings",
     "read_manifest",
+    "read_split_index",
     "write_bytes",
     "write_manifest",
     "write_split",

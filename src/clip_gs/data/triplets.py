@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ class TripletSample:
             raise CorruptSampleError(f"{where}: checksum mismatch (sample {record.get('id')!r}); the shard is corrupt")
         try:
             tensors, meta = unpack_tensors(blob)
+            _check_sample_fields(tensors, meta, record.get("id"))
             cloud = GaussianCloud(**{name: tensors[name] for name in _CLOUD_FIELDS}, source=meta["source"])
             return cls(
                 id=meta["id"],
@@ -135,6 +137,29 @@ class TripletSample:
             )
         except Exception as exc:  # a record with a valid digest but undecodable content
             raise CorruptSampleError(f"{where}: cannot decode sample {record.get('id')!r}: {exc}") from exc
+
+
+def _check_sample_fields(tensors: dict, meta: dict, record_id) -> None:
+    """Refuse a decoded record whose tensors or metadata are not a sample's: the tensors
+    :data:`_CLOUD_FIELDS` and :data:`_VIEW_FIELDS`; ``id`` (the record's), ``source`` text,
+    ``captions`` a list of text, ``label`` text or null, and ``fit`` (when present) an object."""
+    problem = None
+    if set(tensors) != set(_CLOUD_FIELDS + _VIEW_FIELDS):
+        problem = f"tensors {sorted(tensors)} are not a sample's"
+    elif not {"id", "source", "captions", "label"} <= set(meta) <= {"id", "source", "captions", "label", "fit"}:
+        problem = f"metadata keys {sorted(meta)} are not a sample's"
+    elif meta["id"] != record_id or not isinstance(meta["id"], str):
+        problem = f"the blob's id {meta['id']!r:.80} is not the record's"
+    elif not isinstance(meta["source"], str):
+        problem = "source is not text"
+    elif not isinstance(meta["captions"], list) or not all(isinstance(c, str) for c in meta["captions"]):
+        problem = "captions are not a list of text"
+    elif meta["label"] is not None and not isinstance(meta["label"], str):
+        problem = "label is not text or null"
+    elif "fit" in meta and not isinstance(meta["fit"], dict):
+        problem = "fit is not an object"
+    if problem:
+        raise ValueError(problem)
 
 
 def pack_tensors(tensors: dict[str, Tensor], meta: dict) -> bytes:
@@ -150,20 +175,99 @@ def pack_tensors(tensors: dict[str, Tensor], meta: dict) -> bytes:
 
 
 def unpack_tensors(blob: bytes) -> tuple[dict[str, Tensor], dict]:
-    """Inverse of :func:`pack_tensors`: ``(tensors, meta)``; raises ``ValueError`` on bad input."""
+    """Inverse of :func:`pack_tensors`: ``(tensors, meta)``.
+
+    The layout is checked before any tensor is made: a JSON object header ``{"format_version",
+    "meta", "tensors"}`` of a version this package reads, ``meta`` an object, and ``tensors`` a list
+    of ``[name, shape, offset, nbytes]`` with unique names, non-negative integer dimensions,
+    ``nbytes`` = 4 x the shape's product, each tensor starting where the previous one ends and the
+    last ending at the end of the blob. So no tensor is larger than the blob.
+
+    Raises:
+        ValueError: naming what breaks the layout.
+    """
+    if len(blob) < 8:
+        raise ValueError("shorter than its 8-byte header length")
     (length,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8 : 8 + length])
+    if length > len(blob) - 8:
+        raise ValueError(f"the header claims {length} bytes, the blob has {len(blob) - 8}")
+    try:
+        header = json.loads(blob[8 : 8 + length])
+    except RecursionError as exc:
+        raise ValueError("the header nests too deeply") from exc
+    if not isinstance(header, dict) or set(header) != {"format_version", "meta", "tensors"}:
+        raise ValueError("the header is not {format_version, meta, tensors}")
+    version = header["format_version"]
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"format version {version!r}; this clip-gs reads 1..{FORMAT_VERSION}")
+    if not (isinstance(header["meta"], dict) and isinstance(header["tensors"], list)):
+        raise ValueError("the header's meta is not an object or its tensors not a list")  # noqa: TRY004 - a layout error
     data = memoryview(blob)[8 + length :]
-    tensors = {}
-    for name, shape, offset, nbytes in header["tensors"]:
-        if offset + nbytes > len(data):
-            raise ValueError(f"tensor {name!r} runs past the end of the record")
+    tensors: dict[str, Tensor] = {}
+    end = 0
+    for entry in header["tensors"]:
+        if not isinstance(entry, list) or len(entry) != 4:
+            raise ValueError(f"tensor entry {entry!r:.80} is not [name, shape, offset, nbytes]")
+        name, shape, offset, nbytes = entry
+        if not isinstance(name, str) or name in tensors:
+            raise ValueError(f"tensor name {name!r:.80} is not a new string")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise ValueError(f"tensor {name!r}: shape {shape!r:.80} is not a list of sizes")
+        if offset != end or not _is_int(nbytes) or nbytes != 4 * math.prod(shape) or end + nbytes > len(data):
+            raise ValueError(f"tensor {name!r}: bytes {offset!r:.20}+{nbytes!r:.20} do not follow the previous "
+                             f"tensor or do not fit its shape {shape} or the blob")  # fmt: skip
         array = np.frombuffer(data[offset : offset + nbytes], dtype="<f4").reshape(shape)
         tensors[name] = torch.from_numpy(array.astype(np.float32))
+        end += nbytes
+    if end != len(data):
+        raise ValueError(f"{len(data) - end} bytes after the last tensor")
     return tensors, header["meta"]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 MANIFEST_NAME = "manifest.json"
+
+MAX_MANIFEST_BYTES = 16 << 20
+"""Largest ``manifest.json`` read (16 MiB: room for a label set of hundreds of thousands of names)."""
+
+MAX_EMBED_DIM = 1 << 16
+"""Widest embedding a manifest may declare (CLIP teachers are 512 to 1,280 wide); readers size
+buffers by it."""
+
+
+_MANIFEST_RULES = {
+    "teacher": "text",
+    "embed_dim": f"an integer 1..{MAX_EMBED_DIM}",
+    "counts": f"an object from {', '.join(SPLITS)} to counts >= 0",
+    "labels": "a sorted list of distinct texts",
+    "settings": "an object",
+    "failures": "an integer >= 0",
+    "caption_coverage": "null or a number in [0, 1]",
+    "package_version": "text",
+    "format_version": f"an integer 1..{FORMAT_VERSION} (the versions this clip-gs reads)",
+}
+
+
+def _manifest_value_ok(key: str, value) -> bool:
+    """Whether ``value`` follows ``_MANIFEST_RULES[key]``."""
+    if key in ("teacher", "package_version"):
+        return isinstance(value, str)
+    if key == "embed_dim":
+        return _is_int(value) and 1 <= value <= MAX_EMBED_DIM
+    if key == "counts":
+        return isinstance(value, dict) and all(k in SPLITS and _is_int(n) and n >= 0 for k, n in value.items())
+    if key == "labels":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value) and value == sorted(set(value))
+    if key == "settings":
+        return isinstance(value, dict)
+    if key == "failures":
+        return _is_int(value) and value >= 0
+    if key == "caption_coverage":
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1)
+    return _is_int(value) and 1 <= value <= FORMAT_VERSION  # format_version
 
 
 @dataclass
@@ -200,24 +304,55 @@ class Manifest:
 
     @classmethod
     def read(cls, root: str | Path) -> Manifest:
-        """Read ``root/manifest.json`` (a local folder).
+        """Read ``root/manifest.json`` (a local folder; :func:`~clip_gs.data.shards.read_manifest`
+        also reads ``s3://`` roots).
 
         Raises:
-            DatasetError: missing or invalid manifest, or a newer format version.
+            DatasetError: missing or invalid manifest (:meth:`parse`).
         """
-        path = Path(root) / MANIFEST_NAME
-        try:
-            data = json.loads(path.read_text())
-            manifest = cls(**data)
-        except FileNotFoundError as exc:
-            raise DatasetError(f"{path}: no manifest; is {root} a dataset written by `clip-gs prepare`?") from exc
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise DatasetError(f"{path}: invalid manifest: {exc}") from exc
-        if manifest.format_version > FORMAT_VERSION:
+        from clip_gs.data.shards import read_manifest
+
+        return read_manifest(str(root))
+
+    @classmethod
+    def parse(cls, data: bytes, location: str) -> Manifest:
+        """The manifest in ``data`` (the bytes of ``location``, named in errors), checked field by field.
+
+        Rules: at most :data:`MAX_MANIFEST_BYTES`; a JSON object with ``teacher`` (text) and
+        ``embed_dim`` (an integer 1..:data:`MAX_EMBED_DIM`) and no keys but the attributes'. The
+        others may be absent (manifests written before they existed) and then take the defaults
+        above; when present: ``counts`` an object from split names (:data:`SPLITS`) to integers
+        >= 0, ``labels`` a sorted list of distinct texts, ``settings`` an object, ``failures`` an
+        integer >= 0, ``caption_coverage`` null or a number in [0, 1], ``package_version`` text,
+        ``format_version`` an integer 1..:data:`FORMAT_VERSION`.
+
+        Raises:
+            DatasetError: naming ``location`` and the field.
+        """
+        if len(data) > MAX_MANIFEST_BYTES:
             raise DatasetError(
-                f"{path}: format version {manifest.format_version} is newer than this clip-gs reads ({FORMAT_VERSION})"
+                f"{location}: {len(data):,} bytes, more than a manifest may have ({MAX_MANIFEST_BYTES:,})"
             )
-        return manifest
+        try:
+            values = json.loads(data)
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or nesting deeper than Python's stack
+            raise DatasetError(f"{location}: invalid manifest: {exc}") from exc
+        if not isinstance(values, dict):
+            raise DatasetError(f"{location}: invalid manifest: not a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DatasetError(f"{location}: invalid manifest: unknown field {unknown[0]!r:.80}")
+        for key in ("teacher", "embed_dim"):
+            if key not in values:
+                raise DatasetError(f"{location}: invalid manifest: field {key} is missing")
+
+        for key, rule in _MANIFEST_RULES.items():
+            if key in values and not _manifest_value_ok(key, values[key]):
+                raise DatasetError(
+                    f"{location}: invalid manifest: field {key} is {values[key]!r:.80}; it must be {rule}"
+                )
+        return cls(**values)
 
     def check_compatible(self, other: Manifest, what: str = "datasets") -> None:
         """Refuse to mix embeddings of different teachers (or widths).
@@ -232,4 +367,14 @@ class Manifest:
             )
 
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "SPLITS", "Manifest", "TripletSample", "pack_tensors", "unpack_tensors"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "MAX_EMBED_DIM",
+    "MAX_MANIFEST_BYTES",
+    "SPLITS",
+    "Manifest",
+    "TripletSample",
+    "pack_tensors",
+    "unpack_tensors",
+]

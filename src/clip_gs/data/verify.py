@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from clip_gs.data.triplets import SPLITS
+from clip_gs.errors import DatasetError
 
 
 @dataclass
@@ -38,8 +39,15 @@ def verify_dataset(
     root: str | os.PathLike, storage_options: dict | None = None, progress: bool = False
 ) -> VerifyReport:
     """Read every record of every split of ``root`` (a folder or ``s3://`` prefix), checking each one's
-    sha256 and decoding it (:meth:`~clip_gs.data.triplets.TripletSample.from_record`), and each split's
-    count against ``manifest.json``. A damaged record is listed and the check goes on.
+    sha256 and decoding it (:meth:`~clip_gs.data.triplets.TripletSample.from_record`), each split's
+    count against ``manifest.json``, and that no id appears twice in a split. A damaged record is
+    listed and the check goes on.
+
+    A split is opened like every reader opens one (:func:`~clip_gs.data.shards.read_split_index`):
+    an ``index.json`` that is not what clip-gs writes (another data format such as pickle, a chunk
+    outside the split, a count that cannot fit its chunk) damages the whole split, and none of its
+    bytes are read. Only the package's errors (:class:`~clip_gs.errors.DatasetError`) and I/O errors
+    are reported as damage; anything else is a bug and propagates.
 
     Raises:
         DatasetError: no readable manifest (nothing to verify against).
@@ -57,19 +65,23 @@ def verify_dataset(
             continue
         try:
             dataset = TripletShardDataset(join(root, split), storage_options=storage_options)
-        except Exception as exc:  # noqa: BLE001 - a missing or unreadable index damages the whole split
+        except (DatasetError, OSError) as exc:  # a missing or invalid index damages the whole split
             report.damaged.append({"split": split, "index": None, "error": type(exc).__name__, "message": str(exc)})
             continue
         if len(dataset) != expected:
             report.damaged.append({"split": split, "index": None, "error": "CountMismatch",
                                    "message": f"{len(dataset)} records, the manifest says {expected}"})  # fmt: skip
+        seen: dict[str, int] = {}
         for index in tqdm(range(len(dataset)), desc=f"verify {split}", unit="rec", disable=not progress):
             try:
-                dataset[index]
-            except Exception as exc:  # noqa: BLE001 - any failure to read a record is damage to report
-                report.damaged.append(
-                    {"split": split, "index": index, "error": type(exc).__name__, "message": str(exc)}
-                )
+                sample_id = dataset[index].id
+            except (DatasetError, OSError) as exc:  # a record that cannot be read or decoded
+                report.damaged.append({"split": split, "index": index, "error": type(exc).__name__, "message": str(exc)})
+                continue
+            if sample_id in seen:
+                report.damaged.append({"split": split, "index": index, "error": "DuplicateId",
+                                       "message": f"id {sample_id!r} is also record {seen[sample_id]}"})  # fmt: skip
+            seen.setdefault(sample_id, index)
         report.checked[split] = len(dataset)
     return report
 

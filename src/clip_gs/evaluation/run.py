@@ -55,7 +55,7 @@ def model_teacher(reference: str | os.PathLike) -> str | None:
     """
     from clip_gs.model.folder import read_teacher_record
 
-    return read_teacher_record(str(reference)) or None
+    return read_teacher_record(str(reference)).teacher or None
 
 
 # ---------------------------------------------------------------------------- embeddings of a split
