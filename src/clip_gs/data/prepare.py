@@ -60,6 +60,7 @@ from clip_gs.errors import (
     MissingDependencyError,
     PreparedWithOtherSettingsError,
 )
+from clip_gs.strict_json import unique_keys
 
 CAPTION_TEMPLATE = "a 3D model of a {}."
 """Caption of an object with a label but no caption (labels from folder names)."""
@@ -259,20 +260,13 @@ class _Lines:
             raise DatasetError(f"{self.path}: line {self.number}: not UTF-8 text ({exc})") from exc
 
 
-def _unique_object(pairs: list[tuple[str, object]]) -> dict:
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the field {next(n for n in names if names.count(n) > 1)!r} is given twice")
-    return dict(pairs)
-
-
 def _jsonl_rows(lines: _Lines, path: Path) -> Iterable[tuple[int, dict]]:
     for text in lines:
         lines.row_bytes = 0
         if not text.strip():
             continue
         try:
-            row = json.loads(text, object_pairs_hook=_unique_object)
+            row = json.loads(text, object_pairs_hook=unique_keys)
         except (ValueError, RecursionError) as exc:
             raise DatasetError(f"{path}: line {lines.number}: invalid JSON: {exc}") from exc
         if not isinstance(row, dict):

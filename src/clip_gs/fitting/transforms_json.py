@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import PosedImagesError
+from clip_gs.strict_json import unique_keys
 
 TRANSFORMS_NAME = "transforms.json"
 MAX_TRANSFORMS_BYTES = 16 << 20
@@ -129,14 +129,6 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        repeated = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
-        raise ValueError(f"key(s) {repeated[:5]} repeated in one object")
-    return result
-
-
 def _load_json(path: Path) -> object:
     try:
         with open(path, "rb") as file:
@@ -151,7 +143,7 @@ def _load_json(path: Path) -> object:
     except UnicodeDecodeError as exc:
         raise PosedImagesError(f"{path}: not UTF-8 text ({exc})") from exc
     try:
-        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_repeated_keys)
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=unique_keys)
     except (ValueError, RecursionError, MemoryError) as exc:  # JSONDecodeError is a ValueError
         raise PosedImagesError(f"{path}: not valid JSON ({exc})") from exc
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from clip_gs.errors import ConfigError, FileNotOnHubError
 from clip_gs.model.config import CLIPGSConfig
+from clip_gs.strict_json import unique_keys
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -87,7 +88,7 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     if len(raw) > MAX_RECORD_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_RECORD_BYTES} bytes; not a {what}")
     try:
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: not UTF-8 text ({exc})") from exc
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, too deep nesting
@@ -96,13 +97,6 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
         raise ConfigError(f"{path}: the {what} must be a JSON object, got {type(data).__name__}")
     return data
 
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    data = dict(pairs)
-    if len(data) != len(pairs):
-        repeated = sorted({k for k, _ in pairs if sum(1 for other, _ in pairs if other == k) > 1})
-        raise ValueError(f"repeated key(s) {repeated}")
-    return data
 
 
 def read_model_config(path: str | os.PathLike) -> CLIPGSConfig:
