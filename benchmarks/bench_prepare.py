@@ -67,7 +67,7 @@ def run(source: str, views: int, teacher_spec: str | None, limit: int) -> dict:
 
 def repeated_meshes(folder: str, count: int, into: Path) -> str:
     """``count`` mesh entries under ``into``: symbolic links to ``folder``'s meshes, cycled."""
-    from clip_gs.data.assets import MESH_EXTENSIONS, find_asset_files
+    from clip_gs.gaussians.assets import MESH_EXTENSIONS, find_asset_files
 
     meshes = [p for p in find_asset_files(Path(folder)) if p.suffix.lower() in MESH_EXTENSIONS]
     for i in range(count):

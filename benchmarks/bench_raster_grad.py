@@ -36,7 +36,7 @@ DEFAULT_MESH = HERE.parent.parent / "shared" / "data" / "real" / "trimesh-models
 def build_scene(mesh: Path, num_gaussians: int, path: Path) -> None:
     import torch
 
-    from clip_gs.data.mesh import mesh_to_gaussians
+    from clip_gs.gaussians.mesh import mesh_to_gaussians
 
     cloud = mesh_to_gaussians(mesh, num_gaussians=num_gaussians, seed=0)
     tensors = {"means": cloud.means, "quats": cloud.rotations, "scales": cloud.scales,

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from clip_gs.data.fitted import fit_mesh, init_from_mesh
-from clip_gs.data.mesh import mesh_to_gaussians
+from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.fitting import FitConfig, evaluate_views, transform_cloud
 from clip_gs.render import contact_sheet, render_cloud, sphere_cameras
 from clip_gs.render.blender import composite, render_mesh

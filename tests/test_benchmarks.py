@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_gs.cli import main
-from clip_gs.data.mesh import mesh_to_gaussians
+from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.evaluation.benchmarks import BenchmarkItem, BenchmarkWarning, discover, discover_all, load_item
 from clip_gs.gaussians import save_gaussians
@@ -69,7 +69,7 @@ def test_modelnet40_layout_and_the_conversion_cache(tmp_path, monkeypatch):
         ("cone/test/cone_0003", "cone", "test"), ("night_stand/train/night_stand_0004", "night_stand", "train"),
         ("night_stand/train/night_stand_0005", "night_stand", "train"), ("night_stand/test/night_stand_0006", "night_stand", "test"),
     ]  # fmt: skip
-    import clip_gs.data.assets as assets
+    import clip_gs.gaussians.assets as assets
 
     calls = []
     real = assets.load_asset
@@ -238,7 +238,7 @@ def test_material_file_warnings_are_not_counted_as_grey(tmp_path):
     reaches the caller as it is, and the benchmark's summary counts only meshes given grey."""
     import warnings
 
-    from clip_gs.data.mesh import MeshColorWarning, NeutralGreyWarning
+    from clip_gs.gaussians.mesh import MeshColorWarning, NeutralGreyWarning
     from clip_gs.evaluation.benchmark_run import embed_items
     from clip_gs.evaluation.benchmarks import BenchmarkItem
     from clip_gs.model import CLIPGS

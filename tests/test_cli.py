@@ -51,7 +51,7 @@ def test_load_asset_converts_meshes_and_reads_3dgs(tmp_path, torus_ply):
     box.export(tmp_path / "box.ply")  # a mesh .ply: falls through to the mesh converter
     box.export(tmp_path / "box.stl")
     for name in ("box.ply", "box.stl"):
-        cloud = load_asset(tmp_path / name, num_gaussians=500, seed=0)
+        cloud = load_asset(tmp_path / name, mesh_gaussians=500, seed=0)
         assert len(cloud) == 500
         assert cloud.means.norm(dim=-1).max().item() == pytest.approx(1.0, abs=1e-5)
     (tmp_path / "x.bin").write_bytes(b"\x01" * 64)
@@ -127,7 +127,7 @@ def test_render_up_axis_option_and_auto_default(tmp_path, capsys):
 
 
 def test_default_up_axis_by_kind_of_file(tmp_path):
-    from clip_gs.data.assets import default_up_axis
+    from clip_gs.gaussians.frames import default_up_axis
 
     assert default_up_axis(real_file("playcanvas-splats/guitar.compressed.ply")) == "-y"
     assert default_up_axis(real_file("playcanvas-splats/biker.spz")) == "-y"

@@ -23,7 +23,7 @@ from clip_gs.gaussians.cloud import SH_C0, GaussianCloud, sh_coeff_count
 from clip_gs.gaussians.formats import read_compressed_ply, read_splat, read_spz
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, splat_importance_order
 from clip_gs.gaussians.io import load_gaussians, registered_formats, save_gaussians
-from clip_gs.render.sh import sh_basis
+from clip_gs.gaussians.sh import sh_basis
 from tests.conftest import real_file
 
 REAL = "playcanvas-splats"

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clip_gs.cli import main
-from clip_gs.data.mesh import MeshColorWarning, mesh_to_gaussians
+from clip_gs.gaussians.mesh import MeshColorWarning, mesh_to_gaussians
 from clip_gs.errors import GaussianFormatError, MeshError
 from clip_gs.gaussians.cloud import GaussianCloud
 from clip_gs.gaussians.formats import spz as spz_module

@@ -12,7 +12,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from clip_gs.data.mesh import (
+from clip_gs.gaussians.mesh import (
     NEUTRAL_GREY,
     MeshColorWarning,
     disk_radius,
@@ -23,7 +23,7 @@ from clip_gs.data.mesh import (
 from clip_gs.errors import ConfigError, MeshError
 from tests.conftest import real_file
 
-pytestmark = pytest.mark.filterwarnings("ignore::clip_gs.data.mesh.MeshColorWarning")  # grey is tested on its own
+pytestmark = pytest.mark.filterwarnings("ignore::clip_gs.gaussians.mesh.MeshColorWarning")  # grey is tested on its own
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -17,13 +17,11 @@ from clip_gs.data import (
     RandomTranslation,
     Resample,
     element_seed,
-    quaternion_multiply,
-    rotate_cloud,
     sample_seed,
-    sh_rotation_matrix,
     step_seed,
 )
 from clip_gs.gaussians import quaternions_to_matrices
+from clip_gs.gaussians.frames import quaternion_multiply, rotate_cloud, sh_rotation_matrix
 from clip_gs.render import eval_sh, orbit_cameras, render_cloud
 
 F64 = torch.float64

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from clip_gs import CLIPGS
 from clip_gs.cli import main
-from clip_gs.data.assets import find_asset_files, load_asset
+from clip_gs.gaussians.assets import find_asset_files, load_asset
 from clip_gs.data.synthetic import make_object
 from clip_gs.errors import CheckpointError, ConfigError, DatasetError, GaussianFormatError, WeightsUnavailableError
 from clip_gs.gaussians import save_gaussians
@@ -35,7 +35,8 @@ from clip_gs.teachers.prompts import (
     zero_shot_weights,
 )
 from clip_gs.usage import classify_files, embed_folder, load_usage_model, search_index
-from clip_gs.usage.classify import asset_loader, indistinguishable_classes
+from clip_gs.gaussians.assets import asset_loader
+from clip_gs.usage.classify import indistinguishable_classes
 from clip_gs.usage.models import teacher_spec_for
 from clip_gs.usage.search import hits_sheet
 

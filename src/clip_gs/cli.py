@@ -86,19 +86,20 @@ def _vec(v: torch.Tensor) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from clip_gs.data.assets import load_asset
+    from clip_gs.gaussians.assets import read_asset
 
-    cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
+    cloud = read_asset(args.file, mesh_gaussians=args.num_gaussians, seed=args.seed)  # the file's own frame
     print(format_info(cloud))
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from clip_gs.data.assets import default_up_axis, load_asset
+    from clip_gs.gaussians.assets import read_asset
+    from clip_gs.gaussians.frames import resolve_up
     from clip_gs.render import render_sheet
 
-    cloud = load_asset(args.file, num_gaussians=args.num_gaussians, seed=args.seed)
-    up = default_up_axis(args.file) if args.up == "auto" else args.up
+    cloud = read_asset(args.file, mesh_gaussians=args.num_gaussians, seed=args.seed)
+    up = resolve_up(args.file, args.up)
     sheet = render_sheet(
         cloud, views=args.views, size=args.size, elevation=args.elevation, up=up, background=args.background
     )

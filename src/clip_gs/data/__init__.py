@@ -1,8 +1,7 @@
-"""Data sources for clip-gs: mesh -> 3DGS conversion, a synthetic procedural 3DGS set, seeded
+"""Data sources for clip-gs: a synthetic procedural 3DGS set, seeded
 3DGS augmentations, and triplet samples made into model inputs and batches (:mod:`~clip_gs.data.batches`)."""
 
 from clip_gs.data.batches import ProcessedSample, SampleProcessor, TripletBatch, collate_triplets
-from clip_gs.data.mesh import MeshColorWarning, mesh_to_gaussians, surface_disks
 from clip_gs.data.synthetic import (
     PALETTE,
     PATTERNS,
@@ -22,11 +21,8 @@ from clip_gs.data.transforms import (
     Resample,
     color_affine,
     element_seed,
-    quaternion_multiply,
-    rotate_cloud,
     sample_seed,
     scale_cloud,
-    sh_rotation_matrix,
     step_seed,
     translate_cloud,
 )
@@ -38,7 +34,6 @@ __all__ = [
     "CloudTransform",
     "ColorJitter",
     "Compose",
-    "MeshColorWarning",
     "PositionJitter",
     "ProcessedSample",
     "RandomRotation",
@@ -53,13 +48,8 @@ __all__ = [
     "color_affine",
     "element_seed",
     "make_object",
-    "mesh_to_gaussians",
-    "quaternion_multiply",
-    "rotate_cloud",
     "sample_seed",
     "scale_cloud",
-    "sh_rotation_matrix",
     "step_seed",
-    "surface_disks",
     "translate_cloud",
 ]

@@ -1,5 +1,5 @@
 """Mesh -> fitted 3DGS in one call: render it with Blender, start from its surface samples, fit
-(:mod:`clip_gs.fitting`). Beside :mod:`clip_gs.data.mesh` (mesh -> surface samples): the two ways a
+(:mod:`clip_gs.fitting`). Beside :mod:`clip_gs.gaussians.mesh` (mesh -> surface samples): the two ways a
 mesh becomes Gaussians."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class MeshFit:
         result: :class:`~clip_gs.fitting.FitResult` (the cloud is in the unit frame of ``world``).
         views, held_out: the training and held-out renders.
         world: ``[4, 4]`` the file's coordinates -> the fitting frame
-            (:func:`~clip_gs.data.mesh.mesh_unit_transform`).
+            (:func:`~clip_gs.gaussians.mesh.mesh_unit_transform`).
     """
 
     result: FitResult
@@ -43,8 +43,8 @@ class MeshFit:
 def init_from_mesh(mesh, num_gaussians: int, world: Tensor, seed: int = 0,
                    opacity: float = DEFAULT_INIT_OPACITY) -> GaussianCloud:  # fmt: skip
     """Surface samples of ``mesh`` (positions, texture / vertex / material colours, flat disks) moved
-    into the fitting frame by ``world``: :func:`~clip_gs.data.mesh.mesh_to_gaussians`."""
-    from clip_gs.data.mesh import mesh_to_gaussians
+    into the fitting frame by ``world``: :func:`~clip_gs.gaussians.mesh.mesh_to_gaussians`."""
+    from clip_gs.gaussians.mesh import mesh_to_gaussians
 
     cloud = mesh_to_gaussians(mesh, num_gaussians=num_gaussians, seed=seed, opacity=opacity, normalize=False)
     return transform_cloud(cloud, world)
@@ -61,7 +61,7 @@ def init_from_file(path, num_gaussians: int, world: Tensor, seed: int = 0) -> Ga
     """
     import numpy as np
 
-    from clip_gs.data.assets import MESH_EXTENSIONS
+    from clip_gs.gaussians.assets import MESH_EXTENSIONS
     from clip_gs.errors import MeshError, NotGaussianDataError
     from clip_gs.fitting import init_from_points
     from clip_gs.gaussians import load_gaussians
@@ -100,7 +100,7 @@ def render_mesh_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_
     Returns:
         ``(training views, held-out views, world [4, 4])``.
     """
-    from clip_gs.data.mesh import mesh_unit_transform
+    from clip_gs.gaussians.mesh import mesh_unit_transform
     from clip_gs.render.blender import DEFAULT_SAMPLES, render_mesh
     from clip_gs.render.cameras import Cameras, sphere_cameras
 

@@ -1,7 +1,7 @@
 """``clip-gs prepare``: 3DGS files, meshes or the synthetic set -> checksummed triplet shards.
 
 For every input object (see :func:`list_sources`): load it (3DGS as stored; meshes through
-:func:`~clip_gs.data.mesh.mesh_to_gaussians`, SH degree 0), render ``views`` regular orbit views
+:func:`~clip_gs.gaussians.mesh.mesh_to_gaussians`, SH degree 0), render ``views`` regular orbit views
 of the normalised object at the teacher's image size with the package's rasterizer (gsplat on
 CUDA), embed its captions and views with the frozen teacher, and store a
 :class:`~clip_gs.data.triplets.TripletSample`. Then write one LitData dataset per split, the
@@ -39,6 +39,7 @@ refused (:func:`list_sources`).
 
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import csv
 import hashlib
@@ -80,8 +81,9 @@ class PrepareSettings:
         elevation_deg: camera elevation of the views; azimuths are regular from 0.
         image_size: view size in pixels; None takes the teacher's ``image_size``.
         background: RGB in [0, 1] behind the object (white by default, as the offline teacher saw).
-        up: world up axis of file inputs; ``"auto"`` takes :func:`~clip_gs.data.assets.default_up_axis`
-            per file (synthetic objects are +Y up).
+        up: world up axis of file inputs that declare none; ``"auto"`` takes
+            :func:`~clip_gs.gaussians.frames.default_up_axis` per file. Every object is stored in the model
+            frame (+Y up, :func:`~clip_gs.gaussians.assets.load_asset`), its cameras moved with it.
         mesh_gaussians: Gaussians sampled on meshes (:data:`MESH_GAUSSIANS`).
         synthetic_gaussians: Gaussians per synthetic object.
         synthetic_pose: pose of synthetic objects (:data:`clip_gs.data.synthetic.POSES`): ``random``
@@ -435,7 +437,7 @@ def list_sources(source: str, settings: PrepareSettings,
             of the captions file that both match one object (by id and by stem, say), naming both;
             a captions file that :func:`read_captions` refuses; a source that is not a folder.
     """
-    from clip_gs.data.assets import find_asset_files
+    from clip_gs.gaussians.assets import find_asset_files
 
     if captions is None:
         table = CaptionTable("", {}, {}, "")
@@ -519,9 +521,11 @@ def check_caption_coverage(items: Sequence[SourceItem], captions: str | os.PathL
 
 
 def load_source(item: SourceItem, settings: PrepareSettings):
-    """``(cloud, captions, up axis)`` of one object (synthetic objects bring their captions:
-    :func:`~clip_gs.data.synthetic.make_captions`)."""
-    from clip_gs.data.assets import default_up_axis, load_asset
+    """``(cloud, captions, up axis)`` of one object, the cloud brought to the model frame
+    (:func:`~clip_gs.gaussians.assets.load_asset` with ``settings.up``; synthetic objects stand in it
+    and bring their captions: :func:`~clip_gs.data.synthetic.make_captions`)."""
+    from clip_gs.gaussians.assets import load_asset
+    from clip_gs.gaussians.frames import MODEL_FRAME
 
     if item.source.startswith("synthetic:"):
         from clip_gs.data.synthetic import SyntheticGaussianDataset
@@ -531,17 +535,16 @@ def load_source(item: SourceItem, settings: PrepareSettings):
             index + 1, num_gaussians=settings.synthetic_gaussians, seed=settings.seed, pose=settings.synthetic_pose
         )
         obj = dataset[index]
-        return obj.cloud.replace(source=item.source), item.captions or obj.captions, "+y"
-    cloud = load_asset(item.source, num_gaussians=settings.mesh_gaussians, seed=settings.seed)
-    up = default_up_axis(item.source) if settings.up == "auto" else settings.up
-    return cloud, item.captions, up
+        return obj.cloud.replace(source=item.source), item.captions or obj.captions, MODEL_FRAME
+    cloud = load_asset(item.source, up=settings.up, mesh_gaussians=settings.mesh_gaussians, seed=settings.seed)
+    return cloud, item.captions, MODEL_FRAME
 
 
 def is_mesh_source(item: SourceItem) -> bool:
     """True for inputs that are meshes: a mesh extension, where a ``.ply`` counts only when its header
     declares faces (3DGS and point-cloud plys have none). Only the header is read: the object is
     loaded once, by whichever path it takes."""
-    from clip_gs.data.assets import MESH_EXTENSIONS
+    from clip_gs.gaussians.assets import MESH_EXTENSIONS
     from clip_gs.gaussians.formats.ply_header import read_ply_header
 
     suffix = Path(item.source).suffix.lower()
@@ -712,19 +715,25 @@ class ObjectPreparer:
             from clip_gs.data.precomputed import read_embeddings
             from clip_gs.render import orbit_cameras
 
+            from clip_gs.gaussians.frames import frame_viewmats, resolve_up
+
             cloud, captions, up = load_source(item, settings)
             text, image, viewmats, Ks = read_embeddings(item.embeddings, self._teacher(device), captions)
-            if viewmats is None:  # the file says its views were prepare's orbit
+            if viewmats is not None:  # cameras of the file's own frame, moved with the cloud
+                viewmats = frame_viewmats(viewmats, resolve_up(item.source, settings.up), up)
+            else:  # the file says its views were prepare's orbit
                 orbit = orbit_cameras(len(image), elevation_deg=settings.elevation_deg, width=self.image_size,
                                       height=self.image_size, up=up)  # fmt: skip
                 viewmats, Ks = orbit.viewmats, orbit.Ks
             cloud, resampled = cap_gaussians(cloud, settings, item)
             return cloud, captions, (text, image), (viewmats, Ks), None, resampled
         if settings.gaussians == "fitted" and is_mesh_source(item):
-            from clip_gs.data.assets import default_up_axis
+            from clip_gs.gaussians.frames import MODEL_FRAME, frame_viewmats, resolve_up, to_frame
 
-            up = default_up_axis(item.source) if settings.up == "auto" else settings.up
+            up = resolve_up(item.source, settings.up)  # rendered and fitted in the mesh's frame, then moved
             cloud, images, cameras, fit = fit_source(item, settings, self.image_size, up, device)
+            cloud = to_frame(cloud, up, MODEL_FRAME)
+            cameras = dataclasses.replace(cameras, viewmats=frame_viewmats(cameras.viewmats, up, MODEL_FRAME))
             captions = item.captions
         else:
             cloud, captions, up = load_source(item, settings)

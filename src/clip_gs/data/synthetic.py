@@ -7,7 +7,7 @@ Each object is built in four steps, all driven by one seeded ``numpy`` generator
    random proportions (torus tube radius, cylinder height, number of star points, ...; the
    drawn values are returned in :attr:`SyntheticObject.params`).
 2. **Surface samples**: area-weighted points with their face normals
-   (:func:`clip_gs.data.mesh.sample_triangles`, the same sampler as the mesh converter).
+   (:func:`clip_gs.gaussians.mesh.sample_triangles`, the same sampler as the mesh converter).
 3. **Colour**: a primary colour from :data:`PALETTE` and a surface pattern from :data:`PATTERNS`,
    evaluated in the canonical frame so the pattern follows the object:
 
@@ -19,7 +19,7 @@ Each object is built in four steps, all driven by one seeded ``numpy`` generator
    - ``two_tone``: the half beyond the middle of the extent along one canonical axis is secondary.
 
 4. **Pose and Gaussians**: a rotation (:attr:`SyntheticObject.rotation`, see :data:`POSES`), flat
-   disk Gaussians along the normals (:func:`clip_gs.data.mesh.surface_disks`, the one disk
+   disk Gaussians along the normals (:func:`clip_gs.gaussians.mesh.surface_disks`, the one disk
    implementation), normalised into the unit sphere.
 
 Everything is vectorised; building one object of 2,048 Gaussians takes a few milliseconds.
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from clip_gs.data.mesh import (
+from clip_gs.gaussians.mesh import (
     DEFAULT_SCALE_FACTOR,
     DEFAULT_THICKNESS_RATIO,
     disk_radius,
@@ -442,7 +442,7 @@ def make_object(
         pose: one of :data:`POSES` (default ``"random"``: a uniformly random rotation). The
             rotation is drawn the same way for every pose, so the pose changes nothing else.
         opacity, scale_factor, thickness_ratio: disk parameters, as in
-            :func:`clip_gs.data.mesh.mesh_to_gaussians`.
+            :func:`clip_gs.gaussians.mesh.mesh_to_gaussians`.
 
     Raises:
         ConfigError: unknown shape (the message lists the classes), colour or pattern, or bad N.

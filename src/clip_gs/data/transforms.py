@@ -36,9 +36,8 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import ConfigError, GaussianFormatError
-from clip_gs.gaussians.cloud import SH_C0, GaussianCloud, quaternions_to_matrices
-from clip_gs.render.cameras import UP_AXES
-from clip_gs.render.sh import sh_basis
+from clip_gs.gaussians.cloud import SH_C0, GaussianCloud
+from clip_gs.gaussians.frames import UP_AXES, quaternion_multiply, rotate_cloud
 
 # ------------------------------------------------------------------ seeds
 _SEED_MAX = 2**63 - 1
@@ -79,98 +78,6 @@ def step_seed(seed: int, step: int) -> int:
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(_check_seed_part("seed", seed))
-
-
-# ------------------------------------------------------------------ rotation maths
-def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product ``a b`` of wxyz quaternions (rotation by ``b``, then by ``a``).
-
-    Args:
-        a, b: ``[..., 4]`` wxyz, broadcast against each other.
-
-    Returns:
-        ``[..., 4]``; ``|a b| = |a| |b|``.
-    """
-    w1, x1, y1, z1 = a.unbind(-1)
-    w2, x2, y2, z2 = b.unbind(-1)
-    return torch.stack(
-        [
-            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
-            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
-            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
-        ],
-        dim=-1,
-    )
-
-
-def _fibonacci_directions(count: int) -> Tensor:
-    """``[count, 3]`` float64 unit vectors spread evenly over the sphere (fixed, not random)."""
-    i = torch.arange(count, dtype=torch.float64) + 0.5
-    z = 1.0 - 2.0 * i / count
-    phi = i * math.pi * (3.0 - math.sqrt(5.0))
-    r = torch.sqrt(1.0 - z * z)
-    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
-
-
-_SH_FIT_DIRECTIONS = _fibonacci_directions(64)  # >= 2l + 1 = 7 in general position: exact fits up to l = 3
-
-
-def sh_rotation_matrix(rotation: Tensor, degree: int) -> Tensor:
-    """Block-diagonal matrix that rotates the SH coefficients of ``degree`` by ``rotation``.
-
-    Real SH bands are closed under rotation, so for each band ``l`` there is a unique
-    ``(2l + 1) x (2l + 1)`` matrix ``M_l`` with ``Y_l(R^T d) = M_l Y_l(d)`` for every direction.
-    It is fitted here by least squares from :func:`~clip_gs.render.sh_basis` at 64 fixed
-    directions (float64; exact to rounding since both sides lie in the band's span).
-
-    Args:
-        rotation: ``[3, 3]`` rotation matrix R.
-        degree: SH degree 0..3.
-
-    Returns:
-        ``[K, K]`` float64 (``K = (degree + 1)^2``), ``T`` with ``T[0, 0] = 1``, such that
-        coefficients ``c' = T c`` (``c: [K, 3]``) satisfy
-        ``eval_sh(c', d) == eval_sh(c, R^T d)``.
-    """
-    dirs = _SH_FIT_DIRECTIONS
-    rot = rotation.detach().to(device="cpu", dtype=torch.float64)
-    before = sh_basis(dirs, degree)  # [S, K]: Y(d_s)
-    after = sh_basis(dirs @ rot, degree)  # rows R^T d_s: Y(R^T d_s) = M Y(d_s)
-    k = before.shape[-1]
-    out = torch.zeros(k, k, dtype=torch.float64)
-    out[0, 0] = 1.0
-    for band in range(1, degree + 1):
-        s = slice(band * band, (band + 1) ** 2)
-        # before_l @ M_l^T = after_l  ->  the coefficient map is M_l^T
-        out[s, s] = torch.linalg.lstsq(before[:, s], after[:, s]).solution
-    return out
-
-
-# ------------------------------------------------------------------ deterministic operations
-def rotate_cloud(cloud: GaussianCloud, quat: Tensor) -> GaussianCloud:
-    """Rotate a cloud (single or batched) about the origin by one rotation.
-
-    Args:
-        cloud: ``means [*B, N, 3]``, ``quats [*B, N, 4]``, ``sh [*B, N, K, 3]``.
-        quat: ``[4]`` wxyz rotation quaternion r (normalised here; r and -r are the same rotation).
-
-    Returns:
-        The cloud with ``means @ R^T``, quaternions ``r q`` (norms kept) and every SH band of
-        degree >= 1 rotated (:func:`sh_rotation_matrix`); opacities and scales unchanged.
-    """
-    r = quat.detach().to(device="cpu", dtype=torch.float64)
-    r = r / r.norm()
-    rot = quaternions_to_matrices(r)
-    sh = cloud.sh
-    if cloud.sh_degree > 0:
-        sh_rot = sh_rotation_matrix(rot, cloud.sh_degree).to(sh)
-        sh = torch.einsum("ij,...jc->...ic", sh_rot, sh)
-    return cloud.replace(
-        means=cloud.means @ rot.to(cloud.means).T,
-        quats=quaternion_multiply(r.to(cloud.quats), cloud.quats),
-        sh=sh,
-    )
 
 
 def scale_cloud(cloud: GaussianCloud, factor: float | Tensor) -> GaussianCloud:
@@ -459,11 +366,8 @@ __all__ = [
     "Resample",
     "color_affine",
     "element_seed",
-    "quaternion_multiply",
-    "rotate_cloud",
     "sample_seed",
     "scale_cloud",
-    "sh_rotation_matrix",
     "step_seed",
     "translate_cloud",
 ]

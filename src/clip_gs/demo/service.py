@@ -76,7 +76,8 @@ class Preview:
 
 
 def render_preview(path: str | Path, size: int, max_gaussians: int, device: torch.device, seed: int = 0) -> Preview:
-    """Four orbit views of a 3DGS file or mesh, upright by :func:`~clip_gs.data.assets.default_up_axis`.
+    """Four orbit views of a 3DGS file or mesh, upright: brought to the model frame by
+    :func:`~clip_gs.gaussians.assets.load_asset` (``up="auto"``) and orbited about +Y.
 
     On CUDA with gsplat every Gaussian is rendered; on the CPU at most ``max_gaussians``
     (:func:`preview_cloud`).
@@ -84,7 +85,8 @@ def render_preview(path: str | Path, size: int, max_gaussians: int, device: torc
     Raises:
         GaussianFormatError / MeshError / UnsupportedFormatError: the file cannot be read.
     """
-    from clip_gs.data.assets import default_up_axis, load_asset
+    from clip_gs.gaussians.assets import load_asset
+    from clip_gs.gaussians.frames import MODEL_FRAME
     from clip_gs.render import render_sheet
     from clip_gs.render.gsplat_backend import gsplat_available
 
@@ -93,7 +95,7 @@ def render_preview(path: str | Path, size: int, max_gaussians: int, device: torc
     shown = cloud if fast else preview_cloud(cloud, max_gaussians, seed)
     shown = shown.to(device=device if fast else "cpu", dtype=torch.float32)
     sheet = render_sheet(shown, views=len(PREVIEW_AZIMUTHS), size=size, elevation=PREVIEW_ELEVATION,
-                         up=default_up_axis(path), progress=False, labels=[f"{a} deg" for a in PREVIEW_AZIMUTHS])  # fmt: skip
+                         up=MODEL_FRAME, progress=False, labels=[f"{a} deg" for a in PREVIEW_AZIMUTHS])  # fmt: skip
     return Preview(sheet, cloud.num_gaussians, shown.num_gaussians, "gsplat" if fast else "torch")
 
 

@@ -49,7 +49,7 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
     :func:`~clip_gs.evaluation.benchmarks.load_item`), :data:`ENCODE_CHUNK` at a time."""
     import warnings
 
-    from clip_gs.data.mesh import NeutralGreyWarning
+    from clip_gs.gaussians.mesh import NeutralGreyWarning
     from clip_gs.evaluation.benchmarks import load_item
 
     fused = model.fused(precision)

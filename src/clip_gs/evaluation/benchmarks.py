@@ -2,7 +2,7 @@
 
 :func:`discover` lists a benchmark's objects as :class:`BenchmarkItem` s (id, file, label, split),
 sorted; :func:`load_item` reads one as a :class:`~clip_gs.gaussians.GaussianCloud`: 3DGS files as
-they are, meshes converted to surface Gaussians (:func:`~clip_gs.data.mesh.mesh_to_gaussians`,
+they are, meshes converted to surface Gaussians (:func:`~clip_gs.gaussians.mesh.mesh_to_gaussians`,
 seeded) and cached. The layouts (:data:`BENCHMARKS`)::
 
     modelnet40/                    Princeton's ModelNet40.zip
@@ -249,7 +249,7 @@ def load_item(item: BenchmarkItem, num_gaussians: int = 10_000, seed: int = 0,
     Raises:
         GaussianFormatError / MeshError: a file that cannot be read or converted (names it).
     """
-    from clip_gs.data.assets import load_asset
+    from clip_gs.gaussians.assets import load_asset
     from clip_gs.gaussians import load_gaussians, save_gaussians
 
     if item.path.suffix.lower() == ".ply":
@@ -258,7 +258,7 @@ def load_item(item: BenchmarkItem, num_gaussians: int = 10_000, seed: int = 0,
     cached = cache / f"{cache_key(item.path, num_gaussians, seed)}.ply"
     if cached.is_file():
         return load_gaussians(cached)
-    cloud = load_asset(item.path, num_gaussians=num_gaussians, seed=seed)
+    cloud = load_asset(item.path, mesh_gaussians=num_gaussians, seed=seed)
     cache.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.part")
     save_gaussians(cloud, partial, format="ply")

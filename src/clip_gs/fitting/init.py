@@ -13,7 +13,7 @@ from clip_gs.gaussians.cloud import GaussianCloud
 
 def transform_cloud(cloud: GaussianCloud, world: Tensor) -> GaussianCloud:
     """Move a cloud by a ``[4, 4]`` transform made of a uniform scale and a translation (as
-    :func:`~clip_gs.data.mesh.mesh_unit_transform` gives): means move, log-scales shift.
+    :func:`~clip_gs.gaussians.mesh.mesh_unit_transform` gives): means move, log-scales shift.
 
     Raises:
         ConfigError: the transform rotates, shears or scales unevenly.

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from clip_gs.downloads import HUB_PREFIX, hub_download, model_location, offline_advice, parse_hub_reference
 from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, WeightsUnavailableError
-from clip_gs.gaussians import load_gaussians
 from clip_gs.model.card import LIBRARY_NAME, LICENSE, TAGS
 from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
@@ -305,7 +304,7 @@ class CLIPGS(
         progress: bool | None = None,
         precision: str = "auto",
         num_workers: int | None = None,
-        loader: Loader = load_gaussians,
+        loader: Loader | None = None,
     ) -> Iterator[Encoded]:
         """Stream embeddings of files, folders and clouds through ``self.fused(precision)``:
         one :class:`~clip_gs.model.fused.Encoded` (index, id, embedding or error) per object, in
@@ -321,7 +320,7 @@ class CLIPGS(
         progress: bool | None = None,
         precision: str = "auto",
         num_workers: int | None = None,
-        loader: Loader = load_gaussians,
+        loader: Loader | None = None,
     ) -> Tensor:
         """Embed 3DGS objects: L2-normalised float32 vectors in the CLIP space.
 
@@ -341,7 +340,8 @@ class CLIPGS(
                 1e-7).
             num_workers: loader processes; None: :func:`~clip_gs.model.inputs.default_num_workers`
                 (0 on a 2-core CPU running 2 torch threads). The embeddings do not depend on it.
-            loader: how files are read (default :func:`~clip_gs.gaussians.load_gaussians`).
+            loader: how files are read (None: 3DGS files and meshes, brought to ``config.up_axis``;
+                see :meth:`FusedEncoder.encode_iter`).
 
         Returns:
             ``[embed_dim]`` for a single object (a cloud or a file path), else ``[B, embed_dim]``.

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from clip_gs.errors import ConfigError
+from clip_gs.gaussians.frames import MODEL_FRAME, UP_AXES
 from clip_gs.ops.curves import MAX_BITS
 
 SERIALIZATION_ORDERS = ("xyz", "hilbert", "z")
@@ -61,6 +62,11 @@ class CLIPGSConfig:
         scale_activation: how scales enter the Gaussian branch: ``"sigmoid"`` of the log-scale
             (the paper) or ``"exp"``.
 
+    Frame:
+        up_axis: the world up axis of the objects the model was trained on (``"+y"``: Uni3D's and
+            OpenShape's data, and every clip-gs dataset, stand y-up). Files given to ``encode`` and
+            every command are brought into it (:func:`~clip_gs.gaussians.assets.load_asset`).
+
     Teacher (used by training and zero-shot utilities, not by the encoder itself):
         clip_model / clip_pretrained: open_clip model name and pretrained tag.
     """
@@ -93,6 +99,7 @@ class CLIPGSConfig:
     scale_activation: str = "sigmoid"
     # provenance
     uni3d_model: str | None = None
+    up_axis: str = MODEL_FRAME
     clip_model: str = "EVA02-E-14-plus"
     clip_pretrained: str = "laion2b_s9b_b144k"
 
@@ -142,6 +149,8 @@ class CLIPGSConfig:
             problems.append(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0.0 <= self.patch_dropout < 1.0:
             problems.append(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.up_axis not in UP_AXES:
+            problems.append(f"up_axis must be one of {list(UP_AXES)}, got {self.up_axis!r}")
         if problems:
             raise ConfigError(f"invalid CLIPGSConfig {self.name!r}: " + "; ".join(problems))
 

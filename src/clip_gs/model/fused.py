@@ -45,7 +45,7 @@ from timm.models.eva import EvaAttention, EvaBlock
 from torch import Tensor, nn
 
 from clip_gs.errors import ConfigError
-from clip_gs.gaussians import GaussianCloud, load_gaussians
+from clip_gs.gaussians import GaussianCloud
 from clip_gs.model.config import CLIPGSConfig
 from clip_gs.model.features import FEATURE_LAYOUT
 from clip_gs.model.inputs import GaussianInput, GaussianInputDataset, Loader, iter_input_batches
@@ -442,7 +442,7 @@ class FusedEncoder:
         on_error: str = "raise",
         progress: bool | None = None,
         num_workers: int | None = None,
-        loader: Loader = load_gaussians,
+        loader: Loader | None = None,
     ) -> Iterator[Encoded]:
         """Embed objects as a stream: yields one :class:`Encoded` per object, in input order, as
         each batch is ready.
@@ -461,8 +461,10 @@ class FusedEncoder:
             progress: progress bar over objects (default: when there is more than one batch).
             num_workers: loader processes (lowest scheduling priority); None:
                 :func:`~clip_gs.model.inputs.default_num_workers`. Results do not depend on it.
-            loader: how files are read (default :func:`~clip_gs.gaussians.load_gaussians`;
-                ``clip_gs.data.load_asset`` also converts meshes).
+            loader: how files are read; None: :func:`~clip_gs.gaussians.assets.load_asset` with
+                ``up="auto"`` into ``config.up_axis`` (3DGS files and meshes at
+                :data:`~clip_gs.gaussians.assets.MESH_GAUSSIANS`); e.g.
+                ``asset_loader(up="-y")`` names the axis of files that declare none.
 
         Raises:
             ClipGSError (e.g. GaussianFormatError): with ``on_error="raise"``, a bad file.
@@ -508,7 +510,7 @@ class FusedEncoder:
         seed: int = 0,
         progress: bool | None = None,
         num_workers: int | None = None,
-        loader: Loader = load_gaussians,
+        loader: Loader | None = None,
     ) -> Tensor:
         """Embeddings of ``inputs`` (as :meth:`encode_iter` with ``on_error="raise"``).
 

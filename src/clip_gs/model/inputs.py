@@ -20,7 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clip_gs.errors import ClipGSError, ConfigError
-from clip_gs.gaussians import GaussianCloud, find_gaussian_files, load_gaussians
+from clip_gs.gaussians import GaussianCloud
+from clip_gs.gaussians.assets import asset_loader, find_asset_files
 from clip_gs.model.config import CLIPGSConfig
 from clip_gs.model.features import preprocess_cloud
 
@@ -28,8 +29,8 @@ GaussianInput = GaussianCloud | str | os.PathLike
 """One input object: a cloud, or the path of a 3DGS file (any supported format)."""
 
 Loader = Callable[[str | os.PathLike], GaussianCloud]
-"""``path -> GaussianCloud``; :func:`~clip_gs.gaussians.load_gaussians` by default
-(``clip_gs.data.load_asset`` also accepts meshes). Must be picklable for loader workers."""
+"""``path -> GaussianCloud``; by default :func:`~clip_gs.gaussians.assets.asset_loader` of the model's
+frame (3DGS files and meshes, brought to ``config.up_axis``). Must be picklable for loader workers."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class InputItem:
 def expand_inputs(inputs: GaussianInput | Iterable[GaussianInput]) -> list[InputItem]:
     """Flatten ``inputs`` into one object per item, in order.
 
-    A folder becomes its 3DGS files (:func:`~clip_gs.gaussians.find_gaussian_files`: recursive,
-    sorted by path); a batched cloud ``[B]`` becomes its B objects; clouds are moved to the CPU
+    A folder becomes its 3DGS files and meshes (:func:`~clip_gs.gaussians.assets.find_asset_files`:
+    recursive, sorted by path); a batched cloud ``[B]`` becomes its B objects; clouds are moved to the CPU
     (preprocessing runs there, possibly in forked loader processes, which cannot touch CUDA).
     """
     if isinstance(inputs, (GaussianCloud, str, os.PathLike)):
@@ -66,7 +67,7 @@ def expand_inputs(inputs: GaussianInput | Iterable[GaussianInput]) -> list[Input
         elif isinstance(entry, GaussianCloud):
             add(entry.to("cpu"), entry.source or f"#{len(items)}")
         elif isinstance(entry, (str, os.PathLike)) and Path(entry).is_dir():
-            for path in find_gaussian_files(entry):
+            for path in find_asset_files(entry):
                 add(path, str(path))
         elif isinstance(entry, (str, os.PathLike)):
             add(entry, str(entry))
@@ -102,10 +103,11 @@ class GaussianInputDataset(Dataset):
         inputs: GaussianInput | Iterable[GaussianInput],
         config: CLIPGSConfig,
         seed: int = 0,
-        loader: Loader = load_gaussians,
+        loader: Loader | None = None,
         catch_errors: bool = False,
     ):
         self.items = expand_inputs(inputs)
+        loader = asset_loader(frame=config.up_axis) if loader is None else loader
         self.config, self.seed, self.loader, self.catch_errors = config, seed, loader, catch_errors
 
     def __len__(self) -> int:

@@ -20,7 +20,7 @@ Cameras are the package's :class:`~clip_gs.render.Cameras` (OpenCV axes, world-t
 centres at ``j + 0.5``), the Gaussian rasterizer's convention; they are turned into Blender
 cameras (``-Z`` forward, ``+Y`` up, focal length in mm on a 36 mm sensor, principal point as lens
 shift). The mesh is placed in the coordinates trimesh reads from the file (the ones
-:func:`~clip_gs.data.mesh.mesh_to_gaussians` samples), then through ``world``.
+:func:`~clip_gs.gaussians.mesh.mesh_to_gaussians` samples), then through ``world``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def render_mesh(
         mesh: a glTF/GLB, OBJ (+MTL, textures), PLY or STL file.
         cameras: C cameras (OpenCV convention); all share their image size.
         world: ``[4, 4]`` transform applied to the file's coordinates (e.g.
-            :func:`~clip_gs.data.mesh.mesh_unit_transform`); None keeps them.
+            :func:`~clip_gs.gaussians.mesh.mesh_unit_transform`); None keeps them.
         samples: Cycles samples per pixel.
         denoise: run OpenImageDenoise on each view.
         light: RGB of the uniform environment light.

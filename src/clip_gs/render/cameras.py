@@ -22,21 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from clip_gs.gaussians.frames import UP_AXES
 from clip_gs.errors import RenderError
 
 OPENCV_TO_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 """``[4, 4]`` flip of the camera's y and z axes: OpenCV (y down, z forward) <-> OpenGL / Blender (y up,
 z backward); ``c2w_gl = c2w_cv @ OPENCV_TO_OPENGL`` and back (it is its own inverse)."""
 
-# For each world up axis: (up vector, "front" vector where azimuth 0 puts the camera).
-# Azimuth turns the camera right-handedly about the up axis (counter-clockwise seen from above),
-# from front towards cross(up, front).
-UP_AXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "+y": ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),  # glTF: +Y up, the model faces +Z; az 90 -> +X
-    "-y": ((0.0, -1.0, 0.0), (0.0, 0.0, -1.0)),  # COLMAP-style captures; az 90 -> +X
-    "+z": ((0.0, 0.0, 1.0), (0.0, -1.0, 0.0)),  # Blender: +Z up, front view from -Y; az 90 -> +X
-    "-z": ((0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),  # az 90 -> +X
-}
 _UP_ALIASES = {"y": "+y", "z": "+z"}
 
 

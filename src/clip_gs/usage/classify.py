@@ -15,21 +15,16 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from clip_gs.errors import ConfigError
+from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
 from clip_gs.usage.models import UsageModel, load_usage_model
 
 logger = logging.getLogger("clip_gs")
-
-MESH_GAUSSIANS = 10_000
-"""Gaussians sampled on a mesh before the model resamples it (``clip-gs prepare``'s default, so a
-mesh looks to the model as the meshes it was trained on did)."""
-
 
 @dataclass(frozen=True)
 class LabelScore:
@@ -59,19 +54,9 @@ class Classification:
                 "labels": [{"label": s.label, "score": s.score, "cosine": s.cosine} for s in self.labels]}  # fmt: skip
 
 
-def asset_loader(mesh_gaussians: int = MESH_GAUSSIANS, seed: int = 0):
-    """``path -> GaussianCloud`` for ``encode_iter``: 3DGS files as they are, meshes converted
-    with ``mesh_gaussians`` surface samples (:func:`~clip_gs.data.assets.load_asset`); picklable."""
-    from clip_gs.data.assets import load_asset
-
-    if isinstance(mesh_gaussians, bool) or not isinstance(mesh_gaussians, int) or mesh_gaussians <= 0:
-        raise ConfigError(f"mesh_gaussians must be a positive int, got {mesh_gaussians!r}")
-    return partial(load_asset, num_gaussians=mesh_gaussians, seed=seed)
-
-
 def expand_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
     """Files as given; a folder becomes its 3DGS files and meshes (recursively, sorted)."""
-    from clip_gs.data.assets import find_asset_files
+    from clip_gs.gaussians.assets import find_asset_files
 
     files: list[str] = []
     for entry in inputs:
@@ -150,6 +135,7 @@ def classify_files(
     batch_size: int = 8,
     progress: bool | None = None,
     num_workers: int | None = None,
+    up: str = "auto",
 ) -> list[Classification]:
     """Zero-shot top-``k`` classes of each file (3DGS of any supported format, or a mesh).
 
@@ -159,8 +145,10 @@ def classify_files(
         labels: class names, a registered label-set name (``"modelnet40"``, ``"objaverse-lvis"``,
             ``"synthetic"``) or a label-set file (:func:`~clip_gs.teachers.load_label_set`).
         k: classes reported per file (at most the label set's size).
-        mesh_gaussians: surface samples of a mesh (:data:`MESH_GAUSSIANS`).
+        mesh_gaussians: surface samples of a mesh (:data:`~clip_gs.gaussians.assets.MESH_GAUSSIANS`).
         seed: seed of the mesh sampling and of the model's resampling.
+        up: the up axis of files that declare none, or ``"auto"``
+            (:func:`~clip_gs.gaussians.assets.load_asset`; files are brought to the model's frame).
         batch_size / progress / num_workers: as :meth:`~clip_gs.CLIPGS.encode_iter`.
 
     Returns:
@@ -178,7 +166,7 @@ def classify_files(
     if not paths:
         raise ConfigError("classify got no files (an empty list, or folders without 3DGS files or meshes)")
     names, weights = class_weights(usage, labels)
-    loader = asset_loader(mesh_gaussians, seed)
+    loader = asset_loader(up=up, frame=usage.model.config.up_axis, mesh_gaussians=mesh_gaussians, seed=seed)
     results: list[Classification | None] = [None] * len(paths)
     good: list[tuple[int, Tensor]] = []
     stream = usage.model.encode_iter(paths, batch_size=batch_size, seed=seed, on_error="skip", progress=progress,
@@ -205,10 +193,8 @@ def format_classification(result: Classification) -> str:
 
 
 __all__ = [
-    "MESH_GAUSSIANS",
     "Classification",
     "LabelScore",
-    "asset_loader",
     "class_weights",
     "classify_files",
     "expand_files",

@@ -40,7 +40,7 @@ def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    from clip_gs.usage.classify import MESH_GAUSSIANS
+    from clip_gs.gaussians.assets import MESH_GAUSSIANS
 
     p.add_argument("--mesh-gaussians", type=_positive, default=MESH_GAUSSIANS,
                    help=f"Gaussians sampled on a mesh before the model resamples it (default {MESH_GAUSSIANS:,}, "
@@ -146,7 +146,7 @@ def run_embed(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs search``."""
     from clip_gs.index import EmbeddingIndex
-    from clip_gs.usage.classify import MESH_GAUSSIANS
+    from clip_gs.gaussians.assets import MESH_GAUSSIANS
     from clip_gs.usage.models import load_usage_model
     from clip_gs.usage.search import hits_sheet, search_index
 

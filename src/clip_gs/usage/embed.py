@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.index import EmbeddingIndex
-from clip_gs.usage.classify import MESH_GAUSSIANS, asset_loader
+from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
 from clip_gs.usage.models import UsageModel, load_usage_model
 
 SAVE_EVERY = 256
@@ -67,9 +67,10 @@ def file_info(path: Path, digest: str | None = None) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": digest or file_checksum(path)}
 
 
-def index_settings(usage: UsageModel, mesh_gaussians: int, seed: int) -> dict:
+def index_settings(usage: UsageModel, mesh_gaussians: int, seed: int, up: str = "auto") -> dict:
     """The settings an index records: what, besides the model, decides its embeddings."""
-    return {"seed": seed, "mesh_gaussians": mesh_gaussians, "num_gaussians": int(usage.model.config.num_gaussians)}
+    return {"seed": seed, "mesh_gaussians": mesh_gaussians, "num_gaussians": int(usage.model.config.num_gaussians),
+            "up": up}  # fmt: skip
 
 
 def _open_index(out: Path, usage: UsageModel, settings: dict, overwrite: bool) -> EmbeddingIndex:
@@ -100,16 +101,18 @@ def embed_folder(
     overwrite: bool = False,
     progress: bool | None = None,
     num_workers: int | None = None,
+    up: str = "auto",
 ) -> EmbedSummary:
     """Embed (or bring up to date) every 3DGS file and mesh under ``folder`` into the index ``out``.
 
     Args:
-        folder: the folder (searched recursively, :func:`~clip_gs.data.assets.find_asset_files`).
+        folder: the folder (searched recursively, :func:`~clip_gs.gaussians.assets.find_asset_files`).
         out: the index file (``.safetensors`` is added when missing).
         model: a :class:`UsageModel` or a model folder / Hub repo id.
         mesh_gaussians: surface samples of a mesh; seed: of the mesh sampling and resampling.
         batch_size / progress / num_workers: as :meth:`~clip_gs.CLIPGS.encode_iter`.
         overwrite: discard an existing index at ``out`` instead of updating it.
+        up: the up axis of files that declare none, or ``"auto"`` (recorded in the index settings).
 
     Returns:
         An :class:`EmbedSummary` (counts and failures).
@@ -118,15 +121,15 @@ def embed_folder(
         DatasetError: ``folder`` is not a folder.
         ConfigError: ``out`` holds an index of another model or made with other settings.
     """
-    from clip_gs.data.assets import find_asset_files
+    from clip_gs.gaussians.assets import find_asset_files
 
     usage = model if isinstance(model, UsageModel) else load_usage_model(model)
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"{folder}: not a folder")
     out = Path(out)
-    settings = index_settings(usage, mesh_gaussians, seed)
-    loader = asset_loader(mesh_gaussians, seed)
+    settings = index_settings(usage, mesh_gaussians, seed, up)
+    loader = asset_loader(up=up, frame=usage.model.config.up_axis, mesh_gaussians=mesh_gaussians, seed=seed)
     index = _open_index(out, usage, settings, overwrite)
     summary = EmbedSummary(out)
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from clip_gs.errors import ClipGSError, ConfigError
 from clip_gs.index import EmbeddingIndex, Hit
 from clip_gs.teachers.base import Teacher
-from clip_gs.usage.classify import MESH_GAUSSIANS, asset_loader
+from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
 from clip_gs.usage.models import UsageModel, load_recorded_teacher, load_usage_model
 
 SHEET_GAUSSIANS = 100_000
@@ -99,7 +99,8 @@ def make_query(
             )
         settings = index.settings
         seed = int(settings.get("seed", 0))
-        loader = asset_loader(int(settings.get("mesh_gaussians", MESH_GAUSSIANS)), seed)
+        loader = asset_loader(up=str(settings.get("up", "auto")), frame=model.model.config.up_axis,
+                              mesh_gaussians=int(settings.get("mesh_gaussians", MESH_GAUSSIANS)), seed=seed)
         embedding = model.model.encode(str(value), seed=seed, loader=loader, progress=False)
         return Query(kind, str(value), embedding, model=model.identity)
     if kind == "text" and not str(value).strip():
@@ -149,12 +150,13 @@ def hits_sheet(
     mesh_gaussians: int = MESH_GAUSSIANS,
     seed: int = 0,
     elevation: float = 20.0,
+    up: str = "auto",
 ):
     """A contact sheet of the hits, best first: one view of each, labelled ``rank. score name``.
 
     Each hit is loaded from its path (meshes converted, at most :data:`SHEET_GAUSSIANS`
     Gaussians) and rendered with the package's rasterizer, upright by
-    :func:`~clip_gs.data.assets.default_up_axis`. A hit that cannot be loaded gets a grey tile
+    :func:`~clip_gs.gaussians.assets.load_asset` with ``up`` (as the index embedded them). A hit that cannot be loaded gets a grey tile
     labelled ``unreadable``, and is listed in the second return value.
 
     Returns:
@@ -163,7 +165,8 @@ def hits_sheet(
     Raises:
         ConfigError: no hits.
     """
-    from clip_gs.data.assets import default_up_axis, load_asset
+    from clip_gs.gaussians.assets import load_asset
+    from clip_gs.gaussians.frames import MODEL_FRAME
     from clip_gs.render import contact_sheet, render_view
 
     if not hits:
@@ -172,10 +175,10 @@ def hits_sheet(
     for rank, hit in enumerate(hits, 1):
         name = Path(hit.path).name
         try:
-            cloud = load_asset(hit.path, num_gaussians=mesh_gaussians, seed=seed)
+            cloud = load_asset(hit.path, up=up, mesh_gaussians=mesh_gaussians, seed=seed)
             if cloud.num_gaussians > SHEET_GAUSSIANS:
                 cloud = cloud.resample(SHEET_GAUSSIANS, seed=seed)
-            tiles.append(render_view(cloud, size, default_up_axis(hit.path), elevation=elevation, azimuth=0.0))
+            tiles.append(render_view(cloud, size, MODEL_FRAME, elevation=elevation, azimuth=0.0))
             labels.append(f"{rank}. {hit.score:.3f} {name}")
         except ClipGSError as exc:
             failures.append((hit.path, f"{type(exc).__name__}: {exc}"))
