@@ -171,15 +171,15 @@ def test_the_3d_viewer_file_of_each_format(tmp_path):
 
 
 def test_default_label_sets_of_models(tiny_model, tmp_path):
-    from clip_gs.usage import load_usage_model
+    from clip_gs.model.loaded import load_model
 
-    assert model_labels(load_usage_model(tiny_model, device="cpu")) == (
+    assert model_labels(load_model(tiny_model, device="cpu")) == (
         load_label_set("synthetic"), "the synthetic set (the model's teacher is synthetic-clip)")
     other = shutil.copytree(tiny_model, tmp_path / "other")
     (other / "teacher.json").write_text(json.dumps({"teacher": "open_clip:ViT-B-32/openai"}))
-    assert model_labels(load_usage_model(other, device="cpu"))[1] == "ModelNet40"
+    assert model_labels(load_model(other, device="cpu"))[1] == "ModelNet40"
     (other / "metrics.json").write_text(json.dumps({"metrics": {}, "data": {"labels": ["chair", "lamp"]}}))
-    assert model_labels(load_usage_model(other, device="cpu")) == (["chair", "lamp"],
+    assert model_labels(load_model(other, device="cpu")) == (["chair", "lamp"],
                                                                     "the labels of the model's training data")
 
 

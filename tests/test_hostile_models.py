@@ -3,7 +3,7 @@
 - ``CLIPGS.from_pretrained``: a ``config.json`` that is not a JSON object of typed fields, sizes no
   registered model comes near, weights whose header does not match the config (all refused before the
   encoder is built), weights of an integer dtype or holding NaN / infinite values.
-- ``read_teacher_record`` and everything that reads ``teacher.json`` through it (``load_usage_model``,
+- ``read_teacher_record`` and everything that reads ``teacher.json`` through it (``load_model``,
   ``clip-gs push``'s folder check, the model card, ``clip-gs eval``'s model teacher): malformed records,
   a teacher checkpoint named outside the model folder (refused unless ``allow_external_teacher_files``),
   a relative one read from the folder, not from the working directory.
@@ -30,7 +30,7 @@ import clip_gs.model.clipgs as clipgs_module
 from clip_gs import CLIPGS
 from clip_gs.errors import CheckpointError, ClipGSError, ConfigError
 from clip_gs.model.folder import read_teacher_record
-from clip_gs.usage.models import load_usage_model
+from clip_gs.model.loaded import load_model
 from tests.test_formats import random_cloud
 
 TINY = {
@@ -301,30 +301,29 @@ def test_every_malformed_teacher_json_is_a_config_error_naming_the_file(saved, t
             read_teacher_record(folder)
         assert str(folder / "teacher.json") in str(info.value), content[:40]
         with pytest.raises(ConfigError, match=message):
-            load_usage_model(folder, device="cpu")
+            load_model(folder, device="cpu")
 
 
 def test_every_teacher_json_reader_is_the_one_reader(saved, tmp_path):
-    """``clip-gs push``'s folder check, the model card and ``clip-gs eval``'s model teacher refuse what
-    ``read_teacher_record`` refuses."""
-    from clip_gs.evaluation.run import model_teacher
+    """``clip-gs push``'s folder check, the model card and the one model loader (every verb's) refuse
+    what ``read_teacher_record`` refuses."""
     from clip_gs.model.card import folder_card
     from clip_gs.model.push import validate_folder
 
     folder = copy_folder(saved, tmp_path / "m")
     (folder / "teacher.json").write_text(json.dumps({"teacher": TEACHER, "embed_dim": 16, "colour": "red"}))
-    for read in (read_teacher_record, model_teacher, folder_card, validate_folder):
+    for read in (read_teacher_record, load_model, folder_card, validate_folder):
         with pytest.raises(ConfigError, match=r"teacher.json: unknown field\(s\) \['colour'\]"):
             read(folder)
 
 
-def test_load_usage_model_refuses_a_teacher_of_another_embedding_size(saved, tmp_path):
+def test_load_model_refuses_a_teacher_of_another_embedding_size(saved, tmp_path):
     folder = copy_folder(saved, tmp_path / "m")
     (folder / "teacher.json").write_text(json.dumps({"teacher": TEACHER, "embed_dim": 1024}))
     with pytest.raises(
         CheckpointError, match=r"teacher.json records a teacher of 1024 dimensions, the model embeds in 16"
     ):
-        load_usage_model(folder, device="cpu")
+        load_model(folder, device="cpu")
 
 
 @pytest.fixture
@@ -362,7 +361,7 @@ def test_teacher_json_naming_a_file_outside_the_folder_is_refused(saved, tmp_pat
             read_teacher_record(folder)
         assert str(folder / "teacher.json") in str(info.value)
         with pytest.raises(ConfigError, match=r"outside the model folder"):
-            load_usage_model(folder, device="cpu")
+            load_model(folder, device="cpu")
     assert teacher_reads == []
 
 
@@ -372,7 +371,7 @@ def test_allow_external_teacher_files_reads_the_outside_file(saved, tmp_path, te
     folder = copy_folder(saved, tmp_path / "m")
     (folder / "teacher.json").write_text(json.dumps({"teacher": f"open_clip:synthetic-clip@{outside}"}))
     assert read_teacher_record(folder, allow_external_teacher_files=True).teacher.endswith(str(outside))
-    usage = load_usage_model(folder, device="cpu", allow_external_teacher_files=True)
+    usage = load_model(folder, device="cpu", allow_external_teacher_files=True)
     with pytest.raises(CheckpointError, match="spy"):
         usage.teacher()
     assert teacher_reads == [outside.resolve()]
@@ -388,7 +387,7 @@ def test_a_relative_teacher_file_is_read_from_the_folder_not_the_working_directo
     (elsewhere / "teacher.safetensors").write_bytes(b"in the working directory")
     monkeypatch.chdir(elsewhere)
     (folder / "teacher.json").write_text(json.dumps({"teacher": "open_clip:synthetic-clip/teacher.safetensors"}))
-    usage = load_usage_model(folder, device="cpu")
+    usage = load_model(folder, device="cpu")
     with pytest.raises(CheckpointError, match="spy"):
         usage.teacher()
     assert teacher_reads == [(folder / "teacher.safetensors").resolve()]
@@ -518,7 +517,7 @@ def fuzz_teacher_json(saved: Path, tmp_path: Path, monkeypatch, examples: int) -
     names is loaded (the load is stopped at the spec) only from a file inside the model folder."""
     from clip_gs import teachers
     from clip_gs.teachers.factory import parse_teacher_spec
-    from clip_gs.usage.models import load_recorded_teacher
+    from clip_gs.model.loaded import load_recorded_teacher
 
     outside = tmp_path / "outside.safetensors"
     outside.write_bytes(b"secret")

@@ -34,10 +34,11 @@ from clip_gs.teachers.prompts import (
     synthetic_label_set,
     zero_shot_weights,
 )
-from clip_gs.usage import classify_files, embed_folder, load_usage_model, search_index
+from clip_gs.model.loaded import load_model
+from clip_gs.usage import classify_files, embed_folder, search_index
 from clip_gs.gaussians.assets import asset_loader
 from clip_gs.usage.classify import indistinguishable_classes
-from clip_gs.usage.models import teacher_spec_for
+from clip_gs.model.loaded import teacher_spec_for
 from clip_gs.usage.search import hits_sheet
 
 N = 256  # the tiny model's Gaussians per object
@@ -70,7 +71,7 @@ def model_dir(tmp_path_factory, teacher) -> Path:
 
 @pytest.fixture(scope="module")
 def usage(model_dir):
-    return load_usage_model(model_dir, device="cpu")
+    return load_model(model_dir, device="cpu")
 
 
 def write_object(path: Path, shape: str, color: str, seed: int = 0, n: int = 512) -> Path:
@@ -154,14 +155,14 @@ def test_model_identity_and_teacher_record(usage, model_dir, teacher, tmp_path):
     copy.mkdir()
     for f in model_dir.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    assert load_usage_model(copy, device="cpu").identity == usage.identity  # identity of the weights, not the path
+    assert load_model(copy, device="cpu").identity == usage.identity  # identity of the weights, not the path
     assert teacher_spec_for("open_clip:ViT-B-32/laion2b_s34b_b79k") == "ViT-B-32/laion2b_s34b_b79k"
     assert teacher_spec_for("hf-hub:org/clip") == "hf-hub:org/clip"
     assert teacher_spec_for(str(teacher.identity)) == "synthetic-clip"
     with pytest.raises(WeightsUnavailableError, match="--teacher ViT-L-14@"):
         teacher_spec_for("file:ViT-L-14@sha256:0123456789abcdef")
     with pytest.raises(CheckpointError, match="nope: no such model folder"):
-        load_usage_model(tmp_path / "nope")
+        load_model(tmp_path / "nope")
 
 
 def test_unavailable_and_mismatched_teachers(tmp_path, assets):
@@ -175,7 +176,7 @@ def test_unavailable_and_mismatched_teachers(tmp_path, assets):
     with pytest.raises(ConfigError, match="records no teacher; pass --teacher"):
         classify_files([assets], bare, ["cube", "sphere"])
     # an explicit --teacher serves a model without a record
-    assert classify_files([assets], load_usage_model(bare, teacher="synthetic-clip", device="cpu"), ["cube", "sphere"])
+    assert classify_files([assets], load_model(bare, teacher="synthetic-clip", device="cpu"), ["cube", "sphere"])
 
 
 # ---------------------------------------------------------------------------- classify
@@ -302,12 +303,12 @@ def test_embed_reports_bad_files_and_refuses_another_model(usage, assets, tmp_pa
     assert captured.out.strip() == f"{out}: 5 embedded, 0 unchanged, 1 failed, 0 removed; 5 rows"
     other = write_model(tmp_path / "other", usage.teacher_record, seed=1)
     with pytest.raises(ConfigError, match="holds embeddings of model .* --overwrite"):
-        embed_folder(assets, out, load_usage_model(other, device="cpu"), progress=False)
+        embed_folder(assets, out, load_model(other, device="cpu"), progress=False)
     with pytest.raises(ConfigError, match="settings"):
         embed_folder(assets, out, usage, seed=1, progress=False)
     with pytest.raises(DatasetError, match="not a folder"):
         embed_folder(tmp_path / "none", out, usage)
-    redo = embed_folder(assets, out, load_usage_model(other, device="cpu"), overwrite=True, progress=False)
+    redo = embed_folder(assets, out, load_model(other, device="cpu"), overwrite=True, progress=False)
     assert (redo.embedded, redo.failed) == (5, 1) and EmbeddingIndex.load(out).model != usage.identity
 
 
@@ -370,7 +371,7 @@ def test_search_by_image_and_sheet(usage, gallery, assets, tmp_path, capsys):
 
 
 def test_search_refuses_mismatched_sources(usage, gallery, tmp_path, capsys):
-    other = load_usage_model(write_model(tmp_path / "other", usage.teacher_record, seed=1), device="cpu")
+    other = load_model(write_model(tmp_path / "other", usage.teacher_record, seed=1), device="cpu")
     with pytest.raises(ConfigError, match="the query comes from model .* the index from model"):
         search_index(gallery, like=tmp_path / "any.ply", model=other)
     with pytest.raises(ConfigError, match="--like query .* pass --model"):

@@ -15,8 +15,22 @@ from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, Weig
 
 HUB_PREFIX = "hf://"
 
+CACHE_ENV = "CLIP_GS_CACHE"
+"""Environment variable naming clip-gs's one cache root (:func:`cache_root`)."""
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 """What a Hub repo id looks like (``name`` or ``owner/name``); anything else is a local path."""
+
+
+def cache_root() -> Path:
+    """The one folder clip-gs caches what it makes under (converted pretrained models in
+    ``models/``, the demo's gallery in ``demo/``, converted benchmark meshes in ``benchmarks/``):
+    ``$CLIP_GS_CACHE`` if set, else ``$XDG_CACHE_HOME/clip-gs``, else ``~/.cache/clip-gs``.
+    Downloads themselves stay in the Hugging Face cache (``HF_HUB_CACHE``), where ``hf download`` puts them."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clip-gs"
 
 
 def model_location(reference: str | os.PathLike) -> str:
@@ -78,4 +92,4 @@ def hub_download(repo_id: str, filename: str, **kwargs) -> Path:
         raise WeightsUnavailableError(f"cannot fetch {filename!r} from the Hub repo {repo_id!r}: {exc}") from exc
 
 
-__all__ = ["HUB_PREFIX", "hub_download", "offline_advice", "parse_hub_reference"]
+__all__ = ["CACHE_ENV", "HUB_PREFIX", "cache_root", "hub_download", "offline_advice", "parse_hub_reference"]

@@ -25,7 +25,8 @@ from clip_gs.demo.gallery import build_gallery, read_gallery
 from clip_gs.demo.settings import DemoSettings
 from clip_gs.downloads import model_location
 from clip_gs.errors import ClipGSError, ConfigError
-from clip_gs.usage import Classification, UsageModel, classify_files, embed_folder, load_usage_model, search_index
+from clip_gs.model.loaded import LoadedModel, load_model
+from clip_gs.usage import Classification, classify_files, embed_folder, search_index
 
 logger = logging.getLogger("clip_gs")
 
@@ -149,7 +150,7 @@ def parse_labels(text: str) -> list[str]:
     return load_label_set(names)
 
 
-def model_labels(usage: UsageModel) -> tuple[list[str], str]:
+def model_labels(usage: LoadedModel) -> tuple[list[str], str]:
     """The default label set of a model and where it comes from: the labels of the data it was
     trained on (its export's ``metrics.json``), else the synthetic set when its teacher is the offline
     teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
@@ -179,7 +180,7 @@ class DemoService:
 
     def __init__(self, settings: DemoSettings):
         self.settings = settings
-        self._models: OrderedDict[str, UsageModel] = OrderedDict()  # least recently used first
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._indexes: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -187,7 +188,7 @@ class DemoService:
         self.work_dir = settings.cache / "uploads"
 
     # ------------------------------------------------------------------ models
-    def model(self, source: str | None) -> UsageModel:
+    def model(self, source: str | None) -> LoadedModel:
         """The loaded model of a folder or Hub repo id (loaded once, then shared; at most
         ``settings.max_models`` stay loaded, the least recently used is dropped first).
 
@@ -206,7 +207,7 @@ class DemoService:
             if source not in self._models:
                 # the --teacher override belongs to the configured model; another model uses its own record
                 teacher = self.settings.teacher if self._is_configured(source) else None
-                usage = load_usage_model(source, teacher=teacher, device=self.settings.device)
+                usage = load_model(source, teacher=teacher, device=self.settings.device)
                 usage.teacher()  # fail here, with the model's name, rather than at the first query
                 self._models[source] = usage
                 while len(self._models) > self.settings.max_models:

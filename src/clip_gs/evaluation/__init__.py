@@ -39,7 +39,7 @@ from clip_gs.evaluation.metrics import (
 
 _LAZY = {
     "Evaluation": "run", "SplitEmbeddings": "run", "TASKS": "run", "build_report": "run", "embed_split": "run",
-    "evaluate": "run", "model_teacher": "run", "write_outputs": "run",
+    "evaluate": "run", "write_outputs": "run",
     "zero_shot_classes": "run", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
     "ZEROSHOT_PROTOCOLS": "protocols", "ZeroShotProtocol": "protocols", "zero_shot_protocol": "protocols",
     "evaluate_benchmark": "benchmark_run",
@@ -79,7 +79,6 @@ __all__ = [
     "few_shot",
     "fit_linear_probe",
     "largest_standard_protocol",
-    "model_teacher",
     "positive_ranks",
     "retrieval",
     "retrieval_recall",

@@ -115,9 +115,9 @@ def evaluate_benchmark(
         name, root: the benchmark (:data:`~clip_gs.evaluation.benchmarks.BENCHMARKS`) and its folder.
         tasks: a subset of :data:`BENCHMARK_TASKS`.
         zeroshot_protocol: classes and prompts (default: ``clip-gs`` with the benchmark's list).
-        teacher: what encodes the classes: a :class:`~clip_gs.teachers.Teacher` or a spec (None:
-            the model's teacher, rebuilt from ``model_teacher_identity`` with ``teacher_spec_for``).
-        model_teacher_identity: the model's teacher (``teacher.json``); a given ``teacher`` must be it.
+        teacher: the :class:`~clip_gs.teachers.Teacher` that encodes the classes: the model's, as
+            :meth:`~clip_gs.model.LoadedModel.teacher` loads and checks it (needed for zero-shot).
+        model_teacher_identity: the model's teacher identity, for the report (default: ``teacher``'s).
         query_split: the split scored (a test-only set's objects have no split and are all scored).
         support_split: the standard few-shot protocol's support.
         num_gaussians, cache_dir: mesh conversion (surface samples per mesh, seeded with ``seed``) and its cache.
@@ -147,18 +147,12 @@ def evaluate_benchmark(
     query_labels = [it.label for it in queries]
     teacher_identity = None
     if "zeroshot" in tasks:
-        from clip_gs.teachers import check_same_teacher, load_teacher
-        from clip_gs.teachers.factory import teacher_spec_for
-
         protocol = zeroshot_protocol or zero_shot_protocol("clip-gs", benchmark=name)
-        if teacher is None and model_teacher_identity is None:
+        if teacher is None:
             raise ConfigError("zero-shot on a benchmark needs the model's teacher (its teacher.json) or --teacher")
-        loaded = load_teacher(teacher if teacher is not None else teacher_spec_for(model_teacher_identity))
-        if model_teacher_identity is not None:
-            check_same_teacher(loaded, model_teacher_identity, what=f"the class teacher and model {model_name}")
-        teacher_identity = str(loaded.identity)
+        teacher_identity = str(teacher.identity)
         names = list(protocol.class_names) if protocol.class_names is not None else sorted(set(query_labels))
-        weights = protocol_weights(protocol, loaded, names)
+        weights = protocol_weights(protocol, teacher, names)
         as_class = match_labels(query_labels, names, f"{root} ({name})")
         zs = zero_shot(query_x, [as_class[label] for label in query_labels], names, weights, ZEROSHOT_K)
         result.zeroshot = zs

@@ -137,24 +137,15 @@ def _zeroshot_protocol(args: argparse.Namespace):
 
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
-    import sys
-
-    from clip_gs.errors import EXIT_SOME_FAILED, ConfigError, WeightsUnavailableError
-    from clip_gs.evaluation.run import TASKS, evaluate, model_teacher, write_outputs
-    from clip_gs.model import CLIPGS
-    from clip_gs.model.precision import resolve_device
+    from clip_gs.errors import EXIT_SOME_FAILED, ConfigError
+    from clip_gs.evaluation.run import TASKS, evaluate, write_outputs
+    from clip_gs.model.loaded import load_model
 
     if (args.benchmark is None) != (args.root is None):
         raise ConfigError("--benchmark and --root go together (a benchmark read from its download folder)")
     protocol, label_set = _zeroshot_protocol(args)
-    device = resolve_device(args.device)
-    model = CLIPGS.from_pretrained(args.model, map_location=device)
-    try:
-        teacher_identity = model_teacher(args.model)
-    except WeightsUnavailableError as exc:  # a cached Hub model without its teacher.json offline: say so, go on
-        teacher_identity = None
-        print(f"clip-gs eval: note: the model's teacher is unknown, not checked against the dataset's ({exc})",
-              file=sys.stderr)  # fmt: skip
+    loaded = load_model(args.model, teacher=args.teacher, device=args.device)
+    model, teacher_identity = loaded.model, loaded.teacher_record or None
     tasks = TASKS if args.task == "all" else (args.task,)
     settings = [(w, s) for w in args.ways for s in args.shots] if args.ways or args.shots else None
     if settings is not None and not (args.ways and args.shots):
@@ -178,7 +169,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         evaluation = evaluate_benchmark(
             model, args.benchmark, args.root, BENCHMARK_TASKS if args.task == "all" else tasks, zeroshot_protocol=protocol,
-            teacher=args.teacher, model_teacher_identity=teacher_identity, support_split=args.support_split,
+            teacher=loaded.teacher() if "zeroshot" in tasks or args.task == "all" else None,
+            model_teacher_identity=teacher_identity, support_split=args.support_split,
             query_split=args.split, num_gaussians=args.num_gaussians, cache_dir=args.cache, **common,
         )  # fmt: skip
         written = write_benchmark_report(evaluation, out)

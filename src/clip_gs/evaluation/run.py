@@ -44,20 +44,6 @@ Objaverse-LVIS scale, 46K x 36 x 1024, 3.4 GB instead of 6.8 GB), a relative err
 2^-11 per component of a unit vector; the rankings normalise them per tile in float32."""
 
 
-# ---------------------------------------------------------------------------- model and teacher
-def model_teacher(reference: str | os.PathLike) -> str | None:
-    """The teacher identity a model was trained against (``teacher.json`` of its export folder or repo),
-    or None when it records none (:func:`~clip_gs.model.folder.read_teacher_record`).
-
-    Raises:
-        WeightsUnavailableError: a Hub repo whose ``teacher.json`` cannot be fetched (offline).
-        ConfigError: an unreadable ``teacher.json``.
-    """
-    from clip_gs.model.folder import read_teacher_record
-
-    return read_teacher_record(str(reference)).teacher or None
-
-
 # ---------------------------------------------------------------------------- embeddings of a split
 @dataclass
 class SplitEmbeddings:
@@ -510,7 +496,6 @@ __all__ = [
     "camera_up_axis",
     "embed_split",
     "evaluate",
-    "model_teacher",
     "open_split",
     "retrieval_rows",
     "write_confusion",

@@ -7,22 +7,20 @@ into a search index, and searching it by text, image or example.
   of a folder (only new or changed files are embedded on a rerun).
 - :func:`search_index` (``clip-gs search``): nearest rows to a text, an image or a file;
   :func:`hits_sheet` draws them.
-- :func:`load_usage_model`: a model folder or Hub repo with its identity and its teacher.
+
+Models (with their teachers) are loaded by :func:`clip_gs.model.load_model`.
 """
 
 from clip_gs.usage.classify import Classification, LabelScore, classify_files
 from clip_gs.usage.embed import EmbedSummary, embed_folder
-from clip_gs.usage.models import UsageModel, load_usage_model
 from clip_gs.usage.search import hits_sheet, search_index
 
 __all__ = [
     "Classification",
     "EmbedSummary",
     "LabelScore",
-    "UsageModel",
     "classify_files",
     "embed_folder",
     "hits_sheet",
-    "load_usage_model",
     "search_index",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from clip_gs.errors import ConfigError
 from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
-from clip_gs.usage.models import UsageModel, load_usage_model
+from clip_gs.model.loaded import LoadedModel, load_model
 
 logger = logging.getLogger("clip_gs")
 
@@ -67,7 +67,7 @@ def expand_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
     return files
 
 
-def class_weights(usage: UsageModel, labels: str | Path | Sequence[str]) -> tuple[list[str], Tensor]:
+def class_weights(usage: LoadedModel, labels: str | Path | Sequence[str]) -> tuple[list[str], Tensor]:
     """``(names, weights [C, E])``: the label set and its zero-shot classifier by the model's teacher.
 
     Raises:
@@ -127,7 +127,7 @@ def top_labels(
 
 def classify_files(
     files: Sequence[str | os.PathLike],
-    model: UsageModel | str | os.PathLike,
+    model: LoadedModel | str | os.PathLike,
     labels: str | Path | Sequence[str],
     k: int = 5,
     mesh_gaussians: int = MESH_GAUSSIANS,
@@ -141,7 +141,7 @@ def classify_files(
 
     Args:
         files: file paths (a folder stands for its 3DGS files and meshes, recursively).
-        model: a :class:`UsageModel` or a model folder / Hub repo id (:func:`load_usage_model`).
+        model: a :class:`LoadedModel` or a model folder / Hub repo id (:func:`load_model`).
         labels: class names, a registered label-set name (``"modelnet40"``, ``"objaverse-lvis"``,
             ``"synthetic"``) or a label-set file (:func:`~clip_gs.teachers.load_label_set`).
         k: classes reported per file (at most the label set's size).
@@ -161,7 +161,7 @@ def classify_files(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive int, got {k!r}")
-    usage = model if isinstance(model, UsageModel) else load_usage_model(model)
+    usage = model if isinstance(model, LoadedModel) else load_model(model)
     paths = expand_files(files)
     if not paths:
         raise ConfigError("classify got no files (an empty list, or folders without 3DGS files or meshes)")

@@ -102,7 +102,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from clip_gs.errors import EXIT_SOME_FAILED
     from clip_gs.teachers.prompts import named_label_set
     from clip_gs.usage.classify import classify_files, format_classification
-    from clip_gs.usage.models import load_usage_model
+    from clip_gs.model.loaded import load_model
 
     if args.labels is not None:
         labels = args.labels
@@ -110,7 +110,7 @@ def run_classify(args: argparse.Namespace) -> int:
         labels = named_label_set(args.label_set)
     else:
         labels = Path(args.labels_file)
-    usage = load_usage_model(args.model, teacher=args.teacher, device=args.device)
+    usage = load_model(args.model, teacher=args.teacher, device=args.device)
     results = classify_files(
         args.files, usage, labels, k=args.k, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
         batch_size=args.batch_size, progress=False if args.quiet else None,
@@ -131,9 +131,9 @@ def run_embed(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs embed``."""
     from clip_gs.errors import EXIT_SOME_FAILED
     from clip_gs.usage.embed import embed_folder
-    from clip_gs.usage.models import load_usage_model
+    from clip_gs.model.loaded import load_model
 
-    usage = load_usage_model(args.model, teacher=args.teacher, device=args.device)
+    usage = load_model(args.model, teacher=args.teacher, device=args.device)
     summary = embed_folder(
         args.folder, args.out, usage, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
         batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
@@ -147,11 +147,11 @@ def run_search(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs search``."""
     from clip_gs.index import EmbeddingIndex
     from clip_gs.gaussians.assets import MESH_GAUSSIANS
-    from clip_gs.usage.models import load_usage_model
+    from clip_gs.model.loaded import load_model
     from clip_gs.usage.search import hits_sheet, search_index
 
     index = EmbeddingIndex.load(args.index)
-    model = load_usage_model(args.model, teacher=args.teacher, device=args.device) if args.model else None
+    model = load_model(args.model, teacher=args.teacher, device=args.device) if args.model else None
     hits = search_index(index, text=args.text, image=args.image, like=args.like, k=args.k, model=model,
                         teacher=args.teacher)  # fmt: skip
     if args.json:

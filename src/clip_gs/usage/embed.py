@@ -25,7 +25,7 @@ from pathlib import Path
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.index import EmbeddingIndex
 from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
-from clip_gs.usage.models import UsageModel, load_usage_model
+from clip_gs.model.loaded import LoadedModel, load_model
 
 SAVE_EVERY = 256
 """New embeddings between two saves of the index during a run."""
@@ -67,13 +67,13 @@ def file_info(path: Path, digest: str | None = None) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": digest or file_checksum(path)}
 
 
-def index_settings(usage: UsageModel, mesh_gaussians: int, seed: int, up: str = "auto") -> dict:
+def index_settings(usage: LoadedModel, mesh_gaussians: int, seed: int, up: str = "auto") -> dict:
     """The settings an index records: what, besides the model, decides its embeddings."""
     return {"seed": seed, "mesh_gaussians": mesh_gaussians, "num_gaussians": int(usage.model.config.num_gaussians),
             "up": up}  # fmt: skip
 
 
-def _open_index(out: Path, usage: UsageModel, settings: dict, overwrite: bool) -> EmbeddingIndex:
+def _open_index(out: Path, usage: LoadedModel, settings: dict, overwrite: bool) -> EmbeddingIndex:
     path = out if out.suffix == ".safetensors" else out.with_name(out.name + ".safetensors")
     if overwrite or not path.exists():
         return EmbeddingIndex(usage.embed_dim, model=usage.identity, teacher=usage.teacher_identity, settings=settings)
@@ -94,7 +94,7 @@ def _open_index(out: Path, usage: UsageModel, settings: dict, overwrite: bool) -
 def embed_folder(
     folder: str | os.PathLike,
     out: str | os.PathLike,
-    model: UsageModel | str | os.PathLike,
+    model: LoadedModel | str | os.PathLike,
     mesh_gaussians: int = MESH_GAUSSIANS,
     seed: int = 0,
     batch_size: int = 8,
@@ -108,7 +108,7 @@ def embed_folder(
     Args:
         folder: the folder (searched recursively, :func:`~clip_gs.gaussians.assets.find_asset_files`).
         out: the index file (``.safetensors`` is added when missing).
-        model: a :class:`UsageModel` or a model folder / Hub repo id.
+        model: a :class:`LoadedModel` or a model folder / Hub repo id.
         mesh_gaussians: surface samples of a mesh; seed: of the mesh sampling and resampling.
         batch_size / progress / num_workers: as :meth:`~clip_gs.CLIPGS.encode_iter`.
         overwrite: discard an existing index at ``out`` instead of updating it.
@@ -123,7 +123,7 @@ def embed_folder(
     """
     from clip_gs.gaussians.assets import find_asset_files
 
-    usage = model if isinstance(model, UsageModel) else load_usage_model(model)
+    usage = model if isinstance(model, LoadedModel) else load_model(model)
     root = Path(folder)
     if not root.is_dir():
         raise DatasetError(f"{folder}: not a folder")

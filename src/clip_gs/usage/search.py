@@ -24,7 +24,7 @@ from clip_gs.errors import ClipGSError, ConfigError
 from clip_gs.index import EmbeddingIndex, Hit
 from clip_gs.teachers.base import Teacher
 from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
-from clip_gs.usage.models import UsageModel, load_recorded_teacher, load_usage_model
+from clip_gs.model.loaded import LoadedModel, load_recorded_teacher, load_model
 
 SHEET_GAUSSIANS = 100_000
 """Most Gaussians a hit is rendered with on a contact sheet (larger captures are resampled)."""
@@ -63,7 +63,7 @@ def _load_index(index: EmbeddingIndex | str | os.PathLike) -> EmbeddingIndex:
     return index if isinstance(index, EmbeddingIndex) else EmbeddingIndex.load(index)
 
 
-def query_teacher(index: EmbeddingIndex, model: UsageModel | None, teacher: str | Teacher | None) -> Teacher:
+def query_teacher(index: EmbeddingIndex, model: LoadedModel | None, teacher: str | Teacher | None) -> Teacher:
     """The teacher for text and image queries: the model's (when given; its own override applies),
     else the one the index records (``teacher`` overrides it, and must be that teacher when the
     index records one)."""
@@ -77,7 +77,7 @@ def make_query(
     text: str | None = None,
     image: str | os.PathLike | None = None,
     like: str | os.PathLike | None = None,
-    model: UsageModel | None = None,
+    model: LoadedModel | None = None,
     teacher: str | Teacher | None = None,
 ) -> Query:
     """Embed exactly one of ``text``, ``image``, ``like`` for a search of ``index``.
@@ -120,7 +120,7 @@ def search_index(
     image: str | os.PathLike | None = None,
     like: str | os.PathLike | None = None,
     k: int = 5,
-    model: UsageModel | str | os.PathLike | None = None,
+    model: LoadedModel | str | os.PathLike | None = None,
     teacher: str | Teacher | None = None,
 ) -> list[Hit]:
     """The ``k`` rows of an index nearest to one query (cosine), best first.
@@ -129,7 +129,7 @@ def search_index(
         index: an :class:`EmbeddingIndex` or its file (``clip-gs embed``'s ``--out``).
         text / image / like: exactly one query (see the module docstring).
         k: hits (at most the index's size).
-        model: the index's model (a :class:`UsageModel` or folder / repo id); needed for ``like``.
+        model: the index's model (a :class:`LoadedModel` or folder / repo id); needed for ``like``.
         teacher: a teacher spec to use instead of the recorded one (must be the same teacher).
 
     Raises:
@@ -137,8 +137,8 @@ def search_index(
         DatasetError: an unreadable index file.
     """
     index = _load_index(index)
-    if model is not None and not isinstance(model, UsageModel):
-        model = load_usage_model(model, teacher=teacher)
+    if model is not None and not isinstance(model, LoadedModel):
+        model = load_model(model, teacher=teacher)
     query = make_query(index, text, image, like, model, teacher)
     return index.search(query.embedding, k=k, model=query.model, teacher=query.teacher)[0]
 

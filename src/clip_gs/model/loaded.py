@@ -1,9 +1,9 @@
 """A trained CLIP-GS model ready for use: the model, its identity and its CLIP teacher.
 
-:func:`load_usage_model` loads a folder written by ``export_pretrained`` / ``save_pretrained`` (or
+:func:`load_model` loads a folder written by ``export_pretrained`` / ``save_pretrained`` (or
 a Hub repo id) and reads ``teacher.json``, the identity of the teacher whose embedding space the
 model was trained into. That teacher is loaded only when text or images must be embedded
-(:meth:`UsageModel.teacher`): ``clip-gs embed`` never loads it.
+(:meth:`LoadedModel.teacher`): ``clip-gs embed`` never loads it.
 
 Identities (recorded in embedding indexes and compared before any query):
 
@@ -76,7 +76,7 @@ def load_recorded_teacher(
 
 
 @dataclass
-class UsageModel:
+class LoadedModel:
     """A loaded CLIP-GS model with what using it needs.
 
     Attributes:
@@ -130,13 +130,13 @@ class UsageModel:
         return self._teacher
 
 
-def load_usage_model(
+def load_model(
     source: str | os.PathLike,
     teacher: str | Teacher | None = None,
     device: str | torch.device | None = "auto",
     *,
     allow_external_teacher_files: bool = False,
-) -> UsageModel:
+) -> LoadedModel:
     """Load a model folder or Hub repo for classification, embedding and search.
 
     Args:
@@ -169,13 +169,13 @@ def load_usage_model(
     weights = model_file(folder, WEIGHTS_NAME, required=True)
     identity = f"clip-gs:{model.config.name}@{file_checksum(weights)}"
     teacher_folder = Path(weights).parent
-    return UsageModel(model, source, identity, record.teacher, teacher, device, teacher_folder,
+    return LoadedModel(model, source, identity, record.teacher, teacher, device, teacher_folder,
                       allow_external_teacher_files)  # fmt: skip
 
 
 __all__ = [
-    "UsageModel",
+    "LoadedModel",
     "load_recorded_teacher",
-    "load_usage_model",
+    "load_model",
     "teacher_spec_for",
 ]
