@@ -32,6 +32,7 @@ from clip_gs.gaussians import GaussianCloud, save_gaussians
 from clip_gs.model import CLIPGS, preprocess_cloud
 from clip_gs.model.inputs import default_num_workers
 from clip_gs.model.precision import resolve_precision
+from clip_gs.model import create_model
 
 
 def write_objects(folder: Path, count: int, seed: int = 0, low: int = 10_000, high: int = 100_000) -> list[Path]:
@@ -61,7 +62,7 @@ def run(
 ) -> dict:
     """Return ``{"rows": [{"name", "seconds", "objects_per_s", "vs_encoder"}], "workload": str}``."""
     torch.manual_seed(seed)
-    model = CLIPGS.from_config_name(size, **(overrides or {})).eval()
+    model = create_model(size, **(overrides or {})).eval()
     precision = "auto"
     dtype = resolve_precision(precision)
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, get_model_config
+from clip_gs.model.uni3d import load_uni3d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: the reference lives with the tests
 from tests.uni3d_reference import Uni3DPointEncoderReference  # noqa: E402
@@ -112,8 +113,8 @@ def build_models(config: CLIPGSConfig, seed: int = 0) -> tuple[Uni3DPointEncoder
     state = reference.uni3d_state_dict()
     overrides = {f: getattr(config, f) for f in ("num_gaussians", "num_groups", "group_size")}
     size = config.name.removeprefix("clip-gs-")
-    pc = CLIPGS.from_uni3d(state, size=size, gaussian_branch=False, **overrides).eval()
-    full = CLIPGS.from_uni3d(state, size=size, gaussian_branch=True, **overrides).eval()
+    pc = load_uni3d(state, size=size, gaussian_branch=False, **overrides).eval()
+    full = load_uni3d(state, size=size, gaussian_branch=True, **overrides).eval()
     _randomize_batchnorm(full.encoder.tokenizer.gaussian_encoder, seed + 1)
     with torch.no_grad():
         for p in full.encoder.tokenizer.gaussian_encoder.proj.parameters():

@@ -4,8 +4,8 @@
     python examples/quickstart.py path/to/x.ply   # any 3DGS file (.ply, .splat, .spz, compressed .ply) or mesh
 
 Writes its outputs to ./quickstart-out/. The encoder here has random weights (``clip-gs-tiny``):
-it shows the pipeline, not meaningful embeddings; use ``CLIPGS.from_pretrained(...)`` or
-``CLIPGS.from_uni3d(...)`` for real ones.
+it shows the pipeline, not meaningful embeddings; ``clip_gs.create_model("uni3d-b-no-lvis")`` gives
+real ones (Uni3D's published weights, from the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     render_sheet(cloud, views=4, size=192).save(out / "views.png")
     print(f"wrote {out / 'views.png'}")
 
-    model = clip_gs.CLIPGS.from_config_name("clip-gs-tiny", num_gaussians=2048, num_groups=128, group_size=32)
+    model = clip_gs.create_model("clip-gs-tiny", num_gaussians=2048, num_groups=128, group_size=32)
     embedding = model.encode(cloud)
     print(f"embedding: shape {tuple(embedding.shape)}, norm {embedding.norm():.4f} (random weights)")
 

@@ -17,6 +17,7 @@ from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.evaluation.benchmarks import BenchmarkItem, BenchmarkWarning, discover, discover_all, load_item
 from clip_gs.gaussians import save_gaussians
+from clip_gs.model import create_model
 from tests.conftest import REAL_DATA
 
 N = 256
@@ -55,7 +56,7 @@ def tiny_model_folder(tmp_path: Path) -> Path:
     from clip_gs.teachers import load_teacher
 
     torch.manual_seed(0)
-    model = CLIPGS.from_config_name("clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2)
+    model = create_model("clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2)
     teacher = load_teacher("synthetic-clip")
     return export_pretrained(model, tmp_path / "model", teacher={"teacher": str(teacher.identity), "embed_dim": 256})
 

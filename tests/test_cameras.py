@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clip_gs import RenderError
+from clip_gs.errors import RenderError
 from clip_gs.render import Cameras, look_at_viewmats, orbit_cameras
 
 F64 = torch.float64

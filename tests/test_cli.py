@@ -7,7 +7,9 @@ import pytest
 import trimesh
 from PIL import Image
 
-from clip_gs import GaussianFormatError, UnsupportedFormatError, load_asset, make_object, save_gaussians
+from clip_gs import load_asset, save_gaussians
+from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
+from clip_gs.data.synthetic import make_object
 from clip_gs.cli import main
 from tests.conftest import real_file
 

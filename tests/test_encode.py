@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from clip_gs import ConfigError, GaussianCloud, GaussianFormatError, save_gaussians
+from clip_gs import GaussianCloud, save_gaussians
+from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.model import Encoded, GaussianInputDataset
 from tests.test_cloud import random_cloud
 from tests.test_model import full_model, tiny_model
@@ -69,7 +70,7 @@ def test_encode_iter_over_a_folder_skips_and_names_bad_files(tmp_path, workers, 
     failed = [r for r in results if not r.ok]
     assert sorted(r.id.split("/")[-1] for r in failed) == ["c_broken.ply", "e_truncated.splat"]
     assert all(r.embedding is None and r.id in r.error for r in failed)  # the reason names the file
-    assert failed[0].error.startswith("NotGaussianDataError: ") and "vertex lacks" in failed[0].error
+    assert failed[0].error.startswith("GaussianFormatError: ") and "vertex lacks" in failed[0].error  # nor a mesh
     assert failed[1].error.startswith("GaussianFormatError: ") and "32-byte records" in failed[1].error
     for path in good:
         expected = model.encode(path, precision="fp32")

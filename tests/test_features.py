@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clip_gs import ConfigError, GaussianCloud, GaussianFormatError
+from clip_gs import GaussianCloud
+from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.model import FEATURE_LAYOUT, gaussian_features, get_model_config, preprocess_cloud
 from tests.test_cloud import random_cloud
 

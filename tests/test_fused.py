@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_gs import ConfigError
+from clip_gs.errors import ConfigError
 from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, FusedEncoder, preprocess_cloud
 from clip_gs.model.fused import fold_batchnorm
 from clip_gs.model.precision import bf16_supported, cpu_flags, resolve_precision
+from clip_gs.model.uni3d import load_uni3d
 from tests.test_cloud import random_cloud
 from tests.test_model import SMALL, full_model, randomize_batchnorm, tiny_model, uni3d_reference
 
@@ -78,7 +79,7 @@ def test_fp32_fused_matches_the_reference_uni3d_forward():
     torch.manual_seed(0)
     reference = uni3d_reference("tiny", **SMALL).eval()
     randomize_batchnorm(reference, seed=3)
-    model = CLIPGS.from_uni3d(reference.uni3d_state_dict(), size="tiny", gaussian_branch=False, **SMALL).eval()
+    model = load_uni3d(reference.uni3d_state_dict(), size="tiny", gaussian_branch=False, **SMALL).eval()
     features = batch_features(model, count=4, seed=20)
     with torch.inference_mode():
         expected = reference(features[..., FEATURE_LAYOUT["xyz"]], features[..., FEATURE_LAYOUT["rgb"]])

@@ -31,6 +31,7 @@ from clip_gs import CLIPGS
 from clip_gs.errors import CheckpointError, ClipGSError, ConfigError
 from clip_gs.model.folder import read_teacher_record
 from clip_gs.model.loaded import load_model
+from clip_gs.model import create_model
 from tests.test_formats import random_cloud
 
 TINY = {
@@ -55,7 +56,7 @@ LARGE = {"width": 8192, "depth": 256, "embed_dim": 8192, "num_gaussians": 1_000_
 
 def tiny_model(seed: int = 0) -> CLIPGS:
     torch.manual_seed(seed)
-    return CLIPGS.from_config_name("clip-gs-tiny", **TINY).eval()
+    return create_model("clip-gs-tiny", **TINY).eval()
 
 
 @pytest.fixture(scope="module")

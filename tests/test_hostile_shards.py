@@ -43,6 +43,7 @@ from clip_gs.data.triplets import SPLITS, Manifest, TripletSample, pack_tensors
 from clip_gs.data.verify import verify_dataset
 from clip_gs.errors import EXIT_FATAL, ClipGSError, CorruptSampleError, DatasetError
 from clip_gs.index import EmbeddingIndex
+from clip_gs.model import create_model
 
 E = 8
 TEACHER = "hostile-test-teacher"
@@ -308,7 +309,7 @@ def test_evaluation_refuses_a_pickle_split_before_any_payload_runs(pickle_datase
     from clip_gs.model import CLIPGS
 
     root, marker = pickle_dataset
-    model = CLIPGS.from_config_name("clip-gs-tiny", num_gaussians=16, num_groups=4, group_size=4, embed_dim=E, depth=1)
+    model = create_model("clip-gs-tiny", num_gaussians=16, num_groups=4, group_size=4, embed_dim=E, depth=1)
     with pytest.raises(DatasetError, match="field config.data_format"):
         embed_split(model, root, "test", precision="fp32")
     assert not marker.exists(), "evaluation unpickled the chunk"

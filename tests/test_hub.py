@@ -29,6 +29,7 @@ from clip_gs.lightning.export import export_pretrained
 from clip_gs.model.card import card_template, folder_card, read_eval_report, teacher_spec
 from clip_gs.model.folder import EVAL_REPORT
 from clip_gs.model.push import prepare_upload, push_folder, validate_folder
+from clip_gs.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 E = 16
@@ -38,7 +39,7 @@ SECTIONS = ("## Intended use", "## How to use", "## Architecture", "## Training 
 
 def tiny_model(seed: int = 0) -> CLIPGS:
     torch.manual_seed(seed)
-    return CLIPGS.from_config_name("clip-gs-tiny", num_gaussians=64, num_groups=8, group_size=8, embed_dim=E, depth=1)
+    return create_model("clip-gs-tiny", num_gaussians=64, num_groups=8, group_size=8, embed_dim=E, depth=1)
 
 
 def report(**tasks) -> dict:

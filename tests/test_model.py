@@ -7,13 +7,8 @@ import json
 import pytest
 import torch
 
-from clip_gs import (
-    CheckpointError,
-    ConfigError,
-    GaussianCloud,
-    GaussianFormatError,
-    WeightsUnavailableError,
-)
+from clip_gs import GaussianCloud, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ConfigError, GaussianFormatError
 from clip_gs.model import (
     CLIPGS,
     FEATURE_LAYOUT,
@@ -25,6 +20,8 @@ from clip_gs.model import (
     preprocess_cloud,
 )
 from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX
+from clip_gs.model import create_model
+from clip_gs.model.uni3d import load_uni3d
 from tests.conftest import real_file, requires_cuda
 from tests.test_cloud import random_cloud
 from tests.uni3d_reference import Uni3DPointEncoderReference
@@ -35,7 +32,7 @@ SMALL = dict(num_gaussians=512, num_groups=32, group_size=16)
 
 def tiny_model(**overrides) -> CLIPGS:
     torch.manual_seed(0)
-    return CLIPGS.from_config_name("clip-gs-tiny", **(SMALL | overrides)).eval()
+    return create_model("clip-gs-tiny", **(SMALL | overrides)).eval()
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
@@ -62,10 +59,12 @@ def full_model(seed: int = 0, **overrides) -> CLIPGS:
 
 
 def test_registry_has_the_uni3d_sizes():
-    assert list_models() == ["clip-gs-tiny", "clip-gs-small", "clip-gs-base", "clip-gs-large", "clip-gs-giant"]
-    widths = [get_model_config(n).width for n in list_models()]
+    assert list_models(pretrained=False) == ["clip-gs-tiny", "clip-gs-small", "clip-gs-base", "clip-gs-large",
+                                             "clip-gs-giant"]  # fmt: skip
+    assert list_models() == list_models(pretrained=False) + list_models(pretrained=True)
+    widths = [get_model_config(n).width for n in list_models(pretrained=False)]
     assert widths == [192, 384, 768, 1024, 1408]
-    assert all(get_model_config(n).embed_dim == 1024 for n in list_models())
+    assert all(get_model_config(n).embed_dim == 1024 for n in list_models(pretrained=False))
     with pytest.raises(ConfigError, match="unknown model configuration 'clip-gs-huge'"):
         get_model_config("clip-gs-huge")
     with pytest.raises(ConfigError, match="unknown CLIPGSConfig field"):
@@ -78,7 +77,7 @@ def test_registry_has_the_uni3d_sizes():
 
 @pytest.mark.parametrize("name", ["clip-gs-tiny", "clip-gs-small"])
 def test_encoder_output_shapes_and_unit_norm(name):
-    model = CLIPGS.from_config_name(name, **SMALL).eval()
+    model = create_model(name, **SMALL).eval()
     clouds = [random_cloud(700, seed=i) for i in range(3)]
     out = model.encode(clouds)
     assert out.shape == (3, 1024) and out.dtype == torch.float32
@@ -92,7 +91,7 @@ def test_encoder_output_shapes_and_unit_norm(name):
 )
 def test_large_sizes_build_on_the_meta_device(name, params_millions):
     with torch.device("meta"):
-        model = CLIPGS.from_config_name(name)
+        model = create_model(name)
     config = model.config
     assert len(model.encoder.blocks) == config.depth
     assert model.encoder.cls_token.shape == (1, 1, config.width)
@@ -103,7 +102,7 @@ def test_large_sizes_build_on_the_meta_device(name, params_millions):
 
 def test_encode_real_donut_gives_a_unit_vector():
     path = real_file("gshairlod-donut/donut_fused.ply")
-    embedding = CLIPGS.from_config_name("clip-gs-tiny").encode(path)
+    embedding = create_model("clip-gs-tiny").encode(path)
     assert embedding.shape == (1024,)
     assert embedding.norm().item() == pytest.approx(1.0, abs=1e-5)
 
@@ -245,7 +244,7 @@ def uni3d_reference(size: str, **overrides) -> Uni3DPointEncoderReference:
 def test_uni3d_state_dict_of_each_size_converts_without_leftovers(size):
     with torch.device("meta"):
         reference = uni3d_reference(size)
-        model = CLIPGS.from_config_name(f"clip-gs-{size}")
+        model = create_model(f"clip-gs-{size}")
     uni3d = reference.uni3d_state_dict()
     assert any(".patch_embed." in k for k in uni3d["module"])  # the image parts are really there
     converted = convert_uni3d_state_dict(uni3d)
@@ -278,7 +277,7 @@ def test_pc_baseline_matches_the_reference_uni3d_forward(tmp_path):
     randomize_batchnorm(reference)
     checkpoint = tmp_path / "model.pt"
     torch.save(reference.uni3d_state_dict(), checkpoint)
-    model = CLIPGS.from_uni3d(checkpoint, gaussian_branch=False, **SMALL).eval()
+    model = load_uni3d(checkpoint, gaussian_branch=False, **SMALL).eval()
     assert model.config.name == "clip-gs-tiny"  # size inferred from the weights
     cloud = random_cloud(SMALL["num_gaussians"], seed=11)
     features = preprocess_cloud(cloud, model.config)
@@ -287,7 +286,7 @@ def test_pc_baseline_matches_the_reference_uni3d_forward(tmp_path):
         got = model(features[None])
     assert torch.allclose(got, expected, atol=1e-5)
     # with the Gaussian branch (zero-initialised output) the converted model starts as Uni3D
-    full = CLIPGS.from_uni3d(reference.uni3d_state_dict(), size="tiny", **SMALL).eval()
+    full = load_uni3d(reference.uni3d_state_dict(), size="tiny", **SMALL).eval()
     with torch.no_grad():
         assert torch.allclose(full(features[None]), expected, atol=1e-5)
 
@@ -334,7 +333,7 @@ def test_deepspeed_layout_checkpoint_loads_with_weights_only(tmp_path):
     torch.save(deepspeed_model_states(reference.uni3d_state_dict()["module"]), path)
     with pytest.raises(Exception, match="Weights only load failed"):  # plain weights_only refuses it
         torch.load(path, weights_only=True)
-    model = CLIPGS.from_uni3d(path, gaussian_branch=False, **SMALL).eval()
+    model = load_uni3d(path, gaussian_branch=False, **SMALL).eval()
     features = preprocess_cloud(random_cloud(SMALL["num_gaussians"], seed=4), model.config)[None]
     with torch.no_grad():
         expected = reference(features[..., FEATURE_LAYOUT["xyz"]], features[..., FEATURE_LAYOUT["rgb"]])
@@ -357,7 +356,7 @@ def test_checkpoint_pickled_under_numpy_1_names_loads(tmp_path):
                 data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
             dst.writestr(info, data)
     assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(legacy)
-    model = CLIPGS.from_uni3d(legacy, gaussian_branch=False, **SMALL)
+    model = load_uni3d(legacy, gaussian_branch=False, **SMALL)
     assert model.config.name == "clip-gs-tiny"
 
 
@@ -369,9 +368,9 @@ def test_unsafe_checkpoint_names_its_globals_and_the_opt_in(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError, match=r"not safe to unpickle: \['fractions.Fraction'\].*trusted_globals"):
-        CLIPGS.from_uni3d(path, **SMALL)
+        load_uni3d(path, **SMALL)
     # the documented opt-in for a trusted file
-    model = CLIPGS.from_uni3d(path, trusted_globals=["fractions.Fraction"], **SMALL)
+    model = load_uni3d(path, trusted_globals=["fractions.Fraction"], **SMALL)
     assert model.config.name == "clip-gs-tiny"
 
 
@@ -379,14 +378,14 @@ def test_from_uni3d_errors(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt: cannot load checkpoint safely"):
-        CLIPGS.from_uni3d(bad)
+        load_uni3d(bad)
     with pytest.raises(CheckpointError, match="not found"):
-        CLIPGS.from_uni3d(tmp_path / "absent.pt")
-    with pytest.raises(CheckpointError, match="unknown Uni3D size"):
-        CLIPGS.from_uni3d(size="medium")
+        load_uni3d(tmp_path / "absent.pt")
     small_state = uni3d_reference("tiny", **SMALL).uni3d_state_dict()
+    with pytest.raises(CheckpointError, match="unknown Uni3D size"):
+        load_uni3d(small_state, size="medium")
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        CLIPGS.from_uni3d(small_state, size="small")
+        load_uni3d(small_state, size="small")
 
 
 def test_uni3d_hub_reference_offline_is_a_clear_error(monkeypatch, tmp_path):
@@ -394,7 +393,7 @@ def test_uni3d_hub_reference_offline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(WeightsUnavailableError, match="BAAI/Uni3D"):
-        CLIPGS.from_uni3d(size="base")
+        create_model("clip-gs-base", pretrained="hf://BAAI/Uni3D/modelzoo/uni3d-b/model.pt")
 
 
 def test_preprocess_rejects_batched_clouds():

@@ -24,7 +24,8 @@ def test_every_public_name_resolves():
     for name in clip_gs.__all__:
         assert getattr(clip_gs, name) is not None, name
     assert clip_gs.CLIPGS.__module__ == "clip_gs.model.clipgs"
-    assert issubclass(clip_gs.GaussianFormatError, clip_gs.ClipGSError)
+    assert issubclass(clip_gs.WeightsUnavailableError, clip_gs.ClipGSError)
+    assert len(clip_gs.__all__) <= 15, "the top level is what a user types; reach the rest through its package"
 
 
 LAYERS = {

@@ -9,7 +9,8 @@ import plyfile
 import pytest
 import torch
 
-from clip_gs import GaussianCloud, GaussianFormatError, UnsupportedFormatError, load_gaussians, save_gaussians
+from clip_gs import GaussianCloud, load_gaussians, save_gaussians
+from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
 from clip_gs.gaussians.formats.ply import UnknownPropertiesWarning, f_rest_names
 from tests.conftest import real_file
 from tests.test_cloud import random_cloud

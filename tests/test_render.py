@@ -12,7 +12,8 @@ from scipy.spatial.transform import Rotation
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from clip_gs import GaussianCloud, MissingDependencyError, RenderError
+from clip_gs import GaussianCloud
+from clip_gs.errors import MissingDependencyError, RenderError
 from clip_gs.render import (
     contact_sheet,
     orbit_cameras,

@@ -285,8 +285,8 @@ def test_fit_exports_the_best_checkpoint_as_a_hub_folder(dataset, tmp_path, caps
     with torch.no_grad():
         assert torch.allclose(loaded(batch.features), module(batch.features), atol=1e-5)
     assert loaded.logit_scale.item() == pytest.approx(module.model.logit_scale.item())
-    # the folder is also a starting point for further training: model.init=pretrained
-    again = CLIPGSModule(model="clip-gs-tiny", init="pretrained", checkpoint=str(folder), config={"num_gaussians": N}).eval()
+    # the folder is also a starting point for further training: model.model=FOLDER
+    again = CLIPGSModule(model=str(folder), config={"num_gaussians": N}).eval()
     with torch.no_grad():
         assert torch.allclose(again(batch.features), module(batch.features), atol=1e-5)
 
@@ -305,20 +305,20 @@ def test_print_config_of_the_examples(name, capsys):
 
 
 def test_paper_config_builds_with_its_uni3d_init(tmp_path):
-    """The paper's configuration as written (``init: uni3d``, clip-gs-base), with only the checkpoint
-    pointed at a local Uni3D-B-format file (the published one cannot be downloaded here): the
-    transformer holds the checkpoint's weights."""
+    """The paper's configuration as written (clip-gs-base from ``uni3d-b-no-lvis``), with only the
+    checkpoint pointed at a local Uni3D-B-format file (the published one cannot be downloaded here):
+    the transformer holds the checkpoint's weights."""
     from clip_gs.model.config import get_model_config
     from tests.uni3d_reference import Uni3DPointEncoderReference
 
     config = yaml.safe_load((REPO / "examples" / "configs" / "paper.yaml").read_text())
-    assert config["model"]["init"] == "uni3d" and config["model"]["checkpoint"] is None
+    assert config["model"]["model"] == "clip-gs-base" and config["model"]["pretrained"] == "uni3d-b-no-lvis"
     torch.manual_seed(0)
     reference = Uni3DPointEncoderReference(get_model_config("clip-gs-base"))
     checkpoint = tmp_path / "uni3d-b.pt"
     torch.save(reference.uni3d_state_dict(), checkpoint)
     del reference
-    model_args = config["model"] | {"checkpoint": str(checkpoint),
+    model_args = config["model"] | {"pretrained": str(checkpoint),
                                     "config": config["model"]["config"] | {"num_gaussians": config["data"]["num_gaussians"]}}  # fmt: skip
     module = CLIPGSModule(**model_args)
     c = module.model.config
@@ -337,14 +337,14 @@ def test_paper_config_builds_with_its_uni3d_init(tmp_path):
 
 def paper_shaped_config(tmp_path: Path, checkpoint: Path, train: Path, extras: dict[str, Path], steps: int) -> dict:
     """``paper.yaml`` as a researcher runs it, scaled to a CPU test: the same keys and recipe
-    (``init: uni3d``, the resume callback, extra validation sets, the export monitor), with a
+    (from Uni3D's weights, the resume callback, extra validation sets, the export monitor), with a
     tiny model, one CPU process and fp32."""
     config = yaml.safe_load((REPO / "examples" / "configs" / "paper.yaml").read_text())
     config["trainer"] |= {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": 32, "max_steps": steps,
                           "log_every_n_steps": 1, "default_root_dir": str(tmp_path / "run"), "logger": False,
                           "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
     config["trainer"]["callbacks"][0]["init_args"] |= {"dirpath": str(tmp_path / "run" / "resume"), "every_n_train_steps": 2}
-    config["model"] |= {"model": "clip-gs-tiny", "checkpoint": str(checkpoint), "warmup_steps": 1,
+    config["model"] |= {"model": "clip-gs-tiny", "pretrained": str(checkpoint), "warmup_steps": 1,
                         "config": config["model"]["config"] | {"num_groups": 16, "group_size": 16, "embed_dim": E}}  # fmt: skip
     config["data"] |= {"root": str(train), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3,
                        "pin_memory": False,

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from clip_gs import ConfigError, GaussianCloud, GaussianFormatError
+from clip_gs import GaussianCloud
+from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.data import (
     ColorJitter,
     Compose,

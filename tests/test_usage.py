@@ -40,6 +40,7 @@ from clip_gs.gaussians.assets import asset_loader
 from clip_gs.usage.classify import indistinguishable_classes
 from clip_gs.model.loaded import teacher_spec_for
 from clip_gs.usage.search import hits_sheet
+from clip_gs.model import create_model
 
 N = 256  # the tiny model's Gaussians per object
 OBJECTS = (("cube", "red"), ("sphere", "blue"), ("torus", "green"), ("cone", "yellow"))
@@ -55,7 +56,7 @@ def teacher():
 
 def write_model(folder: Path, teacher_identity: str | None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    model = CLIPGS.from_config_name(
+    model = create_model(
         "clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2
     )
     model.save_pretrained(folder)
@@ -262,7 +263,7 @@ def test_embed_is_resumable_and_counts(usage, assets, tmp_path, monkeypatch):
     assert first.line() == f"{out}.safetensors: 5 embedded, 0 unchanged, 0 failed, 0 removed; 5 rows"
     index = EmbeddingIndex.load(out)
     assert index.model == usage.identity and index.teacher == usage.teacher_record
-    assert index.settings == {"seed": 0, "mesh_gaussians": 10_000, "num_gaussians": N}
+    assert index.settings == {"seed": 0, "mesh_gaussians": 10_000, "num_gaussians": N, "up": "auto"}
     assert sorted(index.ids) == sorted(p.relative_to(assets).as_posix() for p in find_asset_files(assets))
     assert all(Path(p).is_absolute() for p in index.paths)
     info = index.info("red_cube.ply")

@@ -1,75 +1,57 @@
 """clip-gs: CLIP-GS (Jiao et al., ICCV 2025) encoders for 3D Gaussian Splatting objects.
 
-Importing ``clip_gs`` needs no GPU and imports nothing CUDA-only.
+The top level is what a user types::
+
+    import clip_gs
+
+    model = clip_gs.create_model("uni3d-b-no-lvis")       # Uni3D's weights, from the Hugging Face cache
+    embedding = model.encode("chair.ply")                 # [1024], unit norm, in the teacher's CLIP space
+
+Everything else is reached through its package (``clip_gs.model``, ``clip_gs.gaussians``,
+``clip_gs.teachers``, ``clip_gs.render``, ``clip_gs.data``, ``clip_gs.evaluation``, ...).
+Importing ``clip_gs`` needs no GPU and imports nothing CUDA-only; the model and teachers load on
+first use.
 """
 
-from clip_gs.errors import (
-    CheckpointError,
-    ClipGSError,
-    ConfigError,
-    GaussianFormatError,
-    MeshError,
-    MissingDependencyError,
-    NotGaussianDataError,
-    RenderError,
-    UnsupportedFormatError,
-    WeightsUnavailableError,
-)
-from clip_gs.gaussians import GaussianCloud, load_gaussians, save_gaussians
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
-# Submodules with heavier imports (timm for the model, trimesh, the rasterizer) load on first use.
+from clip_gs.errors import ClipGSError, WeightsUnavailableError
+from clip_gs.gaussians import GaussianCloud, load_gaussians, save_gaussians
+from clip_gs.gaussians.assets import load_asset
+
+try:
+    __version__ = version("clip-gs")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
+
 _LAZY = {
     "CLIPGS": "clip_gs.model",
-    "CLIPGSConfig": "clip_gs.model",
-    "FEATURE_LAYOUT": "clip_gs.model.features",
-    "get_model_config": "clip_gs.model",
+    "create_model": "clip_gs.model",
     "list_models": "clip_gs.model",
-    "mesh_to_gaussians": "clip_gs.gaussians.mesh",
-    "load_asset": "clip_gs.gaussians.assets",
-    "make_object": "clip_gs.data.synthetic",
-    "SyntheticGaussianDataset": "clip_gs.data.synthetic",
-    "render_cloud": "clip_gs.render",
-    "orbit_cameras": "clip_gs.render",
-    "contact_sheet": "clip_gs.render",
-    "render_sheet": "clip_gs.render",
+    "load_model": "clip_gs.model",
+    "load_teacher": "clip_gs.teachers",
 }
+"""Names whose packages import torch-heavy code (timm, open_clip) on first use."""
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'clip_gs' has no attribute {name!r}")
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CLIPGS",
-    "FEATURE_LAYOUT",
-    "CLIPGSConfig",
-    "CheckpointError",
     "ClipGSError",
-    "ConfigError",
     "GaussianCloud",
-    "GaussianFormatError",
-    "MeshError",
-    "MissingDependencyError",
-    "NotGaussianDataError",
-    "RenderError",
-    "SyntheticGaussianDataset",
-    "UnsupportedFormatError",
     "WeightsUnavailableError",
     "__version__",
-    "contact_sheet",
-    "get_model_config",
+    "create_model",
     "list_models",
     "load_asset",
     "load_gaussians",
-    "make_object",
-    "mesh_to_gaussians",
-    "orbit_cameras",
-    "render_cloud",
-    "render_sheet",
+    "load_model",
+    "load_teacher",
     "save_gaussians",
 ]

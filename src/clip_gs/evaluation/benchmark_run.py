@@ -114,9 +114,12 @@ def evaluate_benchmark(
         model: a :class:`~clip_gs.model.CLIPGS`.
         name, root: the benchmark (:data:`~clip_gs.evaluation.benchmarks.BENCHMARKS`) and its folder.
         tasks: a subset of :data:`BENCHMARK_TASKS`.
-        zeroshot_protocol: classes and prompts (default: ``clip-gs`` with the benchmark's list).
+        zeroshot_protocol: classes and prompts (default: ``clip-gs`` with the benchmark's list); one
+            carrying a label-embedding file (:func:`~clip_gs.evaluation.protocols.with_label_embeddings`)
+            needs no teacher, its file is checked against ``teacher`` or ``model_teacher_identity``.
         teacher: the :class:`~clip_gs.teachers.Teacher` that encodes the classes: the model's, as
-            :meth:`~clip_gs.model.LoadedModel.teacher` loads and checks it (needed for zero-shot).
+            :meth:`~clip_gs.model.LoadedModel.teacher` loads and checks it (needed for zero-shot
+            without a label-embedding file).
         model_teacher_identity: the model's teacher identity, for the report (default: ``teacher``'s).
         query_split: the split scored (a test-only set's objects have no split and are all scored).
         support_split: the standard few-shot protocol's support.
@@ -127,6 +130,7 @@ def evaluate_benchmark(
 
     Raises:
         ConfigError: unknown tasks or benchmark, no teacher for zero-shot.
+        TeacherMismatchError: a label-embedding file made by another teacher than the model's.
         DatasetError: a folder not in the benchmark's layout (named by the reader), labels that
             match none of the protocol's classes.
     """
@@ -148,11 +152,13 @@ def evaluate_benchmark(
     teacher_identity = None
     if "zeroshot" in tasks:
         protocol = zeroshot_protocol or zero_shot_protocol("clip-gs", benchmark=name)
-        if teacher is None:
+        # a label-embedding file needs no teacher loaded, only the model's teacher identity to check it against
+        expected = teacher if teacher is not None or protocol.label_embeddings is None else model_teacher_identity
+        if expected is None:
             raise ConfigError("zero-shot on a benchmark needs the model's teacher (its teacher.json) or --teacher")
-        teacher_identity = str(teacher.identity)
+        teacher_identity = str(teacher.identity) if teacher is not None else str(model_teacher_identity)
         names = list(protocol.class_names) if protocol.class_names is not None else sorted(set(query_labels))
-        weights = protocol_weights(protocol, teacher, names)
+        weights = protocol_weights(protocol, expected, names)
         as_class = match_labels(query_labels, names, f"{root} ({name})")
         zs = zero_shot(query_x, [as_class[label] for label in query_labels], names, weights, ZEROSHOT_K)
         result.zeroshot = zs

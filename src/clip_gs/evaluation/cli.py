@@ -2,7 +2,7 @@
 
     clip-gs eval --model DIR_OR_REPO --data SHARDS_DIR [--split test] [--task zeroshot|fewshot|retrieval|all]
     clip-gs eval --model DIR_OR_REPO --benchmark modelnet40|modelnet-splats|objaverse-gs|objaverse-lvis --root DIR
-                 [--zeroshot-protocol clip-gs|uni3d [--uni3d-data DIR]] [--label-set FILE | --labels a,b,c]
+                 [--zeroshot-protocol clip-gs|uni3d [--uni3d-data DIR]] [--label-set NAME_OR_FILE | --labels a,b,c]
                  [--fewshot-protocol standard|episodes] [--ways 10 [5 ...]] [--shots 10 [...]] [--runs 10]
                  [--episodes 100] [--queries N] [--teacher SPEC] [--seed 0] [--out DIR]
 
@@ -49,9 +49,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--uni3d-data", help="folder with Uni3D's templates.json and labels.json (its repository's data/)")
     p.add_argument("--uni3d-templates", default=UNI3D_TEMPLATES_KEY, help="templates.json key (default %(default)s)")
     p.add_argument("--uni3d-labels", help="labels.json key (default: the benchmark's)")
-    labels = p.add_mutually_exclusive_group()
-    labels.add_argument("--label-set", help="zero-shot classes from a file (.json list or one name per line) or a name")
-    labels.add_argument("--labels", help="zero-shot classes, comma-separated (default: the dataset's label embeddings)")
+    from clip_gs.teachers.label_options import LABEL_SET_HELP, add_label_options
+
+    add_label_options(p.add_mutually_exclusive_group(),
+                      labels_help="zero-shot classes, comma-separated (default: the dataset's label embeddings)",
+                      label_set_help=f"zero-shot classes: {LABEL_SET_HELP}; a label-embedding file must have been made "
+                                     "with the protocol's templates (clip-gs labels --templates)")  # fmt: skip
     p.add_argument("--teacher", help="teacher spec that encodes the classes (default: the dataset's or the model's teacher)")
     p.add_argument("--fewshot-protocol", default="standard", choices=FEWSHOT_PROTOCOLS,
                    help="standard: support from --support-split, queries from the evaluated split, 10 runs "
@@ -126,8 +129,9 @@ PER_CLASS_LINES = 50
 
 def _zeroshot_protocol(args: argparse.Namespace):
     from clip_gs.evaluation.protocols import zero_shot_protocol
+    from clip_gs.teachers.label_options import label_source
 
-    label_set = args.label_set if args.label_set else (args.labels.split(",") if args.labels else None)
+    label_set = label_source(args)
     if args.zeroshot_protocol == "clip-gs" and args.benchmark is None:
         return None, label_set  # the dataset's stored label embeddings, or the label set with our templates
     protocol = zero_shot_protocol(args.zeroshot_protocol, args.benchmark, args.uni3d_data, args.uni3d_templates,
@@ -167,9 +171,13 @@ def run_eval(args: argparse.Namespace) -> int:
             write_benchmark_report,
         )
 
+        # a label-embedding file stands in for the text tower: the teacher is not loaded, only its identity checked
+        files = protocol is not None and protocol.label_embeddings is not None
+        if files and teacher_identity is None:
+            teacher_identity = loaded.teacher_identity or None
         evaluation = evaluate_benchmark(
             model, args.benchmark, args.root, BENCHMARK_TASKS if args.task == "all" else tasks, zeroshot_protocol=protocol,
-            teacher=loaded.teacher() if "zeroshot" in tasks or args.task == "all" else None,
+            teacher=loaded.teacher() if ("zeroshot" in tasks or args.task == "all") and not files else None,
             model_teacher_identity=teacher_identity, support_split=args.support_split,
             query_split=args.split, num_gaussians=args.num_gaussians, cache_dir=args.cache, **common,
         )  # fmt: skip

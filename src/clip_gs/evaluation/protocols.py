@@ -17,6 +17,11 @@ Two protocols are offered (``clip-gs eval --zeroshot-protocol``):
 The classes of a protocol are the ones scored: a dataset's labels are matched to them by name,
 ignoring case and treating ``_`` as a space (ModelNet40's ``night_stand`` is Uni3D's
 ``night stand``); a dataset label that matches none is an error, never dropped.
+
+A label-embedding file (:mod:`clip_gs.teachers.label_embeddings`, ``clip-gs labels``) may stand in
+for the teacher's text tower under either protocol, when it was made with the protocol's templates
+and prompt rule (:func:`with_label_embeddings`): for ``clip-gs`` its names are the classes; for
+``uni3d`` its names must be the protocol's class list (``--uni3d-data`` is still read, to check it).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
+from clip_gs.teachers.label_embeddings import LabelEmbeddings, is_label_embeddings_file, read_label_embeddings
 
 ZEROSHOT_PROTOCOLS = ("clip-gs", "uni3d")
 """The zero-shot protocols (module docstring)."""
@@ -59,6 +65,8 @@ class ZeroShotProtocol:
         prompt_rule: how names fill them (:data:`~clip_gs.teachers.prompts.PROMPT_RULES`).
         class_names: the scored classes, or None for the dataset's own label list.
         source: where the templates and names came from (for reports).
+        label_embeddings: the classes' embeddings from a label-embedding file (made with these
+            templates and rule), used instead of encoding them; None: the teacher encodes them.
     """
 
     name: str
@@ -66,6 +74,7 @@ class ZeroShotProtocol:
     prompt_rule: str
     class_names: tuple[str, ...] | None
     source: str
+    label_embeddings: LabelEmbeddings | None = None
 
 
 def _read_key(path: Path, key: str, what: str) -> list[str]:
@@ -102,18 +111,24 @@ def zero_shot_protocol(
         uni3d_data: the folder holding Uni3D's ``templates.json`` and ``labels.json`` (``uni3d``).
         templates_key / labels_key: keys into those files (``labels_key`` None: the benchmark's,
             :data:`UNI3D_LABEL_KEYS`).
-        label_set: ``clip-gs`` only: the classes (a registered name, a file or names) instead of
-            the benchmark's or the dataset's.
+        label_set: ``clip-gs``: the classes (a registered name, a label-list file or names)
+            instead of the benchmark's or the dataset's. Either protocol: a label-embedding file
+            (``.safetensors``), used instead of the text tower (:func:`with_label_embeddings`).
 
     Raises:
         ConfigError: an unknown protocol, a missing file or folder, no class list for ``uni3d``,
-            ``label_set`` with ``uni3d``.
-        DatasetError: an unreadable file or a missing key.
+            a label list with ``uni3d``, a label-embedding file made with other prompts.
+        DatasetError: an unreadable file or a missing key; an invalid label-embedding file.
     """
     from clip_gs.teachers import TEMPLATES, load_label_set
 
     if name not in ZEROSHOT_PROTOCOLS:
         raise ConfigError(f"zero-shot protocol must be one of {ZEROSHOT_PROTOCOLS}, got {name!r}")
+    if is_label_embeddings_file(label_set):
+        table = read_label_embeddings(label_set)
+        own = zero_shot_protocol(name, benchmark, uni3d_data, templates_key, labels_key,
+                                 table.names if name == "clip-gs" else None)  # fmt: skip
+        return with_label_embeddings(own, table)
     if name == "clip-gs":
         chosen = label_set if label_set is not None else CLIP_GS_LABEL_SETS.get(benchmark or "")
         names = tuple(load_label_set(chosen)) if chosen is not None else None
@@ -139,18 +154,54 @@ def zero_shot_protocol(
     return ZeroShotProtocol(name, tuple(templates), "verbatim", tuple(names), source)
 
 
+def with_label_embeddings(protocol: ZeroShotProtocol, table: LabelEmbeddings) -> ZeroShotProtocol:
+    """``protocol`` with its classes' embeddings taken from ``table`` (a label-embedding file)
+    instead of a text tower.
+
+    The file must have been made with the protocol's templates and prompt rule. A protocol with its
+    own class list (``uni3d``, or ``clip-gs`` with a benchmark's set) needs the file's names to be
+    that list (rows put in its order); a ``clip-gs`` protocol taking the dataset's labels takes the
+    file's names as the classes.
+
+    Raises:
+        ConfigError: other templates or rule, other class names (the message names the file and the protocol).
+    """
+    import dataclasses
+
+    table.check_prompts(protocol.templates, protocol.prompt_rule, f"the {protocol.name} zero-shot protocol")
+    names = protocol.class_names if protocol.class_names is not None else table.names
+    if set(names) != set(table.names):
+        extra, missing = sorted(set(table.names) - set(names)), sorted(set(names) - set(table.names))
+        raise ConfigError(f"{table.where}: its {len(table.names)} classes are not the {protocol.name} protocol's "
+                          f"{len(names)} (missing {missing[:5]}, extra {extra[:5]})")  # fmt: skip
+    table = table.select(names)
+    source = f"{table.path or table.label_set} (label embeddings by {table.teacher}; {protocol.source})"
+    return dataclasses.replace(protocol, class_names=tuple(names), source=source, label_embeddings=table)
+
+
 def protocol_weights(protocol: ZeroShotProtocol, teacher, class_names: Sequence[str] | None = None):
     """``[C, E]`` unit class embeddings of the protocol's classes (or ``class_names``, when the
-    protocol takes the dataset's own), encoded by ``teacher`` with the protocol's templates and rule.
+    protocol takes the dataset's own), encoded by ``teacher`` with the protocol's templates and rule,
+    or, for a protocol with :attr:`~ZeroShotProtocol.label_embeddings`, those rows.
+
+    Args:
+        teacher: a :class:`~clip_gs.teachers.Teacher`; with label embeddings, the teacher they must
+            come from (a Teacher, its identity or the identity's ``str()``): nothing is encoded.
 
     Raises:
         ConfigError: no class names at all (a ``clip-gs`` protocol without a list and none given).
+        TeacherMismatchError: label embeddings made by another teacher (the message names both).
     """
     from clip_gs.teachers import zero_shot_weights
 
     names = list(protocol.class_names if protocol.class_names is not None else class_names or [])
     if not names:
         raise ConfigError(f"zero-shot protocol {protocol.name!r} has no class names here: give a label set")
+    if protocol.label_embeddings is not None:
+        if teacher is None:
+            raise ConfigError(f"{protocol.label_embeddings.where}: no model teacher to check it against")
+        protocol.label_embeddings.check_teacher(teacher, "the model's teacher")
+        return protocol.label_embeddings.select(names).weights.float()
     return zero_shot_weights(teacher, names, protocol.templates, protocol.prompt_rule).float()
 
 
@@ -190,5 +241,6 @@ __all__ = [
     "ZeroShotProtocol",
     "match_labels",
     "protocol_weights",
+    "with_label_embeddings",
     "zero_shot_protocol",
 ]

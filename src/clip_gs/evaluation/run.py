@@ -222,14 +222,18 @@ def zero_shot_classes(
     ``protocol`` with its own classes (``uni3d``, or ``clip-gs`` with a benchmark's list): those,
     encoded with its templates and rule (:func:`~clip_gs.evaluation.protocols.protocol_weights`).
     Otherwise ``label_set`` None: the dataset's stored prompt-ensemble embeddings
-    (``label_embeddings.bin``, described as ``"dataset"``); else a label-set file or list of names
-    (:func:`~clip_gs.teachers.load_label_set`), encoded with :data:`~clip_gs.teachers.TEMPLATES`.
+    (``label_embeddings.bin``, described as ``"dataset"``); else a label-set name, file or list of
+    names (:func:`~clip_gs.teachers.load_label_set`), encoded with :data:`~clip_gs.teachers.TEMPLATES`.
     Encoding is by ``teacher`` (a :class:`~clip_gs.teachers.Teacher` or spec; None rebuilds
     ``dataset_teacher`` with :func:`teacher_spec_for`), which must be the dataset's teacher.
+    A label-embedding file (``label_set`` ending in ``.safetensors``, or a ``protocol`` carrying
+    one) is used instead of encoding: no teacher is loaded, and the file's teacher must be the
+    dataset's (or, without one, ``teacher``'s).
 
     Raises:
         DatasetError: unreadable label embeddings. TeacherMismatchError: another teacher.
-        ConfigError: an invalid label set, a teacher that cannot be rebuilt.
+        ConfigError: an invalid label set, a teacher that cannot be rebuilt, a label-embedding file
+            made with other prompts than the protocol's.
     """
     from clip_gs.data.shards import read_label_embeddings
     from clip_gs.evaluation.protocols import protocol_weights, zero_shot_protocol
@@ -244,9 +248,16 @@ def zero_shot_classes(
         where = str(label_set) if isinstance(label_set, (str, os.PathLike)) else f"labels:{','.join(protocol.class_names)}"
     else:
         where = protocol.source
-    from clip_gs.teachers import check_same_teacher, load_teacher
+    from clip_gs.teachers import Teacher, check_same_teacher, load_teacher
     from clip_gs.teachers.factory import teacher_spec_for
 
+    if protocol.label_embeddings is not None:  # a label-embedding file: checked, nothing encoded
+        expected = dataset_teacher if dataset_teacher is not None else teacher if isinstance(teacher, Teacher) else None
+        if expected is None:
+            raise ConfigError(f"{protocol.label_embeddings.where}: no dataset or model teacher to check it against")
+        what = f"the dataset {root}" if dataset_teacher is not None else "the given teacher"
+        protocol.label_embeddings.check_teacher(expected, what)
+        return list(protocol.class_names), protocol_weights(protocol, expected), where
     if teacher is None:
         if dataset_teacher is None:
             raise ConfigError("a label set needs a teacher: pass one (or a dataset whose manifest names its teacher)")

@@ -13,7 +13,7 @@ import os
 from functools import partial
 from pathlib import Path
 
-from clip_gs.errors import ConfigError, DatasetError, NotGaussianDataError
+from clip_gs.errors import ConfigError, DatasetError, GaussianFormatError, MeshError, NotGaussianDataError
 from clip_gs.gaussians.cloud import GaussianCloud
 from clip_gs.gaussians.frames import MESH_EXTENSIONS, MODEL_FRAME, resolve_up, to_frame
 from clip_gs.gaussians.io import load_gaussians, registered_formats
@@ -41,7 +41,8 @@ def read_asset(path: str | os.PathLike[str], mesh_gaussians: int = MESH_GAUSSIAN
     """``path`` read as 3DGS if it is one, else as a mesh (:func:`~clip_gs.gaussians.mesh.mesh_to_gaussians`),
     in the file's own frame. A ``.ply`` is first read as 3DGS; a mesh or point-cloud ``.ply``
     (:class:`NotGaussianDataError`) falls through to the mesh converter, any other error of a 3DGS
-    file (truncation, bad values) is raised as is."""
+    file (truncation, bad values) is raised as is, and a ``.ply`` that is neither raises
+    :class:`GaussianFormatError` with both reasons."""
     from clip_gs.gaussians.mesh import mesh_to_gaussians
 
     path = Path(path)
@@ -50,10 +51,13 @@ def read_asset(path: str | os.PathLike[str], mesh_gaussians: int = MESH_GAUSSIAN
         return mesh_to_gaussians(path, num_gaussians=mesh_gaussians, seed=seed)
     try:
         return load_gaussians(path)
-    except NotGaussianDataError:
+    except NotGaussianDataError as not_3dgs:
         if suffix not in MESH_EXTENSIONS:
             raise
-    return mesh_to_gaussians(path, num_gaussians=mesh_gaussians, seed=seed)
+        try:
+            return mesh_to_gaussians(path, num_gaussians=mesh_gaussians, seed=seed)
+        except MeshError as exc:
+            raise GaussianFormatError(f"{path}: neither 3DGS ({not_3dgs}) nor a readable mesh ({exc})") from exc
 
 
 def load_asset(

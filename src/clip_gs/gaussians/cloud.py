@@ -91,7 +91,7 @@ class GaussianCloud:
     """A 3DGS object (or a batch of them) in raw INRIA storage convention.
 
     Construction validates shapes, dtypes and finiteness and raises
-    :class:`~clip_gs.GaussianFormatError` naming ``source`` on any violation. Instances are
+    :class:`~clip_gs.errors.GaussianFormatError` naming ``source`` on any violation. Instances are
     immutable; every operation returns a new cloud.
 
     Args:

@@ -201,8 +201,8 @@ class ExportBest(ModelCheckpoint):
                 teacher |= {"embed_dim": manifest.embed_dim, "dataset_package_version": manifest.package_version}
                 data = {"root": dm.root, "counts": manifest.counts, "labels": manifest.labels}
             hparams = getattr(pl_module, "hparams", {})
-            data["init"] = f"{hparams.get('init', 'n/a')}" + (
-                f" from `{hparams['checkpoint']}`" if hparams.get("checkpoint") else ""
+            data["init"] = f"`{hparams.get('model', 'n/a')}`" + (
+                f" from `{hparams['pretrained']}`" if hparams.get("pretrained") else ""
             )
             self.export_path = export_pretrained(
                 model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best

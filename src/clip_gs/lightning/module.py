@@ -50,16 +50,15 @@ from torch import Tensor
 from clip_gs.data.batches import TripletBatch
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
 from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, class_ranks, retrieval_recall
-from clip_gs.model.clipgs import CLIPGS, LOAD_TIME_OVERRIDES
-from clip_gs.model.config import UNI3D_SIZES, ConfigOverrides, as_overrides, get_model_config
+from clip_gs.model.clipgs import CLIPGS
+from clip_gs.model.factory import create_model
+from clip_gs.model.config import ConfigOverrides, as_overrides
 from clip_gs.model.loss import MAX_LOGIT_SCALE, CLIPGSLoss, LossOutput, clamp_logit_scale_
 from clip_gs.teachers import DEFAULT_TEACHER
 
 UNI3D_TEACHER = DEFAULT_TEACHER.split("/")[0]
-"""The CLIP Uni3D's checkpoints were trained against (EVA02-E-14-plus): ``init: uni3d`` warns on another."""
-
-INITS = ("random", "uni3d", "pretrained")
-"""How the model is built: a registered configuration with random weights, a Uni3D checkpoint, a pretrained folder / repo."""
+"""The CLIP Uni3D's checkpoints were trained against (EVA02-E-14-plus): starting from Uni3D's weights
+warns on another."""
 
 NO_OVERRIDES = ConfigOverrides()
 """The default of ``CLIPGSModule(config=...)``: the registered configuration as it is (frozen, shared)."""
@@ -131,48 +130,20 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_model(
-    model: str, init: str, checkpoint: str | None, overrides: dict, trusted_globals: Iterable[str] = ()
-) -> CLIPGS:
-    """A :class:`CLIPGS` from a registered name + overrides (``random``), a Uni3D checkpoint
-    (``uni3d``: ``checkpoint`` a path or ``hf://`` reference, None for the published one of the
-    size of ``model``), or a pretrained folder / Hub repo (``pretrained``: only
-    :data:`~clip_gs.model.clipgs.LOAD_TIME_OVERRIDES` may be overridden).
-
-    Raises:
-        ConfigError: unknown ``init``, or overrides ``pretrained`` cannot apply.
-    """
-    if init not in INITS:
-        raise ConfigError(f"init must be one of {INITS}, got {init!r}")
-    if init == "random":
-        return CLIPGS.from_config_name(model, **overrides)
-    if init == "uni3d":
-        size = {v: k for k, v in UNI3D_SIZES.items()}.get(model)
-        if size is None:
-            raise ConfigError(f"init='uni3d' needs a Uni3D-sized model ({list(UNI3D_SIZES.values())}), got {model!r}")
-        return CLIPGS.from_uni3d(checkpoint, size=size, trusted_globals=tuple(trusted_globals), **overrides)
-    if checkpoint is None:
-        raise ConfigError("init='pretrained' needs checkpoint: a folder written by save_pretrained or a Hub repo id")
-    bad = sorted(set(overrides) - set(LOAD_TIME_OVERRIDES))
-    if bad:
-        raise ConfigError(f"init='pretrained' can only override {list(LOAD_TIME_OVERRIDES)}, got {bad}")
-    return CLIPGS.from_pretrained(checkpoint, **overrides).train()
-
-
 class CLIPGSModule(LightningModule):
     """Trains a CLIP-GS encoder on :class:`~clip_gs.lightning.TripletBatch` es (see the module docstring).
 
     Args:
-        model: registered configuration name (``clip-gs-tiny`` ... ``clip-gs-giant``).
-        init: ``"random"``, ``"uni3d"`` (the paper: from a Uni3D checkpoint) or ``"pretrained"``.
-        checkpoint: the Uni3D checkpoint (path or ``hf://BAAI/Uni3D/...``; None: the published one
-            for the size) or the pretrained folder / repo id.
-        config: typed overrides of the registered configuration
-            (:data:`~clip_gs.model.config.ConfigOverrides`: any ``CLIPGSConfig`` field, e.g.
-            ``num_groups``, ``group_size``, ``drop_path_rate``, ``embed_dim``). ``num_gaussians``
-            is linked to the data module's by ``clip-gs fit``. With ``init: pretrained`` only
-            :data:`~clip_gs.model.clipgs.LOAD_TIME_OVERRIDES` may be set.
-        trusted_globals: passed to ``CLIPGS.from_uni3d`` (explicit opt-in for pickled objects).
+        model, pretrained: what :func:`~clip_gs.model.create_model` makes the model from: a registered
+            configuration (``clip-gs-tiny`` ... ``clip-gs-giant``), random unless ``pretrained`` names the
+            weights to start from (the paper: ``model: clip-gs-base, pretrained: uni3d-b-no-lvis``, or a
+            Uni3D ``model.pt`` / ``hf://`` reference); or a model folder / Hub repo / named pretrained
+            model to go on training (``pretrained`` None).
+        config: typed overrides of the configuration (:data:`~clip_gs.model.config.ConfigOverrides`:
+            any ``CLIPGSConfig`` field, e.g. ``num_groups``, ``group_size``, ``drop_path_rate``,
+            ``embed_dim``). ``num_gaussians`` is linked to the data module's by ``clip-gs fit``. A model
+            loaded from a folder takes only :data:`~clip_gs.model.clipgs.LOAD_TIME_OVERRIDES`.
+        trusted_globals: for a Uni3D checkpoint holding other pickled objects, the explicit opt-in.
         text_weight, image_weight, similarity_norm, similarity_temperature, local_loss: the loss
             (:class:`~clip_gs.model.loss.CLIPGSLoss`).
         max_logit_scale: cap of ``exp(logit_scale)`` (CLIP: 100), applied to the parameter after
@@ -196,8 +167,7 @@ class CLIPGSModule(LightningModule):
     def __init__(
         self,
         model: str = "clip-gs-tiny",
-        init: str = "random",
-        checkpoint: str | None = None,
+        pretrained: str | None = None,
         config: ConfigOverrides = NO_OVERRIDES,
         trusted_globals: list[str] | None = None,
         text_weight: float = 1.0,
@@ -221,9 +191,8 @@ class CLIPGSModule(LightningModule):
         overrides = as_overrides(config if not isinstance(config, Mapping) else dict(config)).as_dict()
         self.save_hyperparameters(ignore=["config"])
         self.hparams["config"] = dict(overrides)  # plain types in checkpoints (weights_only loading)
-        if init == "random":
-            get_model_config(model, **overrides)  # validate early, with the package's message
-        self.model = build_model(model, init, checkpoint, overrides, trusted_globals or ())
+        self.model = create_model(model, pretrained=pretrained, trusted_globals=tuple(trusted_globals or ()),
+                                  **overrides).train()  # fmt: skip
         self.loss = CLIPGSLoss(
             text_weight, image_weight, similarity_norm, similarity_temperature, local_loss=local_loss
         )
@@ -261,8 +230,8 @@ class CLIPGSModule(LightningModule):
         manifest = getattr(dm, "manifest", None) or read_manifest(dm.dataset_root, dm.storage_options)
         self._check_width(dm.dataset_root, manifest)
         self.teacher = manifest.teacher
-        if self.hparams.init == "uni3d" and UNI3D_TEACHER not in manifest.teacher:
-            rank_zero_warn(f"init: uni3d starts from Uni3D, trained against {UNI3D_TEACHER}, but {dm.dataset_root} was "
+        if self.model.config.uni3d_model and UNI3D_TEACHER not in manifest.teacher:
+            rank_zero_warn(f"the model starts from Uni3D, trained against {UNI3D_TEACHER}, but {dm.dataset_root} was "
                           f"prepared with {manifest.teacher}: the initial embedding space does not match the targets",
                           stacklevel=2)  # fmt: skip
         roots = dm.evaluation_roots() if hasattr(dm, "evaluation_roots") else {"val": dm.dataset_root, "test": dm.dataset_root}
@@ -530,11 +499,9 @@ class CLIPGSModule(LightningModule):
 
 
 __all__ = [
-    "INITS",
     "NO_DECAY_NAMES",
     "CLIPGSModule",
     "EvalSet",
-    "build_model",
     "layer_id",
     "lr_factor",
     "param_groups",

@@ -11,21 +11,14 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from clip_gs.downloads import HUB_PREFIX, hub_download, model_location, offline_advice, parse_hub_reference
+from clip_gs.downloads import hub_download, model_location, offline_advice
 from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, WeightsUnavailableError
 from clip_gs.model.card import LIBRARY_NAME, LICENSE, TAGS
-from clip_gs.model.config import UNI3D_SIZES, CLIPGSConfig, get_model_config
+from clip_gs.model.config import CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
 from clip_gs.model.folder import CONFIG_NAME, WEIGHTS_NAME, read_model_config, write_teacher_record
 from clip_gs.model.fused import Encoded, FusedEncoder
 from clip_gs.model.inputs import GaussianInput, Loader
-from clip_gs.model.uni3d import (
-    GAUSSIAN_BRANCH_PREFIX,
-    UNI3D_CHECKPOINTS,
-    convert_uni3d_state_dict,
-    infer_uni3d_size,
-    load_checkpoint_file,
-)
 from clip_gs.state_dicts import check_state_shapes, check_weight_dtypes, load_state_dict_strict
 
 LOAD_TIME_OVERRIDES = ("num_gaussians", "num_groups", "group_size", "fps_start", "drop_path_rate", "patch_dropout")
@@ -44,9 +37,10 @@ class CLIPGS(
 ):
     """CLIP-GS: 3DGS objects -> unit vectors in the embedding space of a frozen CLIP.
 
-    Build one with :meth:`from_config_name` (random weights), :meth:`from_uni3d` (the paper's
-    initialisation from a Uni3D point-cloud checkpoint) or :meth:`from_pretrained` (a Hub repo id
-    or a local folder written by ``save_pretrained``: ``config.json`` + ``model.safetensors``).
+    Make one with :func:`~clip_gs.model.create_model` (a registered configuration, a named pretrained
+    model, a model folder, a Hub repo id or a Uni3D checkpoint); :meth:`from_pretrained` is the Hub
+    mixin's loader of a folder or repo written by ``save_pretrained`` (``config.json`` +
+    ``model.safetensors``) that ``create_model`` uses.
     ``save_pretrained`` and :meth:`push_to_hub` write the clip-gs model card
     (:mod:`clip_gs.model.card`), not the mixin's generic one.
 
@@ -61,56 +55,11 @@ class CLIPGS(
         elif isinstance(config, Mapping):
             config = CLIPGSConfig.from_dict(dict(config))
         self.config = config
+        self.precision = "auto"  # what encode runs in by default (create_model's precision=)
         self.encoder = GaussianEncoder(config)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_config_name(cls, name: str, **overrides) -> CLIPGS:
-        """A randomly initialised model of a registered configuration (see ``list_models()``)."""
-        return cls(get_model_config(name, **overrides))
-
-    @classmethod
-    def from_uni3d(
-        cls,
-        checkpoint: str | os.PathLike | Mapping | None = None,
-        size: str | None = None,
-        trusted_globals: Sequence[str | object] = (),
-        **config_overrides,
-    ) -> CLIPGS:
-        """Initialise from a Uni3D checkpoint, as the paper does.
-
-        Args:
-            checkpoint: a file path, a state dict (or the raw checkpoint dict), or a Hub file
-                reference ``"hf://BAAI/Uni3D/modelzoo/uni3d-b/model.pt"``. None takes the
-                published checkpoint of ``size`` (:data:`UNI3D_CHECKPOINTS`).
-            size: ``tiny``, ``small``, ``base``, ``large`` or ``giant``; inferred from the
-                weights when omitted (``checkpoint`` must then be given).
-            trusted_globals: explicit opt-in for a trusted file holding objects beyond tensors,
-                containers and :func:`~clip_gs.model.uni3d.harmless_globals` (see
-                :func:`~clip_gs.model.uni3d.load_checkpoint_file`; the error names them).
-            config_overrides: CLIPGSConfig fields, e.g. ``gaussian_branch=False`` for the
-                P&C baseline, ``num_gaussians``, ``num_groups``, ``group_size``, ``embed_dim``.
-
-        Raises:
-            CheckpointError: unreadable file, unknown keys, shape mismatch.
-            WeightsUnavailableError: a Hub reference that cannot be fetched (e.g. offline).
-        """
-        if checkpoint is None:
-            if size is None:
-                raise CheckpointError("from_uni3d needs a checkpoint or a size")
-            checkpoint = UNI3D_CHECKPOINTS[_check_size(size)]
-        source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "Uni3D state dict"
-        if isinstance(checkpoint, str) and checkpoint.startswith(HUB_PREFIX):
-            repo_id, filename = parse_hub_reference(checkpoint)
-            checkpoint = hub_download(repo_id, filename)
-        raw = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint_file(checkpoint, trusted_globals)
-        state = convert_uni3d_state_dict(raw)
-        size = _check_size(size) if size is not None else infer_uni3d_size(state)
-        model = cls(get_model_config(UNI3D_SIZES[size], **config_overrides))
-        load_state_dict_strict(model, state, source, allowed_missing=GAUSSIAN_BRANCH_PREFIX)
-        return model
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> CLIPGS:
         """Load a model saved with ``save_pretrained``: a local folder or a Hub repo id.
@@ -302,7 +251,7 @@ class CLIPGS(
         seed: int = 0,
         on_error: str = "raise",
         progress: bool | None = None,
-        precision: str = "auto",
+        precision: str | None = None,
         num_workers: int | None = None,
         loader: Loader | None = None,
     ) -> Iterator[Encoded]:
@@ -310,7 +259,7 @@ class CLIPGS(
         one :class:`~clip_gs.model.fused.Encoded` (index, id, embedding or error) per object, in
         input order. See :meth:`FusedEncoder.encode_iter` for the arguments; with
         ``on_error="skip"`` bad files are yielded with their reason and the stream goes on."""
-        return self.fused(precision).encode_iter(inputs, batch_size, seed, on_error, progress, num_workers, loader)
+        return self.fused(precision or self.precision).encode_iter(inputs, batch_size, seed, on_error, progress, num_workers, loader)
 
     def encode(
         self,
@@ -318,7 +267,7 @@ class CLIPGS(
         batch_size: int = 8,
         seed: int = 0,
         progress: bool | None = None,
-        precision: str = "auto",
+        precision: str | None = None,
         num_workers: int | None = None,
         loader: Loader | None = None,
     ) -> Tensor:
@@ -333,7 +282,8 @@ class CLIPGS(
             batch_size: objects per forward pass.
             seed: seed of the resampling to ``config.num_gaussians`` (the same for every object).
             progress: show a progress bar (default: when there is more than one batch).
-            precision: ``"auto"`` (default), ``"bf16"`` or ``"fp32"``. Float32 equals the
+            precision: ``"auto"``, ``"bf16"`` or ``"fp32"``; None (default): the model's ``precision``
+                attribute (``create_model(precision=...)``, ``"auto"`` unless set). Float32 equals the
                 module path in eval mode up to float rounding; results are deterministic for a
                 given batch composition, thread count and machine, but not bitwise across them
                 (matrix-product blocking changes with shapes and threads: differences of about
@@ -351,7 +301,7 @@ class CLIPGS(
                 cannot be loaded; the message names the file.
             ConfigError: an unknown ``precision``, no inputs.
         """
-        return self.fused(precision).encode(inputs, batch_size, seed, progress, num_workers, loader)
+        return self.fused(precision or self.precision).encode(inputs, batch_size, seed, progress, num_workers, loader)
 
 
 def check_weights_file(config: CLIPGSConfig, weights: str | os.PathLike, hint: str = "") -> None:
@@ -401,9 +351,3 @@ def _hub_config(model_id: str, hub: Mapping) -> Path:
         raise WeightsUnavailableError(f"cannot fetch {model_id!r} from the Hub: {exc}") from exc
     except HFValidationError as exc:
         raise ConfigError(f"{model_id!r} is neither a model folder nor a valid Hub repo id: {exc}") from exc
-
-
-def _check_size(size: str) -> str:
-    if size not in UNI3D_SIZES:
-        raise CheckpointError(f"unknown Uni3D size {size!r}; sizes are {list(UNI3D_SIZES)}")
-    return size

@@ -285,23 +285,18 @@ hostile ``config.json``, not a model (an ``embed_dim`` of 1e9 or ``num_gaussians
 allocate until the machine gives up)."""
 
 MODEL_CONFIGS: dict[str, CLIPGSConfig] = {name: CLIPGSConfig(name=name, **spec) for name, spec in _REGISTERED.items()}
-"""Named configurations, one per Uni3D size (``from_config_name`` builds them)."""
+"""Named configurations, one per Uni3D size (:func:`~clip_gs.model.create_model` builds them)."""
 
 UNI3D_SIZES = {"tiny": "clip-gs-tiny", "small": "clip-gs-small", "base": "clip-gs-base",
                "large": "clip-gs-large", "giant": "clip-gs-giant"}  # fmt: skip
 """Uni3D size names -> registry names."""
 
 
-def list_models() -> list[str]:
-    """Names of the registered configurations."""
-    return list(MODEL_CONFIGS)
-
-
-def get_model_config(name: str, **overrides) -> CLIPGSConfig:
-    """The registered configuration ``name`` with optional field overrides."""
-    if name not in MODEL_CONFIGS:
-        raise ConfigError(f"unknown model configuration {name!r}; registered: {list_models()}")
-    return MODEL_CONFIGS[name].replace(**overrides) if overrides else MODEL_CONFIGS[name]
+def get_model_config(registered: str, /, **overrides) -> CLIPGSConfig:
+    """The registered configuration ``registered`` with optional field overrides (``name=`` renames it)."""
+    if registered not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model configuration {registered!r}; registered: {list(MODEL_CONFIGS)}")
+    return MODEL_CONFIGS[registered].replace(**overrides) if overrides else MODEL_CONFIGS[registered]
 
 
 def _overrides_dict(self) -> dict:

@@ -1,7 +1,8 @@
-"""A trained CLIP-GS model ready for use: the model, its identity and its CLIP teacher.
+"""A CLIP-GS model ready for use: the model, its identity and its CLIP teacher.
 
-:func:`load_model` loads a folder written by ``export_pretrained`` / ``save_pretrained`` (or
-a Hub repo id) and reads ``teacher.json``, the identity of the teacher whose embedding space the
+:func:`load_model` loads any model reference :func:`~clip_gs.model.create_model` takes (a named
+pretrained model, a folder written by ``export_pretrained`` / ``save_pretrained``, a Hub repo id, a
+Uni3D checkpoint) and reads ``teacher.json``, the identity of the teacher whose embedding space the
 model was trained into. That teacher is loaded only when text or images must be embedded
 (:meth:`LoadedModel.teacher`): ``clip-gs embed`` never loads it.
 
@@ -137,10 +138,13 @@ def load_model(
     *,
     allow_external_teacher_files: bool = False,
 ) -> LoadedModel:
-    """Load a model folder or Hub repo for classification, embedding and search.
+    """Load a model with its teacher: the one loader behind every command (classify, embed, search,
+    eval, the demo).
 
     Args:
-        source: a folder written by ``export_pretrained`` / ``save_pretrained``, or a Hub repo id.
+        source: a named pretrained model (``uni3d-b-no-lvis``; :func:`~clip_gs.model.list_models`), a
+            folder written by ``export_pretrained`` / ``save_pretrained``, a Hub repo id, or a Uni3D
+            checkpoint (local ``model.pt`` or ``hf://...``); see :func:`~clip_gs.model.create_model`.
         teacher: a teacher spec (or :class:`Teacher`) to use instead of the one ``teacher.json``
             records; when both exist they must be the same teacher.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
@@ -153,14 +157,15 @@ def load_model(
         ConfigError: an invalid ``teacher.json`` (:func:`~clip_gs.model.folder.read_teacher_record`).
     """
     from clip_gs.downloads import model_location
-    from clip_gs.model.clipgs import CLIPGS
+    from clip_gs.model.factory import create_model
+    from clip_gs.model.pretrained import resolve_model_reference
     from clip_gs.teachers.open_clip_teacher import file_checksum
 
     source = str(source)
     device = resolve_device(device)
-    folder = model_location(source)
+    folder = model_location(resolve_model_reference(source))
     record = read_teacher_record(folder, allow_external_teacher_files=allow_external_teacher_files)
-    model = CLIPGS.from_pretrained(folder, map_location=device)
+    model = create_model(folder, device=device)
     if record.embed_dim is not None and record.embed_dim != model.config.embed_dim:
         raise CheckpointError(
             f"{source}: {TEACHER_NAME} records a teacher of {record.embed_dim} dimensions, the model embeds in "

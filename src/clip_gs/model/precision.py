@@ -1,6 +1,8 @@
-"""Compute precision of the fused inference encoder: ``"fp32"``, ``"bf16"`` or ``"auto"``.
+"""Compute precision: the one set of choices (:data:`PRECISIONS`), the fused inference encoder's
+(``"fp32"``, ``"bf16"`` or ``"auto"``) and a teacher's (:func:`teacher_precision`).
 
-``"auto"`` picks bfloat16 where the hardware multiplies it natively and float32 elsewhere:
+For the fused encoder, ``"auto"`` picks bfloat16 where the hardware multiplies it natively and
+float32 elsewhere:
 
 - CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer);
 - CPU: the CPU flags name a native bf16 dot product (``avx512_bf16`` or ``amx_bf16`` on x86,
@@ -25,8 +27,13 @@ import torch
 
 from clip_gs.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "auto")
-"""Accepted values of every ``precision=`` argument."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""The precision choices of every ``--precision`` flag and ``precision=`` argument. ``"auto"`` means
+what each consumer documents (:func:`resolve_precision`, :func:`teacher_precision`); a consumer
+that cannot run a value raises :class:`~clip_gs.errors.ConfigError` naming it."""
+
+FUSED_PRECISIONS = ("auto", "fp32", "bf16")
+"""What the fused inference encoder runs (:func:`resolve_precision`): fp16 is not among them."""
 
 _CPU_BF16_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "amd64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
 
@@ -77,11 +84,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> torch.dtype:
-    """``"fp32"`` -> float32, ``"bf16"`` -> bfloat16, ``"auto"`` -> bfloat16 when
-    :func:`bf16_supported` on ``device``, else float32.
+    """The fused encoder's compute dtype: ``"fp32"`` -> float32, ``"bf16"`` -> bfloat16, ``"auto"``
+    -> bfloat16 when :func:`bf16_supported` on ``device``, else float32.
 
     Raises:
-        ConfigError: any other value.
+        ConfigError: any other value (``"fp16"`` included: the fused encoder does not run it).
     """
     if precision == "fp32":
         return torch.float32
@@ -89,7 +96,25 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tor
         return torch.bfloat16
     if precision == "auto":
         return torch.bfloat16 if bf16_supported(device) else torch.float32
-    raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    raise ConfigError(f"the fused encoder's precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
 
 
-__all__ = ["PRECISIONS", "bf16_supported", "cpu_flags", "resolve_device", "resolve_precision"]
+def teacher_precision(precision: str, device: torch.device | str) -> str:
+    """A teacher's precision for ``precision`` on ``device``: ``"auto"`` -> ``"bf16"`` on a CUDA
+    device that supports it, else ``"fp32"`` (a teacher on the CPU stays in fp32, so that what it
+    embeds there does not depend on the CPU's bf16 support); other values as given (the teacher
+    refuses those it cannot run, e.g. fp16 off CUDA).
+
+    Raises:
+        ConfigError: a value not in :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    return "bf16" if device.type == "cuda" and bf16_supported(device) else "fp32"
+
+
+__all__ = ["FUSED_PRECISIONS", "PRECISIONS", "bf16_supported", "cpu_flags", "resolve_device", "resolve_precision",
+           "teacher_precision"]

@@ -9,7 +9,10 @@ beside ``module`` they hold DeepSpeed's own entries (``ds_config``, ``ds_version
 harmless non-tensor types such entries need (:func:`harmless_globals`).
 :func:`convert_uni3d_state_dict` is a pure function
 from that state dict to a :class:`~clip_gs.CLIPGS` state dict; the Gaussian branch, which Uni3D
-does not have, is absent from its output and keeps its own initialisation.
+does not have, is absent from its output and keeps its own initialisation (its output projection
+starts at zero, so a converted model starts as Uni3D). :func:`load_uni3d` builds the model;
+users reach it through :func:`~clip_gs.model.create_model` (named models are in
+:mod:`clip_gs.model.pretrained`).
 """
 
 from __future__ import annotations
@@ -23,16 +26,8 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import CheckpointError
+from clip_gs.state_dicts import load_state_dict_strict
 from clip_gs.model.config import MODEL_CONFIGS, UNI3D_SIZES, CLIPGSConfig
-
-UNI3D_CHECKPOINTS = {
-    "tiny": "hf://BAAI/Uni3D/modelzoo/uni3d-ti/model.pt",
-    "small": "hf://BAAI/Uni3D/modelzoo/uni3d-s/model.pt",
-    "base": "hf://BAAI/Uni3D/modelzoo/uni3d-b/model.pt",
-    "large": "hf://BAAI/Uni3D/modelzoo/uni3d-l/model.pt",
-    "giant": "hf://BAAI/Uni3D/modelzoo/uni3d-g/model.pt",
-}
-"""Published Uni3D checkpoints per size (trained with LVIS; ``from_uni3d`` takes any other file)."""
 
 # Uni3D prefix -> CLIPGS prefix (longest prefixes first)
 _RENAMES: tuple[tuple[str, str], ...] = (
@@ -188,8 +183,8 @@ def load_checkpoint_file(path: str | os.PathLike[str], trusted_globals: Sequence
             raise CheckpointError(
                 f"{path}: the checkpoint holds objects that are not safe to unpickle: {unsafe}. "
                 "Nothing was loaded. If you trust this file, allow exactly these with "
-                f"CLIPGS.from_uni3d(path, trusted_globals={unsafe!r}) (they are then constructed "
-                "while loading, with the file's data)"
+                f"create_model(..., trusted_globals={unsafe!r}) (they are then constructed while loading, "
+                "with the file's data)"
             ) from exc
         raise CheckpointError(f"{path}: cannot load checkpoint safely (weights_only=True): {exc}") from exc
     if not isinstance(loaded, Mapping):
@@ -222,3 +217,37 @@ def infer_uni3d_size(state_dict: Mapping[str, Tensor]) -> str:
         if config.width == width and config.depth == depth:
             return size
     raise CheckpointError(f"no Uni3D size has width {width} and depth {depth}")
+
+
+def load_uni3d(
+    checkpoint: str | os.PathLike | Mapping,
+    size: str | None = None,
+    trusted_globals: Sequence[str | object] = (),
+    **config_overrides,
+):
+    """A :class:`~clip_gs.CLIPGS` initialised from a Uni3D checkpoint, as the paper does.
+
+    Args:
+        checkpoint: a local file, or a state dict (or the raw checkpoint dict).
+        size: ``tiny``, ``small``, ``base``, ``large`` or ``giant``; inferred from the weights when None.
+        trusted_globals: explicit opt-in for a trusted file holding objects beyond tensors, containers
+            and :func:`harmless_globals` (see :func:`load_checkpoint_file`; the error names them).
+        config_overrides: CLIPGSConfig fields, e.g. ``gaussian_branch=False`` for the P&C baseline
+            (exactly Uni3D's point encoder), ``num_gaussians``, ``num_groups``, ``group_size``.
+
+    Raises:
+        CheckpointError: unreadable file, unknown keys, shape mismatch, unknown size.
+    """
+    from clip_gs.model.clipgs import CLIPGS
+    from clip_gs.model.config import get_model_config
+
+    source = "Uni3D state dict" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    raw = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint_file(checkpoint, trusted_globals)
+    state = convert_uni3d_state_dict(raw)
+    if size is None:
+        size = infer_uni3d_size(state)
+    elif size not in UNI3D_SIZES:
+        raise CheckpointError(f"unknown Uni3D size {size!r}; sizes are {list(UNI3D_SIZES)}")
+    model = CLIPGS(get_model_config(UNI3D_SIZES[size], **{"uni3d_model": source, **config_overrides}))
+    load_state_dict_strict(model, state, source, allowed_missing=GAUSSIAN_BRANCH_PREFIX)
+    return model

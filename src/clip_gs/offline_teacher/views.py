@@ -81,7 +81,7 @@ def object_cameras(seed: int, num_views: int, spec: ViewSpec):
 
 def render_object(shape: str, seed: int, num_views: int, spec: ViewSpec = ViewSpec(),
                   num_gaussians: int = NUM_GAUSSIANS, **object_kwargs) -> tuple[np.ndarray, dict]:
-    """Render one synthetic object (``object_kwargs`` go to :func:`clip_gs.make_object`: ``color``, ``pattern``).
+    """Render one synthetic object (``object_kwargs`` go to :func:`clip_gs.data.synthetic.make_object`: ``color``, ``pattern``).
 
     Returns:
         ``(images uint8 [V, S, S, 3], labels)`` with labels ``label``, ``color``, ``secondary``,
@@ -121,7 +121,7 @@ def render_views(
     """Render ``num_views`` views of each ``(shape, seed)`` object.
 
     Args:
-        objects: object specs for :func:`clip_gs.make_object`.
+        objects: object specs for :func:`clip_gs.data.synthetic.make_object`.
         num_views: V views per object.
         spec: camera distribution.
         num_gaussians: Gaussians per object.

@@ -2,7 +2,9 @@
 
 Each object is embedded by the model; each class name, as a noun phrase
 (:func:`~clip_gs.teachers.prompts.label_phrase`), is filled into the prompt templates and
-embedded by the model's teacher (:func:`~clip_gs.teachers.prompts.zero_shot_weights`). The
+embedded by the model's teacher (:func:`~clip_gs.teachers.prompts.zero_shot_weights`), or the
+class embeddings come from a label-embedding file made by that teacher
+(:mod:`clip_gs.teachers.label_embeddings`), with no text tower loaded. The
 scores of an object are the **softmax over the classes of the logit-scaled cosine
 similarities** (``exp(logit_scale)`` of the model, the temperature it was trained with, clamped as
 in training), so they sum to 1 over the label set and read as the model's probability of each
@@ -23,6 +25,7 @@ from torch import Tensor
 from clip_gs.errors import ConfigError
 from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
 from clip_gs.model.loaded import LoadedModel, load_model
+from clip_gs.teachers.label_embeddings import LabelEmbeddings
 
 logger = logging.getLogger("clip_gs")
 
@@ -67,28 +70,65 @@ def expand_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
     return files
 
 
-def class_weights(usage: LoadedModel, labels: str | Path | Sequence[str]) -> tuple[list[str], Tensor]:
+def class_weights(
+    usage: LoadedModel, labels: str | Path | Sequence[str] | LabelEmbeddings, progress: bool | None = False
+) -> tuple[list[str], Tensor]:
     """``(names, weights [C, E])``: the label set and its zero-shot classifier by the model's teacher.
 
+    Args:
+        usage: the loaded model.
+        labels: a label source (:func:`~clip_gs.teachers.label_embeddings.load_label_source`):
+            names, a registered label-set name, a label-list file, or a label-embedding file (or
+            :class:`~clip_gs.teachers.label_embeddings.LabelEmbeddings`), whose rows are used as they
+            are, with no text tower loaded, after checking that the model's teacher made them.
+            Otherwise the names are encoded by the model's teacher with
+            :data:`~clip_gs.teachers.TEMPLATES` (:func:`~clip_gs.teachers.label_embeddings.compute_label_embeddings`).
+        progress: a progress bar while encoding (None: for long label sets).
+
     Raises:
-        ConfigError: an invalid label set (see :func:`~clip_gs.teachers.load_label_set`).
+        ConfigError: an invalid label set; label embeddings of another width than the model's.
+        DatasetError: an invalid label-embedding file.
+        TeacherMismatchError: label embeddings made by another teacher than the model's (names both).
         WeightsUnavailableError: the teacher is not available offline.
     """
-    from clip_gs.teachers.prompts import TEMPLATES, load_label_set, zero_shot_weights
-
-    names = load_label_set(labels)
-    teacher = usage.teacher()
-    weights = zero_shot_weights(teacher, names, TEMPLATES).float().cpu()
+    table = model_label_embeddings(usage, labels, progress)
+    names, weights = list(table.names), table.weights.float().cpu()
     same = indistinguishable_classes(names, weights)
     if same:
         logger.warning(
             "teacher %s gives %d classes the same text embedding (words it does not know?), so their scores are equal: "
             "%s",
-            teacher.identity,
+            table.teacher,
             sum(len(g) for g in same),
             "; ".join(", ".join(g[:4]) + (", ..." if len(g) > 4 else "") for g in same[:3]),
         )
     return names, weights
+
+
+def model_label_embeddings(
+    usage: LoadedModel, labels: str | Path | Sequence[str] | LabelEmbeddings, progress: bool | None = False
+) -> LabelEmbeddings:
+    """The :class:`~clip_gs.teachers.label_embeddings.LabelEmbeddings` of a label source for a model
+    (see :func:`class_weights`): a label-embedding file checked against the model's teacher and width,
+    else the label set encoded by the model's teacher.
+
+    Raises:
+        as :func:`class_weights`.
+    """
+    from clip_gs.teachers.label_embeddings import compute_label_embeddings, load_label_source
+
+    source = load_label_source(labels)
+    if not isinstance(source, LabelEmbeddings):
+        return compute_label_embeddings(usage.teacher(), source, progress=progress)
+    expected = usage.teacher_identity
+    if not expected:
+        raise ConfigError(f"model {usage.source} records no teacher, so {source.where} cannot be checked against it; "
+                          "pass --teacher SPEC (the teacher it was trained with)")  # fmt: skip
+    source.check_teacher(expected, f"model {usage.source}")
+    if source.embed_dim != usage.embed_dim:
+        raise ConfigError(f"{source.where}: {source.embed_dim}-dimensional rows, model {usage.source} embeds in "
+                          f"{usage.embed_dim}")  # fmt: skip
+    return source
 
 
 def indistinguishable_classes(names: Sequence[str], weights: Tensor, threshold: float = 0.9999) -> list[list[str]]:
@@ -128,7 +168,7 @@ def top_labels(
 def classify_files(
     files: Sequence[str | os.PathLike],
     model: LoadedModel | str | os.PathLike,
-    labels: str | Path | Sequence[str],
+    labels: str | Path | Sequence[str] | LabelEmbeddings,
     k: int = 5,
     mesh_gaussians: int = MESH_GAUSSIANS,
     seed: int = 0,
@@ -143,7 +183,10 @@ def classify_files(
         files: file paths (a folder stands for its 3DGS files and meshes, recursively).
         model: a :class:`LoadedModel` or a model folder / Hub repo id (:func:`load_model`).
         labels: class names, a registered label-set name (``"modelnet40"``, ``"objaverse-lvis"``,
-            ``"synthetic"``) or a label-set file (:func:`~clip_gs.teachers.load_label_set`).
+            ``"synthetic"``), a label-list file (:func:`~clip_gs.teachers.load_label_set`), or a
+            label-embedding file (``.safetensors``, ``clip-gs labels``) or its
+            :class:`~clip_gs.teachers.label_embeddings.LabelEmbeddings`: then no text tower is loaded
+            (:func:`class_weights`).
         k: classes reported per file (at most the label set's size).
         mesh_gaussians: surface samples of a mesh (:data:`~clip_gs.gaussians.assets.MESH_GAUSSIANS`).
         seed: seed of the mesh sampling and of the model's resampling.
@@ -157,7 +200,9 @@ def classify_files(
 
     Raises:
         ConfigError: no files, ``k < 1``, a bad label set.
-        WeightsUnavailableError / TeacherMismatchError: the model's teacher cannot be loaded.
+        DatasetError: an invalid label-embedding file.
+        WeightsUnavailableError / TeacherMismatchError: the model's teacher cannot be loaded; label
+            embeddings of another teacher.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive int, got {k!r}")
@@ -200,5 +245,6 @@ __all__ = [
     "expand_files",
     "format_classification",
     "indistinguishable_classes",
+    "model_label_embeddings",
     "top_labels",
 ]

@@ -1,7 +1,7 @@
 """The ``clip-gs classify``, ``clip-gs embed`` and ``clip-gs search`` commands (registered by
 :func:`add_usage_parsers` from ``clip_gs.cli``).
 
-    clip-gs classify FILE... --model M (--labels a,b,c | --label-set NAME | --labels-file F) [--k 5] [--json]
+    clip-gs classify FILE... --model M (--labels a,b,c | --label-set NAME_OR_FILE) [--k 5] [--json]
     clip-gs embed FOLDER --out INDEX --model M
     clip-gs search INDEX (--text T | --image PNG | --like FILE) [--k 5] [--json] [--sheet hits.png] [--model M]
 
@@ -15,13 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-
-def _label_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"--labels takes comma-separated class names, got {text!r}")
-    return names
 
 
 def _positive(text: str) -> int:
@@ -58,9 +51,9 @@ def add_usage_parsers(subparsers) -> None:
     )
     _add_model_options(classify, required=True)
     labels = classify.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--labels", type=_label_list, help='comma-separated class names, e.g. "chair,table,lamp"')
-    labels.add_argument("--label-set", help="a shipped label set: modelnet40, objaverse-lvis, synthetic")
-    labels.add_argument("--labels-file", help="a label-set file: one name per line (# comments) or a JSON list")
+    from clip_gs.teachers.label_options import add_label_options
+
+    add_label_options(labels)
     classify.add_argument("--k", type=_positive, default=5, help="labels shown per file")
     classify.add_argument("--json", action="store_true", help="print a JSON list (one object per file) instead of text")
     _add_sampling_options(classify)
@@ -97,19 +90,12 @@ def _report_failures(failures) -> None:
 
 def run_classify(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs classify``."""
-    from pathlib import Path
-
     from clip_gs.errors import EXIT_SOME_FAILED
-    from clip_gs.teachers.prompts import named_label_set
     from clip_gs.usage.classify import classify_files, format_classification
     from clip_gs.model.loaded import load_model
+    from clip_gs.teachers.label_options import label_source
 
-    if args.labels is not None:
-        labels = args.labels
-    elif args.label_set is not None:
-        labels = named_label_set(args.label_set)
-    else:
-        labels = Path(args.labels_file)
+    labels = label_source(args)
     usage = load_model(args.model, teacher=args.teacher, device=args.device)
     results = classify_files(
         args.files, usage, labels, k=args.k, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
