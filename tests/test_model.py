@@ -24,7 +24,7 @@ from clip_gs.model import create_model
 from clip_gs.model.uni3d import load_uni3d
 from tests.conftest import real_file, requires_cuda
 from tests.test_cloud import random_cloud
-from tests.uni3d_reference import Uni3DPointEncoderReference
+from tests.uni3d_reference import Uni3DPointEncoderReference, deepspeed_model_states
 
 SMALL = dict(num_gaussians=512, num_groups=32, group_size=16)
 """Tokenizer sizes that keep CPU tests fast."""
@@ -289,41 +289,6 @@ def test_pc_baseline_matches_the_reference_uni3d_forward(tmp_path):
     full = load_uni3d(reference.uni3d_state_dict(), size="tiny", **SMALL).eval()
     with torch.no_grad():
         assert torch.allclose(full(features[None]), expected, atol=1e-5)
-
-
-def deepspeed_model_states(state: dict) -> dict:
-    """A checkpoint laid out as DeepSpeed's ``save_checkpoint`` writes ``mp_rank_00_model_states.pt``
-    (the structure of the published ``BAAI/Uni3D`` ``model.pt`` files): the weights under
-    ``module``, DeepSpeed's own entries, and a training script's client state."""
-    import argparse
-    from collections import OrderedDict
-
-    import numpy as np
-
-    return {
-        "module": OrderedDict(state),
-        "buffer_names": [k for k in state if "running_" in k or "num_batches" in k],
-        "optimizer": None,
-        "param_shapes": [OrderedDict((k, v.shape) for k, v in state.items() if "running_" not in k)],
-        "frozen_param_shapes": None,
-        "shared_params": {},
-        "frozen_param_fragments": None,
-        "lr_scheduler": None,
-        "data_sampler": None,
-        "random_ltd": None,
-        "sparse_tensor_module_names": set(),
-        "skipped_steps": 0,
-        "global_steps": 12_000,
-        "global_samples": 1_536_000,
-        "dp_world_size": 8,
-        "mp_world_size": 1,
-        "ds_config": {"train_batch_size": 128, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
-        "ds_version": "0.9.5",
-        # client state of the training script
-        "epoch": 10,
-        "best_zero_shot_acc": np.float64(0.4625),
-        "args": argparse.Namespace(model="create_uni3d", lr=1e-3, batch_size=16),
-    }
 
 
 def test_deepspeed_layout_checkpoint_loads_with_weights_only(tmp_path):

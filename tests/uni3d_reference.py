@@ -91,3 +91,38 @@ class Uni3DPointEncoderReference(nn.Module):
         state = {f"point_encoder.{k}": v for k, v in self.state_dict().items()}
         state["logit_scale"] = torch.tensor(2.6593)
         return {"module": state}
+
+
+def deepspeed_model_states(state: dict) -> dict:
+    """A checkpoint laid out as DeepSpeed's ``save_checkpoint`` writes ``mp_rank_00_model_states.pt``
+    (the structure of the published ``BAAI/Uni3D`` ``model.pt`` files): the weights under
+    ``module``, DeepSpeed's own entries, and a training script's client state."""
+    import argparse
+    from collections import OrderedDict
+
+    import numpy as np
+
+    return {
+        "module": OrderedDict(state),
+        "buffer_names": [k for k in state if "running_" in k or "num_batches" in k],
+        "optimizer": None,
+        "param_shapes": [OrderedDict((k, v.shape) for k, v in state.items() if "running_" not in k)],
+        "frozen_param_shapes": None,
+        "shared_params": {},
+        "frozen_param_fragments": None,
+        "lr_scheduler": None,
+        "data_sampler": None,
+        "random_ltd": None,
+        "sparse_tensor_module_names": set(),
+        "skipped_steps": 0,
+        "global_steps": 12_000,
+        "global_samples": 1_536_000,
+        "dp_world_size": 8,
+        "mp_world_size": 1,
+        "ds_config": {"train_batch_size": 128, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
+        "ds_version": "0.9.5",
+        # client state of the training script
+        "epoch": 10,
+        "best_zero_shot_acc": np.float64(0.4625),
+        "args": argparse.Namespace(model="create_uni3d", lr=1e-3, batch_size=16),
+    }

@@ -12,7 +12,7 @@ Resolution of a name (:func:`uni3d_folder`):
    ``hf download BAAI/Uni3D modelzoo/uni3d-b-no-lvis/model.pt`` was run (or whose cache was copied
    from one) is served offline; with the network it is downloaded there.
 2. The first use converts it (:func:`~clip_gs.model.uni3d.convert_uni3d_state_dict`) into a model
-   folder under ``cache_root()/models/<name>-<sha256[:16]>/``: ``config.json``,
+   folder under ``cache_root()/models/<name>/`` (other checkpoints: ``<name>-<sha256[:16]>/``): ``config.json``,
    ``model.safetensors``, ``teacher.json`` (Uni3D's teacher, :data:`UNI3D_TEACHER`) and
    ``source.json`` (the source file's reference, name and SHA-256). Later uses load the folder.
 3. Offline without the file: :class:`~clip_gs.errors.WeightsUnavailableError` naming the repo, the
@@ -180,10 +180,12 @@ def uni3d_folder(
     """
     reference = str(checkpoint)
     known = PRETRAINED.get(reference)
+    if known is not None and (cache_root() / "models" / known.name / SOURCE_NAME).is_file():
+        return cache_root() / "models" / known.name  # converted before: the Hub file is not needed again
     path = checkpoint_file(reference)
     digest = file_sha256(path)
     label = name or (known.name if known else f"uni3d-{digest[:8]}")
-    folder = cache_root() / "models" / f"{label}-{digest[:16]}"
+    folder = cache_root() / "models" / (known.name if known else f"{label}-{digest[:16]}")
     if (folder / SOURCE_NAME).is_file():
         return folder
     source = {"name": label, "source": known.reference if known else reference, "file": path.name, "sha256": digest,
