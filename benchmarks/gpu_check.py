@@ -114,8 +114,20 @@ STEPS = (
     Step("train-throughput", ("cuda", "install"), 150),
     Step("lightning-fit", ("cuda", "install"), 180),
     Step("prepare-cuda", ("cuda", "install"), 150),
+    Step("uni3d-modelnet40", ("cuda", "install", "network", "modelnet40"), 240),
 )
 """The steps in order of value (name, prerequisites, timeout)."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers on port 443 (the device machine normally has no network)."""
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class Runner:
@@ -176,6 +188,14 @@ class Runner:
                     reasons.append(f"the preflight did not report ({self.status.get('preflight', 'not run')})")
                 elif not self.preflight.get("cuda", {}).get("available"):
                     reasons.append(f"no CUDA device: {self.preflight.get('cuda', {}).get('reason', 'unknown')}")
+            elif need == "network":
+                if not _hub_reachable():
+                    reasons.append("no network: huggingface.co cannot be reached (Uni3D's weights are downloaded)")
+            elif need == "modelnet40":
+                root, data = os.environ.get("CLIP_GS_MODELNET40"), os.environ.get("CLIP_GS_UNI3D_DATA")
+                if not (root and Path(root).is_dir() and data and Path(data).is_dir()):
+                    reasons.append("CLIP_GS_MODELNET40 (ModelNet40 folder) and CLIP_GS_UNI3D_DATA (Uni3D's data/ "
+                                   "with templates.json and labels.json) must name folders")
             elif need == "inputs":
                 inputs = (self.preflight or {}).get("inputs", {})
                 if not inputs.get("ok"):

@@ -574,9 +574,30 @@ def step_prepare_cuda(args) -> dict:
     return numbers
 
 
+UNI3D_MODELNET40_TOP1 = 86.1
+"""Uni3D's README: ``uni3d-b-no-lvis`` zero-shot top-1 on ModelNet40."""
+
+
+def step_uni3d_modelnet40(args) -> dict:
+    """Uni3D-B-no-LVIS's published ModelNet40 zero-shot through clip-gs (``clip-gs eval`` with the ``uni3d``
+    protocol); runs only where the network and the dataset are (see gpu_check.py)."""
+    out = args.work / "uni3d-modelnet40"
+    cmd = [sys.executable, "-m", "clip_gs", "eval", "--model", "uni3d-b-no-lvis", "--benchmark", "modelnet40",
+           "--root", os.environ["CLIP_GS_MODELNET40"], "--task", "zeroshot", "--zeroshot-protocol", "uni3d",
+           "--uni3d-data", os.environ["CLIP_GS_UNI3D_DATA"], "--device", "cuda", "--out", str(out), "--quiet"]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    report = json.loads((out / "report.json").read_text())
+    top1 = 100 * report["tasks"]["zeroshot"]["top1"]
+    numbers = {"top1": round(top1, 2), "published_top1": UNI3D_MODELNET40_TOP1, "objects": report["num_objects"]}
+    if abs(top1 - UNI3D_MODELNET40_TOP1) > 1.0:
+        raise StepFailed(f"ModelNet40 top-1 {top1:.1f} is more than 1 point from Uni3D's {UNI3D_MODELNET40_TOP1}", numbers)
+    return numbers
+
+
 STEPS = {"preflight": step_preflight, "gsplat-compile": step_gsplat_compile, "gsplat-parity": step_gsplat_parity,
          "cuda-tests": step_cuda_tests, "paper-fit": step_paper_fit, "train-throughput": step_train_throughput,
-         "lightning-fit": step_lightning_fit, "prepare-cuda": step_prepare_cuda}  # fmt: skip
+         "lightning-fit": step_lightning_fit, "prepare-cuda": step_prepare_cuda,
+         "uni3d-modelnet40": step_uni3d_modelnet40}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

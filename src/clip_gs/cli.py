@@ -2,7 +2,7 @@
 
 Subcommands:
     clip-gs info FILE                       count, SH degree, bounds, attribute statistics
-    clip-gs render FILE -o sheet.png        contact sheet of orbit views of a 3DGS file or a mesh
+    clip-gs render FILE --out sheet.png     contact sheet of orbit views of a 3DGS file or a mesh
     clip-gs prepare SOURCE --out DIR        triplet shards (3DGS, teacher view/caption embeddings)
     clip-gs fit-gaussians MESH|DIR --out F  3DGS fitted to Blender renders of a mesh or to transforms.json views
     clip-gs verify DIR|s3://...             re-read and checksum every record; exit 3 when some are damaged
@@ -10,6 +10,7 @@ Subcommands:
     clip-gs eval --model M --data DIR       zero-shot, few-shot and retrieval on a prepared split
     clip-gs push DIR --repo-id ORG/NAME     upload an exported model with its generated model card
     clip-gs classify FILE... --model M ...  zero-shot labels of 3DGS files and meshes (also: embed, search)
+    clip-gs labels --teacher T ... --out F  a label-embedding file: zero-shot with no text tower
 
 Errors of the package (:class:`~clip_gs.ClipGSError`) are printed as one line and exit with
 status 2; anything else is a bug and keeps its traceback. ``prepare`` exits with 3 when some
@@ -81,6 +82,10 @@ def parse_background(text: str) -> tuple[float, float, float]:
     return values
 
 
+BACKGROUND_HELP = "white, black, grey or r,g,b in [0, 1]"
+ELEVATION_HELP = "camera elevation of the views in degrees"
+
+
 def _vec(v: torch.Tensor) -> str:
     return "(" + ", ".join(f"{x:.4g}" for x in v.tolist()) + ")"
 
@@ -88,7 +93,7 @@ def _vec(v: torch.Tensor) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from clip_gs.gaussians.assets import read_asset
 
-    cloud = read_asset(args.file, mesh_gaussians=args.num_gaussians, seed=args.seed)  # the file's own frame
+    cloud = read_asset(args.file, mesh_gaussians=args.mesh_gaussians, seed=args.seed)  # the file's own frame
     print(format_info(cloud))
     return 0
 
@@ -98,12 +103,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     from clip_gs.gaussians.frames import resolve_up
     from clip_gs.render import render_sheet
 
-    cloud = read_asset(args.file, mesh_gaussians=args.num_gaussians, seed=args.seed)
+    cloud = read_asset(args.file, mesh_gaussians=args.mesh_gaussians, seed=args.seed)
     up = resolve_up(args.file, args.up)
     sheet = render_sheet(
         cloud, views=args.views, size=args.size, elevation=args.elevation, up=up, background=args.background
     )
-    output = Path(args.output)
+    output = Path(args.out)
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     how = f"up {up}" + (" (auto)" if args.up == "auto" else "")
@@ -112,6 +117,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from clip_gs.cli_flags import storage_options
     from clip_gs.data.prepare import PrepareSettings, prepare_dataset
     from clip_gs.errors import EXIT_SOME_FAILED
 
@@ -127,8 +133,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
         min_caption_coverage=args.min_caption_coverage, device=args.device, precision=args.precision,
         workers=args.workers, num_nodes=args.num_nodes, node_rank=args.node_rank, merge=args.merge,
-        storage_options={"endpoint_url": args.endpoint_url} if args.endpoint_url else None,
-        embeddings=args.embeddings,
+        storage_options=storage_options(args.endpoint_url), embeddings=args.embeddings,
     )  # fmt: skip
     for failure in summary.failures:
         print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
@@ -137,6 +142,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def add_fit_parser(sub) -> None:
+    from clip_gs.cli_flags import add_device_argument, add_quiet_argument, add_seed_argument
     from clip_gs.data.fitted import DEFAULT_HELD_OUT, DEFAULT_VIEWS
     from clip_gs.fitting.fit import FitConfig
 
@@ -148,7 +154,8 @@ def add_fit_parser(sub) -> None:
         "Blender's Cycles (pip install clip-gs[render]) from --views cameras spread over the sphere plus "
         "--held-out cameras between them, and the fit starts from its surface samples. A folder holds "
         "transforms.json + images (NeRF/Blender layout); every k-th view is held out, and the fit starts "
-        "from --init (a mesh, 3DGS or point-cloud file) or, without it, from random points in the unit ball.",
+        "from --init (a mesh, 3DGS or point-cloud file) or, without it, from random points in the unit ball. "
+        "It runs on the CPU with the compiled kernels, on CUDA with gsplat.",
     )
     fit.add_argument("input", help="mesh file (.glb, .gltf, .obj, .ply, .stl) or folder with transforms.json")
     fit.add_argument("--out", required=True, help="output 3DGS file (.ply, .splat, .spz)")
@@ -163,12 +170,12 @@ def add_fit_parser(sub) -> None:
     fit.add_argument("--max-gaussians", type=int, default=defaults.max_gaussians, help="cap on the count")
     fit.add_argument("--init", default=None, help="folder input: starting points (mesh, 3DGS or point-cloud file)")
     fit.add_argument("--init-gaussians", type=int, default=None, help="starting count (default: half the cap)")
-    fit.add_argument("--device", default="cpu", help="cpu (compiled kernels) or cuda[:N] (gsplat)")
-    fit.add_argument("--seed", type=int, default=defaults.seed)
+    add_device_argument(fit)
+    add_seed_argument(fit)
     fit.add_argument("--save-views", default=None,
                      help="mesh input: also write the rendered views as a transforms.json folder (a new or "
                      "empty one)")  # fmt: skip
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_argument(fit)
     fit.set_defaults(func=cmd_fit_gaussians)
 
 
@@ -204,7 +211,9 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
     from clip_gs.fitting.fit import FitConfig, fit_gaussians
     from clip_gs.fitting.posed import views_folder_is_free, write_posed_images
     from clip_gs.gaussians import save_gaussians
+    from clip_gs.model.precision import resolve_device
 
+    device = resolve_device(args.device)  # once, before any work: "auto" is CUDA when available
     config = FitConfig(iterations=args.iterations, sh_degree=args.sh_degree, max_gaussians=args.max_gaussians,
                        seed=args.seed)  # fmt: skip
     source = Path(args.input)
@@ -222,10 +231,10 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
         train_ids, test_ids = _held_out_split(len(posed), args.held_out)
         train, test = posed[torch.tensor(train_ids)], (posed[torch.tensor(test_ids)] if test_ids else None)
         init = _folder_init(source, args.init, count, args.seed)
-        result = fit_gaussians(train, init, config, held_out=test, device=args.device, progress=not args.quiet)
+        result = fit_gaussians(train, init, config, held_out=test, device=device, progress=not args.quiet)
     else:
         fitted = fit_mesh(source, config, views=args.views, held_out=args.held_out, size=args.size,
-                          samples=args.samples, init_gaussians=count, device=args.device,
+                          samples=args.samples, init_gaussians=count, device=device,
                           progress=not args.quiet)  # fmt: skip
         result, train = fitted.result, fitted.views
         if args.save_views:
@@ -242,11 +251,11 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from clip_gs.cli_flags import storage_options
     from clip_gs.data.verify import verify_dataset
     from clip_gs.errors import EXIT_SOME_FAILED
 
-    storage = {"endpoint_url": args.endpoint_url} if args.endpoint_url else None
-    report = verify_dataset(args.root, storage_options=storage, progress=not args.quiet)
+    report = verify_dataset(args.root, storage_options=storage_options(args.endpoint_url), progress=not args.quiet)
     for entry in report.damaged:
         where = entry["split"] if entry["index"] is None else f"{entry['split']}[{entry['index']}]"
         print(f"damaged: {where}: {entry['error']}: {entry['message']}", file=sys.stderr)
@@ -254,17 +263,46 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_SOME_FAILED
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Handler of ``clip-gs models``: every name ``--model`` and ``create_model`` take, with what it is."""
+    from clip_gs.downloads import cache_root
+    from clip_gs.model import MODEL_CONFIGS, PRETRAINED, list_models
+
+    print(f"{'name':<17} {'width x depth':<14} weights")
+    for name in list_models():
+        c = MODEL_CONFIGS.get(name) or MODEL_CONFIGS[f"clip-gs-{PRETRAINED[name].size}"]
+        if name in MODEL_CONFIGS:
+            weights = "none: random, or create_model(name, pretrained=NAME)"
+        else:
+            p = PRETRAINED[name]
+            where = "converted and cached" if (cache_root() / "models" / name).is_dir() else f"hf download BAAI/Uni3D {p.filename}"
+            weights = f"Uni3D, {'with' if p.lvis else 'without'} Objaverse-LVIS ({where})"
+        print(f"{name:<17} {f'{c.width} x {c.depth}':<14} {weights}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting",
         epilog="training: clip-gs fit|validate|test|predict --config FILE.yaml (LightningCLI; see clip-gs fit --help)",
     )
+    from clip_gs.cli_flags import (
+        add_device_argument,
+        add_endpoint_url_argument,
+        add_mesh_gaussians_argument,
+        add_overwrite_argument,
+        add_precision_argument,
+        add_quiet_argument,
+        add_seed_argument,
+        add_up_argument,
+    )
+
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_asset_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("file", help="3DGS file (.ply, .splat, .spz, compressed .ply) or mesh (.obj, .glb, ...)")
-        p.add_argument("--num-gaussians", type=int, default=100_000, help="Gaussians sampled on a mesh")
-        p.add_argument("--seed", type=int, default=0, help="seed of the mesh surface sampling")
+        add_mesh_gaussians_argument(p)
+        add_seed_argument(p)
 
     info = sub.add_parser("info", help="print count, SH degree, bounds and attribute statistics")
     add_asset_options(info)
@@ -272,19 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser("render", help="render a contact sheet of orbit views")
     add_asset_options(render)
-    render.add_argument("-o", "--output", required=True, help="output image (.png, .jpg)")
+    render.add_argument("--out", required=True, help="output image (.png, .jpg)")
     render.add_argument("--views", type=int, default=4, help="number of orbit views")
     render.add_argument("--size", type=int, default=256, help="view width and height in pixels")
-    render.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees")
-    render.add_argument(
-        "--up",
-        default="auto",
-        help="world up axis: auto (default: the axis a clip-gs ply declares, else -y for 3DGS files, "
-        "which INRIA/COLMAP captures are, and +y for meshes), +y (glTF), -y, +z, -z",
-    )
-    render.add_argument(
-        "--background", type=parse_background, default="white", help="white, black, grey or r,g,b in [0, 1]"
-    )
+    render.add_argument("--elevation", type=float, default=20.0, help=ELEVATION_HELP)
+    add_up_argument(render)
+    render.add_argument("--background", type=parse_background, default="white", help=BACKGROUND_HELP)
     render.set_defaults(func=cmd_render)
 
     prepare = sub.add_parser("prepare", help="build triplet shards: 3DGS + teacher embeddings of views and captions")
@@ -305,11 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         "sources only, else synthetic-clip; a folder source without a cached EVA-CLIP must name one)",
     )  # fmt: skip
     prepare.add_argument("--views", type=int, default=8, help="orbit views rendered per object (paper: 36)")
-    prepare.add_argument("--elevation", type=float, default=20.0, help="camera elevation of the views in degrees")
+    prepare.add_argument("--elevation", type=float, default=20.0, help=ELEVATION_HELP)
     prepare.add_argument("--image-size", type=int, default=None, help="view size (default: the teacher's)")
-    prepare.add_argument("--background", type=parse_background, default="white", help="white, black, grey or r,g,b")
-    prepare.add_argument("--up", default="auto", help="world up axis of file inputs (auto, +y, -y, +z, -z)")
-    prepare.add_argument("--mesh-gaussians", type=int, default=10_000, help="Gaussians sampled on each mesh")
+    prepare.add_argument("--background", type=parse_background, default="white", help=BACKGROUND_HELP)
+    add_up_argument(prepare)
+    add_mesh_gaussians_argument(prepare)
     prepare.add_argument("--synthetic-gaussians", type=int, default=2048, help="Gaussians per synthetic object")
     prepare.add_argument(
         "--synthetic-pose", default="random", choices=("random", "upright", "canonical"),
@@ -329,28 +360,30 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
-    prepare.add_argument("--seed", type=int, default=0, help="seed of splits, mesh sampling and the synthetic set")
+    add_seed_argument(prepare)
     prepare.add_argument("--embeddings", default=None, help="folder of precomputed embeddings, <id or uid>.safetensors "
                          "per object (clip_gs.data.precomputed): no rendering, no image tower")
-    prepare.add_argument("--device", default="cpu", help="teacher, rendering and fits: cpu, cuda (each worker "
-                         "its own GPU) or cuda:N")
-    prepare.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="the teacher's precision")
-    prepare.add_argument("--workers", type=int, default=1, help="processes on this machine (LitData map); same result")
+    add_device_argument(prepare)  # the teacher, the rendering and fits
+    add_precision_argument(prepare)  # the teacher's
+    prepare.add_argument("--workers", type=int, default=1,
+                         help="processes on this machine (LitData map; with --device cuda each takes a GPU); same result")
     prepare.add_argument("--num-nodes", type=int, default=1, help="machines sharing the work (each takes a hash share)")
     prepare.add_argument("--node-rank", type=int, default=0, help="this machine's rank in [0, --num-nodes)")
     prepare.add_argument("--merge", action="store_true", help="with --num-nodes: merge the finished parts into one dataset")
-    prepare.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// outputs (else boto3's default)")
+    add_endpoint_url_argument(prepare)
     prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
-    prepare.add_argument("--overwrite", action="store_true", help="discard records of an earlier run")
-    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_overwrite_argument(prepare)
+    add_quiet_argument(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
     add_fit_parser(sub)  # clip-gs fit-gaussians
     verify = sub.add_parser("verify", help="re-read every record of a prepared dataset; list what is damaged")
     verify.add_argument("root", help="dataset folder or s3:// prefix (with manifest.json)")
-    verify.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// roots (else boto3's default)")
-    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_endpoint_url_argument(verify)
+    add_quiet_argument(verify)
     verify.set_defaults(func=cmd_verify)
+    models = sub.add_parser("models", help="list the model names: configurations and pretrained weights")
+    models.set_defaults(func=cmd_models)
     from clip_gs.offline_teacher.cli import add_teacher_parser  # clip-gs teacher build / eval
 
     add_teacher_parser(sub)
@@ -360,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_gs.usage.cli import add_usage_parsers  # clip-gs classify / embed / search
 
     add_usage_parsers(sub)
+    from clip_gs.usage.labels_cli import add_labels_parser  # clip-gs labels
+
+    add_labels_parser(sub)
     from clip_gs.model.push_cli import add_hub_parser  # clip-gs push
 
     add_hub_parser(sub)
