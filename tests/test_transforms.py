@@ -10,6 +10,7 @@ import torch
 from clip_gs import GaussianCloud
 from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.data import (
+    ColorDrop,
     ColorJitter,
     Compose,
     PositionJitter,
@@ -314,3 +315,25 @@ def test_bad_parameters_raise_config_errors_naming_the_problem(make, message):
 def test_a_non_cloud_input_is_a_format_error():
     with pytest.raises(GaussianFormatError, match="RandomScale needs a GaussianCloud, got Tensor"):
         RandomScale()(torch.zeros(10, 3), seed=0)
+
+
+def test_color_drop_greys_whole_objects_for_a_seeded_fraction():
+    """Uni3D's colour drop: with probability p the object's colour is flat grey (view-independent), else
+    untouched; the draw is a pure function of the seed and geometry never changes."""
+    torch.manual_seed(0)
+    cloud = GaussianCloud(torch.randn(200, 3), torch.randn(200, 4, 3), torch.randn(200), torch.randn(200, 3),
+                          torch.randn(200, 4))  # fmt: skip
+    drop = ColorDrop(p=0.5, grey=0.4)
+    dropped = [seed for seed in range(400) if drop.drops(seed)]
+    assert 160 < len(dropped) < 240  # about half
+    grey = drop(cloud, dropped[0])
+    torch.testing.assert_close(grey.rgb, torch.full_like(cloud.rgb, 0.4))
+    assert torch.count_nonzero(grey.sh[:, 1:]) == 0  # no view-dependent colour left
+    for field in ("means", "opacity_logits", "log_scales", "quats"):
+        assert torch.equal(getattr(grey, field), getattr(cloud, field))
+    kept = next(seed for seed in range(400) if seed not in dropped)
+    assert torch.equal(drop(cloud, kept).sh, cloud.sh)
+    assert not ColorDrop(p=0.0).drops(0) and ColorDrop(p=1.0).drops(0)
+    with pytest.raises(ConfigError, match="ColorDrop"):
+        ColorDrop(p=1.5)
+

@@ -12,6 +12,7 @@ from clip_gs.data.synthetic import (
 )
 from clip_gs.data.transforms import (
     CloudTransform,
+    ColorDrop,
     ColorJitter,
     Compose,
     PositionJitter,
@@ -32,6 +33,7 @@ __all__ = [
     "PATTERNS",
     "SHAPE_CLASSES",
     "CloudTransform",
+    "ColorDrop",
     "ColorJitter",
     "Compose",
     "PositionJitter",

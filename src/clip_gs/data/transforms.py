@@ -307,6 +307,37 @@ class ColorJitter(CloudTransform):
 
 
 @dataclass(frozen=True)
+class ColorDrop(CloudTransform):
+    """With probability ``p``, the whole object's colour becomes a flat ``grey`` (SH DC set so that
+    ``rgb == grey``, higher SH bands zeroed); otherwise the object is unchanged. Uni3D's training
+    drops colour this way for half the samples (``rgb = 0.4`` where its loader keeps none), so the
+    encoder also serves colourless sets such as ModelNet40, which Uni3D evaluates in grey 0.4.
+
+    Args:
+        p: drop probability in [0, 1], default 0.5 (Uni3D).
+        grey: the flat colour in [0, 1], default 0.4 (Uni3D).
+    """
+
+    p: float = 0.5
+    grey: float = 0.4
+
+    def __post_init__(self) -> None:
+        _check_float("ColorDrop", "p", self.p, 0.0, 1.0)
+        _check_float("ColorDrop", "grey", self.grey, 0.0, 1.0)
+
+    def drops(self, seed: int) -> bool:
+        """Whether the sample of ``seed`` loses its colour."""
+        return bool(torch.rand((), generator=_generator(seed), dtype=torch.float64) < self.p)
+
+    def apply_one(self, cloud: GaussianCloud, seed: int) -> GaussianCloud:
+        if not self.drops(seed):
+            return cloud
+        sh = torch.zeros_like(cloud.sh)
+        sh[..., 0, :] = (self.grey - 0.5) / SH_C0
+        return cloud.replace(sh=sh)
+
+
+@dataclass(frozen=True)
 class Resample(CloudTransform):
     """Exactly ``num_gaussians`` Gaussians via :meth:`GaussianCloud.resample` (seeded subset or
     duplicates, input order kept).
@@ -357,6 +388,7 @@ class Compose(CloudTransform):
 
 __all__ = [
     "CloudTransform",
+    "ColorDrop",
     "ColorJitter",
     "Compose",
     "PositionJitter",

@@ -35,7 +35,7 @@ from lightning.pytorch import LightningDataModule
 
 from clip_gs.data.batches import SampleProcessor, collate_triplets
 from clip_gs.data.shards import TripletShardDataset, default_cache_dir, is_remote, join, read_manifest
-from clip_gs.data.transforms import ColorJitter, Compose, PositionJitter, RandomRotation, RandomScale, RandomTranslation
+from clip_gs.data.transforms import ColorDrop, ColorJitter, Compose, PositionJitter, RandomRotation, RandomScale, RandomTranslation
 from clip_gs.data.triplets import Manifest
 from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsError
 
@@ -74,8 +74,11 @@ def build_augmentation(
     position_jitter: float = 0.005,
     color_gain: float = 0.1,
     brightness: float = 0.05,
+    color_drop: float = 0.0,
+    color_drop_grey: float = 0.4,
 ) -> Compose:
-    """The training augmentation: rotation, scale, translation, position jitter, colour jitter (in that order).
+    """The training augmentation: rotation, scale, translation, position jitter, colour jitter, colour drop
+    (in that order).
 
     Args:
         rotation: ``"up"`` (about ``up_axis``, angle uniform in +-``max_rotation_deg``), ``"so3"``
@@ -85,6 +88,8 @@ def build_augmentation(
         position_jitter: sigma of per-Gaussian position noise (0: off).
         color_gain, brightness: per-channel gain in ``1 +- color_gain`` and a shared offset in
             ``+-brightness`` (0, 0: off).
+        color_drop, color_drop_grey: probability that an object's colour becomes a flat grey
+            (:class:`~clip_gs.data.transforms.ColorDrop`; Uni3D: 0.5 and 0.4; 0: off).
     """
     steps = []
     if rotation not in ("up", "so3", "none"):
@@ -99,6 +104,8 @@ def build_augmentation(
         steps.append(PositionJitter(sigma=position_jitter))
     if color_gain or brightness:
         steps.append(ColorJitter(gain=color_gain, brightness=brightness))
+    if color_drop:
+        steps.append(ColorDrop(p=color_drop, grey=color_drop_grey))
     return Compose(steps)
 
 
@@ -120,7 +127,8 @@ class GaussianDataModule(LightningDataModule):
         augment: augment training clouds (:func:`build_augmentation` with the fields below);
             off: training inputs are exactly ``preprocess(cloud, N, scale_activation, seed=seed)``.
         rotation, max_rotation_deg, up_axis, min_scale, max_scale, max_translation,
-            position_jitter, color_gain, brightness: the augmentation (:func:`build_augmentation`).
+            position_jitter, color_gain, brightness, color_drop, color_drop_grey: the augmentation
+            (:func:`build_augmentation`).
         seed: base seed of every per-sample draw and of LitData's shuffle (and, for a
             ``synthetic:`` root, of the objects and splits ``prepare`` makes).
         synthetic_views: views rendered per object when ``prepare_data`` builds a ``synthetic:``
@@ -166,6 +174,8 @@ class GaussianDataModule(LightningDataModule):
         position_jitter: float = 0.005,
         color_gain: float = 0.1,
         brightness: float = 0.05,
+        color_drop: float = 0.0,
+        color_drop_grey: float = 0.4,
         seed: int = 0,
         synthetic_views: int = 8,
         synthetic_pose: str = "random",
@@ -204,6 +214,8 @@ class GaussianDataModule(LightningDataModule):
             "position_jitter": position_jitter,
             "color_gain": color_gain,
             "brightness": brightness,
+            "color_drop": color_drop,
+            "color_drop_grey": color_drop_grey,
         }
         self.augmentation = build_augmentation(**augmentation) if augment else None  # validated here, not in workers
         self.manifest: Manifest | None = None

@@ -149,7 +149,8 @@ class CLIPGSModule(LightningModule):
         max_logit_scale: cap of ``exp(logit_scale)`` (CLIP: 100), applied to the parameter after
             every optimiser step.
         lr, weight_decay, layer_decay, betas, eps: AdamW with layer-wise lr decay (Uni3D: 1e-3,
-            0.1, 0.95).
+            0.1, 0.95). ``betas`` (0.9, 0.999) and ``eps`` 1e-8 are Uni3D's optimiser rule for its point
+            model (open_clip's defaults for a model whose name is not a ViT's; 0.98 is CLIP's ViT rule).
         warmup_steps: linear warm-up steps (Uni3D: 10,000). min_lr_ratio: the cosine's floor.
         total_steps: schedule length; None takes ``trainer.estimated_stepping_batches``.
         finite_check_every: on an accelerator, check the loss for NaN / Inf every this many steps
@@ -179,7 +180,7 @@ class CLIPGSModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         layer_decay: float = 0.95,
-        betas: tuple[float, float] = (0.9, 0.98),
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         warmup_steps: int = 10_000,
         min_lr_ratio: float = 0.0,
