@@ -133,7 +133,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
         min_caption_coverage=args.min_caption_coverage, device=args.device, precision=args.precision,
         workers=args.workers, num_nodes=args.num_nodes, node_rank=args.node_rank, merge=args.merge,
-        storage_options=storage_options(args.endpoint_url), embeddings=args.embeddings,
+        storage_options=storage_options(args.endpoint_url), embeddings=args.embeddings, holdout=args.holdout,
     )  # fmt: skip
     for failure in summary.failures:
         print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--node-rank", type=int, default=0, help="this machine's rank in [0, --num-nodes)")
     prepare.add_argument("--merge", action="store_true", help="with --num-nodes: merge the finished parts into one dataset")
     add_endpoint_url_argument(prepare)
+    prepare.add_argument("--holdout", default=None, help="objects that never train: a uid list, the Objaverse-LVIS "
+                         "annotation or an OpenShape split file; they go to the heldout split")
     prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
     add_overwrite_argument(prepare)
     add_quiet_argument(prepare)

@@ -48,7 +48,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -556,14 +556,21 @@ def is_mesh_source(item: SourceItem) -> bool:
     return faces is not None and faces.count > 0
 
 
-def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up: str, device: str = "cpu"):
-    """``(cloud, uint8 images [V, S, S, 3], cameras, fit facts)`` of a mesh with ``gaussians="fitted"``:
-    the fit (:func:`~clip_gs.data.fitted.fit_mesh`), normalised as every stored cloud is, and the
-    teacher's orbit views rendered from the mesh by Blender in that same normalised frame."""
+def fit_source(item: SourceItem, settings: PrepareSettings, up: str, device: str = "cpu"):
+    """``(cloud, uint8 images [V, S, S, 3], cameras, fit facts)`` of a mesh with ``gaussians="fitted"``.
+
+    One Blender pass per object, the paper's data flow: the mesh is rendered once
+    (:func:`~clip_gs.data.fitted.fit_mesh`: ``fit_views`` training views and the held-out ones the fit
+    is scored on), the fit is made on the training views, and the teacher embeds those same
+    training views (``V = fit_views`` at ``fit_size``; the teacher resizes them to its input). The
+    record stores their cameras, moved into the frame of the normalised cloud, so it says which views
+    the teacher saw; training draws its K views per step from them. ``settings.views`` and
+    ``elevation_deg`` (the orbit of surface-sampled objects) do not apply.
+    """
     from clip_gs.data.fitted import fit_mesh
     from clip_gs.fitting import FitConfig
-    from clip_gs.render import orbit_cameras
-    from clip_gs.render.blender import composite, render_mesh
+    from clip_gs.render.blender import composite
+    from clip_gs.render.cameras import Cameras
 
     config = FitConfig(iterations=settings.fit_iterations, max_gaussians=settings.mesh_gaussians, seed=settings.seed)
     fitted = fit_mesh(item.source, config, views=settings.fit_views, size=settings.fit_size, device=device)
@@ -571,13 +578,15 @@ def fit_source(item: SourceItem, settings: PrepareSettings, image_size: int, up:
     means = cloud.means.double()
     centre = means.mean(dim=0)
     radius = float((means - centre).norm(dim=-1).max())
-    to_normalized = torch.eye(4, dtype=torch.float64)
-    to_normalized[:3, :3] /= radius
-    to_normalized[:3, 3] = -centre / radius
-    cameras = orbit_cameras(settings.views, elevation_deg=settings.elevation_deg, width=image_size,
-                            height=image_size, up=up)  # fmt: skip
-    rgba = render_mesh(item.source, cameras, world=to_normalized @ fitted.world, seed=settings.seed)
-    images = (composite(rgba, settings.background).clamp(0, 1) * 255).round().to(torch.uint8)
+    # the same cameras in the normalised frame (x_n = (x - centre) / radius): rotation kept, centre moved
+    views = fitted.views.cameras
+    rotation = views.viewmats[:, :3, :3].double()
+    position = -(rotation.transpose(1, 2) @ views.viewmats[:, :3, 3:].double())[..., 0]
+    moved = torch.eye(4, dtype=torch.float64).repeat(len(rotation), 1, 1)
+    moved[:, :3, :3] = rotation
+    moved[:, :3, 3] = -(rotation @ ((position - centre) / radius)[..., None])[..., 0]
+    cameras = Cameras(moved.to(views.viewmats.dtype), views.Ks, views.width, views.height)
+    images = (composite(fitted.views.images, settings.background).clamp(0, 1) * 255).round().to(torch.uint8)
     return cloud.normalized(), images, cameras, fitted.result.summary()
 
 
@@ -731,7 +740,7 @@ class ObjectPreparer:
             from clip_gs.gaussians.frames import MODEL_FRAME, frame_viewmats, resolve_up, to_frame
 
             up = resolve_up(item.source, settings.up)  # rendered and fitted in the mesh's frame, then moved
-            cloud, images, cameras, fit = fit_source(item, settings, self.image_size, up, device)
+            cloud, images, cameras, fit = fit_source(item, settings, up, device)
             cloud = to_frame(cloud, up, MODEL_FRAME)
             cameras = dataclasses.replace(cameras, viewmats=frame_viewmats(cameras.viewmats, up, MODEL_FRAME))
             captions = item.captions
@@ -931,6 +940,7 @@ def prepare_dataset(
     node_rank: int = 0,
     merge: bool = False,
     embeddings: str | os.PathLike | None = None,
+    holdout: str | os.PathLike | None = None,
 ) -> PrepareSummary:
     """Prepare ``source`` into triplet shards under ``out`` (see the module docstring).
 
@@ -952,9 +962,12 @@ def prepare_dataset(
             :func:`~clip_gs.data.shards.write_split` takes them.
         min_caption_coverage: with a captions file, the share of objects it must caption
             (default: all of them; :func:`check_caption_coverage`), checked before any work.
-        device: where the teacher, the rendering and fits run (``cpu``, ``cuda``, ``cuda:N``);
-            recorded, since floats differ between devices.
-        precision: the teacher's precision (``fp32``, ``bf16``, ``fp16`` on CUDA); recorded.
+        device: where the teacher, the rendering and fits run (``auto``: CUDA when available, else
+            the CPU; ``cpu``, ``cuda``, ``cuda:N``); resolved once before any work, and the resolved
+            device is recorded, since floats differ between devices.
+        precision: the teacher's precision (``auto``, ``fp32``, ``bf16``, ``fp16`` on CUDA;
+            :func:`~clip_gs.model.precision.teacher_precision` resolves ``auto``); the resolved one
+            is recorded.
         workers: processes on this machine (LitData's ``map``, :mod:`clip_gs.data.parallel`);
             the result does not depend on it.
         num_nodes, node_rank: with ``num_nodes > 1``, prepare only this node's hash share and write
@@ -964,6 +977,10 @@ def prepare_dataset(
         embeddings: a folder of precomputed embeddings, one file per object
             (:mod:`clip_gs.data.precomputed`): no rendering and no image tower; every object must
             have one (checked before any work).
+        holdout: a held-out file (:func:`~clip_gs.data.holdout.read_holdout`: a uid list, the
+            Objaverse-LVIS annotation or an OpenShape split file): the objects it lists go to the
+            ``heldout`` split, never to train or val, whatever a captions file says; the manifest
+            records the file (name, SHA-256, count).
 
     Returns:
         :class:`PrepareSummary`.
@@ -982,8 +999,11 @@ def prepare_dataset(
 
     import clip_gs
     from clip_gs.data import parallel
+    from clip_gs.model.precision import resolve_device, teacher_precision
 
     settings = settings or PrepareSettings()
+    device = str(resolve_device(device))  # once: the workers, the records and the fingerprint get the resolved one
+    precision = teacher_precision(precision, device)
     if not 0.0 <= min_caption_coverage <= 1.0:
         raise ConfigError(f"min_caption_coverage must lie in [0, 1], got {min_caption_coverage}")
     if workers < 1:
@@ -1011,6 +1031,13 @@ def prepare_dataset(
     items = list_sources(source, settings, table)
     if not items:
         raise DatasetError(f"{source}: no 3DGS files or meshes found")
+    held_out = None
+    if holdout is not None:  # before anything else decides a split: a held-out object never trains
+        from clip_gs.data.holdout import HELDOUT_SPLIT, holdout_record, object_key, read_holdout
+
+        uids = read_holdout(holdout)
+        held_out = holdout_record(holdout, uids)
+        items = [replace(item, split=HELDOUT_SPLIT) if object_key(item.id) in uids else item for item in items]
     if captions is not None:
         coverage = check_caption_coverage(items, captions, min_caption_coverage)
     else:
@@ -1038,6 +1065,8 @@ def prepare_dataset(
     fingerprint = _fingerprint(source, settings, image_size, teacher, table, device, precision)
     if embeddings is not None:
         fingerprint["embeddings"] = str(embeddings)
+    if held_out is not None:  # records keep their split: another held-out list is another dataset
+        fingerprint["holdout"] = held_out["sha256"]
 
     if not remote:
         claim_folder(out, "output folder", _legacy_output)
@@ -1124,17 +1153,21 @@ def prepare_dataset(
         teacher=str(teacher.identity), embed_dim=int(teacher.embed_dim), counts=summary.counts, labels=labels,
         settings=fingerprint["settings"] | {"image_size": image_size, "source": source, "gaussians": settings.gaussians},
         failures=summary.failed, caption_coverage=round(coverage, 6),
-        package_version=clip_gs.__version__,
+        package_version=clip_gs.__version__, holdout=held_out,
     )  # fmt: skip
     contents = {split: _digest([m for m in metas if m["split"] == split]) for split in SPLITS}
     contents["manifest"] = _digest(asdict(manifest))
+    contents["keys"] = _digest([(m["id"], m["split"]) for m in metas])
     written = work / WRITTEN_NAME
     before = _read_written(written)
     # What a rerun over the same records finds written is left as it is: no shard, manifest or
     # teacher work is redone. A remote split that changed is refused by write_split (it never
     # overwrites objects): write to a new prefix.
     if not remote:  # a deleted local split or manifest is written again
-        before = {k: v for k, v in before.items() if Path(out, MANIFEST_NAME if k == "manifest" else k).exists()}
+        from clip_gs.data.holdout import KEYS_NAME
+
+        files = {"manifest": MANIFEST_NAME, "keys": KEYS_NAME}
+        before = {k: v for k, v in before.items() if Path(out, files.get(k, k)).exists()}
     changed = [split for split in SPLITS if before.get(split) != contents[split]]
     for split in tqdm(changed, desc="prepare: write shards", unit="split", disable=not progress or not changed):
         target = join(out, split)
@@ -1154,6 +1187,12 @@ def prepare_dataset(
             with _one_thread_on_cpu(device):
                 weights = zero_shot_weights(teacher, labels, TEMPLATES).float().cpu()
             write_label_embeddings(out, labels, weights, str(teacher.identity), TEMPLATES, storage_options)
+    if before.get("keys") != contents["keys"]:  # what each split holds, for a training export's record
+        from clip_gs.data.holdout import KEYS_NAME, split_keys_bytes
+        from clip_gs.data.shards import write_bytes
+
+        ids = {split: [m["id"] for m in metas if m["split"] == split] for split in SPLITS}
+        write_bytes(join(out, KEYS_NAME), split_keys_bytes(ids), storage_options)
     _atomic_write(written, json.dumps(contents).encode())
     if merge:
         parallel.remove_parts(out, storage_options)
@@ -1207,8 +1246,9 @@ MAX_SETTINGS_BYTES = 1 << 20
 """Largest settings record (or ``written.json``) read (1 MiB; prepare writes a few hundred bytes)."""
 
 _FINGERPRINT_FIELDS = {"source": (str,), "settings": (dict,), "image_size": (int,), "teacher": (str,),
-                       "captions": (str, type(None)), "compute": (dict,), "embeddings": (str,)}  # fmt: skip
-_FINGERPRINT_OPTIONAL = ("compute", "embeddings")
+                       "captions": (str, type(None)), "compute": (dict,), "embeddings": (str,),
+                       "holdout": (str,)}  # fmt: skip
+_FINGERPRINT_OPTIONAL = ("compute", "embeddings", "holdout")
 
 
 def check_fingerprint(value, location: str) -> dict:
@@ -1217,8 +1257,8 @@ def check_fingerprint(value, location: str) -> dict:
 
     Rules: a JSON object with ``source``, ``teacher`` (texts), ``settings`` (an object whose names
     are :class:`PrepareSettings` fields), ``image_size`` (an integer >= 1), ``captions`` (null or a
-    SHA-256 in hex), optionally ``compute`` (``device`` and ``precision`` texts) and ``embeddings``
-    (text); nothing else.
+    SHA-256 in hex), optionally ``compute`` (``device`` and ``precision`` texts), ``embeddings``
+    (text) and ``holdout`` (the held-out file's SHA-256); nothing else.
 
     Raises:
         DatasetError: naming ``location`` and the field.
@@ -1242,8 +1282,9 @@ def check_fingerprint(value, location: str) -> dict:
         refuse(f"unknown settings {', '.join(sorted(set(value['settings']) - names))}")
     if value["image_size"] < 1:
         refuse(f"image_size {value['image_size']}")
-    if value["captions"] is not None and not re.fullmatch(r"[0-9a-f]{64}", value["captions"]):
-        refuse("captions is not a SHA-256")
+    for name in ("captions", "holdout"):
+        if value.get(name) is not None and not re.fullmatch(r"[0-9a-f]{64}", value[name]):
+            refuse(f"{name} is not a SHA-256")
     compute = value.get("compute", {"device": "", "precision": ""})
     if set(compute) != {"device", "precision"} or not all(isinstance(v, str) for v in compute.values()):
         refuse("compute must be an object of device and precision")
@@ -1277,11 +1318,11 @@ def read_fingerprint(location: str | os.PathLike) -> dict | None:
 
 
 def _read_written(location: Path) -> dict[str, str]:
-    """``<work>/written.json``: ``{split or "manifest": digest}`` (empty when absent)."""
+    """``<work>/written.json``: ``{split, "manifest" or "keys": digest}`` (empty when absent)."""
     value = _read_json(location, "record of written splits")
     if value is None:
         return {}
-    names = (*SPLITS, "manifest")
+    names = (*SPLITS, "manifest", "keys")
     if not isinstance(value, dict) or not all(k in names and isinstance(v, str) for k, v in value.items()):
         raise DatasetError(f"{location}: not a record of written splits (an object from split names and 'manifest' "
                            "to digests); move the work folder away (or use --overwrite)")  # fmt: skip
