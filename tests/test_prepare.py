@@ -92,6 +92,19 @@ def test_synthetic_source_to_shards_and_manifest(tmp_path):
     }
 
 
+def test_auto_device_and_precision_are_resolved_before_any_work(tmp_path):
+    """``--device auto --precision auto`` (the CLI's defaults) run as the device and precision they
+    resolve to, and the work's settings record those, never "auto"."""
+    from clip_gs.model.precision import resolve_device, teacher_precision
+
+    prepare_dataset("synthetic:2", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False,
+                    device="auto", precision="auto")  # fmt: skip
+    device = resolve_device("auto").type
+    recorded = json.loads((tmp_path / "out" / ".work" / "settings.json").read_text())
+    assert recorded.get("compute", {"device": "cpu", "precision": "fp32"}) == {
+        "device": device, "precision": teacher_precision("auto", device)}  # fmt: skip
+
+
 def test_synthetic_pose_setting_reaches_the_stored_clouds(tmp_path):
     settings = PrepareSettings(
         views=1, synthetic_gaussians=256, synthetic_pose="upright", val_fraction=0, test_fraction=0
@@ -162,7 +175,7 @@ def test_folder_with_labels_captions_and_a_bad_file(tmp_path, capsys):
                               progress=False, min_caption_coverage=0.25)  # fmt: skip
     assert summary.failed == 1 and summary.succeeded == 3
     failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
-    assert failures[0]["path"].endswith("broken.ply") and failures[0]["error"] == "MeshError"  # a ply that is no 3DGS is tried as a mesh
+    assert failures[0]["path"].endswith("broken.ply") and failures[0]["error"] == "GaussianFormatError"  # nor a mesh
     assert "1 failed" in summary.line() and "failures.jsonl" in summary.line()
     (test_sample,) = read_split(tmp_path / "out", "test")
     assert test_sample.id == "chair/obj1" and test_sample.text_embeddings.shape == (2, 16)

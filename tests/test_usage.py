@@ -238,7 +238,7 @@ def test_classify_cli_text_json_and_exit_codes(model_dir, assets, tmp_path, caps
 
     labels_file = tmp_path / "labels.json"
     labels_file.write_text(json.dumps(["cube", "cone"]))
-    assert main(["classify", good[0], "--model", str(model_dir), "--labels-file", str(labels_file), "--quiet"]) == 0
+    assert main(["classify", good[0], "--model", str(model_dir), "--label-set", str(labels_file), "--quiet"]) == 0
     assert "cone" in capsys.readouterr().out
     assert main(["classify", good[0], "--model", str(model_dir), "--label-set", "shapenet", "--quiet"]) == 2
     assert "unknown label set 'shapenet'" in capsys.readouterr().err
@@ -346,6 +346,11 @@ def test_search_like_finds_itself_and_text_orders(usage, teacher, gallery, asset
     assert [h["rank"] for h in record["hits"]] == [1, 2, 3, 4, 5] and record["hits"][0][
         "id"
     ] == "shapes/yellow_cone.ply"
+    # --up names the axis of the --like file (default: the index's setting, with which it found itself)
+    assert main(["search", str(gallery), "--like", str(target), "--model", str(usage.source), "--json", "--up",
+                 "+z"]) == 0  # fmt: skip
+    turned = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["score"] for h in turned] != [h["score"] for h in record["hits"]]
 
 
 def test_search_by_image_and_sheet(usage, gallery, assets, tmp_path, capsys):
@@ -438,7 +443,7 @@ def test_trained_classify_runs_on_every_real_file(trained_run, real_data, capsys
     assert [r["file"] for r in records] == files
     failed = {Path(r["file"]).name: r["error"] for r in records if r["error"] is not None}
     assert rc == 3 and set(failed) == {"donut_color.ply"}, failed  # the point cloud, nothing else
-    assert failed["donut_color.ply"].startswith("MeshError") and "no triangle faces" in failed["donut_color.ply"]
+    assert failed["donut_color.ply"].startswith("GaussianFormatError") and "no triangle faces" in failed["donut_color.ply"]
     assert f"failed: {real_data / 'gshairlod-donut' / 'donut_color.ply'}: " in captured.err
     modelnet = set(load_label_set("modelnet40"))
     for r in records:

@@ -39,7 +39,7 @@ MARKER_TEXT = b"This folder is written by clip-gs prepare, which clears only wha
 
 _TMP = r"(\.\d+\.tmp)?"  # the temporary file an atomic write leaves beside its target when killed
 _SPLIT_FILES = r"index\.json|\d+\.index\.json|chunk-\d+-\d+\.bin"
-_SPLITS = r"train|val|test"
+_SPLITS = r"train|val|test|heldout"
 _WORK_FILES = (rf"(settings|written)\.json{_TMP}|[0-9a-f]{{24}}\.(blob|json|failed\.json){_TMP}"
                rf"|{re.escape(MARKER_NAME)}{_TMP}")  # fmt: skip
 

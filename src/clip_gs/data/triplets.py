@@ -40,7 +40,9 @@ from clip_gs.gaussians import GaussianCloud
 FORMAT_VERSION = 1
 """Version of the sample and manifest layout written by this package."""
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "heldout")
+"""Splits of a prepared dataset; ``heldout`` holds the objects ``prepare --holdout`` keeps from training
+(:mod:`clip_gs.data.holdout`)."""
 
 _CLOUD_FIELDS = ("means", "sh", "opacity_logits", "log_scales", "quats")
 _VIEW_FIELDS = ("text_embeddings", "image_embeddings", "viewmats", "Ks")
@@ -248,6 +250,7 @@ _MANIFEST_RULES = {
     "caption_coverage": "null or a number in [0, 1]",
     "package_version": "text",
     "format_version": f"an integer 1..{FORMAT_VERSION} (the versions this clip-gs reads)",
+    "holdout": "null or an object {file: text, sha256: 64 hex, uids: integer >= 0}",
 }
 
 
@@ -265,6 +268,12 @@ def _manifest_value_ok(key: str, value) -> bool:
         return isinstance(value, dict)
     if key == "failures":
         return _is_int(value) and value >= 0
+    if key == "holdout":
+        return value is None or (
+            isinstance(value, dict) and set(value) == {"file", "sha256", "uids"} and isinstance(value["file"], str)
+            and isinstance(value["sha256"], str) and len(value["sha256"]) == 64 and _is_int(value["uids"])
+            and value["uids"] >= 0
+        )  # fmt: skip
     if key == "caption_coverage":
         return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1)
     return _is_int(value) and 1 <= value <= FORMAT_VERSION  # format_version
@@ -285,6 +294,8 @@ class Manifest:
             before coverage was recorded).
         package_version: clip-gs version that wrote it.
         format_version: :data:`FORMAT_VERSION`.
+        holdout: the held-out file the ``heldout`` split was made from (``{"file", "sha256", "uids"}``),
+            None when none was given.
     """
 
     teacher: str
@@ -296,6 +307,7 @@ class Manifest:
     caption_coverage: float | None = None
     package_version: str = ""
     format_version: int = FORMAT_VERSION
+    holdout: dict | None = None
 
     def write(self, root: str | Path) -> Path:
         path = Path(root) / MANIFEST_NAME
