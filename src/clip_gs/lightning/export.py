@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clip_gs.model.card import folder_card
@@ -73,6 +74,20 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], path: str | os.Path
     return path
 
 
+def training_keys(datamodule) -> Tensor | None:
+    """The keys of the training split of ``datamodule``'s dataset (its ``keys.safetensors``,
+    :mod:`clip_gs.data.holdout`); None when the dataset has none (prepared before they were written)."""
+    from clip_gs.data.holdout import KEYS_NAME, read_split_keys
+    from clip_gs.data.shards import join, read_bytes
+
+    root = getattr(datamodule, "dataset_root", None)
+    if root is None:
+        return None
+    location = join(str(root), KEYS_NAME)
+    data = read_bytes(location, getattr(datamodule, "storage_options", None))
+    return None if data is None else read_split_keys(data, location).get("train")
+
+
 def export_pretrained(
     model: CLIPGS,
     folder: str | os.PathLike,
@@ -81,6 +96,7 @@ def export_pretrained(
     history: dict | None = None,
     data: dict | None = None,
     checkpoint: str | None = None,
+    training_keys: Tensor | None = None,
 ) -> Path:
     """Write the Hub-ready folder (see the module docstring) for ``model``; returns it.
 
@@ -91,6 +107,8 @@ def export_pretrained(
         history: ``name -> [(step, value)]`` for ``curves.png``.
         data: what the model was trained on (``root``, ``counts``, ``labels``) for the card.
         checkpoint: the Lightning checkpoint the weights come from (recorded in the card).
+        training_keys: the keys of the objects the model trained on (:func:`training_keys`), written as
+            ``training_ids.safetensors`` so that ``clip-gs eval`` can report an overlap; None: not known.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +121,10 @@ def export_pretrained(
     record = {"metrics": metrics, "checkpoint": checkpoint, "data": data or {}, "history": history or {}}
     (folder / METRICS_NAME).write_text(json.dumps(record, indent=2) + "\n")
     plot_curves(history or {}, folder / CURVES_NAME)
+    if training_keys is not None:
+        from clip_gs.data.holdout import write_training_ids
+
+        write_training_ids(folder, training_keys, dataset=str((data or {}).get("root", "")))
     folder_card(folder, use_eval_report=False).save(folder / CARD_NAME)
     return folder
 
@@ -205,7 +227,8 @@ class ExportBest(ModelCheckpoint):
                 f" from `{hparams['pretrained']}`" if hparams.get("pretrained") else ""
             )
             self.export_path = export_pretrained(
-                model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best
+                model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best,
+                training_keys(dm),
             )
         trainer.strategy.barrier()
         self.export_path = folder  # `clip-gs fit` prints it as its last line of output
