@@ -1,7 +1,8 @@
 """``clip-gs eval``: the paper's protocols for a model on a prepared split or a public benchmark (registered by :func:`add_eval_parser`).
 
-    clip-gs eval --model DIR_OR_REPO --data SHARDS_DIR [--split test] [--task zeroshot|fewshot|retrieval|all]
-    clip-gs eval --model DIR_OR_REPO --benchmark modelnet40|modelnet-splats|objaverse-gs|objaverse-lvis --root DIR
+    clip-gs eval --model MODEL --data SHARDS_DIR|s3://... [--endpoint-url URL] [--split test]
+                 [--task zeroshot|fewshot|retrieval|all]
+    clip-gs eval --model MODEL --benchmark modelnet40|modelnet-splats|objaverse-gs|objaverse-lvis --root DIR [--up AXIS]
                  [--zeroshot-protocol clip-gs|uni3d [--uni3d-data DIR]] [--label-set NAME_OR_FILE | --labels a,b,c]
                  [--fewshot-protocol standard|episodes] [--ways 10 [5 ...]] [--shots 10 [...]] [--runs 10]
                  [--episodes 100] [--queries N] [--teacher SPEC] [--seed 0] [--out DIR]
@@ -31,13 +32,14 @@ BENCHMARK_PAPER_SETS = {"modelnet40": "modelnet-gs", "modelnet-splats": "modelne
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``eval`` to the ``clip-gs`` subparsers (sets ``func``)."""
+    from clip_gs import cli_flags
     from clip_gs.evaluation.fewshot import FEWSHOT_PROTOCOLS
     from clip_gs.evaluation.protocols import UNI3D_TEMPLATES_KEY, ZEROSHOT_PROTOCOLS
 
     p = subparsers.add_parser("eval", help="zero-shot, few-shot and retrieval of a model on a prepared split or a benchmark")
-    p.add_argument("--model", required=True, help="model folder (save_pretrained / clip-gs fit export) or Hub repo id")
+    cli_flags.add_model_argument(p, required=True)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="dataset root written by clip-gs prepare")
+    source.add_argument("--data", help="dataset root written by clip-gs prepare (a folder or s3://...)")
     source.add_argument("--benchmark", help=("a public benchmark read in its download layout (with --root): "
                                              "modelnet40, modelnet-splats, objaverse-gs, objaverse-lvis"))
     p.add_argument("--root", help="the benchmark's folder, as downloaded (with --benchmark)")
@@ -55,7 +57,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                       labels_help="zero-shot classes, comma-separated (default: the dataset's label embeddings)",
                       label_set_help=f"zero-shot classes: {LABEL_SET_HELP}; a label-embedding file must have been made "
                                      "with the protocol's templates (clip-gs labels --templates)")  # fmt: skip
-    p.add_argument("--teacher", help="teacher spec that encodes the classes (default: the dataset's or the model's teacher)")
+    cli_flags.add_teacher_argument(p)
     p.add_argument("--fewshot-protocol", default="standard", choices=FEWSHOT_PROTOCOLS,
                    help="standard: support from --support-split, queries from the evaluated split, 10 runs "
                         "(Point-BERT / the paper); episodes: both from the evaluated split")  # fmt: skip
@@ -66,17 +68,20 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10, help="standard few-shot runs (run r seeded with seed + r)")
     p.add_argument("--episodes", type=int, default=100, help="episodes per setting (--fewshot-protocol episodes)")
     p.add_argument("--queries", type=int, help="few-shot queries per class (default: standard 20, episodes 15)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 3DGS resampling, the few-shot draws and grid queries")
-    p.add_argument("--batch-size", type=int, default=8, help="objects per forward pass")
-    p.add_argument("--num-gaussians", type=int, default=10_000,
-                   help="benchmark meshes: Gaussians sampled per mesh (default %(default)s)")
-    p.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="fused inference precision")
+    cli_flags.add_seed_argument(p)
+    cli_flags.add_batch_size_argument(p)
+    cli_flags.add_mesh_gaussians_argument(p)  # benchmark meshes
+    cli_flags.add_up_argument(p)  # benchmark files
+    cli_flags.add_device_argument(p)
+    cli_flags.add_precision_argument(p)  # the fused model's: fp16 is refused
+    cli_flags.add_endpoint_url_argument(p)  # --data s3://...
     p.add_argument("--grid-queries", type=int, default=4, help="text queries (rows) in retrieval.png")
     p.add_argument("--grid-k", type=int, default=5, help="retrieved objects per row in retrieval.png")
     p.add_argument("--grid-size", type=int, default=128, help="thumbnail size in pixels in retrieval.png")
     p.add_argument("--out", help="output folder (default <model folder>/eval, or ./eval for a Hub repo)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate under the paper's protocols even when the model trained on some of the objects")
+    cli_flags.add_quiet_argument(p)
     p.set_defaults(func=run_eval)
     return p
 
@@ -139,8 +144,31 @@ def _zeroshot_protocol(args: argparse.Namespace):
     return protocol, label_set
 
 
+def _training_overlap(args: argparse.Namespace, model_folder, storage) -> dict:
+    """The report's ``training_overlap`` (:func:`~clip_gs.evaluation.overlap.training_overlap`): strict under
+    the paper's protocols (a public benchmark, or Uni3D's zero-shot protocol)."""
+    import sys
+
+    from clip_gs.evaluation.overlap import evaluated_keys, training_overlap
+
+    ids = None
+    if args.benchmark is not None:
+        from clip_gs.evaluation.benchmarks import discover
+
+        ids = [item.id for item in discover(args.benchmark, args.root) if item.split in (args.split, None)]
+    what = f"benchmark {args.benchmark}" if args.benchmark else f"{args.data} ({args.split})"
+    strict = args.benchmark is not None or args.zeroshot_protocol == "uni3d"
+    overlap = training_overlap(model_folder, evaluated_keys(args.data, args.split, ids, storage), strict,
+                               args.allow_overlap, what)  # fmt: skip
+    if overlap["overlap"]:
+        print(f"clip-gs eval: {overlap['overlap']} of {overlap['evaluated']} objects of {what} were in the model's "
+              "training set (recorded in the report)", file=sys.stderr)  # fmt: skip
+    return overlap
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
+    from clip_gs.cli_flags import storage_options
     from clip_gs.errors import EXIT_SOME_FAILED, ConfigError
     from clip_gs.evaluation.run import TASKS, evaluate, write_outputs
     from clip_gs.model.loaded import load_model
@@ -163,6 +191,8 @@ def run_eval(args: argparse.Namespace) -> int:
               "batch_size": args.batch_size, "precision": args.precision, "model_name": str(args.model),
               "progress": False if args.quiet else None}  # fmt: skip
     out = Path(args.out) if args.out else default_out_dir(args.model)
+    storage = storage_options(args.endpoint_url)
+    overlap = _training_overlap(args, loaded.teacher_folder, storage)  # before any embedding: refused early
     if args.benchmark is not None:
         from clip_gs.evaluation.benchmark_run import (
             BENCHMARK_TASKS,
@@ -179,8 +209,9 @@ def run_eval(args: argparse.Namespace) -> int:
             model, args.benchmark, args.root, BENCHMARK_TASKS if args.task == "all" else tasks, zeroshot_protocol=protocol,
             teacher=loaded.teacher() if ("zeroshot" in tasks or args.task == "all") and not files else None,
             model_teacher_identity=teacher_identity, support_split=args.support_split,
-            query_split=args.split, num_gaussians=args.num_gaussians, cache_dir=args.cache, **common,
+            query_split=args.split, mesh_gaussians=args.mesh_gaussians, up=args.up, cache_dir=args.cache, **common,
         )  # fmt: skip
+        evaluation.report["training_overlap"] = overlap
         written = write_benchmark_report(evaluation, out)
         print(format_table(evaluation.report))
         print()
@@ -189,9 +220,10 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluation = evaluate(
             model, args.data, args.split, tasks, label_set=label_set if protocol is None else None,
             teacher=args.teacher, zeroshot_protocol=protocol, support_split=args.support_split,
-            model_teacher_identity=teacher_identity, **common,
+            model_teacher_identity=teacher_identity, storage_options=storage, **common,
         )  # fmt: skip
-        written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed)
+        evaluation.report["training_overlap"] = overlap
+        written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed, storage)
         print(format_table(evaluation.report))
     for name in ("confusion", "retrieval"):
         if name in written:
