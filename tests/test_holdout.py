@@ -142,11 +142,13 @@ requires_blender = pytest.mark.skipif(not blender_available(), reason="Blender's
 @requires_blender
 @pytest.mark.slow
 def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_path, monkeypatch):
-    """An Objaverse-layout folder with an LVIS annotation: the annotated uid goes to heldout; each mesh
-    goes through Blender once (the teacher embeds the fit's own views, which the record's cameras name)."""
+    """``prepare --config prepare-paper.yaml`` on an Objaverse-layout folder with an LVIS annotation: the
+    annotated uid goes to heldout, none to train or val; each mesh goes through Blender once (the teacher
+    embeds the fit's own views, which the record's cameras name)."""
     import trimesh
 
     import clip_gs.render.blender as blender
+    from clip_gs.cli import main
 
     calls = []
     original = blender.render_mesh
@@ -164,12 +166,16 @@ def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_
         shape.export(source / f"{uid}.glb")
     annotation = tmp_path / "lvis-annotations.json"
     annotation.write_text(json.dumps({"chair": [UIDS[1]]}))
-    settings = PrepareSettings(gaussians="fitted", fit_iterations=20, fit_views=4, fit_size=32, mesh_gaussians=800,
-                               val_fraction=0.0, test_fraction=0.0)  # fmt: skip
     out = tmp_path / "out"
-    summary = prepare_dataset(str(tmp_path / "objaverse"), out, teacher="synthetic-clip", settings=settings,
-                              progress=False, holdout=annotation)  # fmt: skip
-    assert summary.failed == 0 and summary.counts == {"train": 2, "val": 0, "test": 0, HELDOUT_SPLIT: 1}
+    paper = Path(__file__).parents[1] / "examples" / "configs" / "prepare-paper.yaml"
+    code = main(["prepare", str(tmp_path / "objaverse"), "--out", str(out), "--config", str(paper),  # the recipe,
+                 "--teacher", "synthetic-clip", "--fit-iterations", "20", "--fit-views", "4", "--fit-size", "32",
+                 "--mesh-gaussians", "800", "--max-gaussians", "800", "--val-fraction", "0", "--device", "cpu",
+                 "--holdout", str(annotation), "--quiet"])  # fmt: skip  (tiny settings overridden)
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": 2, "val": 0, "test": 0, HELDOUT_SPLIT: 1}
+    assert manifest["settings"]["gaussians"] == "fitted" and manifest["holdout"]["uids"] == 1
     assert sorted(calls) == sorted(UIDS)  # Blender once per object
     (held,) = [TripletShardDataset(out / HELDOUT_SPLIT)[0]]
     assert object_key(held.id) == UIDS[1]

@@ -121,6 +121,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from clip_gs.data.prepare import PrepareSettings, prepare_dataset
     from clip_gs.errors import EXIT_SOME_FAILED
 
+    if args.print_config:
+        from clip_gs.data.prepare_config import print_config
+
+        print(print_config(args, subcommand(build_parser(), "prepare")), end="")
+        return 0
+
     settings = PrepareSettings(
         views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
         up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
@@ -371,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--node-rank", type=int, default=0, help="this machine's rank in [0, --num-nodes)")
     prepare.add_argument("--merge", action="store_true", help="with --num-nodes: merge the finished parts into one dataset")
     add_endpoint_url_argument(prepare)
+    prepare.add_argument("--config", default=None, help="a YAML file of these options (e.g. "
+                         "examples/configs/prepare-paper.yaml); flags given here override it")
+    prepare.add_argument("--print-config", action="store_true", help="print the options in effect as a config and exit")
     prepare.add_argument("--holdout", default=None, help="objects that never train: a uid list, the Objaverse-LVIS "
                          "annotation or an OpenShape split file; they go to the heldout split")
     prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
@@ -428,6 +437,12 @@ def join_signed_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The sub-parser of ``clip-gs NAME``."""
+    (actions,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    return actions.choices[name]
+
+
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 """Subcommands run by LightningCLI (:mod:`clip_gs.lightning.cli`); the others are argparse's."""
 
@@ -442,7 +457,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ClipGSError as exc:
             print(f"clip-gs {argv[0]}: error: {exc}", file=sys.stderr)
             return EXIT_FATAL
-    args = build_parser().parse_args(join_signed_values(argv))
+    parser = build_parser()
+    if argv and argv[0] == "prepare":  # clip-gs prepare --config FILE.yaml: the file's options, then the flags'
+        from clip_gs.data.prepare_config import expand_config
+
+        try:
+            argv = ["prepare", *expand_config(join_signed_values(argv[1:]), subcommand(parser, "prepare"))]
+        except ClipGSError as exc:
+            print(f"clip-gs prepare: error: {exc}", file=sys.stderr)
+            return EXIT_FATAL
+    args = parser.parse_args(join_signed_values(argv))
     try:
         return args.func(args)
     except ClipGSError as exc:
