@@ -1,5 +1,6 @@
-"""The demo page (Gradio Blocks): upload a 3DGS file or a mesh, see it, classify it zero-shot over a
-label set one can edit, and search a small gallery by text or by image.
+"""The demo page (Gradio Blocks): upload a 3DGS file or a mesh (or click one of the shipped
+examples), see it, classify it zero-shot over a label set one can edit, and search a small gallery
+by text or by image.
 
 Gradio is imported only here, when a page is built (the ``demo`` extra: ``pip install
 'clip-gs[demo]'``); everything the page does is in :mod:`clip_gs.demo.service`. Every handler
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from clip_gs.demo.examples import EXAMPLES
 from clip_gs.demo.gallery import gallery_items
 from clip_gs.demo.service import VIEWER_EXTENSIONS, DemoService, model_labels
 from clip_gs.demo.settings import DemoSettings
@@ -56,8 +58,8 @@ def _labels_text(names: list[str]) -> str:
 
 def model_status(service: DemoService, source: str | None) -> tuple[str, str]:
     """``(status markdown, label box text)`` of a model source: what is loaded and its default
-    labels, or why nothing is and what to do (:data:`NO_MODEL_HELP`); the label box then holds
-    ModelNet40."""
+    labels (:meth:`DemoService.default_labels`; whether a label-embedding file serves them), or why
+    nothing is and what to do (:data:`NO_MODEL_HELP`); the label box then holds ModelNet40."""
     from clip_gs.teachers.prompts import load_label_set
 
     try:
@@ -65,15 +67,28 @@ def model_status(service: DemoService, source: str | None) -> tuple[str, str]:
     except ClipGSError as exc:
         return f"**No model is loaded.** {type(exc).__name__}: {exc}\n\n{NO_MODEL_HELP}", _labels_text(
             load_label_set("modelnet40"))
-    names, origin = model_labels(usage)
+    note = ""
+    try:
+        names, origin = service.default_labels(source)
+        table = service.label_embeddings(source)
+        if table is not None:
+            name = Path(table.path).name if table.path else "-"
+            note = f" Zero-shot over them uses the label-embedding file `{name}` (no text tower)."
+    except ClipGSError as exc:
+        names, origin = model_labels(usage)
+        note = f" The configured label set cannot be used: {error_text(exc)}"
     status = (f"**Model** `{usage.source}` ({usage.identity}), teacher `{usage.teacher_identity}`, on {usage.device}. "
-              f"Default labels: {origin} ({len(names)} classes).")  # fmt: skip
+              f"Default labels: {origin} ({len(names)} classes).{note}")  # fmt: skip
     return status, _labels_text(names)
 
 
-def build_demo(settings: DemoSettings | None = None, service: DemoService | None = None):
-    """The page as a ``gradio.Blocks`` (not launched). The settings' model is loaded and the
-    gallery's index built now (or read from the cache), so the first visitor does not wait.
+def build_demo(settings: DemoSettings | None = None, service: DemoService | None = None, notice: str = ""):
+    """The page as a ``gradio.Blocks`` (not launched). The settings' model is loaded, its label
+    embeddings, the example files and the gallery's index made now (or read from the cache), so the
+    first visitor does not wait.
+
+    Args:
+        notice: Markdown shown under the title (e.g. which model a Space chose and why).
 
     Raises:
         MissingDependencyError: Gradio is not installed.
@@ -82,6 +97,11 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
     service = service or DemoService(settings or DemoSettings.from_env())
     settings = service.settings
     status, labels = model_status(service, settings.model)
+    try:
+        example_files = service.examples()
+    except (ClipGSError, OSError) as exc:
+        example_files = []
+        status += f"\n\nThe examples could not be written: {error_text(exc) if isinstance(exc, ClipGSError) else exc}"
     if settings.model and not status.startswith("**No model"):
         try:
             service.gallery_index(settings.model)
@@ -97,12 +117,14 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
 
         try:
             if choice == LABEL_SET_CHOICES[0]:
-                return _labels_text(model_labels(service.model(source))[0])
+                return _labels_text(service.default_labels(source)[0])
             return _labels_text(load_label_set(choice))
         except ClipGSError as exc:
             raise gr.Error(error_text(exc)) from exc
 
     def preview(file):
+        if file is None:  # the file was cleared
+            return None, None, ""
         try:
             shown = service.preview(file)
             view = service.viewer_file(file)
@@ -114,6 +136,8 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
         return shown.image, str(view) if view else None, note
 
     def classify(file, labels, k, source):
+        if file is None:
+            return None, ""
         try:
             result = service.classify(file, source, labels, int(k))
         except ClipGSError as exc:
@@ -143,6 +167,8 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
     with gr.Blocks(title="CLIP-GS demo", analytics_enabled=False) as demo:
         source = gr.State(settings.model)
         gr.Markdown("# CLIP-GS\nZero-shot classification and search of 3D Gaussian Splatting objects.")
+        if notice:
+            gr.Markdown(notice, elem_id="notice")
         status_box = gr.Markdown(status, elem_id="model-status")
         with gr.Row():
             model_box = gr.Textbox(value=settings.model or "", label="Model (exported folder or Hub repo id)", scale=4)
@@ -157,6 +183,9 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
                                         elem_id="labels")  # fmt: skip
                 k_box = gr.Slider(1, 20, value=settings.k, step=1, label="Top k")
                 classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
+        examples = gr.Examples([[str(p)] for p in example_files], [upload], label="Examples: click one to classify it",
+                               example_labels=[e.label for e in EXAMPLES], cache_examples=False,
+                               elem_id="examples") if example_files else None  # fmt: skip
         upload_note = gr.Markdown(label="Upload note", elem_id="upload-note")
         with gr.Row():
             preview_image = gr.Image(label="Preview (four views)", type="pil", format="png", interactive=False,
@@ -183,6 +212,10 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
         label_set.change(fill_labels, [label_set, source], [labels_box], api_name=False)
         upload.upload(preview, [upload], [preview_image, viewer, upload_note], api_name="preview").then(
             classify, [upload, labels_box, k_box, source], [result_label, classify_note], api_name=False)
+        if examples is not None:  # a click fills the upload box (no upload event): preview and classify it
+            shown = examples.load_input_event.then(preview, [upload], [preview_image, viewer, upload_note],
+                                                   api_name=False)  # fmt: skip
+            shown.then(classify, [upload, labels_box, k_box, source], [result_label, classify_note], api_name=False)
         classify_button.click(classify, [upload, labels_box, k_box, source], [result_label, classify_note],
                               api_name="classify")  # fmt: skip
         text_button.click(search_text, [query_text, k_box, source], [hits_image, hits_table, search_note],
@@ -195,24 +228,27 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
     return demo
 
 
-def launch_demo(settings: DemoSettings | None = None, block: bool = True, service: DemoService | None = None):
+def launch_demo(settings: DemoSettings | None = None, block: bool = True, service: DemoService | None = None,
+                notice: str = ""):  # fmt: skip
     """Build and serve the page on ``settings.host:settings.port`` (127.0.0.1 by default).
 
     Args:
         block: serve until interrupted (the command line); ``False`` returns at once (tests:
             ``demo.close()`` stops the server).
+        notice: Markdown shown under the title (:func:`build_demo`).
 
     Returns:
         ``(demo, url)``.
     """
     service = service or DemoService(settings or DemoSettings.from_env())
     settings = service.settings
-    demo = build_demo(service=service)
+    demo = build_demo(service=service, notice=notice)
     service.work_dir.mkdir(parents=True, exist_ok=True)
     demo.queue()
     _, url, _ = demo.launch(
         server_name=settings.host, server_port=settings.port or None, max_file_size=settings.max_file_bytes,
-        allowed_paths=[str(service.work_dir)], prevent_thread_lock=True, show_error=True, quiet=True,
+        allowed_paths=[str(service.work_dir), str(service.examples_dir)], prevent_thread_lock=True, show_error=True,
+        quiet=True,
     )  # fmt: skip
     print(f"clip-gs demo: serving {url}", flush=True)
     if block:

@@ -5,7 +5,9 @@ Classification and search are the package's (:func:`~clip_gs.usage.classify_file
 :func:`~clip_gs.usage.embed_folder`, :func:`~clip_gs.usage.search_index`,
 :func:`~clip_gs.usage.hits_sheet`); this module only adds what a web page needs: a cache of loaded
 models (one per source, shared by all visitors), an upload size limit, a four-view preview, the
-file the 3D viewer can show, and the default label set of a model.
+file the 3D viewer can show, the default label set of a model, the configured label set's label
+embeddings (:mod:`clip_gs.demo.labels`: classifying over its names needs no text tower) and the
+one-click example files (:mod:`clip_gs.demo.examples`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from clip_gs.demo.gallery import build_gallery, read_gallery
+from clip_gs.demo.labels import configured_label_embeddings, configured_labels, label_file
 from clip_gs.demo.settings import DemoSettings
 from clip_gs.downloads import model_location
 from clip_gs.errors import ClipGSError, ConfigError
@@ -76,9 +79,10 @@ class Preview:
         return f"Preview: four views, {thinned} ({self.backend} rasterizer)."
 
 
-def render_preview(path: str | Path, size: int, max_gaussians: int, device: torch.device, seed: int = 0) -> Preview:
+def render_preview(path: str | Path, size: int, max_gaussians: int, device: torch.device, seed: int = 0,
+                   up: str = "auto") -> Preview:  # fmt: skip
     """Four orbit views of a 3DGS file or mesh, upright: brought to the model frame by
-    :func:`~clip_gs.gaussians.assets.load_asset` (``up="auto"``) and orbited about +Y.
+    :func:`~clip_gs.gaussians.assets.load_asset` (with ``up``) and orbited about +Y.
 
     On CUDA with gsplat every Gaussian is rendered; on the CPU at most ``max_gaussians``
     (:func:`preview_cloud`).
@@ -91,7 +95,7 @@ def render_preview(path: str | Path, size: int, max_gaussians: int, device: torc
     from clip_gs.render import render_sheet
     from clip_gs.render.gsplat_backend import gsplat_available
 
-    cloud = load_asset(path, seed=seed)
+    cloud = load_asset(path, up=up, seed=seed)
     fast = device.type == "cuda" and gsplat_available()
     shown = cloud if fast else preview_cloud(cloud, max_gaussians, seed)
     shown = shown.to(device=device if fast else "cpu", dtype=torch.float32)
@@ -184,8 +188,11 @@ class DemoService:
         self._indexes: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
+        self._tables: dict[str, object] = {}  # model source -> its LabelEmbeddings (or None: no label set)
+        self._labels_lock = threading.Lock()
         self.gallery_dir = settings.cache / "gallery"
         self.work_dir = settings.cache / "uploads"
+        self.examples_dir = settings.cache / "examples"
 
     # ------------------------------------------------------------------ models
     def model(self, source: str | None) -> LoadedModel:
@@ -208,12 +215,50 @@ class DemoService:
                 # the --teacher override belongs to the configured model; another model uses its own record
                 teacher = self.settings.teacher if self._is_configured(source) else None
                 usage = load_model(source, teacher=teacher, device=self.settings.device)
-                usage.teacher()  # fail here, with the model's name, rather than at the first query
+                served = label_file(self.settings, usage) if self._is_configured(source) else None
+                if served is None or not served.is_file():  # no label-embedding file serves it: the teacher will
+                    usage.teacher()  # fail here, with the model's name, rather than at the first query
                 self._models[source] = usage
                 while len(self._models) > self.settings.max_models:
                     self._models.popitem(last=False)
             self._models.move_to_end(source)
             return self._models[source]
+
+    def default_labels(self, source: str | None) -> tuple[list[str], str]:
+        """``(names, where they come from)``: the configured label set (``--labels`` / ``--label-set``)
+        for the configured model, else :func:`model_labels`.
+
+        Raises:
+            as :meth:`model`; ConfigError / DatasetError: an invalid configured label set.
+        """
+        usage = self.model(source)
+        configured = configured_labels(self.settings) if self._is_configured(model_location(source.strip())) else None
+        return configured if configured is not None else model_labels(usage)
+
+    def label_embeddings(self, source: str | None):
+        """The :class:`~clip_gs.teachers.label_embeddings.LabelEmbeddings` of the configured label set
+        for the configured model (read, or encoded once and cached:
+        :func:`~clip_gs.demo.labels.configured_label_embeddings`), kept for later calls; None for
+        another model or without a label set.
+
+        Raises:
+            as :func:`~clip_gs.demo.labels.configured_label_embeddings`.
+        """
+        usage = self.model(source)
+        location = model_location(source.strip())
+        if not self._is_configured(location):
+            return None
+        with self._labels_lock:
+            if location not in self._tables:
+                self._tables[location] = configured_label_embeddings(self.settings, usage)
+            return self._tables[location]
+
+    def examples(self) -> list[Path]:
+        """The one-click example files, written into the cache on first use
+        (:func:`~clip_gs.demo.examples.build_examples`)."""
+        from clip_gs.demo.examples import build_examples
+
+        return build_examples(self.examples_dir, seed=self.settings.seed)
 
     def _is_configured(self, source: str) -> bool:
         """Whether ``source`` (a :func:`model_location`) is the model the settings name."""
@@ -249,7 +294,7 @@ class DemoService:
 
         path = self.check_upload(path)
         s = self.settings
-        return render_preview(path, s.preview_size, s.preview_gaussians, resolve_device(s.device), s.seed)
+        return render_preview(path, s.preview_size, s.preview_gaussians, resolve_device(s.device), s.seed, s.up)
 
     def viewer_file(self, path: str | Path | None) -> Path | None:
         """The file for the 3D viewer (see :func:`viewer_file`)."""
@@ -259,6 +304,8 @@ class DemoService:
 
     def classify(self, path: str | Path | None, source: str | None, labels: str, k: int | None = None) -> Classification:
         """Zero-shot top-k of an upload against the label box's names (:func:`~clip_gs.usage.classify_files`).
+        When the configured label set's embeddings (:meth:`label_embeddings`) hold every name, their
+        rows are used and no text tower runs; otherwise the model's teacher encodes the names.
 
         Returns:
             The :class:`~clip_gs.usage.Classification`; a file that cannot be read has its ``error``.
@@ -269,8 +316,11 @@ class DemoService:
         path = self.check_upload(path)
         names = parse_labels(labels)
         usage = self.model(source)
+        table = self.label_embeddings(source)
+        chosen = table.select(names) if table is not None and set(names) <= set(table.names) else names
         k = int(k or self.settings.k)
-        [result] = classify_files([path], usage, names, k=k, seed=self.settings.seed, progress=False, num_workers=0)
+        [result] = classify_files([path], usage, chosen, k=k, seed=self.settings.seed, up=self.settings.up,
+                                  progress=False, num_workers=0)  # fmt: skip
         return result
 
     # ------------------------------------------------------------------ gallery search

@@ -22,9 +22,15 @@ fits the 16 GB of a free Space's CPU machine, with room for several visitors."""
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/clip-gs/demo`` (``~/.cache/clip-gs/demo`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clip-gs" / "demo"
+    """``cache_root() / "demo"``: the demo's folder under clip-gs's one cache root
+    (:func:`~clip_gs.downloads.cache_root`; ``CLIP_GS_CACHE`` overrides it)."""
+    from clip_gs.downloads import cache_root
+
+    return cache_root() / "demo"
+
+
+_TEXT_FIELDS = ("model", "teacher", "cache_dir", "labels", "label_set")
+"""Fields read from their variables as text (their default is None, so their type cannot tell)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class DemoSettings:
             ``clip-gs classify``; it must be that same teacher); other models a visitor loads use
             their own records.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
+        up: the up axis of uploads that declare none (``auto``, ``+y``, ``-y``, ``+z``, ``-z``; see
+            :func:`~clip_gs.gaussians.assets.load_asset`): how they are classified and previewed.
         host / port: where the server listens (127.0.0.1 by default: only this machine; a Space
             sets ``0.0.0.0``); ``port`` 0 lets Gradio pick a free one from 7860 up.
         max_file_mb: uploads larger than this (MB) are refused with a message.
@@ -47,13 +55,20 @@ class DemoSettings:
         k: labels shown by the zero-shot classifier and hits by a search.
         max_models: most models kept loaded at once; loading one more unloads the one used least
             recently (visitors can load any Hub repo, and a free Space has little memory).
-        cache_dir: where the gallery and its index are written on first start (reused later).
+        cache_dir: where the gallery, its index, the example files and computed label embeddings
+            are written on first start (reused later); None: :func:`default_cache_dir`.
         seed: seed of the gallery's objects, of mesh sampling and of the model's resampling.
+        labels: the configured model's default label set as comma-separated names (as ``--labels``).
+        label_set: the configured model's default label set (as ``--label-set``): a registered set
+            name or a label-list file, encoded once by the model's teacher on first start and cached
+            as a label-embedding file, or a label-embedding file itself; classification over its
+            names then needs no text tower. At most one of ``labels`` and ``label_set``.
     """
 
     model: str | None = None
     teacher: str | None = None
     device: str = "auto"
+    up: str = "auto"
     host: str = "127.0.0.1"
     port: int = 0
     max_file_mb: float = MAX_FILE_MB
@@ -63,8 +78,13 @@ class DemoSettings:
     max_models: int = 2
     cache_dir: Path | None = None
     seed: int = 0
+    labels: str | None = None
+    label_set: str | None = None
 
     def __post_init__(self) -> None:
+        from clip_gs.gaussians.frames import check_up
+
+        check_up(self.up)
         if not self.max_file_mb > 0:
             raise ConfigError(f"max_file_mb must be > 0, got {self.max_file_mb}")
         for name in ("preview_size", "preview_gaussians", "k", "max_models"):
@@ -73,6 +93,9 @@ class DemoSettings:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port!r}")
+        if self.labels and self.label_set:
+            raise ConfigError(f"give the demo's labels ({self.labels[:40]!r}) or a label set ({self.label_set!r}), "
+                              "not both")  # fmt: skip
 
     @property
     def max_file_bytes(self) -> int:
@@ -96,7 +119,7 @@ class DemoSettings:
             text = environ.get(ENV_PREFIX + f.name.upper())
             if text is None or text == "":
                 continue
-            kind = type(getattr(cls(), f.name)) if f.name not in ("model", "teacher", "cache_dir") else str
+            kind = type(getattr(cls(), f.name)) if f.name not in _TEXT_FIELDS else str
             try:
                 values[f.name] = kind(text)
             except ValueError as exc:

@@ -110,7 +110,9 @@ class LabelEmbeddings:
     @property
     def where(self) -> str:
         """How messages name these embeddings: the file, else ``label embeddings of <label_set>``."""
-        return f"label embeddings {self.path}" if self.path else f"label embeddings of {self.label_set or 'a label set'}"
+        if self.path:
+            return f"label embeddings {self.path}"
+        return f"label embeddings of {self.label_set or 'a label set'}"
 
     def select(self, names: Sequence[str]) -> LabelEmbeddings:
         """The rows of ``names`` (in that order), as new :class:`LabelEmbeddings` (``path`` kept).
@@ -147,7 +149,8 @@ class LabelEmbeddings:
         check_same_teacher(self.teacher, teacher, what=f"{self.where} and {what}")
         width = getattr(getattr(teacher, "identity", teacher), "embed_dim", 0)
         if width and width != self.embed_dim:
-            raise ConfigError(f"{self.where}: {self.embed_dim}-dimensional rows, teacher {self.teacher} embeds in {width}")
+            raise ConfigError(f"{self.where}: {self.embed_dim}-dimensional rows, teacher {self.teacher} embeds in "
+                              f"{width}")  # fmt: skip
 
     def check_prompts(self, templates: Sequence[str], prompt_rule: str, what: str) -> None:
         """Refuse embeddings made with other prompt templates or another prompt rule than ``what`` names.
@@ -297,8 +300,9 @@ def write_label_embeddings(
         "teacher": teacher_identity, "embed_dim": str(weights.shape[-1]) if weights.ndim == 2 else "",
         "templates": json.dumps(templates), "prompt_rule": prompt_rule, "label_set": str(label_set),
     }  # fmt: skip
-    if weights.ndim != 2:
-        raise ConfigError(f"{path}: weights must be [C, E], got {list(weights.shape)}")
+    if weights.ndim != 2 or not (1 <= weights.shape[0] <= MAX_CLASSES and 1 <= weights.shape[1] <= MAX_EMBED_DIM):
+        raise ConfigError(f"{path}: weights must be [C, E] within [1..{MAX_CLASSES}, 1..{MAX_EMBED_DIM}], got "
+                          f"{list(weights.shape)}")  # fmt: skip
     problem = _problem(meta, (int(weights.shape[0]), int(weights.shape[1])))
     if problem is None:
         problem = _values_problem(weights)

@@ -2,8 +2,9 @@
 :func:`add_usage_parsers` from ``clip_gs.cli``).
 
     clip-gs classify FILE... --model M (--labels a,b,c | --label-set NAME_OR_FILE) [--k 5] [--json]
-    clip-gs embed FOLDER --out INDEX --model M
-    clip-gs search INDEX (--text T | --image PNG | --like FILE) [--k 5] [--json] [--sheet hits.png] [--model M]
+    clip-gs embed FOLDER --out INDEX --model M [--up AXIS]
+    clip-gs search INDEX (--text T | --image PNG | --like FILE [--up AXIS]) [--k 5] [--json] [--sheet hits.png]
+                   [--model M]
 
 ``classify`` and ``embed`` report each bad file on stderr (``failed: FILE: reason``), go on with
 the others and exit with status 3 when any failed (``EXIT_SOME_FAILED``, as ``clip-gs prepare``).
@@ -17,34 +18,34 @@ import json
 import sys
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+K_HELP = "how many best results to show: labels per file (classify), hits (search)"
+
+SEARCH_UP_HELP = ("world up axis of a --like file that declares none: auto, +y, -y, +z, -z (default: the index's "
+                  "setting, as its files were embedded)")  # fmt: skip
 
 
 def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, help="exported model folder (clip-gs fit's export/) or Hub repo id")
-    p.add_argument("--teacher", default=None,
-                   help="teacher spec to use instead of the one the model (or index) records; must be that same "
-                        "teacher (e.g. NAME@/path/to/checkpoint for a teacher loaded from a file)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    from clip_gs import cli_flags
+
+    cli_flags.add_model_argument(p, required=required)
+    cli_flags.add_teacher_argument(p)
+    cli_flags.add_device_argument(p)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    from clip_gs.gaussians.assets import MESH_GAUSSIANS
+    from clip_gs import cli_flags
 
-    p.add_argument("--mesh-gaussians", type=_positive, default=MESH_GAUSSIANS,
-                   help=f"Gaussians sampled on a mesh before the model resamples it (default {MESH_GAUSSIANS:,}, "
-                        "as clip-gs prepare)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the mesh sampling and of the model's resampling")
-    p.add_argument("--batch-size", type=_positive, default=8, help="objects per forward pass")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_flags.add_up_argument(p)
+    cli_flags.add_mesh_gaussians_argument(p)  # sampled before the model resamples the cloud
+    cli_flags.add_seed_argument(p)
+    cli_flags.add_batch_size_argument(p)
+    cli_flags.add_quiet_argument(p)
 
 
 def add_usage_parsers(subparsers) -> None:
     """Add ``classify``, ``embed`` and ``search`` to the ``clip-gs`` subparsers; each sets ``func``."""
+    from clip_gs import cli_flags
+
     classify = subparsers.add_parser("classify", help="zero-shot top-k labels of 3DGS files and meshes")
     classify.add_argument(
         "files", nargs="+", help="3DGS files (.ply, .splat, .spz, compressed .ply), meshes, or folders"
@@ -54,8 +55,8 @@ def add_usage_parsers(subparsers) -> None:
     from clip_gs.teachers.label_options import add_label_options
 
     add_label_options(labels)
-    classify.add_argument("--k", type=_positive, default=5, help="labels shown per file")
-    classify.add_argument("--json", action="store_true", help="print a JSON list (one object per file) instead of text")
+    classify.add_argument("--k", type=cli_flags.positive_int, default=5, help=K_HELP)
+    cli_flags.add_json_argument(classify)  # a list, one object per file
     _add_sampling_options(classify)
     classify.set_defaults(func=run_classify)
 
@@ -66,7 +67,7 @@ def add_usage_parsers(subparsers) -> None:
     embed.add_argument("--out", required=True, help="index file (.safetensors); an existing one is brought up to date")
     _add_model_options(embed, required=True)
     _add_sampling_options(embed)
-    embed.add_argument("--overwrite", action="store_true", help="discard an existing index and embed everything")
+    cli_flags.add_overwrite_argument(embed)  # the index: everything is embedded again
     embed.set_defaults(func=run_embed)
 
     search = subparsers.add_parser("search", help="search an index by text, image or example file")
@@ -75,10 +76,11 @@ def add_usage_parsers(subparsers) -> None:
     query.add_argument("--text", help='a description, e.g. "a red sports car" (embedded by the index\'s teacher)')
     query.add_argument("--image", help="an image file (embedded by the index's teacher)")
     query.add_argument("--like", help="a 3DGS file or mesh (embedded by the index's model: needs --model)")
-    search.add_argument("--k", type=_positive, default=5, help="hits shown")
-    search.add_argument("--json", action="store_true", help="print one JSON object instead of 'score path' lines")
+    search.add_argument("--k", type=cli_flags.positive_int, default=5, help=K_HELP)
+    cli_flags.add_json_argument(search)  # one object instead of 'score path' lines
     search.add_argument("--sheet", help="also write a contact sheet of the hits (rendered, with scores) to this image")
-    search.add_argument("--sheet-size", type=_positive, default=192, help="pixels per contact-sheet tile")
+    search.add_argument("--sheet-size", type=cli_flags.positive_int, default=192, help="pixels per contact-sheet tile")
+    cli_flags.add_up_argument(search, default=None, help=SEARCH_UP_HELP)
     _add_model_options(search, required=False)
     search.set_defaults(func=run_search)
 
@@ -99,7 +101,7 @@ def run_classify(args: argparse.Namespace) -> int:
     usage = load_model(args.model, teacher=args.teacher, device=args.device)
     results = classify_files(
         args.files, usage, labels, k=args.k, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
-        batch_size=args.batch_size, progress=False if args.quiet else None,
+        batch_size=args.batch_size, progress=False if args.quiet else None, up=args.up,
     )  # fmt: skip
     failed = [(r.path, r.error) for r in results if not r.ok]
     if args.json:
@@ -122,7 +124,7 @@ def run_embed(args: argparse.Namespace) -> int:
     usage = load_model(args.model, teacher=args.teacher, device=args.device)
     summary = embed_folder(
         args.folder, args.out, usage, mesh_gaussians=args.mesh_gaussians, seed=args.seed,
-        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet,
+        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.quiet, up=args.up,
     )  # fmt: skip
     _report_failures(summary.failures)
     print(summary.line())
@@ -139,7 +141,7 @@ def run_search(args: argparse.Namespace) -> int:
     index = EmbeddingIndex.load(args.index)
     model = load_model(args.model, teacher=args.teacher, device=args.device) if args.model else None
     hits = search_index(index, text=args.text, image=args.image, like=args.like, k=args.k, model=model,
-                        teacher=args.teacher)  # fmt: skip
+                        teacher=args.teacher, up=args.up)  # fmt: skip
     if args.json:
         kind, value = next((k, v) for k, v in (("text", args.text), ("image", args.image), ("like", args.like)) if v)
         print(json.dumps({
@@ -154,8 +156,8 @@ def run_search(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         mesh_gaussians = int(index.settings.get("mesh_gaussians", MESH_GAUSSIANS))
-        seed = int(index.settings.get("seed", 0))
-        sheet, failures = hits_sheet(hits, size=args.sheet_size, mesh_gaussians=mesh_gaussians, seed=seed)
+        seed, up = int(index.settings.get("seed", 0)), str(index.settings.get("up", "auto"))  # as the index embedded
+        sheet, failures = hits_sheet(hits, size=args.sheet_size, mesh_gaussians=mesh_gaussians, seed=seed, up=up)
         Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
         sheet.save(args.sheet)
         _report_failures(failures)

@@ -4,7 +4,8 @@
   when a model is given); the text is used as written, without prompt templates.
 - ``image``: read with PIL (RGB), embedded by the same teacher's ``encode_images``.
 - ``like``: a 3DGS file or mesh embedded by the index's model (a model must be given), with the
-  index's settings (seed, mesh samples), so a file that is in the index finds itself first.
+  index's settings (seed, mesh samples, up axis unless ``up`` names another), so a file that is in
+  the index finds itself first.
 
 Every query is checked against the index's identities first
 (:meth:`~clip_gs.index.EmbeddingIndex.check_query_source`): a query from another model or
@@ -79,12 +80,14 @@ def make_query(
     like: str | os.PathLike | None = None,
     model: LoadedModel | None = None,
     teacher: str | Teacher | None = None,
+    up: str | None = None,
 ) -> Query:
-    """Embed exactly one of ``text``, ``image``, ``like`` for a search of ``index``.
+    """Embed exactly one of ``text``, ``image``, ``like`` for a search of ``index``; ``up`` is the
+    up axis of a ``like`` file that declares none (None: the index's ``up`` setting).
 
     Raises:
         ConfigError: not exactly one query; ``like`` without a model; a model other than the
-            index's (checked before anything is embedded).
+            index's (checked before anything is embedded); an unknown ``up``.
     """
     given = [(k, v) for k, v in (("text", text), ("image", image), ("like", like)) if v is not None]
     if len(given) != 1:
@@ -99,7 +102,8 @@ def make_query(
             )
         settings = index.settings
         seed = int(settings.get("seed", 0))
-        loader = asset_loader(up=str(settings.get("up", "auto")), frame=model.model.config.up_axis,
+        up = str(settings.get("up", "auto")) if up is None else up
+        loader = asset_loader(up=up, frame=model.model.config.up_axis,
                               mesh_gaussians=int(settings.get("mesh_gaussians", MESH_GAUSSIANS)), seed=seed)
         embedding = model.model.encode(str(value), seed=seed, loader=loader, progress=False)
         return Query(kind, str(value), embedding, model=model.identity)
@@ -122,6 +126,7 @@ def search_index(
     k: int = 5,
     model: LoadedModel | str | os.PathLike | None = None,
     teacher: str | Teacher | None = None,
+    up: str | None = None,
 ) -> list[Hit]:
     """The ``k`` rows of an index nearest to one query (cosine), best first.
 
@@ -131,6 +136,7 @@ def search_index(
         k: hits (at most the index's size).
         model: the index's model (a :class:`LoadedModel` or folder / repo id); needed for ``like``.
         teacher: a teacher spec to use instead of the recorded one (must be the same teacher).
+        up: the up axis of a ``like`` file that declares none (None: the index's setting).
 
     Raises:
         ConfigError: a bad query, a query from another model or teacher than the index's.
@@ -139,7 +145,7 @@ def search_index(
     index = _load_index(index)
     if model is not None and not isinstance(model, LoadedModel):
         model = load_model(model, teacher=teacher)
-    query = make_query(index, text, image, like, model, teacher)
+    query = make_query(index, text, image, like, model, teacher, up)
     return index.search(query.embedding, k=k, model=query.model, teacher=query.teacher)[0]
 
 
