@@ -125,6 +125,32 @@ def test_named_model_from_the_hugging_face_cache_is_uni3d_offline(offline_cache,
     torch.testing.assert_close(again.encode(files, precision="fp32"), expected, atol=1e-4, rtol=0)
 
 
+def test_classify_with_a_named_model_takes_its_teacher_from_the_record(offline_cache, uni3d_tiny, tmp_path, capsys):
+    """``clip-gs classify --model uni3d-ti`` with a label-embedding file of Uni3D's teacher (no text tower
+    here): the cosines are those of Uni3D's own embeddings, and no --teacher flag is needed; a file of
+    another teacher is refused."""
+    from clip_gs.cli import main
+    from clip_gs.teachers.label_embeddings import write_label_embeddings
+
+    reference, checkpoint = uni3d_tiny
+    offline_cache(PRETRAINED["uni3d-ti"].filename, checkpoint)
+    files = object_files(tmp_path / "objects")
+    names = ["chair", "lamp", "table", "guitar"]
+    weights = torch.nn.functional.normalize(torch.randn(len(names), 1024, generator=torch.Generator().manual_seed(2)), dim=-1)
+    labels = write_label_embeddings(tmp_path / "labels.safetensors", names, weights, UNI3D_TEACHER)
+    assert main(["classify", *map(str, files), "--model", "uni3d-ti", "--label-set", str(labels), "--k", "4",
+                 "--json", "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    results = json.loads(capsys.readouterr().out)
+    expected = reference_embeddings(reference, files, load_model("uni3d-ti").model.config) @ weights.T
+    for result, row in zip(results, expected):
+        got = {entry["label"]: entry["cosine"] for entry in result["labels"]}
+        torch.testing.assert_close(torch.tensor([got[n] for n in names]), row, atol=1e-4, rtol=0)
+    other = write_label_embeddings(tmp_path / "other.safetensors", names, weights, "open_clip:ViT-B-32/openai")
+    assert main(["classify", str(files[0]), "--model", "uni3d-ti", "--label-set", str(other), "--device", "cpu",
+                 "--quiet"]) != 0  # fmt: skip
+    assert "ViT-B-32" in capsys.readouterr().err
+
+
 def test_a_local_uni3d_file_is_a_model_everywhere(offline_cache, uni3d_tiny, tmp_path):
     reference, checkpoint = uni3d_tiny
     files = object_files(tmp_path / "objects")
