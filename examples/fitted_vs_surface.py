@@ -1,7 +1,7 @@
 """The same mesh as surface samples and as 3DGS fitted to its renders: views side by side, and
 histograms of scales, opacities and distance to the surface.
 
-    python examples/fitted_vs_surface.py [MESH] [-o docs/fitted_vs_surface.png] [--iterations 1000]
+    python examples/fitted_vs_surface.py [MESH] [--out docs/fitted_vs_surface.png] [--iterations 1000]
 
 Needs Blender's module and gsplat (``pip install clip-gs[render,fit]``). Rows: Blender's render of
 the mesh (the target), the surface conversion (``mesh_to_gaussians``, what ``prepare --gaussians
@@ -68,7 +68,7 @@ def histogram(title: str, series: dict[str, torch.Tensor], low: float, high: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mesh", nargs="?", type=Path, default=DEFAULT_MESH)
-    parser.add_argument("-o", "--output", default="docs/fitted_vs_surface.png")
+    parser.add_argument("--out", default="docs/fitted_vs_surface.png")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--gaussians", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=192, help="size of the pictured views")
@@ -111,9 +111,9 @@ def main() -> None:
     for panel in panels:
         canvas.paste(panel, (x, title_height + sheet.height))
         x += panel.width
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(args.output)
-    print(f"wrote {args.output}; held-out PSNR surface {scores['surface'][0]:.2f} dB, fitted {scores['fitted'][0]:.2f} dB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(args.out)
+    print(f"wrote {args.out}; held-out PSNR surface {scores['surface'][0]:.2f} dB, fitted {scores['fitted'][0]:.2f} dB")
     distance = {k: float(nearest_distance(c.means, dense).median()) for k, c in clouds.items()}
     print(f"median distance to the surface: surface {distance['surface']:.4f}, fitted {distance['fitted']:.4f}; "
           f"median opacity: surface {float(surface.opacity.median()):.2f}, fitted "

@@ -1,6 +1,6 @@
 """Render one object of every synthetic class into a labelled contact sheet.
 
-    python examples/synthetic_gallery.py [-o docs/synthetic_gallery.png] [--size 128] [--seed 0]
+    python examples/synthetic_gallery.py [--out docs/synthetic_gallery.png] [--size 128] [--seed 0]
 
 The synthetic set (``clip_gs.data.synthetic``) is the offline stand-in for real 3DGS data in
 tests, the quick start and demos; this is what it looks like.
@@ -18,7 +18,7 @@ from clip_gs.render import contact_sheet, orbit_cameras, render_cloud
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", default="docs/synthetic_gallery.png")
+    parser.add_argument("--out", default="docs/synthetic_gallery.png")
     parser.add_argument("--size", type=int, default=144)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -33,8 +33,8 @@ def main() -> None:
         labels.append(shape)
         print(f"{shape:>10}: {obj.caption}")
     sheet = contact_sheet(torch.cat(images), columns=5, labels=labels)
-    sheet.save(args.output)
-    print(f"wrote {args.output} ({len(SHAPE_CLASSES)} classes)")
+    sheet.save(args.out)
+    print(f"wrote {args.out} ({len(SHAPE_CLASSES)} classes)")
 
 
 if __name__ == "__main__":

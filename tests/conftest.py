@@ -52,7 +52,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 # ---------------------------------------------------------------------------- a trained model
 TRAINED_RUN_OVERRIDES = [
     "--data.root", "synthetic:{objects}", "--trainer.max_steps", "{steps}", "--trainer.enable_progress_bar", "false",
-    "--trainer.logger", "false", "--test_after_fit", "false",
+    "--trainer.logger", "false", "--test-after-fit", "false",
 ]  # fmt: skip
 """The quick-start configuration with a smaller budget (see :func:`trained_run`)."""
 
@@ -136,3 +136,56 @@ def s3_server(monkeypatch):
         yield {"endpoint_url": endpoint}
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------- small inputs for the evaluation tests
+TINY_EMBED_DIM = 256
+"""Width of :func:`export_tiny_model`'s models: the offline teacher ``synthetic-clip``'s space."""
+
+
+def export_tiny_model(folder: Path, seed: int = 0, num_gaussians: int = 256) -> Path:
+    """A random ``clip-gs-tiny`` (seeded) in the offline teacher's space, exported with that teacher."""
+    from clip_gs.lightning.export import export_pretrained
+    from clip_gs.model import create_model
+    from clip_gs.teachers import load_teacher
+
+    torch.manual_seed(seed)
+    model = create_model("clip-gs-tiny", num_gaussians=num_gaussians, num_groups=16, group_size=16,
+                         embed_dim=TINY_EMBED_DIM, depth=2)  # fmt: skip
+    teacher = load_teacher("synthetic-clip")
+    return export_pretrained(model, folder, teacher={"teacher": str(teacher.identity), "embed_dim": TINY_EMBED_DIM})
+
+
+def unigs_array(n: int, seed: int = 0, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)):
+    """``[n, 14]`` float32 raw 3DGS values in UniGS's column order (xyz, f_dc, opacity, log-scales, wxyz)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 14), dtype=np.float32)
+    out[:, 0:3] = rng.normal(size=(n, 3)) * 0.2 + np.asarray(centre)
+    out[:, 3:6] = rng.normal(size=(n, 3))
+    out[:, 6] = rng.normal(size=n)
+    out[:, 7:10] = rng.uniform(-5, -3, size=(n, 3))
+    out[:, 10:14] = rng.normal(size=(n, 4))
+    return out
+
+
+def write_unigs_pkl(path: Path, array, label: str = "", machine: str | None = "a thing",
+                    human: list[str] | None = None, writer: str = "torch") -> Path:  # fmt: skip
+    """A ``.pkl`` the way UniGS's make_datasets.py writes one: ``torch.save`` of a dict (``writer="torch"``),
+    or ``pickle.dump`` of it (``writer="pickle"``)."""
+    import pickle
+
+    record = {"name": path.stem, "item_path": f"/path/to/your/objects/{path.stem}.pkl", "label_count": 0,
+              "dataset": "objaverse", "label": label, "img": "/path/to/views", "3dgs": array, "glb_path": "x.glb"}  # fmt: skip
+    if machine is not None:
+        record["machine_prompt"] = machine
+    if human:
+        record["human_prompt"] = human
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if writer == "torch":
+        torch.save(record, path)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump(record, fh, protocol=4)
+    return path

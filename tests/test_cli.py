@@ -29,7 +29,7 @@ def test_info_prints_count_degree_and_statistics(torus_ply, capsys):
 
 def test_render_writes_a_contact_sheet(torus_ply, tmp_path, capsys):
     target = tmp_path / "sub" / "sheet.png"
-    assert main(["render", str(torus_ply), "-o", str(target), "--views", "2", "--size", "48"]) == 0
+    assert main(["render", str(torus_ply), "--out", str(target), "--views", "2", "--size", "48"]) == 0
     image = np.asarray(Image.open(target).convert("RGB")).astype(float) / 255
     assert image.shape[0] == 48 + 4 and image.shape[1] == 2 * 48 + 6  # one row of two tiles, 2 px padding
     # a red torus on white: some pixels are clearly red, and the background is white
@@ -68,7 +68,7 @@ def test_load_asset_converts_meshes_and_reads_3dgs(tmp_path, torus_ply):
 def test_render_real_duck_is_yellow(tmp_path):
     duck = real_file("trimesh-models/Duck.glb")
     target = tmp_path / "duck.png"
-    assert main(["render", str(duck), "-o", str(target), "--views", "2", "--size", "64", "--num-gaussians", "8000"]) == 0
+    assert main(["render", str(duck), "--out", str(target), "--views", "2", "--size", "64", "--mesh-gaussians", "8000"]) == 0
     image = np.asarray(Image.open(target).convert("RGB")).astype(float) / 255
     body = image[image.min(axis=-1) < 0.9]  # not background
     r, g, b = body.mean(axis=0)
@@ -83,7 +83,7 @@ def test_background_option(torus_ply, tmp_path):
     with pytest.raises(Exception, match="background must be"):
         parse_background("1,2")
     target = tmp_path / "black.png"
-    assert main(["render", str(torus_ply), "-o", str(target), "--views", "1", "--size", "32", "--background", "black"]) == 0
+    assert main(["render", str(torus_ply), "--out", str(target), "--views", "1", "--size", "32", "--background", "black"]) == 0
     image = np.asarray(Image.open(target).convert("RGB"))[2:-2, 2:-2]
     assert image[0, 0].tolist() == [0, 0, 0]  # a corner of the view is background
 
@@ -118,13 +118,13 @@ def test_render_up_axis_option_and_auto_default(tmp_path, capsys):
     out = tmp_path / "sheet.png"
     common = ["--views", "1", "--size", "48", "--elevation", "0"]
     # `--up -y` used to be rejected by argparse ("expected one argument")
-    assert main(["render", str(capture), "-o", str(out), "--up", "-y", *common]) == 0
+    assert main(["render", str(capture), "--out", str(out), "--up", "-y", *common]) == 0
     assert not red_above_blue(out)  # -y up: the blue half (y < 0) is on top
-    assert main(["render", str(capture), "-o", str(out), "--up", "+y", *common]) == 0
+    assert main(["render", str(capture), "--out", str(out), "--up", "+y", *common]) == 0
     assert red_above_blue(out)
-    assert main(["render", str(capture), "-o", str(out), *common]) == 0  # auto: INRIA captures are y-down
+    assert main(["render", str(capture), "--out", str(out), *common]) == 0  # auto: INRIA captures are y-down
     assert not red_above_blue(out) and "up -y (auto)" in capsys.readouterr().out
-    assert main(["render", str(declared), "-o", str(out), *common]) == 0  # auto: the declared axis
+    assert main(["render", str(declared), "--out", str(out), *common]) == 0  # auto: the declared axis
     assert red_above_blue(out) and "up +y (auto)" in capsys.readouterr().out
 
 

@@ -30,8 +30,8 @@ def test_every_public_name_resolves():
 
 LAYERS = {
     "errors": 0, "strict_json": 1, "state_dicts": 1, "downloads": 1, "gaussians": 2, "__init__": 3, "ops": 3, "render": 4,
-    "teachers": 5, "fitting": 5, "model": 6, "data": 7, "evaluation": 8, "index": 8, "offline_teacher": 8, "lightning": 9,
-    "usage": 9, "demo": 10, "cli": 11, "__main__": 12,
+    "teachers": 5, "fitting": 5, "model": 6, "data": 7, "cli_flags": 7, "evaluation": 8, "index": 8,
+    "offline_teacher": 8, "lightning": 9, "usage": 9, "demo": 10, "cli": 11, "__main__": 12,
 }  # fmt: skip
 """The package's layers, bottom up (README, Architecture): a module may import its own package and lower layers only."""
 

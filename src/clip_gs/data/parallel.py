@@ -2,9 +2,10 @@
 
 - **Workers** (``--workers N``): LitData's ``map`` runs an
   :class:`~clip_gs.data.prepare.ObjectPreparer` over the objects in ``N`` worker processes on
-  this machine (LitData's own work queue; with ``--device cuda`` each worker takes the GPU LitData
-  assigns it, worker rank modulo the GPU count). Each worker writes finished records into the work
-  folder, exactly as a single process does.
+  this machine (LitData's own work queue; with ``--device cuda``, or ``auto`` where CUDA is
+  available, each worker takes the GPU LitData assigns it, worker rank modulo the GPU count; the
+  device is resolved once, before the workers start). Each worker writes finished records into the
+  work folder, exactly as a single process does.
 - **Nodes** (``--num-nodes M --node-rank R``): node ``R`` takes the objects whose id hashes to it
   (:func:`node_share`), prepares them (with its workers) and writes its **part** under
   ``<out>/parts/R-of-M/``: one LitData split per split, in id order, and ``part.json`` (written

@@ -8,7 +8,7 @@ the data module's ``scale_activation`` must equal the model configuration's (che
 Two callbacks are always there: Lightning's ``ThroughputMonitor`` (``train/samples_per_sec``,
 ``train/device/samples_per_sec``, ... over a window of :data:`THROUGHPUT_WINDOW` steps) and the
 :class:`~clip_gs.lightning.predictions.PredictionsWriter` of ``predict``.
-``fit`` then tests the best checkpoint on the test split (``--test_after_fit false`` skips it),
+``fit`` then tests the best checkpoint on the test split (``--test-after-fit false`` skips it),
 prints the test zero-shot accuracy next to the teacher's own on the same objects and the test
 recall, adds them to the export's ``metrics.json``, prints the wall time of each stage (prepare,
 train, export, test), and prints the export folder as its last line.
@@ -47,7 +47,7 @@ class CLIPGSCLI(LightningCLI):
         parser.add_lightning_class_args(ExportBest, "export")
         parser.link_arguments("data.num_gaussians", "model.config.num_gaussians")
         parser.add_argument(
-            "--test_after_fit", type=bool, default=True,
+            "--test-after-fit", type=bool, default=True,  # dest and config key: test_after_fit
             help="fit: after training, test the best checkpoint on the test split (when the data has one)",
         )  # fmt: skip
 

@@ -23,9 +23,11 @@ The evaluation report (written by ``clip-gs eval``; fractions in [0, 1], any tas
      "tasks": {"zeroshot": {"top1", "top3", "top5": float, "per_class": {name: float},
                             "label_set": str, "num_classes": int},
                "fewshot": {"<ways>-way-<shots>-shot": {"mean": float, "std": float, "episodes": int,
-                                                       "protocol"?, "queries_per_class"?, "support_split"?, "note"?}},
+                                                       "protocol"?, "queries_per_class"?, "support_split"?, "note"?,
+                                                       "draws_sha256"?, "episodes_file"?, "episodes_file_use"?}},
                "retrieval": {"text_to_3d" | "3d_to_text" | "image_to_3d" | "3d_to_image":
-                             {"r1", "r5", "r10": float}}},
+                             {"r1", "r5", "r10": float,
+                              "definition"?: {"queries", "gallery", "hit": str}}}},
      "created": iso8601, "clip_gs_version": str}
 
 Optional: ``tasks.zeroshot.num_samples`` (int) and ``failures`` (``{task: message}``, protocols that could
@@ -74,10 +76,13 @@ REPORT_OPTIONAL = {"failures": dict, "benchmark": str}
 ZEROSHOT_FIELDS = {"top1": float, "top3": float, "top5": float, "per_class": dict, "label_set": str, "num_classes": int}
 ZEROSHOT_OPTIONAL = {"num_samples": int, "protocol": str}
 FEWSHOT_FIELDS = {"mean": float, "std": float, "episodes": int}
-FEWSHOT_OPTIONAL = {"protocol": str, "queries_per_class": int, "support_split": str, "note": str}
+FEWSHOT_OPTIONAL = {"protocol": str, "queries_per_class": int, "support_split": str, "note": str, "draws_sha256": str,
+                    "episodes_file": str, "episodes_file_use": str}  # fmt: skip
 RETRIEVAL_DIRECTIONS = {"text_to_3d": "text → 3D", "3d_to_text": "3D → text", "image_to_3d": "image → 3D",
                         "3d_to_image": "3D → image"}  # fmt: skip
 RECALL_FIELDS = {"r1": float, "r5": float, "r10": float}
+RECALL_OPTIONAL = {"definition": dict}
+DEFINITION_FIELDS = {"queries": str, "gallery": str, "hit": str}
 FEWSHOT_KEY = re.compile(r"^(\d+)-way-(\d+)-shot$")
 _FRACTIONS = {"top1", "top3", "top5", "mean", "std", "r1", "r5", "r10"}
 
@@ -137,7 +142,9 @@ def check_eval_report(report: object, source: str) -> None:
                 raise ModelCardError(
                     f"{source}: unknown retrieval direction {direction!r}; known: {list(RETRIEVAL_DIRECTIONS)}"
                 )
-            _check_fields(entry, RECALL_FIELDS, source, f"tasks.retrieval.{direction}.")
+            _check_fields(entry, RECALL_FIELDS, source, f"tasks.retrieval.{direction}.", RECALL_OPTIONAL)
+            if "definition" in entry:
+                _check_fields(entry["definition"], DEFINITION_FIELDS, source, f"tasks.retrieval.{direction}.definition.")
 
 
 def _check_fields(
@@ -266,6 +273,11 @@ def evaluation_markdown(report: Mapping | None, report_name: str | None, validat
         lines += ["", "**Retrieval** (recall at k)", "", "| direction | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
         lines += [f"| {RETRIEVAL_DIRECTIONS[d]} | {_percent(e['r1'])} | {_percent(e['r5'])} | {_percent(e['r10'])} |"
                   for d, e in tasks["retrieval"].items()]  # fmt: skip
+        defined = [(d, e["definition"]) for d, e in tasks["retrieval"].items() if "definition" in e]
+        if defined:
+            lines += ["", "What each direction counts:", ""]
+            lines += [f"- {RETRIEVAL_DIRECTIONS[d]}: queries {x['queries']}; gallery {x['gallery']}; a hit when {x['hit']}."
+                      for d, x in defined]  # fmt: skip
     lines += [line for image in images for line in ("", f"![{Path(image).stem}]({image})")]
     return "\n".join(lines)
 

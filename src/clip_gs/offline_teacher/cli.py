@@ -14,11 +14,15 @@ import argparse
 
 def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``teacher {build,eval}`` to the ``clip-gs`` subparsers; each sets ``func``."""
+    from clip_gs.cli_flags import add_quiet_argument, add_seed_argument
+
     teacher = subparsers.add_parser("teacher", help="build or evaluate CLIP teachers (the offline synthetic-clip)")
     sub = teacher.add_subparsers(dest="teacher_command", required=True)
 
-    build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: about an hour)")
-    build.add_argument("--seed", type=int, required=True, help="build seed, 0..99 (the shipped file: 0)")
+    build = sub.add_parser("build", help="train the offline teacher synthetic-clip from a seed (2 CPU cores: about an hour)",
+                           description="Train the offline teacher synthetic-clip from --seed, a build seed in 0..99 "
+                           "(the shipped file: 0).")  # fmt: skip
+    add_seed_argument(build)
     build.add_argument("--out", required=True, help="output .safetensors (a .json build record goes next to it)")
     build.add_argument("--steps", type=int, default=1200, help="optimiser steps")
     build.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step (main batch)")
@@ -36,7 +40,7 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--threads", type=int, default=None, help="torch threads for training")
     build.add_argument("--no-cache", action="store_true", help="do not cache the rendered views under /tmp")
     build.add_argument("--checkpoint-every", type=int, default=0, help="also save intermediate weights")
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(build)
     build.set_defaults(func=run_build)
 
     from clip_gs.offline_teacher.evaluate import add_eval_arguments

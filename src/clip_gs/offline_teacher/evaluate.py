@@ -151,13 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the evaluation command."""
+    from clip_gs.cli_flags import add_json_argument
+
     parser.add_argument("--teacher", default="synthetic-clip", help="teacher spec (default: the offline teacher)")
     parser.add_argument("--per-class", type=int, default=8, help="zero-shot objects per class")
     parser.add_argument("--objects", type=int, default=100, help="objects in the retrieval gallery")
     parser.add_argument("--per-colour", type=int, default=3, help="cubes per colour for the colour test")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument("--fresh-set", type=int, default=0, help="which independent set of fresh objects (0: the tests')")
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_json_argument(parser)
 
 
 def run_eval(args: argparse.Namespace) -> int:
