@@ -138,6 +138,10 @@ def run_search(args: argparse.Namespace) -> int:
     from clip_gs.model.loaded import load_model
     from clip_gs.usage.search import hits_sheet, search_index
 
+    if args.up is not None and not args.like:
+        from clip_gs.errors import ConfigError
+
+        raise ConfigError("--up names the up axis of a --like file; a text or image query has none")
     index = EmbeddingIndex.load(args.index)
     model = load_model(args.model, teacher=args.teacher, device=args.device) if args.model else None
     hits = search_index(index, text=args.text, image=args.image, like=args.like, k=args.k, model=model,
