@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from clip_gs.gaussians import GaussianCloud, save_gaussians
-from clip_gs.model import CLIPGS, preprocess_cloud
+from clip_gs.model import create_model, preprocess_cloud
 from clip_gs.model.inputs import default_num_workers
 from clip_gs.model.precision import resolve_precision
-from clip_gs.model import create_model
 
 
 def write_objects(folder: Path, count: int, seed: int = 0, low: int = 10_000, high: int = 100_000) -> list[Path]:

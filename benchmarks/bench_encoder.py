@@ -39,7 +39,7 @@ from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, get_model_config
 from clip_gs.model.uni3d import load_uni3d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: the reference lives with the tests
-from tests.uni3d_reference import Uni3DPointEncoderReference  # noqa: E402
+from tests.uni3d_reference import Uni3DPointEncoderReference
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:

@@ -46,7 +46,10 @@ def _fpsample_group(points: torch.Tensor, num_groups: int, group_size: int) -> t
     import fpsample  # optional, CPU only
 
     centres = torch.stack(
-        [torch.from_numpy(fpsample.fps_sampling(cloud.numpy(), num_groups, start_idx=0).astype("int64")) for cloud in points]
+        [
+            torch.from_numpy(fpsample.fps_sampling(cloud.numpy(), num_groups, start_idx=0).astype("int64"))
+            for cloud in points
+        ]
     )
     knn(gather(points, centres), points, group_size)
     return centres

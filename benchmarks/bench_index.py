@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
             same = [[h.row for h in q] for q in index.search(queries, k=10)] == torch.topk(
                 queries @ index.embeddings.T, 10, dim=1
             ).indices.tolist()
-            print(f"{size:>10,} {count:>7} {ours * 1e3:>9.1f} {brute * 1e3:>9.1f} {brute / ours:>5.2f}x  same hits: {same}")
+            print(
+                f"{size:>10,} {count:>7} {ours * 1e3:>9.1f} {brute * 1e3:>9.1f} {brute / ours:>5.2f}x  same hits: {same}"
+            )
 
 
 if __name__ == "__main__":

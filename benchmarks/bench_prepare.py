@@ -96,8 +96,15 @@ def run_workers(source: str, views: int, teacher_spec: str, workers: int, out: P
     for path in sorted(out.rglob("*")):
         if path.is_file() and ".work" not in path.parts:
             digest.update(path.relative_to(out).as_posix().encode() + path.read_bytes())
-    return {"wall": wall, "startup": first - start, "steady": steady, "rate": summary.succeeded / wall,
-            "objects": summary.succeeded, "failed": summary.failed, "digest": digest.hexdigest()}
+    return {
+        "wall": wall,
+        "startup": first - start,
+        "steady": steady,
+        "rate": summary.succeeded / wall,
+        "objects": summary.succeeded,
+        "failed": summary.failed,
+        "digest": digest.hexdigest(),
+    }
 
 
 def workers_table(args) -> None:
@@ -128,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=24)
     parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--meshes", default=None, help="also time a folder of meshes (e.g. ../shared/data/real/trimesh-models)")
+    parser.add_argument(
+        "--meshes", default=None, help="also time a folder of meshes (e.g. ../shared/data/real/trimesh-models)"
+    )
     parser.add_argument("--teacher", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="with --workers: cpu or cuda")

@@ -403,7 +403,9 @@ class StepClock(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._start is not None and self._end is not None:
-            self.steps.append({"step": int(trainer.global_step), "wait_s": now - self._end, "cycle_s": now - self._start})
+            self.steps.append(
+                {"step": int(trainer.global_step), "wait_s": now - self._end, "cycle_s": now - self._start}
+            )
         self._start = now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

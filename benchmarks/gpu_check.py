@@ -194,8 +194,10 @@ class Runner:
             elif need == "modelnet40":
                 root, data = os.environ.get("CLIP_GS_MODELNET40"), os.environ.get("CLIP_GS_UNI3D_DATA")
                 if not (root and Path(root).is_dir() and data and Path(data).is_dir()):
-                    reasons.append("CLIP_GS_MODELNET40 (ModelNet40 folder) and CLIP_GS_UNI3D_DATA (Uni3D's data/ "
-                                   "with templates.json and labels.json) must name folders")
+                    reasons.append(
+                        "CLIP_GS_MODELNET40 (ModelNet40 folder) and CLIP_GS_UNI3D_DATA (Uni3D's data/ "
+                        "with templates.json and labels.json) must name folders"
+                    )
             elif need == "inputs":
                 inputs = (self.preflight or {}).get("inputs", {})
                 if not inputs.get("ok"):

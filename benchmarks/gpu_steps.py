@@ -590,7 +590,9 @@ def step_uni3d_modelnet40(args) -> dict:
     top1 = 100 * report["tasks"]["zeroshot"]["top1"]
     numbers = {"top1": round(top1, 2), "published_top1": UNI3D_MODELNET40_TOP1, "objects": report["num_objects"]}
     if abs(top1 - UNI3D_MODELNET40_TOP1) > 1.0:
-        raise StepFailed(f"ModelNet40 top-1 {top1:.1f} is more than 1 point from Uni3D's {UNI3D_MODELNET40_TOP1}", numbers)
+        raise StepFailed(
+            f"ModelNet40 top-1 {top1:.1f} is more than 1 point from Uni3D's {UNI3D_MODELNET40_TOP1}", numbers
+        )
     return numbers
 
 

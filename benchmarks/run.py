@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
     peaks = encoder["peaks"]
     print(
-        f"matmul 2048x2048 peak (median of the run): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
+        f"matmul 2048x2048 peak (median of the run): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
     )
     header = (
         f"| {'benchmark':44s} | {'time':>10s} | {'objects/s':>9s} | {'ratio':>8s} "

@@ -20,12 +20,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from clip_gs.data.fitted import fit_mesh, init_from_mesh
-from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.fitting import FitConfig, evaluate_views, transform_cloud
+from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.render import contact_sheet, render_cloud, sphere_cameras
 from clip_gs.render.blender import composite, render_mesh
 
-DEFAULT_MESH = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real" / "trimesh-models" / "Duck.glb"
+DEFAULT_MESH = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real" / "trimesh-models" / "Duck.glb"
+)
 COLOURS = {"surface": (70, 110, 200), "fitted": (220, 110, 40)}
 
 

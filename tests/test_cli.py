@@ -8,9 +8,9 @@ import trimesh
 from PIL import Image
 
 from clip_gs import load_asset, save_gaussians
-from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
-from clip_gs.data.synthetic import make_object
 from clip_gs.cli import main
+from clip_gs.data.synthetic import make_object
+from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
 from tests.conftest import real_file
 
 
@@ -68,7 +68,10 @@ def test_load_asset_converts_meshes_and_reads_3dgs(tmp_path, torus_ply):
 def test_render_real_duck_is_yellow(tmp_path):
     duck = real_file("trimesh-models/Duck.glb")
     target = tmp_path / "duck.png"
-    assert main(["render", str(duck), "--out", str(target), "--views", "2", "--size", "64", "--mesh-gaussians", "8000"]) == 0
+    assert (
+        main(["render", str(duck), "--out", str(target), "--views", "2", "--size", "64", "--mesh-gaussians", "8000"])
+        == 0
+    )
     image = np.asarray(Image.open(target).convert("RGB")).astype(float) / 255
     body = image[image.min(axis=-1) < 0.9]  # not background
     r, g, b = body.mean(axis=0)
@@ -83,7 +86,10 @@ def test_background_option(torus_ply, tmp_path):
     with pytest.raises(Exception, match="background must be"):
         parse_background("1,2")
     target = tmp_path / "black.png"
-    assert main(["render", str(torus_ply), "--out", str(target), "--views", "1", "--size", "32", "--background", "black"]) == 0
+    assert (
+        main(["render", str(torus_ply), "--out", str(target), "--views", "1", "--size", "32", "--background", "black"])
+        == 0
+    )
     image = np.asarray(Image.open(target).convert("RGB"))[2:-2, 2:-2]
     assert image[0, 0].tolist() == [0, 0, 0]  # a corner of the view is background
 

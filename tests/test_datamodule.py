@@ -323,9 +323,7 @@ def test_preprocess_with_an_identity_transform_is_preprocess():
     cloud = fake_sample(3).cloud
     identity = RandomScale(1.0, 1.0)
     assert torch.equal(preprocess(cloud, N, "sigmoid", 11, identity), preprocess(cloud, N, "sigmoid", seed=11))
-    assert torch.equal(
-        preprocess(cloud, N, "exp", 11, RandomTranslation(0.0)), preprocess(cloud, N, "exp", seed=11)
-    )
+    assert torch.equal(preprocess(cloud, N, "exp", 11, RandomTranslation(0.0)), preprocess(cloud, N, "exp", seed=11))
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(dataset_root):
@@ -427,7 +425,9 @@ def test_synthetic_root_is_built_by_prepare(tmp_path):
     recorded.write_text(recorded.read_text().replace('"teacher": "', '"teacher": "an-earlier-'))
     from clip_gs.errors import PreparedWithOtherSettingsError
 
-    with pytest.raises(PreparedWithOtherSettingsError, match=f"delete {dm.dataset_root} to rebuild it, or set data.cache_dir"):
+    with pytest.raises(
+        PreparedWithOtherSettingsError, match=f"delete {dm.dataset_root} to rebuild it, or set data.cache_dir"
+    ):
         make_dm("synthetic:8", cache_dir=str(tmp_path)).prepare_data()
 
 

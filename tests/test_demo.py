@@ -82,8 +82,12 @@ def test_settings_from_the_environment_and_the_command_line(tmp_path):
 
     env = {"CLIP_GS_DEMO_MODEL": "org/model", "CLIP_GS_DEMO_MAX_FILE_MB": "2.5", "CLIP_GS_DEMO_PORT": "7001"}
     settings = DemoSettings.from_env(env, port=7002)
-    assert (settings.model, settings.max_file_mb, settings.max_file_bytes, settings.port) == ("org/model", 2.5,
-                                                                                                2_500_000, 7002)
+    assert (settings.model, settings.max_file_mb, settings.max_file_bytes, settings.port) == (
+        "org/model",
+        2.5,
+        2_500_000,
+        7002,
+    )
     assert settings.host == "127.0.0.1" and settings.k == 5
     with pytest.raises(ConfigError, match="CLIP_GS_DEMO_PREVIEW_SIZE='big': not a valid int"):
         DemoSettings.from_env({"CLIP_GS_DEMO_PREVIEW_SIZE": "big"})
@@ -92,8 +96,12 @@ def test_settings_from_the_environment_and_the_command_line(tmp_path):
     args = build_parser().parse_args(["demo", "--model", "runs/x/export", "--port", "7003", "--max-file-mb", "10",
                                       "--cache-dir", str(tmp_path)])  # fmt: skip
     settings = settings_from_args(args)
-    assert (settings.model, settings.port, settings.max_file_mb, settings.cache) == ("runs/x/export", 7003, 10.0,
-                                                                                      tmp_path)
+    assert (settings.model, settings.port, settings.max_file_mb, settings.cache) == (
+        "runs/x/export",
+        7003,
+        10.0,
+        tmp_path,
+    )
     assert DemoSettings(cache_dir=None).cache.parts[-2:] == ("clip-gs", "demo")
 
 
@@ -106,15 +114,17 @@ def test_preview_thinning_keeps_the_covered_area():
     kept = cloud.resample(1000, seed=3)
     torch.testing.assert_close(thin.scales, kept.scales * 2.0)
     torch.testing.assert_close(thin.means, kept.means)
-    area = lambda c: (c.scales.sort(dim=-1).values[:, 1:].prod(-1)).sum()  # noqa: E731
+    area = lambda c: (c.scales.sort(dim=-1).values[:, 1:].prod(-1)).sum()
     assert math.isclose(float(area(thin)), float(area(cloud)), rel_tol=0.1)
 
 
 def test_preview_classify_and_bad_uploads(service, tmp_path):
     torus = write_object(tmp_path / "torus.ply", n=3000)
     shown = service.preview(torus)
-    assert shown.image.size == (2 + 2 * (64 + 2), 2 + 2 * (64 + 2)) and (shown.num_gaussians, shown.rendered) == (3000,
-                                                                                                                 1000)
+    assert shown.image.size == (2 + 2 * (64 + 2), 2 + 2 * (64 + 2)) and (shown.num_gaussians, shown.rendered) == (
+        3000,
+        1000,
+    )
     pixels = np.asarray(shown.image)
     assert (pixels[..., 0] > 150).sum() > 500 and ((pixels[..., 0] > 150) & (pixels[..., 1] < 80)).sum() > 500  # red
     assert "1,000 of its 3,000 Gaussians" in shown.caption()
@@ -174,13 +184,17 @@ def test_default_label_sets_of_models(tiny_model, tmp_path):
     from clip_gs.model.loaded import load_model
 
     assert model_labels(load_model(tiny_model, device="cpu")) == (
-        load_label_set("synthetic"), "the synthetic set (the model's teacher is synthetic-clip)")
+        load_label_set("synthetic"),
+        "the synthetic set (the model's teacher is synthetic-clip)",
+    )
     other = shutil.copytree(tiny_model, tmp_path / "other")
     (other / "teacher.json").write_text(json.dumps({"teacher": "open_clip:ViT-B-32/openai"}))
     assert model_labels(load_model(other, device="cpu"))[1] == "ModelNet40"
     (other / "metrics.json").write_text(json.dumps({"metrics": {}, "data": {"labels": ["chair", "lamp"]}}))
-    assert model_labels(load_model(other, device="cpu")) == (["chair", "lamp"],
-                                                                    "the labels of the model's training data")
+    assert model_labels(load_model(other, device="cpu")) == (
+        ["chair", "lamp"],
+        "the labels of the model's training data",
+    )
 
 
 def test_the_service_keeps_at_most_max_models_loaded(tiny_model, tmp_path):
@@ -318,7 +332,8 @@ def test_api_upload_classify_and_search(served, tmp_path):
     image, view, note = client.predict(handle_file(str(corrupt)), api_name="/preview")
     assert image is None and note.startswith("**Error** GaussianFormatError: broken.spz"), note
     assert client.predict("", 5, api_name="/search_text")[2] == (
-        "**Error** ConfigError: the text query is empty: describe an object, e.g. 'a red torus'")
+        "**Error** ConfigError: the text query is empty: describe an object, e.g. 'a red torus'"
+    )
     # the server still answers
     assert client.predict(handle_file(str(torus)), labels, 3, api_name="/classify")[0]["label"] == top5[0]
 

@@ -62,7 +62,9 @@ def test_encode_iter_over_a_folder_skips_and_names_bad_files(tmp_path, workers, 
     (tmp_path / "sub" / "e_truncated.splat").write_bytes(b"\x00" * 45)  # not a multiple of 32 bytes
     (tmp_path / "notes.txt").write_text("not a 3DGS file, not a 3DGS extension")
     with caplog.at_level(logging.WARNING, logger="clip_gs"):
-        results = list(model.encode_iter(tmp_path, batch_size=2, on_error="skip", num_workers=workers, precision="fp32"))
+        results = list(
+            model.encode_iter(tmp_path, batch_size=2, on_error="skip", num_workers=workers, precision="fp32")
+        )
     assert all(isinstance(r, Encoded) for r in results)
     assert [r.index for r in results] == list(range(5))
     by_id = {r.id: r for r in results}

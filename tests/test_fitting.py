@@ -240,8 +240,8 @@ def test_blender_silhouettes_agree_with_the_surface_conversion(mesh):
     the duck, 0.980-0.987 for the armchair's thin frame). The rasterizer's low-pass filter (``eps2d``, 0.3
     px^2 by default) widens every Gaussian by about half a pixel, a halo that costs the thin frame 3% IoU
     at the default (measured 0.952), so this comparison renders with ``eps2d=0.05``."""
-    from clip_gs.gaussians.mesh import mesh_to_gaussians, mesh_unit_transform
     from clip_gs.fitting import transform_cloud
+    from clip_gs.gaussians.mesh import mesh_to_gaussians, mesh_unit_transform
     from clip_gs.render import render_cloud
     from clip_gs.render.blender import render_mesh
 

@@ -370,8 +370,10 @@ def test_compressed_ply_duplicate_elements(tmp_path):
 def test_ply_huge_list_element_claim_fails_fast(tmp_path):
     """A header claiming 10^12 faces is refused from the header alone (before plyfile allocates)."""
     save_gaussians(random_cloud(5, 0), tmp_path / "a.ply")
-    data = (tmp_path / "a.ply").read_bytes().replace(
-        b"end_header", b"element face 1000000000000\nproperty list uchar int vertex_indices\nend_header"
+    data = (
+        (tmp_path / "a.ply")
+        .read_bytes()
+        .replace(b"end_header", b"element face 1000000000000\nproperty list uchar int vertex_indices\nend_header")
     )
     with pytest.raises(GaussianFormatError, match="at least"):
         load_gaussians(write_bytes(tmp_path, "faces.ply", data))

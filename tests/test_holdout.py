@@ -147,8 +147,8 @@ def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_
     embeds the fit's own views, which the record's cameras name)."""
     import trimesh
 
-    import clip_gs.render.blender as blender
     from clip_gs.cli import main
+    from clip_gs.render import blender
 
     calls = []
     original = blender.render_mesh
@@ -160,7 +160,11 @@ def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_
     monkeypatch.setattr(blender, "render_mesh", counting)
     source = tmp_path / "objaverse" / "glbs" / "000-001"
     source.mkdir(parents=True)
-    shapes = [trimesh.creation.box(), trimesh.creation.icosphere(subdivisions=2), trimesh.creation.cylinder(radius=0.4, height=1.2)]
+    shapes = [
+        trimesh.creation.box(),
+        trimesh.creation.icosphere(subdivisions=2),
+        trimesh.creation.cylinder(radius=0.4, height=1.2),
+    ]
     for uid, shape in zip(UIDS, shapes):
         shape.visual.vertex_colors = [200, 60, 40, 255]
         shape.export(source / f"{uid}.glb")
@@ -168,10 +172,35 @@ def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_
     annotation.write_text(json.dumps({"chair": [UIDS[1]]}))
     out = tmp_path / "out"
     paper = Path(__file__).parents[1] / "examples" / "configs" / "prepare-paper.yaml"
-    code = main(["prepare", str(tmp_path / "objaverse"), "--out", str(out), "--config", str(paper),  # the recipe,
-                 "--teacher", "synthetic-clip", "--fit-iterations", "20", "--fit-views", "4", "--fit-size", "32",
-                 "--mesh-gaussians", "800", "--max-gaussians", "800", "--val-fraction", "0", "--device", "cpu",
-                 "--holdout", str(annotation), "--quiet"])  # fmt: skip  (tiny settings overridden)
+    code = main(
+        [
+            "prepare",
+            str(tmp_path / "objaverse"),
+            "--out",
+            str(out),
+            "--config",
+            str(paper),  # the recipe,
+            "--teacher",
+            "synthetic-clip",
+            "--fit-iterations",
+            "20",
+            "--fit-views",
+            "4",
+            "--fit-size",
+            "32",
+            "--mesh-gaussians",
+            "800",
+            "--max-gaussians",
+            "800",
+            "--val-fraction",
+            "0",
+            "--device",
+            "cpu",
+            "--holdout",
+            str(annotation),
+            "--quiet",
+        ]
+    )  # fmt: skip  (tiny settings overridden)
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"train": 2, "val": 0, "test": 0, HELDOUT_SPLIT: 1}

@@ -32,13 +32,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clip_gs.cli import main
-from clip_gs.gaussians.mesh import MeshColorWarning, mesh_to_gaussians
 from clip_gs.errors import GaussianFormatError, MeshError
 from clip_gs.gaussians.cloud import GaussianCloud
 from clip_gs.gaussians.formats import spz as spz_module
 from clip_gs.gaussians.formats import write_ply, write_splat
 from clip_gs.gaussians.formats.ply import UnknownPropertiesWarning
 from clip_gs.gaussians.io import load_gaussians
+from clip_gs.gaussians.mesh import MeshColorWarning, mesh_to_gaussians
 from tests.test_formats import encode_compressed_ply, encode_spz, random_cloud
 from tests.test_ply import gaussian_columns, write_vertex_ply
 

@@ -29,9 +29,9 @@ from safetensors.torch import load_file, save_file
 import clip_gs.model.clipgs as clipgs_module
 from clip_gs import CLIPGS
 from clip_gs.errors import CheckpointError, ClipGSError, ConfigError
+from clip_gs.model import create_model
 from clip_gs.model.folder import read_teacher_record
 from clip_gs.model.loaded import load_model
-from clip_gs.model import create_model
 from tests.test_formats import random_cloud
 
 TINY = {
@@ -517,8 +517,8 @@ def fuzz_teacher_json(saved: Path, tmp_path: Path, monkeypatch, examples: int) -
     """Mutated ``teacher.json``: it is read into a record or refused (a ClipGSError), and the teacher it
     names is loaded (the load is stopped at the spec) only from a file inside the model folder."""
     from clip_gs import teachers
-    from clip_gs.teachers.factory import parse_teacher_spec
     from clip_gs.model.loaded import load_recorded_teacher
+    from clip_gs.teachers.factory import parse_teacher_spec
 
     outside = tmp_path / "outside.safetensors"
     outside.write_bytes(b"secret")

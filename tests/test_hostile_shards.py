@@ -306,7 +306,6 @@ def test_datamodule_refuses_a_chunk_outside_the_split(tmp_path):
 # ---------------------------------------------------------------------------- evaluation
 def test_evaluation_refuses_a_pickle_split_before_any_payload_runs(pickle_dataset):
     from clip_gs.evaluation import embed_split
-    from clip_gs.model import CLIPGS
 
     root, marker = pickle_dataset
     model = create_model("clip-gs-tiny", num_gaussians=16, num_groups=4, group_size=4, embed_dim=E, depth=1)

@@ -26,15 +26,22 @@ from clip_gs.cli import main
 from clip_gs.downloads import model_location
 from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
 from clip_gs.lightning.export import export_pretrained
+from clip_gs.model import create_model
 from clip_gs.model.card import card_template, folder_card, read_eval_report, teacher_spec
 from clip_gs.model.folder import EVAL_REPORT
 from clip_gs.model.push import prepare_upload, push_folder, validate_folder
-from clip_gs.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 E = 16
 TEACHER = {"teacher": "file:synthetic-clip@sha256:0123456789abcdef", "embed_dim": E}
-SECTIONS = ("## Intended use", "## How to use", "## Architecture", "## Training data", "## Evaluation", "## Limitations")
+SECTIONS = (
+    "## Intended use",
+    "## How to use",
+    "## Architecture",
+    "## Training data",
+    "## Evaluation",
+    "## Limitations",
+)
 
 
 def tiny_model(seed: int = 0) -> CLIPGS:
@@ -108,7 +115,9 @@ def test_card_metadata_and_model_index_equal_the_report(folder):
     expected |= {(f"{d.replace('_', '-')}-retrieval", f"R@{k}"): e[f"r{k}"]
                  for d, e in r["retrieval"].items() for k in (1, 5, 10)}  # fmt: skip
     assert index_metrics(meta) == expected
-    few = [m for res in meta["model-index"][0]["results"] for m in res["metrics"] if m["name"] == "2-way-1-shot accuracy"]
+    few = [
+        m for res in meta["model-index"][0]["results"] for m in res["metrics"] if m["name"] == "2-way-1-shot accuracy"
+    ]
     assert few[0]["args"] == {"std": 0.05, "episodes": 20}
     dataset = meta["model-index"][0]["results"][0]["dataset"]
     assert dataset == {"name": "synthetic:64 (test)", "type": "synthetic:64", "split": "test"}
@@ -127,7 +136,9 @@ def test_card_sections_snippet_and_tables(folder):
     assert "| 2-way-1-shot | episodes | 70.0% ± 5.0% | 20 |" in text
     assert "| text → 3D | 25.0% | 50.0% | 75.0% |" in text and "| 3D → image | 12.5% | 37.5% | 62.5% |" in text
     assert "| sphere | 75.0% |" in text and "![zeroshot](eval/zeroshot.png)" in text
-    assert "`synthetic:64` (samples per split: train 48, val 16). 2 labels (cube, sphere). Initialisation: random." in text
+    assert (
+        "`synthetic:64` (samples per split: train 48, val 16). 2 labels (cube, sphere). Initialisation: random." in text
+    )
     assert "runs/tiny/best.ckpt" in text and "![training curves](curves.png)" in text
     assert "{{" not in text and "{%" not in text and "This file is a template" not in text
 
@@ -178,7 +189,10 @@ def test_export_card_has_no_report_and_a_reexport_removes_the_old_one(folder):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda r: r["tasks"]["zeroshot"].update(top1=1.5), r"tasks.zeroshot.top1 must be a fraction in \[0, 1\], got 1.5"),
+        (
+            lambda r: r["tasks"]["zeroshot"].update(top1=1.5),
+            r"tasks.zeroshot.top1 must be a fraction in \[0, 1\], got 1.5",
+        ),
         (lambda r: r["tasks"]["zeroshot"].pop("top5"), r"missing \['tasks.zeroshot.top5'\]"),
         (lambda r: r["tasks"].update(segmentation={}), r"unknown task\(s\) \['segmentation'\]"),
         (lambda r: r["tasks"]["fewshot"].update({"five-way": {}}), r"'five-way' is not '<ways>-way-<shots>-shot'"),
@@ -307,7 +321,9 @@ def test_push_with_another_report_takes_it_and_its_figures(folder, tmp_path, mon
     assert [n for n in files if n.startswith("eval/")] == ["eval/report.json", "eval/sheet.png"]
     assert files["eval/report.json"] == (other / "report.json").read_bytes()
     assert files["eval/sheet.png"] == (other / "sheet.png").read_bytes()
-    assert index_metrics(front_matter(files["README.md"].decode()))[("zero-shot-classification", "Top-1 accuracy")] == 0.75
+    assert (
+        index_metrics(front_matter(files["README.md"].decode()))[("zero-shot-classification", "Top-1 accuracy")] == 0.75
+    )
 
 
 def test_clip_gs_push_command(folder, monkeypatch, online, capsys):
@@ -354,7 +370,9 @@ def connect_error() -> BaseException:
 @pytest.mark.parametrize("error", [connect_error, lambda: ConnectionError("[Errno 111] Connection refused")])
 def test_push_connection_error_is_a_typed_error_and_commits_nothing(folder, monkeypatch, online, error):
     hub = HubRecorder(monkeypatch, fail=error())
-    with pytest.raises(HubError, match=r"cannot push .* to org/tiny: the Hub could not be reached .*nothing was committed"):
+    with pytest.raises(
+        HubError, match=r"cannot push .* to org/tiny: the Hub could not be reached .*nothing was committed"
+    ):
         push_folder(folder, "org/tiny")
     assert len(hub.repos) == 1 and hub.commits == []
 
@@ -495,7 +513,9 @@ def test_from_pretrained_offline_without_the_repo_gives_advice(offline_cache):
 def test_from_pretrained_offline_with_the_weights_missing_from_the_cache(tmp_path, offline_cache):
     tiny_model().save_pretrained(tmp_path / "saved")
     cache_repo(offline_cache, "org/half", tmp_path / "saved", ["config.json"])
-    with pytest.raises(WeightsUnavailableError, match=r"'model.safetensors' of the Hub repo 'org/half': HF_HUB_OFFLINE"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"'model.safetensors' of the Hub repo 'org/half': HF_HUB_OFFLINE"
+    ):
         CLIPGS.from_pretrained("org/half")
 
 
@@ -510,7 +530,10 @@ def test_trained_export_is_ready_to_push(trained_run, monkeypatch, online):
     card = upload.card()
     if (folder / EVAL_REPORT).is_file():
         tasks = read_eval_report(folder / EVAL_REPORT)["tasks"]
-        assert index_metrics(front_matter(card))[("zero-shot-classification", "Top-1 accuracy")] == tasks["zeroshot"]["top1"]
+        assert (
+            index_metrics(front_matter(card))[("zero-shot-classification", "Top-1 accuracy")]
+            == tasks["zeroshot"]["top1"]
+        )
     else:
         top1 = json.loads((folder / "metrics.json").read_text())["metrics"]["val/zeroshot_top1"]
         assert 0.0 <= top1 <= 1.0 and f"| val/zeroshot_top1 | {top1:.4f} |" in card

@@ -62,8 +62,15 @@ def model_dir(tmp_path_factory, teacher) -> Path:
 def synthetic_file(tmp_path_factory, teacher) -> Path:
     """The synthetic label set's embeddings by the offline teacher, with the package's templates."""
     table = compute_label_embeddings(teacher, "synthetic")
-    return write_label_embeddings(tmp_path_factory.mktemp("labels") / "synthetic.safetensors", table.names,
-                                  table.weights, table.teacher, table.templates, table.prompt_rule, table.label_set)
+    return write_label_embeddings(
+        tmp_path_factory.mktemp("labels") / "synthetic.safetensors",
+        table.names,
+        table.weights,
+        table.teacher,
+        table.templates,
+        table.prompt_rule,
+        table.label_set,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +107,27 @@ def test_a_file_round_trips_exactly(teacher, tmp_path):
     back = read_label_embeddings(path)
     assert isinstance(back, LabelEmbeddings) and torch.equal(back.weights, table.weights)
     assert (back.names, back.teacher, back.templates, back.prompt_rule, back.label_set, back.path, back.embed_dim) == (
-        table.names, str(teacher.identity), tuple(TEMPLATES), "clip-gs", "synthetic", str(path), 256)
+        table.names,
+        str(teacher.identity),
+        tuple(TEMPLATES),
+        "clip-gs",
+        "synthetic",
+        str(path),
+        256,
+    )
     assert header_of(path)[0]["__metadata__"]["format"] == FORMAT
     # verbatim (Uni3D's) prompts round-trip too, and a subset keeps the rows
     verbatim = compute_label_embeddings(teacher, ["cube", "torus"], UNI3D_TEMPLATES, "verbatim")
-    again = read_label_embeddings(write_label_embeddings(tmp_path / "v.safetensors", verbatim.names, verbatim.weights,
-                                                         verbatim.teacher, verbatim.templates, "verbatim"))
+    again = read_label_embeddings(
+        write_label_embeddings(
+            tmp_path / "v.safetensors",
+            verbatim.names,
+            verbatim.weights,
+            verbatim.teacher,
+            verbatim.templates,
+            "verbatim",
+        )
+    )
     assert again.templates == tuple(UNI3D_TEMPLATES) and again.prompt_rule == "verbatim"
     assert torch.equal(again.weights, zero_shot_weights(teacher, ["cube", "torus"], UNI3D_TEMPLATES, "verbatim"))
     assert torch.equal(back.select(["torus", "cube"]).weights, table.weights[[2, 1]])
@@ -307,8 +329,27 @@ def test_eval_on_a_benchmark_with_a_file_equals_the_text_tower_under_both_protoc
     (uni3d / "templates.json").write_text(json.dumps({"modelnet40_64": UNI3D_TEMPLATES}))
     (uni3d / "labels.json").write_text(json.dumps({"modelnet40_openshape": ["cone", "cup", "cylinder"]}))
     made = tmp_path / "uni3d-modelnet.safetensors"
-    assert main(["labels", "--teacher", "synthetic-clip", "--templates", "uni3d", "--uni3d-data", str(uni3d),
-                 "--uni3d-labels", "modelnet40_openshape", "--out", str(made), "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "--teacher",
+                "synthetic-clip",
+                "--templates",
+                "uni3d",
+                "--uni3d-data",
+                str(uni3d),
+                "--uni3d-labels",
+                "modelnet40_openshape",
+                "--out",
+                str(made),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert read_label_embeddings(made).prompt_rule == "verbatim"
     protocol = [*base, "--zeroshot-protocol", "uni3d", "--uni3d-data", str(uni3d)]
     tower = run_eval(protocol, tmp_path / "u-tower")
@@ -425,8 +466,10 @@ def test_the_space_falls_back_to_its_offline_model_and_says_why(model_dir, tmp_p
     base = DemoSettings(device="cpu", cache_dir=tmp_path / "cache")
     service, notice = space_service(base, local=model_dir)
     assert service.settings.model == str(model_dir) and service.settings.label_set is None
-    assert notice.startswith(f"Model `{model_dir.name}/`: the offline model shipped with this Space, because the "
-                             f"default `{SPACE_MODEL}` is not available here (WeightsUnavailableError: ")
+    assert notice.startswith(
+        f"Model `{model_dir.name}/`: the offline model shipped with this Space, because the "
+        f"default `{SPACE_MODEL}` is not available here (WeightsUnavailableError: "
+    )
     with pytest.raises(WeightsUnavailableError):
         service.model(SPACE_MODEL)
     service, notice = space_service(base, local=tmp_path / "no-model")

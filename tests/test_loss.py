@@ -182,7 +182,9 @@ def test_matches_the_loop_reference(norm, masks):
     assert out.text.item() == pytest.approx(l_text, rel=1e-5)
     assert out.image.item() == pytest.approx(l_img, rel=1e-5)
     assert out.loss.item() == pytest.approx(total, rel=1e-5)
-    assert out.n_text.item() == (5 if masks else 6) and out.n_image.item() == (4 if masks else 6)  # voters: caption + view
+    assert out.n_text.item() == (5 if masks else 6) and out.n_image.item() == (
+        4 if masks else 6
+    )  # voters: caption + view
 
 
 def test_masked_objects_are_left_out_not_filled():
@@ -236,6 +238,7 @@ def test_the_scale_has_a_gradient_above_the_cap_and_the_clamp_is_on_the_paramete
 
 def test_no_host_synchronisation_in_the_loss(monkeypatch):
     """The loss never reads a tensor back (``bool``/``item`` on a tensor): a training step stays asynchronous."""
+
     def refuse(self, *args):
         raise AssertionError("the loss read a tensor back to the host")
 

@@ -12,6 +12,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from clip_gs.errors import ConfigError, MeshError
 from clip_gs.gaussians.mesh import (
     NEUTRAL_GREY,
     MeshColorWarning,
@@ -20,7 +21,6 @@ from clip_gs.gaussians.mesh import (
     sample_texture,
     sample_triangles,
 )
-from clip_gs.errors import ConfigError, MeshError
 from tests.conftest import real_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::clip_gs.gaussians.mesh.MeshColorWarning")  # grey is tested on its own
@@ -337,9 +337,7 @@ def test_real_milk_truck_merges_nodes_with_transforms(real_data):
     assert int((shares > 0.05).sum()) >= 3
     # the one wheel geometry is instanced twice; only the wheels reach below y = 0.2
     scene = trimesh.load_scene(str(path))
-    wheel_x = [
-        scene.graph[node][0][0, 3] for node in scene.graph.nodes_geometry if scene.graph[node][1] == "Wheels"
-    ]
+    wheel_x = [scene.graph[node][0][0, 3] for node in scene.graph.nodes_geometry if scene.graph[node][1] == "Wheels"]
     assert len(wheel_x) == 2 and abs(wheel_x[0] - wheel_x[1]) > 2
     low_x = cloud.means[cloud.means[:, 1] < 0.2, 0]
     assert len(low_x) > 50

@@ -15,13 +15,12 @@ from clip_gs.model import (
     CLIPGSConfig,
     PatchDropout,
     convert_uni3d_state_dict,
+    create_model,
     get_model_config,
     list_models,
     preprocess_cloud,
 )
-from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX
-from clip_gs.model import create_model
-from clip_gs.model.uni3d import load_uni3d
+from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX, load_uni3d
 from tests.conftest import real_file, requires_cuda
 from tests.test_cloud import random_cloud
 from tests.uni3d_reference import Uni3DPointEncoderReference, deepspeed_model_states

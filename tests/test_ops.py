@@ -257,6 +257,7 @@ def test_group_centre_first_with_duplicates():
     base = _cloud(1, 100, seed=9)
     dup = base[:, :1].expand(1, 30, 3)
     pts = torch.cat([dup, base], dim=1)  # indices 0..29 and 30 are all the same point
+
     # random starts landing on the duplicates: draw seeds until one starts at a duplicate index > 0
     def first_start(seed: int) -> int:
         return int(torch.randint(130, (1,), generator=torch.Generator().manual_seed(seed)))

@@ -178,7 +178,9 @@ def test_precision_is_recorded_and_a_resume_in_another_is_refused(tmp_path):
     settings = PrepareSettings(views=1, synthetic_gaussians=256, val_fraction=0, test_fraction=0)
     bf16 = prepare_dataset("synthetic:2", tmp_path / "bf16", teacher="synthetic-clip", settings=settings,
                            progress=False, precision="bf16")  # fmt: skip
-    fp32 = prepare_dataset("synthetic:2", tmp_path / "fp32", teacher="synthetic-clip", settings=settings, progress=False)
+    fp32 = prepare_dataset(
+        "synthetic:2", tmp_path / "fp32", teacher="synthetic-clip", settings=settings, progress=False
+    )
     assert bf16.succeeded == fp32.succeeded == 2
     recorded = json.loads((tmp_path / "bf16" / ".work" / "settings.json").read_text())
     assert recorded["compute"] == {"device": "cpu", "precision": "bf16"}

@@ -146,7 +146,10 @@ def test_truncated_ascii_file_is_refused(tmp_path):
         (b"ply\nformat weird 1.0\nend_header\n", "unknown PLY format"),
         (b"ply\nelement vertex 1\nproperty float x\nend_header\n", "no 'format' line"),
         (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty quad x\nend_header\n1\n", "bad PLY property"),
-        (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float x\nend_header\n1 1\n", "duplicate"),
+        (
+            b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float x\nend_header\n1 1\n",
+            "duplicate",
+        ),
         (b"ply\nformat ascii 1.0\nelement face 0\nend_header\n", "no 'vertex' element"),
     ],
 )

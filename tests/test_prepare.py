@@ -39,7 +39,9 @@ class FakeTeacher:
 
     def encode_text(self, texts):
         self.calls += 1
-        rows = [torch.tensor(list(hashlib.sha256(t.encode()).digest()[:16]), dtype=torch.float32) - 127.5 for t in texts]
+        rows = [
+            torch.tensor(list(hashlib.sha256(t.encode()).digest()[:16]), dtype=torch.float32) - 127.5 for t in texts
+        ]
         return F.normalize(torch.stack(rows), dim=-1)
 
     def encode_images(self, images):
@@ -80,7 +82,9 @@ def test_synthetic_source_to_shards_and_manifest(tmp_path):
     manifest = Manifest.read(tmp_path / "out")
     assert manifest.teacher == "fake:prepare-test" and manifest.embed_dim == 16
     assert manifest.counts == summary.counts and manifest.settings["views"] == 2
-    samples = [s for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)]
+    samples = [
+        s for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)
+    ]
     assert sorted(s.id for s in samples) == [f"synthetic-{i:06d}" for i in range(10)]
     sample = samples[0]
     assert sample.cloud.num_gaussians == 512 and len(sample.captions) == 3  # full, colour + class, class
@@ -88,7 +92,10 @@ def test_synthetic_source_to_shards_and_manifest(tmp_path):
     assert sample.image_embeddings.shape == (2, 16) and sample.viewmats.shape == (2, 4, 4)
     assert torch.allclose(sample.text_embeddings, teacher.encode_text(list(sample.captions)))
     assert {s.id: split_of(s.id, SETTINGS) for s in samples} == {
-        s.id: split for split in ("train", "val", "test") if summary.counts[split] for s in read_split(tmp_path / "out", split)
+        s.id: split
+        for split in ("train", "val", "test")
+        if summary.counts[split]
+        for s in read_split(tmp_path / "out", split)
     }
 
 
@@ -142,7 +149,9 @@ def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_shards(tmp_path):
 def test_resuming_with_other_settings_or_teacher_is_refused(tmp_path):
     prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
     with pytest.raises(DatasetError, match="other settings or another teacher.*--overwrite"):
-        prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3), progress=False)
+        prepare_dataset(
+            "synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3), progress=False
+        )
     # the default pose is left out of the record (folders prepared before poses existed resume); another is refused
     assert "synthetic_pose" not in json.loads((tmp_path / "out" / ".work" / "settings.json").read_text())["settings"]
     with pytest.raises(DatasetError, match="other settings"):
@@ -168,7 +177,9 @@ def test_folder_with_labels_captions_and_a_bad_file(tmp_path, capsys):
     items = {i.id: i for i in list_sources(str(src), SETTINGS, captions)}
     assert items["chair/obj1"].captions == ("a wooden chair", "a seat") and items["chair/obj1"].split == "test"
     assert items["chair/obj0"].captions == ()  # not in the captions file: no caption is made up
-    with pytest.raises(DatasetError, match=r"captions for 1 of 4 objects \(25.0%.*no caption for chair/obj0, lamp/broken"):
+    with pytest.raises(
+        DatasetError, match=r"captions for 1 of 4 objects \(25.0%.*no caption for chair/obj0, lamp/broken"
+    ):
         prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS,
                         progress=False)  # fmt: skip
     summary = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS,
@@ -191,7 +202,12 @@ def test_an_edited_input_is_prepared_again_and_the_rest_reused(tmp_path):
     save_gaussians(random_cloud(400, seed=9), src / "obj1.ply")  # edited after it was prepared
     again = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
     assert again.reused == 2 and again.succeeded == 3
-    samples = {s.id: s for split in ("train", "val", "test") if again.counts[split] for s in read_split(tmp_path / "out", split)}
+    samples = {
+        s.id: s
+        for split in ("train", "val", "test")
+        if again.counts[split]
+        for s in read_split(tmp_path / "out", split)
+    }
     assert samples["obj1"].cloud.num_gaussians == 400
     with pytest.raises(DatasetError, match="other settings"):  # another source into the same output
         prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
@@ -222,7 +238,16 @@ def test_the_offline_teacher_refuses_views_on_a_background_it_never_saw(tmp_path
     with pytest.raises(ConfigError, match=r"synthetic-clip.*background \(1.0, 1.0, 1.0\) only.*\(0.0, 0.0, 0.0\)"):
         prepare_dataset("synthetic:2", tmp_path / "black", settings=black, teacher=teacher, progress=False)
     assert not (tmp_path / "black" / "manifest.json").exists()
-    args = ["prepare", "synthetic:2", "--out", str(tmp_path / "cli"), "--teacher", "synthetic-clip", "--background", "black"]
+    args = [
+        "prepare",
+        "synthetic:2",
+        "--out",
+        str(tmp_path / "cli"),
+        "--teacher",
+        "synthetic-clip",
+        "--background",
+        "black",
+    ]
     assert main(args) == 2
     assert "trained on views rendered on background (1.0, 1.0, 1.0) only" in capsys.readouterr().err
     # white (the default) is what it knows; a teacher that names no backgrounds (a CLIP) takes any
@@ -274,7 +299,9 @@ def test_an_unmatched_captions_file_is_refused_before_any_work(tmp_path, capsys)
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("glbs/uid-a,a chair\nglbs/uid-b,a lamp\n")  # keyed by something else
     teacher = FakeTeacher()
-    with pytest.raises(DatasetError, match=r"captions for 0 of 2 objects.*no caption for glbs/000-000/uid-a, glbs/000-001/uid-b"):
+    with pytest.raises(
+        DatasetError, match=r"captions for 0 of 2 objects.*no caption for glbs/000-000/uid-a, glbs/000-001/uid-b"
+    ):
         prepare_dataset(str(tmp_path / "objaverse"), tmp_path / "out", teacher=teacher, captions=wrong, settings=SETTINGS,
                         progress=False)  # fmt: skip
     assert teacher.calls == 0 and not (tmp_path / "out" / "manifest.json").exists()
@@ -291,7 +318,9 @@ def test_a_folder_source_never_falls_back_to_the_toy_teacher(tmp_path, monkeypat
     monkeypatch.delenv("CLIP_GS_OFFLINE", raising=False)
     (tmp_path / "src").mkdir()
     save_gaussians(random_cloud(200, seed=0), tmp_path / "src" / "a.ply")
-    with pytest.raises(WeightsUnavailableError, match="no --teacher given.*--teacher synthetic-clip for the offline toy"):
+    with pytest.raises(
+        WeightsUnavailableError, match="no --teacher given.*--teacher synthetic-clip for the offline toy"
+    ):
         prepare_dataset(str(tmp_path / "src"), tmp_path / "out", settings=SETTINGS, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -410,10 +439,15 @@ def test_a_teacher_exception_lists_that_object_and_the_run_goes_on(tmp_path):
     summary = prepare_dataset(str(src), tmp_path / "out", teacher=FlakyTeacher(bad_words=("chair",), nan_words=("mug",)),
                               settings=SETTINGS, progress=False)  # fmt: skip
     assert summary.succeeded == 1 and summary.failed == 2
-    failures = {f["id"]: f for f in (json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines())}
+    failures = {
+        f["id"]: f for f in (json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines())
+    }
     assert failures["chair/obj1"]["error"] == "RuntimeError" and "out of memory" in failures["chair/obj1"]["message"]
     assert failures["chair/obj1"]["stage"] == "teacher"
-    assert failures["mug/obj2"]["error"] == "DatasetError" and "non-finite caption embeddings" in failures["mug/obj2"]["message"]
+    assert (
+        failures["mug/obj2"]["error"] == "DatasetError"
+        and "non-finite caption embeddings" in failures["mug/obj2"]["message"]
+    )
     # a teacher that fails on every object stops the run and says why
     with pytest.raises(DatasetError, match="the teacher failed on the first 5 objects with RuntimeError.*recurs"):
         prepare_dataset("synthetic:8", tmp_path / "always", teacher=FlakyTeacher(always=True), settings=SETTINGS,
@@ -431,7 +465,9 @@ def test_a_record_without_its_blob_is_redone_and_a_cap_resamples(tmp_path):
     blob.unlink()
     again = prepare_dataset("synthetic:4", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
     assert again.reused == 3 and again.succeeded == 4 and blob.is_file()
-    samples = [s for split in ("train", "val", "test") if again.counts[split] for s in read_split(tmp_path / "out", split)]
+    samples = [
+        s for split in ("train", "val", "test") if again.counts[split] for s in read_split(tmp_path / "out", split)
+    ]
     assert len(samples) == 4 and all(s.cloud.num_gaussians == 300 for s in samples)
     assert Manifest.read(tmp_path / "out").settings["max_gaussians"] == 300
     with pytest.raises(ConfigError, match="max_gaussians"):

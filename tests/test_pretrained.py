@@ -136,7 +136,9 @@ def test_classify_with_a_named_model_takes_its_teacher_from_the_record(offline_c
     offline_cache(PRETRAINED["uni3d-ti"].filename, checkpoint)
     files = object_files(tmp_path / "objects")
     names = ["chair", "lamp", "table", "guitar"]
-    weights = torch.nn.functional.normalize(torch.randn(len(names), 1024, generator=torch.Generator().manual_seed(2)), dim=-1)
+    weights = torch.nn.functional.normalize(
+        torch.randn(len(names), 1024, generator=torch.Generator().manual_seed(2)), dim=-1
+    )
     labels = write_label_embeddings(tmp_path / "labels.safetensors", names, weights, UNI3D_TEACHER)
     assert main(["classify", *map(str, files), "--model", "uni3d-ti", "--label-set", str(labels), "--k", "4",
                  "--json", "--device", "cpu", "--quiet"]) == 0  # fmt: skip
@@ -274,8 +276,24 @@ def test_cli_up_flag_reaches_the_loader(tmp_path):
     save_gaussians(to_frame(upright, MODEL_FRAME, "+z"), tmp_path / "b" / "x.ply")  # undeclared, z-up
     teacher = ["--teacher", "synthetic-clip"]
     for folder, extra in (("a", []), ("b", ["--up", "+z"])):
-        assert main(["embed", str(tmp_path / folder), "--model", str(tmp_path / "model"), "--out",
-                     str(tmp_path / f"{folder}.safetensors"), "--device", "cpu", "--quiet", *teacher, *extra]) == 0
+        assert (
+            main(
+                [
+                    "embed",
+                    str(tmp_path / folder),
+                    "--model",
+                    str(tmp_path / "model"),
+                    "--out",
+                    str(tmp_path / f"{folder}.safetensors"),
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                    *teacher,
+                    *extra,
+                ]
+            )
+            == 0
+        )
     a, b = (EmbeddingIndex.load(tmp_path / f"{f}.safetensors") for f in "ab")
     assert b.settings["up"] == "+z"
     torch.testing.assert_close(a.embeddings, b.embeddings, atol=2e-4, rtol=0)

@@ -227,7 +227,9 @@ def test_fast_backends_equal_the_reference_in_values_and_gradients(seed, backend
     viewmats, Ks = torch.cat([cams.viewmats, away]), torch.cat([cams.Ks, cams.Ks[:1]])
     bg = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
     outs, grads = {}, {}
-    weights = [torch.rand(3, height, width, 3, dtype=F64, generator=torch.Generator().manual_seed(9 + k)) for k in range(2)]
+    weights = [
+        torch.rand(3, height, width, 3, dtype=F64, generator=torch.Generator().manual_seed(9 + k)) for k in range(2)
+    ]
     for name in ("reference", backend):
         out = rasterize(*params, viewmats, Ks, width, height, background=bg, backend=name)
         loss = (out.rgb * weights[0]).sum() + (out.alpha * weights[1][..., 0]).sum() + (out.depth * 1e-2).sum()

@@ -287,6 +287,7 @@ def test_dataset_class_subset_keeps_global_label_indices():
 @pytest.mark.parametrize(("shape", "hole"), [("torus", True), ("ring", True), ("sphere", False), ("cube", False)])
 def test_rendered_silhouette_from_the_axis(shape, hole):
     from clip_gs import render
+
     obj = make_object(shape, 0, num_gaussians=2048, pose="canonical", pattern="solid")
     cameras = render.orbit_cameras(1, width=48, height=48, elevation_deg=89.0, up="+z")  # looks down z
     alpha = render.render_cloud(obj.cloud, cameras).alpha[0]
@@ -301,6 +302,7 @@ def test_rendered_silhouette_from_the_axis(shape, hole):
 
 def test_rendered_classes_differ_in_silhouette_area():
     from clip_gs import render
+
     cameras = render.orbit_cameras(1, width=48, height=48, elevation_deg=89.0, up="+z")
     coverage = {
         shape: render.render_cloud(make_object(shape, 0, pose="canonical").cloud, cameras).alpha[0].mean().item()
@@ -315,6 +317,10 @@ def test_rendered_classes_differ_in_silhouette_area():
 def test_caption_variants_by_hand():
     from clip_gs.data.synthetic import make_captions
 
-    assert make_captions("torus", "blue", "striped", "white") == ("a blue torus with white stripes", "a blue torus", "a torus")
+    assert make_captions("torus", "blue", "striped", "white") == (
+        "a blue torus with white stripes",
+        "a blue torus",
+        "a torus",
+    )
     assert make_captions("l_shape", "orange", "two_tone", "red") == (
         "a two-tone orange and red L-shaped block", "an orange L-shaped block", "an L-shaped block")  # fmt: skip

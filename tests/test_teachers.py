@@ -207,7 +207,9 @@ def test_unsafe_or_corrupt_checkpoints_refused(tiny_configs, tmp_path):
     from clip_gs.teachers import OpenCLIPTeacher
 
     pickled = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": argparse.Namespace(x=1)}, pickled)  # not a weights-only type
+    torch.save(
+        {"state_dict": {"x": torch.zeros(1)}, "obj": argparse.Namespace(x=1)}, pickled
+    )  # not a weights-only type
     with pytest.raises(CheckpointError, match="evil.pt"):
         OpenCLIPTeacher(TINY, pretrained=str(pickled))
     junk = tmp_path / "junk.safetensors"
@@ -384,8 +386,19 @@ def test_build_command_few_steps_loss_goes_down(tmp_path, capsys):
 def test_build_is_reproducible_from_its_seed(tmp_path):
     from clip_gs.offline_teacher.build import build_offline_teacher
 
-    kwargs = {"steps": 3, "batch_size": 13, "per_class": 1, "views": 1, "workers": 1, "warmup": 1, "cache": tmp_path,
-              "progress": False, "log_every": 0, "threads": 1, "restart_steps": 2}
+    kwargs = {
+        "steps": 3,
+        "batch_size": 13,
+        "per_class": 1,
+        "views": 1,
+        "workers": 1,
+        "warmup": 1,
+        "cache": tmp_path,
+        "progress": False,
+        "log_every": 0,
+        "threads": 1,
+        "restart_steps": 2,
+    }
     a = build_offline_teacher(tmp_path / "a.safetensors", seed=1, **kwargs)
     b = build_offline_teacher(tmp_path / "b.safetensors", seed=1, **kwargs)
     c = build_offline_teacher(tmp_path / "c.safetensors", seed=2, **kwargs)

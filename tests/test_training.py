@@ -66,7 +66,9 @@ def write_learnable_dataset(root: Path, n_train: int, n_val: int, n_test: int = 
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for split, count in counts.items():
         if count:
-            samples = [learnable_sample(i, vectors, labelled=labelled, classes=classes) for i in range(start, start + count)]
+            samples = [
+                learnable_sample(i, vectors, labelled=labelled, classes=classes) for i in range(start, start + count)
+            ]
             write_split((s.to_record() for s in samples), root / split, chunk_bytes="64KB")
         start += count
     labels = sorted(classes) if labelled else []
@@ -214,7 +216,9 @@ def test_the_logit_scale_comes_down_after_crossing_the_cap(dataset, tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seen.append(pl_module.model.logit_scale.item())
 
-    make_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[Record()]).fit(module, datamodule=make_dm(dataset))
+    make_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[Record()]).fit(
+        module, datamodule=make_dm(dataset)
+    )
     cap = math.log(100.0)
     assert all(v <= cap + 1e-6 for v in seen), seen
     assert seen[-1] < cap - 1e-3 and seen[-1] < seen[0], seen  # it came down from the cap
@@ -240,7 +244,9 @@ def test_a_run_whose_batches_have_no_caption_warns_then_stops(tmp_path):
                for i in range(32)]  # fmt: skip
     write_split((s.to_record() for s in samples), tmp_path / "data" / "train", chunk_bytes="64KB")
     write_split((s.to_record() for s in samples[:8]), tmp_path / "data" / "val", chunk_bytes="64KB")
-    Manifest(teacher=TEACHER, embed_dim=E, counts={"train": 32, "val": 8, "test": 0}, labels=[]).write(tmp_path / "data")
+    Manifest(teacher=TEACHER, embed_dim=E, counts={"train": 32, "val": 8, "test": 0}, labels=[]).write(
+        tmp_path / "data"
+    )
     module = CLIPGSModule(**TINY, warmup_steps=1, max_uncaptioned_steps=3)
     trainer = make_trainer(tmp_path, max_steps=10, limit_val_batches=0)
     with pytest.warns(UserWarning, match="training step 0: no object of the batch has a caption"):
@@ -300,7 +306,9 @@ def test_print_config_of_the_examples(name, capsys):
         main(["fit", "--config", str(REPO / "examples" / "configs" / f"{name}.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert "num_gaussians" not in printed["model"]["config"] and printed["data"]["num_gaussians"] > 0  # linked from data
+    assert (
+        "num_gaussians" not in printed["model"]["config"] and printed["data"]["num_gaussians"] > 0
+    )  # linked from data
     assert set(printed) >= {"trainer", "model", "data", "export", "seed_everything"}
 
 
@@ -333,7 +341,12 @@ def test_paper_config_builds_with_its_uni3d_init(tmp_path):
     dm = GaussianDataModule(**config["data"])
     assert dm.views_per_step == 5 and dm.batch_size == 48
     steps = {type(step).__name__: step for step in dm.augmentation.transforms}
-    assert set(steps) == {"RandomRotation", "RandomScale", "RandomTranslation", "ColorDrop"}  # Uni3D's, colour drop included
+    assert set(steps) == {
+        "RandomRotation",
+        "RandomScale",
+        "RandomTranslation",
+        "ColorDrop",
+    }  # Uni3D's, colour drop included
     assert (steps["ColorDrop"].p, steps["ColorDrop"].grey) == (0.5, 0.4)
     assert config["export"]["monitor"].startswith("val/")  # chosen on the training data's own split
     t = config["trainer"]
@@ -349,7 +362,10 @@ def paper_shaped_config(tmp_path: Path, checkpoint: Path, train: Path, extras: d
     config["trainer"] |= {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": 32, "max_steps": steps,
                           "log_every_n_steps": 1, "default_root_dir": str(tmp_path / "run"), "logger": False,
                           "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
-    config["trainer"]["callbacks"][0]["init_args"] |= {"dirpath": str(tmp_path / "run" / "resume"), "every_n_train_steps": 2}
+    config["trainer"]["callbacks"][0]["init_args"] |= {
+        "dirpath": str(tmp_path / "run" / "resume"),
+        "every_n_train_steps": 2,
+    }
     config["model"] |= {"model": "clip-gs-tiny", "pretrained": str(checkpoint), "warmup_steps": 1,
                         "config": config["model"]["config"] | {"num_groups": 16, "group_size": 16, "embed_dim": E}}  # fmt: skip
     config["data"] |= {"root": str(train), "batch_size": 8, "num_workers": 0, "num_gaussians": N, "views_per_step": 3,
@@ -365,10 +381,9 @@ def test_paper_shaped_run_on_unlabelled_data_with_two_labelled_validation_sets(t
     fit, validation of every set, export by the training data's own ``val/3d_to_text_r1`` (no test
     object chooses the checkpoint). A monitor the run never logs (``val/zeroshot_top1``: the training
     data has no labels) is refused at setup, before any step, naming what is logged."""
-    from tests.uni3d_reference import Uni3DPointEncoderReference
-
     from clip_gs.cli import main
     from clip_gs.model.config import get_model_config
+    from tests.uni3d_reference import Uni3DPointEncoderReference
 
     train = write_learnable_dataset(tmp_path / "objaverse", 24, 8, 0, labelled=False)
     extras = {"lvis": write_learnable_dataset(tmp_path / "lvis", 0, 0, 8, start=100),

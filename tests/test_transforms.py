@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from clip_gs import GaussianCloud
-from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.data import (
     ColorDrop,
     ColorJitter,
@@ -22,6 +21,7 @@ from clip_gs.data import (
     sample_seed,
     step_seed,
 )
+from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.gaussians import quaternions_to_matrices
 from clip_gs.gaussians.frames import quaternion_multiply, rotate_cloud, sh_rotation_matrix
 from clip_gs.render import eval_sh, orbit_cameras, render_cloud
@@ -336,4 +336,3 @@ def test_color_drop_greys_whole_objects_for_a_seeded_fraction():
     assert not ColorDrop(p=0.0).drops(0) and ColorDrop(p=1.0).drops(0)
     with pytest.raises(ConfigError, match="ColorDrop"):
         ColorDrop(p=1.5)
-

@@ -15,14 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_gs import CLIPGS
 from clip_gs.cli import main
-from clip_gs.gaussians.assets import find_asset_files, load_asset
 from clip_gs.data.synthetic import make_object
 from clip_gs.errors import CheckpointError, ConfigError, DatasetError, GaussianFormatError, WeightsUnavailableError
 from clip_gs.gaussians import save_gaussians
+from clip_gs.gaussians.assets import asset_loader, find_asset_files, load_asset
 from clip_gs.index import EmbeddingIndex
+from clip_gs.model import create_model
 from clip_gs.model.fused import FusedEncoder
+from clip_gs.model.loaded import load_model, teacher_spec_for
 from clip_gs.teachers import TeacherMismatchError, load_teacher
 from clip_gs.teachers.prompts import (
     LABEL_SET_DIR,
@@ -34,13 +35,9 @@ from clip_gs.teachers.prompts import (
     synthetic_label_set,
     zero_shot_weights,
 )
-from clip_gs.model.loaded import load_model
 from clip_gs.usage import classify_files, embed_folder, search_index
-from clip_gs.gaussians.assets import asset_loader
 from clip_gs.usage.classify import indistinguishable_classes
-from clip_gs.model.loaded import teacher_spec_for
 from clip_gs.usage.search import hits_sheet
-from clip_gs.model import create_model
 
 N = 256  # the tiny model's Gaussians per object
 OBJECTS = (("cube", "red"), ("sphere", "blue"), ("torus", "green"), ("cone", "yellow"))
@@ -56,9 +53,7 @@ def teacher():
 
 def write_model(folder: Path, teacher_identity: str | None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    model = create_model(
-        "clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2
-    )
+    model = create_model("clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2)
     model.save_pretrained(folder)
     if teacher_identity is not None:
         (folder / "teacher.json").write_text(json.dumps({"teacher": teacher_identity, "embed_dim": 256}))
@@ -443,7 +438,9 @@ def test_trained_classify_runs_on_every_real_file(trained_run, real_data, capsys
     assert [r["file"] for r in records] == files
     failed = {Path(r["file"]).name: r["error"] for r in records if r["error"] is not None}
     assert rc == 3 and set(failed) == {"donut_color.ply"}, failed  # the point cloud, nothing else
-    assert failed["donut_color.ply"].startswith("GaussianFormatError") and "no triangle faces" in failed["donut_color.ply"]
+    assert (
+        failed["donut_color.ply"].startswith("GaussianFormatError") and "no triangle faces" in failed["donut_color.ply"]
+    )
     assert f"failed: {real_data / 'gshairlod-donut' / 'donut_color.ply'}: " in captured.err
     modelnet = set(load_label_set("modelnet40"))
     for r in records:

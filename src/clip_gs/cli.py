@@ -64,7 +64,12 @@ def format_info(cloud) -> str:
     return "\n".join(lines)
 
 
-NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5), "gray": (0.5, 0.5, 0.5)}
+NAMED_BACKGROUNDS = {
+    "white": (1.0, 1.0, 1.0),
+    "black": (0.0, 0.0, 0.0),
+    "grey": (0.5, 0.5, 0.5),
+    "gray": (0.5, 0.5, 0.5),
+}
 
 
 def parse_background(text: str) -> tuple[float, float, float]:
@@ -250,7 +255,11 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_gaussians(result.cloud, out)
-    score = f"held-out PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}" if result.psnr is not None else "no held-out views"
+    score = (
+        f"held-out PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}"
+        if result.psnr is not None
+        else "no held-out views"
+    )
     print(f"wrote {out}: {result.cloud.num_gaussians:,} Gaussians (SH {config.sh_degree}) fitted to {len(train)} views "
           f"in {config.iterations} iterations, {result.seconds:.1f} s; {score}")  # fmt: skip
     return 0
@@ -281,7 +290,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             weights = "none: random, or create_model(name, pretrained=NAME)"
         else:
             p = PRETRAINED[name]
-            where = "converted and cached" if (cache_root() / "models" / name).is_dir() else f"hf download BAAI/Uni3D {p.filename}"
+            where = (
+                "converted and cached"
+                if (cache_root() / "models" / name).is_dir()
+                else f"hf download BAAI/Uni3D {p.filename}"
+            )
             weights = f"Uni3D, {'with' if p.lvis else 'without'} Objaverse-LVIS ({where})"
         print(f"{name:<17} {f'{c.width} x {c.depth}':<14} {weights}")
     return 0
@@ -289,7 +302,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clip-gs", description="CLIP-GS: language-aligned 3D Gaussian Splatting",
+        prog="clip-gs",
+        description="CLIP-GS: language-aligned 3D Gaussian Splatting",
         epilog="training: clip-gs fit|validate|test|predict --config FILE.yaml (LightningCLI; see clip-gs fit --help)",
     )
     from clip_gs.cli_flags import (
@@ -367,21 +381,38 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--val-fraction", type=float, default=0.1)
     prepare.add_argument("--test-fraction", type=float, default=0.1)
     add_seed_argument(prepare)
-    prepare.add_argument("--embeddings", default=None, help="folder of precomputed embeddings, <id or uid>.safetensors "
-                         "per object (clip_gs.data.precomputed): no rendering, no image tower")
+    prepare.add_argument(
+        "--embeddings",
+        default=None,
+        help="folder of precomputed embeddings, <id or uid>.safetensors "
+        "per object (clip_gs.data.precomputed): no rendering, no image tower",
+    )
     add_device_argument(prepare)  # the teacher, the rendering and fits
     add_precision_argument(prepare)  # the teacher's
-    prepare.add_argument("--workers", type=int, default=1,
-                         help="processes on this machine (LitData map; with --device cuda each takes a GPU); same result")
+    prepare.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes on this machine (LitData map; with --device cuda each takes a GPU); same result",
+    )
     prepare.add_argument("--num-nodes", type=int, default=1, help="machines sharing the work (each takes a hash share)")
     prepare.add_argument("--node-rank", type=int, default=0, help="this machine's rank in [0, --num-nodes)")
-    prepare.add_argument("--merge", action="store_true", help="with --num-nodes: merge the finished parts into one dataset")
+    prepare.add_argument(
+        "--merge", action="store_true", help="with --num-nodes: merge the finished parts into one dataset"
+    )
     add_endpoint_url_argument(prepare)
-    prepare.add_argument("--config", default=None, help="a YAML file of these options (e.g. "
-                         "examples/configs/prepare-paper.yaml); flags given here override it")
+    prepare.add_argument(
+        "--config",
+        default=None,
+        help="a YAML file of these options (e.g. examples/configs/prepare-paper.yaml); flags given here override it",
+    )
     prepare.add_argument("--print-config", action="store_true", help="print the options in effect as a config and exit")
-    prepare.add_argument("--holdout", default=None, help="objects that never train: a uid list, the Objaverse-LVIS "
-                         "annotation or an OpenShape split file; they go to the heldout split")
+    prepare.add_argument(
+        "--holdout",
+        default=None,
+        help="objects that never train: a uid list, the Objaverse-LVIS "
+        "annotation or an OpenShape split file; they go to the heldout split",
+    )
     prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
     add_overwrite_argument(prepare)
     add_quiet_argument(prepare)
@@ -439,7 +470,7 @@ def join_signed_values(argv: Sequence[str]) -> list[str]:
 
 def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     """The sub-parser of ``clip-gs NAME``."""
-    (actions,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    (actions,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return actions.choices[name]
 
 

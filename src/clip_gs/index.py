@@ -266,7 +266,10 @@ class EmbeddingIndex:
             path = path.with_name(path.name + ".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
         names = json.dumps({"ids": self.ids, "paths": self.paths, "infos": self.infos}).encode()
-        tensors = {"embeddings": self._embeddings.contiguous(), "names": torch.frombuffer(bytearray(names), dtype=torch.uint8)}
+        tensors = {
+            "embeddings": self._embeddings.contiguous(),
+            "names": torch.frombuffer(bytearray(names), dtype=torch.uint8),
+        }
         meta = {"model": self.model, "teacher": self.teacher, "embed_dim": str(self.embed_dim),
                 "settings": json.dumps(self.settings, sort_keys=True)}  # fmt: skip
         tmp = path.with_name(path.name + ".tmp")

@@ -168,9 +168,7 @@ class SampleProcessor:
         epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
         s = sample_seed(self.seed, epoch, index)
         cloud_seed = s if self.transform is not None else self.seed
-        features = preprocess(
-            sample.cloud, self.num_gaussians, self.scale_activation, cloud_seed, self.transform
-        )
+        features = preprocess(sample.cloud, self.num_gaussians, self.scale_activation, cloud_seed, self.transform)
 
         emb_dim, k = sample.embed_dim, self.views_per_step
         t = sample.text_embeddings.shape[0]

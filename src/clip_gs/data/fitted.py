@@ -61,10 +61,10 @@ def init_from_file(path, num_gaussians: int, world: Tensor, seed: int = 0) -> Ga
     """
     import numpy as np
 
-    from clip_gs.gaussians.assets import MESH_EXTENSIONS
     from clip_gs.errors import MeshError, NotGaussianDataError
     from clip_gs.fitting import init_from_points
     from clip_gs.gaussians import load_gaussians
+    from clip_gs.gaussians.assets import MESH_EXTENSIONS
 
     path = Path(path)
     if path.suffix.lower() in MESH_EXTENSIONS and path.suffix.lower() != ".ply":

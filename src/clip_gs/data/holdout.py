@@ -94,7 +94,9 @@ def _json_uids(data, path: Path) -> list:
     if all(isinstance(x, dict) for x in data):  # OpenShape's split file
         missing = [i for i, x in enumerate(data) if "uid" not in x]
         if missing:
-            raise DatasetError(f"{path}: entry {missing[0]} has no 'uid' (OpenShape's split files list {{uid, category}})")
+            raise DatasetError(
+                f"{path}: entry {missing[0]} has no 'uid' (OpenShape's split files list {{uid, category}})"
+            )
         return [x["uid"] for x in data]
     return list(data)
 
@@ -191,9 +193,9 @@ __all__ = [
     "TRAINING_IDS_NAME",
     "holdout_record",
     "key_hash",
+    "keys_of",
     "object_key",
     "overlap",
-    "keys_of",
     "read_holdout",
     "read_split_keys",
     "read_training_ids",

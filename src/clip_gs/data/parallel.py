@@ -161,7 +161,9 @@ def read_parts(out: str, num_nodes: int, fingerprint: dict, storage_options: dic
             continue
         part = parse_part(data, location, rank, num_nodes)
         if part["fingerprint"] != json.loads(json.dumps(fingerprint)):
-            raise DatasetError(f"{location}: this part was prepared with other settings or another teacher than the merge")
+            raise DatasetError(
+                f"{location}: this part was prepared with other settings or another teacher than the merge"
+            )
         part["root"] = part_root(out, rank, num_nodes)
         parts.append(part)
     if missing:

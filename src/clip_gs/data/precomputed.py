@@ -65,7 +65,9 @@ def write_embeddings(path: str | os.PathLike, image_embeddings: torch.Tensor, te
         tensors |= {"viewmats": viewmats.float().contiguous(), "Ks": Ks.float().contiguous()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"teacher": teacher, "cameras": "stored" if viewmats is not None else "orbit"})
+    save_file(
+        tensors, str(path), metadata={"teacher": teacher, "cameras": "stored" if viewmats is not None else "orbit"}
+    )
     return path
 
 

@@ -39,9 +39,9 @@ refused (:func:`list_sources`).
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +71,7 @@ MESH_GAUSSIANS = 10_000
 
 GAUSSIAN_KINDS = ("surface", "fitted")
 """What meshes become (:attr:`PrepareSettings.gaussians`)."""
+
 
 @dataclass(frozen=True)
 class PrepareSettings:
@@ -722,9 +723,8 @@ class ObjectPreparer:
         settings = self.settings
         if item.embeddings is not None:
             from clip_gs.data.precomputed import read_embeddings
-            from clip_gs.render import orbit_cameras
-
             from clip_gs.gaussians.frames import frame_viewmats, resolve_up
+            from clip_gs.render import orbit_cameras
 
             cloud, captions, up = load_source(item, settings)
             text, image, viewmats, Ks = read_embeddings(item.embeddings, self._teacher(device), captions)
@@ -1209,7 +1209,9 @@ def _load_teacher(teacher, source: str, device: str, precision: str):
         teacher = load_teacher(teacher, device=device, precision=precision)
     elif hasattr(teacher, "to") and hasattr(teacher, "precision"):  # a Teacher built by the caller
         if teacher.precision != precision:
-            raise ConfigError(f"the teacher given runs in {teacher.precision}, but precision {precision!r} was asked for")
+            raise ConfigError(
+                f"the teacher given runs in {teacher.precision}, but precision {precision!r} was asked for"
+            )
         teacher.to(device)
     return teacher
 

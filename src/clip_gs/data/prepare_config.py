@@ -24,7 +24,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in NOT_IN_CONFIG}  # noqa: SLF001
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in NOT_IN_CONFIG}
 
 
 def config_argv(path: str | os.PathLike, parser: argparse.ArgumentParser) -> list[str]:
@@ -56,9 +56,11 @@ def config_argv(path: str | os.PathLike, parser: argparse.ArgumentParser) -> lis
         if dest in NOT_IN_CONFIG:
             raise ConfigError(f"{path}: {key!r} is given on the command line, not in a config file")
         if dest not in actions:
-            raise ConfigError(f"{path}: unknown option {key!r}; options are {sorted(a.replace('_', '-') for a in actions)}")
+            raise ConfigError(
+                f"{path}: unknown option {key!r}; options are {sorted(a.replace('_', '-') for a in actions)}"
+            )
         action, flag = actions[dest], actions[dest].option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+        if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: {key} is true or false, got {value!r}")
             tokens += [flag] if value else []
@@ -66,7 +68,9 @@ def config_argv(path: str | os.PathLike, parser: argparse.ArgumentParser) -> lis
         if value is None:
             continue
         if isinstance(value, (dict, list)) or isinstance(value, bool) != (action.type is bool):
-            raise ConfigError(f"{path}: {key} takes one {getattr(action.type, '__name__', 'text')} value, got {value!r}")
+            raise ConfigError(
+                f"{path}: {key} takes one {getattr(action.type, '__name__', 'text')} value, got {value!r}"
+            )
         text = str(value)
         try:
             converted = action.type(text) if action.type is not None else text

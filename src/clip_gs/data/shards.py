@@ -356,7 +356,9 @@ class _RemoteSplit:
     def finish(self, index_path: str) -> None:
         leftovers = sorted(self.existing - set(self.uploaded))
         if leftovers:  # chunks of an interrupted upload beyond this split's end
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": f"{self.key}/{n}"} for n in leftovers]})
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": f"{self.key}/{n}"} for n in leftovers]}
+            )
         self.client.upload_file(index_path, self.bucket, f"{self.key}/{_INDEX}")
 
 

@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from clip_gs.errors import ConfigError
+from clip_gs.gaussians.cloud import GaussianCloud, quaternions_to_matrices
 from clip_gs.gaussians.mesh import (
     DEFAULT_SCALE_FACTOR,
     DEFAULT_THICKNESS_RATIO,
@@ -45,8 +47,6 @@ from clip_gs.gaussians.mesh import (
     surface_disks,
     triangle_areas,
 )
-from clip_gs.errors import ConfigError
-from clip_gs.gaussians.cloud import GaussianCloud, quaternions_to_matrices
 from clip_gs.teachers.prompts import article
 
 PALETTE: dict[str, tuple[float, float, float]] = {

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.gaussians.cloud import SH_C0, GaussianCloud
-from clip_gs.gaussians.frames import UP_AXES, quaternion_multiply, rotate_cloud
+from clip_gs.gaussians.frames import UP_AXES, rotate_cloud
 
 # ------------------------------------------------------------------ seeds
 _SEED_MAX = 2**63 - 1

@@ -84,7 +84,9 @@ class TripletSample:
         if self.cloud.batch_shape:
             problems.append("the cloud must be unbatched")
         if self.text_embeddings.ndim != 2 or self.text_embeddings.shape[0] != t:
-            problems.append(f"text_embeddings must be [{t}, E] (one per caption), got {list(self.text_embeddings.shape)}")
+            problems.append(
+                f"text_embeddings must be [{t}, E] (one per caption), got {list(self.text_embeddings.shape)}"
+            )
         if self.image_embeddings.ndim != 2:
             problems.append(f"image_embeddings must be [V, E], got {list(self.image_embeddings.shape)}")
         elif t and self.text_embeddings.shape[1] != self.image_embeddings.shape[1]:
@@ -167,7 +169,9 @@ def _check_sample_fields(tensors: dict, meta: dict, record_id) -> None:
 def pack_tensors(tensors: dict[str, Tensor], meta: dict) -> bytes:
     """``8-byte header length | JSON header | float32 little-endian data``, tensors in the given
     order: a deterministic function of the values."""
-    arrays = {name: t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4") for name, t in tensors.items()}
+    arrays = {
+        name: t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4") for name, t in tensors.items()
+    }
     entries, offset = [], 0
     for name, array in arrays.items():
         entries.append([name, list(array.shape), offset, array.nbytes])

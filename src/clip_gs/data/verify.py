@@ -76,7 +76,9 @@ def verify_dataset(
             try:
                 sample_id = dataset[index].id
             except (DatasetError, OSError) as exc:  # a record that cannot be read or decoded
-                report.damaged.append({"split": split, "index": index, "error": type(exc).__name__, "message": str(exc)})
+                report.damaged.append(
+                    {"split": split, "index": index, "error": type(exc).__name__, "message": str(exc)}
+                )
                 continue
             if sample_id in seen:
                 report.damaged.append({"split": split, "index": index, "error": "DuplicateId",

@@ -66,7 +66,8 @@ def model_status(service: DemoService, source: str | None) -> tuple[str, str]:
         usage = service.model(source)
     except ClipGSError as exc:
         return f"**No model is loaded.** {type(exc).__name__}: {exc}\n\n{NO_MODEL_HELP}", _labels_text(
-            load_label_set("modelnet40"))
+            load_label_set("modelnet40")
+        )
     note = ""
     try:
         names, origin = service.default_labels(source)
@@ -211,7 +212,8 @@ def build_demo(settings: DemoSettings | None = None, service: DemoService | None
         load_button.click(load_model, [model_box], [source, status_box, labels_box], api_name="load_model")
         label_set.change(fill_labels, [label_set, source], [labels_box], api_name=False)
         upload.upload(preview, [upload], [preview_image, viewer, upload_note], api_name="preview").then(
-            classify, [upload, labels_box, k_box, source], [result_label, classify_note], api_name=False)
+            classify, [upload, labels_box, k_box, source], [result_label, classify_note], api_name=False
+        )
         if examples is not None:  # a click fills the upload box (no upload event): preview and classify it
             shown = examples.load_input_event.then(preview, [upload], [preview_image, viewer, upload_note],
                                                    api_name=False)  # fmt: skip

@@ -26,8 +26,11 @@ def add_demo_parser(subparsers) -> None:
     demo.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     demo.add_argument("--max-file-mb", type=float, help="upload size limit in MB (default 100)")
     demo.add_argument("--preview-size", type=int, help="pixels of each preview view (default 160)")
-    demo.add_argument("--preview-gaussians", type=int,
-                      help="most Gaussians the CPU preview renders; larger uploads are thinned (default 20000)")
+    demo.add_argument(
+        "--preview-gaussians",
+        type=int,
+        help="most Gaussians the CPU preview renders; larger uploads are thinned (default 20000)",
+    )
     demo.add_argument("--cache-dir", help="where the gallery, its indexes, the examples and computed label embeddings "
                       "are kept (default: the demo/ folder of clip-gs's cache root, $CLIP_GS_CACHE or "
                       "~/.cache/clip-gs)")  # fmt: skip

@@ -302,7 +302,9 @@ class DemoService:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         return viewer_file(path, self.work_dir)
 
-    def classify(self, path: str | Path | None, source: str | None, labels: str, k: int | None = None) -> Classification:
+    def classify(
+        self, path: str | Path | None, source: str | None, labels: str, k: int | None = None
+    ) -> Classification:
         """Zero-shot top-k of an upload against the label box's names (:func:`~clip_gs.usage.classify_files`).
         When the configured label set's embeddings (:meth:`label_embeddings`) hold every name, their
         rows are used and no text tower runs; otherwise the model's teacher encodes the names.

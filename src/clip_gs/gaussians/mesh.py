@@ -462,9 +462,7 @@ def _load_parts(mesh: MeshLike) -> tuple[list[_Part], str, list[str]]:
         scene = trimesh.Scene(mesh)
         source = str(mesh.metadata.get("file_name") or "<trimesh.Trimesh>")
     else:
-        raise MeshError(
-            f"expected a path, trimesh.Trimesh or trimesh.Scene, got {type(mesh).__name__}"
-        )
+        raise MeshError(f"expected a path, trimesh.Trimesh or trimesh.Scene, got {type(mesh).__name__}")
 
     try:
         dumped = scene.dump()

@@ -68,7 +68,7 @@ class CLIPGSCLI(LightningCLI):
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
             metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
             if self.trainer.is_global_zero:
-                print(format_test_summary(metrics, manifest.counts['test']), flush=True)
+                print(format_test_summary(metrics, manifest.counts["test"]), flush=True)
                 if export is not None and export.export_path is not None:
                     record_test_metrics(export.export_path, metrics, best)
         test_seconds = time.perf_counter() - test_start if has_test else None

@@ -35,7 +35,15 @@ from lightning.pytorch import LightningDataModule
 
 from clip_gs.data.batches import SampleProcessor, collate_triplets
 from clip_gs.data.shards import TripletShardDataset, default_cache_dir, is_remote, join, read_manifest
-from clip_gs.data.transforms import ColorDrop, ColorJitter, Compose, PositionJitter, RandomRotation, RandomScale, RandomTranslation
+from clip_gs.data.transforms import (
+    ColorDrop,
+    ColorJitter,
+    Compose,
+    PositionJitter,
+    RandomRotation,
+    RandomScale,
+    RandomTranslation,
+)
 from clip_gs.data.triplets import Manifest
 from clip_gs.errors import ConfigError, DatasetError, PreparedWithOtherSettingsError
 
@@ -61,7 +69,9 @@ class ValidationSet:
         if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
             raise ConfigError(f"extra validation set name {self.name!r}: use letters, digits and '_' only")
         if self.split not in ("train", "val", "test"):
-            raise ConfigError(f"extra validation set {self.name!r}: split must be train, val or test, got {self.split!r}")
+            raise ConfigError(
+                f"extra validation set {self.name!r}: split must be train, val or test, got {self.split!r}"
+            )
 
 
 def build_augmentation(

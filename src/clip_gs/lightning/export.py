@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
 
 from clip_gs.model.card import folder_card
 from clip_gs.model.clipgs import CLIPGS
@@ -227,7 +227,13 @@ class ExportBest(ModelCheckpoint):
                 f" from `{hparams['pretrained']}`" if hparams.get("pretrained") else ""
             )
             self.export_path = export_pretrained(
-                model.cpu() if best else _cpu_copy(model), folder, teacher, metrics, self.history, data, best,
+                model.cpu() if best else _cpu_copy(model),
+                folder,
+                teacher,
+                metrics,
+                self.history,
+                data,
+                best,
                 training_keys(dm),
             )
         trainer.strategy.barrier()

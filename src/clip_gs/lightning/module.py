@@ -51,8 +51,8 @@ from clip_gs.data.batches import TripletBatch
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
 from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, class_ranks, retrieval_recall
 from clip_gs.model.clipgs import CLIPGS
-from clip_gs.model.factory import create_model
 from clip_gs.model.config import ConfigOverrides, as_overrides
+from clip_gs.model.factory import create_model
 from clip_gs.model.loss import MAX_LOGIT_SCALE, CLIPGSLoss, LossOutput, clamp_logit_scale_
 from clip_gs.teachers import DEFAULT_TEACHER
 
@@ -66,6 +66,7 @@ NO_OVERRIDES = ConfigOverrides()
 NO_DECAY_NAMES = ("cls_token", "cls_pos", "order_scale", "order_shift", "logit_scale")
 """Parameters (by final name) without weight decay, besides every parameter with fewer than 2
 dimensions (norm weights, biases, EVA's ``q_bias``/``v_bias``)."""
+
 
 @dataclass
 class EvalSet:
@@ -235,7 +236,11 @@ class CLIPGSModule(LightningModule):
             rank_zero_warn(f"the model starts from Uni3D, trained against {UNI3D_TEACHER}, but {dm.dataset_root} was "
                           f"prepared with {manifest.teacher}: the initial embedding space does not match the targets",
                           stacklevel=2)  # fmt: skip
-        roots = dm.evaluation_roots() if hasattr(dm, "evaluation_roots") else {"val": dm.dataset_root, "test": dm.dataset_root}
+        roots = (
+            dm.evaluation_roots()
+            if hasattr(dm, "evaluation_roots")
+            else {"val": dm.dataset_root, "test": dm.dataset_root}
+        )
         for prefix, root in roots.items():
             if prefix not in self.eval_sets:
                 self.eval_sets[prefix] = self._read_eval_set(prefix, root, manifest, dm.storage_options)

@@ -7,13 +7,13 @@ Nothing here imports Lightning: ``create_model(...)`` and ``encode`` work withou
 
 from clip_gs.model.clipgs import CLIPGS
 from clip_gs.model.config import MODEL_CONFIGS, CLIPGSConfig, get_model_config
-from clip_gs.model.factory import create_model, list_models
-from clip_gs.model.loaded import LoadedModel, load_model
-from clip_gs.model.pretrained import PRETRAINED
 from clip_gs.model.encoder import GaussianEncoder, PatchDropout
+from clip_gs.model.factory import create_model, list_models
 from clip_gs.model.features import FEATURE_LAYOUT, gaussian_features, preprocess, preprocess_cloud
 from clip_gs.model.fused import Encoded, FusedEncoder
 from clip_gs.model.inputs import GaussianInputDataset
+from clip_gs.model.loaded import LoadedModel, load_model
+from clip_gs.model.pretrained import PRETRAINED
 from clip_gs.model.tokenizer import GSTokenizer, make_patches
 from clip_gs.model.uni3d import convert_uni3d_state_dict
 

@@ -89,7 +89,9 @@ class CLIPGS(
             fields = {f for f in CLIPGSConfig.__dataclass_fields__}
             architecture = [k for k in unknown if k in fields]
             detail = (
-                f"{architecture} change the architecture and cannot be overridden at load time; " if architecture else ""
+                f"{architecture} change the architecture and cannot be overridden at load time; "
+                if architecture
+                else ""
             )
             raise ConfigError(
                 f"from_pretrained({str(pretrained_model_name_or_path)!r}): unexpected keyword(s) {unknown}; {detail}"
@@ -259,7 +261,9 @@ class CLIPGS(
         one :class:`~clip_gs.model.fused.Encoded` (index, id, embedding or error) per object, in
         input order. See :meth:`FusedEncoder.encode_iter` for the arguments; with
         ``on_error="skip"`` bad files are yielded with their reason and the stream goes on."""
-        return self.fused(precision or self.precision).encode_iter(inputs, batch_size, seed, on_error, progress, num_workers, loader)
+        return self.fused(precision or self.precision).encode_iter(
+            inputs, batch_size, seed, on_error, progress, num_workers, loader
+        )
 
     def encode(
         self,

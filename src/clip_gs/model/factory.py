@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from clip_gs.errors import ConfigError
-from clip_gs.model.clipgs import LOAD_TIME_OVERRIDES, CLIPGS
+from clip_gs.model.clipgs import CLIPGS, LOAD_TIME_OVERRIDES
 from clip_gs.model.config import MODEL_CONFIGS, UNI3D_SIZES, get_model_config
 from clip_gs.model.precision import FUSED_PRECISIONS, resolve_device
 from clip_gs.model.pretrained import PRETRAINED, checkpoint_file, resolve_model_reference
@@ -81,8 +80,10 @@ def create_model(
         if pretrained is None or pretrained is False:
             model = CLIPGS(get_model_config(name, **overrides))
         elif pretrained is True:
-            raise ConfigError(f"{name} is a configuration without published weights; give pretrained=<a name in "
-                              f"list_models(pretrained=True) or a Uni3D checkpoint>, or pick one of {list(PRETRAINED)}")
+            raise ConfigError(
+                f"{name} is a configuration without published weights; give pretrained=<a name in "
+                f"list_models(pretrained=True) or a Uni3D checkpoint>, or pick one of {list(PRETRAINED)}"
+            )
         else:
             size = {v: k for k, v in UNI3D_SIZES.items()}.get(name)
             model = load_uni3d(checkpoint_file(pretrained), size=size, trusted_globals=trusted_globals,
@@ -92,7 +93,9 @@ def create_model(
                                         **{"name": name, **overrides}))  # fmt: skip
     else:
         if pretrained not in (None, True):
-            raise ConfigError(f"pretrained={pretrained!r} applies to a configuration name; {name} brings its own weights")
+            raise ConfigError(
+                f"pretrained={pretrained!r} applies to a configuration name; {name} brings its own weights"
+            )
         bad = sorted(set(overrides) - set(LOAD_TIME_OVERRIDES))
         if bad:
             raise ConfigError(f"{name}: weights loaded from a model folder take only the overrides "

@@ -126,4 +126,11 @@ def preprocess_cloud(cloud: GaussianCloud, config: CLIPGSConfig, seed: int = 0) 
     return preprocess(cloud, config.num_gaussians, config.scale_activation, seed)
 
 
-__all__ = ["FEATURE_LAYOUT", "SCALE_ACTIVATIONS", "FeatureLayout", "gaussian_features", "preprocess", "preprocess_cloud"]
+__all__ = [
+    "FEATURE_LAYOUT",
+    "SCALE_ACTIVATIONS",
+    "FeatureLayout",
+    "gaussian_features",
+    "preprocess",
+    "preprocess_cloud",
+]

@@ -98,7 +98,6 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     return data
 
 
-
 def read_model_config(path: str | os.PathLike) -> CLIPGSConfig:
     """The one reader of ``config.json``: the :class:`CLIPGSConfig` it holds.
 

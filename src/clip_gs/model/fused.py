@@ -251,7 +251,9 @@ class FusedBlock:
             if all(p.bias is None for p in projections):
                 qkv_bias = None
             else:
-                qkv_bias = torch.cat([p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in projections])
+                qkv_bias = torch.cat(
+                    [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in projections]
+                )
         if isinstance(mlp, SwiGLU):
             fc1_weight = torch.cat([mlp.fc1_g.weight, mlp.fc1_x.weight])
             fc1_bias = None if mlp.fc1_g.bias is None else torch.cat([mlp.fc1_g.bias, mlp.fc1_x.bias])

@@ -180,7 +180,7 @@ def load_model(
 
 __all__ = [
     "LoadedModel",
-    "load_recorded_teacher",
     "load_model",
+    "load_recorded_teacher",
     "teacher_spec_for",
 ]

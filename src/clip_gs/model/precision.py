@@ -116,5 +116,12 @@ def teacher_precision(precision: str, device: torch.device | str) -> str:
     return "bf16" if device.type == "cuda" and bf16_supported(device) else "fp32"
 
 
-__all__ = ["FUSED_PRECISIONS", "PRECISIONS", "bf16_supported", "cpu_flags", "resolve_device", "resolve_precision",
-           "teacher_precision"]
+__all__ = [
+    "FUSED_PRECISIONS",
+    "PRECISIONS",
+    "bf16_supported",
+    "cpu_flags",
+    "resolve_device",
+    "resolve_precision",
+    "teacher_precision",
+]

@@ -92,9 +92,19 @@ PRETRAINED: dict[str, PretrainedModel] = {
         _entry("uni3d-b", "base", 88.4, True, {"objaverse-lvis": 51.7, "modelnet40": 86.3, "scanobjectnn": 63.8}),
         _entry("uni3d-l", "large", 306.7, True, {"objaverse-lvis": 53.1, "modelnet40": 86.3, "scanobjectnn": 58.2}),
         _entry("uni3d-g", "giant", 1016.5, True, {"objaverse-lvis": 53.5, "modelnet40": 87.3, "scanobjectnn": 63.9}),
-        _entry("uni3d-b-no-lvis", "base", 88.4, False, {"objaverse-lvis": 45.9, "modelnet40": 86.1, "scanobjectnn": 61.7}),
-        _entry("uni3d-l-no-lvis", "large", 306.7, False, {"objaverse-lvis": 46.2, "modelnet40": 86.6, "scanobjectnn": 58.4}),
-        _entry("uni3d-g-no-lvis", "giant", 1016.5, False, {"objaverse-lvis": 47.2, "modelnet40": 86.8, "scanobjectnn": 66.5}),
+        _entry(
+            "uni3d-b-no-lvis", "base", 88.4, False, {"objaverse-lvis": 45.9, "modelnet40": 86.1, "scanobjectnn": 61.7}
+        ),
+        _entry(
+            "uni3d-l-no-lvis", "large", 306.7, False, {"objaverse-lvis": 46.2, "modelnet40": 86.6, "scanobjectnn": 58.4}
+        ),
+        _entry(
+            "uni3d-g-no-lvis",
+            "giant",
+            1016.5,
+            False,
+            {"objaverse-lvis": 47.2, "modelnet40": 86.8, "scanobjectnn": 66.5},
+        ),
     )
 }
 """Uni3D's published checkpoints by name. ``-no-lvis`` files never saw Objaverse-LVIS objects: use
@@ -194,7 +204,9 @@ def uni3d_folder(
     return folder
 
 
-def _convert(path: Path, folder: Path, name: str, size: str | None, source: dict, trusted_globals: Sequence[str]) -> None:
+def _convert(
+    path: Path, folder: Path, name: str, size: str | None, source: dict, trusted_globals: Sequence[str]
+) -> None:
     """Write the converted model folder atomically (a temporary sibling renamed into place)."""
     import shutil
     import tempfile
@@ -202,8 +214,9 @@ def _convert(path: Path, folder: Path, name: str, size: str | None, source: dict
     from clip_gs.model.folder import write_teacher_record
     from clip_gs.model.uni3d import load_uni3d
 
-    model = load_uni3d(path, size=size, trusted_globals=trusted_globals, gaussian_branch=False, name=name,
-                       uni3d_model=source["source"])
+    model = load_uni3d(
+        path, size=size, trusted_globals=trusted_globals, gaussian_branch=False, name=name, uni3d_model=source["source"]
+    )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

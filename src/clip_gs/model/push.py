@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from clip_gs.model.config import CLIPGSConfig
 
 
-
 @dataclass(frozen=True)
 class UploadFile:
     """One file of the commit: its path in the repo and its content (bytes, or a checked local file)."""

@@ -72,9 +72,7 @@ def make_patches(features: Tensor, num_groups: int, group_size: int, fps_start: 
 def point_channels(patch_features: Tensor) -> Tensor:
     """The point branch's input ``[..., 6]``: xyz (relative to the centre) and rgb of
     ``patch_features: [..., 19]`` (FEATURE_LAYOUT)."""
-    return torch.cat(
-        [patch_features[..., FEATURE_LAYOUT["xyz"]], patch_features[..., FEATURE_LAYOUT["rgb"]]], dim=-1
-    )
+    return torch.cat([patch_features[..., FEATURE_LAYOUT["xyz"]], patch_features[..., FEATURE_LAYOUT["rgb"]]], dim=-1)
 
 
 def conv1d_channels_last(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0) -> Tensor:

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import CheckpointError
-from clip_gs.state_dicts import load_state_dict_strict
 from clip_gs.model.config import MODEL_CONFIGS, UNI3D_SIZES, CLIPGSConfig
+from clip_gs.state_dicts import load_state_dict_strict
 
 # Uni3D prefix -> CLIPGS prefix (longest prefixes first)
 _RENAMES: tuple[tuple[str, str], ...] = (

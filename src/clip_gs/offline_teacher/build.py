@@ -128,7 +128,9 @@ def sample_caption(labels: dict, rng: np.random.Generator, form: str | None = No
     return f"{article(phrase)} {phrase}"
 
 
-def batch_captions(batch_labels: Sequence[dict], rng: np.random.Generator, gray: Sequence[bool] | None = None) -> list[str]:
+def batch_captions(
+    batch_labels: Sequence[dict], rng: np.random.Generator, gray: Sequence[bool] | None = None
+) -> list[str]:
     """Captions for a batch; a text repeated within the batch is replaced by the object's most specific one
     (the full caption; for a greyscale view, pattern + class)."""
     gray = [False] * len(batch_labels) if gray is None else list(gray)
@@ -182,7 +184,9 @@ def _class_groups(by_class: list[torch.Tensor], groups: int, gen: torch.Generato
     return torch.stack(rows)
 
 
-def _augment(images: torch.Tensor, gen: torch.Generator, shift: int = 4, gray: torch.Tensor | None = None) -> torch.Tensor:
+def _augment(
+    images: torch.Tensor, gen: torch.Generator, shift: int = 4, gray: torch.Tensor | None = None
+) -> torch.Tensor:
     """Random horizontal flip and shift (white padding) of ``uint8 [B, S, S, 3]`` -> float ``[B, 3, S, S]`` in [0, 1];
     views where ``gray [B]`` is set become greyscale (Rec. 601 luma in all three channels)."""
     x = images.permute(0, 3, 1, 2).float() / 255.0
@@ -229,7 +233,9 @@ def save_teacher_weights(model: torch.nn.Module, path: Path, seen_tokens: torch.
     path.parent.mkdir(parents=True, exist_ok=True)
     # one metadata key: safetensors writes a metadata map in hash order, so several keys would make
     # the bytes (and the checksum in the teacher's identity) differ between identical builds
-    save_file(state, str(path), metadata={METADATA_KEY: json.dumps({k: str(v) for k, v in metadata.items()}, sort_keys=True)})
+    save_file(
+        state, str(path), metadata={METADATA_KEY: json.dumps({k: str(v) for k, v in metadata.items()}, sort_keys=True)}
+    )
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, seed: int, batches: int | None = None,
@@ -401,7 +407,9 @@ def _run_phase(model, images, labels, steps, lr, weight_decay, warmup, gen, rng,
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+        ),
     )
     loss_fn = ClipLoss()
     losses: list[float] = []
@@ -536,6 +544,7 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
                          f"--class-groups {class_groups}"}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return BuildResult(out, losses + restart_losses, seconds + restart_seconds, record)
+
 
 __all__ = [
     "CAPTION_FORMS",

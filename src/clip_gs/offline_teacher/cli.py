@@ -30,7 +30,9 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--class-groups", type=int, default=4, help="extra one-object-per-class groups per step")
     build.add_argument("--restart-steps", type=int, default=500, help="steps of the warm-restart phase after the first")
     build.add_argument("--restarts", type=int, default=3, help="number of warm-restart cycles")
-    build.add_argument("--restart-lr", type=float, default=None, help="peak learning rate of the restart (default 0.3 x --lr)")
+    build.add_argument(
+        "--restart-lr", type=float, default=None, help="peak learning rate of the restart (default 0.3 x --lr)"
+    )
     build.add_argument("--gray-prob", type=float, default=0.2, help="probability of a greyscale, colour-free view")
     build.add_argument("--objects-per-class", type=int, default=200, help="training objects per class")
     build.add_argument("--views", type=int, default=4, help="rendered views per object")

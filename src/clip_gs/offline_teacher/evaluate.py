@@ -50,7 +50,9 @@ def zero_shot_accuracy(teacher, per_class: int = 8, templates: Sequence[str] = T
     """
     from clip_gs.data.synthetic import SHAPE_CLASSES
 
-    images, labels = _render(evaluation_objects(per_class, ZERO_SHOT_OFFSET + fresh_set * FRESH_SET_STRIDE), workers, progress)
+    images, labels = _render(
+        evaluation_objects(per_class, ZERO_SHOT_OFFSET + fresh_set * FRESH_SET_STRIDE), workers, progress
+    )
     weights = zero_shot_weights(teacher, synthetic_label_set(), templates)
     pred = (teacher.encode_images(images) @ weights.T).argmax(-1).cpu()
     truth = torch.tensor([SHAPE_CLASSES.index(lab["label"]) for lab in labels])
@@ -58,7 +60,9 @@ def zero_shot_accuracy(teacher, per_class: int = 8, templates: Sequence[str] = T
     return {"top1": float((pred == truth).float().mean()), "n": len(labels), "per_class": per}
 
 
-def caption_retrieval(teacher, num_objects: int = 100, workers: int = 1, progress: bool = False, fresh_set: int = 0) -> dict:
+def caption_retrieval(
+    teacher, num_objects: int = 100, workers: int = 1, progress: bool = False, fresh_set: int = 0
+) -> dict:
     """Caption-to-image recall@1 (and @5) among ``num_objects`` fresh objects cycling through the classes.
 
     Returns:
@@ -132,19 +136,25 @@ def format_report(result: dict) -> str:
     """Human-readable lines of :func:`evaluate_teacher`'s result."""
     zs, rt, co = result["zero_shot"], result["retrieval"], result["colour"]
     worst = sorted(zs["per_class"].items(), key=lambda kv: kv[1])[:3]
-    return "\n".join([
-        f"teacher:    {result['teacher']} (fresh object set {result.get('fresh_set', 0)})",
-        (f"zero-shot:  top-1 {zs['top1']:.1%} over {zs['n']} fresh objects, 13 classes, {len(TEMPLATES)} templates "
-         f"(weakest: {', '.join(f'{c} {a:.0%}' for c, a in worst)})"),
-        f"retrieval:  caption->image R@1 {rt['r1']:.1%}, R@5 {rt['r5']:.1%} among {rt['n']} fresh objects",
-        f"colour:     'a <colour> cube' ranks its colour first in {co['pair_accuracy']:.1%} of {co['pairs']} pairs",
-        f"time:       {result['seconds']} s",
-    ])
+    return "\n".join(
+        [
+            f"teacher:    {result['teacher']} (fresh object set {result.get('fresh_set', 0)})",
+            (
+                f"zero-shot:  top-1 {zs['top1']:.1%} over {zs['n']} fresh objects, 13 classes, {len(TEMPLATES)} templates "
+                f"(weakest: {', '.join(f'{c} {a:.0%}' for c, a in worst)})"
+            ),
+            f"retrieval:  caption->image R@1 {rt['r1']:.1%}, R@5 {rt['r5']:.1%} among {rt['n']} fresh objects",
+            f"colour:     'a <colour> cube' ranks its colour first in {co['pair_accuracy']:.1%} of {co['pairs']} pairs",
+            f"time:       {result['seconds']} s",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m clip_gs.offline_teacher.evaluate``: print the quality numbers of a teacher."""
-    parser = argparse.ArgumentParser(prog="python -m clip_gs.offline_teacher.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m clip_gs.offline_teacher.evaluate", description=__doc__.split("\n")[0]
+    )
     add_eval_arguments(parser)
     return run_eval(parser.parse_args(argv))
 
@@ -158,7 +168,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objects", type=int, default=100, help="objects in the retrieval gallery")
     parser.add_argument("--per-colour", type=int, default=3, help="cubes per colour for the colour test")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
-    parser.add_argument("--fresh-set", type=int, default=0, help="which independent set of fresh objects (0: the tests')")
+    parser.add_argument(
+        "--fresh-set", type=int, default=0, help="which independent set of fresh objects (0: the tests')"
+    )
     add_json_argument(parser)
 
 
@@ -167,8 +179,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from clip_gs.teachers.factory import load_teacher
 
     teacher = load_teacher(args.teacher)
-    result = evaluate_teacher(teacher, args.per_class, args.objects, args.per_colour, workers=args.workers,
-                              fresh_set=args.fresh_set)
+    result = evaluate_teacher(
+        teacher, args.per_class, args.objects, args.per_colour, workers=args.workers, fresh_set=args.fresh_set
+    )
     print(json.dumps(result, indent=1) if args.json else format_report(result))
     return 0
 

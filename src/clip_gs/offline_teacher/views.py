@@ -79,8 +79,14 @@ def object_cameras(seed: int, num_views: int, spec: ViewSpec):
     return Cameras(torch.cat(mats), torch.cat(ks), spec.size, spec.size)
 
 
-def render_object(shape: str, seed: int, num_views: int, spec: ViewSpec = ViewSpec(),
-                  num_gaussians: int = NUM_GAUSSIANS, **object_kwargs) -> tuple[np.ndarray, dict]:
+def render_object(
+    shape: str,
+    seed: int,
+    num_views: int,
+    spec: ViewSpec = ViewSpec(),
+    num_gaussians: int = NUM_GAUSSIANS,
+    **object_kwargs,
+) -> tuple[np.ndarray, dict]:
     """Render one synthetic object (``object_kwargs`` go to :func:`clip_gs.data.synthetic.make_object`: ``color``, ``pattern``).
 
     Returns:
@@ -155,7 +161,11 @@ def render_views(
         finally:
             torch.set_num_threads(threads)
     bar.close()
-    images = torch.from_numpy(np.stack([r[0] for r in results])) if results else torch.empty(0, num_views, spec.size, spec.size, 3, dtype=torch.uint8)
+    images = (
+        torch.from_numpy(np.stack([r[0] for r in results]))
+        if results
+        else torch.empty(0, num_views, spec.size, spec.size, 3, dtype=torch.uint8)
+    )
     return images, [r[1] for r in results]
 
 
@@ -164,9 +174,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CLIP_GS_CACHE", "/tmp/clip_gs_cache"))
 
 
-def cached_render_views(objects: Sequence[tuple[str, int]], num_views: int, spec: ViewSpec = ViewSpec(),
-                        num_gaussians: int = NUM_GAUSSIANS, workers: int = 1, progress: bool = True,
-                        cache: Path | None | bool = None) -> tuple[torch.Tensor, list[dict]]:
+def cached_render_views(
+    objects: Sequence[tuple[str, int]],
+    num_views: int,
+    spec: ViewSpec = ViewSpec(),
+    num_gaussians: int = NUM_GAUSSIANS,
+    workers: int = 1,
+    progress: bool = True,
+    cache: Path | None | bool = None,
+) -> tuple[torch.Tensor, list[dict]]:
     """:func:`render_views` through a tensor-file cache keyed by every argument that changes pixels.
 
     ``cache=False`` disables it; ``None`` uses :func:`cache_dir`.

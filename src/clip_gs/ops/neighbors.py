@@ -164,9 +164,7 @@ def _check_gather_args(values: torch.Tensor, idx: torch.Tensor) -> None:
     if values.dim() < 2:
         raise ConfigError(f"values must have shape [B, N, *C], got {list(values.shape)}")
     if idx.dim() < 1 or idx.shape[0] != values.shape[0]:
-        raise ConfigError(
-            f"idx must have shape [B, *I] with B={values.shape[0]} as in values, got {list(idx.shape)}"
-        )
+        raise ConfigError(f"idx must have shape [B, *I] with B={values.shape[0]} as in values, got {list(idx.shape)}")
     if idx.dtype != torch.long:
         raise ConfigError(f"idx must be a LongTensor (torch.int64), got {idx.dtype}")
     if idx.device != values.device:

@@ -5,9 +5,9 @@ Conventions: OpenCV cameras (x right, y down, z forward), world-to-camera ``view
 centres at ``(j + 0.5, i + 0.5)``; :func:`orbit_cameras` puts the world's +Y up by default.
 """
 
+from clip_gs.gaussians.sh import eval_sh, sh_basis, sh_to_rgb
 from clip_gs.render.cameras import Cameras, look_at_viewmats, orbit_cameras, pinhole_intrinsics, sphere_cameras
 from clip_gs.render.rasterize import RenderOutput, rasterize, rasterize_reference, render_cloud
-from clip_gs.gaussians.sh import eval_sh, sh_basis, sh_to_rgb
 from clip_gs.render.sheet import contact_sheet, render_sheet, render_view
 
 __all__ = [

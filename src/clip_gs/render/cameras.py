@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clip_gs.gaussians.frames import UP_AXES
 from clip_gs.errors import RenderError
+from clip_gs.gaussians.frames import UP_AXES
 
 OPENCV_TO_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 """``[4, 4]`` flip of the camera's y and z axes: OpenCV (y down, z forward) <-> OpenGL / Blender (y up,

@@ -32,6 +32,7 @@ def tile_pixels(t, tiles_x, tiles_y, tile, width, height):
         xs[p], ys[p] = x0 + p % cols + 0.5, y0 + p // cols + 0.5
     return cam, y0, x0, cols, count, xs, ys
 
+
 @njit(parallel=True, cache=True, nogil=True)
 def forward(means2d, conics, colors, opacities, depths, gaussians, offsets, tiles_x, tiles_y, tile, width,
             height, out_rgb, out_depth, out_trans, out_last):  # fmt: skip
@@ -81,6 +82,7 @@ def forward(means2d, conics, colors, opacities, depths, gaussians, offsets, tile
                 acc[p, 2],
             )
             out_depth[cam, py, px], out_trans[cam, py, px], out_last[cam, py, px] = acc[p, 3], trans[p], last[p]
+
 
 @njit(parallel=True, cache=True, nogil=True)
 def backward(means2d, conics, colors, opacities, depths, gaussians, offsets, tiles_x, tiles_y, tile, width,
@@ -145,6 +147,7 @@ def backward(means2d, conics, colors, opacities, depths, gaussians, offsets, til
             grad_pairs[k, 4], grad_pairs[k, 5], grad_pairs[k, 6], grad_pairs[k, 7] = g_cc, g_r, g_g, g_b
             grad_pairs[k, 8], grad_pairs[k, 9] = g_o, g_d
 
+
 @njit(cache=True, nogil=True)
 def camera_point(r, means, i):
     # Gaussian i's mean in the camera frame of the world-to-camera matrix r.
@@ -152,6 +155,7 @@ def camera_point(r, means, i):
     y = r[1, 0] * means[i, 0] + r[1, 1] * means[i, 1] + r[1, 2] * means[i, 2] + r[1, 3]
     z = r[2, 0] * means[i, 0] + r[2, 1] * means[i, 1] + r[2, 2] * means[i, 2] + r[2, 3]
     return x, y, z
+
 
 @njit(cache=True, nogil=True)
 def ewa(x, y, z, r, K, quats, scales, i, width, height, eps2d, clamp):
@@ -193,6 +197,7 @@ def ewa(x, y, z, r, K, quats, scales, i, width, height, eps2d, clamp):
     c = tm[1, 0] * tm[1, 0] + tm[1, 1] * tm[1, 1] + tm[1, 2] * tm[1, 2] + eps2d
     return rx, ry, sx, sy, tx, ty, norm, q, rq, t, mm, tm, a, b, c
 
+
 @njit(parallel=True, cache=True, nogil=True)
 def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, clamp,
                     out_means2d, out_conics, out_depths, out_extents, out_valid):  # fmt: skip
@@ -220,6 +225,7 @@ def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height
         out_conics[cam, i, 0], out_conics[cam, i, 1], out_conics[cam, i, 2] = c / det, -b / det, a / det
         out_depths[cam, i] = z
         out_extents[cam, i, 0], out_extents[cam, i, 1] = ex, ey
+
 
 @njit(cache=True, nogil=True)
 def project_backward(means, quats, scales, viewmats, Ks, width, height, eps2d, clamp, valid, grad_means2d,

@@ -51,8 +51,8 @@ from torch import Tensor
 
 from clip_gs.errors import RenderError
 from clip_gs.gaussians.cloud import GaussianCloud, quaternions_to_matrices
-from clip_gs.render.cameras import Cameras
 from clip_gs.gaussians.sh import sh_degree_from_coeffs, sh_to_rgb
+from clip_gs.render.cameras import Cameras
 
 ALPHA_MAX = 0.99
 """Upper clamp of a Gaussian's alpha (INRIA trainer; gsplat uses 0.999)."""

@@ -230,7 +230,9 @@ class Teacher:
             texts = [texts]
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
-            raise ConfigError(f"{self.identity}: encode_text takes a list of str, got {[type(t).__name__ for t in texts][:5]}")
+            raise ConfigError(
+                f"{self.identity}: encode_text takes a list of str, got {[type(t).__name__ for t in texts][:5]}"
+            )
         if not texts:
             return torch.empty(0, self.embed_dim, device=self.device)
         out = []
@@ -309,4 +311,11 @@ class Teacher:
         return self.encode_images(images) @ self.encode_text(texts).T
 
 
-__all__ = ["PRECISIONS", "Teacher", "TeacherIdentity", "TeacherMismatchError", "check_same_teacher", "check_view_background"]
+__all__ = [
+    "PRECISIONS",
+    "Teacher",
+    "TeacherIdentity",
+    "TeacherMismatchError",
+    "check_same_teacher",
+    "check_view_background",
+]

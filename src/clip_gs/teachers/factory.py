@@ -61,7 +61,7 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
     if spec == OFFLINE_TEACHER:
         return TeacherSpec("offline", OFFLINE_TEACHER)
     if spec.startswith("hf-hub:"):
-        repo = spec[len("hf-hub:"):]
+        repo = spec[len("hf-hub:") :]
         if repo.count("/") != 1 or not all(repo.split("/")):
             raise ConfigError(f"teacher spec {spec!r}: hf-hub ids look like hf-hub:ORG/NAME; {_FORMS}")
         return TeacherSpec("hf-hub", spec)
@@ -125,9 +125,7 @@ def load_teacher(spec: str | Teacher, **kwargs) -> Teacher:
     return OpenCLIPTeacher(parsed.model, parsed.pretrained, **kwargs)
 
 
-def teacher_spec_for(
-    identity: str, folder: str | os.PathLike | None = None, allow_external_files: bool = False
-) -> str:
+def teacher_spec_for(identity: str, folder: str | os.PathLike | None = None, allow_external_files: bool = False) -> str:
     """The :func:`~clip_gs.teachers.load_teacher` spec of a recorded teacher identity.
 
     ``open_clip:NAME/TAG`` -> ``NAME/TAG``; ``hf-hub:ORG/NAME`` -> ``hf-hub:ORG/NAME``;

@@ -83,7 +83,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"teacher checkpoint {path} holds no state dict of tensors")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     for rows_key in [k for k in state if k.endswith(f"{SPARSE_EMBEDDING_SUFFIX}.rows")]:
         key = rows_key[: -len(".rows")]
         try:
@@ -101,7 +101,8 @@ def _model_config(open_clip, name: str) -> dict:
     if cfg is None:
         close = [m for m in open_clip.list_models() if name.lower()[:5] in m.lower()][:12]
         raise ConfigError(
-            f"unknown open_clip architecture {name!r}" + (f"; similar: {', '.join(close)}" if close else "")
+            f"unknown open_clip architecture {name!r}"
+            + (f"; similar: {', '.join(close)}" if close else "")
             + " (open_clip.list_models() lists all; custom ones register with open_clip.add_model_config)"
         )
     return cfg
@@ -144,7 +145,7 @@ class OpenCLIPTeacher(Teacher):
         if model_name.startswith("hf-hub:"):
             if pretrained is not None:
                 raise ConfigError(f"teacher {model_name}: an hf-hub: id names its own weights; pass pretrained=None")
-            repo = model_name[len("hf-hub:"):]
+            repo = model_name[len("hf-hub:") :]
             folder = self._hub_folder(repo, cache_dir)
             local = f"local-dir:{folder}"
             with open(Path(folder) / "open_clip_config.json", encoding="utf-8") as fh:
@@ -157,11 +158,16 @@ class OpenCLIPTeacher(Teacher):
             cfg = _model_config(open_clip, model_name)
             embed_dim = int(cfg["embed_dim"])
             if pretrained is None:
-                model, identity = self._create(open_clip, model_name, None), TeacherIdentity("random", model_name, "", "", embed_dim)
+                model, identity = (
+                    self._create(open_clip, model_name, None),
+                    TeacherIdentity("random", model_name, "", "", embed_dim),
+                )
             elif Path(pretrained).is_file():
                 model = self._create(open_clip, model_name, None)
                 self.load_weights(model, pretrained)
-                identity = TeacherIdentity("file", identity_name or model_name, "", file_checksum(pretrained), embed_dim)
+                identity = TeacherIdentity(
+                    "file", identity_name or model_name, "", file_checksum(pretrained), embed_dim
+                )
             else:
                 tag = str(pretrained)
                 tag_cfg = open_clip.get_pretrained_cfg(model_name, tag)
@@ -206,10 +212,17 @@ class OpenCLIPTeacher(Teacher):
             CheckpointError: unreadable file or missing / unexpected / mis-shaped keys (named).
         """
         state = read_state_dict(path)
-        if "logit_scale" in state and hasattr(model, "logit_scale") and state["logit_scale"].ndim != model.logit_scale.ndim:
+        if (
+            "logit_scale" in state
+            and hasattr(model, "logit_scale")
+            and state["logit_scale"].ndim != model.logit_scale.ndim
+        ):
             state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
         load_state_dict_strict(
-            model, state, f"teacher checkpoint {path}", hint="name the architecture the file was trained with: NAME@FILE"
+            model,
+            state,
+            f"teacher checkpoint {path}",
+            hint="name the architecture the file was trained with: NAME@FILE",
         )
 
     @staticmethod
@@ -248,7 +261,11 @@ class OpenCLIPTeacher(Teacher):
                     tried.append(f"{url} ({type(exc).__name__}: {exc})")
             else:
                 tried.append(f"{url} (offline)")
-        mode = "offline mode (HF_HUB_OFFLINE / CLIP_GS_OFFLINE set), not in the local cache" if offline else "download failed"
+        mode = (
+            "offline mode (HF_HUB_OFFLINE / CLIP_GS_OFFLINE set), not in the local cache"
+            if offline
+            else "download failed"
+        )
         raise WeightsUnavailableError(
             f"open_clip teacher {model_name} / {tag}: weights unavailable, {mode}; tried {', '.join(tried) or 'nothing'}. "
             + self._advice(model_name, tag)
@@ -268,7 +285,11 @@ class OpenCLIPTeacher(Teacher):
                 "or use the offline teacher 'synthetic-clip'."
             ) from exc
         errors = []
-        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin"):
+        for name in (
+            "open_clip_model.safetensors",
+            "open_clip_pytorch_model.safetensors",
+            "open_clip_pytorch_model.bin",
+        ):
             try:
                 hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=offline)
                 return str(Path(config).parent)

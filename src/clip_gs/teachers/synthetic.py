@@ -32,7 +32,9 @@ VIEW_BACKGROUNDS = ((1.0, 1.0, 1.0),)
 objects: 83% zero-shot on white views, 8%, chance over 13 classes, on black ones), so dataset
 preparation refuses other backgrounds for it (:func:`~clip_gs.teachers.base.check_view_background`)."""
 
-REBUILD_COMMAND = "clip-gs teacher build --seed 0 --threads 1 --out src/clip_gs/teachers/weights/synthetic-clip.safetensors"
+REBUILD_COMMAND = (
+    "clip-gs teacher build --seed 0 --threads 1 --out src/clip_gs/teachers/weights/synthetic-clip.safetensors"
+)
 
 _registered = False
 
@@ -72,4 +74,12 @@ class SyntheticCLIPTeacher(OpenCLIPTeacher):
         self.view_backgrounds = VIEW_BACKGROUNDS
 
 
-__all__ = ["ARCHITECTURE", "OFFLINE_TEACHER", "REBUILD_COMMAND", "VIEW_BACKGROUNDS", "WEIGHTS_PATH", "SyntheticCLIPTeacher", "register_architecture"]
+__all__ = [
+    "ARCHITECTURE",
+    "OFFLINE_TEACHER",
+    "REBUILD_COMMAND",
+    "VIEW_BACKGROUNDS",
+    "WEIGHTS_PATH",
+    "SyntheticCLIPTeacher",
+    "register_architecture",
+]

@@ -29,6 +29,7 @@ from clip_gs.teachers.label_embeddings import LabelEmbeddings
 
 logger = logging.getLogger("clip_gs")
 
+
 @dataclass(frozen=True)
 class LabelScore:
     """One class of a result: its name, softmax ``score`` and raw ``cosine`` similarity."""

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 
-
 K_HELP = "how many best results to show: labels per file (classify), hits (search)"
 
 SEARCH_UP_HELP = ("world up axis of a --like file that declares none: auto, +y, -y, +z, -z (default: the index's "
@@ -93,9 +92,9 @@ def _report_failures(failures) -> None:
 def run_classify(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs classify``."""
     from clip_gs.errors import EXIT_SOME_FAILED
-    from clip_gs.usage.classify import classify_files, format_classification
     from clip_gs.model.loaded import load_model
     from clip_gs.teachers.label_options import label_source
+    from clip_gs.usage.classify import classify_files, format_classification
 
     labels = label_source(args)
     usage = load_model(args.model, teacher=args.teacher, device=args.device)
@@ -118,8 +117,8 @@ def run_classify(args: argparse.Namespace) -> int:
 def run_embed(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs embed``."""
     from clip_gs.errors import EXIT_SOME_FAILED
-    from clip_gs.usage.embed import embed_folder
     from clip_gs.model.loaded import load_model
+    from clip_gs.usage.embed import embed_folder
 
     usage = load_model(args.model, teacher=args.teacher, device=args.device)
     summary = embed_folder(
@@ -133,8 +132,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs search``."""
-    from clip_gs.index import EmbeddingIndex
     from clip_gs.gaussians.assets import MESH_GAUSSIANS
+    from clip_gs.index import EmbeddingIndex
     from clip_gs.model.loaded import load_model
     from clip_gs.usage.search import hits_sheet, search_index
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
-from clip_gs.index import EmbeddingIndex
 from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
+from clip_gs.index import EmbeddingIndex
 from clip_gs.model.loaded import LoadedModel, load_model
 
 SAVE_EVERY = 256

@@ -40,8 +40,12 @@ def add_labels_parser(subparsers) -> argparse.ArgumentParser:
     add_label_options(names, label_set_help="the class names: a shipped label set (modelnet40, objaverse-lvis, "
                       "synthetic) or a label-list file (one name per line, # comments, or a JSON list)")  # fmt: skip
     names.add_argument("--uni3d-labels", help=protocols.UNI3D_LABELS_HELP)  # with --templates uni3d
-    p.add_argument("--templates", default="clip-gs", choices=TEMPLATE_CHOICES,
-                   help="prompt templates: clip-gs (the package's 12, default) or uni3d (Uni3D's templates.json)")
+    p.add_argument(
+        "--templates",
+        default="clip-gs",
+        choices=TEMPLATE_CHOICES,
+        help="prompt templates: clip-gs (the package's 12, default) or uni3d (Uni3D's templates.json)",
+    )
     p.add_argument("--uni3d-data", help=protocols.UNI3D_DATA_HELP)  # with --templates uni3d
     p.add_argument("--uni3d-templates", default=protocols.UNI3D_TEMPLATES_KEY, help=protocols.UNI3D_TEMPLATES_HELP)
     p.add_argument("--out", required=True, help="the label-embedding file to write (.safetensors)")
@@ -108,7 +112,7 @@ def run_labels(args: argparse.Namespace) -> int:
 
         teacher = load_teacher(args.teacher, **options)
     table = compute_label_embeddings(teacher, source, templates, rule, progress=False if args.quiet else None)
-    label_set = (f"uni3d labels.json [{args.uni3d_labels}]" if args.uni3d_labels else describe_label_source(source))
+    label_set = f"uni3d labels.json [{args.uni3d_labels}]" if args.uni3d_labels else describe_label_source(source)
     out = write_label_embeddings(Path(args.out), table.names, table.weights, table.teacher, table.templates,
                                  table.prompt_rule, label_set)  # fmt: skip
     print(f"wrote {out}: {len(table)} classes x {len(templates)} templates ({rule} rule), embed_dim {table.embed_dim}, "

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import ClipGSError, ConfigError
-from clip_gs.index import EmbeddingIndex, Hit
-from clip_gs.teachers.base import Teacher
 from clip_gs.gaussians.assets import MESH_GAUSSIANS, asset_loader
-from clip_gs.model.loaded import LoadedModel, load_recorded_teacher, load_model
+from clip_gs.index import EmbeddingIndex, Hit
+from clip_gs.model.loaded import LoadedModel, load_model, load_recorded_teacher
+from clip_gs.teachers.base import Teacher
 
 SHEET_GAUSSIANS = 100_000
 """Most Gaussians a hit is rendered with on a contact sheet (larger captures are resampled)."""
@@ -97,14 +97,16 @@ def make_query(
         index.check_query_source(model=model.identity)
     if kind == "like":
         if model is None:
-            raise ConfigError(
-                f"a --like query is embedded by the index's model ({index.model}); pass --model DIR_OR_REPO"
-            )
+            raise ConfigError(f"a --like query is embedded by the index's model ({index.model}); pass --model MODEL")
         settings = index.settings
         seed = int(settings.get("seed", 0))
         up = str(settings.get("up", "auto")) if up is None else up
-        loader = asset_loader(up=up, frame=model.model.config.up_axis,
-                              mesh_gaussians=int(settings.get("mesh_gaussians", MESH_GAUSSIANS)), seed=seed)
+        loader = asset_loader(
+            up=up,
+            frame=model.model.config.up_axis,
+            mesh_gaussians=int(settings.get("mesh_gaussians", MESH_GAUSSIANS)),
+            seed=seed,
+        )
         embedding = model.model.encode(str(value), seed=seed, loader=loader, progress=False)
         return Query(kind, str(value), embedding, model=model.identity)
     if kind == "text" and not str(value).strip():
