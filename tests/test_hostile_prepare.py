@@ -94,10 +94,10 @@ def test_overwrite_clears_only_what_prepare_wrote(tmp_path):
     out = tmp_path / "out"
     prepare(out)
     plant(out, {"README.md": b"a file beside the dataset", ".work/notes.txt": b"mine"})
-    records = sorted(p.name for p in (out / ".work").glob("*.blob"))
+    records = sorted(p.name for p in (out / ".work").glob("*/*.blob"))
     with pytest.raises(DatasetError, match=rf"{out / '.work'}: holds notes.txt, which clip-gs prepare did not write"):
         prepare(out, overwrite=True)
-    assert sorted(p.name for p in (out / ".work").glob("*.blob")) == records  # nothing removed
+    assert sorted(p.name for p in (out / ".work").glob("*/*.blob")) == records  # nothing removed
     (out / ".work" / "notes.txt").unlink()
     redone = prepare(out, overwrite=True)
     assert redone.reused == 0 and redone.succeeded == 3

@@ -397,11 +397,11 @@ def test_a_prepare_killed_with_sigkill_resumes_to_the_same_shards(tmp_path):
     victim = subprocess.Popen(command(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     work = tmp_path / "cut" / ".work"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len([p for p in work.glob("*.json") if p.name != "settings.json"]) < 6:
+    while time.monotonic() < deadline and len([p for p in work.glob("*/*.json") if p.name != "settings.json"]) < 6:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    finished = {p.name for p in work.glob("*.json") if p.name != "settings.json"}
+    finished = {p.name for p in work.glob("*/*.json") if p.name != "settings.json"}
     assert 6 <= len(finished) < 24 and not (tmp_path / "cut" / "manifest.json").exists()
     rerun = subprocess.run(command(tmp_path / "cut"), check=True, env=env, capture_output=True, text=True)
     assert f"{len(finished)} reused from an earlier run, 0 failed" in rerun.stdout
@@ -459,9 +459,9 @@ def test_a_record_without_its_blob_is_redone_and_a_cap_resamples(tmp_path):
     summary = prepare_dataset("synthetic:4", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
     assert summary.resampled == 4 and "4 resampled to --max-gaussians" in summary.line()
     work = tmp_path / "out" / ".work"
-    metas = [json.loads(p.read_text()) for p in sorted(work.glob("*.json")) if "sha256" in p.read_text()]
+    metas = [json.loads(p.read_text()) for p in sorted(work.glob("*/*.json")) if "sha256" in p.read_text()]
     assert len(metas) == 4 and all(m["resampled_from"] == 512 for m in metas)
-    blob = sorted(work.glob("*.blob"))[0]
+    blob = sorted(work.glob("*/*.blob"))[0]
     blob.unlink()
     again = prepare_dataset("synthetic:4", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
     assert again.reused == 3 and again.succeeded == 4 and blob.is_file()

@@ -40,14 +40,16 @@ MARKER_TEXT = b"This folder is written by clip-gs prepare, which clears only wha
 _TMP = r"(\.\d+\.tmp)?"  # the temporary file an atomic write leaves beside its target when killed
 _SPLIT_FILES = r"index\.json|\d+\.index\.json|chunk-\d+-\d+\.bin"
 _SPLITS = r"train|val|test|heldout"
-_WORK_FILES = (rf"(settings|written)\.json{_TMP}|[0-9a-f]{{24}}\.(blob|json|failed\.json){_TMP}"
-               rf"|{re.escape(MARKER_NAME)}{_TMP}")  # fmt: skip
+_WORK_FILES = rf"(settings|written)\.json{_TMP}|{re.escape(MARKER_NAME)}{_TMP}"
+_RECORD_FILES = rf"[0-9a-f]{{24}}\.(blob|json|failed\.json){_TMP}"
 
 LAYOUTS: dict[str, tuple[tuple[str, str | None], ...]] = {
     # a split written by write_split: LitData's index (and its unfinished form) and chunks
     "split": ((_SPLIT_FILES, None),),
-    # a work folder: the settings record, what was written, per-object records and failures
-    "work": ((_WORK_FILES, None),),
+    # a work folder: the settings record, what was written, and 256 folders of records by key prefix
+    "work": ((_WORK_FILES, None), (r"[0-9a-f]{2}", "records")),
+    # one of them: per-object records and failures
+    "records": ((_RECORD_FILES, None),),
     # one node's part: part.json and one split per split
     "part": ((rf"part\.json{_TMP}", None), (_SPLITS, "split")),
     # the parts folder: one part per node, named <rank>-of-<nodes>

@@ -541,6 +541,14 @@ def load_source(item: SourceItem, settings: PrepareSettings):
     return cloud, item.captions, MODEL_FRAME
 
 
+def source_up(item: SourceItem, settings: PrepareSettings) -> str:
+    """The up axis ``item`` stands in before it is brought to the model frame: synthetic objects are made
+    in it; a file's is :func:`~clip_gs.gaussians.frames.resolve_up` of ``settings.up``."""
+    from clip_gs.gaussians.frames import MODEL_FRAME, resolve_up
+
+    return MODEL_FRAME if item.source.startswith("synthetic:") else resolve_up(item.source, settings.up)
+
+
 def is_mesh_source(item: SourceItem) -> bool:
     """True for inputs that are meshes: a mesh extension, where a ``.ply`` counts only when its header
     declares faces (3DGS and point-cloud plys have none). Only the header is read: the object is
@@ -676,6 +684,8 @@ class ObjectPreparer:
         self.teacher, self.settings, self.image_size, self.work = teacher, settings, image_size, Path(work)
         self.device, self.precision, self.succeeded = device, precision, succeeded_before
         self.streak: list[str] = []  # the teacher's consecutive failures while nothing has succeeded
+        self._unsynced: set[Path] = set()  # record folders with renames not yet fsynced
+        self._unsynced_records = 0
 
     def _teacher(self, device: str):
         if isinstance(self.teacher, str):
@@ -704,7 +714,7 @@ class ObjectPreparer:
             _fatal(exc, item)
             failure = {"path": item.source, "id": item.id, "error": type(exc).__name__, "message": str(exc),
                        "stage": stage}  # fmt: skip
-            _atomic_write(self.work / f"{_key(item.id)}.failed.json", json.dumps(failure).encode())
+            _atomic_write(record_path(self.work, item.id, ".failed.json"), json.dumps(failure).encode())
             if stage == "teacher" and not isinstance(exc, ClipGSError) and self.succeeded == 0:
                 self.streak.append(type(exc).__name__)
                 if len(self.streak) >= TEACHER_STREAK and len(set(self.streak)) == 1:
@@ -723,13 +733,13 @@ class ObjectPreparer:
         settings = self.settings
         if item.embeddings is not None:
             from clip_gs.data.precomputed import read_embeddings
-            from clip_gs.gaussians.frames import frame_viewmats, resolve_up
+            from clip_gs.gaussians.frames import frame_viewmats
             from clip_gs.render import orbit_cameras
 
             cloud, captions, up = load_source(item, settings)
             text, image, viewmats, Ks = read_embeddings(item.embeddings, self._teacher(device), captions)
             if viewmats is not None:  # cameras of the file's own frame, moved with the cloud
-                viewmats = frame_viewmats(viewmats, resolve_up(item.source, settings.up), up)
+                viewmats = frame_viewmats(viewmats, source_up(item, settings), up)
             else:  # the file says its views were prepare's orbit
                 orbit = orbit_cameras(len(image), elevation_deg=settings.elevation_deg, width=self.image_size,
                                       height=self.image_size, up=up)  # fmt: skip
@@ -737,9 +747,9 @@ class ObjectPreparer:
             cloud, resampled = cap_gaussians(cloud, settings, item)
             return cloud, captions, (text, image), (viewmats, Ks), None, resampled
         if settings.gaussians == "fitted" and is_mesh_source(item):
-            from clip_gs.gaussians.frames import MODEL_FRAME, frame_viewmats, resolve_up, to_frame
+            from clip_gs.gaussians.frames import MODEL_FRAME, frame_viewmats, to_frame
 
-            up = resolve_up(item.source, settings.up)  # rendered and fitted in the mesh's frame, then moved
+            up = source_up(item, settings)  # rendered and fitted in the mesh's frame, then moved
             cloud, images, cameras, fit = fit_source(item, settings, up, device)
             cloud = to_frame(cloud, up, MODEL_FRAME)
             cameras = dataclasses.replace(cameras, viewmats=frame_viewmats(cameras.viewmats, up, MODEL_FRAME))
@@ -775,17 +785,29 @@ class ObjectPreparer:
             viewmats=cameras[0].float().cpu(), Ks=cameras[1].float().cpu(), fit=fit,
         )  # fmt: skip
         record = sample.to_record()
-        key = _key(item.id)
-        _atomic_write(self.work / f"{key}.blob", record["blob"], sync_folder=False)
+        _atomic_write(record_path(self.work, item.id, ".blob"), record["blob"], sync=False)
         meta = {"id": item.id, "sha256": record["sha256"], "split": item.split or split_of(item.id, self.settings),
                 "label": item.label, "input": _input_fingerprint(item)}  # fmt: skip
         if fit is not None:
             meta["fit"] = fit
         if resampled is not None:
             meta["resampled_from"] = resampled
-        _atomic_write(self.work / f"{key}.json", json.dumps(meta).encode())  # written last: marks it done
-        (self.work / f"{key}.failed.json").unlink(missing_ok=True)
+        meta_path = record_path(self.work, item.id, ".json")
+        _atomic_write(meta_path, json.dumps(meta).encode(), sync=False)  # written last: marks it done
+        record_path(self.work, item.id, ".failed.json").unlink(missing_ok=True)
+        self._unsynced.add(meta_path.parent)
+        self._unsynced_records += 1
+        if self._unsynced_records >= SYNC_EVERY:
+            self.sync()
         return meta
+
+    def sync(self) -> None:
+        """Make the records written since the last sync durable: one fsync per record folder touched
+        (:data:`SYNC_EVERY`), not one per file."""
+        for folder in sorted(self._unsynced):
+            sync_folder(folder)
+        self._unsynced.clear()
+        self._unsynced_records = 0
 
 
 FAILURE_FIELDS = ("path", "id", "error", "message", "stage")
@@ -795,7 +817,7 @@ FAILURE_FIELDS = ("path", "id", "error", "message", "stage")
 def _failure_of(work: Path, item: SourceItem) -> dict | None:
     """The failure record of ``item`` in ``work``; None when there is none or it is not one of
     ``item``'s (then the run reports that no record was written)."""
-    path = work / f"{_key(item.id)}.failed.json"
+    path = record_path(work, item.id, ".failed.json")
     try:
         failure = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
@@ -824,14 +846,14 @@ def _input_fingerprint(item: SourceItem) -> dict:
 
 def _finished_meta(work: Path, item: SourceItem) -> dict | None:
     """The meta of the finished record ``work`` holds of exactly this input, else None."""
-    meta_path = work / f"{_key(item.id)}.json"
+    meta_path = record_path(work, item.id, ".json")
     if not meta_path.exists():
         return None
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError, RecursionError):
         return None
-    if not (work / f"{_key(item.id)}.blob").is_file():
+    if not record_path(work, item.id, ".blob").is_file():
         return None  # a record whose blob is gone is redone
     if not isinstance(meta, dict) or meta.get("id") != item.id or meta.get("label") != item.label:
         return None
@@ -848,30 +870,49 @@ def _key(item_id: str) -> str:
     return hashlib.sha256(item_id.encode()).hexdigest()[:24]
 
 
-def _atomic_write(path: Path, data: bytes, sync_folder: bool = True) -> None:
+SYNC_EVERY = 64
+"""Records written between folder fsyncs (:meth:`ObjectPreparer.sync`): a crash loses at most the records
+since the last sync (their files may be gone), and those are prepared again."""
+
+
+def record_path(work: Path, item_id: str, suffix: str) -> Path:
+    """Where a record file of ``item_id`` lives: ``<work>/<2 hex>/<24 hex key><suffix>``. The work folder is
+    fanned out over 256 sub-folders by key prefix (about 1,900 files each at 240K objects), its parent
+    created on demand."""
+    key = _key(item_id)
+    folder = work / key[:2]
+    folder.mkdir(exist_ok=True)
+    return folder / f"{key}{suffix}"
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder (the renames into it made durable)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the whole new one: a temporary
     file, fsynced, renamed over ``path``, then the folder fsynced (the rename itself made durable).
-    ``sync_folder=False`` leaves the last step to a later write in the same folder (a record's blob:
-    its meta, written next, syncs the folder, and a meta whose blob is missing is redone)."""
+    ``sync=False`` leaves the last step to the caller (records: :meth:`ObjectPreparer.sync`, batched;
+    a meta whose blob is missing is redone)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing the work folder never collide
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    if not sync_folder:
-        return
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    if sync:
+        sync_folder(path.parent)
 
 
 def _work_records(work: Path, metas: Sequence[dict]) -> Iterable[dict]:
     """The stored records of ``metas`` (in this order), read from the work folder one by one."""
     for meta in metas:
-        yield {"id": meta["id"], "sha256": meta["sha256"], "blob": (work / f"{_key(meta['id'])}.blob").read_bytes()}
+        yield {"id": meta["id"], "sha256": meta["sha256"], "blob": record_path(work, meta["id"], ".blob").read_bytes()}
 
 
 def default_work_dir(out: str) -> Path:
@@ -1119,6 +1160,7 @@ def prepare_dataset(
                     failed_now += 1
                     bar.set_postfix(failed=failed_now)
             bar.close()
+            preparer.sync()
         for item in todo:
             meta = _finished_meta(work, item)
             if meta is not None:
