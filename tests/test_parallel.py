@@ -230,3 +230,21 @@ def test_precomputed_embeddings_replace_rendering_and_give_the_same_dataset(tmp_
     failed = prepare_dataset("synthetic:1", tmp_path / "z", teacher=teacher, settings=SETTINGS, progress=False,
                              embeddings=tmp_path / "wide")  # fmt: skip
     assert f"image_embeddings must be [V >= 1, {teacher.embed_dim}], got [2, 8]" in failed.failures[0]["message"]
+
+
+def test_the_scratch_work_folder_of_an_s3_output_goes_unless_kept(tmp_path, s3_server):
+    """For an ``s3://`` output the work folder is local scratch: a finished run removes it, ``--keep-work``
+    keeps it (fanned out by key prefix)."""
+    import boto3
+
+    from clip_gs.cli import main
+
+    boto3.client("s3", **s3_server).create_bucket(Bucket="bucket")
+    endpoint = ["--endpoint-url", s3_server["endpoint_url"]]
+    assert main(["prepare", "synthetic:4", "--out", "s3://bucket/a", *endpoint, "--work-dir", str(tmp_path / "a"),
+                 *CLI_SETTINGS]) == 0  # fmt: skip
+    assert not (tmp_path / "a").exists()
+    assert main(["prepare", "synthetic:4", "--out", "s3://bucket/b", *endpoint, "--work-dir", str(tmp_path / "b"),
+                 "--keep-work", *CLI_SETTINGS]) == 0  # fmt: skip
+    records = sorted((tmp_path / "b").glob("*/*.json"))
+    assert len(records) == 4 and all(len(p.parent.name) == 2 for p in records)

@@ -144,7 +144,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         work_dir=args.work_dir, overwrite=args.overwrite, progress=not args.quiet,
         min_caption_coverage=args.min_caption_coverage, device=args.device, precision=args.precision,
         workers=args.workers, num_nodes=args.num_nodes, node_rank=args.node_rank, merge=args.merge,
-        storage_options=storage_options(args.endpoint_url), embeddings=args.embeddings, holdout=args.holdout,
+        storage_options=storage_options(args.endpoint_url), embeddings=args.embeddings, holdout=args.holdout, keep_work=args.keep_work,
     )  # fmt: skip
     for failure in summary.failures:
         print(f"failed: {failure['path']}: {failure['error']}: {failure['message']}", file=sys.stderr)
@@ -413,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="objects that never train: a uid list, the Objaverse-LVIS "
         "annotation or an OpenShape split file; they go to the heldout split",
     )
-    prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work)")
+    prepare.add_argument("--work-dir", default=None, help="per-object records kept for resuming (default OUT/.work; for s3:// outputs a local scratch folder, removed after a finished run)")
+    prepare.add_argument("--keep-work", action="store_true",
+                         help="with an s3:// output: keep the work folder after a finished run (default: removed)")
     add_overwrite_argument(prepare)
     add_quiet_argument(prepare)
     prepare.set_defaults(func=cmd_prepare)

@@ -982,6 +982,7 @@ def prepare_dataset(
     merge: bool = False,
     embeddings: str | os.PathLike | None = None,
     holdout: str | os.PathLike | None = None,
+    keep_work: bool = False,
 ) -> PrepareSummary:
     """Prepare ``source`` into triplet shards under ``out`` (see the module docstring).
 
@@ -993,7 +994,10 @@ def prepare_dataset(
             :func:`~clip_gs.teachers.load_teacher`; None: :func:`default_teacher`.
         captions: optional captions file (:func:`read_captions`).
         settings: :class:`PrepareSettings` (defaults when None).
-        work_dir: where finished per-object records are kept between runs (:func:`default_work_dir`).
+        work_dir: where finished per-object records are kept between runs (:func:`default_work_dir`). For an
+            ``s3://`` output it is scratch space on this machine: a run that finishes without failures
+            removes it (what prepare wrote there only) unless ``keep_work``; a local output keeps it, so
+            that a rerun of a finished dataset does nothing.
         overwrite: start afresh, discarding earlier records under ``work_dir`` (only what prepare
             wrote there: a work folder holding anything else is refused, nothing removed).
         progress: progress bars per stage.
@@ -1238,6 +1242,8 @@ def prepare_dataset(
     _atomic_write(written, json.dumps(contents).encode())
     if merge:
         parallel.remove_parts(out, storage_options)
+    if remote and not keep_work and not summary.failed:  # scratch space of a finished remote run
+        clear_folder(work, "work")
     return summary
 
 
