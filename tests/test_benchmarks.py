@@ -76,16 +76,16 @@ def test_modelnet40_layout_and_the_conversion_cache(tmp_path, monkeypatch):
     real = assets.load_asset
     monkeypatch.setattr(assets, "load_asset", lambda *a, **k: calls.append(a) or real(*a, **k))
     cache = tmp_path / "cache"
-    first = load_item(items[0], num_gaussians=N, seed=3, cache_dir=cache)
+    first = load_item(items[0], mesh_gaussians=N, seed=3, cache_dir=cache)
     assert len(first) == N and torch.isfinite(first.means).all() and len(calls) == 1
-    again = load_item(items[0], num_gaussians=N, seed=3, cache_dir=cache)
+    again = load_item(items[0], mesh_gaussians=N, seed=3, cache_dir=cache)
     assert len(calls) == 1 and torch.equal(again.means, first.means)  # read from the cache
-    load_item(items[0], num_gaussians=N, seed=4, cache_dir=cache)
-    load_item(items[0], num_gaussians=2 * N, seed=3, cache_dir=cache)
+    load_item(items[0], mesh_gaussians=N, seed=4, cache_dir=cache)
+    load_item(items[0], mesh_gaussians=2 * N, seed=3, cache_dir=cache)
     assert len(calls) == 3  # another seed, another count: converted again
     stat = items[0].path.stat()
     os.utime(items[0].path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    load_item(items[0], num_gaussians=N, seed=3, cache_dir=cache)
+    load_item(items[0], mesh_gaussians=N, seed=3, cache_dir=cache)
     assert len(calls) == 4  # a touched file: converted again
     assert not list(cache.glob("*.part"))
 
@@ -125,6 +125,24 @@ def test_modelnet_splats_layout(tmp_path):
     assert torch.equal(load_item(items[0]).means, cloud.means)  # 3DGS files are read as they are, never converted
 
 
+def test_up_reaches_the_benchmark_files(tmp_path):
+    """``--up``: a 3DGS file named -y is turned into the model frame (180 degrees about x), a mesh is
+    converted (and cached) per up axis."""
+    from clip_gs.gaussians.mesh import NeutralGreyWarning
+
+    cloud = mesh_to_gaussians(primitive("box"), num_gaussians=N, seed=0)
+    splat = BenchmarkItem(id="box", path=save_gaussians(cloud, tmp_path / "box.ply"), label="box", split=None)
+    turned = load_item(splat, up="-y").means
+    assert torch.allclose(turned, cloud.means * torch.tensor([1.0, -1.0, -1.0]), atol=1e-5)
+    obj = tmp_path / "tetra.obj"
+    obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n")
+    mesh = BenchmarkItem(id="tetra", path=obj, label="tetra", split=None)
+    cache = tmp_path / "cache"
+    with pytest.warns(NeutralGreyWarning):
+        upright, lying = (load_item(mesh, mesh_gaussians=N, cache_dir=cache, up=up) for up in ("auto", "+z"))
+    assert len(list(cache.glob("*.ply"))) == 2 and not torch.allclose(upright.means, lying.means)
+
+
 def test_objaverse_gs_layout_reads_the_latest_fit_and_labels_from_the_split_file(tmp_path):
     root = tmp_path / "objaverse_gs"
     early, late = (mesh_to_gaussians(primitive("box"), num_gaussians=N, seed=s) for s in (0, 1))
@@ -154,7 +172,7 @@ def test_objaverse_lvis_layout_labels_come_from_the_annotation_only(tmp_path):
     assert [(i.id, i.label, i.split) for i in found.items] == [("u1", "crate", None), ("u2", "traffic_cone", None)]
     assert found.missing == ["u9"] and found.unannotated == ["u3"]
     assert not {i.label for i in found.items} & {"000-000", "000-001"}  # storage shards are never labels
-    cloud = load_item(found.items[1], num_gaussians=N, cache_dir=tmp_path / "cache")
+    cloud = load_item(found.items[1], mesh_gaussians=N, cache_dir=tmp_path / "cache")
     assert len(cloud) == N and torch.isfinite(cloud.means).all()
 
 
@@ -170,7 +188,7 @@ def test_real_glbs_in_the_objaverse_layout(tmp_path):
     items = discover("objaverse-lvis", root)
     assert [(i.id, i.label) for i in items] == [("uid0", "duck"), ("uid1", "box"), ("uid2", "truck")]
     for item in items:
-        cloud = load_item(item, num_gaussians=N, cache_dir=tmp_path / "cache")
+        cloud = load_item(item, mesh_gaussians=N, cache_dir=tmp_path / "cache")
         assert len(cloud) == N and torch.isfinite(cloud.means).all() and cloud.rgb.std() > 0.01  # textured: not one grey
 
 
@@ -184,7 +202,7 @@ def naive_top1(model_dir: Path, items: list[BenchmarkItem], names: list[str], te
     weights = F.normalize(zero_shot_weights(load_teacher("synthetic-clip"), names, templates, rule), dim=-1)
     hits = 0
     for item in items:
-        x = model.encode(load_item(item, num_gaussians=N, seed=0, cache_dir=cache), seed=0)
+        x = model.encode(load_item(item, mesh_gaussians=N, seed=0, cache_dir=cache), seed=0)
         scores = weights @ F.normalize(x, dim=-1)
         best = max(range(len(names)), key=lambda c: (float(scores[c]), -c))
         hits += names[best].replace(" ", "_") == item.label or names[best] == item.label
@@ -202,7 +220,7 @@ def test_cli_benchmark_uni3d_protocol_from_the_users_files(tmp_path, capsys):
     (uni3d / "labels.json").write_text(json.dumps({"modelnet40_openshape": ["cone", "cup", "flower pot"]}))
     model_dir = tiny_model_folder(tmp_path)
     argv = ["eval", "--model", str(model_dir), "--benchmark", "modelnet40", "--root", str(root), "--task", "zeroshot",
-            "--zeroshot-protocol", "uni3d", "--uni3d-data", str(uni3d), "--num-gaussians", str(N),
+            "--zeroshot-protocol", "uni3d", "--uni3d-data", str(uni3d), "--mesh-gaussians", str(N),
             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -264,7 +282,7 @@ def test_cli_benchmark_standard_few_shot(tmp_path, capsys):
     root = write_modelnet(tmp_path / "ModelNet40", kinds, train=10, test=20)
     model_dir = tiny_model_folder(tmp_path)
     argv = ["eval", "--model", str(model_dir), "--benchmark", "modelnet40", "--root", str(root), "--task", "fewshot",
-            "--ways", "5", "--shots", "10", "--num-gaussians", str(N), "--cache", str(tmp_path / "cache"),
+            "--ways", "5", "--shots", "10", "--mesh-gaussians", str(N), "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -296,7 +314,7 @@ def test_cli_benchmark_on_real_meshes_in_the_modelnet40_layout(tmp_path, capsys)
             trimesh.load(REAL_DATA / rel, force="mesh").export(root / label / "test" / f"{label}_{i + 1:04d}.off")
     model_dir = tiny_model_folder(tmp_path)
     argv = ["eval", "--model", str(model_dir), "--benchmark", "modelnet40", "--root", str(root), "--task", "zeroshot",
-            "--num-gaussians", str(N), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+            "--mesh-gaussians", str(N), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     zs = json.loads((tmp_path / "out" / "report.json").read_text())["tasks"]["zeroshot"]
@@ -307,3 +325,81 @@ def test_cli_benchmark_on_real_meshes_in_the_modelnet40_layout(tmp_path, capsys)
     items = discover("modelnet40", root)
     expected = naive_top1(model_dir, items, load_label_set("modelnet40"), TEMPLATES, "clip-gs", tmp_path / "cache")
     assert zs["top1"] == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------- ShapeSplat's and UniGS's layouts, exactly
+def test_modelnet_splats_in_its_download_layout(tmp_path):
+    """``{class}/{train|test}/{class}_{id}/point_cloud.ply``, as ShapeSplat's DATA.md unzips ModelNet-Splats
+    (class names with underscores included): every object found once, with its class and split."""
+    from tests.conftest import unigs_array
+
+    from clip_gs.gaussians.formats.unigs_pkl import gaussians_from_array
+
+    root = tmp_path / "modelsplat"
+    layout = {"airplane": {"train": [1, 2], "test": [627]}, "night_stand": {"train": [1], "test": [201, 202]},
+              "flower_pot": {"test": [150]}}  # fmt: skip
+    expected = []
+    for cls, splits in layout.items():
+        for split, numbers in splits.items():
+            for n in numbers:
+                folder = root / cls / split / f"{cls}_{n:04d}"
+                folder.mkdir(parents=True)
+                save_gaussians(gaussians_from_array(unigs_array(16, seed=n), folder), folder / "point_cloud.ply")
+                expected.append((f"{cls}/{split}/{cls}_{n:04d}", cls, split, folder / "point_cloud.ply"))
+    (root / ".cache").mkdir()  # huggingface-cli's download cache beside the classes is not a class
+    found = discover_all("modelnet-splats", root)
+    assert sorted((i.id, i.label, i.split, i.path) for i in found.items) == sorted(expected)
+    assert found.missing == [] and found.unannotated == []
+    assert {i.label for i in found.items} == {"airplane", "night_stand", "flower_pot"}
+    assert [i.id for i in found.items if i.split == "train"] == ["airplane/train/airplane_0001",
+                                                                "airplane/train/airplane_0002",
+                                                                "night_stand/train/night_stand_0001"]  # fmt: skip
+    cloud = load_item(found.items[0])
+    assert len(cloud) == 16 and torch.isfinite(cloud.means).all()
+
+
+def test_objaverse_gs_reads_unigs_pkl_files(tmp_path):
+    """UniGS's ``objects/<uid>.pkl``: labels from each file's LVIS label (a file outside LVIS is counted, not
+    evaluated), or from lvis.json when it is there; read by the restricted unpickler."""
+    from tests.conftest import unigs_array, write_unigs_pkl
+
+    root = tmp_path / "unigs"
+    for uid, label in (("u1", "chair"), ("u2", "mug"), ("u3", "")):
+        write_unigs_pkl(root / "objects" / f"{uid}.pkl", unigs_array(32, seed=int(uid[1])), label=label)
+    with pytest.warns(BenchmarkWarning, match=r"1 files have no annotation, not evaluated: \['u3'\]"):
+        items = discover("objaverse-gs", root)
+    assert [(i.id, i.label, i.split, i.path.name) for i in items] == [("u1", "chair", None, "u1.pkl"),
+                                                                        ("u2", "mug", None, "u2.pkl")]  # fmt: skip
+    cloud = load_item(items[0])  # +z up as UniGS stores it, brought to the model's +y
+    x, y, z = torch.from_numpy(unigs_array(32, seed=1)[:, :3]).unbind(-1)
+    assert torch.allclose(cloud.means, torch.stack([x, z, -y], -1), atol=1e-6)
+    (root / "lvis.json").write_text(json.dumps([{"uid": "u1", "category": "armchair"}, {"uid": "u3", "category": "cup"}]))
+    found = discover_all("objaverse-gs", root)
+    assert [(i.id, i.label) for i in found.items] == [("u1", "armchair"), ("u3", "cup")]  # the split file wins
+    assert found.unannotated == ["u2"]
+    write_unigs_pkl(root / "more" / "u1.pkl", unigs_array(8))
+    with pytest.raises(DatasetError, match="uid 'u1' has two .pkl files"):
+        discover("objaverse-gs", root)
+
+
+def test_cli_benchmark_objaverse_gs_of_pkl_files_evaluates(tmp_path, capsys):
+    """Zero-shot on a folder of UniGS ``.pkl`` files through ``clip-gs eval --benchmark objaverse-gs``;
+    the standard few-shot protocol cannot run on a set without a train split, and says which one can."""
+    from tests.conftest import unigs_array, write_unigs_pkl
+
+    root = tmp_path / "unigs"
+    for i in range(6):
+        write_unigs_pkl(root / "objects" / f"uid{i}.pkl", unigs_array(N, seed=i, centre=(i % 2, 0, 0)),
+                        label=("chair", "mug")[i % 2])  # fmt: skip
+    model_dir = tiny_model_folder(tmp_path)
+    argv = ["eval", "--model", str(model_dir), "--benchmark", "objaverse-gs", "--root", str(root), "--labels", "chair,mug",
+            "--out", str(tmp_path / "out"), "--quiet", "--ways", "2", "--shots", "1"]  # fmt: skip
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    zs = report["tasks"]["zeroshot"]
+    assert report["benchmark"] == "objaverse-gs" and zs["num_samples"] == 6 and zs["num_classes"] == 2
+    assert 0.0 <= zs["top1"] <= 1.0 and zs["top5"] == 1.0
+    assert ("the standard few-shot protocol cannot run on benchmark 'objaverse-gs': it has no 'train' split for the "
+            "support; run --fewshot-protocol episodes") in report["failures"]["fewshot"]  # fmt: skip
+    assert "not run: fewshot: DatasetError" in out

@@ -26,6 +26,7 @@ from clip_gs.evaluation import (
     retrieval_recall,
     zero_shot,
 )
+from clip_gs.evaluation.metrics import RETRIEVAL_DEFINITIONS
 from clip_gs.evaluation.plots import CORRECT, RetrievalRow, RetrievedItem
 from clip_gs.evaluation.run import (
     build_report,
@@ -90,7 +91,10 @@ VIEWS = [[[1.0, 0.1], [0.0, -1.0]], [[0.1, 1.0], [0.0, 1.0]], [[-1.0, 0.0], [1.0
 
 
 def test_retrieval_by_hand():
-    r = retrieval(torch.tensor(G), torch.tensor(T), torch.tensor(VIEWS), ks=(1, 2, 5))
+    # the every-view definitions (every view a query; any own view a hit), reached by name
+    queries, gallery = RETRIEVAL_DEFINITIONS["every-view"]
+    r = retrieval(torch.tensor(G), torch.tensor(T), torch.tensor(VIEWS), ks=(1, 2, 5), image_queries=queries,
+                  image_gallery=gallery)  # fmt: skip
     # text -> 3D: t0 -> g0 first; t1 [1, 0] scores g0 1 > g1 0 (rank 1); t2 -> g2 first
     assert r["text_to_3d"] == {"r1": pytest.approx(2 / 3), "r2": 1.0, "r5": 1.0}
     # 3D -> text: g0 [.981, 1, -.995] own t0 rank 1; g1 [.196, 0, .0995] own t1 rank 2; g2 rank 0
@@ -128,6 +132,58 @@ def test_collapsed_embeddings_score_zero_not_one():
     same = torch.ones(4, 2)
     r = retrieval(same, same, same[:, None], ks=(1,))
     assert all(r[d]["r1"] == 0.0 for d in r)
+
+
+# three objects whose image definitions all disagree: object 0 has a good view and one close to object 1
+DEF_G = [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]
+DEF_VIEWS = [[[1.0, 0.0], [0.3, 0.954]], [[0.5, 0.866], [9.0, 9.0]], [[-1.0, 0.0], [9.0, 9.0]]]
+DEF_MASK = [[True, True], [True, False], [True, False]]  # objects 1 and 2 have one view each
+
+
+@pytest.mark.parametrize("name, image_to_3d, three_d_to_image", [
+    # one-view (seed 0 draws object 0's second view, [.3, .954]):
+    #   image -> 3D: v01 scores g1 .954 > g0 .3 (miss); v10 -> g1, v20 -> g2 (hits): 2/3
+    #   3D -> image over {v01, v10, v20}: g0 scores v10 .5 > own .3 (miss); g1 scores v01 .954 > own .866 (miss); g2 hit: 1/3
+    ("one-view", 2 / 3, 1 / 3),
+    # every-view: queries v00 (hit), v01 (miss), v10, v20 (hits): 3/4
+    #   any-view over {v00, v01, v10, v20}: g0's best own view v00 (1) first; g1's own .866 < v01 .954 (miss); g2 hit: 2/3
+    ("every-view", 3 / 4, 2 / 3),
+    # mean-view: object 0's mean [.65, .477] scores g0 .806 > g1 .591 (hit), so 3/3;
+    #   3D -> image over the means {[.806, .591], v10, v20}: g0 .806 > .5, g1 .866 > .591, g2: all hits
+    ("mean-view", 1.0, 1.0),
+])  # fmt: skip
+def test_retrieval_definitions_differ_by_hand(name, image_to_3d, three_d_to_image):
+    from clip_gs.evaluation.metrics import drawn_views, retrieval_definitions
+
+    mask = torch.tensor(DEF_MASK)
+    assert drawn_views(mask, 0).tolist() == [1, 0, 0]  # the one-view draw the hand count uses
+    queries, gallery = RETRIEVAL_DEFINITIONS[name]
+    g = torch.tensor(DEF_G)
+    r = retrieval(g, g, torch.tensor(DEF_VIEWS), image_mask=mask, ks=(1,), image_queries=queries, image_gallery=gallery)
+    assert r["image_to_3d"]["r1"] == pytest.approx(image_to_3d)
+    assert r["3d_to_image"]["r1"] == pytest.approx(three_d_to_image)
+    assert r["text_to_3d"]["r1"] == 1.0 and r["3d_to_text"]["r1"] == 1.0  # the text directions do not depend on it
+    words = retrieval_definitions(queries, gallery, 0)
+    assert f"image_queries={queries}" in words["image_to_3d"]["queries"]
+    assert f"image_gallery={gallery}" in words["3d_to_image"]["gallery"]
+    assert set(words) == {"text_to_3d", "3d_to_text", "image_to_3d", "3d_to_image"}
+
+
+def test_the_one_view_draw_follows_the_seed_and_the_default_is_one_view():
+    from clip_gs.evaluation.metrics import DEFAULT_IMAGE_GALLERY, DEFAULT_IMAGE_QUERIES, drawn_views
+
+    assert (DEFAULT_IMAGE_QUERIES, DEFAULT_IMAGE_GALLERY) == RETRIEVAL_DEFINITIONS["one-view"]
+    mask = torch.tensor(DEF_MASK)
+    seed = next(s for s in range(1, 50) if drawn_views(mask, s)[0] == 0)  # a seed drawing object 0's first view
+    g = torch.tensor(DEF_G)
+    r = retrieval(g, g, torch.tensor(DEF_VIEWS), image_mask=mask, ks=(1,), view_seed=seed)
+    # v00 [1, 0] is drawn: image -> 3D all hits; 3D -> image over {v00, v10, v20}: g1 scores own .866 > v00 0
+    assert r["image_to_3d"]["r1"] == 1.0 and r["3d_to_image"]["r1"] == 1.0
+    many = torch.rand(500, 9, generator=torch.Generator().manual_seed(0)) > 0.4
+    picked = drawn_views(many, 3)
+    assert ((picked < 0) == ~many.any(1)).all() and many[picked >= 0, picked[picked >= 0]].all()
+    with pytest.raises(ConfigError, match="image_queries must be one of"):
+        retrieval(g, g, torch.tensor(DEF_VIEWS), image_queries="all")
 
 
 # ---------------------------------------------------------------------------- few-shot
@@ -285,6 +341,29 @@ def test_evaluate_matches_lightning_validation(tiny, tmp_path):
     assert ev.report["num_objects"] == 8 and zs["num_samples"] == 8 and zs["label_set"] == "dataset"
 
 
+def test_retrieval_definitions_are_in_the_report_beside_the_numbers(tiny, tmp_path):
+    from clip_gs.evaluation.cli import format_table
+    from clip_gs.model.card import check_eval_report
+
+    data, model_dir, _ = tiny
+    model = CLIPGS.from_pretrained(model_dir)
+    default = evaluate(model, data, "test", tasks=("retrieval",), precision="fp32", seed=5)
+    every = evaluate(model, data, "test", tasks=("retrieval",), precision="fp32", seed=5, image_queries="every-view",
+                     image_gallery="any-view")  # fmt: skip
+    for ev, (queries, gallery) in ((default, ("one-view", "one-view")), (every, ("every-view", "any-view"))):
+        r = ev.report["tasks"]["retrieval"]
+        assert f"image_queries={queries}" in r["image_to_3d"]["definition"]["queries"]
+        assert f"image_gallery={gallery}" in r["3d_to_image"]["definition"]["gallery"]
+        assert all(set(e["definition"]) == {"queries", "gallery", "hit"} for e in r.values())
+        split = ev.embeddings
+        direct = retrieval(split.shape, split.text, split.images, split.text_mask, split.image_mask, image_queries=queries,
+                           image_gallery=gallery, view_seed=5)  # fmt: skip
+        assert {d: {k: v for k, v in e.items() if k != "definition"} for d, e in r.items()} == direct
+        check_eval_report(json.loads(json.dumps(ev.report)), "report.json")  # the card reads it
+        assert "a hit when the caption's own object is among the k most similar" in format_table(ev.report)
+    assert "seed 5" in default.report["tasks"]["retrieval"]["image_to_3d"]["definition"]["queries"]
+
+
 def test_embed_split_keeps_the_stored_embeddings(tiny):
     data, model_dir, _ = tiny
     model = CLIPGS.from_pretrained(model_dir)
@@ -347,6 +426,24 @@ def test_cli_end_to_end(tiny, capsys):
         image = Image.open(model_dir / "eval" / name)
         assert image.size == size if size else image.width > 100
         assert ink(image) > 0.02
+
+
+def test_cli_reads_an_s3_dataset_through_endpoint_url(tiny, s3_server, tmp_path):
+    """``--data s3://... --endpoint-url URL`` scores what the same dataset in a folder scores."""
+    import boto3
+
+    data, model_dir, _ = tiny
+    client = boto3.client("s3", **s3_server)
+    client.create_bucket(Bucket="bucket")
+    for path in Path(data).rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "bucket", f"data/{path.relative_to(data).as_posix()}")
+    common = ["eval", "--model", str(model_dir), "--task", "zeroshot", "--quiet"]
+    assert main([*common, "--data", str(data), "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--data", "s3://bucket/data", "--endpoint-url", s3_server["endpoint_url"],
+                 "--out", str(tmp_path / "s3")]) == 0  # fmt: skip
+    local, remote = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("local", "s3"))
+    assert remote["tasks"] == local["tasks"] and remote["num_objects"] == local["num_objects"] == 24
 
 
 FIVE = ("sphere", "cube", "torus", "cone", "cylinder")

@@ -71,6 +71,11 @@ class PreparedWithOtherSettingsError(DatasetError):
     """An output folder holds the work of a ``prepare`` run with other settings, source or teacher."""
 
 
+class EpisodesFileError(DatasetError):
+    """A few-shot episodes file is malformed or does not fit the evaluated objects (names the file, the
+    setting, the episode and the object id)."""
+
+
 class CorruptSampleError(DatasetError):
     """A stored sample fails its checksum or cannot be decoded (names the shard and the index)."""
 
@@ -107,6 +112,7 @@ __all__ = [
     "PreparedWithOtherSettingsError",
     "CorruptSampleError",
     "DatasetError",
+    "EpisodesFileError",
     "GaussianFormatError",
     "HubError",
     "MeshError",

@@ -877,12 +877,10 @@ since the last sync (their files may be gone), and those are prepared again."""
 
 def record_path(work: Path, item_id: str, suffix: str) -> Path:
     """Where a record file of ``item_id`` lives: ``<work>/<2 hex>/<24 hex key><suffix>``. The work folder is
-    fanned out over 256 sub-folders by key prefix (about 1,900 files each at 240K objects), its parent
-    created on demand."""
+    fanned out over 256 sub-folders by key prefix (about 1,900 files each at 240K objects), created by the
+    first write into them (:func:`_atomic_write`)."""
     key = _key(item_id)
-    folder = work / key[:2]
-    folder.mkdir(exist_ok=True)
-    return folder / f"{key}{suffix}"
+    return work / key[:2] / f"{key}{suffix}"
 
 
 def sync_folder(folder: Path) -> None:
@@ -900,6 +898,8 @@ def _atomic_write(path: Path, data: bytes, sync: bool = True) -> None:
     ``sync=False`` leaves the last step to the caller (records: :meth:`ObjectPreparer.sync`, batched;
     a meta whose blob is missing is redone)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing the work folder never collide
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()

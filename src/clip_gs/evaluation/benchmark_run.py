@@ -21,9 +21,11 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import ConfigError, DatasetError
+from clip_gs.evaluation.episodes import load_draws, write_episodes
 from clip_gs.evaluation.fewshot import DEFAULT_L2, STANDARD_RUNS, FewShotResult, run_few_shot
 from clip_gs.evaluation.metrics import ZEROSHOT_K, ZeroShotResult, zero_shot
 from clip_gs.evaluation.protocols import ZeroShotProtocol, match_labels, protocol_weights, zero_shot_protocol
+from clip_gs.gaussians.assets import MESH_GAUSSIANS
 
 BENCHMARK_TASKS = ("zeroshot", "fewshot")
 """What a benchmark layout supports (no captions, no views: no retrieval)."""
@@ -43,8 +45,8 @@ class BenchmarkEvaluation:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_size: int, precision: str,
-                progress: bool | None) -> Tensor:  # fmt: skip
+def embed_items(model, items, mesh_gaussians: int, seed: int, cache_dir, batch_size: int, precision: str,
+                progress: bool | None, up: str = "auto") -> Tensor:  # fmt: skip
     """``[len(items), E]`` unit embeddings of benchmark items (loaded, converted and cached by
     :func:`~clip_gs.evaluation.benchmarks.load_item`), :data:`ENCODE_CHUNK` at a time."""
     import warnings
@@ -66,7 +68,7 @@ def embed_items(model, items, num_gaussians: int, seed: int, cache_dir, batch_si
             for item in chunk:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", NeutralGreyWarning)
-                    clouds.append(load_item(item, num_gaussians=num_gaussians, seed=seed, cache_dir=cache_dir).replace(source=item.id))
+                    clouds.append(load_item(item, mesh_gaussians, seed, cache_dir, up).replace(source=item.id))
                 for w in caught:  # ModelNet's meshes have no colour by nature: one summary, not a warning per file
                     if issubclass(w.category, NeutralGreyWarning):
                         grey.append(item.path.name)
@@ -93,7 +95,8 @@ def evaluate_benchmark(
     teacher=None,
     query_split: str = "test",
     support_split: str = "train",
-    num_gaussians: int = 10_000,
+    mesh_gaussians: int = MESH_GAUSSIANS,
+    up: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     fewshot_protocol: str = "standard",
     protocols: Sequence[tuple[int, int]] | None = None,
@@ -107,6 +110,7 @@ def evaluate_benchmark(
     model_name: str = "",
     model_teacher_identity: str | None = None,
     progress: bool | None = None,
+    episodes_file: str | os.PathLike | None = None,
 ) -> BenchmarkEvaluation:
     """Zero-shot and few-shot for ``model`` on the benchmark ``name`` read from ``root``.
 
@@ -123,9 +127,15 @@ def evaluate_benchmark(
         model_teacher_identity: the model's teacher identity, for the report (default: ``teacher``'s).
         query_split: the split scored (a test-only set's objects have no split and are all scored).
         support_split: the standard few-shot protocol's support.
-        num_gaussians, cache_dir: mesh conversion (surface samples per mesh, seeded with ``seed``) and its cache.
+        mesh_gaussians, up, cache_dir: reading the files (surface samples per mesh, seeded with ``seed``; the
+            up axis of files that declare none) and the cache of converted meshes
+            (:func:`~clip_gs.evaluation.benchmarks.load_item`).
         fewshot_protocol, protocols, runs, episodes, queries_per_class, l2: few-shot
-            (:func:`~clip_gs.evaluation.fewshot.run_few_shot`).
+            (:func:`~clip_gs.evaluation.fewshot.run_few_shot`). A set without a train split (Objaverse)
+            runs the ``episodes`` protocol; ``standard`` there is recorded as a failure that says so.
+        episodes_file: the few-shot draws' file (:mod:`~clip_gs.evaluation.episodes`, object ids are
+            :attr:`~clip_gs.evaluation.benchmarks.BenchmarkItem.id`): read and scored when it exists,
+            else written with this run's draws.
         seed, batch_size, precision, progress: conversion and embedding.
 
     Raises:
@@ -133,6 +143,7 @@ def evaluate_benchmark(
         TeacherMismatchError: a label-embedding file made by another teacher than the model's.
         DatasetError: a folder not in the benchmark's layout (named by the reader), labels that
             match none of the protocol's classes.
+        EpisodesFileError: a malformed episodes file, or one naming objects that are not in the benchmark.
     """
     from clip_gs.evaluation.benchmarks import discover
     from clip_gs.evaluation.run import build_report
@@ -147,7 +158,7 @@ def evaluate_benchmark(
         raise DatasetError(f"{root}: benchmark {name!r} has no {query_split!r} objects")
     result = BenchmarkEvaluation(report={})
     tasks_out: dict = {}
-    query_x = embed_items(model, queries, num_gaussians, seed, cache_dir, batch_size, precision, progress)
+    query_x = embed_items(model, queries, mesh_gaussians, seed, cache_dir, batch_size, precision, progress, up)
     query_labels = [it.label for it in queries]
     teacher_identity = None
     if "zeroshot" in tasks:
@@ -167,20 +178,27 @@ def evaluate_benchmark(
             "num_classes": len(names), "num_samples": zs.num_samples, "protocol": protocol.name,
         }  # fmt: skip
     if "fewshot" in tasks:
+        draws = load_draws(episodes_file, fewshot_protocol, protocols) if episodes_file is not None else None
         support = [it for it in items if it.split == support_split] if fewshot_protocol == "standard" else []
         if fewshot_protocol == "standard" and not support:
-            result.failures["fewshot"] = (f"DatasetError: {root}: benchmark {name!r} has no {support_split!r} split "
-                                          "for the standard protocol's support (--fewshot-protocol episodes draws both "
-                                          "from one split)")  # fmt: skip
+            result.failures["fewshot"] = (f"DatasetError: {root}: the standard few-shot protocol cannot run on benchmark "
+                                          f"{name!r}: it has no {support_split!r} split for the support; run "
+                                          "--fewshot-protocol episodes, which draws support and queries, disjoint, from "
+                                          "the evaluated set (the paper's Objaverse-GS protocol)")  # fmt: skip
         else:
-            support_x = embed_items(model, support, num_gaussians, seed, cache_dir, batch_size, precision, progress) if support else None
+            support_x = None if not support else embed_items(model, support, mesh_gaussians, seed, cache_dir,
+                                                              batch_size, precision, progress, up)  # fmt: skip
             run = run_few_shot(fewshot_protocol, protocols, query_x, query_labels, support_x,
                                [it.label for it in support] if support else None, runs, episodes, queries_per_class,
-                               seed, l2)  # fmt: skip
+                               seed, l2, query_ids=[it.id for it in queries],
+                               support_ids=[it.id for it in support] if support else None, draws=draws,
+                               support_split=support_split, where=str(episodes_file))  # fmt: skip
             result.fewshot, result.failures = run.results, result.failures | run.failures
+            if episodes_file is not None and draws is None and run.results:
+                write_episodes(episodes_file, run.draws)
             if run.results:
                 tasks_out["fewshot"] = {k: v | ({"support_split": support_split} if support else {})
-                                        for k, v in run.report().items()}  # fmt: skip
+                                        for k, v in run.report(episodes_file, draws is not None).items()}  # fmt: skip
     result.report = build_report(model_name, str(root), query_split, teacher_identity or str(model_teacher_identity), len(queries),
                                  tasks_out, result.failures) | {"benchmark": name}  # fmt: skip
     return result

@@ -11,18 +11,23 @@ seeded) and cached. The layouts (:data:`BENCHMARKS`)::
     modelnet-splats/               ShapeSplat's ModelNet-Splats (huggingface.co/datasets/ShapeSplats/ModelNet_Splats,
       <class>/train/<class>_0001/point_cloud.ply      unzipped as its DATA.md lays out; a bare
       <class>/test/<class>_0627/point_cloud.ply       <class>/<split>/<name>.ply is read too)
-    objaverse-gs/                  3DGS fitted per Objaverse object, the gaussian-splatting output layout
-      <uid>/point_cloud/iteration_<N>/point_cloud.ply UniGS fits (the highest iteration is read)
+    objaverse-gs/                  3DGS fitted per Objaverse object, in either of UniGS's forms (or both):
+      <uid>/point_cloud/iteration_<N>/point_cloud.ply the gaussian-splatting output (the highest iteration is read)
+      [objects/]<uid>.pkl          UniGS's processed files (huggingface.co/datasets/lihy285/UniGS), any depth
       lvis.json                    OpenShape's meta_data/split/lvis.json: [{"uid": ..., "category": ...}]
+                                   (optional with .pkl files: then each file's own LVIS "label" is read)
     objaverse-lvis/                the objaverse package's download folder
       glbs/<000-159>/<uid>.glb     (the 000-159 folders are storage shards, never labels)
       lvis-annotations.json        objaverse.load_lvis_annotations(): {category: [uid, ...]}
 
-Labels come from the class folders (ModelNet) or from the annotation / split file only
-(Objaverse). Nothing is dropped silently: annotated uids without a file and files without an
-annotation are counted in :attr:`Discovery.missing` / :attr:`Discovery.unannotated` and warned
-about (:class:`BenchmarkWarning`). UniGS's own processed ``.pkl`` files are pickles and are not read
-(never unpickle data); read its fitted ``point_cloud.ply`` folders instead.
+Labels come from the class folders (ModelNet) or from the annotation / split file (Objaverse);
+for UniGS's ``.pkl`` files without a split file, from each file's own LVIS label (every file is
+then read once at discovery; give ``lvis.json`` to avoid that). Nothing is dropped silently:
+annotated uids without a file and files without an annotation (a ``.pkl`` outside LVIS) are
+counted in :attr:`Discovery.missing` / :attr:`Discovery.unannotated` and warned about
+(:class:`BenchmarkWarning`); one uid with two files is an error. The ``.pkl`` files are read by
+:func:`~clip_gs.gaussians.formats.unigs_pkl.read_unigs_pkl`, a restricted unpickler that rebuilds
+NumPy arrays only and refuses any other global, so a file never runs code.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.gaussians import GaussianCloud
+from clip_gs.gaussians.assets import MESH_GAUSSIANS
 
 CONVERSION_VERSION = 1
 """Part of every cache key: bump it when the mesh conversion changes, so stale entries are not read."""
@@ -58,8 +64,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
                                 "class folders", ("train", "test"), "zero-shot (Table 1), few-shot (Table 2)"),
     "modelnet-splats": BenchmarkSpec("modelnet-splats", "ShapeSplat's ModelNet-Splats 3DGS .ply", "class folders",
                                      ("train", "test"), "zero-shot and few-shot on fitted 3DGS"),
-    "objaverse-gs": BenchmarkSpec("objaverse-gs", "per-object 3DGS fits of Objaverse (UniGS) + OpenShape's lvis.json",
-                                  "the split file", ("test",), "zero-shot (Objaverse-LVIS-GS, Table 1)"),
+    "objaverse-gs": BenchmarkSpec("objaverse-gs", "per-object 3DGS of Objaverse (UniGS's fits or .pkl) + OpenShape's lvis.json",
+                                  "the split file (or each .pkl's LVIS label)", ("test",), "zero-shot (Objaverse-LVIS-GS, Table 1)"),
     "objaverse-lvis": BenchmarkSpec("objaverse-lvis", "Objaverse GLBs (objaverse package layout) + lvis-annotations.json",
                                     "the annotation file", ("test",), "zero-shot (Objaverse-LVIS, Table 1)"),
 }  # fmt: skip
@@ -153,15 +159,53 @@ def _find_file(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise DatasetError(f"{root}: no {what} (looked for {', '.join(names)})")
 
 
+LVIS_SPLIT_FILES = ("lvis.json", "split/lvis.json", "meta_data/split/lvis.json")
+"""Where the ``objaverse-gs`` layout looks for OpenShape's split file, in order."""
+
+
+def _unigs_pickles(root: Path) -> dict[str, Path]:
+    """``uid -> file`` of every ``<uid>.pkl`` under ``root`` (any depth); one uid twice is an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.pkl")):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
+            if path.stem in found:
+                raise DatasetError(f"{root}: uid {path.stem!r} has two .pkl files: {found[path.stem]} and {path}")
+            found[path.stem] = path
+    return found
+
+
+def _pickle_labels(files: dict[str, Path]) -> dict[str, str]:
+    """``uid -> LVIS label`` read from each UniGS file (a file outside LVIS has none)."""
+    from clip_gs.gaussians.formats.unigs_pkl import read_unigs_pkl
+
+    labels = {}
+    for uid, path in files.items():
+        label = read_unigs_pkl(path).label
+        if label is not None:
+            labels[uid] = label
+    return labels
+
+
 def _objaverse_gs(root: Path) -> Discovery:
-    split_file = _find_file(root, ("lvis.json", "split/lvis.json", "meta_data/split/lvis.json"), "LVIS split file")
-    entries = _read_json(split_file, "LVIS split file")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"uid", "category"} <= set(e) for e in entries):
-        raise DatasetError(f"{split_file}: expected OpenShape's list of {{\"uid\": ..., \"category\": ...}} records")
-    labels = {str(e["uid"]): str(e["category"]) for e in entries}
+    split_file = next((root / name for name in LVIS_SPLIT_FILES if (root / name).is_file()), None)
     fits = {p.name: fit for p in root.iterdir() if p.is_dir() and (fit := _latest_fit(p)) is not None}
-    items = [BenchmarkItem(uid, fits[uid], labels[uid], None) for uid in sorted(labels) if uid in fits]
-    return Discovery(items, sorted(set(labels) - set(fits)), sorted(set(fits) - set(labels)))
+    pickles = _unigs_pickles(root)
+    both = sorted(set(fits) & set(pickles))
+    if both:
+        raise DatasetError(f"{root}: uid {both[0]!r} has both a fit ({fits[both[0]]}) and a .pkl ({pickles[both[0]]}); "
+                           f"keep one ({len(both)} such uids)")  # fmt: skip
+    files = fits | pickles
+    if split_file is None:
+        if not pickles:
+            raise DatasetError(f"{root}: no LVIS split file (looked for {', '.join(LVIS_SPLIT_FILES)})")
+        labels = _pickle_labels(pickles)  # each file's own LVIS label; the fits, if any, stay unannotated
+    else:
+        entries = _read_json(split_file, "LVIS split file")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and {"uid", "category"} <= set(e) for e in entries):
+            raise DatasetError(f"{split_file}: expected OpenShape's list of {{\"uid\": ..., \"category\": ...}} records")
+        labels = {str(e["uid"]): str(e["category"]) for e in entries}
+    items = [BenchmarkItem(uid, files[uid], labels[uid], None) for uid in sorted(labels) if uid in files]
+    return Discovery(items, sorted(set(labels) - set(files)), sorted(set(files) - set(labels)))
 
 
 def _objaverse_lvis(root: Path) -> Discovery:
@@ -225,11 +269,11 @@ def class_names(items: list[BenchmarkItem]) -> list[str]:
     return sorted({item.label for item in items})
 
 
-def cache_key(path: Path, num_gaussians: int, seed: int) -> str:
+def cache_key(path: Path, mesh_gaussians: int, seed: int, up: str = "auto") -> str:
     """What a converted mesh is cached under: the file (resolved path, size, modification time)
-    and the conversion (count, seed, :data:`CONVERSION_VERSION`)."""
+    and the conversion (count, seed, up axis, :data:`CONVERSION_VERSION`)."""
     stat = path.stat()
-    spec = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{num_gaussians}|{seed}|v{CONVERSION_VERSION}"
+    spec = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{mesh_gaussians}|{seed}|{up}|v{CONVERSION_VERSION}"
     return hashlib.sha256(spec.encode()).hexdigest()[:24]
 
 
@@ -240,25 +284,34 @@ def default_benchmark_cache() -> Path:
     return Path(default_cache_dir()) / "benchmarks"
 
 
-def load_item(item: BenchmarkItem, num_gaussians: int = 10_000, seed: int = 0,
-              cache_dir: str | os.PathLike | None = None) -> GaussianCloud:  # fmt: skip
-    """The item as Gaussians: a 3DGS ``.ply`` read as it is; a mesh converted to ``num_gaussians``
-    surface Gaussians with ``seed`` and cached as ``.ply`` under ``cache_dir`` (default
-    :func:`default_benchmark_cache`), read from there the next time (:func:`cache_key`).
+def load_item(item: BenchmarkItem, mesh_gaussians: int = MESH_GAUSSIANS, seed: int = 0,
+              cache_dir: str | os.PathLike | None = None, up: str = "auto") -> GaussianCloud:  # fmt: skip
+    """The item as Gaussians in the model frame (+y up): a 3DGS ``.ply`` read as it is; a mesh
+    converted to ``mesh_gaussians`` surface Gaussians with ``seed`` and cached as ``.ply`` under
+    ``cache_dir`` (default :func:`default_benchmark_cache`), read from there the next time
+    (:func:`cache_key`).
+
+    ``up`` is the up axis of files that declare none (:func:`~clip_gs.gaussians.assets.load_asset`).
+    ``"auto"`` takes meshes as +y and a benchmark's 3DGS files as they are: they are fits of the
+    benchmark's meshes, in their frame, not y-down captures.
 
     Raises:
         GaussianFormatError / MeshError: a file that cannot be read or converted (names it).
+        ConfigError: an unknown ``up``.
     """
     from clip_gs.gaussians.assets import load_asset
     from clip_gs.gaussians import load_gaussians, save_gaussians
+    from clip_gs.gaussians.frames import MODEL_FRAME
 
     if item.path.suffix.lower() == ".ply":
-        return load_gaussians(item.path)
+        return load_asset(item.path, up=MODEL_FRAME if up == "auto" else up)
+    if item.path.suffix.lower() == ".pkl":  # UniGS's files stand +z up ("auto" knows it), read by the restricted unpickler
+        return load_asset(item.path, up=up)
     cache = Path(cache_dir) if cache_dir is not None else default_benchmark_cache()
-    cached = cache / f"{cache_key(item.path, num_gaussians, seed)}.ply"
+    cached = cache / f"{cache_key(item.path, mesh_gaussians, seed, up)}.ply"
     if cached.is_file():
         return load_gaussians(cached)
-    cloud = load_asset(item.path, mesh_gaussians=num_gaussians, seed=seed)
+    cloud = load_asset(item.path, up=up, mesh_gaussians=mesh_gaussians, seed=seed)
     cache.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.part")
     save_gaussians(cloud, partial, format="ply")

@@ -1,11 +1,12 @@
 """``clip-gs eval``: the paper's protocols for a model on a prepared split or a public benchmark (registered by :func:`add_eval_parser`).
 
     clip-gs eval --model MODEL --data SHARDS_DIR|s3://... [--endpoint-url URL] [--split test]
-                 [--task zeroshot|fewshot|retrieval|all]
+                 [--task zeroshot|fewshot|retrieval|all] [--image-queries one-view|every-view|mean-view]
+                 [--image-gallery one-view|any-view|mean-view]
     clip-gs eval --model MODEL --benchmark modelnet40|modelnet-splats|objaverse-gs|objaverse-lvis --root DIR [--up AXIS]
                  [--zeroshot-protocol clip-gs|uni3d [--uni3d-data DIR]] [--label-set NAME_OR_FILE | --labels a,b,c]
                  [--fewshot-protocol standard|episodes] [--ways 10 [5 ...]] [--shots 10 [...]] [--runs 10]
-                 [--episodes 100] [--queries N] [--teacher SPEC] [--seed 0] [--out DIR]
+                 [--episodes 100] [--queries N] [--episodes-file FILE] [--teacher SPEC] [--seed 0] [--out DIR]
 
 Prints a table (for a benchmark, rows in the form of the paper's tables), writes ``report.json``
 (and for a prepared split ``confusion.png`` and ``retrieval.png``) into ``--out`` (default
@@ -34,7 +35,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``eval`` to the ``clip-gs`` subparsers (sets ``func``)."""
     from clip_gs import cli_flags
     from clip_gs.evaluation.fewshot import FEWSHOT_PROTOCOLS
-    from clip_gs.evaluation.protocols import UNI3D_TEMPLATES_KEY, ZEROSHOT_PROTOCOLS
+    from clip_gs.evaluation.protocols import (
+        UNI3D_DATA_HELP,
+        UNI3D_LABELS_HELP,
+        UNI3D_TEMPLATES_HELP,
+        UNI3D_TEMPLATES_KEY,
+        ZEROSHOT_PROTOCOLS,
+    )
 
     p = subparsers.add_parser("eval", help="zero-shot, few-shot and retrieval of a model on a prepared split or a benchmark")
     cli_flags.add_model_argument(p, required=True)
@@ -48,9 +55,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", default="all", choices=TASK_CHOICES, help="protocol to run (default all)")
     p.add_argument("--zeroshot-protocol", default="clip-gs", choices=ZEROSHOT_PROTOCOLS,
                    help="class names and prompts: clip-gs (ours) or uni3d (Uni3D's templates.json / labels.json)")
-    p.add_argument("--uni3d-data", help="folder with Uni3D's templates.json and labels.json (its repository's data/)")
-    p.add_argument("--uni3d-templates", default=UNI3D_TEMPLATES_KEY, help="templates.json key (default %(default)s)")
-    p.add_argument("--uni3d-labels", help="labels.json key (default: the benchmark's)")
+    p.add_argument("--uni3d-data", help=UNI3D_DATA_HELP)
+    p.add_argument("--uni3d-templates", default=UNI3D_TEMPLATES_KEY, help=UNI3D_TEMPLATES_HELP)
+    p.add_argument("--uni3d-labels", help=UNI3D_LABELS_HELP)
     from clip_gs.teachers.label_options import LABEL_SET_HELP, add_label_options
 
     add_label_options(p.add_mutually_exclusive_group(),
@@ -68,6 +75,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10, help="standard few-shot runs (run r seeded with seed + r)")
     p.add_argument("--episodes", type=int, default=100, help="episodes per setting (--fewshot-protocol episodes)")
     p.add_argument("--queries", type=int, help="few-shot queries per class (default: standard 20, episodes 15)")
+    p.add_argument("--episodes-file", metavar="FILE",
+                   help="few-shot draws (classes, support and query ids per episode): written when FILE is absent, "
+                        "read when present, so every model evaluated with it is scored on the same objects; with "
+                        "FILE present and no --ways / --shots, its settings run")  # fmt: skip
+    from clip_gs.evaluation.metrics import DEFAULT_IMAGE_GALLERY, DEFAULT_IMAGE_QUERIES, IMAGE_GALLERIES, IMAGE_QUERIES
+
+    p.add_argument("--image-queries", default=DEFAULT_IMAGE_QUERIES, choices=IMAGE_QUERIES,
+                   help="image->3D queries: one view per object drawn with --seed (default), every view, or each "
+                        "object's mean view")  # fmt: skip
+    p.add_argument("--image-gallery", default=DEFAULT_IMAGE_GALLERY, choices=IMAGE_GALLERIES,
+                   help="3D->image gallery and hit: one drawn view per object (default), every view with any own view "
+                        "a hit, or each object's mean view")  # fmt: skip
     cli_flags.add_seed_argument(p)
     cli_flags.add_batch_size_argument(p)
     cli_flags.add_mesh_gaussians_argument(p)  # benchmark meshes
@@ -118,11 +137,17 @@ def format_table(report: dict) -> str:
                    f"{r.get('queries_per_class', '?')} queries per class" if protocol == "standard"
                    else f"episodes: {r['episodes']}")  # fmt: skip
             note = f"; {r['note']}" if r.get("note") else ""
+            if r.get("episodes_file"):
+                note += f"; draws {r.get('episodes_file_use', 'read')} {'from' if r.get('episodes_file_use') == 'read' else 'to'} {r['episodes_file']}"
             lines.append(f"  {name:<18} {100 * r['mean']:.2f} +- {100 * r['std']:.2f} %  ({how}{note})")
     if "retrieval" in tasks:
-        ks = list(next(iter(tasks["retrieval"].values())))
+        ks = [k for k in next(iter(tasks["retrieval"].values())) if k != "definition"]
         lines += ["", "retrieval      " + "".join(f"{k.upper():>8}" for k in ks)]
         lines += [f"  {d:<13}" + "".join(f"{r[k]:>8.4f}" for k in ks) for d, r in tasks["retrieval"].items()]
+        for d, r in tasks["retrieval"].items():  # a recall is never read without what it counts
+            if "definition" in r:
+                lines.append(f"  {d}: queries {r['definition']['queries']}; gallery {r['definition']['gallery']}; "
+                             f"a hit when {r['definition']['hit']}")
     for task, message in report.get("failures", {}).items():
         lines.append(f"not run: {task}: {message}")
     return "\n".join(lines)
@@ -182,14 +207,15 @@ def run_eval(args: argparse.Namespace) -> int:
     settings = [(w, s) for w in args.ways for s in args.shots] if args.ways or args.shots else None
     if settings is not None and not (args.ways and args.shots):
         raise ConfigError("give both --ways and --shots (or neither, for the protocol's default setting)")
-    if settings is None and args.benchmark is not None:
+    from_file = args.episodes_file is not None and Path(args.episodes_file).exists()
+    if settings is None and args.benchmark is not None and not from_file:  # an existing episodes file holds its settings
         from clip_gs.evaluation.fewshot import PAPER_PROTOCOLS
 
         settings = list(PAPER_PROTOCOLS[BENCHMARK_PAPER_SETS[args.benchmark]])  # the paper's settings for this set
     common = {"fewshot_protocol": args.fewshot_protocol, "protocols": settings, "runs": args.runs,
               "episodes": args.episodes, "queries_per_class": args.queries, "seed": args.seed,
               "batch_size": args.batch_size, "precision": args.precision, "model_name": str(args.model),
-              "progress": False if args.quiet else None}  # fmt: skip
+              "progress": False if args.quiet else None, "episodes_file": args.episodes_file}  # fmt: skip
     out = Path(args.out) if args.out else default_out_dir(args.model)
     storage = storage_options(args.endpoint_url)
     overlap = _training_overlap(args, loaded.teacher_folder, storage)  # before any embedding: refused early
@@ -220,7 +246,8 @@ def run_eval(args: argparse.Namespace) -> int:
         evaluation = evaluate(
             model, args.data, args.split, tasks, label_set=label_set if protocol is None else None,
             teacher=args.teacher, zeroshot_protocol=protocol, support_split=args.support_split,
-            model_teacher_identity=teacher_identity, storage_options=storage, **common,
+            model_teacher_identity=teacher_identity, storage_options=storage, image_queries=args.image_queries,
+            image_gallery=args.image_gallery, **common,
         )  # fmt: skip
         evaluation.report["training_overlap"] = overlap
         written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed, storage)

@@ -468,6 +468,98 @@ def zero_shot(
 
 
 # ---------------------------------------------------------------------------- retrieval
+IMAGE_QUERIES = ("one-view", "every-view", "mean-view")
+"""What an image query of image -> 3D is (:func:`retrieval`): one drawn view per object, every view, or
+the mean of an object's views."""
+
+IMAGE_GALLERIES = ("one-view", "any-view", "mean-view")
+"""What the image gallery of 3D -> image is and what counts as a hit (:func:`retrieval`): each object's one
+drawn view (a hit: that view), every view of every object (a hit: any of the object's own views), or
+each object's mean view."""
+
+RETRIEVAL_DEFINITIONS = {"one-view": ("one-view", "one-view"), "every-view": ("every-view", "any-view"),
+                         "mean-view": ("mean-view", "mean-view")}  # fmt: skip
+"""Named retrieval definitions, ``name -> (image_queries, image_gallery)``. ``one-view`` is the default
+(:func:`retrieval`); ``every-view`` is the definition reported before the choice was made explicit
+(every view a query; a hit when any own view is in the top k)."""
+
+DEFAULT_IMAGE_QUERIES, DEFAULT_IMAGE_GALLERY = RETRIEVAL_DEFINITIONS["one-view"]
+
+
+def retrieval_definitions(
+    image_queries: str = DEFAULT_IMAGE_QUERIES, image_gallery: str = DEFAULT_IMAGE_GALLERY, view_seed: int = 0
+) -> dict[str, dict[str, str]]:
+    """What each direction of :func:`retrieval` measures, in words, for reports:
+    ``{direction: {"queries": ..., "gallery": ..., "hit": ...}}`` (see :func:`retrieval`).
+
+    Raises:
+        ConfigError: an unknown ``image_queries`` / ``image_gallery``.
+    """
+    _check_image_options(image_queries, image_gallery)
+    drawn = f"one view per object, drawn uniformly among its views with seed {view_seed}"
+    views = {"one-view": drawn, "every-view": "every view of every object",
+             "mean-view": "one per object: the mean of its view embeddings"}  # fmt: skip
+    gallery = {"one-view": f"the image of each object with a view ({drawn}; the same view as image -> 3D's)",
+               "any-view": "every view of every object", "mean-view": "the mean view embedding of each object with a view"}  # fmt: skip
+    hit = {"one-view": "the object's own drawn view is among the k most similar images",
+           "any-view": "any of the object's own views is among the k most similar images (the best own view ranked "
+                       "among the other objects' views)",
+           "mean-view": "the object's own mean view is among the k most similar"}  # fmt: skip
+    ties = "; ties count against the query"
+    return {
+        "text_to_3d": {"queries": "the caption of each object that has one", "gallery": "the 3D embeddings of all objects",
+                       "hit": "the caption's own object is among the k most similar" + ties},
+        "3d_to_text": {"queries": "the 3D embedding of each object with a caption",
+                       "gallery": "the captions of the objects that have one",
+                       "hit": "the object's own caption is among the k most similar (an identical caption of another "
+                              "object ties, so counts against)" + ties},
+        "image_to_3d": {"queries": views[image_queries] + f" (image_queries={image_queries})",
+                        "gallery": "the 3D embeddings of all objects",
+                        "hit": "the image's own object is among the k most similar" + ties
+                               + ("; the recall is the mean over all views" if image_queries == "every-view" else "")},
+        "3d_to_image": {"queries": "the 3D embedding of each object with a view",
+                        "gallery": gallery[image_gallery] + f" (image_gallery={image_gallery})",
+                        "hit": hit[image_gallery] + ties},
+    }  # fmt: skip
+
+
+def _check_image_options(image_queries: str, image_gallery: str) -> None:
+    if image_queries not in IMAGE_QUERIES or image_gallery not in IMAGE_GALLERIES:
+        raise ConfigError(f"retrieval: image_queries must be one of {IMAGE_QUERIES} and image_gallery one of "
+                          f"{IMAGE_GALLERIES}, got {image_queries!r} and {image_gallery!r}")  # fmt: skip
+
+
+def drawn_views(image_mask: Tensor, seed: int = 0) -> Tensor:
+    """``[N]`` int64: one view index per object, drawn uniformly among its valid views with ``seed``
+    (-1 for an object without a view): the view the ``one-view`` definitions use.
+
+    Args:
+        image_mask: ``[N, V]`` bool, True for real views.
+    """
+    mask = image_mask.bool().cpu()
+    counts = mask.sum(dim=1)
+    u = torch.rand(mask.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    nth = (u * counts).long().clamp_max((counts - 1).clamp_min(0))  # the nth valid view, 0-based
+    picked = (mask & (mask.cumsum(dim=1) == (nth + 1)[:, None])).float().argmax(dim=1)
+    return torch.where(counts > 0, picked, torch.full_like(picked, -1))
+
+
+def _object_images(images: Tensor, image_mask: Tensor, how: str, seed: int) -> Tensor:
+    """``[N, E]`` float32: each object's drawn view (``one-view``) or the mean of its unit views (``mean-view``);
+    zeros for an object without a view."""
+    n, v, e = images.shape
+    if how == "one-view":
+        index = drawn_views(image_mask, seed).to(images.device)
+        rows = images[torch.arange(n, device=images.device), index.clamp_min(0)].float()
+        return torch.where((index >= 0)[:, None], rows, torch.zeros_like(rows))
+    out = torch.zeros(n, e, device=images.device)
+    mask = image_mask.to(images.device)
+    for start in range(0, n, 1024):  # float32 copies of 1024 objects' views at a time
+        chunk = F.normalize(images[start : start + 1024].float(), dim=-1) * mask[start : start + 1024, :, None]
+        out[start : start + 1024] = chunk.sum(dim=1)
+    return out
+
+
 def retrieval(
     shape_embeddings: Tensor,
     text_embeddings: Tensor,
@@ -476,20 +568,34 @@ def retrieval(
     image_mask: Tensor | None = None,
     ks: Iterable[int] = RECALL_K,
     budget: int = SCORE_BUDGET,
+    image_queries: str = DEFAULT_IMAGE_QUERIES,
+    image_gallery: str = DEFAULT_IMAGE_GALLERY,
+    view_seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Recall@k of text -> 3D, 3D -> text, image -> 3D and 3D -> image over one gallery of N objects.
+    """Recall@k of text -> 3D, 3D -> text, image -> 3D and 3D -> image over one set of N objects.
 
-    Each object has one caption embedding and V view embeddings. How they are used:
+    Each object has one caption embedding and V view embeddings. The definitions (what
+    :func:`retrieval_definitions` writes into reports):
 
-    - ``text_to_3d``: each caption (of the objects that have one) is a query over all N 3D
-      embeddings; a hit when its own object is in the top k.
-    - ``3d_to_text``: each object with a caption is a query over the captions of those objects;
-      a hit when its own caption is in the top k.
-    - ``image_to_3d``: **every view is a query** over all N 3D embeddings (the recall is the mean
-      over all valid views, so each view weighs equally); a hit when its object is in the top k.
-    - ``3d_to_image``: each object is a query over the gallery of all views of all objects; a hit
-      when **any** of its own views is in the top k (the rank is that of its best view among the
-      other objects' views).
+    - ``text_to_3d``: queries, the caption of each object that has one; gallery, the 3D
+      embeddings of all N objects; a hit when the caption's own object is in the top k.
+    - ``3d_to_text``: queries, each object with a caption; gallery, the captions of those objects;
+      a hit when the object's own caption is in the top k.
+    - ``image_to_3d``: gallery, all N 3D embeddings; a hit when the image's own object is in the
+      top k. The queries (``image_queries``): ``"one-view"`` (default) one view per object, drawn
+      uniformly among its views with ``view_seed`` (:func:`drawn_views`); ``"every-view"`` every
+      view (the recall is the mean over all valid views, so each view weighs equally);
+      ``"mean-view"`` the mean of the object's unit view embeddings.
+    - ``3d_to_image``: queries, each object with a view. The gallery and the hit
+      (``image_gallery``): ``"one-view"`` (default) the same drawn view of each object, a hit when
+      the object's own is in the top k; ``"any-view"`` every view of every object, a hit when
+      **any** of the object's own views is in the top k (the rank is that of its best view among
+      the other objects' views); ``"mean-view"`` each object's mean view.
+
+    The default, one image per object in both directions, is the paired one-to-one setting that the
+    paper's Table 1 (R@1 on Objaverse-GS) most plausibly reports; the paper does not define it, and
+    UniGS's retrieval code (the closest public code) pairs each object with one image the same way.
+    ``RETRIEVAL_DEFINITIONS["every-view"]`` names the every-view / any-view definitions.
 
     Ties count against the query (:func:`positive_ranks`). k may exceed the gallery (recall 1).
     Computed tile by tile (:func:`ranks_by_owner`, memory bounded by ``budget``) on the device of
@@ -503,14 +609,17 @@ def retrieval(
         image_mask: ``[N, V]`` bool, False for padding views (default: all True).
         ks: the k of recall@k.
         budget: scores per tile (:data:`SCORE_BUDGET`; memory: :func:`ranks_by_owner`).
+        image_queries: :data:`IMAGE_QUERIES`. image_gallery: :data:`IMAGE_GALLERIES`.
+        view_seed: the seed of the ``one-view`` draw.
 
     Returns:
         ``{direction: {"r{k}": recall}}`` for the four :data:`DIRECTIONS`.
 
     Raises:
-        ConfigError: mismatched shapes, k < 1.
+        ConfigError: mismatched shapes, k < 1, an unknown ``image_queries`` / ``image_gallery``.
         DatasetError: no object with a caption, or no valid view.
     """
+    _check_image_options(image_queries, image_gallery)
     n = shape_embeddings.shape[0]
     if (shape_embeddings.ndim != 2 or text_embeddings.shape != shape_embeddings.shape or image_embeddings.ndim != 3
             or image_embeddings.shape[0] != n or image_embeddings.shape[2] != shape_embeddings.shape[1]):  # fmt: skip
@@ -537,12 +646,17 @@ def retrieval(
     has_view = _owners(n, image_mask.any(dim=1), device)  # [N], -1 without a view
     view_owner = torch.where(image_mask.to(device), objects[:, None], -1).reshape(-1)  # [N * V], -1 for padding
     flat = image_embeddings.reshape(n * v, -1)  # a view of the stored views (e.g. float16), never a float32 copy
+    per_object = {how: _object_images(image_embeddings, image_mask, how, view_seed)
+                  for how in {image_queries, image_gallery} - {"every-view", "any-view"}}  # [N, E] each  # fmt: skip
     rank = partial(ranks_by_owner, budget=budget)
+    every_query, every_item = image_queries == "every-view", image_gallery == "any-view"
+    queries, query_owner = (flat, view_owner) if every_query else (per_object[image_queries], has_view)
+    gallery, gallery_owner = (flat, view_owner) if every_item else (per_object[image_gallery], has_view)
     ranks = {
         "text_to_3d": rank(text_embeddings, text_owner, shape_embeddings, objects),  # captions over all N shapes
         "3d_to_text": rank(shape_embeddings, text_owner, text_embeddings, text_owner),  # over the M captions
-        "image_to_3d": rank(flat, view_owner, shape_embeddings, objects),  # every valid view over all N shapes
-        "3d_to_image": rank(shape_embeddings, has_view, flat, view_owner),  # over all valid views, any own one counts
+        "image_to_3d": rank(queries, query_owner, shape_embeddings, objects),  # images over all N shapes
+        "3d_to_image": rank(shape_embeddings, has_view, gallery, gallery_owner),  # over the image gallery
     }
     ranks = {d: r[r >= 0] for d, r in ranks.items()}
     return {d: {f"r{k}": float((ranks[d] < k).float().mean()) for k in ks} for d in DIRECTIONS}
@@ -550,15 +664,20 @@ def retrieval(
 
 __all__ = [
     "DIRECTIONS",
+    "IMAGE_GALLERIES",
+    "IMAGE_QUERIES",
     "MIN_QUERY_BLOCK",
     "RECALL_K",
+    "RETRIEVAL_DEFINITIONS",
     "SCORE_BUDGET",
     "ZEROSHOT_K",
     "ZeroShotResult",
     "class_ranks",
+    "drawn_views",
     "positive_ranks",
     "ranks_by_owner",
     "retrieval",
+    "retrieval_definitions",
     "retrieval_recall",
     "tile_sizes",
     "zero_shot",

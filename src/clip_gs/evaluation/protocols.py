@@ -41,6 +41,12 @@ ZEROSHOT_PROTOCOLS = ("clip-gs", "uni3d")
 UNI3D_TEMPLATES_KEY = "modelnet40_64"
 """The key of Uni3D's ``templates.json`` its zero-shot evaluation uses for every benchmark."""
 
+UNI3D_DATA_HELP = "folder with Uni3D's templates.json and labels.json (its repository's data/)"
+UNI3D_TEMPLATES_HELP = "templates.json key (default %(default)s)"
+UNI3D_LABELS_HELP = ("the class list's key in Uni3D's labels.json (e.g. modelnet40_openshape, objaverse_lvis_openshape; "
+                     "eval: default the benchmark's)")  # fmt: skip
+"""Help of ``--uni3d-data`` / ``--uni3d-templates`` / ``--uni3d-labels`` (``clip-gs eval`` and ``clip-gs labels``)."""
+
 UNI3D_LABEL_KEYS = {
     "modelnet40": "modelnet40_openshape",
     "modelnet-splats": "modelnet40_openshape",
@@ -94,6 +100,29 @@ def _read_key(path: Path, key: str, what: str) -> list[str]:
     return values
 
 
+def uni3d_templates(uni3d_data: str | os.PathLike, key: str = UNI3D_TEMPLATES_KEY) -> tuple[str, ...]:
+    """The templates under ``key`` of Uni3D's ``templates.json`` in ``uni3d_data`` (one ``{}`` each).
+
+    Raises:
+        ConfigError: no such file. DatasetError: unreadable JSON, no such key, templates without ``{}``.
+    """
+    path = Path(uni3d_data) / "templates.json"
+    templates = _read_key(path, key, "templates")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise DatasetError(f"{path}: templates without '{{}}' under {key!r}: {bad[:3]}")
+    return tuple(templates)
+
+
+def uni3d_class_names(uni3d_data: str | os.PathLike, key: str) -> tuple[str, ...]:
+    """The class list under ``key`` of Uni3D's ``labels.json`` in ``uni3d_data``.
+
+    Raises:
+        ConfigError: no such file. DatasetError: unreadable JSON, no such key.
+    """
+    return tuple(_read_key(Path(uni3d_data) / "labels.json", key, "class list"))
+
+
 def zero_shot_protocol(
     name: str = "clip-gs",
     benchmark: str | None = None,
@@ -136,7 +165,8 @@ def zero_shot_protocol(
             str(chosen) if isinstance(chosen, (str, os.PathLike)) else "the dataset's" if chosen is None else "given")
         return ZeroShotProtocol(name, tuple(TEMPLATES), "clip-gs", names, where)
     if label_set is not None:
-        raise ConfigError("the uni3d protocol takes its classes from Uni3D's labels.json (--uni3d-labels), not a label set")
+        raise ConfigError("the uni3d protocol takes its classes from Uni3D's labels.json (--uni3d-labels), not a label "
+                          "list (a label-embedding file made with its templates is accepted)")  # fmt: skip
     if uni3d_data is None:
         raise ConfigError("the uni3d protocol needs --uni3d-data DIR: the data/ folder of github.com/baaivision/Uni3D "
                           "(templates.json, labels.json)")  # fmt: skip
@@ -145,11 +175,8 @@ def zero_shot_protocol(
     if key is None:
         raise ConfigError(f"the uni3d protocol needs a labels.json key for benchmark {benchmark!r} (--uni3d-labels; "
                           f"known: {UNI3D_LABEL_KEYS})")  # fmt: skip
-    templates = _read_key(folder / "templates.json", templates_key, "templates")
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise DatasetError(f"{folder / 'templates.json'}: templates without '{{}}' under {templates_key!r}: {bad[:3]}")
-    names = _read_key(folder / "labels.json", key, "class list")
+    templates = uni3d_templates(folder, templates_key)
+    names = uni3d_class_names(folder, key)
     source = f"uni3d: {folder / 'templates.json'} [{templates_key}] ({len(templates)}), {folder / 'labels.json'} [{key}]"
     return ZeroShotProtocol(name, tuple(templates), "verbatim", tuple(names), source)
 
@@ -235,12 +262,17 @@ def match_labels(labels: Sequence[str], class_names: Sequence[str], where: str =
 
 __all__ = [
     "CLIP_GS_LABEL_SETS",
+    "UNI3D_DATA_HELP",
+    "UNI3D_LABELS_HELP",
     "UNI3D_LABEL_KEYS",
+    "UNI3D_TEMPLATES_HELP",
     "UNI3D_TEMPLATES_KEY",
     "ZEROSHOT_PROTOCOLS",
     "ZeroShotProtocol",
     "match_labels",
     "protocol_weights",
+    "uni3d_class_names",
+    "uni3d_templates",
     "with_label_embeddings",
     "zero_shot_protocol",
 ]

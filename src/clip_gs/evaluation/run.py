@@ -21,9 +21,20 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch import Tensor
 
-from clip_gs.errors import ConfigError, DatasetError
+from clip_gs.errors import ConfigError, DatasetError, EpisodesFileError
+from clip_gs.evaluation.episodes import load_draws, write_episodes
 from clip_gs.evaluation.fewshot import DEFAULT_L2, STANDARD_RUNS, FewShotResult, run_few_shot
-from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, ZeroShotResult, positive_ranks, retrieval, zero_shot
+from clip_gs.evaluation.metrics import (
+    DEFAULT_IMAGE_GALLERY,
+    DEFAULT_IMAGE_QUERIES,
+    RECALL_K,
+    ZEROSHOT_K,
+    ZeroShotResult,
+    positive_ranks,
+    retrieval,
+    retrieval_definitions,
+    zero_shot,
+)
 from clip_gs.evaluation.protocols import ZeroShotProtocol, match_labels
 from clip_gs.model.folder import EVAL_REPORT
 
@@ -290,6 +301,9 @@ def evaluate(
     fewshot_protocol: str = "standard",
     support_split: str = "train",
     runs: int = STANDARD_RUNS,
+    episodes_file: str | os.PathLike | None = None,
+    image_queries: str = DEFAULT_IMAGE_QUERIES,
+    image_gallery: str = DEFAULT_IMAGE_GALLERY,
 ) -> Evaluation:
     """Run the protocols for ``model`` on one split of a prepared dataset.
 
@@ -305,16 +319,23 @@ def evaluate(
         label_set, teacher, zeroshot_protocol: zero-shot classes and prompts (:func:`zero_shot_classes`).
         fewshot_protocol: ``"standard"`` (support from ``support_split``, ``runs`` seeded runs) or
             ``"episodes"`` (:func:`~clip_gs.evaluation.fewshot.run_few_shot`).
-        protocols: few-shot ``(ways, shots)`` settings (None: 10-way 10-shot standard, 5-way 5-shot episodes).
+        protocols: few-shot ``(ways, shots)`` settings (None: 10-way 10-shot standard, 5-way 5-shot episodes;
+            with an existing ``episodes_file``, the file's).
         episodes, queries_per_class, l2: few-shot settings (queries None: 20 standard, 15 episodes).
-        seed: seed of the 3DGS resampling and of the few-shot draws.
+        episodes_file: the few-shot draws' file (:mod:`~clip_gs.evaluation.episodes`): read and scored
+            when it exists (so two models see the same objects), else written with this run's draws.
+        image_queries, image_gallery: the image retrieval definitions (:func:`~clip_gs.evaluation.metrics.retrieval`;
+            recorded in the report beside each recall).
+        seed: seed of the 3DGS resampling, of the few-shot draws and of the one-view image draw.
         batch_size, precision: embedding (:func:`embed_split`).
         model_name: what the report calls the model (its folder or repo id).
         model_teacher_identity: the model's teacher (``teacher.json``); checked against the dataset's.
 
     Raises:
-        ConfigError: unknown tasks. TeacherMismatchError: a model trained against another teacher.
+        ConfigError: unknown tasks, an episodes file of another protocol or other settings.
+        TeacherMismatchError: a model trained against another teacher.
         DatasetError: an unreadable dataset (see :func:`embed_split`).
+        EpisodesFileError: a malformed episodes file, or one naming objects that are not in the split.
     """
     from clip_gs.data.shards import read_manifest
     from clip_gs.teachers import check_same_teacher
@@ -334,6 +355,8 @@ def evaluate(
     def attempt(task: str, run) -> None:
         try:
             run()
+        except EpisodesFileError:
+            raise  # the user's file does not fit this split: an error, not a protocol the split cannot run
         except DatasetError as exc:  # this split cannot support the protocol: report it, go on
             result.failures[task] = f"{type(exc).__name__}: {exc}"
 
@@ -357,26 +380,41 @@ def evaluate(
     if "fewshot" in tasks:
 
         def run_fewshot() -> None:
+            draws = load_draws(episodes_file, fewshot_protocol, protocols) if episodes_file is not None else None
             support = None
             if fewshot_protocol == "standard":
+                if support_split == split or manifest.counts.get(support_split, 0) <= 0:
+                    why = ("is the evaluated split: support and queries would overlap" if support_split == split else
+                           f"has no objects (the manifest lists {manifest.counts})")  # fmt: skip
+                    raise DatasetError(f"{root}: the standard few-shot protocol takes its support from the "
+                                       f"{support_split!r} split, which {why}; a set without a train split (such as "
+                                       f"Objaverse-LVIS) runs --fewshot-protocol episodes, which draws support and "
+                                       f"queries, disjoint, from the evaluated split")  # fmt: skip
                 support = embed_split(model, root, support_split, batch_size, seed, precision, progress, storage_options)
             support_idx = [i for i, label in enumerate(support.labels) if label is not None] if support else []
             run = run_few_shot(
                 fewshot_protocol, protocols, data.shape[labelled], label_names,
                 support.shape[support_idx] if support else None, [support.labels[i] for i in support_idx] if support else None,
-                runs, episodes, queries_per_class, seed, l2,
+                runs, episodes, queries_per_class, seed, l2, query_ids=[data.ids[i] for i in labelled],
+                support_ids=[support.ids[i] for i in support_idx] if support else None, draws=draws,
+                support_split=support_split, where=str(episodes_file),
             )  # fmt: skip
             result.fewshot.extend(run.results)
             result.failures.update(run.failures)
+            if episodes_file is not None and draws is None and run.results:
+                write_episodes(episodes_file, run.draws)
             if run.results:
                 tasks_out["fewshot"] = {name: entry | ({"support_split": support_split} if support else {})
-                                        for name, entry in run.report().items()}  # fmt: skip
+                                        for name, entry in run.report(episodes_file, draws is not None).items()}  # fmt: skip
 
         attempt("fewshot", run_fewshot)
     if "retrieval" in tasks:
 
         def run_retrieval() -> None:
-            tasks_out["retrieval"] = retrieval(data.shape, data.text, data.images, data.text_mask, data.image_mask, RECALL_K)
+            recalls = retrieval(data.shape, data.text, data.images, data.text_mask, data.image_mask, RECALL_K,
+                                image_queries=image_queries, image_gallery=image_gallery, view_seed=seed)  # fmt: skip
+            definitions = retrieval_definitions(image_queries, image_gallery, seed)
+            tasks_out["retrieval"] = {d: r | {"definition": definitions[d]} for d, r in recalls.items()}
 
         attempt("retrieval", run_retrieval)
     result.report = build_report(model_name, str(root), split, manifest.teacher, len(data), tasks_out, result.failures)
@@ -391,8 +429,10 @@ def build_report(
         {"model": str, "data": str, "split": str, "teacher": str, "num_objects": int,
          "tasks": {"zeroshot": {"top1", "top3", "top5", "per_class": {name: acc}, "label_set": str,
                                 "num_classes": int, "num_samples": int},
-                   "fewshot": {"<ways>-way-<shots>-shot": {"mean", "std", "episodes": int}},
-                   "retrieval": {"text_to_3d" | "3d_to_text" | "image_to_3d" | "3d_to_image": {"r1", "r5", "r10"}}},
+                   "fewshot": {"<ways>-way-<shots>-shot": {"mean", "std", "episodes": int, "protocol", "queries_per_class",
+                                                           "draws_sha256", ["episodes_file", "episodes_file_use"]}},
+                   "retrieval": {"text_to_3d" | "3d_to_text" | "image_to_3d" | "3d_to_image":
+                                 {"r1", "r5", "r10", "definition": {"queries", "gallery", "hit"}}}},
          "created": ISO 8601 UTC time, "clip_gs_version": str,
          "failures": {task: message}}   # only when a protocol could not run
 

@@ -81,14 +81,30 @@ def open_regular_file(path: str | os.PathLike[str], error: type[ClipGSError] = G
         raise
 
 
-def read_regular_file(path: str | os.PathLike[str], error: type[ClipGSError] = GaussianFormatError) -> bytes:
+def read_regular_file(
+    path: str | os.PathLike[str], error: type[ClipGSError] = GaussianFormatError, max_bytes: int | None = None
+) -> bytes:
     """The whole content of the regular file ``path`` (see :func:`open_regular_file`).
 
+    Args:
+        max_bytes: the most bytes accepted. The file's size is checked (``os.stat``) before it is
+            opened, and at most ``max_bytes + 1`` bytes are read, so a file that grows after the
+            check is refused too, never read whole.
+
     Raises:
-        error: ``path`` is missing, unreadable, or not a regular file.
+        error: ``path`` is missing, unreadable, not a regular file, or longer than ``max_bytes``
+            (the message gives both sizes).
     """
+    path = Path(path)
+    if max_bytes is not None:
+        size = check_regular_file(path, error).st_size
+        if size > max_bytes:
+            raise error(f"{path}: {size:,} bytes, above the limit of {max_bytes:,} bytes for this kind of file")
     with open_regular_file(path, error) as fh:
         try:
-            return fh.read()
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
         except OSError as exc:
-            raise error(f"{Path(path)}: cannot read: {exc.strerror or exc}") from exc
+            raise error(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise error(f"{path}: more than {max_bytes:,} bytes (it grew while being read); refused")
+    return data

@@ -14,7 +14,9 @@ Which frame a file is in (:func:`default_up_axis`, the rule behind ``--up auto``
 - any other 3DGS file (INRIA / COLMAP ``.ply``, ``.splat``, ``.spz``, compressed ``.ply``):
   :data:`CAPTURE_UP_AXIS` (``"-y"``): COLMAP's camera convention leaves reconstructions y-down;
 - a mesh (``.obj``, ``.glb``, ``.gltf``, ``.stl``, ``.off``, a mesh ``.ply``): :data:`MESH_UP_AXIS`
-  (``"+y"``, glTF's and most object datasets' convention).
+  (``"+y"``, glTF's and most object datasets' convention);
+- UniGS's Objaverse ``.pkl``: ``"+z"`` (:data:`~clip_gs.gaussians.formats.unigs_pkl.UNIGS_UP_AXIS`:
+  its converter stood the GLBs up in Blender's frame before fitting).
 
 Limits of the rule: a capture whose reconstruction was re-oriented (gravity-aligned, z-up, as
 some pipelines and Blender-fitted sets leave them) is not y-down, and nothing in an undeclared file
@@ -235,6 +237,10 @@ def default_up_axis(path: str | os.PathLike[str]) -> str:
     declared = declared_up_axis_of(path)
     if declared is not None:
         return declared
+    if suffix == ".pkl":
+        from clip_gs.gaussians.formats.unigs_pkl import UNIGS_UP_AXIS
+
+        return UNIGS_UP_AXIS
     if suffix == ".ply":
         try:
             header = read_ply_header(path)

@@ -116,9 +116,7 @@ def _load(path: Path, format: str | None, options: dict) -> GaussianCloud:
     )
 
 
-def save_gaussians(
-    cloud: GaussianCloud, path: str | os.PathLike[str], format: str | None = None, **options
-) -> Path:
+def save_gaussians(cloud: GaussianCloud, path: str | os.PathLike[str], format: str | None = None, **options) -> Path:
     """Write ``cloud`` to ``path`` in the format given by ``format`` or by the extension.
 
     ``options`` go to the format's writer (e.g. ``ascii=True`` or ``byte_order=">"`` for ply).
@@ -134,7 +132,9 @@ def save_gaussians(
         matches = [f for f in _FORMATS if _has_extension(path, f) and f.write is not None]
         if not matches:
             writable = ", ".join(f"{f.name} ({'/'.join(f.extensions)})" for f in _FORMATS if f.write)
-            raise UnsupportedFormatError(f"{path}: cannot write extension {path.suffix or '(none)'}; writable: {writable}")
+            raise UnsupportedFormatError(
+                f"{path}: cannot write extension {path.suffix or '(none)'}; writable: {writable}"
+            )
         fmt = matches[0]
     if fmt.write is None:
         raise UnsupportedFormatError(f"{path}: format {fmt.name!r} is read-only")

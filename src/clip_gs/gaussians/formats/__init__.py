@@ -3,7 +3,8 @@
 
 Sniffing order: SuperSplat compressed PLY (a PLY with a ``chunk`` element and packed vertices)
 before the INRIA PLY, then spz (``NGSP`` magic, bare or inside gzip). ``.splat`` has no header
-and is recognised by its extension only.
+and is recognised by its extension only; so is UniGS's ``.pkl`` (:mod:`.unigs_pkl`), which is only
+ever read through the restricted unpickler of :mod:`.safe_pickle`, never ``pickle.load``.
 """
 
 from clip_gs.gaussians.formats.compressed_ply import is_compressed_ply, read_compressed_ply
@@ -11,6 +12,7 @@ from clip_gs.gaussians.formats.ply import read_ply, write_ply
 from clip_gs.gaussians.formats.ply_header import is_ply
 from clip_gs.gaussians.formats.splat import read_splat, write_splat
 from clip_gs.gaussians.formats.spz import is_spz, read_spz
+from clip_gs.gaussians.formats.unigs_pkl import read_unigs_cloud, read_unigs_pkl
 from clip_gs.gaussians.io import GaussianFormat, register_format
 
 
@@ -25,12 +27,14 @@ register_format(
 )
 register_format(GaussianFormat("spz", (".spz",), is_spz, read_spz))
 register_format(GaussianFormat("splat", (".splat",), _never, read_splat, write_splat))
+register_format(GaussianFormat("unigs_pkl", (".pkl",), _never, read_unigs_cloud))
 
 __all__ = [
     "read_compressed_ply",
     "read_ply",
     "read_splat",
     "read_spz",
+    "read_unigs_pkl",
     "write_ply",
     "write_splat",
 ]

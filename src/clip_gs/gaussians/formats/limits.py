@@ -9,6 +9,10 @@
   files) as decompressed data (:func:`check_compression_ratio`). Real 3DGS data compresses about
   1.5:1 to 10:1 (quantised positions and rotations are close to random); a file claiming more is
   a decompression bomb or a lying header, and is refused before anything is decompressed.
+- **Pickled files** (UniGS's ``.pkl``) may be at most ``MAX_PICKLE_BYTES`` long, checked from the
+  file's size before a byte is read (a reader option ``max_bytes``): a real UniGS object (10,000
+  Gaussians, captions) is under 1 MB, and every object the restricted unpickler builds costs
+  memory in proportion to the bytes it reads.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ MAX_LOG_SCALE = 44.0
 MAX_COMPRESSION_RATIO = 64
 """Most decompressed bytes a compressed 3DGS file may declare per byte of file (a reader option
 ``max_compression_ratio`` where the format has one)."""
+
+MAX_PICKLE_BYTES = 64 << 20
+"""Largest pickled 3DGS file read (64 MiB, about 1.2 million Gaussians of 14 float32 values)."""
 
 COMPRESSION_SLACK_BYTES = 4096
 """Decompressed bytes always allowed on top of the ratio, so that tiny files, where headers weigh
