@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="training: clip-gs fit|validate|test|predict --config FILE.yaml (LightningCLI; see clip-gs fit --help)",
     )
     from clip_gs.cli_flags import (
+        add_gaussians_arguments,
         add_device_argument,
         add_endpoint_url_argument,
         add_mesh_gaussians_argument,
@@ -366,14 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic-pose", default="random", choices=("random", "upright", "canonical"),
         help="synthetic objects: any rotation; standing on +Y and turned about it; or unrotated",
     )  # fmt: skip
-    prepare.add_argument(
-        "--gaussians", default="surface", choices=("surface", "fitted"),
-        help="meshes become surface samples, or 3DGS fitted to Blender renders (the paper's; teacher views "
-        "then come from the mesh renders and each record keeps its fit's PSNR)",
-    )  # fmt: skip
-    prepare.add_argument("--fit-iterations", type=int, default=1000, help="with --gaussians fitted (paper: 5000)")
-    prepare.add_argument("--fit-views", type=int, default=36, help="with --gaussians fitted: views fitted to")
-    prepare.add_argument("--fit-size", type=int, default=128, help="with --gaussians fitted: their size (paper: 512)")
+    add_gaussians_arguments(prepare)
     prepare.add_argument(
         "--max-gaussians", type=int, default=None,
         help="resample any object above this many Gaussians to it (seeded by --seed; the record keeps the count)",

@@ -102,6 +102,18 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def add_gaussians_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--gaussians surface|fitted`` and the fit's ``--fit-iterations / --fit-views / --fit-size``: how a mesh
+    becomes Gaussians (``prepare`` for training data, ``eval`` for benchmark meshes, made alike)."""
+    parser.add_argument("--gaussians", default="surface", choices=("surface", "fitted"),
+                        help="meshes become surface samples, or 3DGS fitted to Blender renders (the paper's: one render "
+                        "pass per mesh; the teacher sees the fit's views)")  # fmt: skip
+    parser.add_argument("--fit-iterations", type=positive_int, default=1000, help="with --gaussians fitted (paper: 5000)")
+    parser.add_argument("--fit-views", type=positive_int, default=36, help="with --gaussians fitted: views rendered and "
+                        "fitted to (paper: 36)")  # fmt: skip
+    parser.add_argument("--fit-size", type=positive_int, default=128, help="with --gaussians fitted: their size in pixels")
+
+
 def storage_options(endpoint_url: str | None) -> dict | None:
     """The ``storage_options`` of an ``--endpoint-url`` (None: boto3's defaults)."""
     return {"endpoint_url": endpoint_url} if endpoint_url else None

@@ -46,13 +46,13 @@ class BenchmarkEvaluation:
 
 
 def embed_items(model, items, mesh_gaussians: int, seed: int, cache_dir, batch_size: int, precision: str,
-                progress: bool | None, up: str = "auto") -> Tensor:  # fmt: skip
+                progress: bool | None, up: str = "auto", conversion=None, benchmark: str | None = None) -> Tensor:  # fmt: skip
     """``[len(items), E]`` unit embeddings of benchmark items (loaded, converted and cached by
     :func:`~clip_gs.evaluation.benchmarks.load_item`), :data:`ENCODE_CHUNK` at a time."""
     import warnings
 
     from clip_gs.gaussians.mesh import NeutralGreyWarning
-    from clip_gs.evaluation.benchmarks import load_item
+    from clip_gs.evaluation.benchmarks import MeshConversion, load_item
 
     fused = model.fused(precision)
     parts, grey = [], []
@@ -68,7 +68,8 @@ def embed_items(model, items, mesh_gaussians: int, seed: int, cache_dir, batch_s
             for item in chunk:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", NeutralGreyWarning)
-                    clouds.append(load_item(item, mesh_gaussians, seed, cache_dir, up).replace(source=item.id))
+                    cloud = load_item(item, mesh_gaussians, seed, cache_dir, up, conversion or MeshConversion(), benchmark)
+                    clouds.append(cloud.replace(source=item.id))
                 for w in caught:  # ModelNet's meshes have no colour by nature: one summary, not a warning per file
                     if issubclass(w.category, NeutralGreyWarning):
                         grey.append(item.path.name)
@@ -98,6 +99,7 @@ def evaluate_benchmark(
     mesh_gaussians: int = MESH_GAUSSIANS,
     up: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    conversion=None,
     fewshot_protocol: str = "standard",
     protocols: Sequence[tuple[int, int]] | None = None,
     runs: int = STANDARD_RUNS,
@@ -130,6 +132,8 @@ def evaluate_benchmark(
         mesh_gaussians, up, cache_dir: reading the files (surface samples per mesh, seeded with ``seed``; the
             up axis of files that declare none) and the cache of converted meshes
             (:func:`~clip_gs.evaluation.benchmarks.load_item`).
+        conversion: how meshes become Gaussians (:class:`~clip_gs.evaluation.benchmarks.MeshConversion`:
+            surface samples by default, or fitted 3DGS made as ``prepare --gaussians fitted`` makes them).
         fewshot_protocol, protocols, runs, episodes, queries_per_class, l2: few-shot
             (:func:`~clip_gs.evaluation.fewshot.run_few_shot`). A set without a train split (Objaverse)
             runs the ``episodes`` protocol; ``standard`` there is recorded as a failure that says so.
@@ -158,7 +162,8 @@ def evaluate_benchmark(
         raise DatasetError(f"{root}: benchmark {name!r} has no {query_split!r} objects")
     result = BenchmarkEvaluation(report={})
     tasks_out: dict = {}
-    query_x = embed_items(model, queries, mesh_gaussians, seed, cache_dir, batch_size, precision, progress, up)
+    query_x = embed_items(model, queries, mesh_gaussians, seed, cache_dir, batch_size, precision, progress, up,
+                          conversion, name)  # fmt: skip
     query_labels = [it.label for it in queries]
     teacher_identity = None
     if "zeroshot" in tasks:
@@ -187,7 +192,8 @@ def evaluate_benchmark(
                                           "the evaluated set (the paper's Objaverse-GS protocol)")  # fmt: skip
         else:
             support_x = None if not support else embed_items(model, support, mesh_gaussians, seed, cache_dir,
-                                                              batch_size, precision, progress, up)  # fmt: skip
+                                                              batch_size, precision, progress, up, conversion,
+                                                              name)  # fmt: skip
             run = run_few_shot(fewshot_protocol, protocols, query_x, query_labels, support_x,
                                [it.label for it in support] if support else None, runs, episodes, queries_per_class,
                                seed, l2, query_ids=[it.id for it in queries],

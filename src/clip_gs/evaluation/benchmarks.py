@@ -38,6 +38,8 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
+
+import torch
 from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
@@ -57,11 +59,16 @@ class BenchmarkSpec:
     labels_from: str
     splits: tuple[str, ...]
     table: str
+    up: str = "auto"
+    """The up axis of its meshes when the user names none (``--up auto``)."""
+    grey: float | None = None
+    """The colour its colourless meshes' surface samples get (None: the package's neutral grey)."""
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "modelnet40": BenchmarkSpec("modelnet40", "ModelNet40 meshes (.off), converted to Gaussians and cached",
-                                "class folders", ("train", "test"), "zero-shot (Table 1), few-shot (Table 2)"),
+                                "class folders", ("train", "test"), "zero-shot (Table 1), few-shot (Table 2)",
+                                up="+z", grey=0.4),  # Uni3D's conventions: z-up files brought y-up, grey 0.4
     "modelnet-splats": BenchmarkSpec("modelnet-splats", "ShapeSplat's ModelNet-Splats 3DGS .ply", "class folders",
                                      ("train", "test"), "zero-shot and few-shot on fitted 3DGS"),
     "objaverse-gs": BenchmarkSpec("objaverse-gs", "per-object 3DGS of Objaverse (UniGS's fits or .pkl) + OpenShape's lvis.json",
@@ -269,11 +276,35 @@ def class_names(items: list[BenchmarkItem]) -> list[str]:
     return sorted({item.label for item in items})
 
 
-def cache_key(path: Path, mesh_gaussians: int, seed: int, up: str = "auto") -> str:
+@dataclass(frozen=True)
+class MeshConversion:
+    """How a benchmark's meshes become Gaussians, as ``clip-gs prepare`` makes training data
+    (``--gaussians``, ``--fit-iterations``, ``--fit-views``, ``--fit-size``).
+
+    Attributes:
+        gaussians: ``"surface"`` (surface samples) or ``"fitted"`` (3DGS fitted to Blender renders of the
+            mesh, :func:`~clip_gs.data.fitted.fit_mesh`; the paper's Objaverse-GS and ModelNet-GS).
+        fit_iterations, fit_views, fit_size: the fit (with ``fitted``), capped at ``mesh_gaussians``.
+    """
+
+    gaussians: str = "surface"
+    fit_iterations: int = 1000
+    fit_views: int = 36
+    fit_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.gaussians not in ("surface", "fitted"):
+            raise ConfigError(f"gaussians must be 'surface' or 'fitted', got {self.gaussians!r}")
+
+
+def cache_key(path: Path, mesh_gaussians: int, seed: int, up: str = "auto",
+              conversion: MeshConversion = MeshConversion(), grey: float | None = None) -> str:  # fmt: skip
     """What a converted mesh is cached under: the file (resolved path, size, modification time)
-    and the conversion (count, seed, up axis, :data:`CONVERSION_VERSION`)."""
+    and the conversion (count, seed, up axis, surface or fitted and the fit's settings, grey,
+    :data:`CONVERSION_VERSION`)."""
     stat = path.stat()
-    spec = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{mesh_gaussians}|{seed}|{up}|v{CONVERSION_VERSION}"
+    spec = (f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{mesh_gaussians}|{seed}|{up}|{conversion}|{grey}"
+            f"|v{CONVERSION_VERSION}")  # fmt: skip
     return hashlib.sha256(spec.encode()).hexdigest()[:24]
 
 
@@ -285,15 +316,19 @@ def default_benchmark_cache() -> Path:
 
 
 def load_item(item: BenchmarkItem, mesh_gaussians: int = MESH_GAUSSIANS, seed: int = 0,
-              cache_dir: str | os.PathLike | None = None, up: str = "auto") -> GaussianCloud:  # fmt: skip
+              cache_dir: str | os.PathLike | None = None, up: str = "auto",
+              conversion: MeshConversion = MeshConversion(), benchmark: str | None = None) -> GaussianCloud:  # fmt: skip
     """The item as Gaussians in the model frame (+y up): a 3DGS ``.ply`` read as it is; a mesh
     converted to ``mesh_gaussians`` surface Gaussians with ``seed`` and cached as ``.ply`` under
     ``cache_dir`` (default :func:`default_benchmark_cache`), read from there the next time
     (:func:`cache_key`).
 
     ``up`` is the up axis of files that declare none (:func:`~clip_gs.gaussians.assets.load_asset`).
-    ``"auto"`` takes meshes as +y and a benchmark's 3DGS files as they are: they are fits of the
-    benchmark's meshes, in their frame, not y-down captures.
+    ``"auto"`` takes a benchmark's own convention (:attr:`BenchmarkSpec.up`: ModelNet40's meshes are
+    z-up), meshes otherwise as +y, and a benchmark's 3DGS files as they are: they are fits of the
+    benchmark's meshes, in their frame, not y-down captures. ``conversion`` makes meshes surface
+    samples or fitted 3DGS; a benchmark's :attr:`BenchmarkSpec.grey` recolours the Gaussians that
+    colourless meshes gave neutral grey (surface samples).
 
     Raises:
         GaussianFormatError / MeshError: a file that cannot be read or converted (names it).
@@ -307,16 +342,50 @@ def load_item(item: BenchmarkItem, mesh_gaussians: int = MESH_GAUSSIANS, seed: i
         return load_asset(item.path, up=MODEL_FRAME if up == "auto" else up)
     if item.path.suffix.lower() == ".pkl":  # UniGS's files stand +z up ("auto" knows it), read by the restricted unpickler
         return load_asset(item.path, up=up)
+    spec = BENCHMARKS.get(benchmark) if benchmark is not None else None
+    if spec is not None and up == "auto":
+        up = spec.up
+    grey = spec.grey if spec is not None else None
     cache = Path(cache_dir) if cache_dir is not None else default_benchmark_cache()
-    cached = cache / f"{cache_key(item.path, mesh_gaussians, seed, up)}.ply"
+    cached = cache / f"{cache_key(item.path, mesh_gaussians, seed, up, conversion, grey)}.ply"
     if cached.is_file():
         return load_gaussians(cached)
-    cloud = load_asset(item.path, up=up, mesh_gaussians=mesh_gaussians, seed=seed)
+    if conversion.gaussians == "fitted":
+        cloud = _fitted(item.path, up, mesh_gaussians, seed, conversion)
+    else:
+        cloud = load_asset(item.path, up=up, mesh_gaussians=mesh_gaussians, seed=seed)
+        if grey is not None:
+            cloud = _recolour_grey(cloud, grey)
     cache.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.part")
     save_gaussians(cloud, partial, format="ply")
     os.replace(partial, cached)  # atomic: a killed run leaves no half-written entry
     return load_gaussians(cached)
+
+
+def _fitted(path: Path, up: str, mesh_gaussians: int, seed: int, conversion: MeshConversion) -> GaussianCloud:
+    """3DGS fitted to Blender renders of the mesh at ``path`` (as prepare makes training data), in the
+    model frame, normalised."""
+    from clip_gs.data.fitted import fit_mesh
+    from clip_gs.fitting import FitConfig
+    from clip_gs.gaussians.frames import MODEL_FRAME, resolve_up, to_frame
+
+    config = FitConfig(iterations=conversion.fit_iterations, max_gaussians=mesh_gaussians, seed=seed)
+    fitted = fit_mesh(path, config, views=conversion.fit_views, size=conversion.fit_size)
+    return to_frame(fitted.result.cloud.to(device="cpu").normalized(), resolve_up(path, up), MODEL_FRAME)
+
+
+def _recolour_grey(cloud: GaussianCloud, grey: float) -> GaussianCloud:
+    """The Gaussians a colourless mesh gave :data:`~clip_gs.gaussians.mesh.NEUTRAL_GREY` made ``grey``."""
+    from clip_gs.gaussians.cloud import SH_C0
+    from clip_gs.gaussians.mesh import NEUTRAL_GREY
+
+    neutral = (cloud.rgb - torch.tensor(NEUTRAL_GREY, dtype=cloud.rgb.dtype)).abs().amax(dim=-1) < 1e-6
+    if not bool(neutral.any()):
+        return cloud
+    sh = cloud.sh.clone()
+    sh[neutral, 0, :] = (grey - 0.5) / SH_C0
+    return cloud.replace(sh=sh)
 
 
 __all__ = [
@@ -325,6 +394,7 @@ __all__ = [
     "BenchmarkItem",
     "BenchmarkSpec",
     "BenchmarkWarning",
+    "MeshConversion",
     "Discovery",
     "cache_key",
     "class_names",

@@ -100,6 +100,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default <model folder>/eval, or ./eval for a Hub repo)")
     p.add_argument("--allow-overlap", action="store_true",
                    help="evaluate under the paper's protocols even when the model trained on some of the objects")
+    cli_flags.add_gaussians_arguments(p)
     cli_flags.add_quiet_argument(p)
     p.set_defaults(func=run_eval)
     return p
@@ -220,6 +221,7 @@ def run_eval(args: argparse.Namespace) -> int:
     storage = storage_options(args.endpoint_url)
     overlap = _training_overlap(args, loaded.teacher_folder, storage)  # before any embedding: refused early
     if args.benchmark is not None:
+        from clip_gs.evaluation.benchmarks import MeshConversion
         from clip_gs.evaluation.benchmark_run import (
             BENCHMARK_TASKS,
             evaluate_benchmark,
@@ -235,7 +237,8 @@ def run_eval(args: argparse.Namespace) -> int:
             model, args.benchmark, args.root, BENCHMARK_TASKS if args.task == "all" else tasks, zeroshot_protocol=protocol,
             teacher=loaded.teacher() if ("zeroshot" in tasks or args.task == "all") and not files else None,
             model_teacher_identity=teacher_identity, support_split=args.support_split,
-            query_split=args.split, mesh_gaussians=args.mesh_gaussians, up=args.up, cache_dir=args.cache, **common,
+            query_split=args.split, mesh_gaussians=args.mesh_gaussians, up=args.up, cache_dir=args.cache,
+            conversion=MeshConversion(args.gaussians, args.fit_iterations, args.fit_views, args.fit_size), **common,
         )  # fmt: skip
         evaluation.report["training_overlap"] = overlap
         written = write_benchmark_report(evaluation, out)

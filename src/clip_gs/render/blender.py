@@ -40,6 +40,10 @@ from torch import Tensor
 from clip_gs.errors import MeshError, MissingDependencyError, RenderError
 from clip_gs.render.cameras import OPENCV_TO_OPENGL, Cameras
 
+BLENDER_IMPORTS = (".glb", ".gltf", ".obj", ".ply", ".stl")
+"""Mesh files Blender imports itself; any other mesh trimesh reads (ModelNet's ``.off``) is handed to it as
+a ``.ply`` of its geometry and vertex colours (:func:`render_mesh`)."""
+
 DEFAULT_SAMPLES = 64
 """Cycles samples per pixel (with denoising: about 1e-3 RMS noise left on a white-lit object)."""
 SENSOR_MM = 36.0
@@ -77,6 +81,18 @@ def blender_cameras(cameras: Cameras) -> list[dict]:
     return views
 
 
+def _as_ply(path: Path, out: Path) -> Path:
+    """``path`` (a mesh format Blender does not import) written as ``out``, a ``.ply`` Blender imports."""
+    import trimesh
+
+    try:
+        mesh = trimesh.load(str(path), force="mesh")
+        mesh.export(str(out))
+    except Exception as exc:  # trimesh raises many types for unreadable files
+        raise MeshError(f"{path}: cannot read the mesh to hand it to Blender: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
 def render_mesh(
     mesh: str | os.PathLike,
     cameras: Cameras,
@@ -91,7 +107,8 @@ def render_mesh(
     """Render a mesh file from ``cameras`` with Cycles.
 
     Args:
-        mesh: a glTF/GLB, OBJ (+MTL, textures), PLY or STL file.
+        mesh: a glTF/GLB, OBJ (+MTL, textures), PLY or STL file, or another mesh trimesh reads (``.off``),
+            converted to a ``.ply`` of its geometry and vertex colours for Blender.
         cameras: C cameras (OpenCV convention); all share their image size.
         world: ``[4, 4]`` transform applied to the file's coordinates (e.g.
             :func:`~clip_gs.gaussians.mesh.mesh_unit_transform`); None keeps them.
@@ -121,8 +138,9 @@ def render_mesh(
     if world.shape != (4, 4) or not bool(torch.isfinite(world).all()):
         raise RenderError(f"world must be a finite [4, 4] transform, got {list(world.shape)}")
     with tempfile.TemporaryDirectory(prefix="clip-gs-blender-") as tmp:
+        source = path.resolve() if path.suffix.lower() in BLENDER_IMPORTS else _as_ply(path, Path(tmp) / "mesh.ply")
         job = {
-            "mesh": str(path.resolve()),
+            "mesh": str(source),
             "out": tmp,
             "world": world.tolist(),
             "cameras": blender_cameras(cameras),
