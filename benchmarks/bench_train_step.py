@@ -330,7 +330,7 @@ def run_train_step(
     from clip_gs.model.tokenizer import make_patches
 
     torch.manual_seed(seed)
-    module = CLIPGSModule(model=model, init="random", config={"num_gaussians": num_gaussians, "num_groups": num_groups,
+    module = CLIPGSModule(model=model, config={"num_gaussians": num_gaussians, "num_groups": num_groups,
                           "group_size": group_size, "embed_dim": embed_dim}, total_steps=1_000_000)  # fmt: skip
     module.to(device)
     module.train()

@@ -189,3 +189,51 @@ def write_unigs_pkl(path: Path, array, label: str = "", machine: str | None = "a
         with open(path, "wb") as fh:
             pickle.dump(record, fh, protocol=4)
     return path
+
+
+@dataclass(frozen=True)
+class HubCache:
+    """An empty Hugging Face cache in offline mode (:func:`offline_cache`).
+
+    Attributes:
+        path: the cache folder (``HF_HUB_CACHE``).
+    """
+
+    path: Path
+
+    def place(self, repo_id: str, filename: str, source: Path) -> Path:
+        """Put ``source`` in the cache as ``hf download REPO_ID FILENAME`` leaves it: a blob named by its
+        SHA-256, a snapshot link under one commit, ``refs/main``; returns the snapshot path."""
+        import hashlib
+
+        repo = self.path / ("models--" + repo_id.replace("/", "--"))
+        commit = hashlib.sha1(repo_id.encode()).hexdigest()
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        data = Path(source).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / filename
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+        return link
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch) -> HubCache:
+    """An empty Hugging Face cache in offline mode, and an empty clip-gs cache (``CLIP_GS_CACHE``).
+    huggingface_hub reads its constants at import, so they are patched as well as the environment."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("CLIP_GS_CACHE", str(tmp_path / "clip-gs-cache"))
+    return HubCache(cache)
+

@@ -29,9 +29,9 @@ from clip_gs.demo.gallery import GALLERY_FILE, PER_CLASS, build_gallery, gallery
 from clip_gs.demo.service import model_labels, parse_labels, preview_cloud, viewer_file
 from clip_gs.errors import ConfigError, GaussianFormatError, UnsupportedFormatError, WeightsUnavailableError
 from clip_gs.gaussians import load_gaussians, save_gaussians
+from clip_gs.gaussians.assets import save_asset
 from clip_gs.teachers.prompts import load_label_set
 from tests.test_formats import encode_compressed_ply, encode_spz
-from tests.test_hub import cache_repo, offline_cache  # noqa: F401  (offline_cache is a fixture)
 from tests.test_usage import write_mesh, write_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 def write_object(path: Path, shape: str = "torus", color: str = "red", n: int = 2048, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = make_object(shape, seed=seed, num_gaussians=n, color=color, pattern="solid", pose="upright")
-    save_gaussians(obj.cloud, path)
+    save_asset(obj.cloud, path)  # upright, and declared so
     return path
 
 
@@ -210,7 +210,7 @@ def test_the_service_keeps_at_most_max_models_loaded(tiny_model, tmp_path):
         DemoSettings(max_models=0)
 
 
-def test_without_a_model_the_page_says_what_to_do(tiny_model, tmp_path, offline_cache):  # noqa: F811
+def test_without_a_model_the_page_says_what_to_do(tiny_model, tmp_path, offline_cache):
     pytest.importorskip("gradio")
     from clip_gs.demo.app import NO_MODEL_HELP, model_status
 
@@ -225,7 +225,8 @@ def test_without_a_model_the_page_says_what_to_do(tiny_model, tmp_path, offline_
     with pytest.raises(WeightsUnavailableError):
         service.model("org/absent")
     # a Hub repo id in the (offline) cache loads
-    cache_repo(offline_cache, "org/tiny", tiny_model, ["config.json", "model.safetensors", "teacher.json"])
+    for name in ("config.json", "model.safetensors", "teacher.json"):
+        offline_cache.place("org/tiny", name, tiny_model / name)
     status, labels = model_status(service, "org/tiny")
     assert status.startswith("**Model** `org/tiny` (clip-gs:clip-gs-tiny@sha256:"), status
     assert labels.split(", ") == load_label_set("synthetic")

@@ -217,3 +217,22 @@ def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_
         pixels = (sample.Ks @ centre[..., None])[..., 0]
         uv = pixels[:, :2] / pixels[:, 2:]
         assert bool((centre[:, 2] > 0).all()) and bool(((uv > 0) & (uv < 32)).all())
+
+
+def test_a_training_export_records_what_it_trained_on(trained_run, capsys):
+    """``clip-gs fit`` exports the keys of its training split; ``clip-gs eval`` of the training split
+    reports the whole split as overlap (no refusal: not a paper protocol), of the test split none."""
+    from clip_gs.cli import main
+
+    trained = read_training_ids(trained_run.model_dir / TRAINING_IDS_NAME)
+    keys = read_split_keys((trained_run.data_root / KEYS_NAME).read_bytes(), "keys")
+    assert torch.equal(trained, keys["train"]) and trained.numel() > 0
+    assert training_overlap(trained_run.model_dir, keys["test"], strict=True)["overlap"] == 0
+    for split, expected in (("train", int(keys["train"].numel())), ("test", 0)):
+        out = trained_run.model_dir.parent / f"eval-overlap-{split}"
+        assert main(["eval", "--model", str(trained_run.model_dir), "--data", str(trained_run.data_root), "--split",
+                     split, "--task", "zeroshot", "--device", "cpu", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+        report = json.loads((out / "report.json").read_text())
+        assert report["training_overlap"] == {"checked": True, "overlap": expected, "evaluated": expected or int(
+            keys["test"].numel())}  # fmt: skip
+    capsys.readouterr()

@@ -9,9 +9,7 @@ card, commit operations) is the real code. The cache tests lay a repo out in the
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -460,41 +458,11 @@ def test_validate_folder_returns_the_config_and_bad_repo_ids_are_refused(folder,
 
 
 # ---------------------------------------------------------------------------- offline from the Hugging Face cache
-def cache_repo(cache: Path, repo_id: str, folder: Path, names: list[str]) -> str:
-    """Lay ``folder``'s files out as huggingface_hub caches a download of ``repo_id``; returns the commit sha."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    sha = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
-    (repo / "blobs").mkdir()
-    snapshot = repo / "snapshots" / sha
-    snapshot.mkdir(parents=True)
-    for name in names:
-        data = (folder / name).read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
-    return sha
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache in offline mode (huggingface_hub reads both constants at import, so they are
-    patched as well as the environment)."""
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def test_from_pretrained_offline_from_the_cache(tmp_path, offline_cache):
     model = tiny_model(seed=5)
     model.save_pretrained(tmp_path / "saved")
-    cache_repo(offline_cache, "org/tiny", tmp_path / "saved", ["config.json", "model.safetensors", "README.md"])
+    for name in ("config.json", "model.safetensors", "README.md"):
+        offline_cache.place("org/tiny", name, tmp_path / "saved" / name)
     loaded = CLIPGS.from_pretrained("org/tiny")
     assert loaded.config == model.config
     state = loaded.state_dict()
@@ -507,12 +475,12 @@ def test_from_pretrained_offline_without_the_repo_gives_advice(offline_cache):
         CLIPGS.from_pretrained("org/absent")
     message = str(info.value)
     assert "'org/absent': it is not a local folder, and HF_HUB_OFFLINE is set" in message
-    assert f"not in the Hugging Face cache {offline_cache}" in message and "`hf download org/absent`" in message
+    assert f"not in the Hugging Face cache {offline_cache.path}" in message and "`hf download org/absent`" in message
 
 
 def test_from_pretrained_offline_with_the_weights_missing_from_the_cache(tmp_path, offline_cache):
     tiny_model().save_pretrained(tmp_path / "saved")
-    cache_repo(offline_cache, "org/half", tmp_path / "saved", ["config.json"])
+    offline_cache.place("org/half", "config.json", tmp_path / "saved" / "config.json")
     with pytest.raises(
         WeightsUnavailableError, match=r"'model.safetensors' of the Hub repo 'org/half': HF_HUB_OFFLINE"
     ):

@@ -366,21 +366,6 @@ def test_eval_on_a_benchmark_with_a_file_equals_the_text_tower_under_both_protoc
 
 
 # ---------------------------------------------------------------------------- the demo
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache in offline mode (huggingface_hub reads the constants at import)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def test_the_demo_cache_is_under_the_one_cache_root(tmp_path, monkeypatch):
     from clip_gs.demo import DemoSettings
 
@@ -459,7 +444,7 @@ def test_the_demo_label_set_is_encoded_once_and_then_needs_no_text_tower(model_d
         refused.label_embeddings(str(model_dir))
 
 
-def test_the_space_falls_back_to_its_offline_model_and_says_why(model_dir, tmp_path, offline_hub):
+def test_the_space_falls_back_to_its_offline_model_and_says_why(model_dir, tmp_path, offline_cache):
     from clip_gs.demo import DemoSettings
     from clip_gs.demo.space import SPACE_MODEL, space_service
 

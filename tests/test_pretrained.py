@@ -21,36 +21,6 @@ from clip_gs.model.config import get_model_config
 from clip_gs.model.pretrained import SOURCE_NAME, UNI3D_REPO, UNI3D_TEACHER
 from tests.uni3d_reference import Uni3DPointEncoderReference, deepspeed_model_states
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def offline_cache(monkeypatch, tmp_path):
-    """An empty Hugging Face cache in offline mode, and an empty clip-gs cache; ``place(filename, src)``
-    puts a file into the cache exactly as ``hf download BAAI/Uni3D <filename>`` leaves it (a blob named
-    by its SHA-256, a snapshot symlink, ``refs/main``)."""
-    hub = tmp_path / "hf" / "hub"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
-    monkeypatch.setenv("CLIP_GS_CACHE", str(tmp_path / "clip-gs-cache"))
-
-    def place(filename: str, source: Path) -> Path:
-        repo = hub / f"models--{UNI3D_REPO.replace('/', '--')}"
-        data = source.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / COMMIT / filename
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / "main").write_text(COMMIT)
-        return link
-
-    return place
-
 
 @pytest.fixture(scope="module")
 def uni3d_tiny(tmp_path_factory) -> tuple[Uni3DPointEncoderReference, Path]:
@@ -102,7 +72,7 @@ def test_named_model_from_the_hugging_face_cache_is_uni3d_offline(offline_cache,
     from clip_gs.cli import main
 
     reference, checkpoint = uni3d_tiny
-    offline_cache(PRETRAINED["uni3d-ti"].filename, checkpoint)
+    offline_cache.place(UNI3D_REPO, PRETRAINED["uni3d-ti"].filename, checkpoint)
     files = object_files(tmp_path / "objects")
     out = tmp_path / "index.safetensors"
     assert main(["embed", str(tmp_path / "objects"), "--model", "uni3d-ti", "--out", str(out), "--device", "cpu",
@@ -120,7 +90,7 @@ def test_named_model_from_the_hugging_face_cache_is_uni3d_offline(offline_cache,
     assert json.loads((folder / "teacher.json").read_text())["teacher"] == UNI3D_TEACHER
     assert loaded.model.config.name == "uni3d-ti" and not loaded.model.config.gaussian_branch
     # later uses load the converted folder: the Hub file is no longer needed
-    shutil.rmtree(Path(os.environ["HF_HUB_CACHE"]))
+    shutil.rmtree(offline_cache.path)
     again = create_model("uni3d-ti")
     torch.testing.assert_close(again.encode(files, precision="fp32"), expected, atol=1e-4, rtol=0)
 
@@ -133,7 +103,7 @@ def test_classify_with_a_named_model_takes_its_teacher_from_the_record(offline_c
     from clip_gs.teachers.label_embeddings import write_label_embeddings
 
     reference, checkpoint = uni3d_tiny
-    offline_cache(PRETRAINED["uni3d-ti"].filename, checkpoint)
+    offline_cache.place(UNI3D_REPO, PRETRAINED["uni3d-ti"].filename, checkpoint)
     files = object_files(tmp_path / "objects")
     names = ["chair", "lamp", "table", "guitar"]
     weights = torch.nn.functional.normalize(
@@ -177,7 +147,7 @@ def test_the_paper_initialisation_from_a_named_model(offline_cache, uni3d_tiny):
     """``create_model(config, pretrained=NAME)``: Uni3D's transformer and point branch, a new Gaussian
     branch whose zero output leaves the model Uni3D's at the start."""
     reference, checkpoint = uni3d_tiny
-    offline_cache(PRETRAINED["uni3d-ti"].filename, checkpoint)
+    offline_cache.place(UNI3D_REPO, PRETRAINED["uni3d-ti"].filename, checkpoint)
     model = create_model("clip-gs-tiny", pretrained="uni3d-ti")
     assert model.config.gaussian_branch and model.config.uni3d_model == "uni3d-ti"
     torch.manual_seed(1)

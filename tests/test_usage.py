@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from clip_gs.cli import main
 from clip_gs.data.synthetic import make_object
 from clip_gs.errors import CheckpointError, ConfigError, DatasetError, GaussianFormatError, WeightsUnavailableError
-from clip_gs.gaussians import save_gaussians
-from clip_gs.gaussians.assets import asset_loader, find_asset_files, load_asset
+from clip_gs.gaussians import load_gaussians, save_gaussians
+from clip_gs.gaussians.assets import asset_loader, find_asset_files, load_asset, save_asset
 from clip_gs.index import EmbeddingIndex
 from clip_gs.model import create_model
 from clip_gs.model.fused import FusedEncoder
@@ -73,7 +73,7 @@ def usage(model_dir):
 def write_object(path: Path, shape: str, color: str, seed: int = 0, n: int = 512) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = make_object(shape, seed=seed, num_gaussians=n, color=color, pattern="solid", pose="upright")
-    save_gaussians(obj.cloud, path)
+    save_asset(obj.cloud, path)  # upright, and declared so
     return path
 
 
@@ -318,7 +318,7 @@ def gallery(usage, assets, tmp_path) -> Path:
     return out
 
 
-def test_search_like_finds_itself_and_text_orders(usage, teacher, gallery, assets, capsys):
+def test_search_like_finds_itself_and_text_orders(usage, teacher, gallery, assets, capsys, tmp_path):
     target = assets / "shapes" / "yellow_cone.ply"
     hits = search_index(gallery, like=target, k=3, model=usage)
     assert hits[0].path == str(target.resolve()) and hits[0].score == pytest.approx(1.0, abs=1e-5)
@@ -341,11 +341,14 @@ def test_search_like_finds_itself_and_text_orders(usage, teacher, gallery, asset
     assert [h["rank"] for h in record["hits"]] == [1, 2, 3, 4, 5] and record["hits"][0][
         "id"
     ] == "shapes/yellow_cone.ply"
-    # --up names the axis of the --like file (default: the index's setting, with which it found itself)
-    assert main(["search", str(gallery), "--like", str(target), "--model", str(usage.source), "--json", "--up",
-                 "+z"]) == 0  # fmt: skip
-    turned = json.loads(capsys.readouterr().out)["hits"]
-    assert [h["score"] for h in turned] != [h["score"] for h in record["hits"]]
+    # --up names the axis of a --like file that declares none (a declared axis is taken at its word)
+    plain = save_gaussians(load_gaussians(target), tmp_path / "undeclared.ply")
+    scores = {}
+    for up in ("+y", "+z"):
+        assert main(["search", str(gallery), "--like", str(plain), "--model", str(usage.source), "--json", "--up",
+                     up]) == 0  # fmt: skip
+        scores[up] = [h["score"] for h in json.loads(capsys.readouterr().out)["hits"]]
+    assert scores["+y"] == pytest.approx([h["score"] for h in record["hits"]], abs=1e-5) and scores["+z"] != scores["+y"]
 
 
 def test_search_by_image_and_sheet(usage, gallery, assets, tmp_path, capsys):

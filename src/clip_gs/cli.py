@@ -254,7 +254,13 @@ def cmd_fit_gaussians(args: argparse.Namespace) -> int:
             print(f"wrote {len(train)} views to {args.save_views}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_gaussians(result.cloud, out)
+    if source.is_dir():  # posed views: the frame is whatever their cameras say, nothing to declare
+        save_gaussians(result.cloud, out)
+    else:  # the mesh's own frame, declared (a .ply) or written as every reader of that format expects it
+        from clip_gs.gaussians.assets import save_asset
+        from clip_gs.gaussians.frames import resolve_up
+
+        save_asset(result.cloud, out, up=resolve_up(source))
     score = (
         f"held-out PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}"
         if result.psnr is not None

@@ -64,7 +64,7 @@ def build_examples(folder: str | Path, seed: int = 0) -> list[Path]:
     """Write :data:`EXAMPLES` into ``folder`` (kept when already there with the same recipe); returns
     their paths, in order."""
     from clip_gs.data.synthetic import make_object
-    from clip_gs.gaussians import save_gaussians
+    from clip_gs.gaussians.assets import save_asset
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def build_examples(folder: str | Path, seed: int = 0) -> list[Path]:
         else:
             obj = make_object(item.shape, seed=_seed(seed, item.file), num_gaussians=EXAMPLE_GAUSSIANS,
                               color=item.color, pattern="solid", pose="upright")  # fmt: skip
-            save_gaussians(obj.cloud, tmp)
+            save_asset(obj.cloud, tmp)  # upright: they stand +y
         tmp.replace(path)
     listing.write_text(json.dumps(record, indent=1), encoding="utf-8")
     return paths

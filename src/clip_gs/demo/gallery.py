@@ -4,7 +4,7 @@ their embedding index.
 The gallery is :data:`GALLERY_COLOURS`-coloured solid objects, :data:`PER_CLASS` of each synthetic
 class (:data:`~clip_gs.data.synthetic.SHAPE_CLASSES`), each standing upright (:data:`GALLERY_POSE`)
 and turned by an angle drawn from the seed, as assets stand in a real collection, written with
-:func:`~clip_gs.gaussians.save_gaussians`; ``gallery.json`` beside them lists each
+:func:`~clip_gs.gaussians.assets.save_asset` (upright for every reader); ``gallery.json`` beside them lists each
 file with its class and caption (:func:`~clip_gs.data.synthetic.make_caption`). Its index is built
 by :func:`~clip_gs.usage.embed_folder` (one file per model, so switching models keeps both), which
 on a later start finds every file unchanged and embeds nothing.
@@ -72,7 +72,7 @@ def build_gallery(folder: str | Path, seed: int = 0, num_gaussians: int = GALLER
         The gallery's items (:func:`gallery_items`).
     """
     from clip_gs.data.synthetic import SHAPE_CLASSES, SHAPE_NOUNS, make_object
-    from clip_gs.gaussians import save_gaussians
+    from clip_gs.gaussians.assets import save_asset
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def build_gallery(folder: str | Path, seed: int = 0, num_gaussians: int = GALLER
             continue
         obj = make_object(shape_of[item.label], seed=_object_seed(seed, item.file), num_gaussians=num_gaussians,
                           color=item.color, pattern="solid", pose=GALLERY_POSE)  # fmt: skip
-        save_gaussians(obj.cloud, path)
+        save_asset(obj.cloud, path)  # upright: they stand +y
     listing.write_text(json.dumps(record, indent=1), encoding="utf-8")
     return items
 

@@ -92,6 +92,25 @@ def load_asset(
     return cloud if frame is None else to_frame(cloud, axis, frame)
 
 
+def save_asset(cloud: GaussianCloud, path: str | os.PathLike[str], up: str = MODEL_FRAME) -> Path:
+    """Write a cloud standing with world up ``up`` so that :func:`load_asset` (``up="auto"``) reads it
+    upright: a ``.ply`` declares its axis in its header; a format that cannot declare one (``.splat``,
+    ``.spz``) is written in the frame the per-format rule assumes for it (y-down captures).
+
+    Raises:
+        ConfigError: an unknown ``up``; see :func:`~clip_gs.gaussians.save_gaussians` for the rest.
+    """
+    from clip_gs.gaussians.frames import UP_AXES, default_up_axis
+    from clip_gs.gaussians.io import save_gaussians
+
+    if up not in UP_AXES:
+        raise ConfigError(f"up must be one of {list(UP_AXES)}, got {up!r}")
+    path = Path(path)
+    if path.suffix.lower() == ".ply":
+        return save_gaussians(cloud, path, up_axis=up)
+    return save_gaussians(to_frame(cloud, up, default_up_axis(path)), path)
+
+
 def asset_loader(up: str = "auto", frame: str | None = MODEL_FRAME, mesh_gaussians: int = MESH_GAUSSIANS,
                  seed: int = 0):  # fmt: skip
     """:func:`load_asset` with these settings, as the picklable one-argument loader that
@@ -110,4 +129,4 @@ def asset_loader(up: str = "auto", frame: str | None = MODEL_FRAME, mesh_gaussia
     return partial(load_asset, up=up, frame=frame, mesh_gaussians=mesh_gaussians, seed=seed)
 
 
-__all__ = ["MESH_GAUSSIANS", "asset_loader", "find_asset_files", "load_asset", "read_asset"]
+__all__ = ["MESH_GAUSSIANS", "asset_loader", "find_asset_files", "load_asset", "read_asset", "save_asset"]
