@@ -288,10 +288,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs models``: every name ``--model`` and ``create_model`` take, with what it is."""
     from clip_gs.downloads import cache_root
     from clip_gs.model import MODEL_CONFIGS, PRETRAINED, list_models
+    from clip_gs.model.config import UNI3D_SIZES
 
     print(f"{'name':<17} {'width x depth':<14} weights")
     for name in list_models():
-        c = MODEL_CONFIGS.get(name) or MODEL_CONFIGS[f"clip-gs-{PRETRAINED[name].size}"]
+        c = MODEL_CONFIGS[name if name in MODEL_CONFIGS else UNI3D_SIZES[PRETRAINED[name].size]]
         if name in MODEL_CONFIGS:
             weights = "none: random, or create_model(name, pretrained=NAME)"
         else:

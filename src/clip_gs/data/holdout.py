@@ -138,6 +138,20 @@ def read_split_keys(data: bytes, location: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_dataset_keys(root: str, storage_options: dict | None = None) -> dict[str, torch.Tensor] | None:
+    """The per-split keys of the prepared dataset at ``root`` (local or ``s3://``; its :data:`KEYS_NAME`),
+    None when it has none (prepared before they were written).
+
+    Raises:
+        DatasetError: a keys file that is not one (:func:`read_split_keys`).
+    """
+    from clip_gs.data.shards import join, read_bytes
+
+    location = join(str(root), KEYS_NAME)
+    data = read_bytes(location, storage_options)
+    return None if data is None else read_split_keys(data, location)
+
+
 def _check_keys(keys: torch.Tensor, location: str) -> None:
     if keys.dtype != torch.int64 or keys.ndim != 1:
         raise DatasetError(f"{location}: expected int64 [N] keys, got {keys.dtype} {list(keys.shape)}")
@@ -196,6 +210,7 @@ __all__ = [
     "keys_of",
     "object_key",
     "overlap",
+    "read_dataset_keys",
     "read_holdout",
     "read_split_keys",
     "read_training_ids",

@@ -51,8 +51,8 @@ def embed_items(model, items, mesh_gaussians: int, seed: int, cache_dir, batch_s
     :func:`~clip_gs.evaluation.benchmarks.load_item`), :data:`ENCODE_CHUNK` at a time."""
     import warnings
 
-    from clip_gs.gaussians.mesh import NeutralGreyWarning
     from clip_gs.evaluation.benchmarks import MeshConversion, load_item
+    from clip_gs.gaussians.mesh import NeutralGreyWarning
 
     fused = model.fused(precision)
     parts, grey = [], []
@@ -113,6 +113,7 @@ def evaluate_benchmark(
     model_teacher_identity: str | None = None,
     progress: bool | None = None,
     episodes_file: str | os.PathLike | None = None,
+    items: Sequence | None = None,
 ) -> BenchmarkEvaluation:
     """Zero-shot and few-shot for ``model`` on the benchmark ``name`` read from ``root``.
 
@@ -137,6 +138,8 @@ def evaluate_benchmark(
         fewshot_protocol, protocols, runs, episodes, queries_per_class, l2: few-shot
             (:func:`~clip_gs.evaluation.fewshot.run_few_shot`). A set without a train split (Objaverse)
             runs the ``episodes`` protocol; ``standard`` there is recorded as a failure that says so.
+        items: the benchmark's objects as :func:`~clip_gs.evaluation.benchmarks.discover` found them in
+            ``root`` (a caller that listed them already); None lists them here.
         episodes_file: the few-shot draws' file (:mod:`~clip_gs.evaluation.episodes`, object ids are
             :attr:`~clip_gs.evaluation.benchmarks.BenchmarkItem.id`): read and scored when it exists,
             else written with this run's draws.
@@ -156,7 +159,7 @@ def evaluate_benchmark(
     if unknown or not tasks:
         raise ConfigError(f"a benchmark supports the tasks {list(BENCHMARK_TASKS)} (retrieval needs captions and views: "
                           f"prepare the objects with clip-gs prepare and use --data), got {list(tasks)}")  # fmt: skip
-    items = discover(name, root)
+    items = discover(name, root) if items is None else list(items)
     queries = [it for it in items if it.split in (query_split, None)]
     if not queries:
         raise DatasetError(f"{root}: benchmark {name!r} has no {query_split!r} objects")

@@ -170,18 +170,15 @@ def _zeroshot_protocol(args: argparse.Namespace):
     return protocol, label_set
 
 
-def _training_overlap(args: argparse.Namespace, model_folder, storage) -> dict:
-    """The report's ``training_overlap`` (:func:`~clip_gs.evaluation.overlap.training_overlap`): strict under
-    the paper's protocols (a public benchmark, or Uni3D's zero-shot protocol)."""
+def _training_overlap(args: argparse.Namespace, model_folder, storage, items) -> dict:
+    """The report's ``training_overlap`` (:func:`~clip_gs.evaluation.overlap.training_overlap`) for the
+    benchmark's ``items`` or the prepared split: strict under the paper's protocols (a public benchmark, or
+    Uni3D's zero-shot protocol)."""
     import sys
 
     from clip_gs.evaluation.overlap import evaluated_keys, training_overlap
 
-    ids = None
-    if args.benchmark is not None:
-        from clip_gs.evaluation.benchmarks import discover
-
-        ids = [item.id for item in discover(args.benchmark, args.root) if item.split in (args.split, None)]
+    ids = None if items is None else [item.id for item in items if item.split in (args.split, None)]
     what = f"benchmark {args.benchmark}" if args.benchmark else f"{args.data} ({args.split})"
     strict = args.benchmark is not None or args.zeroshot_protocol == "uni3d"
     overlap = training_overlap(model_folder, evaluated_keys(args.data, args.split, ids, storage), strict,
@@ -219,15 +216,20 @@ def run_eval(args: argparse.Namespace) -> int:
               "progress": False if args.quiet else None, "episodes_file": args.episodes_file}  # fmt: skip
     out = Path(args.out) if args.out else default_out_dir(args.model)
     storage = storage_options(args.endpoint_url)
-    overlap = _training_overlap(args, loaded.teacher_folder, storage)  # before any embedding: refused early
+    items = None
+    if args.benchmark is not None:  # listed once: the overlap check and the evaluation read the same objects
+        from clip_gs.evaluation.benchmarks import discover
+
+        items = discover(args.benchmark, args.root)
+    overlap = _training_overlap(args, loaded.teacher_folder, storage, items)  # before any embedding: refused early
     if args.benchmark is not None:
-        from clip_gs.evaluation.benchmarks import MeshConversion
         from clip_gs.evaluation.benchmark_run import (
             BENCHMARK_TASKS,
             evaluate_benchmark,
             format_paper_rows,
             write_benchmark_report,
         )
+        from clip_gs.evaluation.benchmarks import MeshConversion
 
         # a label-embedding file stands in for the text tower: the teacher is not loaded, only its identity checked
         files = protocol is not None and protocol.label_embeddings is not None
@@ -238,7 +240,8 @@ def run_eval(args: argparse.Namespace) -> int:
             teacher=loaded.teacher() if ("zeroshot" in tasks or args.task == "all") and not files else None,
             model_teacher_identity=teacher_identity, support_split=args.support_split,
             query_split=args.split, mesh_gaussians=args.mesh_gaussians, up=args.up, cache_dir=args.cache,
-            conversion=MeshConversion(args.gaussians, args.fit_iterations, args.fit_views, args.fit_size), **common,
+            conversion=MeshConversion(args.gaussians, args.fit_iterations, args.fit_views, args.fit_size), items=items,
+            **common,
         )  # fmt: skip
         evaluation.report["training_overlap"] = overlap
         written = write_benchmark_report(evaluation, out)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from clip_gs.data.holdout import KEYS_NAME, TRAINING_IDS_NAME, keys_of, read_split_keys, read_training_ids
+from clip_gs.data.holdout import TRAINING_IDS_NAME, keys_of, read_dataset_keys, read_training_ids
 from clip_gs.errors import DatasetError
 
 
@@ -30,13 +30,8 @@ def evaluated_keys(data: str | None, split: str, ids: Sequence[str] | None,
     prepared dataset ``data`` (None when that dataset records no keys)."""
     if ids is not None:
         return keys_of(ids)
-    from clip_gs.data.shards import join, read_bytes
-
-    location = join(str(data), KEYS_NAME)
-    raw = read_bytes(location, storage_options)
-    if raw is None:
-        return None
-    return read_split_keys(raw, location).get(split, torch.zeros(0, dtype=torch.int64))
+    keys = read_dataset_keys(str(data), storage_options)
+    return None if keys is None else keys.get(split, torch.zeros(0, dtype=torch.int64))
 
 
 def training_overlap(model_folder: str | os.PathLike | None, keys: torch.Tensor | None, strict: bool,

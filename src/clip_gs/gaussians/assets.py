@@ -15,8 +15,16 @@ from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError, GaussianFormatError, MeshError, NotGaussianDataError
 from clip_gs.gaussians.cloud import GaussianCloud
-from clip_gs.gaussians.frames import MESH_EXTENSIONS, MODEL_FRAME, resolve_up, to_frame
-from clip_gs.gaussians.io import load_gaussians, registered_formats
+from clip_gs.gaussians.frames import (
+    MESH_EXTENSIONS,
+    MODEL_FRAME,
+    UP_AXES,
+    check_up,
+    default_up_axis,
+    resolve_up,
+    to_frame,
+)
+from clip_gs.gaussians.io import load_gaussians, registered_formats, save_gaussians
 
 MESH_GAUSSIANS = 10_000
 """Gaussians sampled on a mesh's surface by default: Uni3D's and the paper's points per object."""
@@ -100,9 +108,6 @@ def save_asset(cloud: GaussianCloud, path: str | os.PathLike[str], up: str = MOD
     Raises:
         ConfigError: an unknown ``up``; see :func:`~clip_gs.gaussians.save_gaussians` for the rest.
     """
-    from clip_gs.gaussians.frames import UP_AXES, default_up_axis
-    from clip_gs.gaussians.io import save_gaussians
-
     if up not in UP_AXES:
         raise ConfigError(f"up must be one of {list(UP_AXES)}, got {up!r}")
     path = Path(path)
@@ -119,8 +124,6 @@ def asset_loader(up: str = "auto", frame: str | None = MODEL_FRAME, mesh_gaussia
     Raises:
         ConfigError: an unknown ``up`` or ``frame``, ``mesh_gaussians`` not a positive int.
     """
-    from clip_gs.gaussians.frames import UP_AXES, check_up
-
     check_up(up)
     if frame is not None and frame not in UP_AXES:
         raise ConfigError(f"frame must be one of {list(UP_AXES)} or None, got {frame!r}")

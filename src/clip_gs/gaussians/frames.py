@@ -213,16 +213,15 @@ def to_frame(cloud: GaussianCloud, up: str, frame: str = MODEL_FRAME) -> Gaussia
     return rotate_cloud(cloud, frame_rotation(up, frame))
 
 
-def declared_up_axis_of(path: str | os.PathLike[str]) -> str | None:
-    """The up axis a ``.ply`` declares in its header (``comment up_axis <axis>``); None for any other
-    file, or a ply that declares none or whose header cannot be read (its loader reports that)."""
-    from clip_gs.gaussians.formats.ply import declared_up_axis
+def _ply_header(path: Path):
+    """The header of a ``.ply`` (None for any other file, or one whose header cannot be read: its loader
+    reports that)."""
     from clip_gs.gaussians.formats.ply_header import read_ply_header
 
-    if Path(path).suffix.lower() != ".ply":
+    if path.suffix.lower() != ".ply":
         return None
     try:
-        return declared_up_axis(read_ply_header(path))
+        return read_ply_header(path)
     except (ClipGSError, OSError):
         return None
 
@@ -230,22 +229,21 @@ def declared_up_axis_of(path: str | os.PathLike[str]) -> str | None:
 def default_up_axis(path: str | os.PathLike[str]) -> str:
     """The world up axis of a file whose user names none (``up="auto"``); the rule and its limits
     are in this module's docstring."""
-    from clip_gs.gaussians.formats.ply_header import read_ply_header
+    from clip_gs.gaussians.formats.ply import declared_up_axis
 
     path = Path(path)
     suffix = path.suffix.lower()
-    declared = declared_up_axis_of(path)
-    if declared is not None:
-        return declared
     if suffix == ".pkl":
         from clip_gs.gaussians.formats.unigs_pkl import UNIGS_UP_AXIS
 
         return UNIGS_UP_AXIS
     if suffix == ".ply":
-        try:
-            header = read_ply_header(path)
-        except (ClipGSError, OSError):
+        header = _ply_header(path)
+        if header is None:
             return CAPTURE_UP_AXIS
+        declared = declared_up_axis(header)
+        if declared is not None:
+            return declared
         vertex = header.element("vertex")
         splat = header.element("chunk") is not None or (vertex is not None and "f_dc_0" in vertex.property_names)
         return CAPTURE_UP_AXIS if splat else MESH_UP_AXIS
@@ -254,16 +252,19 @@ def default_up_axis(path: str | os.PathLike[str]) -> str:
 
 def resolve_up(path: str | os.PathLike[str], up: str = "auto") -> str:
     """The up axis ``path`` stands in: the axis the file declares wins (it is taken at its word);
-    otherwise ``up``, or :func:`default_up_axis` for ``"auto"``.
+    otherwise ``up``, or :func:`default_up_axis` for ``"auto"``. A ply's header is read once.
 
     Raises:
         ConfigError: ``up`` not in :data:`UP_CHOICES`.
     """
+    from clip_gs.gaussians.formats.ply import declared_up_axis
+
     check_up(up)
-    declared = declared_up_axis_of(path)
-    if declared is not None:
-        return declared
-    return default_up_axis(path) if up == "auto" else up
+    if up == "auto":
+        return default_up_axis(path)
+    header = _ply_header(Path(path))
+    declared = declared_up_axis(header) if header is not None else None
+    return declared if declared is not None else up
 
 
 def frame_viewmats(viewmats: Tensor, up: str, frame: str = MODEL_FRAME) -> Tensor:

@@ -77,15 +77,11 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], path: str | os.Path
 def training_keys(datamodule) -> Tensor | None:
     """The keys of the training split of ``datamodule``'s dataset (its ``keys.safetensors``,
     :mod:`clip_gs.data.holdout`); None when the dataset has none (prepared before they were written)."""
-    from clip_gs.data.holdout import KEYS_NAME, read_split_keys
-    from clip_gs.data.shards import join, read_bytes
+    from clip_gs.data.holdout import read_dataset_keys
 
     root = getattr(datamodule, "dataset_root", None)
-    if root is None:
-        return None
-    location = join(str(root), KEYS_NAME)
-    data = read_bytes(location, getattr(datamodule, "storage_options", None))
-    return None if data is None else read_split_keys(data, location).get("train")
+    keys = None if root is None else read_dataset_keys(root, getattr(datamodule, "storage_options", None))
+    return None if keys is None else keys.get("train")
 
 
 def export_pretrained(

@@ -25,7 +25,6 @@ reference ``hf://owner/repo/path/model.pt`` are converted and cached the same wa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -158,17 +157,16 @@ def _unavailable(what: str, repo_id: str, filename: str, size: str) -> str:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file: taken from the Hugging Face cache's blob name when ``path`` resolves to one (the
-    Hub stores large files under their SHA-256), else computed."""
+def checkpoint_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint: taken from the Hugging Face cache's blob name when ``path`` resolves to one
+    (the Hub stores large files under their SHA-256), else computed
+    (:func:`~clip_gs.teachers.open_clip_teacher.file_sha256`)."""
+    from clip_gs.teachers.open_clip_teacher import file_sha256
+
     blob = Path(os.path.realpath(path))
     if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", blob.name):
         return blob.name
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def uni3d_folder(
@@ -193,7 +191,7 @@ def uni3d_folder(
     if known is not None and (cache_root() / "models" / known.name / SOURCE_NAME).is_file():
         return cache_root() / "models" / known.name  # converted before: the Hub file is not needed again
     path = checkpoint_file(reference)
-    digest = file_sha256(path)
+    digest = checkpoint_sha256(path)
     label = name or (known.name if known else f"uni3d-{digest[:8]}")
     folder = cache_root() / "models" / (known.name if known else f"{label}-{digest[:16]}")
     if (folder / SOURCE_NAME).is_file():

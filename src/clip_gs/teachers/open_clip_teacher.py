@@ -47,13 +47,18 @@ def is_offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CLIP_GS_OFFLINE"))  # fmt: skip
 
 
-def file_checksum(path: str | Path) -> str:
-    """``"sha256:<first 16 hex digits>"`` of a file's bytes."""
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (64 hex digits), read a block at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+    return digest.hexdigest()
+
+
+def file_checksum(path: str | Path) -> str:
+    """``"sha256:<first 16 hex digits>"`` of a file's bytes (:func:`file_sha256`)."""
+    return f"sha256:{file_sha256(path)[:16]}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
