@@ -93,9 +93,11 @@ def init_from_file(path, num_gaussians: int, world: Tensor, seed: int = 0) -> Ga
 
 
 def render_mesh_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_HELD_OUT, size: int = 128,
-                 samples: int | None = None, seed: int = 0) -> tuple[PosedImages, PosedImages, Tensor]:  # fmt: skip
+                      samples: int | None = None, seed: int = 0,
+                      device: str | torch.device = "cpu") -> tuple[PosedImages, PosedImages, Tensor]:  # fmt: skip
     """Blender renders of ``mesh`` in its unit frame: ``views`` training views spread over the sphere
-    (:func:`~clip_gs.render.sphere_cameras`), ``held_out`` views between them (``turn=0.5``).
+    (:func:`~clip_gs.render.sphere_cameras`), ``held_out`` views between them (``turn=0.5``); Cycles
+    runs on the GPU when ``device`` is a CUDA device (:func:`~clip_gs.render.blender.render_mesh`).
 
     Returns:
         ``(training views, held-out views, world [4, 4])``.
@@ -109,7 +111,7 @@ def render_mesh_views(mesh, views: int = DEFAULT_VIEWS, held_out: int = DEFAULT_
     test = sphere_cameras(held_out, width=size, height=size, turn=0.5) if held_out else None
     both = train if test is None else Cameras(torch.cat([train.viewmats, test.viewmats]),
                                                torch.cat([train.Ks, test.Ks]), size, size)  # fmt: skip
-    rgba = render_mesh(mesh, both, world=world, samples=samples or DEFAULT_SAMPLES, seed=seed)
+    rgba = render_mesh(mesh, both, world=world, samples=samples or DEFAULT_SAMPLES, seed=seed, device=device)
     name = Path(mesh).name
     return (PosedImages(rgba[:views], train, name),
             PosedImages(rgba[views:], test, name) if test is not None else None, world)  # fmt: skip
@@ -126,7 +128,7 @@ def fit_mesh(mesh, config: FitConfig | None = None, views: int = DEFAULT_VIEWS, 
         PosedImagesError: a render came out empty; FitError: the fit diverged.
     """
     config = config or FitConfig()
-    train, test, world = render_mesh_views(mesh, views, held_out, size, samples, seed=config.seed)
+    train, test, world = render_mesh_views(mesh, views, held_out, size, samples, seed=config.seed, device=device)
     count = init_gaussians or max(1, config.max_gaussians // 2)
     init = init_from_mesh(mesh, count, world, seed=config.seed)
     result = fit_gaussians(train, init, config, held_out=test, device=device, progress=progress)
