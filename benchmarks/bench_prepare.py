@@ -1,26 +1,29 @@
-"""``clip-gs prepare`` stage by stage: objects/s of load/convert, render, teacher and write (CPU).
+"""The cost model of ``clip-gs prepare``: CPU core-seconds and GPU-seconds per object for each stage.
 
-Runs the stages of :func:`~clip_gs.data.prepare.prepare_dataset` one after the other over the
-same objects, timing each: ``load`` (synthetic object built, or mesh converted to 10,000
-Gaussians, or 3DGS file read), ``render`` (V orbit views at the teacher's image size),
-``teacher`` (caption and view embeddings, one call per object as prepare makes them) and
-``write`` (records packed and LitData shards written). The slowest stage bounds the pipeline.
+Runs the per-object stages of :class:`~clip_gs.data.object_work.ObjectPreparer` one after the other
+over ``--objects`` meshes, with the options of a prepare config (``--config``; any prepare flag given
+after it overrides it, exactly as on ``clip-gs prepare``), and times each stage:
 
-Run: ``python benchmarks/bench_prepare.py [--objects 24] [--views 8] [--meshes DIR] [--teacher synthetic-clip]``.
+- ``render``: Blender's pass over the mesh (fitted objects: the fit's views and the held-out ones),
+  or reading the object and sampling its surface (surface objects), plus the orbit render;
+- ``fit``: the 3DGS fit to the renders (fitted objects only);
+- ``teacher``: caption and view embeddings, one call per object as prepare makes them;
+- ``write``: the record serialised, and the LitData shards of all records written.
 
-With ``--workers 1 2`` it instead runs the whole ``prepare_dataset`` once per worker count on
-the same objects (``--objects`` synthetic ones, and with ``--meshes`` that folder's meshes,
-repeated through symbolic links in a temporary folder until there are ``--objects``) and
-prints, per run: wall time, start-up (until the first record is finished: process spawn,
-imports, teacher load), the steady rate (records finished after every worker had finished one,
-over the time they took; from the records' modification times), the end-to-end rate, and both
-rates against the first worker count. It also checks that every run wrote the same dataset.
+CPU core-seconds are the CPU time of this process and of its Blender process (``/proc``); on CUDA,
+GPU-seconds are the stage's wall time with the device synchronised (the GPU is taken to be busy
+throughout). Blender's one start per worker is reported on its own line, not spread over objects.
+It then projects the whole Objaverse set (``--project 240000`` objects) onto ``--gpus`` GPUs and
+``--cores`` CPU cores, and gives the storage the records and shards take.
+
+Run: ``python benchmarks/bench_prepare.py --config examples/configs/prepare-paper.yaml --objects 4
+[--meshes DIR] [--fit-iterations 200 ...] [--gpus 8 --cores 64]``. Without ``--meshes`` it makes
+three coloured meshes (a box, a sphere, a cylinder) and cycles through them.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import tempfile
@@ -29,136 +32,167 @@ from pathlib import Path
 
 import torch
 
-from clip_gs.data.prepare import PrepareSettings, list_sources, load_source, render_views
-from clip_gs.data.shards import write_split
-from clip_gs.data.triplets import TripletSample
+STAGES = ("render", "fit", "teacher", "write")
 
 
-def run(source: str, views: int, teacher_spec: str | None, limit: int) -> dict:
-    from clip_gs.teachers import OFFLINE_TEACHER, load_teacher
+def blender_cpu_seconds() -> float:
+    """CPU seconds of this process's resident Blender so far (0 before it starts)."""
+    from clip_gs.render import blender
 
-    teacher = load_teacher(teacher_spec or OFFLINE_TEACHER)
-    settings = PrepareSettings(views=views)
-    items = list_sources(source, settings)[:limit]
-    times = {"load": 0.0, "render": 0.0, "teacher": 0.0, "write": 0.0}
-    records = []
-    for item in items:
-        start = time.perf_counter()
-        cloud, captions, up = load_source(item, settings)
-        times["load"] += time.perf_counter() - start
-        start = time.perf_counter()
-        images, cameras = render_views(cloud, settings, int(teacher.image_size), up)
-        times["render"] += time.perf_counter() - start
-        start = time.perf_counter()
-        text = teacher.encode_text(list(captions)) if captions else torch.zeros(0, teacher.embed_dim)
-        image = teacher.encode_images(images)
-        times["teacher"] += time.perf_counter() - start
-        start = time.perf_counter()
-        sample = TripletSample(item.id, item.source, cloud.to(dtype=torch.float32), tuple(captions), item.label,
-                               text, image, cameras.viewmats, cameras.Ks)  # fmt: skip
-        records.append(sample.to_record())
-        times["write"] += time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        write_split(records, Path(tmp) / "train")
-        times["write"] += time.perf_counter() - start
-    return {"objects": len(items), "times": times, "teacher": str(teacher.identity), "image_size": teacher.image_size}
+    renderer = blender._DEFAULT
+    process = getattr(renderer, "process", None)
+    if process is None:
+        return 0.0
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def repeated_meshes(folder: str, count: int, into: Path) -> str:
-    """``count`` mesh entries under ``into``: symbolic links to ``folder``'s meshes, cycled."""
+class Clock:
+    """CPU core-seconds (this process and Blender) and wall (device-synchronised) seconds of a stage."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.cpu = {stage: 0.0 for stage in STAGES}
+        self.wall = {stage: 0.0 for stage in STAGES}
+
+    def __call__(self, stage: str, work):
+        if self.cuda:
+            torch.cuda.synchronize()
+        cpu, blender, wall = time.process_time(), blender_cpu_seconds(), time.perf_counter()
+        result = work()
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.wall[stage] += time.perf_counter() - wall
+        self.cpu[stage] += time.process_time() - cpu + blender_cpu_seconds() - blender
+        return result
+
+
+def make_meshes(folder: Path, count: int) -> Path:
+    """``count`` meshes (a box, a sphere and a cylinder, coloured, cycled) as GLB files in ``folder``."""
+    import trimesh
+
+    makers = (trimesh.creation.box, lambda: trimesh.creation.icosphere(subdivisions=3),
+              lambda: trimesh.creation.cylinder(radius=0.4, height=1.2, sections=48))  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        mesh = makers[i % len(makers)]()
+        mesh.visual.vertex_colors = [60 + 60 * (i % 3), 200 - 50 * (i % 4), 90, 255]
+        mesh.export(folder / f"object{i:04d}.glb")
+    return folder
+
+
+def linked_meshes(source: Path, count: int, into: Path) -> Path:
+    """``count`` entries under ``into``: symbolic links to ``source``'s meshes, cycled."""
     from clip_gs.gaussians.assets import MESH_EXTENSIONS, find_asset_files
 
-    meshes = [p for p in find_asset_files(Path(folder)) if p.suffix.lower() in MESH_EXTENSIONS]
+    meshes = [p for p in find_asset_files(source) if p.suffix.lower() in MESH_EXTENSIONS]
     for i in range(count):
         mesh = meshes[i % len(meshes)]
         link = into / f"copy{i // len(meshes):03d}" / mesh.name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(mesh.resolve())
-        for extra in mesh.parent.glob(mesh.stem + "*"):  # .mtl and textures beside an OBJ
-            if extra != mesh and not (link.parent / extra.name).exists():
-                (link.parent / extra.name).symlink_to(extra.resolve())
-    return str(into)
+    return into
 
 
-def run_workers(source: str, views: int, teacher_spec: str, workers: int, out: Path, device: str) -> dict:
-    from clip_gs.data.prepare import prepare_dataset
+def measure(source: str, prepare_argv: list[str], objects: int) -> dict:
+    from clip_gs.cli import build_parser, subcommand
+    from clip_gs.data.object_work import ObjectPreparer, ObjectResult, one_thread_on_cpu
+    from clip_gs.data.prepare import default_teacher
+    from clip_gs.data.prepare_config import expand_config, settings_from_args
+    from clip_gs.data.shards import write_split
+    from clip_gs.data.sources import list_sources
+    from clip_gs.model.precision import resolve_device, teacher_precision
+    from clip_gs.render import blender
+    from clip_gs.teachers import load_teacher
 
-    start = time.time()
-    summary = prepare_dataset(source, out, teacher=teacher_spec, settings=PrepareSettings(views=views),
-                              progress=False, workers=workers, device=device)  # fmt: skip
-    wall = time.time() - start
-    done = sorted(p.stat().st_mtime for p in (out / ".work").glob("*.json") if p.name != "settings.json"
-                  and not p.name.endswith(".failed.json") and p.name != "written.json")  # fmt: skip
-    first, steady_from = done[0], done[min(workers, len(done)) - 1]
-    steady = (len(done) - workers) / (done[-1] - steady_from) if done[-1] > steady_from else float("nan")
-    digest = hashlib.sha256()
-    for path in sorted(out.rglob("*")):
-        if path.is_file() and ".work" not in path.parts:
-            digest.update(path.relative_to(out).as_posix().encode() + path.read_bytes())
-    return {
-        "wall": wall,
-        "startup": first - start,
-        "steady": steady,
-        "rate": summary.succeeded / wall,
-        "objects": summary.succeeded,
-        "failed": summary.failed,
-        "digest": digest.hexdigest(),
-    }
+    parser = subcommand(build_parser(), "prepare")
+    args = parser.parse_args(expand_config([source, "--out", "unused", *prepare_argv], parser))
+    settings = settings_from_args(args)
+    device = str(resolve_device(args.device))
+    precision = teacher_precision(args.precision, device)
+    teacher = (load_teacher(args.teacher, device=device, precision=precision) if args.teacher
+               else default_teacher(source, device=device, precision=precision))  # fmt: skip
+    preparer = ObjectPreparer(teacher, settings, settings.image_size or int(teacher.image_size), device, precision)
+    items = list_sources(source, settings)[:objects]
+    clock, records, failed = Clock(device), [], []
+    launch = None
+    if settings.gaussians == "fitted":  # started before the clock: once per worker, not per object
+        blender.default_renderer().start()
+        launch = blender.default_renderer().launch_s
+    for item in items:
+        with one_thread_on_cpu(device):
+            loaded = clock("render", lambda: preparer.load(item))
+            if isinstance(loaded, ObjectResult):
+                failed.append(loaded.failure)
+                continue
+            stage = "fit" if loaded.rendered is not None else "render"
+            cloud, images, cameras, fit, resampled = clock(stage, lambda: preparer.views(item, loaded))
+            text, image = clock("teacher", lambda: preparer.embed(item, loaded, images))
+            result = clock("write", lambda: preparer.record(item, cloud, loaded.captions, cameras, fit, resampled,
+                                                            text, image))  # fmt: skip
+        records.append({"id": result.id, "sha256": result.meta["sha256"], "blob": result.blob})
+    with tempfile.TemporaryDirectory() as tmp:
+        clock("write", lambda: write_split(records, Path(tmp) / "train"))
+        shard_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+    return {"objects": len(records), "failed": failed, "cpu": clock.cpu, "wall": clock.wall, "cuda": clock.cuda,
+            "launch": launch, "record_bytes": sum(len(r["blob"]) for r in records), "shard_bytes": shard_bytes,
+            "settings": settings, "teacher": str(teacher.identity), "device": device, "precision": precision}  # fmt: skip
 
 
-def workers_table(args) -> None:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{platform.processor() or platform.machine()}; {cores} cores; torch {torch.__version__}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; teacher {args.teacher or 'synthetic-clip'}; {args.views} views; device {args.device}")  # fmt: skip
-    print("| source | workers | objects | wall s | start-up s | steady obj/s | end-to-end obj/s | steady vs 1 | "
-          "end-to-end vs 1 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
-        sources = [f"synthetic:{args.objects}"]
-        if args.meshes:
-            sources.append(repeated_meshes(args.meshes, args.objects, Path(tmp) / "meshes"))
-        for k, source in enumerate(sources):
-            rows = [run_workers(source, args.views, args.teacher or "synthetic-clip", w, Path(tmp) / f"out{k}-{i}-{w}",
-                                args.device)
-                    for i, w in enumerate(args.workers)]  # fmt: skip
-            name = source if source.startswith("synthetic:") else f"{args.meshes} (repeated)"
-            for w, row in zip(args.workers, rows):
-                print(f"| {name} | {w} | {row['objects']} ({row['failed']} failed) | {row['wall']:.1f} | "
-                      f"{row['startup']:.1f} | {row['steady']:.2f} | {row['rate']:.2f} | "
-                      f"{row['steady'] / rows[0]['steady']:.2f}x | {row['rate'] / rows[0]['rate']:.2f}x |", flush=True)  # fmt: skip
-            same = len({row["digest"] for row in rows}) == 1
-            print(f"<!-- {name}: the same dataset from every worker count: {same} -->")
+def report(result: dict, project: int, gpus: int, cores: int) -> None:
+    n = max(1, result["objects"])
+    s = result["settings"]
+    cores_here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"{platform.processor() or platform.machine()}; {cores_here} cores; torch {torch.__version__} "
+          f"(CPU capability {torch.backends.cpu.get_cpu_capability()}); device {result['device']} in "
+          f"{result['precision']}; teacher {result['teacher']}")  # fmt: skip
+    print(f"{result['objects']} objects ({len(result['failed'])} failed); gaussians={s.gaussians}, "
+          f"fit {s.fit_iterations} iterations on {s.fit_views} views at {s.fit_size} px, cap {s.mesh_gaussians}")  # fmt: skip
+    if result["launch"] is not None:
+        print(f"Blender start (once per worker): {result['launch']:.2f} s")
+    gpu = result["cuda"]
+    print("| stage | CPU core-s / object | " + ("GPU-s / object | " if gpu else "") + "wall s / object |")
+    print("|---|---|" + ("---|" if gpu else "") + "---|")
+    for stage in STAGES:
+        gpu_cell = f" {result['wall'][stage] / n:.2f} |" if gpu and stage in ("fit", "teacher") else (
+            " - |" if gpu else "")  # fmt: skip
+        print(f"| {stage} | {result['cpu'][stage] / n:.2f} |{gpu_cell} {result['wall'][stage] / n:.2f} |")
+    cpu_total = sum(result["cpu"].values()) / n
+    print(f"| total | {cpu_total:.2f} |" + (f" {(result['wall']['fit'] + result['wall']['teacher']) / n:.2f} |"
+                                           if gpu else "") + f" {sum(result['wall'].values()) / n:.2f} |")  # fmt: skip
+    # Projection: the pipeline runs as fast as its slowest resource allows.
+    if gpu:
+        cpu_s = (result["cpu"]["render"] + result["cpu"]["write"]) / n
+        gpu_s = (result["wall"]["fit"] + result["wall"]["teacher"]) / n
+        hours = max(project * cpu_s / cores, project * gpu_s / gpus) / 3600
+        bound = "GPUs" if project * gpu_s / gpus >= project * cpu_s / cores else "CPU cores"
+        print(f"projection: {project:,} objects on {gpus} GPUs + {cores} cores: {hours:,.1f} h ({hours / 24:.1f} days), "
+              f"bound by the {bound} ({cpu_s:.1f} core-s and {gpu_s:.1f} GPU-s per object)")  # fmt: skip
+    else:
+        hours = project * cpu_total / cores / 3600
+        print(f"projection: {project:,} objects on {cores} CPU cores: {hours:,.1f} h ({hours / 24:.1f} days) at "
+              f"{cpu_total:.1f} core-s per object")  # fmt: skip
+    record = result["record_bytes"] / n
+    print(f"storage: {record / 1e6:.2f} MB per record; {project:,} objects: {project * record / 1e9:,.0f} GB of work "
+          f"folder and about {project * result['shard_bytes'] / n / 1e9:,.0f} GB of shards")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objects", type=int, default=24)
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument(
-        "--meshes", default=None, help="also time a folder of meshes (e.g. ../shared/data/real/trimesh-models)"
-    )
-    parser.add_argument("--teacher", default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="with --workers: cpu or cuda")
-    parser.add_argument("--workers", type=int, nargs="*", default=None, help="compare whole runs: e.g. 1 2")
-    args = parser.parse_args(argv)
-    if args.workers:
-        workers_table(args)
-        return
-    torch.set_num_threads(args.threads)
-    sources = [f"synthetic:{args.objects}"] + ([args.meshes] if args.meshes else [])
-    for source in sources:
-        result = run(source, args.views, args.teacher, args.objects)
-        n = result["objects"]
-        print(f"{source}: {n} objects, {args.views} views at {result['image_size']} px, teacher {result['teacher']}, "
-              f"threads={torch.get_num_threads()}")  # fmt: skip
-        slowest = max(result["times"], key=result["times"].get)
-        for stage, seconds in result["times"].items():
-            mark = "  <- bounds the pipeline" if stage == slowest else ""
-            print(f"  {stage:8s} {seconds:7.2f} s  {n / seconds:8.2f} objects/s{mark}")
-        total = sum(result["times"].values())
-        print(f"  {'total':8s} {total:7.2f} s  {n / total:8.2f} objects/s")
+    parser.add_argument("--config", default="examples/configs/prepare-paper.yaml")
+    parser.add_argument("--objects", type=int, default=3)
+    parser.add_argument("--meshes", default=None, help="a folder of meshes to cycle through (default: made here)")
+    parser.add_argument("--project", type=int, default=240_000, help="objects to project the cost onto")
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--cores", type=int, default=64)
+    args, prepare_argv = parser.parse_known_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
+        if args.meshes:
+            source = linked_meshes(Path(args.meshes), args.objects, Path(tmp) / "meshes")
+        else:
+            source = make_meshes(Path(tmp) / "meshes", args.objects)
+        result = measure(str(source), ["--config", args.config, *prepare_argv], args.objects)
+    report(result, args.project, args.gpus, args.cores)
 
 
 if __name__ == "__main__":

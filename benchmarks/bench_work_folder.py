@@ -4,7 +4,7 @@
 Per size and layout, in a fresh temporary folder: N small records are written (a ``.blob`` and a
 ``.json`` each, as prepare writes them), then timed:
 
-- ``resume``: what a rerun does before any work, :func:`clip_gs.data.prepare._finished_meta` for
+- ``resume``: what a rerun does before any work, :func:`clip_gs.data.work_folder.finished_meta` for
   every object (a stat, a read and a check per record);
 - ``listing``: every file of the folder walked (``os.walk``), as clearing it does.
 
@@ -22,35 +22,37 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from clip_gs.data import prepare
+from clip_gs.data import work_folder
 from clip_gs.data.ownership import check_clearable
-from clip_gs.data.prepare import SourceItem, _finished_meta, _input_fingerprint, _key
+from clip_gs.data.object_work import input_fingerprint
+from clip_gs.data.sources import SourceItem
+from clip_gs.data.work_folder import finished_meta, record_key
 
 
 def flat_record_path(work: Path, item_id: str, suffix: str) -> Path:
     """The reference: every record in the work folder itself."""
-    return work / f"{_key(item_id)}{suffix}"
+    return work / f"{record_key(item_id)}{suffix}"
 
 
 def write_records(work: Path, items: list[SourceItem]) -> None:
     for item in items:
-        blob = prepare.record_path(work, item.id, ".blob")
+        blob = work_folder.record_path(work, item.id, ".blob")
         blob.parent.mkdir(exist_ok=True)
         blob.write_bytes(b"x" * 64)
-        meta = {"id": item.id, "sha256": "0" * 64, "split": "train", "label": None, "input": _input_fingerprint(item)}
-        prepare.record_path(work, item.id, ".json").write_text(json.dumps(meta))
+        meta = {"id": item.id, "sha256": "0" * 64, "split": "train", "label": None, "input": input_fingerprint(item)}
+        work_folder.record_path(work, item.id, ".json").write_text(json.dumps(meta))
 
 
 def measure(size: int, layout: str) -> dict:
     items = [SourceItem(f"synthetic-{i:06d}", f"synthetic:{i}") for i in range(size)]
-    patch = mock.patch.object(prepare, "record_path", flat_record_path) if layout == "flat" else mock.patch.object(
-        prepare, "record_path", prepare.record_path)  # fmt: skip
+    patch = mock.patch.object(work_folder, "record_path", flat_record_path) if layout == "flat" else mock.patch.object(
+        work_folder, "record_path", work_folder.record_path)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, patch:
         work = Path(tmp) / "work"
         work.mkdir()
         write_records(work, items)
         start = time.perf_counter()
-        found = sum(_finished_meta(work, item) is not None for item in items)
+        found = sum(finished_meta(work, item) is not None for item in items)
         resume = time.perf_counter() - start
         assert found == size
         start = time.perf_counter()

@@ -38,11 +38,11 @@ say so). Steps and the rules each applies:
 - ``lightning-fit``: ``clip-gs fit`` of the quick-start configuration on ``synthetic:``
   :data:`LIGHTNING_OBJECTS`, GPU, bf16-mixed, :data:`LIGHTNING_STEPS` steps, then its export and
   test; fails without an exported model.
-- ``prepare-cuda``: ``prepare`` of ``synthetic:`` :data:`PREPARE_OBJECTS` on CUDA with
-  :data:`PREPARE_VIEWS` views, once per worker count in :data:`PREPARE_WORKERS`
-  (``bench_prepare.run_workers``: start-up, steady and end-to-end rates); fails when the worker
-  counts wrote different datasets or an object failed. With the torch rasterizer only one worker
-  runs (the rasterizer choice is made in this process; worker processes would not see it).
+- ``prepare-cuda``: the cost model of ``prepare`` on CUDA (``bench_prepare.measure`` with the paper's
+  prepare config, the offline teacher, ``synthetic:`` :data:`PREPARE_OBJECTS` objects of
+  :data:`PREPARE_VIEWS` views): CPU core-seconds and GPU-seconds per object of each stage. Blender does
+  not run there (its wheels are for CPython 3.11), so the fit's GPU column of the paper's settings is
+  ``paper-fit``'s; fails when an object failed.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ CHECK_MODULES = (
     "torch", "numpy", "pytest", "gsplat", "gsplat.strategy", "torchmetrics.functional.image",
     "clip_gs", "clip_gs.cli", "clip_gs.render", "clip_gs.render.gsplat_backend", "clip_gs.render.numba_backend",
     "clip_gs.fitting", "clip_gs.gaussians", "clip_gs.lightning", "clip_gs.lightning.cli", "clip_gs.model.folder",
-    "clip_gs.data.prepare", "clip_gs.data.parallel", "clip_gs.teachers", "clip_gs.errors",
+    "clip_gs.data.prepare", "clip_gs.data.object_work", "clip_gs.teachers", "clip_gs.errors",
     "gpu_bundle", "gpu_inputs", "run", "bench_encoder", "bench_train_step", "bench_prepare",
     "tests.conftest", *(f.removesuffix(".py").replace("/", ".") for f in CUDA_TEST_FILES),
 )  # fmt: skip
@@ -125,7 +125,6 @@ LIGHTNING_STEPS = 50
 
 PREPARE_OBJECTS = 400
 PREPARE_VIEWS = 8
-PREPARE_WORKERS = (1, 2)
 
 
 class StepFailed(Exception):
@@ -528,7 +527,7 @@ def step_train_throughput(args) -> dict:
 
 def step_lightning_fit(args) -> dict:
     from clip_gs.cli import main
-    from clip_gs.model.folder import METRICS_NAME
+    from clip_gs.hub.folder import METRICS_NAME
 
     run = args.work / "lightning"
     export = run / "export"
@@ -552,25 +551,18 @@ def step_lightning_fit(args) -> dict:
 
 # ---------------------------------------------------------------------------- prepare
 def step_prepare_cuda(args) -> dict:
-    rasterizer = _rasterizer()
     import bench_prepare as bench
 
-    workers = PREPARE_WORKERS if rasterizer == "gsplat" else PREPARE_WORKERS[:1]
-    rows = []
-    for count in workers:
-        out = args.work / f"prepare-{count}"
-        row = bench.run_workers(f"synthetic:{PREPARE_OBJECTS}", PREPARE_VIEWS, "synthetic-clip", count, out, "cuda")
-        rows.append({"workers": count, **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}})
-        shutil.rmtree(out, ignore_errors=True)
-    same = len({r["digest"] for r in rows}) == 1
-    numbers = {"rasterizer": rasterizer, "objects": PREPARE_OBJECTS, "views": PREPARE_VIEWS, "rows": rows,
-               "same_dataset": same}  # fmt: skip
-    if rasterizer != "gsplat":
-        numbers["note"] = "torch rasterizer: one worker only (worker processes would pick gsplat)"
-    failed = sum(r["failed"] for r in rows)
-    if not same or failed:
-        raise StepFailed(f"worker counts {list(workers)} wrote {'the same' if same else 'different'} datasets; "
-                         f"{failed} objects failed", numbers)  # fmt: skip
+    result = bench.measure(f"synthetic:{PREPARE_OBJECTS}", ["--config", str(REPO / "examples/configs/prepare-paper.yaml"),
+                           "--teacher", "synthetic-clip", "--device", "cuda", "--views", str(PREPARE_VIEWS)],
+                           PREPARE_OBJECTS)  # fmt: skip
+    n = max(1, result["objects"])
+    numbers = {"rasterizer": _rasterizer(), "objects": result["objects"], "views": PREPARE_VIEWS,
+               "cpu_s_per_object": {k: round(v / n, 3) for k, v in result["cpu"].items()},
+               "gpu_s_per_object": {k: round(v / n, 3) for k, v in result["wall"].items()},
+               "record_mb": round(result["record_bytes"] / n / 1e6, 3)}  # fmt: skip
+    if result["failed"]:
+        raise StepFailed(f"{len(result['failed'])} objects failed: {result['failed'][0]}", numbers)
     return numbers
 
 

@@ -70,7 +70,8 @@ def test_a_blender_that_died_or_hung_is_replaced_for_the_next_object(tmp_path):
 @requires_blender
 @pytest.mark.slow
 def test_fitted_preparation_starts_blender_once_per_worker(tmp_path, monkeypatch):
-    from clip_gs.data.prepare import PrepareSettings, prepare_dataset
+    from clip_gs.data.prepare import prepare_dataset
+    from clip_gs.data.prepare_settings import PrepareSettings
     from clip_gs.teachers import load_teacher
 
     paths = _meshes(tmp_path / "meshes")

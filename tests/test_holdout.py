@@ -21,7 +21,8 @@ from clip_gs.data.holdout import (
     read_training_ids,
     write_training_ids,
 )
-from clip_gs.data.prepare import PrepareSettings, prepare_dataset
+from clip_gs.data.prepare import prepare_dataset
+from clip_gs.data.prepare_settings import PrepareSettings
 from clip_gs.data.shards import TripletShardDataset
 from clip_gs.errors import DatasetError
 from clip_gs.evaluation.overlap import TrainingOverlapError, evaluated_keys, training_overlap

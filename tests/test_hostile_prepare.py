@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from clip_gs import save_gaussians
 from clip_gs.cli import main
-from clip_gs.data import parallel
-from clip_gs.data.prepare import SourceItem, list_sources, prepare_dataset, read_captions
+from clip_gs.data.prepare import prepare_dataset
+from clip_gs.data.sources import SourceItem, list_sources, read_captions
 from clip_gs.data.triplets import SPLITS
 from clip_gs.errors import DatasetError
 from tests.test_cloud import random_cloud
@@ -209,73 +209,6 @@ def test_the_cli_refuses_to_overwrite_a_work_dir_it_did_not_write(tmp_path, monk
     assert main(args) == 2
     assert f"{work}: the work folder holds photos/cat.jpg" in capsys.readouterr().err
     assert (work / "photos" / "cat.jpg").read_bytes() == b"\xff\xd8 a cat"
-
-
-# ---------------------------------------------------------------------------- node parts (clip_gs.data.parallel)
-
-
-def test_a_merge_removes_only_the_parts_it_wrote(tmp_path):
-    out = tmp_path / "out"
-    for rank in (0, 1):
-        prepare(out, source="synthetic:4", num_nodes=2, node_rank=rank)
-    plant(out, {"parts/1-of-2/notes.txt": b"theirs"})
-    before = tree(out / "parts")
-    with pytest.raises(DatasetError, match=rf"{out / 'parts'}: holds 1-of-2/notes.txt, which clip-gs prepare"):
-        prepare(out, source="synthetic:4", num_nodes=2, merge=True)
-    assert tree(out / "parts") == before
-    with pytest.raises(DatasetError, match=r"holds 1-of-2/notes.txt"):  # the rule of remove_parts itself
-        parallel.remove_parts(str(out))
-    assert tree(out / "parts") == before
-    (out / "parts" / "1-of-2" / "notes.txt").unlink()
-    merged = prepare(out, source="synthetic:4", num_nodes=2, merge=True)
-    assert merged.merged_parts == 2 and not (out / "parts").exists()
-
-
-def test_removing_s3_parts_refuses_objects_prepare_did_not_write(s3_server):
-    import boto3
-
-    client = boto3.client("s3", **s3_server)
-    client.create_bucket(Bucket="bucket")
-    ours = ["ds/parts/0-of-2/part.json", "ds/parts/0-of-2/train/index.json", "ds/parts/1-of-2/val/chunk-0-0.bin"]
-    for key in [*ours, "ds/parts/README"]:
-        client.put_object(Bucket="bucket", Key=key, Body=b"x")
-
-    def keys():
-        return sorted(o["Key"] for o in client.list_objects_v2(Bucket="bucket").get("Contents", []))
-
-    with pytest.raises(DatasetError, match=r"s3://bucket/ds/parts: holds README, which clip-gs prepare did not write"):
-        parallel.remove_parts("s3://bucket/ds", s3_server)
-    assert keys() == sorted([*ours, "ds/parts/README"])
-    client.delete_object(Bucket="bucket", Key="ds/parts/README")
-    parallel.remove_parts("s3://bucket/ds", s3_server)
-    assert keys() == []
-
-
-FINGERPRINT = {"source": "synthetic:1", "settings": {}, "image_size": 8, "teacher": "t", "captions": None}
-GOOD_PART = {"node_rank": 0, "num_nodes": 1, "fingerprint": FINGERPRINT, "metas": [], "failures": []}
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"not json",
-        b"[]",
-        json.dumps({**GOOD_PART, "node_rank": 3}).encode(),
-        json.dumps({**GOOD_PART, "fingerprint": {"teacher": "t"}}).encode(),
-        json.dumps({**GOOD_PART, "metas": [{"id": 5}]}).encode(),
-        json.dumps({**GOOD_PART, "failures": ["boom"]}).encode(),
-        json.dumps(
-            {**GOOD_PART, "metas": [{"id": "a", "sha256": "0" * 64, "split": "train", "label": None}] * 2}
-        ).encode(),
-    ],
-    ids=["not-json", "list", "other-node", "bad-fingerprint", "bad-meta", "bad-failure", "duplicate"],
-)
-def test_a_malformed_part_is_refused_naming_it(tmp_path, body):
-    location = tmp_path / "out" / "parts" / "0-of-1" / "part.json"
-    location.parent.mkdir(parents=True)
-    location.write_bytes(body)
-    with pytest.raises(DatasetError, match=rf"{location}: (not a part written by clip-gs|fingerprint: not a clip-gs)"):
-        parallel.read_parts(str(tmp_path / "out"), 1, FINGERPRINT)
 
 
 # ---------------------------------------------------------------------------- write_split (clip_gs.data.shards)

@@ -91,11 +91,14 @@ def write_raw_split(folder: Path, items: list) -> None:
     with the index named and dated as ``write_split`` names and dates it, but none of its checks."""
     from litdata.streaming.writer import BinaryWriter
 
+    from clip_gs.data.shards import plain_chunk_layout
+
     writer = BinaryWriter(str(folder), chunk_bytes=CHUNK_BYTES)
     writer._rank = 0
-    for i, item in enumerate(items):
-        writer.add_item(i, item)
-    writer.done()
+    with plain_chunk_layout():
+        for i, item in enumerate(items):
+            writer.add_item(i, item)
+        writer.done()
     written = json.loads((folder / "0.index.json").read_text())
     (folder / "0.index.json").unlink()
     index = {"chunks": written["chunks"], "config": written["config"], "updated_at": "0" * 32}
@@ -305,12 +308,12 @@ def test_datamodule_refuses_a_chunk_outside_the_split(tmp_path):
 
 # ---------------------------------------------------------------------------- evaluation
 def test_evaluation_refuses_a_pickle_split_before_any_payload_runs(pickle_dataset):
-    from clip_gs.evaluation import embed_split
+    from clip_gs.evaluation import PreparedSplit, embed
 
     root, marker = pickle_dataset
     model = create_model("clip-gs-tiny", num_gaussians=16, num_groups=4, group_size=4, embed_dim=E, depth=1)
     with pytest.raises(DatasetError, match="field config.data_format"):
-        embed_split(model, root, "test", precision="fp32")
+        embed(model, PreparedSplit(root, "test"), precision="fp32")
     assert not marker.exists(), "evaluation unpickled the chunk"
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -13,17 +15,14 @@ import torch.nn.functional as F
 
 from clip_gs import save_gaussians
 from clip_gs.cli import main
-from clip_gs.data.prepare import (
-    PrepareSettings,
-    list_sources,
-    prepare_dataset,
-    read_captions,
-    split_of,
-)
+from clip_gs.data.prepare import prepare_dataset
+from clip_gs.data.prepare_settings import PrepareSettings, split_of
+from clip_gs.data.shards import iter_records, write_split
+from clip_gs.data.sources import list_sources, read_captions
 from clip_gs.data.synthetic import SHAPE_NOUNS, SyntheticGaussianDataset
 from clip_gs.data.triplets import Manifest, TripletSample
-from clip_gs.errors import EXIT_SOME_FAILED, ConfigError, DatasetError
-from tests.test_cloud import random_cloud
+from clip_gs.errors import EXIT_SOME_FAILED, ConfigError, DatasetError, PreparedWithOtherSettingsError
+from tests.helpers import fake_sample, random_cloud
 
 
 class FakeTeacher:
@@ -217,13 +216,14 @@ def test_default_teacher_is_the_offline_one_when_the_papers_is_not_cached(tmp_pa
     from clip_gs.data.prepare import default_teacher
     from clip_gs.teachers import OFFLINE_TEACHER
 
+    import socket
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
-    monkeypatch.delenv("CLIP_GS_OFFLINE", raising=False)
+    connections = []
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: connections.append(address))
     teacher = default_teacher()
     assert OFFLINE_TEACHER in str(teacher.identity)
-    import os
-
-    assert "CLIP_GS_OFFLINE" not in os.environ  # the lookup's offline switch is undone
+    assert connections == []  # the cache is looked at, the network never asked
 
 
 def test_the_offline_teacher_refuses_views_on_a_background_it_never_saw(tmp_path, capsys):
@@ -315,7 +315,6 @@ def test_a_folder_source_never_falls_back_to_the_toy_teacher(tmp_path, monkeypat
     from clip_gs.errors import WeightsUnavailableError
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
-    monkeypatch.delenv("CLIP_GS_OFFLINE", raising=False)
     (tmp_path / "src").mkdir()
     save_gaussians(random_cloud(200, seed=0), tmp_path / "src" / "a.ply")
     with pytest.raises(
@@ -381,7 +380,6 @@ def test_real_meshes_and_real_splats_prepare(tmp_path, real_data):
 def test_a_prepare_killed_with_sigkill_resumes_to_the_same_shards(tmp_path):
     """A real `clip-gs prepare` process, killed mid-run, then rerun: the shards equal an
     uninterrupted run's, and the rerun does not redo the objects finished before the kill."""
-    import os
     import signal
     import subprocess
     import sys
@@ -487,3 +485,138 @@ def test_verify_finds_a_flipped_byte(tmp_path, capsys):
     assert "1 damaged" in captured.out
     assert "damaged: train[" in captured.err and "checksum mismatch" in captured.err
     assert main(["verify", str(tmp_path / "nowhere"), "--quiet"]) == 2
+
+
+# ---------------------------------------------------------------------------- outputs: S3, precision, precomputed embeddings
+
+PARALLEL_SETTINGS = PrepareSettings(views=2, synthetic_gaussians=512, val_fraction=0.2, test_fraction=0.2)
+CLI_SETTINGS = ["--teacher", "synthetic-clip", "--views", "2", "--synthetic-gaussians", "512",
+                "--val-fraction", "0.2", "--test-fraction", "0.2", "--quiet"]  # fmt: skip
+
+
+def dataset_bytes(root) -> dict[str, bytes]:
+    """Every file of a prepared dataset (the splits, manifest, label embeddings), not the work folder
+    (nor the local folder's ownership marker)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".work" not in p.parts
+            and p.name not in ("failures.jsonl", ".clip-gs-prepare")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> dict[str, bytes]:
+    """synthetic:12 prepared by one process."""
+    out = tmp_path_factory.mktemp("single") / "out"
+    prepare_dataset("synthetic:12", out, teacher="synthetic-clip", settings=PARALLEL_SETTINGS, progress=False)
+    return dataset_bytes(out)
+
+
+def records(n: int, start: int = 0) -> list[dict]:
+    return [fake_sample(i).to_record() for i in range(start, start + n)]
+
+
+def test_s3_chunks_stream_as_finished_and_a_killed_upload_resumes(s3_server):
+    import boto3
+
+    client = boto3.client("s3", **s3_server)
+    client.create_bucket(Bucket="bucket")
+    data = records(12)
+    size = len(data[0]["blob"])
+
+    def killed_after(n: int):
+        yield from data[:n]
+        raise KeyboardInterrupt  # the process is stopped here
+
+    url = "s3://bucket/split"
+    with pytest.raises(KeyboardInterrupt):
+        write_split(killed_after(7), url, chunk_bytes=2 * size + 100, storage_options=s3_server)
+    left = {o["Key"]: o for o in client.list_objects_v2(Bucket="bucket", Prefix="split/")["Contents"]}
+    assert "split/index.json" not in left and len(left) >= 2  # finished chunks were uploaded before the end
+    time.sleep(1.1)
+    assert write_split(data, url, chunk_bytes=2 * size + 100, storage_options=s3_server) == 12
+    after = {o["Key"]: o for o in client.list_objects_v2(Bucket="bucket", Prefix="split/")["Contents"]}
+    assert all(after[key]["LastModified"] == obj["LastModified"] for key, obj in left.items())  # not sent again
+    assert [r["id"] for r in iter_records(url, s3_server)] == [r["id"] for r in data]
+    assert [r["blob"] for r in iter_records(url, s3_server)] == [r["blob"] for r in data]
+    with pytest.raises(DatasetError, match="already holds a dataset"):
+        write_split(data, url, storage_options=s3_server)
+    # an unfinished upload of other records is not mixed into
+    with pytest.raises(KeyboardInterrupt):
+        write_split(killed_after(7), "s3://bucket/other", chunk_bytes=2 * size + 100, storage_options=s3_server)
+    with pytest.raises(DatasetError, match="unfinished upload of other content"):
+        write_split(records(12, start=50), "s3://bucket/other", chunk_bytes=2 * size + 100, storage_options=s3_server)
+
+
+def test_precision_is_recorded_and_a_resume_in_another_is_refused(tmp_path):
+    settings = PrepareSettings(views=1, synthetic_gaussians=256, val_fraction=0, test_fraction=0)
+    bf16 = prepare_dataset("synthetic:2", tmp_path / "bf16", teacher="synthetic-clip", settings=settings,
+                           progress=False, precision="bf16")  # fmt: skip
+    fp32 = prepare_dataset(
+        "synthetic:2", tmp_path / "fp32", teacher="synthetic-clip", settings=settings, progress=False
+    )
+    assert bf16.succeeded == fp32.succeeded == 2
+    recorded = json.loads((tmp_path / "bf16" / ".work" / "settings.json").read_text())
+    assert recorded["compute"] == {"device": "cpu", "precision": "bf16"}
+    blobs = [hashlib.sha256((tmp_path / name / "train" / "chunk-0-0.bin").read_bytes()).hexdigest()
+             for name in ("bf16", "fp32")]  # fmt: skip
+    assert blobs[0] != blobs[1]  # the embeddings differ: a dataset is one precision
+    with pytest.raises(PreparedWithOtherSettingsError):
+        prepare_dataset("synthetic:2", tmp_path / "bf16", teacher="synthetic-clip", settings=settings, progress=False)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        prepare_dataset("synthetic:2", tmp_path / "fp16", teacher="synthetic-clip", settings=settings, progress=False,
+                        precision="fp16")  # fmt: skip
+
+
+def test_precomputed_embeddings_replace_rendering_and_give_the_same_dataset(tmp_path, single_process):
+    from clip_gs.data.precomputed import write_embeddings
+    from clip_gs.data.shards import TripletShardDataset
+    from clip_gs.teachers import load_teacher
+
+    teacher = load_teacher("synthetic-clip")
+    rendered = tmp_path / "rendered"
+    for split in ("train", "val", "test"):  # the single-process dataset's records, as a user's feature files
+        (rendered / split).mkdir(parents=True)
+        (rendered / split / "index.json").write_bytes(single_process[f"{split}/index.json"])
+        (rendered / split / "chunk-0-0.bin").write_bytes(single_process[f"{split}/chunk-0-0.bin"])
+        for sample in TripletShardDataset(rendered / split):
+            write_embeddings(tmp_path / "features" / f"{sample.id}.safetensors", sample.image_embeddings,
+                             str(teacher.identity), sample.text_embeddings, sample.viewmats, sample.Ks)  # fmt: skip
+    summary = prepare_dataset("synthetic:12", tmp_path / "out", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+                              embeddings=tmp_path / "features")  # fmt: skip
+    assert summary.succeeded == 12
+    assert dataset_bytes(tmp_path / "out") == single_process  # no view rendered, the same dataset
+    # prepare's own orbit, declared: its cameras are recorded; the teacher embeds the captions
+    write_embeddings(tmp_path / "orbit" / "synthetic-000000.safetensors", torch.ones(2, teacher.embed_dim) / 16,
+                     "synthetic-clip")  # fmt: skip
+    one = prepare_dataset("synthetic:1", tmp_path / "out-orbit", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+                          embeddings=tmp_path / "orbit")  # fmt: skip
+    assert one.succeeded == 1
+    # refused, named: objects without a file; another teacher; another width
+    with pytest.raises(DatasetError, match=r"no precomputed embeddings for 1 of 2 objects \(synthetic-000001\)"):
+        prepare_dataset("synthetic:2", tmp_path / "x", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+                        embeddings=tmp_path / "orbit")  # fmt: skip
+    write_embeddings(tmp_path / "bad" / "synthetic-000000.safetensors", torch.ones(2, 8), "open_clip:ViT-B-32/openai")
+    failed = prepare_dataset("synthetic:1", tmp_path / "y", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+                             embeddings=tmp_path / "bad")  # fmt: skip
+    assert failed.failed == 1 and "embeddings of teacher 'open_clip:ViT-B-32/openai'" in failed.failures[0]["message"]
+    write_embeddings(tmp_path / "wide" / "synthetic-000000.safetensors", torch.ones(2, 8), "synthetic-clip")
+    failed = prepare_dataset("synthetic:1", tmp_path / "z", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+                             embeddings=tmp_path / "wide")  # fmt: skip
+    assert f"image_embeddings must be [V >= 1, {teacher.embed_dim}], got [2, 8]" in failed.failures[0]["message"]
+
+
+def test_the_scratch_work_folder_of_an_s3_output_goes_unless_kept(tmp_path, s3_server):
+    """For an ``s3://`` output the work folder is local scratch: a finished run removes it, ``--keep-work``
+    keeps it (fanned out by key prefix)."""
+    import boto3
+
+    from clip_gs.cli import main
+
+    boto3.client("s3", **s3_server).create_bucket(Bucket="bucket")
+    endpoint = ["--endpoint-url", s3_server["endpoint_url"]]
+    assert main(["prepare", "synthetic:4", "--out", "s3://bucket/a", *endpoint, "--work-dir", str(tmp_path / "a"),
+                 *CLI_SETTINGS]) == 0  # fmt: skip
+    assert not (tmp_path / "a").exists()
+    assert main(["prepare", "synthetic:4", "--out", "s3://bucket/b", *endpoint, "--work-dir", str(tmp_path / "b"),
+                 "--keep-work", *CLI_SETTINGS]) == 0  # fmt: skip
+    records = sorted((tmp_path / "b").glob("*/*.json"))
+    assert len(records) == 4 and all(len(p.parent.name) == 2 for p in records)

@@ -145,7 +145,7 @@ def read_dataset_keys(root: str, storage_options: dict | None = None) -> dict[st
     Raises:
         DatasetError: a keys file that is not one (:func:`read_split_keys`).
     """
-    from clip_gs.data.shards import join, read_bytes
+    from clip_gs.storage import join, read_bytes
 
     location = join(str(root), KEYS_NAME)
     data = read_bytes(location, storage_options)

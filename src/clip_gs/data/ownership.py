@@ -209,9 +209,9 @@ def claim_folder(folder: str | os.PathLike, what: str, evidence: Callable[[Path]
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        from clip_gs.data.prepare import _atomic_write
+        from clip_gs.storage import atomic_write
 
-        _atomic_write(folder / MARKER_NAME, MARKER_TEXT)
+        atomic_write(folder / MARKER_NAME, MARKER_TEXT)
     except OSError as exc:
         raise DatasetError(f"{folder}: cannot create the {what}: {exc.strerror or exc}") from exc
 

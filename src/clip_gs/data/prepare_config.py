@@ -108,4 +108,18 @@ def print_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
     return yaml.safe_dump(values, sort_keys=False)
 
 
-__all__ = ["config_argv", "expand_config", "print_config"]
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`~clip_gs.data.prepare_settings.PrepareSettings` of parsed ``clip-gs prepare`` options."""
+    from clip_gs.data.prepare_settings import PrepareSettings
+
+    return PrepareSettings(
+        views=args.views, elevation_deg=args.elevation, image_size=args.image_size, background=args.background,
+        up=args.up, mesh_gaussians=args.mesh_gaussians, synthetic_gaussians=args.synthetic_gaussians,
+        synthetic_pose=args.synthetic_pose, gaussians=args.gaussians, fit_iterations=args.fit_iterations,
+        fit_views=args.fit_views, fit_size=args.fit_size, render_samples=args.render_samples,
+        max_gaussians=args.max_gaussians,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+    )  # fmt: skip
+
+
+__all__ = ["config_argv", "expand_config", "print_config", "settings_from_args"]

@@ -19,7 +19,7 @@ module, evaluation and :func:`iter_records`) refuses an index that is not exactl
 :func:`write_split` writes (:mod:`clip_gs.data.split_format`: no ``pickle`` or other data format,
 no chunk outside the split, no count beyond a chunk's size) before LitData sees it, and items are
 parsed by clip-gs, not by LitData's decoders. Files beside the splits (``manifest.json``,
-``label_embeddings.bin``) are read through :func:`read_bytes` with a size cap and checked field
+``label_embeddings.bin``) are read through :func:`~clip_gs.storage.read_bytes` with a size cap and checked field
 by field (:meth:`Manifest.parse`, :func:`read_label_embeddings`).
 
 Chunk size (:data:`DEFAULT_CHUNK_BYTES`, 4 MB): LitData shuffles by permuting whole chunks and
@@ -37,6 +37,7 @@ never LitData's default under the home directory.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -78,6 +79,7 @@ from clip_gs.data.triplets import (
 )
 from clip_gs.errors import CorruptSampleError, DatasetError
 from clip_gs.gaussians.files import open_regular_file
+from clip_gs.storage import is_remote, join, read_bytes, s3_client, split_url, write_bytes
 
 DEFAULT_CHUNK_BYTES = "4MB"
 """Default chunk size of :func:`write_split` (see the module docstring for why)."""
@@ -90,19 +92,6 @@ _RECORD_KEYS = RECORD_KEYS
 
 
 # ---------------------------------------------------------------------------- locations
-def is_remote(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an object-store URL (``s3://...``, any ``scheme://``) rather than a local path."""
-    return "://" in str(path)
-
-
-def join(root: str | os.PathLike, *parts: str) -> str:
-    """Join path parts onto a local folder or a URL (``s3://b/p`` + ``train`` -> ``s3://b/p/train``)."""
-    root = str(root)
-    if is_remote(root):
-        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
-    return os.path.join(root, *parts)
-
-
 def default_cache_dir() -> str:
     """Where remote chunks are cached when no ``cache_dir`` is given.
 
@@ -110,22 +99,6 @@ def default_cache_dir() -> str:
     ``/tmp/clip-gs-shards``); never the home directory.
     """
     return os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "clip-gs-shards")
-
-
-def _split_url(url: str) -> tuple[str, str]:
-    scheme, rest = url.split("://", 1)
-    if scheme != "s3":
-        raise DatasetError(f"{url}: only s3:// object storage is supported here (got {scheme}://)")
-    bucket, _, key = rest.partition("/")
-    return bucket, key.strip("/")
-
-
-def _s3_client(storage_options: dict | None):
-    """A boto3 S3 client built from ``storage_options`` exactly as LitData builds its own
-    (``boto3.Session().client("s3", **storage_options)``)."""
-    import boto3
-
-    return boto3.Session().client("s3", **dict(storage_options or {}))
 
 
 def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
@@ -152,78 +125,6 @@ def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
         return False
     options["allow_http"] = "true"
     return True
-
-
-# ---------------------------------------------------------------------------- bytes
-def read_bytes(location: str, storage_options: dict | None = None, max_bytes: int | None = None) -> bytes | None:
-    """The bytes of a local file or an ``s3://`` object; None when it does not exist.
-
-    A local path must be a regular file (symlinks followed): a folder, FIFO or device such as
-    ``/dev/zero`` is refused, never read.
-
-    Args:
-        max_bytes: refuse a file or object larger than this (checked before reading it).
-
-    Raises:
-        DatasetError: not a regular file, larger than ``max_bytes``, or unreadable (naming ``location``).
-    """
-    if not is_remote(location):
-        if not os.path.lexists(location):
-            return None
-        with open_regular_file(location, DatasetError) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if max_bytes is not None and size > max_bytes:
-                raise DatasetError(f"{location}: {size:,} bytes, more than it may have ({max_bytes:,})")
-            try:
-                data = _read_all(handle.read, max_bytes)
-            except OSError as exc:
-                raise DatasetError(f"{location}: cannot read: {exc.strerror or exc}") from exc
-    else:
-        bucket, key = _split_url(location)
-        client = _s3_client(storage_options)
-        try:
-            response = client.get_object(Bucket=bucket, Key=key)
-            size = response.get("ContentLength")
-            if max_bytes is not None and size is not None and size > max_bytes:
-                raise DatasetError(f"{location}: {size:,} bytes, more than it may have ({max_bytes:,})")
-            data = _read_all(response["Body"].read, max_bytes)
-        except client.exceptions.NoSuchKey:
-            return None
-        except DatasetError:
-            raise
-        except Exception as exc:  # botocore ClientError (403, no such bucket, ...) or connection errors
-            raise DatasetError(f"{location}: cannot read: {exc}") from exc
-    if max_bytes is not None and len(data) > max_bytes:
-        raise DatasetError(f"{location}: more than it may have ({max_bytes:,} bytes)")
-    return data
-
-
-_READ_PIECE = 1 << 20
-
-
-def _read_all(read, max_bytes: int | None) -> bytes:
-    """Everything ``read(n)`` gives, in 1 MiB pieces (a single ``read(n)`` may allocate ``n`` bytes at
-    once), stopping once more than ``max_bytes`` came."""
-    pieces, total = [], 0
-    while max_bytes is None or total <= max_bytes:
-        piece = read(_READ_PIECE)
-        if not piece:
-            break
-        pieces.append(piece)
-        total += len(piece)
-    return b"".join(pieces)
-
-
-def write_bytes(location: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write a local file (atomically, fsynced) or an ``s3://`` object."""
-    if is_remote(location):
-        bucket, key = _split_url(location)
-        _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=data)
-        return
-    from clip_gs.data.prepare import _atomic_write
-
-    Path(location).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(location), data)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -302,16 +203,17 @@ def write_split(
         writer._rank = 0
         seen: set[str] = set()
         count = 0
-        for count, record in enumerate(records, start=1):
-            if isinstance(record, TripletSample):
-                record = record.to_record()
-            chunk = writer.add_item(count - 1, _check_record(record, count - 1, seen))
-            if chunk:
+        with plain_chunk_layout():
+            for count, record in enumerate(records, start=1):
+                if isinstance(record, TripletSample):
+                    record = record.to_record()
+                chunk = writer.add_item(count - 1, _check_record(record, count - 1, seen))
+                if chunk:
+                    finished(chunk)
+            if count == 0:
+                raise DatasetError(f"{output_dir}: no records to write (LitData cannot read an empty dataset)")
+            for chunk in writer.done():
                 finished(chunk)
-        if count == 0:
-            raise DatasetError(f"{output_dir}: no records to write (LitData cannot read an empty dataset)")
-        for chunk in writer.done():
-            finished(chunk)
         index = _finalize_index(staging, digests)
         if remote is not None:
             remote.finish(index)
@@ -321,14 +223,31 @@ def write_split(
             shutil.rmtree(staging_parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def plain_chunk_layout():
+    """Chunks in LitData's plain layout (offset table, then the records) whether or not ``pyarrow`` is
+    installed: with it, LitData 0.2.76 appends an Arrow IPC copy of dict records instead, a layout that
+    :mod:`clip_gs.data.split_format` does not read and that would make a dataset's bytes depend on the
+    environment. Private (LitData is pinned for it): ``litdata.streaming.item_loader._PYARROW_AVAILABLE``,
+    read by LitData each time it builds a chunk, is False inside."""
+    from litdata.streaming import item_loader
+
+    before = item_loader._PYARROW_AVAILABLE
+    item_loader._PYARROW_AVAILABLE = False
+    try:
+        yield
+    finally:
+        item_loader._PYARROW_AVAILABLE = before
+
+
 class _RemoteSplit:
     """The ``s3://`` side of :func:`write_split`: refuses a finished dataset, uploads chunks as they
     come (skipping those an interrupted upload of the same content left), then the index."""
 
     def __init__(self, url: str, storage_options: dict | None) -> None:
         self.url = url
-        self.bucket, self.key = _split_url(url)
-        self.client = _s3_client(storage_options)
+        self.bucket, self.key = split_url(url)
+        self.client = s3_client(storage_options)
         self.existing: set[str] = set()
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.key}/"):
             self.existing.update(obj["Key"][len(self.key) + 1 :] for obj in page.get("Contents", []))
@@ -386,9 +305,9 @@ def write_manifest(manifest: Manifest, root: str | os.PathLike, storage_options:
     root = str(root)
     if not is_remote(root):
         return str(manifest.write(root))
-    bucket, key = _split_url(join(root, MANIFEST_NAME))
+    bucket, key = split_url(join(root, MANIFEST_NAME))
     body = json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n"
-    _s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=body.encode())
+    s3_client(storage_options).put_object(Bucket=bucket, Key=key, Body=body.encode())
     return join(root, MANIFEST_NAME)
 
 
@@ -521,10 +440,10 @@ def read_split_index(split_dir: str, storage_options: dict | None = None) -> Spl
     if not is_remote(split_dir):
         check_local_chunks(index, split_dir)
         return index
-    bucket, key = _split_url(split_dir)
+    bucket, key = split_url(split_dir)
     sizes: dict[str, int] = {}
     try:
-        pages = _s3_client(storage_options).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+        pages = s3_client(storage_options).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
         for page in pages:
             sizes.update((obj["Key"][len(key) + 1 :], obj["Size"]) for obj in page.get("Contents", []))
     except Exception as exc:  # botocore ClientError or connection errors
@@ -763,14 +682,11 @@ __all__ = [
     "TripletShardDataset",
     "allow_plain_http_endpoint",
     "default_cache_dir",
-    "is_remote",
     "iter_records",
-    "join",
-    "read_bytes",
     "read_label_embeddings",
     "read_manifest",
+    "plain_chunk_layout",
     "read_split_index",
-    "write_bytes",
     "write_manifest",
     "write_split",
 ]

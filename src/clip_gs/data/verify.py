@@ -54,7 +54,8 @@ def verify_dataset(
     """
     from tqdm.auto import tqdm
 
-    from clip_gs.data.shards import TripletShardDataset, join, read_manifest
+    from clip_gs.data.shards import TripletShardDataset, read_manifest
+    from clip_gs.storage import join
 
     root = str(root)
     manifest = read_manifest(root, storage_options)

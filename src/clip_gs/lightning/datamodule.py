@@ -34,7 +34,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from clip_gs.data.batches import SampleProcessor, collate_triplets
-from clip_gs.data.shards import TripletShardDataset, default_cache_dir, is_remote, join, read_manifest
+from clip_gs.data.shards import TripletShardDataset, default_cache_dir, read_manifest
+from clip_gs.storage import is_remote, join
 from clip_gs.data.transforms import (
     ColorDrop,
     ColorJitter,
@@ -267,7 +268,8 @@ class GaussianDataModule(LightningDataModule):
         start = time.perf_counter()
         root = self.dataset_root
         if self.root.startswith(SYNTHETIC_PREFIX):  # a no-op when the dataset is complete and up to date
-            from clip_gs.data.prepare import PrepareSettings, prepare_dataset
+            from clip_gs.data.prepare import prepare_dataset
+            from clip_gs.data.prepare_settings import PrepareSettings
 
             settings = PrepareSettings(seed=self.seed, views=self.synthetic_views, synthetic_pose=self.synthetic_pose)
             try:
