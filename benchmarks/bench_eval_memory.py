@@ -7,7 +7,7 @@ happens in a child process, which reports its peak resident memory (``ru_maxrss`
 so the parent's own allocations never count. The goal: the whole evaluation within 8 GiB.
 
 Side by side (``--check-objects``, default 600 objects): the chunked results against the
-unchunked definition (one score matrix per direction, :func:`~clip_gs.evaluation.metrics.positive_ranks`),
+unchunked definition (one score matrix per direction, :func:`~clip_gs.evaluation.ranking.positive_ranks`),
 which must be equal; and the unchunked path's peak memory at that size next to the chunked one.
 
 Run: ``python benchmarks/bench_eval_memory.py [--objects 46000] [--views 36] [--dim 1024] [--threads 2]``
@@ -42,7 +42,7 @@ def make(n: int, v: int, e: int, classes: int, seed: int):
 
 def unchunked(shape, text, views):
     """The definition: one full score matrix per direction."""
-    from clip_gs.evaluation.metrics import positive_ranks
+    from clip_gs.evaluation.ranking import positive_ranks
 
     n, v, _ = views.shape
     g, t = F.normalize(shape, dim=-1), F.normalize(text, dim=-1)

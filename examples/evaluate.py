@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from clip_gs import CLIPGS
-from clip_gs.evaluation import embed_split, evaluate, few_shot, retrieval, standard_few_shot, write_outputs, zero_shot
+from clip_gs.evaluation import (
+    PreparedSplit,
+    embed,
+    evaluate,
+    few_shot,
+    retrieval,
+    standard_few_shot,
+    write_outputs,
+    zero_shot,
+)
 
 
 def toy() -> None:
@@ -43,13 +52,14 @@ def toy() -> None:
 
 def on_dataset(model_ref: str, root: str, split: str) -> None:
     model = CLIPGS.from_pretrained(model_ref)  # a folder or a Hub repo id
-    data = embed_split(model, root, split)  # the model's fused encode path; stored teacher embeddings
+    source = PreparedSplit(root, split)  # a benchmark's layout would be BenchmarkSplit(name, folder)
+    data = embed(model, source)  # the model's fused encode path; stored teacher embeddings
     print(f"{len(data)} objects, shape embeddings {tuple(data.shape.shape)}, views {tuple(data.images.shape)}")
     print("retrieval:", retrieval(data.shape, data.text, data.images, data.text_mask, data.image_mask))
 
     # everything at once, as clip-gs eval does (embeds again; protocols that cannot run are listed in failures)
     # few-shot: the standard protocol (support from the train split; the largest standard setting that fits runs)
-    result = evaluate(model, root, split, model_name=model_ref)
+    result = evaluate(model, source, model_name=model_ref)
     print("zero-shot:", result.report["tasks"].get("zeroshot", {}).get("top1"), "failures:", result.failures)
     written = write_outputs(result, "eval-out")
     print("wrote", ", ".join(str(p) for p in written.values()))

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import free_port
+
 # torch.compile's kernel cache is keyed without ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA: kernels compiled
 # by a run under the AVX2 emulation, loaded by a later native run from the shared default folder
 # (/tmp/torchinductor_<user>), crashed the process (seen here). Each test session compiles into its own.
@@ -100,15 +102,6 @@ def trained_run(tmp_path_factory) -> TrainedRun:
                             seed=data["seed"], synthetic_views=data["synthetic_views"],
                             synthetic_pose=data["synthetic_pose"])  # fmt: skip
     return TrainedRun(model_dir=export, data_root=Path(dm.dataset_root))
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -237,3 +230,17 @@ def offline_cache(tmp_path, monkeypatch) -> HubCache:
     monkeypatch.setenv("CLIP_GS_CACHE", str(tmp_path / "clip-gs-cache"))
     return HubCache(cache)
 
+
+
+@pytest.fixture(scope="session")
+def single_process(tmp_path_factory) -> dict[str, bytes]:
+    """``synthetic:12`` prepared by one process with :data:`tests.helpers.SYNTHETIC_SETTINGS`: the reference
+    every parallel layout must equal byte for byte (:func:`tests.helpers.dataset_bytes`)."""
+    from clip_gs.data.prepare import prepare_dataset
+    from tests.helpers import SYNTHETIC_SETTINGS, dataset_bytes
+
+    out = tmp_path_factory.mktemp("single") / "out"
+    prepare_dataset("synthetic:12", out, teacher="synthetic-clip", settings=SYNTHETIC_SETTINGS, progress=False)
+    files = dataset_bytes(out)
+    assert {"train/index.json", "val/index.json", "test/index.json", "manifest.json"} <= set(files)
+    return files

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from clip_gs.cli import main
-from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.evaluation.benchmarks import BenchmarkItem, BenchmarkWarning, discover, discover_all, load_item
 from clip_gs.gaussians import save_gaussians
+from clip_gs.gaussians.mesh import mesh_to_gaussians
 from clip_gs.model import create_model
 from tests.conftest import REAL_DATA
 
@@ -52,7 +52,6 @@ def write_modelnet(root: Path, classes: dict[str, str], train: int, test: int) -
 def tiny_model_folder(tmp_path: Path) -> Path:
     """A random clip-gs-tiny in the offline teacher's space (256-d), exported with that teacher."""
     from clip_gs.lightning.export import export_pretrained
-    from clip_gs.model import CLIPGS
     from clip_gs.teachers import load_teacher
 
     torch.manual_seed(0)
@@ -239,14 +238,15 @@ def test_uncoloured_meshes_are_summarised_once(tmp_path):
     """ModelNet's .off meshes have no colour by nature: one summary warning for the benchmark, not one per file."""
     import warnings
 
-    from clip_gs.evaluation.benchmark_run import embed_items
+    from clip_gs.evaluation.run import embed
+    from clip_gs.evaluation.sources import BenchmarkSplit
     from clip_gs.model import CLIPGS
 
     root = write_modelnet(tmp_path / "ModelNet40", {"cone": "cone"}, train=0, test=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        embed_items(CLIPGS.from_pretrained(tiny_model_folder(tmp_path)), discover("modelnet40", root), N, 0,
-                    tmp_path / "cache", 8, "fp32", False)  # fmt: skip
+        embed(CLIPGS.from_pretrained(tiny_model_folder(tmp_path)),
+              BenchmarkSplit("modelnet40", root, mesh_gaussians=N, cache_dir=tmp_path / "cache"), 8, 0, "fp32", False)
     messages = [str(w.message) for w in caught]
     assert messages == ["3 of 3 meshes have no colour (no texture, vertex colours or material) and were given neutral "
                         "grey, e.g. cone_0001.off"], messages  # fmt: skip
@@ -257,9 +257,10 @@ def test_material_file_warnings_are_not_counted_as_grey(tmp_path):
     reaches the caller as it is, and the benchmark's summary counts only meshes given grey."""
     import warnings
 
-    from clip_gs.gaussians.mesh import MeshColorWarning, NeutralGreyWarning
-    from clip_gs.evaluation.benchmark_run import embed_items
     from clip_gs.evaluation.benchmarks import BenchmarkItem
+    from clip_gs.evaluation.run import embed
+    from clip_gs.evaluation.sources import BenchmarkSplit
+    from clip_gs.gaussians.mesh import MeshColorWarning, NeutralGreyWarning
     from clip_gs.model import CLIPGS
 
     obj = tmp_path / "box.obj"
@@ -268,8 +269,9 @@ def test_material_file_warnings_are_not_counted_as_grey(tmp_path):
     item = BenchmarkItem(id="box", path=obj, label="box", split=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        embed_items(CLIPGS.from_pretrained(tiny_model_folder(tmp_path)), [item], N, 0, tmp_path / "cache", 8,
-                    "fp32", False)  # fmt: skip
+        embed(CLIPGS.from_pretrained(tiny_model_folder(tmp_path)),
+              BenchmarkSplit("modelnet40", tmp_path, items=[item], mesh_gaussians=N, cache_dir=tmp_path / "cache"), 8,
+              0, "fp32", False)  # fmt: skip
     material = [w for w in caught if issubclass(w.category, MeshColorWarning)
                 and not issubclass(w.category, NeutralGreyWarning)]  # fmt: skip
     assert material and "missing.mtl" in str(material[0].message), [str(w.message) for w in caught]
@@ -331,9 +333,8 @@ def test_cli_benchmark_on_real_meshes_in_the_modelnet40_layout(tmp_path, capsys)
 def test_modelnet_splats_in_its_download_layout(tmp_path):
     """``{class}/{train|test}/{class}_{id}/point_cloud.ply``, as ShapeSplat's DATA.md unzips ModelNet-Splats
     (class names with underscores included): every object found once, with its class and split."""
-    from tests.conftest import unigs_array
-
     from clip_gs.gaussians.formats.unigs_pkl import gaussians_from_array
+    from tests.conftest import unigs_array
 
     root = tmp_path / "modelsplat"
     layout = {"airplane": {"train": [1, 2], "test": [627]}, "night_stand": {"train": [1], "test": [201, 202]},

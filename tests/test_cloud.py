@@ -10,17 +10,7 @@ import torch
 from clip_gs import GaussianCloud
 from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.gaussians import SH_C0, canonical_quaternions, quaternions_to_matrices
-
-
-def random_cloud(n: int = 100, degree: int = 0, seed: int = 0) -> GaussianCloud:
-    g = torch.Generator().manual_seed(seed)
-    return GaussianCloud(
-        means=torch.randn(n, 3, generator=g) * 2 + 5,
-        sh=torch.randn(n, (degree + 1) ** 2, 3, generator=g),
-        opacity_logits=torch.randn(n, generator=g),
-        log_scales=torch.randn(n, 3, generator=g) - 3,
-        quats=torch.randn(n, 4, generator=g),
-    )
+from tests.helpers import random_cloud
 
 
 def test_activations_match_hand_computed_values():

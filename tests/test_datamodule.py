@@ -24,40 +24,16 @@ from clip_gs.data.shards import (
     write_manifest,
     write_split,
 )
-from clip_gs.data.synthetic import SHAPE_CLASSES, make_object
+from clip_gs.data.synthetic import SHAPE_CLASSES
 from clip_gs.data.transforms import RandomScale, RandomTranslation, sample_seed
-from clip_gs.data.triplets import Manifest, TripletSample
+from clip_gs.data.triplets import Manifest
 from clip_gs.errors import CorruptSampleError, DatasetError
 from clip_gs.lightning import GaussianDataModule
 from clip_gs.model.features import preprocess
+from tests.helpers import E, fake_sample
 
-E = 16
-N_STORED = 96  # Gaussians per stored object (small: fast to write and preprocess)
 N = 64  # Gaussians per model input
 TEACHER = "fake-teacher-16"
-
-
-def fake_sample(
-    i: int, captions: int | None = None, views: int | None = None, label: str | None = "auto"
-) -> TripletSample:
-    """Object ``i``: a synthetic shape with fake unit embeddings (T = 1..2 captions, V = 4..6 views)."""
-    obj = make_object(SHAPE_CLASSES[i % len(SHAPE_CLASSES)], seed=i, num_gaussians=N_STORED)
-    t = 1 + i % 2 if captions is None else captions
-    v = 4 + i % 3 if views is None else views
-    gen = torch.Generator().manual_seed(1000 + i)
-    text = torch.nn.functional.normalize(torch.randn(t, E, generator=gen), dim=-1)
-    images = torch.nn.functional.normalize(torch.randn(v, E, generator=gen), dim=-1)
-    return TripletSample(
-        id=f"obj-{i:04d}",
-        source=f"synthetic:{i}",
-        cloud=obj.cloud,
-        captions=tuple(f"{obj.caption} #{c}" for c in range(t)),
-        label=obj.label if label == "auto" else label,
-        text_embeddings=text,
-        image_embeddings=images,
-        viewmats=torch.eye(4).expand(v, 4, 4).clone(),
-        Ks=torch.eye(3).expand(v, 3, 3).clone(),
-    )
 
 
 def write_test_dataset(
@@ -506,7 +482,7 @@ def test_extra_validation_sets_are_checked_before_any_work(tmp_path):
     split at construction, an unlabelled set or an empty split in ``prepare_data``."""
     from clip_gs.errors import ConfigError, DatasetError
     from clip_gs.lightning import ValidationSet
-    from tests.test_training import write_learnable_dataset
+    from tests.helpers import write_learnable_dataset
 
     with pytest.raises(ConfigError, match="letters, digits"):
         ValidationSet("lvis/val", "x")

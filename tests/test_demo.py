@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,13 @@ import torch
 from clip_gs.data.synthetic import make_object
 from clip_gs.demo import DemoService, DemoSettings
 from clip_gs.demo.gallery import GALLERY_FILE, PER_CLASS, build_gallery, gallery_items, read_gallery
-from clip_gs.demo.service import model_labels, parse_labels, preview_cloud, viewer_file
+from clip_gs.demo.service import model_labels, preview_cloud, viewer_file
 from clip_gs.errors import ConfigError, GaussianFormatError, UnsupportedFormatError, WeightsUnavailableError
 from clip_gs.gaussians import load_gaussians, save_gaussians
 from clip_gs.gaussians.assets import save_asset
+from clip_gs.teachers.label_options import parse_labels
 from clip_gs.teachers.prompts import load_label_set
-from tests.test_formats import encode_compressed_ply, encode_spz
-from tests.test_usage import write_mesh, write_model
+from tests.helpers import encode_compressed_ply, encode_spz, free_port, write_mesh, write_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -249,11 +248,6 @@ def test_the_gallery_is_built_once(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the served page
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def served(trained_run, tmp_path_factory):

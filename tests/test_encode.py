@@ -10,8 +10,7 @@ import torch
 from clip_gs import GaussianCloud, save_gaussians
 from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.model import Encoded, GaussianInputDataset
-from tests.test_cloud import random_cloud
-from tests.test_model import full_model, tiny_model
+from tests.helpers import full_model, random_cloud, tiny_model
 
 BROKEN_PLY = b"ply\nformat binary_little_endian 1.0\nelement vertex 3\nend_header\n"
 

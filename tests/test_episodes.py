@@ -195,8 +195,8 @@ def test_objaverse_few_shot_from_one_file_for_two_models(tmp_path, capsys):
     assert "drawn under the 'episodes' few-shot protocol, not 'standard'" in capsys.readouterr().err
 
 
-def test_evaluate_benchmark_with_an_episodes_file_of_other_objects_is_an_error(tmp_path):
-    from clip_gs.evaluation.benchmark_run import evaluate_benchmark
+def test_evaluate_on_a_benchmark_with_an_episodes_file_of_other_objects_is_an_error(tmp_path):
+    from clip_gs.evaluation import BenchmarkSplit, evaluate
     from clip_gs.model import CLIPGS
 
     root = objaverse_gs(tmp_path / "unigs", per_class=4, classes=("chair", "mug"))
@@ -204,8 +204,8 @@ def test_evaluate_benchmark_with_an_episodes_file_of_other_objects_is_an_error(t
     path = write_episodes(tmp_path / "other.json", [draw_episodes(labels, ids, 2, 2, 2, 2, 0)])
     model = CLIPGS.from_pretrained(export_tiny_model(tmp_path / "m"))
     with pytest.raises(EpisodesFileError, match=r"other.json: 2-way-2-shot episode 0: support id '.*' is not in the evaluated set"):
-        evaluate_benchmark(model, "objaverse-gs", root, tasks=("fewshot",), fewshot_protocol="episodes",
-                           episodes_file=path, precision="fp32")  # fmt: skip
+        evaluate(model, BenchmarkSplit("objaverse-gs", root), tasks=("fewshot",), fewshot_protocol="episodes",
+                 episodes_file=path, precision="fp32")  # fmt: skip
 
 
 def test_standard_on_a_prepared_split_without_train_names_the_episodes_protocol(tmp_path):
@@ -214,7 +214,7 @@ def test_standard_on_a_prepared_split_without_train_names_the_episodes_protocol(
     from clip_gs.data.shards import write_split
     from clip_gs.data.synthetic import make_object
     from clip_gs.data.triplets import Manifest, TripletSample
-    from clip_gs.evaluation import evaluate
+    from clip_gs.evaluation import PreparedSplit, evaluate
     from clip_gs.model import create_model
 
     e, views = 16, 2
@@ -231,22 +231,23 @@ def test_standard_on_a_prepared_split_without_train_names_the_episodes_protocol(
     write_split((s.to_record() for s in samples), root / "test", chunk_bytes="64KB")
     Manifest(teacher="fake:episodes-test", embed_dim=e, counts={"train": 0, "val": 0, "test": 12}, labels=[]).write(root)
     model = create_model("clip-gs-tiny", num_gaussians=64, num_groups=8, group_size=8, embed_dim=e, depth=1)
-    standard = evaluate(model, root, "test", tasks=("fewshot",), protocols=[(2, 1)], precision="fp32")
+    standard = evaluate(model, PreparedSplit(root, "test"), tasks=("fewshot",), protocols=[(2, 1)], precision="fp32")
     message = standard.failures["fewshot"]
     assert message.startswith("DatasetError: ") and "takes its support from the 'train' split, which has no objects" in message
     assert "--fewshot-protocol episodes, which draws support and queries, disjoint, from the evaluated split" in message
-    same = evaluate(model, root, "test", tasks=("fewshot",), protocols=[(2, 1)], support_split="test", precision="fp32")
+    same = evaluate(model, PreparedSplit(root, "test"), tasks=("fewshot",), protocols=[(2, 1)], support_split="test",
+                    precision="fp32")  # fmt: skip
     assert "is the evaluated split: support and queries would overlap" in same.failures["fewshot"]
     draws_file = tmp_path / "draws.json"
-    episodes = evaluate(model, root, "test", tasks=("fewshot",), protocols=[(3, 1)], fewshot_protocol="episodes",
-                        episodes=3, queries_per_class=2, episodes_file=draws_file, precision="fp32")  # fmt: skip
+    episodes = evaluate(model, PreparedSplit(root, "test"), tasks=("fewshot",), protocols=[(3, 1)],
+                        fewshot_protocol="episodes", episodes=3, queries_per_class=2, episodes_file=draws_file, precision="fp32")  # fmt: skip
     assert not episodes.failures and episodes.report["tasks"]["fewshot"]["3-way-1-shot"]["episodes_file_use"] == "written"
     (drawn,) = read_episodes(draws_file)
     for episode in drawn.episodes:
         support, queries = {i for s in episode.support for i in s}, {i for q in episode.queries for i in q}
         assert len(support) == 3 and len(queries) == 6 and not support & queries
-    again = evaluate(model, root, "test", tasks=("fewshot",), fewshot_protocol="episodes", episodes_file=draws_file,
-                     precision="fp32")  # fmt: skip
+    again = evaluate(model, PreparedSplit(root, "test"), tasks=("fewshot",), fewshot_protocol="episodes",
+                     episodes_file=draws_file, precision="fp32")  # fmt: skip
     entry = again.report["tasks"]["fewshot"]["3-way-1-shot"]
     assert entry["episodes_file_use"] == "read" and entry["draws_sha256"] == drawn.digest() and entry["episodes"] == 3
     with pytest.raises(DatasetError):  # still a DatasetError for callers catching those

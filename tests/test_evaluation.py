@@ -28,18 +28,15 @@ from clip_gs.evaluation import (
 )
 from clip_gs.evaluation.metrics import RETRIEVAL_DEFINITIONS
 from clip_gs.evaluation.plots import CORRECT, RetrievalRow, RetrievedItem
-from clip_gs.evaluation.run import (
-    build_report,
-    camera_up_axis,
-    embed_split,
-    zero_shot_classes,
-)
+from clip_gs.evaluation.report import build_report
+from clip_gs.evaluation.run import embed
+from clip_gs.evaluation.sources import PreparedSplit, camera_up_axis, zero_shot_classes
 from clip_gs.lightning import CLIPGSModule, GaussianDataModule
 from clip_gs.lightning.export import export_pretrained
 from clip_gs.model import CLIPGS
 from clip_gs.render import render_view
 from clip_gs.teachers import TeacherMismatchError
-from tests.test_training import CLASSES, TEACHER, TINY, E, N, write_learnable_dataset
+from tests.helpers import CLASSES, TEACHER, TINY, E, N, write_learnable_dataset
 
 
 def unit(rows) -> torch.Tensor:
@@ -332,7 +329,7 @@ def test_evaluate_matches_lightning_validation(tiny, tmp_path):
     dm = GaussianDataModule(root=str(data), batch_size=8, num_workers=0, num_gaussians=N, views_per_step=3,
                             augment=False, seed=0)  # fmt: skip
     val = trainer.validate(module, datamodule=dm, verbose=False)[0]
-    ev = evaluate(CLIPGS.from_pretrained(model_dir), data, "val", precision="fp32", protocols=(), seed=0)
+    ev = evaluate(CLIPGS.from_pretrained(model_dir), PreparedSplit(data, "val"), precision="fp32", protocols=(), seed=0)
     zs = ev.report["tasks"]["zeroshot"]
     assert zs["top1"] == pytest.approx(val["val/zeroshot_top1"]) and zs["top3"] == pytest.approx(val["val/zeroshot_top3"])
     r = ev.report["tasks"]["retrieval"]
@@ -343,12 +340,12 @@ def test_evaluate_matches_lightning_validation(tiny, tmp_path):
 
 def test_retrieval_definitions_are_in_the_report_beside_the_numbers(tiny, tmp_path):
     from clip_gs.evaluation.cli import format_table
-    from clip_gs.model.card import check_eval_report
+    from clip_gs.evaluation.report import check_eval_report
 
     data, model_dir, _ = tiny
     model = CLIPGS.from_pretrained(model_dir)
-    default = evaluate(model, data, "test", tasks=("retrieval",), precision="fp32", seed=5)
-    every = evaluate(model, data, "test", tasks=("retrieval",), precision="fp32", seed=5, image_queries="every-view",
+    default = evaluate(model, PreparedSplit(data, "test"), tasks=("retrieval",), precision="fp32", seed=5)
+    every = evaluate(model, PreparedSplit(data, "test"), tasks=("retrieval",), precision="fp32", seed=5, image_queries="every-view",
                      image_gallery="any-view")  # fmt: skip
     for ev, (queries, gallery) in ((default, ("one-view", "one-view")), (every, ("every-view", "any-view"))):
         r = ev.report["tasks"]["retrieval"]
@@ -364,10 +361,10 @@ def test_retrieval_definitions_are_in_the_report_beside_the_numbers(tiny, tmp_pa
     assert "seed 5" in default.report["tasks"]["retrieval"]["image_to_3d"]["definition"]["queries"]
 
 
-def test_embed_split_keeps_the_stored_embeddings(tiny):
+def test_embed_keeps_the_stored_embeddings(tiny):
     data, model_dir, _ = tiny
     model = CLIPGS.from_pretrained(model_dir)
-    split = embed_split(model, data, "test", precision="fp32")
+    split = embed(model, PreparedSplit(data, "test"), precision="fp32")
     assert len(split) == 24 and split.shape.shape == (24, E) and split.images.shape == (24, 3, E)
     assert torch.allclose(split.shape.norm(dim=-1), torch.ones(24), atol=1e-5)
     assert split.labels[:4] == [CLASSES[i % 4] for i in range(12, 16)]  # test objects follow train and val
@@ -413,7 +410,7 @@ def test_cli_end_to_end(tiny, capsys):
     assert report["teacher"] == TEACHER and report["num_objects"] == 24
     zs = report["tasks"]["zeroshot"]
     assert zs["num_classes"] == 4 and zs["num_samples"] == 24 and zs["protocol"] == "clip-gs"
-    split = embed_split(CLIPGS.from_pretrained(model_dir), data, "test", precision="auto")
+    split = embed(CLIPGS.from_pretrained(model_dir), PreparedSplit(data, "test"), precision="auto")
     names, weights, _ = zero_shot_classes(data, None)
     top1, per_class = naive_zero_shot_top1(split.shape, split.labels, names, weights)
     assert zs["top1"] == pytest.approx(top1) and zs["per_class"] == pytest.approx(per_class)
@@ -479,7 +476,7 @@ def test_cli_standard_few_shot_prints_mean_and_std_over_ten_runs(five_classes, t
     from clip_gs.evaluation import standard_few_shot
 
     model = CLIPGS.from_pretrained(model_dir)
-    train, test = embed_split(model, data, "train"), embed_split(model, data, "test")
+    train, test = embed(model, PreparedSplit(data, "train")), embed(model, PreparedSplit(data, "test"))
     direct = standard_few_shot(train.shape, train.labels, test.shape, test.labels, 5, 10)
     assert entry["mean"] == pytest.approx(direct.mean) and entry["std"] == pytest.approx(direct.std)
     assert rc == 3 and main(["eval", "--model", str(model_dir), "--data", str(data), "--task", "fewshot", "--ways", "5",

@@ -8,7 +8,7 @@ import torch
 from clip_gs import GaussianCloud
 from clip_gs.errors import ConfigError, GaussianFormatError
 from clip_gs.model import FEATURE_LAYOUT, gaussian_features, get_model_config, preprocess_cloud
-from tests.test_cloud import random_cloud
+from tests.helpers import random_cloud
 
 
 def test_features_follow_the_layout():

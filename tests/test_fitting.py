@@ -64,7 +64,7 @@ def ring_views():
 
 def test_a_fit_recovers_a_synthetic_object(ring_views):
     """From random points in the unit ball, 400 iterations at 48 px bring the held-out PSNR from the start's
-    9.5 dB past 28 dB (measured 34.5 dB, SSIM 0.986, in 7 s on 2 cores; README "Fitted Gaussians" for
+    9.5 dB past 28 dB (measured 34.5 dB, SSIM 0.986, in 7 s on 2 cores; docs/fitting.md for
     real meshes)."""
     train, test = ring_views
     init = init_from_points(random_points(1500, seed=1), source="ring")

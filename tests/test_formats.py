@@ -12,147 +12,24 @@ import math
 import struct
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clip_gs.errors import ConfigError, GaussianFormatError, MissingDependencyError, UnsupportedFormatError
-from clip_gs.gaussians.cloud import SH_C0, GaussianCloud, sh_coeff_count
+from clip_gs.gaussians.cloud import SH_C0
 from clip_gs.gaussians.formats import read_compressed_ply, read_splat, read_spz
 from clip_gs.gaussians.formats.splat import DEFAULT_OPACITY_EPS, splat_importance_order
 from clip_gs.gaussians.io import load_gaussians, registered_formats, save_gaussians
 from clip_gs.gaussians.sh import sh_basis
 from tests.conftest import real_file
+from tests.helpers import encode_compressed_ply, encode_spz, random_format_cloud
 
 REAL = "playcanvas-splats"
 
 
 # ---------------------------------------------------------------------------- fixtures
-def random_cloud(n: int, seed: int, sh_degree: int = 0, rgb_range=(0.0, 1.0)) -> GaussianCloud:
-    """A random, valid cloud with base colours inside ``rgb_range`` and opacities in (0.01, 0.99)."""
-    rng = np.random.default_rng(seed)
-    k = sh_coeff_count(sh_degree)
-    sh = rng.uniform(-0.3, 0.3, size=(n, k, 3)).astype(np.float32)
-    sh[:, 0, :] = (rng.uniform(*rgb_range, size=(n, 3)) - 0.5) / SH_C0
-    return GaussianCloud(
-        means=torch.from_numpy(rng.normal(0, 2, size=(n, 3)).astype(np.float32)),
-        sh=torch.from_numpy(sh),
-        opacity_logits=torch.logit(torch.from_numpy(rng.uniform(0.01, 0.99, size=n))).float(),
-        log_scales=torch.from_numpy(rng.uniform(-7, 1, size=(n, 3)).astype(np.float32)),
-        quats=torch.from_numpy(rng.normal(size=(n, 4)).astype(np.float32)),
-    )
-
-
-def _unit(q: np.ndarray) -> np.ndarray:
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def encode_compressed_ply(cloud: GaussianCloud, color_bounds: bool = True) -> bytes:
-    """SuperSplat compressed PLY bytes for ``cloud`` (chunks of 256, packed uint32 vertices)."""
-    n = cloud.num_gaussians
-    means = cloud.means.double().numpy()
-    log_scales = cloud.log_scales.double().numpy()
-    rgb = (0.5 + SH_C0 * cloud.sh_dc.double().numpy()) if color_bounds else cloud.rgb.double().numpy()
-    chunks = -(-n // 256)
-    chunk_rows, packed = [], np.zeros((n, 4), dtype=np.uint32)
-
-    def unorm(v, lo, hi, bits):
-        t = np.where(hi > lo, (v - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
-        return np.clip(np.rint(t * ((1 << bits) - 1)), 0, (1 << bits) - 1).astype(np.uint32)
-
-    for c in range(chunks):
-        sl = slice(256 * c, min(n, 256 * (c + 1)))
-        row = []
-        for values in (means, log_scales) + ((rgb,) if color_bounds else ()):
-            lo, hi = values[sl].min(axis=0), values[sl].max(axis=0)
-            row.append((lo, hi))
-        chunk_rows.append(np.concatenate([np.concatenate(pair) for pair in row]))
-        (plo, phi), (slo, shi) = row[0], row[1]
-        for col, (values, lo, hi) in enumerate(((means, plo, phi), (log_scales, slo, shi))):
-            v = values[sl]
-            word = (unorm(v[:, 0], lo[0], hi[0], 11) << 21) | (unorm(v[:, 1], lo[1], hi[1], 10) << 11)
-            word |= unorm(v[:, 2], lo[2], hi[2], 11)
-            packed[sl, 0 if col == 0 else 2] = word
-        if color_bounds:
-            clo, chi = row[2]
-            cbytes = [unorm(rgb[sl, i], clo[i], chi[i], 8) for i in range(3)]
-        else:
-            cbytes = [np.clip(np.rint(rgb[sl, i] * 255), 0, 255).astype(np.uint32) for i in range(3)]
-        alpha = np.clip(np.rint(cloud.opacity.double().numpy()[sl] * 255), 0, 255).astype(np.uint32)
-        packed[sl, 3] = (cbytes[0] << 24) | (cbytes[1] << 16) | (cbytes[2] << 8) | alpha
-    q = _unit(cloud.quats.double().numpy())
-    largest = np.abs(q).argmax(axis=1)
-    q = q * np.where(q[np.arange(n), largest] < 0, -1.0, 1.0)[:, None]
-    words = largest.astype(np.uint32) << 30
-    for row_i in range(n):
-        others = [q[row_i, j] for j in range(4) if j != largest[row_i]]
-        for shift, v in zip((20, 10, 0), others):
-            words[row_i] |= np.uint32(int(np.clip(round((v / math.sqrt(2) + 0.5) * 1023), 0, 1023)) << shift)
-    packed[:, 1] = words
-
-    names = [f"{m}_{a}" for m in ("min", "max") for a in "xyz"]
-    names += [f"{m}_scale_{a}" for m in ("min", "max") for a in "xyz"]
-    if color_bounds:
-        names += [f"{m}_{c}" for m in ("min", "max") for c in "rgb"]
-    degree = cloud.sh_degree
-    k = sh_coeff_count(degree) - 1
-    lines = ["ply", "format binary_little_endian 1.0", "comment test encoder", f"element chunk {chunks}"]
-    lines += [f"property float {name}" for name in names]
-    lines += [f"element vertex {n}"]
-    lines += [f"property uint {p}" for p in ("packed_position", "packed_rotation", "packed_scale", "packed_color")]
-    body = np.asarray(chunk_rows, dtype="<f4").tobytes() + packed.astype("<u4").tobytes()
-    if degree > 0:
-        lines += [f"element sh {n}"] + [f"property uchar f_rest_{i}" for i in range(3 * k)]
-        rest = cloud.sh[:, 1:, :].double().numpy().transpose(0, 2, 1).reshape(n, 3 * k)  # channel-major
-        body += np.clip(np.floor((rest / 8 + 0.5) * 256), 0, 255).astype(np.uint8).tobytes()
-    return ("\n".join(lines) + "\nend_header\n").encode() + body
-
-
-def spz_arrays(cloud: GaussianCloud, version: int, fractional_bits: int = 12) -> list[bytes]:
-    """The spz attribute arrays (positions, alphas, colours, scales, rotations[, sh]), as stored."""
-    fixed = np.rint(cloud.means.double().numpy() * (1 << fractional_bits)).astype(np.int64) & 0xFFFFFF
-    positions = np.stack([fixed & 0xFF, (fixed >> 8) & 0xFF, fixed >> 16], axis=-1).astype(np.uint8)
-    alphas = np.clip(np.rint(cloud.opacity.double().numpy() * 255), 0, 255).astype(np.uint8)
-    colors = np.clip(np.rint(cloud.sh_dc.double().numpy() * 0.15 * 255 + 127.5), 0, 255).astype(np.uint8)
-    scales = np.clip(np.rint((cloud.log_scales.double().numpy() + 10) * 16), 0, 255).astype(np.uint8)
-    wxyz = _unit(cloud.quats.double().numpy())
-    xyzw = wxyz[:, [1, 2, 3, 0]]
-    if version == 2:
-        xyzw = xyzw * np.where(xyzw[:, 3:] < 0, -1.0, 1.0)
-        rotations = np.clip(np.rint((xyzw[:, :3] + 1) * 127.5), 0, 255).astype(np.uint8).tobytes()
-    else:
-        words = []
-        for q in xyzw:
-            largest = int(np.abs(q).argmax())
-            negate = q[largest] < 0
-            comp = largest
-            for i in range(4):
-                if i != largest:
-                    mag = int(511 * abs(q[i]) / math.sqrt(0.5) + 0.5)
-                    comp = (comp << 10) | (int((q[i] < 0) ^ negate) << 9) | mag
-            words.append(comp)
-        rotations = np.asarray(words, dtype="<u4").tobytes()
-    sh = np.clip(np.rint(cloud.sh[:, 1:, :].double().numpy() * 128 + 128), 0, 255).astype(np.uint8)
-    arrays = [positions.tobytes(), alphas.tobytes(), colors.tobytes(), scales.tobytes(), rotations]
-    if cloud.sh_degree > 0:
-        arrays.append(sh.tobytes())
-    return arrays
-
-
-def encode_spz(cloud: GaussianCloud, version: int = 3, fractional_bits: int = 12, flags: int = 0) -> bytes:
-    """spz bytes of ``cloud`` in stored (no coordinate change) convention: v2/v3 gzip, v4 zstd."""
-    arrays = spz_arrays(cloud, version, fractional_bits)
-    n, degree = cloud.num_gaussians, cloud.sh_degree
-    if version in (2, 3):
-        header = struct.pack("<IIIBBBB", 0x5053474E, version, n, degree, fractional_bits, flags, 0)
-        return gzip.compress(header + b"".join(arrays), mtime=0)
-    zstandard = pytest.importorskip("zstandard")
-    frames = [zstandard.ZstdCompressor(level=3).compress(a) for a in arrays]
-    header = struct.pack("<IIIBBBBI12x", 0x5053474E, 4, n, degree, fractional_bits, flags, len(arrays), 32)
-    toc = b"".join(struct.pack("<QQ", len(f), len(a)) for f, a in zip(frames, arrays))
-    return header + toc + b"".join(frames)
 
 
 def write_bytes(tmp_path, name: str, data: bytes):
@@ -175,7 +52,7 @@ def test_registry_order_and_unknown_content(tmp_path):
 
 def test_headerless_splat_needs_its_extension(tmp_path):
     path = tmp_path / "cloud.splat"
-    save_gaussians(random_cloud(8, 0), path)
+    save_gaussians(random_format_cloud(8, 0), path)
     assert load_gaussians(path).num_gaussians == 8
     renamed = write_bytes(tmp_path, "cloud.bin", path.read_bytes())
     with pytest.raises(UnsupportedFormatError):
@@ -184,7 +61,7 @@ def test_headerless_splat_needs_its_extension(tmp_path):
 
 
 def test_content_wins_over_extension(tmp_path):
-    cloud = random_cloud(40, 1)
+    cloud = random_format_cloud(40, 1)
     spz = write_bytes(tmp_path, "misnamed.ply", encode_spz(cloud, version=3))
     cply = write_bytes(tmp_path, "plain.ply", encode_compressed_ply(cloud))
     assert load_gaussians(spz).num_gaussians == 40
@@ -247,7 +124,7 @@ def test_splat_nan_position_is_a_typed_error(tmp_path):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300))
 def test_splat_round_trip_within_quantisation(tmp_path_factory, seed, n):
-    cloud = random_cloud(n, seed)
+    cloud = random_format_cloud(n, seed)
     path = tmp_path_factory.mktemp("splat") / "c.splat"
     save_gaussians(cloud, path)
     assert path.stat().st_size == 32 * n
@@ -264,7 +141,7 @@ def test_splat_round_trip_within_quantisation(tmp_path_factory, seed, n):
 
 
 def test_splat_rgb_outside_unit_range_is_clamped(tmp_path):
-    cloud = random_cloud(50, 3, rgb_range=(-0.5, 1.5))
+    cloud = random_format_cloud(50, 3, rgb_range=(-0.5, 1.5))
     path = tmp_path / "c.splat"
     save_gaussians(cloud, path)
     back = load_gaussians(path)
@@ -272,7 +149,7 @@ def test_splat_rgb_outside_unit_range_is_clamped(tmp_path):
 
 
 def test_splat_sort_by_importance(tmp_path):
-    cloud = random_cloud(100, 4)
+    cloud = random_format_cloud(100, 4)
     save_gaussians(cloud, tmp_path / "sorted.splat", sort=True)
     back = load_gaussians(tmp_path / "sorted.splat")
     order = splat_importance_order(cloud)
@@ -284,7 +161,7 @@ def test_splat_sort_by_importance(tmp_path):
 
 
 def test_splat_refuses_to_drop_sh_silently(tmp_path):
-    cloud = random_cloud(10, 5, sh_degree=2)
+    cloud = random_format_cloud(10, 5, sh_degree=2)
     with pytest.raises(GaussianFormatError, match="drop_sh=True"):
         save_gaussians(cloud, tmp_path / "c.splat")
     save_gaussians(cloud, tmp_path / "c.splat", drop_sh=True)
@@ -297,7 +174,7 @@ def test_splat_refuses_to_drop_sh_silently(tmp_path):
 @pytest.mark.parametrize("color_bounds", [True, False])
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_compressed_ply_matches_encoder(tmp_path, color_bounds, degree):
-    cloud = random_cloud(600, 7 + degree, sh_degree=degree)
+    cloud = random_format_cloud(600, 7 + degree, sh_degree=degree)
     path = write_bytes(tmp_path, "c.compressed.ply", encode_compressed_ply(cloud, color_bounds))
     back = load_gaussians(path)
     assert back.num_gaussians == 600 and back.sh_degree == degree
@@ -320,7 +197,7 @@ def test_compressed_ply_matches_encoder(tmp_path, color_bounds, degree):
 
 def test_compressed_ply_rotation_bit_layout(tmp_path):
     # one Gaussian: largest = rot_2 (y), others (w, x, z) = (0.5, -0.5, 0) -> y = sqrt(0.5)
-    cloud = random_cloud(1, 0)
+    cloud = random_format_cloud(1, 0)
     data = bytearray(encode_compressed_ply(cloud))
     n_word = lambda v: round((v / math.sqrt(2) + 0.5) * 1023)
     word = (2 << 30) | (n_word(0.5) << 20) | (n_word(-0.5) << 10) | n_word(0.0)
@@ -332,26 +209,26 @@ def test_compressed_ply_rotation_bit_layout(tmp_path):
 
 
 def test_compressed_ply_chunk_count_must_match(tmp_path):
-    data = encode_compressed_ply(random_cloud(300, 1)).replace(b"element chunk 2", b"element chunk 1")
+    data = encode_compressed_ply(random_format_cloud(300, 1)).replace(b"element chunk 2", b"element chunk 1")
     with pytest.raises(GaussianFormatError):
         load_gaussians(write_bytes(tmp_path, "c.ply", data))
 
 
 def test_compressed_ply_huge_claim_fails_fast(tmp_path):
-    data = encode_compressed_ply(random_cloud(10, 1)).replace(b"element vertex 10", b"element vertex 1000000000000")
+    data = encode_compressed_ply(random_format_cloud(10, 1)).replace(b"element vertex 10", b"element vertex 1000000000000")
     with pytest.raises(GaussianFormatError, match="truncated"):
         load_gaussians(write_bytes(tmp_path, "c.ply", data))
 
 
 def test_compressed_ply_wrong_property_type(tmp_path):
-    data = encode_compressed_ply(random_cloud(10, 1))
+    data = encode_compressed_ply(random_format_cloud(10, 1))
     data = data.replace(b"property uint packed_color", b"property float packed_color")
     with pytest.raises(GaussianFormatError, match="wrong type"):
         load_gaussians(write_bytes(tmp_path, "c.ply", data))
 
 
 def test_compressed_ply_nan_bounds_are_a_typed_error(tmp_path):
-    data = bytearray(encode_compressed_ply(random_cloud(10, 1)))
+    data = bytearray(encode_compressed_ply(random_format_cloud(10, 1)))
     start = data.find(b"end_header\n") + len(b"end_header\n")
     data[start : start + 4] = struct.pack("<I", 0x7FA00000)  # a signalling NaN as min_x
     with warnings.catch_warnings():
@@ -361,7 +238,7 @@ def test_compressed_ply_nan_bounds_are_a_typed_error(tmp_path):
 
 
 def test_compressed_ply_duplicate_elements(tmp_path):
-    data = encode_compressed_ply(random_cloud(10, 1, sh_degree=1))
+    data = encode_compressed_ply(random_format_cloud(10, 1, sh_degree=1))
     data = data.replace(b"element sh 10\n", b"element sh 1\nproperty uchar f_rest_0\nelement sh 10\n")
     with pytest.raises(GaussianFormatError):
         load_gaussians(write_bytes(tmp_path, "dup.compressed.ply", data))
@@ -369,7 +246,7 @@ def test_compressed_ply_duplicate_elements(tmp_path):
 
 def test_ply_huge_list_element_claim_fails_fast(tmp_path):
     """A header claiming 10^12 faces is refused from the header alone (before plyfile allocates)."""
-    save_gaussians(random_cloud(5, 0), tmp_path / "a.ply")
+    save_gaussians(random_format_cloud(5, 0), tmp_path / "a.ply")
     data = (
         (tmp_path / "a.ply")
         .read_bytes()
@@ -418,7 +295,7 @@ def test_real_compressed_ply(name, count, degree):
 @pytest.mark.parametrize("version", [2, 3, 4])
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_spz_matches_encoder(tmp_path, version, degree):
-    cloud = random_cloud(257, 11 + version, sh_degree=degree)
+    cloud = random_format_cloud(257, 11 + version, sh_degree=degree)
     path = write_bytes(tmp_path, "c.spz", encode_spz(cloud, version=version))
     back = load_gaussians(path, format="spz") if version == 4 else load_gaussians(path)
     stored = read_spz(path, coordinates="stored")
@@ -438,7 +315,7 @@ def test_spz_matches_encoder(tmp_path, version, degree):
 
 
 def test_spz_rdf_flip_keeps_view_dependent_colour(tmp_path):
-    cloud = random_cloud(20, 2, sh_degree=3)
+    cloud = random_format_cloud(20, 2, sh_degree=3)
     path = write_bytes(tmp_path, "c.spz", encode_spz(cloud, version=3))
     stored, flipped = read_spz(path, coordinates="stored"), read_spz(path)
     directions = torch.nn.functional.normalize(torch.randn(20, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -453,14 +330,14 @@ def test_spz_rdf_flip_keeps_view_dependent_colour(tmp_path):
 
 @pytest.mark.parametrize("version", [0, 1, 5, 99])
 def test_spz_unsupported_version_is_named(tmp_path, version):
-    data = bytearray(gzip.decompress(encode_spz(random_cloud(5, 0), version=3)))
+    data = bytearray(gzip.decompress(encode_spz(random_format_cloud(5, 0), version=3)))
     data[4:8] = struct.pack("<I", version)
     with pytest.raises(UnsupportedFormatError, match=f"version {version}"):
         load_gaussians(write_bytes(tmp_path, "v.spz", gzip.compress(bytes(data))))
 
 
 def test_spz_extensions_and_high_degree_unsupported(tmp_path):
-    data = bytearray(gzip.decompress(encode_spz(random_cloud(5, 0), version=3)))
+    data = bytearray(gzip.decompress(encode_spz(random_format_cloud(5, 0), version=3)))
     data[14] = 0x2
     with pytest.raises(UnsupportedFormatError, match="extensions"):
         load_gaussians(write_bytes(tmp_path, "e.spz", gzip.compress(bytes(data))))
@@ -471,7 +348,7 @@ def test_spz_extensions_and_high_degree_unsupported(tmp_path):
 
 @pytest.mark.parametrize("version", [3, 4])
 def test_spz_huge_claim_fails_fast(tmp_path, version):
-    data = bytearray(encode_spz(random_cloud(5, 0), version=version))
+    data = bytearray(encode_spz(random_format_cloud(5, 0), version=version))
     if version == 3:
         raw = bytearray(gzip.decompress(bytes(data)))
         raw[8:12] = struct.pack("<I", 4_000_000_000)
@@ -484,7 +361,7 @@ def test_spz_huge_claim_fails_fast(tmp_path, version):
 
 @pytest.mark.parametrize("version", [2, 3, 4])
 def test_spz_truncated(tmp_path, version):
-    data = encode_spz(random_cloud(100, 0), version=version)
+    data = encode_spz(random_format_cloud(100, 0), version=version)
     for cut in (10, len(data) // 2, len(data) - 1):
         with pytest.raises(GaussianFormatError):
             read_spz(write_bytes(tmp_path, "t.spz", data[:cut]))
@@ -493,7 +370,7 @@ def test_spz_truncated(tmp_path, version):
 def test_spz_v4_without_zstd_names_the_package(tmp_path, monkeypatch):
     import builtins
 
-    data = encode_spz(random_cloud(5, 0), version=4)
+    data = encode_spz(random_format_cloud(5, 0), version=4)
     real_import = builtins.__import__
 
     def no_zstd(name, *args, **kwargs):
@@ -524,7 +401,7 @@ def test_real_biker_spz_matches_compressed_ply():
 
 
 def test_load_gaussians_forwards_reader_options(tmp_path):
-    cloud = random_cloud(10, 4)
+    cloud = random_format_cloud(10, 4)
     path = write_bytes(tmp_path, "c.spz", encode_spz(cloud, version=3))
     stored = load_gaussians(path, coordinates="stored")
     assert torch.equal(stored.means, read_spz(path, coordinates="stored").means)

@@ -9,11 +9,10 @@ import torch.nn.functional as F
 
 from clip_gs.errors import ConfigError
 from clip_gs.model import CLIPGS, FEATURE_LAYOUT, CLIPGSConfig, FusedEncoder, preprocess_cloud
-from clip_gs.model.fused import fold_batchnorm
+from clip_gs.model.fused_kernels import fold_batchnorm
 from clip_gs.model.precision import bf16_supported, cpu_flags, resolve_precision
 from clip_gs.model.uni3d import load_uni3d
-from tests.test_cloud import random_cloud
-from tests.test_model import SMALL, full_model, randomize_batchnorm, tiny_model, uni3d_reference
+from tests.helpers import SMALL, full_model, random_cloud, randomize_batchnorm, tiny_model, uni3d_reference
 
 
 def batch_features(model: CLIPGS, count: int = 3, seed: int = 0) -> torch.Tensor:
@@ -110,7 +109,7 @@ def test_encode_runs_the_fused_form():
 
 
 def test_fp32_results_depend_on_batch_composition_only_at_rounding_level():
-    # What the README claims for precision="fp32": not bitwise stable across batch sizes and
+    # What docs/benchmarks.md claims for precision="fp32": not bitwise stable across batch sizes and
     # thread counts (matmul blocking changes), but equal to float rounding.
     model = full_model()
     clouds = [random_cloud(700, seed=i) for i in range(4)]

@@ -31,7 +31,7 @@ from clip_gs.gaussians.cloud import GaussianCloud
 from clip_gs.gaussians.formats import write_ply, write_splat
 from clip_gs.gaussians.io import load_gaussians
 from tests.conftest import REAL_DATA
-from tests.test_formats import encode_compressed_ply, encode_spz, random_cloud
+from tests.helpers import encode_compressed_ply, encode_spz, random_format_cloud
 
 FAST_EXAMPLES = 150
 SLOW_EXAMPLES = 3000
@@ -68,17 +68,17 @@ def _written(writer: Callable, cloud: GaussianCloud, tmp: Path, name: str, **opt
 def _seeds(tmp: Path) -> dict[str, tuple[str, bytes, bool]]:
     """name -> (file name, bytes, mutate inside gzip)."""
     seeds = {
-        "ply_binary": ("seed.ply", _written(write_ply, random_cloud(12, 1, sh_degree=1), tmp, "b.ply"), False),
-        "ply_ascii": ("seed.ply", _written(write_ply, random_cloud(4, 2), tmp, "a.ply", ascii=True), False),
-        "splat": ("seed.splat", _written(write_splat, random_cloud(10, 3), tmp, "s.splat"), False),
-        "compressed_ply": ("seed.compressed.ply", encode_compressed_ply(random_cloud(300, 4, sh_degree=1)), False),
-        "spz_v2": ("seed.spz", encode_spz(random_cloud(20, 5, sh_degree=1), version=2), False),
-        "spz_v3": ("seed.spz", encode_spz(random_cloud(20, 6), version=3), False),
+        "ply_binary": ("seed.ply", _written(write_ply, random_format_cloud(12, 1, sh_degree=1), tmp, "b.ply"), False),
+        "ply_ascii": ("seed.ply", _written(write_ply, random_format_cloud(4, 2), tmp, "a.ply", ascii=True), False),
+        "splat": ("seed.splat", _written(write_splat, random_format_cloud(10, 3), tmp, "s.splat"), False),
+        "compressed_ply": ("seed.compressed.ply", encode_compressed_ply(random_format_cloud(300, 4, sh_degree=1)), False),
+        "spz_v2": ("seed.spz", encode_spz(random_format_cloud(20, 5, sh_degree=1), version=2), False),
+        "spz_v3": ("seed.spz", encode_spz(random_format_cloud(20, 6), version=3), False),
         # mutate the decompressed payload, then gzip it again: reaches the decoder past the CRC
-        "spz_v3_payload": ("seed.spz", gzip.decompress(encode_spz(random_cloud(20, 7, sh_degree=2), version=3)), True),
+        "spz_v3_payload": ("seed.spz", gzip.decompress(encode_spz(random_format_cloud(20, 7, sh_degree=2), version=3)), True),
     }
     if importlib.util.find_spec("zstandard") is not None:
-        seeds["spz_v4"] = ("seed.spz", encode_spz(random_cloud(30, 8, sh_degree=1), version=4), False)
+        seeds["spz_v4"] = ("seed.spz", encode_spz(random_format_cloud(30, 8, sh_degree=1), version=4), False)
     real = REAL_DATA / "playcanvas-splats" / "test.compressed.ply"
     if real.is_file():
         seeds["compressed_ply_real"] = ("seed.compressed.ply", real.read_bytes(), False)

@@ -39,8 +39,7 @@ from clip_gs.gaussians.formats import write_ply, write_splat
 from clip_gs.gaussians.formats.ply import UnknownPropertiesWarning
 from clip_gs.gaussians.io import load_gaussians
 from clip_gs.gaussians.mesh import MeshColorWarning, mesh_to_gaussians
-from tests.test_formats import encode_compressed_ply, encode_spz, random_cloud
-from tests.test_ply import gaussian_columns, write_vertex_ply
+from tests.helpers import encode_compressed_ply, encode_spz, gaussian_columns, random_format_cloud, write_vertex_ply
 
 MEMORY_HEADROOM = 768 << 20
 """Extra private memory a guarded case may allocate (the 1 GB per-test budget, less the process)."""
@@ -171,7 +170,7 @@ def test_spz_compression_ratio_limit_is_a_reader_option(tmp_path):
 
 
 def test_spz_memory_error_is_a_typed_error_naming_the_file(tmp_path, monkeypatch):
-    path = write(tmp_path / "c.spz", encode_spz(random_cloud(20, 0), version=3))
+    path = write(tmp_path / "c.spz", encode_spz(random_format_cloud(20, 0), version=3))
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError
@@ -184,7 +183,7 @@ def test_spz_memory_error_is_a_typed_error_naming_the_file(tmp_path, monkeypatch
 
 def test_spz_zstd_out_of_memory_names_the_stream_and_the_reason(tmp_path, monkeypatch):
     pytest.importorskip("zstandard")
-    path = write(tmp_path / "c.spz", encode_spz(random_cloud(20, 0), version=4))
+    path = write(tmp_path / "c.spz", encode_spz(random_format_cloud(20, 0), version=4))
 
     def backend(_path):
         def decompress(frame, limit):
@@ -205,7 +204,7 @@ END_HEADER_LOOKALIKES = ["comment end_header", "obj_info xend_header", "comment 
 @pytest.mark.parametrize("where", ["before_elements", "after_properties"])
 @pytest.mark.parametrize("byte_order", ["<", ">"])
 def test_ply_end_header_must_be_a_whole_line(tmp_path, line, where, byte_order):
-    cloud = random_cloud(12, 1, sh_degree=1)
+    cloud = random_format_cloud(12, 1, sh_degree=1)
     data = ply_bytes(tmp_path, cloud, byte_order=byte_order)
     if where == "after_properties":
         data = data.replace(b"\nend_header\n", f"\n{line}\nend_header\n".encode(), 1)
@@ -219,21 +218,21 @@ def test_ply_end_header_must_be_a_whole_line(tmp_path, line, where, byte_order):
 
 @pytest.mark.parametrize("line", END_HEADER_LOOKALIKES)
 def test_compressed_ply_end_header_must_be_a_whole_line(tmp_path, line):
-    data = encode_compressed_ply(random_cloud(300, 4, sh_degree=1))
+    data = encode_compressed_ply(random_format_cloud(300, 4, sh_degree=1))
     expected = load_gaussians(write(tmp_path / "plain.compressed.ply", data))
     data = data.replace(b"\nend_header\n", f"\n{line}\nend_header\n".encode(), 1)
     assert_same_cloud(load_gaussians(write(tmp_path / "c.compressed.ply", data)), expected)
 
 
 def test_ply_binary_data_beyond_the_declared_count_is_refused(tmp_path):
-    data = ply_bytes(tmp_path, random_cloud(12, 1, sh_degree=1))
+    data = ply_bytes(tmp_path, random_format_cloud(12, 1, sh_degree=1))
     row = 26 * 4  # 26 float properties at SH degree 1
     with pytest.raises(GaussianFormatError, match=r"extra\.ply: 104 bytes of data beyond what the PLY header declares"):
         load_gaussians(write(tmp_path / "extra.ply", data + data[-row:]))
 
 
 def test_ply_ascii_rows_beyond_the_declared_count_are_refused(tmp_path):
-    data = ply_bytes(tmp_path, random_cloud(4, 2), ascii=True)
+    data = ply_bytes(tmp_path, random_format_cloud(4, 2), ascii=True)
     last = data.rstrip(b"\n").rsplit(b"\n", 1)[1]
     assert load_gaussians(write(tmp_path / "blank.ply", data + b"\n  \n")).num_gaussians == 4  # blank lines are fine
     with pytest.raises(GaussianFormatError, match=r"extra\.ply: data beyond the 4 rows"):
@@ -241,13 +240,13 @@ def test_ply_ascii_rows_beyond_the_declared_count_are_refused(tmp_path):
 
 
 def test_compressed_ply_data_beyond_the_declared_count_is_refused(tmp_path):
-    data = encode_compressed_ply(random_cloud(300, 4))
+    data = encode_compressed_ply(random_format_cloud(300, 4))
     with pytest.raises(GaussianFormatError, match=r"extra\.compressed\.ply: 16 bytes of data beyond"):
         load_gaussians(write(tmp_path / "extra.compressed.ply", data + bytes(16)))
 
 
 def test_ply_second_vertex_element_is_refused(tmp_path):
-    data = ply_bytes(tmp_path, random_cloud(6, 3))
+    data = ply_bytes(tmp_path, random_format_cloud(6, 3))
     head, body = data.split(b"end_header\n", 1)
     first = head.index(b"element vertex")
     block = head[first:]
@@ -295,7 +294,7 @@ def test_ply_log_scale_overflowing_float32_is_refused(tmp_path):
 
 
 def test_compressed_ply_log_scale_bound_of_200_is_refused(tmp_path):
-    data = bytearray(encode_compressed_ply(random_cloud(300, 4)))
+    data = bytearray(encode_compressed_ply(random_format_cloud(300, 4)))
     start = data.index(b"end_header\n") + len(b"end_header\n")
     max_scale_x = 9  # min_x..max_z, min_scale_x..z, then max_scale_x
     data[start + 4 * max_scale_x : start + 4 * max_scale_x + 4] = struct.pack("<f", 200.0)
@@ -305,7 +304,7 @@ def test_compressed_ply_log_scale_bound_of_200_is_refused(tmp_path):
 
 def test_splat_scale_overflowing_float32_is_refused(tmp_path):
     path = tmp_path / "s.splat"
-    write_splat(random_cloud(4, 5), path)
+    write_splat(random_format_cloud(4, 5), path)
     data = bytearray(path.read_bytes())
     data[32 + 12 : 32 + 16] = struct.pack("<f", 1e30)  # Gaussian 1, linear scale x: log 69
     with pytest.raises(GaussianFormatError, match=r"s\.splat: .*of scale lie outside the log-scale range .*index 1"):
@@ -440,7 +439,7 @@ def test_fuzz_header_comments_never_change_the_data(tmp_path_factory, seed):
     """Comments and obj_info lines carry no data: a PLY with any of them added loads as the same
     cloud; bytes after the declared data are refused. Never a different cloud."""
     folder = tmp_path_factory.mktemp(f"fuzz_comments_{seed}")
-    cloud = random_cloud(300 if seed == "compressed_ply" else 12, 12, sh_degree=1)
+    cloud = random_format_cloud(300 if seed == "compressed_ply" else 12, 12, sh_degree=1)
     if seed == "compressed_ply":
         name, data = "seed.compressed.ply", encode_compressed_ply(cloud)
     else:

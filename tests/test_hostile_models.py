@@ -32,7 +32,7 @@ from clip_gs.errors import CheckpointError, ClipGSError, ConfigError
 from clip_gs.model import create_model
 from clip_gs.model.folder import read_teacher_record
 from clip_gs.model.loaded import load_model
-from tests.test_formats import random_cloud
+from tests.helpers import random_format_cloud
 
 TINY = {
     "width": 24,
@@ -308,8 +308,8 @@ def test_every_malformed_teacher_json_is_a_config_error_naming_the_file(saved, t
 def test_every_teacher_json_reader_is_the_one_reader(saved, tmp_path):
     """``clip-gs push``'s folder check, the model card and the one model loader (every verb's) refuse
     what ``read_teacher_record`` refuses."""
-    from clip_gs.model.card import folder_card
-    from clip_gs.model.push import validate_folder
+    from clip_gs.hub.card import folder_card
+    from clip_gs.model.clipgs import validate_folder
 
     folder = copy_folder(saved, tmp_path / "m")
     (folder / "teacher.json").write_text(json.dumps({"teacher": TEACHER, "embed_dim": 16, "colour": "red"}))
@@ -482,7 +482,7 @@ def fuzz_config_json(saved: Path, tmp_path: Path, examples: int) -> None:
     outcome is a model that embeds to finite vectors or a ClipGSError (the caller guards large builds)."""
     folder = copy_folder(saved, tmp_path / "m")
     original = json.loads((saved / "config.json").read_text())
-    cloud = random_cloud(80, seed=0)
+    cloud = random_format_cloud(80, seed=0)
     assert CLIPGS.from_pretrained(folder).config.embed_dim == 16  # the unmutated seed loads
     outcomes = []
 

@@ -25,8 +25,7 @@ from clip_gs.data.prepare import prepare_dataset
 from clip_gs.data.sources import SourceItem, list_sources, read_captions
 from clip_gs.data.triplets import SPLITS
 from clip_gs.errors import DatasetError
-from tests.test_cloud import random_cloud
-from tests.test_prepare import SETTINGS, FakeTeacher
+from tests.helpers import PREPARE_SETTINGS, FakeTeacher, random_cloud
 
 MARKER = ".clip-gs-prepare"
 MAX_PEAK_BYTES = 8 << 20
@@ -46,7 +45,7 @@ def plant(root: Path, files: dict[str, bytes]) -> None:
 
 
 def prepare(out, teacher=None, source="synthetic:3", **kwargs):
-    return prepare_dataset(source, out, teacher=teacher or FakeTeacher(), settings=SETTINGS, progress=False, **kwargs)
+    return prepare_dataset(source, out, teacher=teacher or FakeTeacher(), settings=PREPARE_SETTINGS, progress=False, **kwargs)
 
 
 # ---------------------------------------------------------------------------- prepare_dataset: folders
@@ -318,7 +317,7 @@ def test_two_rows_matching_one_object_are_refused_naming_both(tmp_path):
     captions = tmp_path / "c.csv"
     captions.write_text("id,caption\nchair/obj1,a wooden chair\nobj1,a seat\n")  # by id, and by stem
     with pytest.raises(DatasetError, match=rf"{captions}: line 2 \('chair/obj1'\) and line 3 \('obj1'\) both caption"):
-        list_sources(str(src), SETTINGS, captions)
+        list_sources(str(src), PREPARE_SETTINGS, captions)
 
 
 # ---------------------------------------------------------------------------- precomputed embeddings

@@ -1,5 +1,5 @@
-"""The Hugging Face Hub side: the model card, ``push_folder`` / ``clip-gs push`` / ``CLIPGS.push_to_hub``,
-and offline ``from_pretrained`` from the local Hugging Face cache.
+"""The Hugging Face Hub side: the model card, ``clip-gs push`` (``folder_upload``, ``push_upload``),
+``CLIPGS.push_to_hub``, and offline ``from_pretrained`` from the local Hugging Face cache.
 
 There is no network here: the Hub's upload endpoints (``HfApi.create_repo`` / ``HfApi.create_commit``)
 are replaced by :class:`HubRecorder`, which records what would be sent; everything before them (checks,
@@ -21,13 +21,17 @@ from safetensors.torch import load as load_safetensors
 
 from clip_gs import CLIPGS
 from clip_gs.cli import main
-from clip_gs.downloads import model_location
 from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardError, WeightsUnavailableError
+from clip_gs.evaluation.report import read_eval_report
+from clip_gs.hub.card import card_template, folder_card
+from clip_gs.hub.downloads import model_location
+from clip_gs.hub.folder import EVAL_REPORT, report_location
+from clip_gs.hub.push import PushResult, push_upload
 from clip_gs.lightning.export import export_pretrained
 from clip_gs.model import create_model
-from clip_gs.model.card import card_template, folder_card, read_eval_report, teacher_spec
-from clip_gs.model.folder import EVAL_REPORT
-from clip_gs.model.push import prepare_upload, push_folder, validate_folder
+from clip_gs.model.clipgs import validate_folder
+from clip_gs.model.folder import card_teacher_spec
+from clip_gs.usage.push_cli import folder_upload
 
 REPO = Path(__file__).resolve().parents[1]
 E = 16
@@ -89,6 +93,20 @@ def folder(tmp_path) -> Path:
     return export(tmp_path / "tiny")
 
 
+def card_of(folder: Path, repo_id: str | None = None, eval_report: Path | None = None) -> str:
+    """The card of a folder with its report (``folder/eval/report.json`` or ``eval_report``), read and checked
+    as ``clip-gs push`` does."""
+    report_file = report_location(folder, eval_report)
+    report = read_eval_report(report_file) if report_file is not None else None
+    spec = card_teacher_spec(TEACHER["teacher"])
+    return str(folder_card(folder, repo_id=repo_id, report=report, report_file=report_file, teacher_spec=spec))
+
+
+def push_folder(folder: Path, repo_id: str, eval_report: Path | None = None, **options) -> PushResult:
+    """What ``clip-gs push`` does: check the folder, make the commit, send it."""
+    return push_upload(folder_upload(folder, repo_id, eval_report=eval_report), **options)
+
+
 def front_matter(text: str) -> dict:
     assert text.startswith("---\n")
     return yaml.safe_load(text.split("---\n")[1])
@@ -102,7 +120,7 @@ def index_metrics(meta: dict) -> dict[tuple[str, str], float]:
 
 # ---------------------------------------------------------------------------- the card
 def test_card_metadata_and_model_index_equal_the_report(folder):
-    text = str(folder_card(folder, repo_id="org/tiny"))
+    text = card_of(folder, repo_id="org/tiny")
     meta = front_matter(text)
     assert meta["library_name"] == "clip-gs" and meta["license"] == "apache-2.0"
     assert meta["pipeline_tag"] == "feature-extraction" and "3d-gaussian-splatting" in meta["tags"]
@@ -126,7 +144,7 @@ def test_card_metadata_and_model_index_equal_the_report(folder):
 
 
 def test_card_sections_snippet_and_tables(folder):
-    text = str(folder_card(folder, repo_id="org/tiny"))
+    text = card_of(folder, repo_id="org/tiny")
     positions = [text.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
     assert 'CLIPGS.from_pretrained("org/tiny")' in text and 'load_teacher("synthetic-clip")' in text
@@ -144,7 +162,7 @@ def test_card_sections_snippet_and_tables(folder):
 def test_card_without_a_report_says_so_and_labels_the_validation_metrics(tmp_path):
     folder = export(tmp_path / "tiny", with_report=False)
     text = (folder / "README.md").read_text()  # the export's card
-    assert text == str(folder_card(folder, use_eval_report=False))
+    assert text == str(folder_card(folder, teacher_spec="synthetic-clip"))
     meta = front_matter(text)
     assert "model-index" not in meta and meta["library_name"] == "clip-gs"
     assert "No evaluation report was given: run `clip-gs eval`" in text
@@ -155,7 +173,7 @@ def test_card_without_a_report_says_so_and_labels_the_validation_metrics(tmp_pat
 def test_card_of_a_partial_report_has_only_its_tasks(folder):
     partial = folder / "partial.json"
     partial.write_text(json.dumps(report(retrieval={"3d_to_text": {"r1": 0.5, "r5": 0.75, "r10": 1.0}})))
-    text = str(folder_card(folder, repo_id="org/tiny", eval_report=partial))
+    text = card_of(folder, repo_id="org/tiny", eval_report=partial)
     assert index_metrics(front_matter(text)) == {("3d-to-text-retrieval", f"R@{k}"): v
                                                  for k, v in ((1, 0.5), (5, 0.75), (10, 1.0))}  # fmt: skip
     assert "**Zero-shot classification**" not in text and "| 3D → text | 50.0% | 75.0% | 100.0% |" in text
@@ -166,7 +184,7 @@ def test_card_shows_the_optional_sample_count_and_failed_protocols(folder):
     data["failures"] = {"fewshot": "DatasetError: 2 classes have fewer than 6 objects"}
     path = folder / "with-failures.json"
     path.write_text(json.dumps(data))
-    text = str(folder_card(folder, eval_report=path))
+    text = card_of(folder, eval_report=path)
     assert "(2 classes, label set `synthetic`, 16 objects)" in text
     assert "Protocols that could not run on this split:\n\n- fewshot: DatasetError: 2 classes have fewer" in text
     data["failures"] = {"fewshot": 3}
@@ -179,9 +197,9 @@ def test_export_card_has_no_report_and_a_reexport_removes_the_old_one(folder):
     """The export's own card has no evaluation; a report written after it reaches the card; exporting new
     weights into the folder removes that report (it describes the earlier weights)."""
     assert "No evaluation report" in (folder / "README.md").read_text()
-    assert "model-index" in front_matter(str(folder_card(folder)))
+    assert "model-index" in front_matter(card_of(folder))
     export(folder, with_report=False)
-    assert not (folder / "eval").exists() and "model-index" not in front_matter(str(folder_card(folder)))
+    assert not (folder / "eval").exists() and "model-index" not in front_matter(card_of(folder))
 
 
 @pytest.mark.parametrize(
@@ -222,18 +240,18 @@ def test_missing_or_unreadable_report_is_named(tmp_path):
 
 
 def test_teacher_specs_of_identities():
-    assert teacher_spec("open_clip:EVA02-E-14-plus/laion2b_s9b_b144k") == "EVA02-E-14-plus/laion2b_s9b_b144k"
-    assert teacher_spec("file:synthetic-clip@sha256:0123") == "synthetic-clip"
-    assert teacher_spec("hf-hub:org/clip") == "hf-hub:org/clip"
-    assert teacher_spec("file:ViT-B-32@sha256:0123") is None and teacher_spec(None) is None
+    assert card_teacher_spec("open_clip:EVA02-E-14-plus/laion2b_s9b_b144k") == "EVA02-E-14-plus/laion2b_s9b_b144k"
+    assert card_teacher_spec("file:synthetic-clip@sha256:0123") == "synthetic-clip"
+    assert card_teacher_spec("hf-hub:org/clip") == "hf-hub:org/clip"
+    assert card_teacher_spec("file:ViT-B-32@sha256:0123") is None and card_teacher_spec(None) is None
 
 
 def test_the_template_is_the_root_model_card_shipped_as_package_data():
     """``MODEL_CARD.md`` is the template; the package file links to it, so a wheel holds a copy."""
-    packaged = REPO / "src" / "clip_gs" / "model" / "model_card.md"
+    packaged = REPO / "src" / "clip_gs" / "hub" / "model_card.md"
     assert card_template() == packaged.read_text() == (REPO / "MODEL_CARD.md").read_text()
     assert packaged.is_symlink() and packaged.resolve() == (REPO / "MODEL_CARD.md").resolve()
-    assert '"clip_gs.model" = ["model_card.md"]' in (REPO / "pyproject.toml").read_text()  # in the wheel
+    assert '"clip_gs.hub" = ["model_card.md"]' in (REPO / "pyproject.toml").read_text()  # in the wheel
 
 
 def test_save_pretrained_writes_the_clip_gs_card(tmp_path):
@@ -302,7 +320,7 @@ def test_push_sends_the_folder_and_the_generated_card_in_one_commit(folder, monk
         if name != "README.md":
             assert commit["files"][name] == (folder / name).read_bytes(), name
     card = commit["files"]["README.md"].decode()
-    assert card == str(folder_card(folder, repo_id="org/tiny"))
+    assert card == card_of(folder, repo_id="org/tiny")
     assert card != (folder / "README.md").read_text()  # the export's card had no report; the pushed one does
     assert "model-index" in front_matter(card) and 'from_pretrained("org/tiny")' in card
     assert result.commit_url.startswith("https://huggingface.co/org/tiny/commit/")
@@ -449,7 +467,7 @@ def test_validate_folder_returns_the_config_and_bad_repo_ids_are_refused(folder,
     hub = HubRecorder(monkeypatch)
     for repo_id in ("tiny", "org/tiny/extra", "org/ti ny"):
         with pytest.raises(ConfigError, match="repo id"):
-            prepare_upload(folder, repo_id)
+            folder_upload(folder, repo_id)
     with pytest.raises(ModelCardError, match="absent.json: no evaluation report there"):
         push_folder(folder, "org/tiny", eval_report=folder / "absent.json")
     with pytest.raises(CheckpointError, match="not a folder"):
@@ -494,7 +512,7 @@ def test_trained_export_is_ready_to_push(trained_run, monkeypatch, online):
     the commit holds the folder's exact files (the upload endpoint is recorded: no network here); the
     folder loads back with weights equal to the pushed ones."""
     folder = Path(trained_run.model_dir)
-    upload = prepare_upload(folder, "org/trained")
+    upload = folder_upload(folder, "org/trained")
     card = upload.card()
     if (folder / EVAL_REPORT).is_file():
         tasks = read_eval_report(folder / EVAL_REPORT)["tasks"]
@@ -526,3 +544,21 @@ def test_model_location_tells_folders_files_and_repo_ids_apart(tmp_path, monkeyp
     for missing in (str(tmp_path / "nope"), "./runs/export", "a/b/c"):
         with pytest.raises(CheckpointError, match=f"{missing}: no such model folder"):
             CLIPGS.from_pretrained(missing)
+
+
+def test_local_files_only_never_downloads_a_teacher(tmp_path, monkeypatch, online):
+    """``local_files_only=True`` (what ``prepare`` uses to look for the paper's teacher): a teacher whose weights
+    are not in the Hugging Face cache is unavailable at once, with the Hub online, and no request is made."""
+    import socket
+
+    from clip_gs.hub.downloads import is_offline
+    from clip_gs.teachers import load_teacher
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a request was made")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert not is_offline()
+    with pytest.raises(WeightsUnavailableError, match=r"EVA02-E-14-plus / laion2b_s9b_b144k.*local_files_only"):
+        load_teacher("EVA02-E-14-plus/laion2b_s9b_b144k", local_files_only=True)

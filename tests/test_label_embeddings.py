@@ -283,7 +283,7 @@ def test_the_labels_command_writes_what_classify_uses(model_dir, objects, tmp_pa
 # ---------------------------------------------------------------------------- eval
 def test_eval_on_a_prepared_split_with_a_file_equals_the_text_tower(teacher, synthetic_file, tmp_path):
     from clip_gs.data.triplets import Manifest
-    from clip_gs.evaluation.run import zero_shot_classes
+    from clip_gs.evaluation.sources import zero_shot_classes
 
     identity = str(teacher.identity)
     Manifest(teacher=identity, embed_dim=256, counts={"test": 1}, labels=["cube"]).write(tmp_path)

@@ -13,14 +13,8 @@ import trimesh
 from PIL import Image
 
 from clip_gs.errors import ConfigError, MeshError
-from clip_gs.gaussians.mesh import (
-    NEUTRAL_GREY,
-    MeshColorWarning,
-    disk_radius,
-    mesh_to_gaussians,
-    sample_texture,
-    sample_triangles,
-)
+from clip_gs.gaussians.mesh import NEUTRAL_GREY, MeshColorWarning, mesh_to_gaussians, sample_texture
+from clip_gs.gaussians.surface import disk_radius, sample_triangles
 from tests.conftest import real_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::clip_gs.gaussians.mesh.MeshColorWarning")  # grey is tested on its own

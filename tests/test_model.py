@@ -22,39 +22,8 @@ from clip_gs.model import (
 )
 from clip_gs.model.uni3d import GAUSSIAN_BRANCH_PREFIX, load_uni3d
 from tests.conftest import real_file, requires_cuda
-from tests.test_cloud import random_cloud
-from tests.uni3d_reference import Uni3DPointEncoderReference, deepspeed_model_states
-
-SMALL = dict(num_gaussians=512, num_groups=32, group_size=16)
-"""Tokenizer sizes that keep CPU tests fast."""
-
-
-def tiny_model(**overrides) -> CLIPGS:
-    torch.manual_seed(0)
-    return create_model("clip-gs-tiny", **(SMALL | overrides)).eval()
-
-
-def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give BatchNorm layers non-trivial running statistics and affine values."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
-def full_model(seed: int = 0, **overrides) -> CLIPGS:
-    """A tiny CLIP-GS with every parameter moved away from its initial value (a live Gaussian
-    branch, non-unit LayerNorms, non-zero q/v biases) and non-trivial BatchNorm statistics."""
-    model = tiny_model(**overrides)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=generator))
-    randomize_batchnorm(model, seed=seed)
-    return model
+from tests.helpers import SMALL, full_model, random_cloud, randomize_batchnorm, tiny_model, uni3d_reference
+from tests.uni3d_reference import deepspeed_model_states
 
 
 def test_registry_has_the_uni3d_sizes():
@@ -233,10 +202,6 @@ def test_from_pretrained_offline_hub_repo_is_a_clear_error(monkeypatch, tmp_path
 
 
 # ---------------------------------------------------------------------------- Uni3D conversion
-
-
-def uni3d_reference(size: str, **overrides) -> Uni3DPointEncoderReference:
-    return Uni3DPointEncoderReference(get_model_config(f"clip-gs-{size}", **overrides))
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "large", "giant"])

@@ -11,9 +11,9 @@ import torch
 
 from clip_gs import GaussianCloud, load_gaussians, save_gaussians
 from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
-from clip_gs.gaussians.formats.ply import UnknownPropertiesWarning, f_rest_names
+from clip_gs.gaussians.formats.ply import UnknownPropertiesWarning
 from tests.conftest import real_file
-from tests.test_cloud import random_cloud
+from tests.helpers import gaussian_columns, random_cloud, write_vertex_ply
 
 
 def assert_bitwise_equal(a: GaussianCloud, b: GaussianCloud) -> None:
@@ -41,23 +41,6 @@ def test_written_property_order_matches_the_reference_trainer(tmp_path):
         "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *[f"f_rest_{i}" for i in range(9)],
         "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
     ]  # fmt: skip
-
-
-def write_vertex_ply(path, columns: dict[str, np.ndarray], text=False, extra_elements=()):
-    n = len(next(iter(columns.values())))
-    record = np.empty(n, dtype=[(name, values.dtype.str) for name, values in columns.items()])
-    for name, values in columns.items():
-        record[name] = values
-    elements = [plyfile.PlyElement.describe(record, "vertex"), *extra_elements]
-    plyfile.PlyData(elements, text=text).write(str(path))
-    return path
-
-
-def gaussian_columns(n: int, degree: int = 1, dtype=np.float32) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", *f_rest_names(degree), "opacity"]
-    names += ["scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    return {name: rng.standard_normal(n).astype(dtype) for name in names}
 
 
 def test_properties_are_found_by_name_and_f_rest_is_channel_major(tmp_path):

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clip_gs import save_gaussians
 from clip_gs.cli import main
@@ -22,34 +21,15 @@ from clip_gs.data.sources import list_sources, read_captions
 from clip_gs.data.synthetic import SHAPE_NOUNS, SyntheticGaussianDataset
 from clip_gs.data.triplets import Manifest, TripletSample
 from clip_gs.errors import EXIT_SOME_FAILED, ConfigError, DatasetError, PreparedWithOtherSettingsError
-from tests.helpers import fake_sample, random_cloud
-
-
-class FakeTeacher:
-    """A deterministic stand-in with the teacher interface (text: hashed vectors; images: colour
-    statistics), so that these tests check the pipeline, not a model."""
-
-    embed_dim = 16
-    image_size = 24
-    identity = "fake:prepare-test"
-
-    def __init__(self):
-        self.calls = 0
-
-    def encode_text(self, texts):
-        self.calls += 1
-        rows = [
-            torch.tensor(list(hashlib.sha256(t.encode()).digest()[:16]), dtype=torch.float32) - 127.5 for t in texts
-        ]
-        return F.normalize(torch.stack(rows), dim=-1)
-
-    def encode_images(self, images):
-        self.calls += 1
-        x = images.float().mean(dim=(1, 2)) / 255  # [B, 3] uint8 HWC in
-        return F.normalize(torch.cat([x, 1 - x, x**2, torch.ones(len(x), 7)], dim=-1), dim=-1)
-
-
-SETTINGS = PrepareSettings(views=2, synthetic_gaussians=512, mesh_gaussians=2000, val_fraction=0.2, test_fraction=0.2)
+from tests.helpers import (
+    CLI_SETTINGS,
+    PREPARE_SETTINGS,
+    SYNTHETIC_SETTINGS,
+    FakeTeacher,
+    dataset_bytes,
+    fake_sample,
+    random_cloud,
+)
 
 
 def read_split(root, split):
@@ -75,7 +55,7 @@ def tree_digest(root) -> dict:
 
 def test_synthetic_source_to_shards_and_manifest(tmp_path):
     teacher = FakeTeacher()
-    summary = prepare_dataset("synthetic:10", tmp_path / "out", teacher=teacher, settings=SETTINGS, progress=False)
+    summary = prepare_dataset("synthetic:10", tmp_path / "out", teacher=teacher, settings=PREPARE_SETTINGS, progress=False)
     assert summary.total == summary.succeeded == 10 and summary.failed == 0
     assert sum(summary.counts.values()) == 10
     manifest = Manifest.read(tmp_path / "out")
@@ -90,7 +70,7 @@ def test_synthetic_source_to_shards_and_manifest(tmp_path):
     assert all(SHAPE_NOUNS[sample.label] in c for c in sample.captions)
     assert sample.image_embeddings.shape == (2, 16) and sample.viewmats.shape == (2, 4, 4)
     assert torch.allclose(sample.text_embeddings, teacher.encode_text(list(sample.captions)))
-    assert {s.id: split_of(s.id, SETTINGS) for s in samples} == {
+    assert {s.id: split_of(s.id, PREPARE_SETTINGS) for s in samples} == {
         s.id: split
         for split in ("train", "val", "test")
         if summary.counts[split]
@@ -103,7 +83,7 @@ def test_auto_device_and_precision_are_resolved_before_any_work(tmp_path):
     resolve to, and the work's settings record those, never "auto"."""
     from clip_gs.model.precision import resolve_device, teacher_precision
 
-    prepare_dataset("synthetic:2", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False,
+    prepare_dataset("synthetic:2", tmp_path / "out", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False,
                     device="auto", precision="auto")  # fmt: skip
     device = resolve_device("auto").type
     recorded = json.loads((tmp_path / "out" / ".work" / "settings.json").read_text())
@@ -127,26 +107,26 @@ def test_synthetic_pose_setting_reaches_the_stored_clouds(tmp_path):
 
 
 def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_shards(tmp_path):
-    whole = prepare_dataset("synthetic:9", tmp_path / "whole", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    whole = prepare_dataset("synthetic:9", tmp_path / "whole", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
     digest = tree_digest(tmp_path / "whole")
     mtime = (tmp_path / "whole" / "train" / "index.json").stat().st_mtime_ns
     again_teacher = FakeTeacher()
-    again = prepare_dataset("synthetic:9", tmp_path / "whole", teacher=again_teacher, settings=SETTINGS, progress=False)
+    again = prepare_dataset("synthetic:9", tmp_path / "whole", teacher=again_teacher, settings=PREPARE_SETTINGS, progress=False)
     assert again.reused == 9 and again_teacher.calls == 0  # no rendering or teacher work redone
     assert tree_digest(tmp_path / "whole") == digest
     assert (tmp_path / "whole" / "train" / "index.json").stat().st_mtime_ns == mtime  # not even rewritten
     # a run stopped after 4 objects (as a kill leaves it), then rerun
     partial = prepare_dataset(
-        "synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False, limit=4
+        "synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False, limit=4
     )
     assert partial.succeeded == 4 and not (tmp_path / "cut" / "manifest.json").exists()
-    resumed = prepare_dataset("synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    resumed = prepare_dataset("synthetic:9", tmp_path / "cut", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
     assert resumed.reused == 4 and resumed.succeeded == 9 == whole.succeeded
     assert tree_digest(tmp_path / "cut") == digest
 
 
 def test_resuming_with_other_settings_or_teacher_is_refused(tmp_path):
-    prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
     with pytest.raises(DatasetError, match="other settings or another teacher.*--overwrite"):
         prepare_dataset(
             "synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3), progress=False
@@ -154,7 +134,7 @@ def test_resuming_with_other_settings_or_teacher_is_refused(tmp_path):
     # the default pose is left out of the record (folders prepared before poses existed resume); another is refused
     assert "synthetic_pose" not in json.loads((tmp_path / "out" / ".work" / "settings.json").read_text())["settings"]
     with pytest.raises(DatasetError, match="other settings"):
-        upright = dataclasses.replace(SETTINGS, synthetic_pose="upright")
+        upright = dataclasses.replace(PREPARE_SETTINGS, synthetic_pose="upright")
         prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=upright, progress=False)
     redone = prepare_dataset(
         "synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PrepareSettings(views=3, synthetic_gaussians=512),
@@ -169,19 +149,19 @@ def test_folder_with_labels_captions_and_a_bad_file(tmp_path, capsys):
         (src / label).mkdir(parents=True, exist_ok=True)
         save_gaussians(random_cloud(300, seed=seed), src / label / f"obj{seed}.ply")
     (src / "lamp" / "broken.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 9\nend_header\n")
-    items = {i.id: i for i in list_sources(str(src), SETTINGS)}
+    items = {i.id: i for i in list_sources(str(src), PREPARE_SETTINGS)}
     assert items["chair/obj0"].label == "chair" and items["chair/obj0"].captions == ("a 3D model of a chair.",)
     captions = tmp_path / "captions.csv"
     captions.write_text("path,caption,label,split\nchair/obj1.ply,a wooden chair|a seat,chair,test\n")
-    items = {i.id: i for i in list_sources(str(src), SETTINGS, captions)}
+    items = {i.id: i for i in list_sources(str(src), PREPARE_SETTINGS, captions)}
     assert items["chair/obj1"].captions == ("a wooden chair", "a seat") and items["chair/obj1"].split == "test"
     assert items["chair/obj0"].captions == ()  # not in the captions file: no caption is made up
     with pytest.raises(
         DatasetError, match=r"captions for 1 of 4 objects \(25.0%.*no caption for chair/obj0, lamp/broken"
     ):
-        prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS,
+        prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=PREPARE_SETTINGS,
                         progress=False)  # fmt: skip
-    summary = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=SETTINGS,
+    summary = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), captions=captions, settings=PREPARE_SETTINGS,
                               progress=False, min_caption_coverage=0.25)  # fmt: skip
     assert summary.failed == 1 and summary.succeeded == 3
     failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
@@ -197,9 +177,9 @@ def test_an_edited_input_is_prepared_again_and_the_rest_reused(tmp_path):
     src.mkdir()
     for seed in range(3):
         save_gaussians(random_cloud(300, seed=seed), src / f"obj{seed}.ply")
-    prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
     save_gaussians(random_cloud(400, seed=9), src / "obj1.ply")  # edited after it was prepared
-    again = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    again = prepare_dataset(str(src), tmp_path / "out", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
     assert again.reused == 2 and again.succeeded == 3
     samples = {
         s.id: s
@@ -209,14 +189,14 @@ def test_an_edited_input_is_prepared_again_and_the_rest_reused(tmp_path):
     }
     assert samples["obj1"].cloud.num_gaussians == 400
     with pytest.raises(DatasetError, match="other settings"):  # another source into the same output
-        prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+        prepare_dataset("synthetic:3", tmp_path / "out", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
 
 
 def test_default_teacher_is_the_offline_one_when_the_papers_is_not_cached(tmp_path, monkeypatch):
+    import socket
+
     from clip_gs.data.prepare import default_teacher
     from clip_gs.teachers import OFFLINE_TEACHER
-
-    import socket
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
     connections = []
@@ -234,7 +214,7 @@ def test_the_offline_teacher_refuses_views_on_a_background_it_never_saw(tmp_path
 
     teacher = load_teacher("synthetic-clip")
     assert teacher.view_backgrounds == VIEW_BACKGROUNDS == ((1.0, 1.0, 1.0),)
-    black = dataclasses.replace(SETTINGS, background=(0.0, 0.0, 0.0))
+    black = dataclasses.replace(PREPARE_SETTINGS, background=(0.0, 0.0, 0.0))
     with pytest.raises(ConfigError, match=r"synthetic-clip.*background \(1.0, 1.0, 1.0\) only.*\(0.0, 0.0, 0.0\)"):
         prepare_dataset("synthetic:2", tmp_path / "black", settings=black, teacher=teacher, progress=False)
     assert not (tmp_path / "black" / "manifest.json").exists()
@@ -251,7 +231,7 @@ def test_the_offline_teacher_refuses_views_on_a_background_it_never_saw(tmp_path
     assert main(args) == 2
     assert "trained on views rendered on background (1.0, 1.0, 1.0) only" in capsys.readouterr().err
     # white (the default) is what it knows; a teacher that names no backgrounds (a CLIP) takes any
-    prepare_dataset("synthetic:2", tmp_path / "white", settings=SETTINGS, teacher=teacher, progress=False)
+    prepare_dataset("synthetic:2", tmp_path / "white", settings=PREPARE_SETTINGS, teacher=teacher, progress=False)
     assert sum(Manifest.read(tmp_path / "white").counts.values()) == 2
     prepare_dataset("synthetic:2", tmp_path / "fake", settings=black, teacher=FakeTeacher(), progress=False)
 
@@ -272,12 +252,12 @@ def test_cap3d_captions_in_the_objaverse_layout(tmp_path):
     cap3d.write_text(f'{uids[0]},"a wooden chair, with four legs"\n{uids[1]},a red lamp\n{uids[2]},a blue mug\n')
     table = read_captions(cap3d)
     assert table[uids[0]]["captions"] == ["a wooden chair, with four legs"] and len(table) == 3
-    items = {i.id: i for i in list_sources(str(tmp_path / "objaverse"), SETTINGS, cap3d)}
+    items = {i.id: i for i in list_sources(str(tmp_path / "objaverse"), PREPARE_SETTINGS, cap3d)}
     assert sorted(items) == sorted(f"glbs/000-{i % 2:03d}/{u}" for i, u in enumerate(uids))
     assert all(item.captions and item.label is None for item in items.values())
-    assert list_sources(str(tmp_path / "objaverse"), SETTINGS)[0].captions == ()  # no folder label made up
+    assert list_sources(str(tmp_path / "objaverse"), PREPARE_SETTINGS)[0].captions == ()  # no folder label made up
     summary = prepare_dataset(str(tmp_path / "objaverse"), tmp_path / "out", teacher=FakeTeacher(), captions=cap3d,
-                              settings=SETTINGS, progress=False)  # fmt: skip
+                              settings=PREPARE_SETTINGS, progress=False)  # fmt: skip
     assert summary.failed == 0 and summary.succeeded == 3
     manifest = Manifest.read(tmp_path / "out")
     assert manifest.caption_coverage == 1.0 and manifest.labels == []
@@ -286,7 +266,7 @@ def test_cap3d_captions_in_the_objaverse_layout(tmp_path):
     headed.write_text(f"uid,caption\n{uids[1]},a lamp\n")
     assert read_captions(headed) == {uids[1]: {"captions": ["a lamp"], "label": None, "split": None}}
     save_gaussians(random_cloud(200, seed=9), tmp_path / "objaverse" / "glbs" / "000-001" / f"{uids[0]}.ply")
-    twice = {i.id: i for i in list_sources(str(tmp_path / "objaverse"), SETTINGS, cap3d)}
+    twice = {i.id: i for i in list_sources(str(tmp_path / "objaverse"), PREPARE_SETTINGS, cap3d)}
     assert twice[f"glbs/000-000/{uids[0]}"].captions == () and twice[f"glbs/000-001/{uids[0]}"].captions == ()
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\n")
@@ -302,7 +282,7 @@ def test_an_unmatched_captions_file_is_refused_before_any_work(tmp_path, capsys)
     with pytest.raises(
         DatasetError, match=r"captions for 0 of 2 objects.*no caption for glbs/000-000/uid-a, glbs/000-001/uid-b"
     ):
-        prepare_dataset(str(tmp_path / "objaverse"), tmp_path / "out", teacher=teacher, captions=wrong, settings=SETTINGS,
+        prepare_dataset(str(tmp_path / "objaverse"), tmp_path / "out", teacher=teacher, captions=wrong, settings=PREPARE_SETTINGS,
                         progress=False)  # fmt: skip
     assert teacher.calls == 0 and not (tmp_path / "out" / "manifest.json").exists()
     args = ["prepare", str(tmp_path / "objaverse"), "--out", str(tmp_path / "cli"), "--captions", str(wrong),
@@ -320,7 +300,7 @@ def test_a_folder_source_never_falls_back_to_the_toy_teacher(tmp_path, monkeypat
     with pytest.raises(
         WeightsUnavailableError, match="no --teacher given.*--teacher synthetic-clip for the offline toy"
     ):
-        prepare_dataset(str(tmp_path / "src"), tmp_path / "out", settings=SETTINGS, progress=False)
+        prepare_dataset(str(tmp_path / "src"), tmp_path / "out", settings=PREPARE_SETTINGS, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -371,7 +351,7 @@ def test_real_meshes_and_real_splats_prepare(tmp_path, real_data):
     shutil.copy(root / "gshairlod-donut" / "donut_fused.ply", splats / "donut_fused.ply")
     for source, expected in ((meshes, 3), (splats, 3)):
         summary = prepare_dataset(str(source), tmp_path / f"out-{source.name}", teacher=FakeTeacher(),
-                                  settings=SETTINGS, progress=False)  # fmt: skip
+                                  settings=PREPARE_SETTINGS, progress=False)  # fmt: skip
         print(summary.line())
         assert summary.failed == 0 and summary.succeeded == expected
 
@@ -435,7 +415,7 @@ def _labelled_folder(root, names=("lamp", "chair", "mug")):
 def test_a_teacher_exception_lists_that_object_and_the_run_goes_on(tmp_path):
     src = _labelled_folder(tmp_path / "src")
     summary = prepare_dataset(str(src), tmp_path / "out", teacher=FlakyTeacher(bad_words=("chair",), nan_words=("mug",)),
-                              settings=SETTINGS, progress=False)  # fmt: skip
+                              settings=PREPARE_SETTINGS, progress=False)  # fmt: skip
     assert summary.succeeded == 1 and summary.failed == 2
     failures = {
         f["id"]: f for f in (json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines())
@@ -448,12 +428,12 @@ def test_a_teacher_exception_lists_that_object_and_the_run_goes_on(tmp_path):
     )
     # a teacher that fails on every object stops the run and says why
     with pytest.raises(DatasetError, match="the teacher failed on the first 5 objects with RuntimeError.*recurs"):
-        prepare_dataset("synthetic:8", tmp_path / "always", teacher=FlakyTeacher(always=True), settings=SETTINGS,
+        prepare_dataset("synthetic:8", tmp_path / "always", teacher=FlakyTeacher(always=True), settings=PREPARE_SETTINGS,
                         progress=False)  # fmt: skip
 
 
 def test_a_record_without_its_blob_is_redone_and_a_cap_resamples(tmp_path):
-    settings = dataclasses.replace(SETTINGS, max_gaussians=300)
+    settings = dataclasses.replace(PREPARE_SETTINGS, max_gaussians=300)
     summary = prepare_dataset("synthetic:4", tmp_path / "out", teacher=FakeTeacher(), settings=settings, progress=False)
     assert summary.resampled == 4 and "4 resampled to --max-gaussians" in summary.line()
     work = tmp_path / "out" / ".work"
@@ -473,7 +453,7 @@ def test_a_record_without_its_blob_is_redone_and_a_cap_resamples(tmp_path):
 
 
 def test_verify_finds_a_flipped_byte(tmp_path, capsys):
-    prepare_dataset("synthetic:6", tmp_path / "out", teacher=FakeTeacher(), settings=SETTINGS, progress=False)
+    prepare_dataset("synthetic:6", tmp_path / "out", teacher=FakeTeacher(), settings=PREPARE_SETTINGS, progress=False)
     assert main(["verify", str(tmp_path / "out"), "--quiet"]) == 0
     assert "all intact" in capsys.readouterr().out
     chunk = sorted((tmp_path / "out" / "train").glob("*.bin"))[0]
@@ -488,27 +468,6 @@ def test_verify_finds_a_flipped_byte(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- outputs: S3, precision, precomputed embeddings
-
-PARALLEL_SETTINGS = PrepareSettings(views=2, synthetic_gaussians=512, val_fraction=0.2, test_fraction=0.2)
-CLI_SETTINGS = ["--teacher", "synthetic-clip", "--views", "2", "--synthetic-gaussians", "512",
-                "--val-fraction", "0.2", "--test-fraction", "0.2", "--quiet"]  # fmt: skip
-
-
-def dataset_bytes(root) -> dict[str, bytes]:
-    """Every file of a prepared dataset (the splits, manifest, label embeddings), not the work folder
-    (nor the local folder's ownership marker)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".work" not in p.parts
-            and p.name not in ("failures.jsonl", ".clip-gs-prepare")}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory) -> dict[str, bytes]:
-    """synthetic:12 prepared by one process."""
-    out = tmp_path_factory.mktemp("single") / "out"
-    prepare_dataset("synthetic:12", out, teacher="synthetic-clip", settings=PARALLEL_SETTINGS, progress=False)
-    return dataset_bytes(out)
-
 
 def records(n: int, start: int = 0) -> list[dict]:
     return [fake_sample(i).to_record() for i in range(start, start + n)]
@@ -580,26 +539,26 @@ def test_precomputed_embeddings_replace_rendering_and_give_the_same_dataset(tmp_
         for sample in TripletShardDataset(rendered / split):
             write_embeddings(tmp_path / "features" / f"{sample.id}.safetensors", sample.image_embeddings,
                              str(teacher.identity), sample.text_embeddings, sample.viewmats, sample.Ks)  # fmt: skip
-    summary = prepare_dataset("synthetic:12", tmp_path / "out", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+    summary = prepare_dataset("synthetic:12", tmp_path / "out", teacher=teacher, settings=SYNTHETIC_SETTINGS, progress=False,
                               embeddings=tmp_path / "features")  # fmt: skip
     assert summary.succeeded == 12
     assert dataset_bytes(tmp_path / "out") == single_process  # no view rendered, the same dataset
     # prepare's own orbit, declared: its cameras are recorded; the teacher embeds the captions
     write_embeddings(tmp_path / "orbit" / "synthetic-000000.safetensors", torch.ones(2, teacher.embed_dim) / 16,
                      "synthetic-clip")  # fmt: skip
-    one = prepare_dataset("synthetic:1", tmp_path / "out-orbit", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+    one = prepare_dataset("synthetic:1", tmp_path / "out-orbit", teacher=teacher, settings=SYNTHETIC_SETTINGS, progress=False,
                           embeddings=tmp_path / "orbit")  # fmt: skip
     assert one.succeeded == 1
     # refused, named: objects without a file; another teacher; another width
     with pytest.raises(DatasetError, match=r"no precomputed embeddings for 1 of 2 objects \(synthetic-000001\)"):
-        prepare_dataset("synthetic:2", tmp_path / "x", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+        prepare_dataset("synthetic:2", tmp_path / "x", teacher=teacher, settings=SYNTHETIC_SETTINGS, progress=False,
                         embeddings=tmp_path / "orbit")  # fmt: skip
     write_embeddings(tmp_path / "bad" / "synthetic-000000.safetensors", torch.ones(2, 8), "open_clip:ViT-B-32/openai")
-    failed = prepare_dataset("synthetic:1", tmp_path / "y", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+    failed = prepare_dataset("synthetic:1", tmp_path / "y", teacher=teacher, settings=SYNTHETIC_SETTINGS, progress=False,
                              embeddings=tmp_path / "bad")  # fmt: skip
     assert failed.failed == 1 and "embeddings of teacher 'open_clip:ViT-B-32/openai'" in failed.failures[0]["message"]
     write_embeddings(tmp_path / "wide" / "synthetic-000000.safetensors", torch.ones(2, 8), "synthetic-clip")
-    failed = prepare_dataset("synthetic:1", tmp_path / "z", teacher=teacher, settings=PARALLEL_SETTINGS, progress=False,
+    failed = prepare_dataset("synthetic:1", tmp_path / "z", teacher=teacher, settings=SYNTHETIC_SETTINGS, progress=False,
                              embeddings=tmp_path / "wide")  # fmt: skip
     assert f"image_embeddings must be [V >= 1, {teacher.embed_dim}], got [2, 8]" in failed.failures[0]["message"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,23 +14,12 @@ from pathlib import Path
 import pytest
 
 from clip_gs import save_gaussians
-from clip_gs.data.prepare import PrepareSettings, prepare_dataset
-from tests.helpers import random_cloud
+from clip_gs.data.prepare import prepare_dataset
+from tests.helpers import CLI_SETTINGS, SYNTHETIC_SETTINGS, dataset_bytes, free_port, random_cloud
 
 ray = pytest.importorskip("ray", reason="the scale extra (Ray) is not installed")
 
-SETTINGS = PrepareSettings(views=2, synthetic_gaussians=512, val_fraction=0.2, test_fraction=0.2)
-CLI_SETTINGS = ["--teacher", "synthetic-clip", "--views", "2", "--synthetic-gaussians", "512",
-                "--val-fraction", "0.2", "--test-fraction", "0.2", "--quiet"]  # fmt: skip
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def dataset_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a prepared dataset (the splits, manifest, label embeddings), not the work folder
-    (nor the local folder's ownership marker)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".work" not in p.parts
-            and p.name not in ("failures.jsonl", ".clip-gs-prepare")}  # fmt: skip
 
 
 def prepare_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -43,22 +31,6 @@ def finish(process: subprocess.Popen, expect: int = 0) -> str:
     output, _ = process.communicate(timeout=600)
     assert process.returncode == expect, output
     return output
-
-
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory) -> dict[str, bytes]:
-    """synthetic:12 prepared by one process (the reference of every parallel layout)."""
-    out = tmp_path_factory.mktemp("single") / "out"
-    prepare_dataset("synthetic:12", out, teacher="synthetic-clip", settings=SETTINGS, progress=False)
-    files = dataset_bytes(out)
-    assert {"train/index.json", "val/index.json", "test/index.json", "manifest.json"} <= set(files)
-    return files
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +61,8 @@ def test_two_local_workers_equal_one_process_and_list_failures(tmp_path):
     for i in range(3):
         save_gaussians(random_cloud(200, seed=i), src / "chair" / f"good{i}.ply")
     (src / "chair" / "broken.ply").write_bytes(b"ply\nformat nonsense\n")
-    one = prepare_dataset(str(src), tmp_path / "one", teacher="synthetic-clip", settings=SETTINGS, progress=False)
-    two = prepare_dataset(str(src), tmp_path / "two", teacher="synthetic-clip", settings=SETTINGS, progress=False,
+    one = prepare_dataset(str(src), tmp_path / "one", teacher="synthetic-clip", settings=SYNTHETIC_SETTINGS, progress=False)
+    two = prepare_dataset(str(src), tmp_path / "two", teacher="synthetic-clip", settings=SYNTHETIC_SETTINGS, progress=False,
                           workers=2)  # fmt: skip
     assert one.succeeded == two.succeeded == 3 and one.failed == two.failed == 1
     assert dataset_bytes(tmp_path / "two") == dataset_bytes(tmp_path / "one")

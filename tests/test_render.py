@@ -23,7 +23,7 @@ from clip_gs.render import (
     sh_to_rgb,
 )
 from clip_gs.render.gsplat_backend import gsplat_available
-from clip_gs.render.rasterize import project_gaussians
+from clip_gs.render.reference import project_gaussians
 from tests.conftest import real_file, requires_cuda
 
 F64 = torch.float64
@@ -481,7 +481,7 @@ def test_compiled_projection_equals_the_torch_projection_at_the_frustum_clamp():
     """The compiled EWA projection against :func:`project_gaussians`, values and gradients, on Gaussians
     spread far past the field of view (large ones still reach the image: the Jacobian's clamp is used)."""
     from clip_gs.render.numba_backend import project_numba
-    from clip_gs.render.rasterize import FOV_CLAMP
+    from clip_gs.render.raster_types import FOV_CLAMP
 
     gen = torch.Generator().manual_seed(4)
     n = 400

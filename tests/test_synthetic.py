@@ -17,6 +17,7 @@ from clip_gs.data.synthetic import (
     make_object,
     object_seed,
 )
+from clip_gs.data.synthetic_shapes import SHAPE_BUILDERS
 from clip_gs.errors import ConfigError
 
 FIELDS = ("means", "sh", "opacity_logits", "log_scales", "quats")
@@ -65,7 +66,7 @@ def test_every_class_generates_a_normalised_labelled_cloud(shape):
 def test_at_least_twelve_classes_and_nouns():
     assert len(SHAPE_CLASSES) >= 12
     assert len(set(SHAPE_CLASSES)) == len(SHAPE_CLASSES)
-    assert set(SHAPE_NOUNS) == set(SHAPE_CLASSES)
+    assert set(SHAPE_NOUNS) == set(SHAPE_CLASSES) == set(SHAPE_BUILDERS)  # every class has its shape
 
 
 def test_the_shipped_synthetic_label_set_is_the_sets_nouns_in_label_order():

@@ -22,60 +22,16 @@ import torch.nn.functional as F
 import yaml
 
 from clip_gs import CLIPGS
-from clip_gs.data.shards import write_label_embeddings, write_split
-from clip_gs.data.synthetic import make_object
-from clip_gs.data.triplets import Manifest, TripletSample
+from clip_gs.data.shards import write_split
+from clip_gs.data.triplets import Manifest
 from clip_gs.errors import TrainingError
+from clip_gs.evaluation.metrics import retrieval_recall
 from clip_gs.lightning import CLIPGSModule, ExportBest, GaussianDataModule, lr_factor, param_groups
-from clip_gs.lightning.module import layer_id, retrieval_recall
+from clip_gs.lightning.optim import layer_id
+from tests.helpers import CLASSES, TEACHER, TINY, E, N, class_vectors, learnable_sample, write_learnable_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-E = 16
-N_STORED, N = 256, 256
-CLASSES = ("sphere", "cube", "torus", "cone")
-COLOURS = ("red", "green", "blue", "yellow")
-TEACHER = "fake:training-test"
-TINY = {"model": "clip-gs-tiny", "config": {"num_gaussians": N, "num_groups": 16, "group_size": 16, "embed_dim": E,
-                                            "depth": 2}}  # fmt: skip
-
-
-def class_vectors(seed: int = 0, classes: int = len(CLASSES)) -> torch.Tensor:
-    return F.normalize(torch.randn(classes, E, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def learnable_sample(i: int, vectors: torch.Tensor, views: int = 3, labelled: bool = True,
-                     classes: tuple[str, ...] = CLASSES) -> TripletSample:  # fmt: skip
-    c = i % len(classes)
-    obj = make_object(classes[c], seed=i, num_gaussians=N_STORED, color=COLOURS[c % len(COLOURS)], pattern="solid")
-    gen = torch.Generator().manual_seed(5000 + i)
-    text = F.normalize(vectors[c] + 0.1 * torch.randn(1, E, generator=gen), dim=-1)
-    images = F.normalize(vectors[c] + 0.3 * torch.randn(views, E, generator=gen), dim=-1)
-    return TripletSample(
-        id=f"obj-{i:04d}", source=f"synthetic:{i}", cloud=obj.cloud, captions=(f"a {COLOURS[c % len(COLOURS)]} {classes[c]}",),
-        label=classes[c] if labelled else None, text_embeddings=text, image_embeddings=images,
-        viewmats=torch.eye(4).expand(views, 4, 4).clone(), Ks=torch.eye(3).expand(views, 3, 3).clone(),
-    )  # fmt: skip
-
-
-def write_learnable_dataset(root: Path, n_train: int, n_val: int, n_test: int = 0, labelled: bool = True,
-                            start: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:  # fmt: skip
-    """Splits of learnable samples (object indices from ``start``, object ``i`` of class ``i mod C``);
-    ``labelled=False``: no labels at all (as Objaverse without LVIS), so no label embeddings either."""
-    vectors = class_vectors(classes=len(classes))
-    counts = {"train": n_train, "val": n_val, "test": n_test}
-    for split, count in counts.items():
-        if count:
-            samples = [
-                learnable_sample(i, vectors, labelled=labelled, classes=classes) for i in range(start, start + count)
-            ]
-            write_split((s.to_record() for s in samples), root / split, chunk_bytes="64KB")
-        start += count
-    labels = sorted(classes) if labelled else []
-    Manifest(teacher=TEACHER, embed_dim=E, counts=counts, labels=labels).write(root)
-    if labelled:
-        write_label_embeddings(root, labels, vectors[[classes.index(label) for label in labels]], TEACHER, ["{}"])
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from clip_gs.errors import CheckpointError, ConfigError, DatasetError, GaussianF
 from clip_gs.gaussians import load_gaussians, save_gaussians
 from clip_gs.gaussians.assets import asset_loader, find_asset_files, load_asset, save_asset
 from clip_gs.index import EmbeddingIndex
-from clip_gs.model import create_model
 from clip_gs.model.fused import FusedEncoder
 from clip_gs.model.loaded import load_model, teacher_spec_for
 from clip_gs.teachers import TeacherMismatchError, load_teacher
@@ -38,8 +37,8 @@ from clip_gs.teachers.prompts import (
 from clip_gs.usage import classify_files, embed_folder, search_index
 from clip_gs.usage.classify import indistinguishable_classes
 from clip_gs.usage.search import hits_sheet
+from tests.helpers import N, write_mesh, write_model
 
-N = 256  # the tiny model's Gaussians per object
 OBJECTS = (("cube", "red"), ("sphere", "blue"), ("torus", "green"), ("cone", "yellow"))
 
 
@@ -49,15 +48,6 @@ OBJECTS = (("cube", "red"), ("sphere", "blue"), ("torus", "green"), ("cone", "ye
 @pytest.fixture(scope="module")
 def teacher():
     return load_teacher("synthetic-clip")
-
-
-def write_model(folder: Path, teacher_identity: str | None, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("clip-gs-tiny", num_gaussians=N, num_groups=16, group_size=16, embed_dim=256, depth=2)
-    model.save_pretrained(folder)
-    if teacher_identity is not None:
-        (folder / "teacher.json").write_text(json.dumps({"teacher": teacher_identity, "embed_dim": 256}))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +64,6 @@ def write_object(path: Path, shape: str, color: str, seed: int = 0, n: int = 512
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = make_object(shape, seed=seed, num_gaussians=n, color=color, pattern="solid", pose="upright")
     save_asset(obj.cloud, path)  # upright, and declared so
-    return path
-
-
-def write_mesh(path: Path) -> Path:
-    import trimesh
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trimesh.creation.box(extents=(1.0, 0.5, 0.3)).export(path)
     return path
 
 

@@ -40,7 +40,7 @@ def configured_labels(settings: DemoSettings) -> tuple[list[str], str] | None:
     Raises:
         ConfigError: an invalid label set or list. DatasetError: an invalid label-embedding file.
     """
-    from clip_gs.demo.service import parse_labels
+    from clip_gs.teachers.label_options import parse_labels
     from clip_gs.teachers.prompts import load_label_set
 
     if settings.labels:

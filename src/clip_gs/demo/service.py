@@ -26,9 +26,10 @@ import torch
 from clip_gs.demo.gallery import build_gallery, read_gallery
 from clip_gs.demo.labels import configured_label_embeddings, configured_labels, label_file
 from clip_gs.demo.settings import DemoSettings
-from clip_gs.downloads import model_location
+from clip_gs.hub.downloads import model_location
 from clip_gs.errors import ClipGSError, ConfigError
 from clip_gs.model.loaded import LoadedModel, load_model
+from clip_gs.teachers.label_options import parse_labels
 from clip_gs.usage import Classification, classify_files, embed_folder, search_index
 
 logger = logging.getLogger("clip_gs")
@@ -139,26 +140,11 @@ def viewer_file(path: str | Path, out_dir: str | Path) -> Path | None:
     return save_gaussians(load_gaussians(path), out)
 
 
-def parse_labels(text: str) -> list[str]:
-    """Class names from the page's label box: separated by commas or new lines.
-
-    Raises:
-        ConfigError: no names, duplicates (see :func:`~clip_gs.teachers.load_label_set`).
-    """
-    from clip_gs.teachers.prompts import load_label_set
-
-    names = [n.strip() for line in str(text or "").splitlines() for n in line.split(",")]
-    names = [n for n in names if n]
-    if not names:
-        raise ConfigError("the label set is empty: enter class names separated by commas or new lines")
-    return load_label_set(names)
-
-
 def model_labels(usage: LoadedModel) -> tuple[list[str], str]:
     """The default label set of a model and where it comes from: the labels of the data it was
     trained on (its export's ``metrics.json``), else the synthetic set when its teacher is the offline
     teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
-    from clip_gs.model.folder import METRICS_NAME, model_file
+    from clip_gs.hub.folder import METRICS_NAME, model_file
     from clip_gs.teachers.factory import OFFLINE_TEACHER
     from clip_gs.teachers.prompts import load_label_set
 
@@ -202,7 +188,7 @@ class DemoService:
         Raises:
             ConfigError: no source.
             CheckpointError: a file or a folder that does not exist
-                (:func:`~clip_gs.downloads.model_location`), or a broken model folder.
+                (:func:`~clip_gs.hub.downloads.model_location`), or a broken model folder.
             WeightsUnavailableError: a Hub repo that is neither reachable nor cached (the message
                 says what to do).
         """
@@ -382,7 +368,6 @@ __all__ = [
     "DemoService",
     "Preview",
     "model_labels",
-    "parse_labels",
     "preview_cloud",
     "render_preview",
     "viewer_file",

@@ -23,8 +23,8 @@ fits the 16 GB of a free Space's CPU machine, with room for several visitors."""
 
 def default_cache_dir() -> Path:
     """``cache_root() / "demo"``: the demo's folder under clip-gs's one cache root
-    (:func:`~clip_gs.downloads.cache_root`; ``CLIP_GS_CACHE`` overrides it)."""
-    from clip_gs.downloads import cache_root
+    (:func:`~clip_gs.storage.cache_root`; ``CLIP_GS_CACHE`` overrides it)."""
+    from clip_gs.storage import cache_root
 
     return cache_root() / "demo"
 

@@ -9,10 +9,12 @@
 - :func:`retrieval` (``metrics``): recall@1/5/10 text <-> 3D and image <-> 3D, several views per object
   (named definitions: :data:`RETRIEVAL_DEFINITIONS`, in words: :func:`retrieval_definitions`);
   :func:`retrieval_recall` is the 3D <-> text recall validation logs (the same ranking code).
-- :func:`evaluate` (``run``): all protocols for a model on a split prepared by ``clip-gs prepare``, the
+- :func:`evaluate` (``run``): all protocols for a model on a source (``sources``: a split prepared by
+  ``clip-gs prepare``, :class:`PreparedSplit`, or a public benchmark's, :class:`BenchmarkSplit`), the
   JSON report; :func:`write_outputs` writes it with ``confusion.png`` and ``retrieval.png`` (``plots``).
+- :func:`positive_ranks` (``ranking``): the rank rules and the tiled ranking behind the metrics.
 
-Importing this package loads only torch (``run`` and ``plots`` load on first use). No Lightning.
+Importing this package loads only torch (``run``, ``sources`` and ``plots`` load on first use). No Lightning.
 """
 
 from clip_gs.evaluation.episodes import EpisodeSet, read_episodes, write_episodes
@@ -35,19 +37,18 @@ from clip_gs.evaluation.metrics import (
     RETRIEVAL_DEFINITIONS,
     ZEROSHOT_K,
     ZeroShotResult,
-    positive_ranks,
     retrieval,
     retrieval_definitions,
     retrieval_recall,
     zero_shot,
 )
+from clip_gs.evaluation.ranking import positive_ranks
 
 _LAZY = {
-    "Evaluation": "run", "SplitEmbeddings": "run", "TASKS": "run", "build_report": "run", "embed_split": "run",
-    "evaluate": "run", "write_outputs": "run",
-    "zero_shot_classes": "run", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
+    "Evaluation": "run", "SplitEmbeddings": "run", "build_report": "report", "embed": "run", "evaluate": "run",
+    "write_outputs": "run", "TASKS": "sources", "BenchmarkSplit": "sources", "PreparedSplit": "sources",
+    "zero_shot_classes": "sources", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
     "ZEROSHOT_PROTOCOLS": "protocols", "ZeroShotProtocol": "protocols", "zero_shot_protocol": "protocols",
-    "evaluate_benchmark": "benchmark_run",
 }  # fmt: skip
 
 
@@ -70,9 +71,11 @@ __all__ = [
     "STANDARD_PROTOCOLS",
     "ZEROSHOT_K",
     "ZEROSHOT_PROTOCOLS",
+    "BenchmarkSplit",
     "EpisodeSet",
     "Evaluation",
     "FewShotResult",
+    "PreparedSplit",
     "SplitEmbeddings",
     "TASKS",
     "ZeroShotProtocol",
@@ -80,9 +83,8 @@ __all__ = [
     "build_report",
     "draw_confusion",
     "draw_retrieval_grid",
-    "embed_split",
+    "embed",
     "evaluate",
-    "evaluate_benchmark",
     "few_shot",
     "fit_linear_probe",
     "largest_standard_protocol",

@@ -15,7 +15,7 @@ last line. Exit status 0 when every protocol ran, 3 when some could not run (lis
 and in the report's ``"failures"``), 2 on an error.
 
 Importing this module is cheap (argparse only); the work happens in :mod:`clip_gs.evaluation.run`
-and :mod:`clip_gs.evaluation.benchmark_run`.
+over a source of :mod:`clip_gs.evaluation.sources`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 def default_out_dir(model: str) -> Path:
     """``<model>/eval`` for a local model folder, else ``./eval``."""
-    from clip_gs.model.folder import EVAL_DIR
+    from clip_gs.hub.folder import EVAL_DIR
 
     path = Path(model).expanduser()
     return path / EVAL_DIR if path.is_dir() else Path(EVAL_DIR)
@@ -158,6 +158,26 @@ PER_CLASS_LINES = 50
 """Above this many classes the table gives no per-class lines (the report has them all)."""
 
 
+def format_paper_rows(report: dict) -> str:
+    """The result as rows of the paper's tables (Markdown): zero-shot top-1/3/5 (Table 1's form) and
+    few-shot mean +- std per setting (Table 2's), percentages with one decimal."""
+    model, bench = report["model"] or "model", report.get("benchmark", report["data"])
+    lines = []
+    tasks = report["tasks"]
+    if "zeroshot" in tasks:
+        z = tasks["zeroshot"]
+        lines += ["| Method | Benchmark | Protocol | Top-1 | Top-3 | Top-5 |", "|---|---|---|---|---|---|",
+                  f"| {model} | {bench} ({z['num_samples']} objects, {z['num_classes']} classes) | {z.get('protocol', 'clip-gs')} "
+                  f"| {100 * z['top1']:.1f} | {100 * z['top3']:.1f} | {100 * z['top5']:.1f} |"]  # fmt: skip
+    if "fewshot" in tasks:
+        lines += ["", "| Method | Benchmark | Setting | Accuracy |", "|---|---|---|---|"]
+        for setting, r in tasks["fewshot"].items():
+            ways, shots = setting.split("-way-")[0], setting.split("-way-")[1].split("-")[0]
+            how = f"{r.get('protocol', 'episodes')}, {r['episodes']} {'runs' if r.get('protocol') == 'standard' else 'episodes'}"
+            lines.append(f"| {model} | {bench} | {ways}-way {shots}-shot ({how}) | {100 * r['mean']:.1f} ± {100 * r['std']:.1f} |")
+    return "\n".join(lines)
+
+
 def _zeroshot_protocol(args: argparse.Namespace):
     from clip_gs.evaluation.protocols import zero_shot_protocol
     from clip_gs.teachers.label_options import label_source
@@ -193,7 +213,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``clip-gs eval``."""
     from clip_gs.cli_flags import storage_options
     from clip_gs.errors import EXIT_SOME_FAILED, ConfigError
-    from clip_gs.evaluation.run import TASKS, evaluate, write_outputs
+    from clip_gs.evaluation.run import evaluate, write_outputs
     from clip_gs.model.loaded import load_model
 
     if (args.benchmark is None) != (args.root is None):
@@ -201,7 +221,7 @@ def run_eval(args: argparse.Namespace) -> int:
     protocol, label_set = _zeroshot_protocol(args)
     loaded = load_model(args.model, teacher=args.teacher, device=args.device)
     model, teacher_identity = loaded.model, loaded.teacher_record or None
-    tasks = TASKS if args.task == "all" else (args.task,)
+    tasks = None if args.task == "all" else (args.task,)  # None: every task the source supports
     settings = [(w, s) for w in args.ways for s in args.shots] if args.ways or args.shots else None
     if settings is not None and not (args.ways and args.shots):
         raise ConfigError("give both --ways and --shots (or neither, for the protocol's default setting)")
@@ -223,41 +243,35 @@ def run_eval(args: argparse.Namespace) -> int:
         items = discover(args.benchmark, args.root)
     overlap = _training_overlap(args, loaded.teacher_folder, storage, items)  # before any embedding: refused early
     if args.benchmark is not None:
-        from clip_gs.evaluation.benchmark_run import (
-            BENCHMARK_TASKS,
-            evaluate_benchmark,
-            format_paper_rows,
-            write_benchmark_report,
-        )
         from clip_gs.evaluation.benchmarks import MeshConversion
+        from clip_gs.evaluation.sources import BenchmarkSplit
 
+        source = BenchmarkSplit(args.benchmark, args.root, args.split, items, args.mesh_gaussians, args.seed, args.up,
+                                args.cache, MeshConversion(args.gaussians, args.fit_iterations, args.fit_views,
+                                                           args.fit_size))  # fmt: skip
         # a label-embedding file stands in for the text tower: the teacher is not loaded, only its identity checked
         files = protocol is not None and protocol.label_embeddings is not None
         if files and teacher_identity is None:
             teacher_identity = loaded.teacher_identity or None
-        evaluation = evaluate_benchmark(
-            model, args.benchmark, args.root, BENCHMARK_TASKS if args.task == "all" else tasks, zeroshot_protocol=protocol,
-            teacher=loaded.teacher() if ("zeroshot" in tasks or args.task == "all") and not files else None,
-            model_teacher_identity=teacher_identity, support_split=args.support_split,
-            query_split=args.split, mesh_gaussians=args.mesh_gaussians, up=args.up, cache_dir=args.cache,
-            conversion=MeshConversion(args.gaussians, args.fit_iterations, args.fit_views, args.fit_size), items=items,
-            **common,
-        )  # fmt: skip
-        evaluation.report["training_overlap"] = overlap
-        written = write_benchmark_report(evaluation, out)
-        print(format_table(evaluation.report))
+        teacher = loaded.teacher() if "zeroshot" in (tasks or source.tasks) and not files else None
+        label_set = None  # the protocol carries a benchmark's label set
+    else:
+        from clip_gs.evaluation.sources import PreparedSplit
+
+        source = PreparedSplit(args.data, args.split, storage)
+        teacher = args.teacher
+        label_set = label_set if protocol is None else None
+    evaluation = evaluate(
+        model, source, tasks, label_set=label_set, teacher=teacher, zeroshot_protocol=protocol,
+        support_split=args.support_split, model_teacher_identity=teacher_identity, image_queries=args.image_queries,
+        image_gallery=args.image_gallery, **common,
+    )  # fmt: skip
+    evaluation.report["training_overlap"] = overlap
+    written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed)
+    print(format_table(evaluation.report))
+    if args.benchmark is not None:
         print()
         print(format_paper_rows(evaluation.report))
-    else:
-        evaluation = evaluate(
-            model, args.data, args.split, tasks, label_set=label_set if protocol is None else None,
-            teacher=args.teacher, zeroshot_protocol=protocol, support_split=args.support_split,
-            model_teacher_identity=teacher_identity, storage_options=storage, image_queries=args.image_queries,
-            image_gallery=args.image_gallery, **common,
-        )  # fmt: skip
-        evaluation.report["training_overlap"] = overlap
-        written = write_outputs(evaluation, out, args.grid_queries, args.grid_k, args.grid_size, args.seed, storage)
-        print(format_table(evaluation.report))
     for name in ("confusion", "retrieval"):
         if name in written:
             print(f"wrote {written[name]}")
@@ -265,4 +279,5 @@ def run_eval(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if evaluation.failures else 0
 
 
-__all__ = ["BENCHMARK_PAPER_SETS", "PER_CLASS_LINES", "TASK_CHOICES", "add_eval_parser", "default_out_dir", "format_table", "run_eval"]
+__all__ = ["BENCHMARK_PAPER_SETS", "PER_CLASS_LINES", "TASK_CHOICES", "add_eval_parser", "default_out_dir", "format_paper_rows",
+           "format_table", "run_eval"]  # fmt: skip

@@ -27,6 +27,9 @@ object ids of every episode (an :class:`~clip_gs.evaluation.episodes.EpisodeSet`
 scored on the very same objects (``clip-gs eval --episodes-file``).
 Paper protocols (:data:`PAPER_PROTOCOLS`): ModelNet-GS 10-way 10-shot; Objaverse-GS 5-shot with
 5, 10, 20 and 50 ways.
+
+The module is long because both protocols' draws, probe and scoring share one set of class-membership,
+setting and id checks, which a split would have to export as private helpers.
 """
 
 from __future__ import annotations

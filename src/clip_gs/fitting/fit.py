@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -304,9 +304,4 @@ def fit_gaussians(
     return FitResult(cloud, psnr, ssim_value, seconds, losses, counts, config)
 
 
-def config_dict(config: FitConfig) -> dict:
-    """``config`` as JSON-ready fields (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-
-
-__all__ = ["FitConfig", "FitResult", "config_dict", "evaluate_views", "fit_gaussians"]
+__all__ = ["FitConfig", "FitResult", "evaluate_views", "fit_gaussians"]

@@ -12,7 +12,8 @@
 from clip_gs.lightning.cli import CLIPGSCLI, cli_main
 from clip_gs.lightning.datamodule import SYNTHETIC_PREFIX, GaussianDataModule, ValidationSet, build_augmentation
 from clip_gs.lightning.export import ExportBest, export_pretrained
-from clip_gs.lightning.module import CLIPGSModule, lr_factor, param_groups
+from clip_gs.lightning.module import CLIPGSModule
+from clip_gs.lightning.optim import lr_factor, param_groups
 from clip_gs.lightning.predictions import PredictionsWriter
 
 __all__ = [

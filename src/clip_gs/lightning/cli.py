@@ -32,9 +32,7 @@ from clip_gs.lightning.datamodule import GaussianDataModule
 from clip_gs.lightning.export import ExportBest
 from clip_gs.lightning.module import CLIPGSModule
 from clip_gs.lightning.predictions import PredictionsWriter
-from clip_gs.model.folder import METRICS_NAME
-
-COMMANDS = ("fit", "validate", "test", "predict")
+from clip_gs.hub.folder import METRICS_NAME
 
 THROUGHPUT_WINDOW = 10
 """Steps over which ``ThroughputMonitor`` averages (its first figures appear after this many steps)."""
@@ -113,7 +111,7 @@ def format_test_summary(metrics: dict[str, float], num_objects: int) -> str:
 
 
 def record_test_metrics(folder: str | os.PathLike, metrics: dict[str, float], checkpoint: str | None) -> None:
-    """Add the test metrics to the export's ``metrics.json`` (:data:`~clip_gs.model.folder.METRICS_NAME`, under ``"test"``)."""
+    """Add the test metrics to the export's ``metrics.json`` (:data:`~clip_gs.hub.folder.METRICS_NAME`, under ``"test"``)."""
     path = Path(folder) / METRICS_NAME
     record = json.loads(path.read_text()) if path.is_file() else {}
     record["test"] = {"metrics": metrics, "checkpoint": checkpoint}
@@ -136,4 +134,4 @@ def cli_main(args: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CLIPGSCLI", "COMMANDS", "cli_main", "format_stage_times"]
+__all__ = ["CLIPGSCLI", "cli_main", "format_stage_times"]

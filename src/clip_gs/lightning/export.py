@@ -8,12 +8,13 @@ mode ``max``; with extra validation sets e.g. ``val_lvis/zeroshot_top1``) that, 
     config.json          CLIPGSConfig (``CLIPGS.from_pretrained(folder)`` loads it offline)
     model.safetensors    the weights (the encoder and the logit scale)
     teacher.json         the teacher identity of the training data (from the dataset manifest)
-    README.md            model card (clip_gs.model.card.folder_card): config, data, validation metrics
+    README.md            model card (clip_gs.hub.card.folder_card): config, data, validation metrics
     curves.png           training loss and validation metrics over steps (PIL drawing)
     metrics.json         the best checkpoint's validation metrics (every set: val/, val_<name>/), the checkpoint, the training data
                          (root, counts, labels, init) and the history behind curves.png
 
-``clip-gs eval`` adds ``eval/report.json``; ``clip-gs push`` regenerates the card with it.
+``clip-gs eval`` adds ``eval/report.json``; ``clip-gs push`` regenerates the card with it. The export's own card
+has no evaluation: it describes new weights, which no report describes yet (an earlier ``eval/`` is removed).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from clip_gs.model.card import folder_card
+from clip_gs.hub.card import folder_card
+from clip_gs.hub.folder import CARD_NAME, CURVES_NAME, EVAL_DIR, METRICS_NAME, write_teacher_json
 from clip_gs.model.clipgs import CLIPGS
-from clip_gs.model.folder import CARD_NAME, CURVES_NAME, EVAL_DIR, METRICS_NAME, write_teacher_record
+from clip_gs.model.folder import card_teacher_spec
 from clip_gs.state_dicts import load_state_dict_strict
 
 
@@ -112,7 +114,7 @@ def export_pretrained(
     if stale.is_dir():
         shutil.rmtree(stale)
     model.save_pretrained(folder)
-    write_teacher_record(folder, teacher or {})
+    write_teacher_json(folder, teacher or {})
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     record = {"metrics": metrics, "checkpoint": checkpoint, "data": data or {}, "history": history or {}}
     (folder / METRICS_NAME).write_text(json.dumps(record, indent=2) + "\n")
@@ -121,7 +123,7 @@ def export_pretrained(
         from clip_gs.data.holdout import write_training_ids
 
         write_training_ids(folder, training_keys, dataset=str((data or {}).get("root", "")))
-    folder_card(folder, use_eval_report=False).save(folder / CARD_NAME)
+    folder_card(folder, teacher_spec=card_teacher_spec((teacher or {}).get("teacher"))).save(folder / CARD_NAME)
     return folder
 
 

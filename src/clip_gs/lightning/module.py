@@ -3,8 +3,8 @@
 A thin wrapper: the model's module path (``CLIPGS.forward``, never ``fused()``) runs under
 Lightning's precision plugin (``Trainer(precision="bf16-mixed")`` autocasts it; the loss itself
 runs in float32), the loss is :mod:`clip_gs.model.loss`, the optimiser is AdamW with layer-wise
-learning-rate decay over the transformer blocks (:func:`param_groups`) and a per-step linear
-warm-up + cosine schedule (:func:`lr_factor`). After every optimiser step the logit scale is
+learning-rate decay over the transformer blocks and a per-step linear warm-up + cosine schedule
+(:mod:`clip_gs.lightning.optim`). After every optimiser step the logit scale is
 clamped in place to ``[0, log(max_logit_scale)]`` (:func:`~clip_gs.model.loss.clamp_logit_scale_`).
 Gradient clipping is the Trainer's ``gradient_clip_val`` (by global norm; Uni3D uses 5.0).
 Throughput is Lightning's ``ThroughputMonitor`` (``clip-gs fit`` adds it), not timers of our own.
@@ -21,7 +21,7 @@ Validation / test, for every evaluation set (``val`` and ``test``: the training 
 :class:`~clip_gs.lightning.GaussianDataModule`): the losses, ``zeroshot_top1/3/5`` over the set's
 labelled objects against *its* label embeddings (``label_embeddings.bin``; top-k capped at the
 number of labels; ties go to the lower class index, the rule of
-:func:`~clip_gs.evaluation.metrics.class_ranks`, as ``clip-gs eval`` counts them), 3D <-> text recall
+:func:`~clip_gs.evaluation.ranking.class_ranks`, as ``clip-gs eval`` counts them), 3D <-> text recall
 ``3d_to_text_r{k}``, ``text_to_3d_r{k}`` for :data:`~clip_gs.evaluation.metrics.RECALL_K` over the
 objects with a caption (each object's first caption, against every other object of the set;
 embeddings gathered over the epoch and across ranks), and ``teacher_zeroshot_top1``, the
@@ -49,8 +49,9 @@ from torch import Tensor
 
 from clip_gs.data.batches import TripletBatch
 from clip_gs.errors import ConfigError, DatasetError, TrainingError
-from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, class_ranks, retrieval_recall
-from clip_gs.model.clipgs import CLIPGS
+from clip_gs.evaluation.metrics import RECALL_K, ZEROSHOT_K, retrieval_recall
+from clip_gs.evaluation.ranking import class_ranks
+from clip_gs.lightning.optim import build_optimizer
 from clip_gs.model.config import ConfigOverrides, as_overrides
 from clip_gs.model.factory import create_model
 from clip_gs.model.loss import MAX_LOGIT_SCALE, CLIPGSLoss, LossOutput, clamp_logit_scale_
@@ -63,10 +64,6 @@ warns on another."""
 NO_OVERRIDES = ConfigOverrides()
 """The default of ``CLIPGSModule(config=...)``: the registered configuration as it is (frozen, shared)."""
 
-NO_DECAY_NAMES = ("cls_token", "cls_pos", "order_scale", "order_shift", "logit_scale")
-"""Parameters (by final name) without weight decay, besides every parameter with fewer than 2
-dimensions (norm weights, biases, EVA's ``q_bias``/``v_bias``)."""
-
 
 @dataclass
 class EvalSet:
@@ -77,58 +74,6 @@ class EvalSet:
     root: str
     labels: list[str]
     label_embeddings: Tensor
-
-
-def layer_id(name: str, depth: int) -> int:
-    """Layer of a ``CLIPGS`` parameter for layer-wise lr decay: ``i + 1`` for ``encoder.blocks.i``,
-    ``depth + 1`` for everything else: the tokenizer (the Gaussian branch included), ``cls_token``,
-    ``cls_pos``, ``pos_embed``, the final ``norm``, ``head`` and ``logit_scale``.
-
-    Uni3D's rule: only the transformer blocks (the part initialised from a pretrained ViT) are
-    decayed; the point tokenizer and the embeddings train at the full rate. It matters more here:
-    the Gaussian branch starts from a zero-initialised output and is exactly what must learn.
-    """
-    if name.startswith("encoder.blocks."):
-        return int(name.split(".")[2]) + 1
-    return depth + 1
-
-
-def param_groups(model: CLIPGS, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW parameter groups with layer-wise lr decay.
-
-    Layer ``l`` (:func:`layer_id`) gets ``lr * layer_decay ** (L + 1 - l)`` for ``L = depth``
-    blocks: block ``i`` ``layer_decay ** (L - i)`` (the first block ``layer_decay ** L``), every
-    other parameter 1. Weight decay ``weight_decay`` except for parameters with ``ndim < 2`` and
-    :data:`NO_DECAY_NAMES` (0).
-
-    Returns:
-        groups with ``params``, ``names``, ``lr``, ``initial_lr``, ``lr_scale``, ``weight_decay``, ``layer``.
-    """
-    depth = model.config.depth
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer = layer_id(name, depth)
-        decay = param.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
-        scale = layer_decay ** (depth + 1 - layer)
-        group = groups.setdefault(
-            (layer, decay),
-            {"params": [], "names": [], "lr": lr * scale, "initial_lr": lr * scale, "lr_scale": scale,
-             "weight_decay": weight_decay if decay else 0.0, "layer": layer},
-        )  # fmt: skip
-        group["params"].append(param)
-        group["names"].append(name)
-    return [groups[key] for key in sorted(groups)]
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
-    """Schedule multiplier at optimiser step ``step`` (0-based): linear warm-up ``(step + 1) / warmup_steps``
-    for ``step < warmup_steps``, then cosine from 1 to ``min_lr_ratio`` at ``total_steps`` (and after)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class CLIPGSModule(LightningModule):
@@ -486,29 +431,14 @@ class CLIPGSModule(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         h = self.hparams
-        groups = param_groups(self.model, h.lr, h.weight_decay, h.layer_decay)
-        for g in groups:
-            g.pop("names")
-        # torch's fused AdamW kernel (CPU and CUDA): about 4x faster per step than the for-loop form on
-        # clip-gs-base on CPU (benchmarks/bench_train_step.py), the same update
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.model.parameters())
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), eps=h.eps, fused=fused)
         total = h.total_steps
         if total is None:
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
                 raise ConfigError("set trainer.max_steps (or max_epochs with a sized loader) or model.total_steps")
-        total = int(total)
-        warmup, floor = h.warmup_steps, h.min_lr_ratio
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, floor))
+        optimizer, scheduler = build_optimizer(self.model, h.lr, h.betas, h.eps, h.weight_decay, h.layer_decay,
+                                               h.warmup_steps, int(total), h.min_lr_ratio)  # fmt: skip
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
 
-__all__ = [
-    "NO_DECAY_NAMES",
-    "CLIPGSModule",
-    "EvalSet",
-    "layer_id",
-    "lr_factor",
-    "param_groups",
-]
+__all__ = ["CLIPGSModule", "EvalSet"]

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from clip_gs.errors import CheckpointError, ClipGSError, ConfigError
-from clip_gs.model.folder import TEACHER_NAME, WEIGHTS_NAME, model_file, read_teacher_record
+from clip_gs.hub.folder import TEACHER_NAME, WEIGHTS_NAME, model_file
+from clip_gs.model.folder import read_teacher_record
 from clip_gs.model.precision import resolve_device
 from clip_gs.teachers.base import Teacher, check_same_teacher
 from clip_gs.teachers.factory import teacher_spec_for
@@ -156,7 +157,7 @@ def load_model(
             whose ``embed_dim`` is not the model's.
         ConfigError: an invalid ``teacher.json`` (:func:`~clip_gs.model.folder.read_teacher_record`).
     """
-    from clip_gs.downloads import model_location
+    from clip_gs.hub.downloads import model_location
     from clip_gs.model.factory import create_model
     from clip_gs.model.pretrained import resolve_model_reference
     from clip_gs.teachers.open_clip_teacher import file_checksum

@@ -78,9 +78,6 @@ from clip_gs.errors import ConfigError
 SIMILARITY_NORMS = ("raw", "softmax", "sum_to_one")
 """How the voting weights are made from ``S`` (see the module docstring)."""
 
-INIT_LOGIT_SCALE = math.log(1 / 0.07)
-"""CLIP's initial logit scale (``exp`` = 14.29)."""
-
 MAX_LOGIT_SCALE = 100.0
 """CLIP's cap of ``exp(logit_scale)`` (:func:`clamp_logit_scale_`)."""
 
@@ -323,7 +320,6 @@ class CLIPGSLoss(nn.Module):
 
 
 __all__ = [
-    "INIT_LOGIT_SCALE",
     "MAX_LOGIT_SCALE",
     "SIMILARITY_NORMS",
     "CLIPGSLoss",

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clip_gs.downloads import HUB_PREFIX, cache_root, parse_hub_reference
 from clip_gs.errors import CheckpointError, WeightsUnavailableError
+from clip_gs.hub.downloads import HUB_PREFIX, parse_hub_reference
+from clip_gs.storage import cache_root
 
 UNI3D_REPO = "BAAI/Uni3D"
 UNI3D_TEACHER = "open_clip:EVA02-E-14-plus/laion2b_s9b_b144k"
@@ -147,7 +148,7 @@ def checkpoint_file(reference: str | os.PathLike) -> Path:
 
 
 def _unavailable(what: str, repo_id: str, filename: str, size: str) -> str:
-    from clip_gs.downloads import offline_advice
+    from clip_gs.hub.downloads import offline_advice
 
     return (
         f"{what} needs {filename} of the Hub repo {repo_id}{size}, which is not in the Hugging Face cache and "
@@ -209,7 +210,7 @@ def _convert(
     import shutil
     import tempfile
 
-    from clip_gs.model.folder import write_teacher_record
+    from clip_gs.hub.folder import write_teacher_json
     from clip_gs.model.uni3d import load_uni3d
 
     model = load_uni3d(
@@ -219,7 +220,7 @@ def _convert(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         model.save_pretrained(tmp)
-        write_teacher_record(tmp, {"teacher": UNI3D_TEACHER, "embed_dim": model.config.embed_dim})
+        write_teacher_json(tmp, {"teacher": UNI3D_TEACHER, "embed_dim": model.config.embed_dim})
         (tmp / SOURCE_NAME).write_text(json.dumps(source, indent=2, sort_keys=True) + "\n")
         try:
             os.replace(tmp, folder)

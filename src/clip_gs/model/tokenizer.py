@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from clip_gs.model.config import CLIPGSConfig
@@ -112,10 +113,11 @@ class PointPatchEncoder(nn.Module):
 
     def forward(self, points: Tensor) -> Tensor:
         """``points: [B, G, K, 6]`` -> ``[B, G, C]``."""
-        b, g, k, _ = points.shape
+        b = points.shape[0]
         conv1, norm1, _, conv2 = self.first_conv
         conv3, norm3, _, conv4 = self.second_conv
-        x = conv1d_channels_last(points.reshape(b * g, k, 6), conv1.weight, conv1.bias)
+        rows = rearrange(points, "b g k c -> (b g) k c")  # one row of K points per patch
+        x = conv1d_channels_last(rows, conv1.weight, conv1.bias)
         x = conv1d_channels_last(batch_norm_channels_last(x, norm1).relu(), conv2.weight, conv2.bias)  # [BG, K, 256]
         # conv3 of [pooled, x] (the pooled half first, as Uni3D concatenates) is split into its two
         # products, so the per-patch half runs once per patch instead of once per Gaussian.
@@ -124,7 +126,7 @@ class PointPatchEncoder(nn.Module):
         per_patch = F.linear(x.amax(dim=1, keepdim=True), w3[:, :half], conv3.bias)  # [BG, 1, 512]
         x = F.linear(x, w3[:, half:]) + per_patch  # [BG, K, 512]
         x = conv1d_channels_last(batch_norm_channels_last(x, norm3).relu(), conv4.weight, conv4.bias)  # [BG, K, C]
-        return x.amax(dim=1).reshape(b, g, self.out_dim)
+        return rearrange(x.amax(dim=1), "(b g) c -> b g c", b=b)
 
 
 class GaussianPatchEncoder(nn.Module):
@@ -161,7 +163,7 @@ class GaussianPatchEncoder(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, patch_features: Tensor) -> Tensor:
-        b, g, k, _ = patch_features.shape
+        b, g = patch_features.shape[:2]
         x = self.stem(patch_features)  # [B, G, K, E]
         rel_xyz = patch_features[..., FEATURE_LAYOUT["xyz"]]
         serialized = []
@@ -169,13 +171,13 @@ class GaussianPatchEncoder(nn.Module):
             idx = serialization_order(rel_xyz, order, bits=self.bits)  # [B, G, K]
             xo = torch.take_along_dim(x, idx.unsqueeze(-1), dim=2)
             serialized.append(xo * (1 + self.order_scale[i]) + self.order_shift[i])
-        x = torch.stack(serialized).reshape(-1, k, x.shape[-1])  # [O*B*G, K, E]
+        x = rearrange(torch.stack(serialized), "o b g k e -> (o b g) k e")  # every order of every patch: a row
         for i in range(0, len(self.convs), 3):  # Conv1d(1x3), BN, ReLU, channels-last
             conv, norm = self.convs[i], self.convs[i + 1]
             x = conv1d_channels_last(x, conv.weight, conv.bias, conv.stride[0], conv.padding[0])
             x = batch_norm_channels_last(x, norm).relu()  # [O*B*G, K', C]
         x = x.amax(dim=1) if self.pooling == "max" else x.mean(dim=1)
-        x = x.reshape(len(self.orders), b, g, -1).mean(dim=0)  # fuse orders
+        x = reduce(x, "(o b g) c -> b g c", "mean", b=b, g=g)  # fuse orders
         return self.proj(x)
 
 

@@ -8,11 +8,13 @@ Recipe (every random choice is drawn from ``seed``):
 2. Views: ``views`` renders of each by the package's rasterizer (64 px, white background, random
    azimuth, elevation in [-20, 60] degrees, distance 2.7-3.4), cached once as a tensor file under
    ``$CLIP_GS_CACHE`` (default ``/tmp/clip_gs_cache``).
-3. Captions, drawn afresh at every step for every sample (:func:`sample_caption`): the object's full
+3. Captions, drawn afresh at every step for every sample
+   (:func:`~clip_gs.offline_teacher.captions.sample_caption`): the object's full
    caption, class only, colour + class, pattern + class, colour only or pattern only, either as
    "a <phrase>" or inside one of the prompt :data:`~clip_gs.teachers.prompts.TEMPLATES`. Identical
    texts within a batch fall back to the full caption (fewer false negatives). A fifth of the views
-   are turned to greyscale and get captions without colour words (:data:`GRAY_CAPTION_FORMS`).
+   are turned to greyscale and get captions without colour words
+   (:data:`~clip_gs.offline_teacher.captions.GRAY_CAPTION_FORMS`).
 4. Training: open_clip's own ``ClipLoss`` on two parts of every step:
 
    - the main batch (``batch_size``), made of groups of ``group_size`` objects sharing their primary
@@ -43,7 +45,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,96 +52,10 @@ import numpy as np
 import torch
 
 from clip_gs.errors import ConfigError
-from clip_gs.teachers.prompts import TEMPLATES, article, fill_template
-
-CAPTION_FORMS: dict[str, float] = {
-    "full": 0.25,
-    "class": 0.30,
-    "colour_class": 0.25,
-    "pattern_class": 0.10,
-    "colour": 0.05,
-    "pattern": 0.05,
-}
-"""Caption forms and the probability each is drawn with (colour views)."""
-
-GRAY_CAPTION_FORMS: dict[str, float] = {"class": 0.6, "pattern_class": 0.3, "pattern": 0.1}
-"""Caption forms for views turned to greyscale (no colour words: only shape and pattern can match)."""
+from clip_gs.offline_teacher.captions import batch_captions, sample_caption
 
 METADATA_KEY = "clip_gs_build"
 """The safetensors metadata key holding the build facts (a JSON object)."""
-
-TEMPLATE_PROBABILITY = 0.5
-"""Probability that a caption is put inside a prompt template (else "a <phrase>")."""
-
-
-def _pattern_phrases(pattern: str, noun: str) -> list[str]:
-    return {
-        "solid": [f"plain {noun}", f"solid-coloured {noun}"],
-        "striped": [f"striped {noun}", f"{noun} with stripes"],
-        "dotted": [f"dotted {noun}", f"{noun} with dots"],
-        "two_tone": [f"two-tone {noun}"],
-    }[pattern]
-
-
-def caption_phrase(labels: dict, form: str, rng: np.random.Generator) -> str:
-    """A noun phrase (no article) describing an object in one caption ``form``.
-
-    Args:
-        labels: ``label``, ``color``, ``secondary``, ``pattern``, ``caption`` (see
-            :func:`clip_gs.offline_teacher.views.render_object`).
-        form: a key of :data:`CAPTION_FORMS`.
-        rng: the build's generator.
-    """
-    from clip_gs.data.synthetic import SHAPE_NOUNS
-
-    noun, colour = SHAPE_NOUNS[labels["label"]], labels["color"]
-    if form == "full":
-        return labels["caption"].split(" ", 1)[1]
-    if form == "class":
-        return noun
-    if form == "colour_class":
-        return f"{colour} {noun}"
-    if form == "pattern_class":
-        options = _pattern_phrases(labels["pattern"], noun)
-        return options[int(rng.integers(len(options)))]
-    if form == "colour":
-        return f"{colour} {('object', 'thing', 'shape')[int(rng.integers(3))]}"
-    if form == "pattern":
-        options = _pattern_phrases(labels["pattern"], ("object", "shape")[int(rng.integers(2))])
-        return options[int(rng.integers(len(options)))]
-    raise ConfigError(f"unknown caption form {form!r}; choose one of {', '.join(CAPTION_FORMS)}")
-
-
-def sample_caption(labels: dict, rng: np.random.Generator, form: str | None = None, gray: bool = False) -> str:
-    """One training caption for an object: a random form, plain or inside a random template.
-
-    ``gray=True`` (the view was turned to greyscale) draws from :data:`GRAY_CAPTION_FORMS`.
-    """
-    table = GRAY_CAPTION_FORMS if gray else CAPTION_FORMS
-    forms = list(table)
-    if form is None:
-        form = forms[int(rng.choice(len(forms), p=np.array(list(table.values()))))]
-    phrase = caption_phrase(labels, form, rng)
-    if rng.random() < TEMPLATE_PROBABILITY:
-        return fill_template(TEMPLATES[int(rng.integers(len(TEMPLATES)))], phrase)
-    if form == "full":
-        return labels["caption"]
-    return f"{article(phrase)} {phrase}"
-
-
-def batch_captions(
-    batch_labels: Sequence[dict], rng: np.random.Generator, gray: Sequence[bool] | None = None
-) -> list[str]:
-    """Captions for a batch; a text repeated within the batch is replaced by the object's most specific one
-    (the full caption; for a greyscale view, pattern + class)."""
-    gray = [False] * len(batch_labels) if gray is None else list(gray)
-    texts = [sample_caption(lab, rng, gray=g) for lab, g in zip(batch_labels, gray)]
-    seen: set[str] = set()
-    for i, lab in enumerate(batch_labels):
-        if texts[i] in seen:
-            texts[i] = sample_caption(lab, rng, form="pattern_class" if gray[i] else "full", gray=gray[i])
-        seen.add(texts[i])
-    return texts
 
 
 def _colour_grouped_batch(by_colour: list[torch.Tensor], batch_size: int, group_size: int,
@@ -547,15 +462,10 @@ def _train(out, seed, steps, batch_size, per_class, views, lr, weight_decay, war
 
 
 __all__ = [
-    "CAPTION_FORMS",
-    "TEMPLATE_PROBABILITY",
     "BuildResult",
-    "batch_captions",
     "build_offline_teacher",
-    "caption_phrase",
     "recalibrate_batchnorm",
     "recalibrate_teacher_file",
     "restart_from_file",
-    "sample_caption",
     "save_teacher_weights",
 ]

@@ -19,6 +19,7 @@ import importlib.util
 from torch import Tensor
 
 from clip_gs.errors import MissingDependencyError, RenderError
+from clip_gs.render.raster_types import RenderOutput
 
 
 def gsplat_available() -> bool:
@@ -43,7 +44,7 @@ def rasterize_gsplat(
     tile_size: int,
     eps2d: float,
     with_info: bool = False,
-):
+) -> RenderOutput:
     """The gsplat backend of :func:`clip_gs.render.rasterize` (validated inputs, ``backgrounds: [C, 3]``).
 
     Raises:
@@ -59,8 +60,6 @@ def rasterize_gsplat(
         ) from exc
     if not means.is_cuda:
         raise RenderError(f"backend='gsplat' needs CUDA tensors, got device {means.device}; use backend='torch'")
-
-    from clip_gs.render.rasterize import RenderOutput
 
     render, alphas, meta = gsplat.rasterization(
         means=means,

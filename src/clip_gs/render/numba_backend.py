@@ -1,14 +1,15 @@
-"""The compiled CPU backend of :func:`clip_gs.render.rasterize`: projection and compositing in numba.
+"""The compiled CPU backend of :func:`clip_gs.render.rasterize` (``backend="numba"``, the CPU default):
+projection and compositing in numba.
 
 Two kernels and their backward passes: the EWA projection with culling (:func:`project_numba`, the
-arithmetic of :func:`~clip_gs.render.rasterize.project_gaussians`, for all cameras at once; tested
+arithmetic of :func:`~clip_gs.render.reference.project_gaussians`, for all cameras at once; tested
 against it, values and gradients) and the per-pixel front-to-back loop (:func:`composite_numba`),
 the part that costs pixels x Gaussians. SH colour and the (tile, Gaussian) lists
-(:func:`~clip_gs.render.rasterize.intersect_tiles`) stay in PyTorch. The compositing backward is
+(:func:`~clip_gs.render.reference.intersect_tiles`) stay in PyTorch. The compositing backward is
 the one of the 3DGS trainer and gsplat: each pixel walks its Gaussians back to front, recovering the transmittance before each one
 by division (``T_i = T_{i+1} / (1 - alpha_i)``), so nothing per pixel-Gaussian pair is stored.
 
-Equal to the readable reference (:func:`~clip_gs.render.rasterize.rasterize_reference`) up to
+Equal to the readable reference (:func:`~clip_gs.render.reference.rasterize_reference`) up to
 float rounding, values and gradients (``tests/test_render.py``): the same alpha, the same skips
 (``alpha < 1/255`` or a positive exponent), the same stop before the transmittance would fall below
 1e-4.
@@ -32,7 +33,9 @@ import threading
 import torch
 from torch import Tensor
 
-from clip_gs.errors import MissingDependencyError
+from clip_gs.errors import MissingDependencyError, RenderError
+from clip_gs.render.raster_types import FOV_CLAMP, ProjectedGaussians, RenderOutput
+from clip_gs.render.reference import merge_tile_lists, view_colors
 
 TILE = 4
 """Tile side (px) of the compiled backend: each tile's pixels walk one depth-sorted list."""
@@ -57,9 +60,9 @@ def _kernels():
         import numba
     except ImportError as exc:  # pragma: no cover - numba is a dependency
         raise MissingDependencyError(f"backend='numba' needs the numba package (import failed: {exc})") from exc
-    from clip_gs.render import numba_kernels as k
+    from clip_gs.render.numba_kernels import backward, forward, project_backward, project_forward
 
-    _KERNELS = (numba, k.forward, k.backward, k.project_forward, k.project_backward)
+    _KERNELS = (numba, forward, backward, project_forward, project_backward)
     return _KERNELS
 
 
@@ -186,11 +189,11 @@ def project_numba(
     eps2d: float,
     clamp: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`~clip_gs.render.rasterize.project_gaussians` for all C cameras at once, compiled.
+    """:func:`~clip_gs.render.reference.project_gaussians` for all C cameras at once, compiled.
 
     Args:
         means: ``[N, 3]``, quats: ``[N, 4]`` (any norm), scales: ``[N, 3]``, opacities: ``[N]`` (CPU);
-            viewmats: ``[C, 4, 4]``, Ks: ``[C, 3, 3]``; clamp: :data:`~clip_gs.render.rasterize.FOV_CLAMP`.
+            viewmats: ``[C, 4, 4]``, Ks: ``[C, 3, 3]``; clamp: :data:`~clip_gs.render.raster_types.FOV_CLAMP`.
 
     Returns:
         ``(means2d [C, N, 2], conics [C, N, 3], depths [C, N], extents [C, N, 2], valid [C, N])``:
@@ -233,4 +236,64 @@ def composite_numba(
     return rgb, depth, trans
 
 
-__all__ = ["TILE", "composite_numba", "numba_available", "project_numba"]
+def _screen_space_info(projections: list[ProjectedGaussians], merged: ProjectedGaussians, num_gaussians: int,
+                       width: int, height: int) -> tuple[ProjectedGaussians, dict]:  # fmt: skip
+    """Route the merged ``means2d`` through a dense ``[C, N, 2]`` tensor (so that its gradient is every
+    Gaussian's screen-space gradient per camera) and list the footprints as ``radii [C, N, 2]``:
+    the ``info`` of :class:`~clip_gs.render.raster_types.RenderOutput`."""
+    cams = len(projections)
+    cam_index = torch.cat([torch.full_like(p.ids, cam) for cam, p in enumerate(projections)])
+    ids = torch.cat([p.ids for p in projections])
+    dense = merged.means2d.new_zeros(cams, num_gaussians, 2).index_put((cam_index, ids), merged.means2d)
+    radii = torch.zeros(cams, num_gaussians, 2, dtype=torch.int32, device=ids.device)
+    radii[cam_index, ids] = torch.ceil(merged.extents).to(torch.int32)
+    fields = {f: getattr(merged, f) for f in ProjectedGaussians.__dataclass_fields__}
+    routed = ProjectedGaussians(**{**fields, "means2d": dense[cam_index, ids]})
+    info = {"means2d": dense, "radii": radii, "width": width, "height": height, "n_cameras": cams,
+            "gaussian_ids": None}  # fmt: skip
+    return routed, info
+
+
+def rasterize_numba(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    backgrounds: Tensor,
+    sh_degree: int | None,
+    near: float,
+    far: float,
+    eps2d: float,
+    with_info: bool = False,
+) -> RenderOutput:
+    """The compiled CPU backend of :func:`~clip_gs.render.rasterize` (``backend="numba"``; validated CPU inputs,
+    ``backgrounds: [C, 3]``): the projection (:func:`project_numba`) and the compositing
+    (:func:`composite_numba`), forward and backward, compiled; SH colour and the tile lists in PyTorch.
+    Equal to :func:`~clip_gs.render.reference.rasterize_reference` up to float rounding
+    (tested, values and gradients)."""
+    if means.device.type != "cpu":
+        raise RenderError(f"backend='numba' needs CPU tensors, got device {means.device}")
+    means2d, conics, depths, extents, valid = project_numba(means, quats, scales, opacities, viewmats, Ks, width,
+                                                           height, near, far, eps2d, FOV_CLAMP)  # fmt: skip
+    projections = []
+    for cam in range(viewmats.shape[0]):
+        ids = valid[cam].nonzero().squeeze(1)
+        rgb = view_colors(means, colors, ids, viewmats[cam], sh_degree)
+        projections.append(ProjectedGaussians(ids=ids, means2d=means2d[cam, ids], conics=conics[cam, ids],
+                                              depths=depths[cam, ids], opacities=opacities[ids], colors=rgb,
+                                              extents=extents[cam, ids]))  # fmt: skip
+    merged, gaussians, offsets = merge_tile_lists(projections, width, height, TILE)
+    info = None
+    if with_info:
+        merged, info = _screen_space_info(projections, merged, means.shape[0], width, height)
+    rgb, depth, trans = composite_numba(merged.means2d, merged.conics, merged.colors, merged.opacities, merged.depths,
+                                        gaussians, offsets, len(projections), width, height)  # fmt: skip
+    return RenderOutput.from_transmittance(rgb, depth, trans, backgrounds, info)
+
+
+__all__ = ["TILE", "composite_numba", "numba_available", "project_numba", "rasterize_numba"]

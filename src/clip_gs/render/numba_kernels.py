@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from clip_gs.render.rasterize import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
+from clip_gs.render.raster_types import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN
 
 # PyTorch brings its own OpenMP runtime; numba's "omp" layer on top of it loses the parallel
 # speed-up (measured: 2 threads as slow as 1). The workqueue layer has no such clash.
@@ -201,7 +201,7 @@ def ewa(x, y, z, r, K, quats, scales, i, width, height, eps2d, clamp):
 @njit(parallel=True, cache=True, nogil=True)
 def project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, clamp,
                     out_means2d, out_conics, out_depths, out_extents, out_valid):  # fmt: skip
-    # The EWA projection of clip_gs.render.rasterize.project_gaussians, per (camera, Gaussian).
+    # The EWA projection of clip_gs.render.reference.project_gaussians, per (camera, Gaussian).
     cams, n = viewmats.shape[0], means.shape[0]
     for job in prange(cams * n):
         cam, i = job // n, job % n

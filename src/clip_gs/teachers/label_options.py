@@ -6,7 +6,7 @@
   ``synthetic``), a label-list file (one name per line, or a JSON list) or a label-embedding file
   (``.safetensors``, :mod:`clip_gs.teachers.label_embeddings`: no text tower is loaded).
 
-Argparse only; importing this module loads nothing else.
+Argparse only at import; :func:`parse_labels` loads the label-set checks when called.
 """
 
 from __future__ import annotations
@@ -19,16 +19,35 @@ LABEL_SET_HELP = ("a label set: a shipped one (modelnet40, objaverse-lvis, synth
 """Help of ``--label-set``."""
 
 
-def label_list(text: str) -> list[str]:
-    """``"a, b ,c"`` -> ``["a", "b", "c"]`` (the ``--labels`` argument type).
+def parse_labels(text: str) -> list[str]:
+    """Class names from text: separated by commas or new lines, each stripped, blanks skipped
+    (``"a, b ,c"`` -> ``["a", "b", "c"]``).
 
     Raises:
-        argparse.ArgumentTypeError: an empty name.
+        ConfigError: no names, duplicates (see :func:`~clip_gs.teachers.load_label_set`).
     """
-    names = [n.strip() for n in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"--labels takes comma-separated class names, got {text!r}")
-    return names
+    from clip_gs.errors import ConfigError
+    from clip_gs.teachers.prompts import load_label_set
+
+    names = [n.strip() for line in str(text or "").splitlines() for n in line.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError("the label set is empty: give class names separated by commas or new lines")
+    return load_label_set(names)
+
+
+def label_list(text: str) -> list[str]:
+    """The ``--labels`` argument type: :func:`parse_labels`, its errors as argparse's.
+
+    Raises:
+        argparse.ArgumentTypeError: no names, duplicates.
+    """
+    from clip_gs.errors import ConfigError
+
+    try:
+        return parse_labels(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"--labels takes comma-separated class names: {exc}") from exc
 
 
 def add_label_options(group, labels_help: str = 'comma-separated class names, e.g. "chair,table,lamp"',
@@ -45,4 +64,4 @@ def label_source(args: argparse.Namespace):
     return args.labels if args.labels is not None else args.label_set
 
 
-__all__ = ["LABEL_SET_HELP", "add_label_options", "label_list", "label_source"]
+__all__ = ["LABEL_SET_HELP", "add_label_options", "label_list", "label_source", "parse_labels"]

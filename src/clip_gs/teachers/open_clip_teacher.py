@@ -7,8 +7,9 @@ built, so an offline machine fails at once with :class:`~clip_gs.errors.WeightsU
 parameter random model; nothing is ever silently replaced.
 
 Local checkpoints load safely: ``.safetensors`` through safetensors, anything else through
-``torch.load(weights_only=True)``. Offline mode is ``HF_HUB_OFFLINE=1`` (read at call time, so it
-works when set after ``huggingface_hub`` was imported) or ``CLIP_GS_OFFLINE=1``.
+``torch.load(weights_only=True)``. Nothing is downloaded in huggingface_hub's offline mode
+(:func:`~clip_gs.hub.downloads.is_offline`: ``HF_HUB_OFFLINE=1``) or for a teacher made with
+``local_files_only=True``: the weights come from the local caches or the teacher is unavailable.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from clip_gs.errors import CheckpointError, ConfigError, MissingDependencyError, WeightsUnavailableError
+from clip_gs.hub.downloads import is_offline
 from clip_gs.state_dicts import load_state_dict_strict
 from clip_gs.teachers.base import Teacher, TeacherIdentity
 
@@ -39,12 +41,6 @@ def _open_clip():
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise MissingDependencyError("open_clip teachers need open_clip_torch: pip install open_clip_torch") from exc
     return open_clip
-
-
-def is_offline() -> bool:
-    """Whether Hub downloads are forbidden (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` / ``CLIP_GS_OFFLINE``)."""
-    return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"}
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CLIP_GS_OFFLINE"))  # fmt: skip
 
 
 def file_sha256(path: str | Path) -> str:
@@ -124,6 +120,8 @@ class OpenCLIPTeacher(Teacher):
             local checkpoint file, or ``None`` for random initialisation (tests only; never a default).
         batch_size, device, precision: see :class:`~clip_gs.teachers.base.Teacher`.
         cache_dir: Hub cache folder (default: huggingface_hub's).
+        local_files_only: take the weights from the local caches only, never downloading them (as in
+            huggingface_hub's offline mode); not cached: :class:`~clip_gs.errors.WeightsUnavailableError`.
         identity_name: the name recorded in :attr:`identity` for a local file (default ``model_name``).
 
     Raises:
@@ -141,9 +139,11 @@ class OpenCLIPTeacher(Teacher):
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         cache_dir: str | None = None,
+        local_files_only: bool = False,
         identity_name: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, device=device, precision=precision)
+        self.local_files_only = local_files_only
         open_clip = _open_clip()
         self.model_name = model_name
         mean = std = None
@@ -241,7 +241,7 @@ class OpenCLIPTeacher(Teacher):
         )
 
     def _resolve_tag(self, open_clip, model_name: str, tag: str, tag_cfg: dict, cache_dir: str | None) -> str:
-        offline = is_offline()
+        offline = self.local_files_only or is_offline()
         hub = tag_cfg.get("hf_hub", "")
         tried = []
         if hub:
@@ -267,7 +267,7 @@ class OpenCLIPTeacher(Teacher):
             else:
                 tried.append(f"{url} (offline)")
         mode = (
-            "offline mode (HF_HUB_OFFLINE / CLIP_GS_OFFLINE set), not in the local cache"
+            "offline (HF_HUB_OFFLINE set, or local_files_only), not in the local cache"
             if offline
             else "download failed"
         )
@@ -279,7 +279,7 @@ class OpenCLIPTeacher(Teacher):
     def _hub_folder(self, repo: str, cache_dir: str | None) -> str:
         from huggingface_hub import hf_hub_download
 
-        offline = is_offline()
+        offline = self.local_files_only or is_offline()
         try:
             config = hf_hub_download(repo, "open_clip_config.json", cache_dir=cache_dir, local_files_only=offline)
         except Exception as exc:
@@ -306,4 +306,4 @@ class OpenCLIPTeacher(Teacher):
         )
 
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "OpenCLIPTeacher", "file_checksum", "is_offline", "read_state_dict"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "OpenCLIPTeacher", "file_checksum", "read_state_dict"]

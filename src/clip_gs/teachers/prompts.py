@@ -197,11 +197,6 @@ def _clip_gs_prompts(names: list[str], templates: list[str]) -> list[str]:
     return [fill_template(t, p) for p in phrases for t in templates]
 
 
-def zero_shot_classify(teacher, images, weights: Tensor) -> Tensor:
-    """Class scores ``[B, C]`` (cosine similarities) of images against :func:`zero_shot_weights`."""
-    return teacher.encode_images(images) @ weights.to(teacher.device).T
-
-
 __all__ = [
     "LABEL_SETS",
     "LABEL_SET_DIR",
@@ -213,6 +208,5 @@ __all__ = [
     "load_label_set",
     "named_label_set",
     "synthetic_label_set",
-    "zero_shot_classify",
     "zero_shot_weights",
 ]

@@ -1,16 +1,19 @@
-"""Pushing a model folder to the Hugging Face Hub as one commit: :func:`push_folder`.
+"""Pushing a model folder to the Hugging Face Hub as one commit: :func:`prepare_upload`, then :func:`push_upload`.
 
-What is uploaded (from a folder written by the training export or ``save_pretrained``)::
+What is uploaded (from a folder written by the training export or ``save_pretrained``, checked by the caller:
+``clip-gs push`` and ``CLIPGS.push_to_hub`` check the weights against ``config.json`` and the teacher record
+with :func:`clip_gs.model.clipgs.validate_folder` first)::
 
-    config.json          checked: parses as a CLIPGSConfig
-    model.safetensors    checked: its header's tensor names and shapes match config.json
-    teacher.json         when present (checked: a valid teacher record; its embed_dim matches config.json)
-    README.md            the generated card (clip_gs.model.card.folder_card), never the folder's README.md
+    config.json          the architecture
+    model.safetensors    the weights
+    teacher.json         when present
+    README.md            the generated card (clip_gs.hub.card.folder_card), never the folder's README.md
     curves.png           when present
+    metrics.json         when present (the export's record)
     eval/report.json     the evaluation report the card is made from, when there is one
     eval/*.png           the figures next to that report (or in the folder's eval/), when present
 
-Everything is checked and the commit's operations are built before any network call. The files go
+The commit's operations are built before any network call. The files go
 up in a single ``HfApi.create_commit``: a failure (offline, no connection, refused token) raises
 :class:`~clip_gs.errors.HubError` and leaves no partial upload (at most the repository itself,
 created empty by ``create_repo``).
@@ -19,31 +22,27 @@ created empty by ``create_repo``).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clip_gs.errors import CheckpointError, ConfigError, HubError
-from clip_gs.model.card import (
-    eval_images,
-    folder_card,
-    read_config,
-    report_location,
-)
-from clip_gs.model.folder import (
+from clip_gs.hub.downloads import is_offline
+from clip_gs.hub.folder import (
     CARD_NAME,
     CONFIG_NAME,
     CURVES_NAME,
+    EVAL_DIR,
     EVAL_REPORT,
     METRICS_NAME,
     TEACHER_NAME,
     WEIGHTS_NAME,
-    read_teacher_record,
+    eval_images,
+    read_config_json,
 )
 
 if TYPE_CHECKING:
-    from clip_gs.model.config import CLIPGSConfig
+    from huggingface_hub import ModelCard
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,8 @@ class Upload:
 
     folder: Path
     repo_id: str
-    config: CLIPGSConfig
+    name: str
+    """The model's configuration name (``config.json``'s ``name``)."""
     files: tuple[UploadFile, ...]
 
     @property
@@ -84,7 +84,7 @@ class Upload:
 
 @dataclass(frozen=True)
 class PushResult:
-    """What :func:`push_folder` committed."""
+    """What :func:`push_upload` committed."""
 
     repo_id: str
     repo_url: str
@@ -105,60 +105,30 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def validate_folder(folder: str | os.PathLike) -> CLIPGSConfig:
-    """Check that ``folder`` holds a loadable model; returns its :class:`~clip_gs.model.config.CLIPGSConfig`.
-
-    Reads ``config.json`` and the header of ``model.safetensors`` (tensor names and shapes, not the
-    data) and compares them with the architecture of the config, built on the meta device.
-
-    Raises:
-        CheckpointError: not a folder, no ``model.safetensors``, an unreadable safetensors header,
-            weights that do not match the config, a ``teacher.json`` of another embedding size.
-        ConfigError: ``config.json`` missing or invalid.
-    """
-    from clip_gs.model.clipgs import check_weights_file
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a folder; push takes a folder written by clip-gs fit or save_pretrained")
-    config = read_config(folder)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"{folder}: no {WEIGHTS_NAME} (the weights) next to {CONFIG_NAME}")
-    check_weights_file(config, weights, hint=f"it was not written for this {CONFIG_NAME}")
-    teacher_path = folder / TEACHER_NAME
-    if teacher_path.is_file():
-        dim = read_teacher_record(folder).embed_dim
-        if dim is not None and dim != config.embed_dim:
-            raise CheckpointError(
-                f"{teacher_path}: the teacher embeds in {dim} dimensions but {folder / CONFIG_NAME} has "
-                f"embed_dim {config.embed_dim}"
-            )
-    return config
-
-
 def prepare_upload(
-    folder: str | os.PathLike,
-    repo_id: str,
-    eval_report: str | os.PathLike | None = None,
-    datasets: Sequence[str] = (),
+    folder: str | os.PathLike, repo_id: str, card: str | ModelCard, report_file: str | os.PathLike | None = None
 ) -> Upload:
-    """Check ``folder`` and make the commit's files (module docstring); no network.
+    """The commit's files of a model folder (module docstring); no network.
 
     Args:
-        repo_id: ``ORG/NAME`` (named in the card's usage snippet).
-        eval_report: the evaluation report for the card (default ``folder/eval/report.json`` when present).
-        datasets: Hub dataset ids for the card's metadata.
+        folder: a model folder its caller has checked (:func:`clip_gs.model.clipgs.validate_folder`).
+        repo_id: ``ORG/NAME``.
+        card: the model card that goes up as ``README.md`` (:func:`clip_gs.hub.card.folder_card`).
+        report_file: the evaluation report the card was made from, uploaded as ``eval/report.json`` with the
+            figures beside it; None: none (the figures in ``folder/eval``, if any, still go up).
 
     Raises:
-        ConfigError / CheckpointError: see :func:`validate_folder`; a malformed ``repo_id``.
-        ModelCardError: an unreadable report or record.
+        ConfigError: a malformed ``repo_id``; ``config.json`` not a JSON object.
+        CheckpointError: not a folder, or no ``config.json`` / ``model.safetensors`` in it.
     """
     check_repo_id(repo_id)
     folder = Path(folder)
-    config = validate_folder(folder)
-    card = folder_card(folder, repo_id=repo_id, eval_report=eval_report, datasets=datasets)
-    report = report_location(folder, eval_report)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; push takes a folder written by clip-gs fit or save_pretrained")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: no {name} in the model folder")
+    config = read_config_json(folder / CONFIG_NAME)
     files = [UploadFile(CONFIG_NAME, folder / CONFIG_NAME), UploadFile(WEIGHTS_NAME, folder / WEIGHTS_NAME)]
     if (folder / TEACHER_NAME).is_file():
         files.append(UploadFile(TEACHER_NAME, folder / TEACHER_NAME))
@@ -166,46 +136,38 @@ def prepare_upload(
     for name in (CURVES_NAME, METRICS_NAME):  # the training record: curves, validation / test metrics, labels
         if (folder / name).is_file():
             files.append(UploadFile(name, folder / name))
-    if report is not None:
-        files.append(UploadFile(EVAL_REPORT, report))
-    files += [UploadFile(f"eval/{image.name}", image) for image in eval_images(folder, report)]
-    return Upload(folder=folder, repo_id=repo_id, config=config, files=tuple(files))
+    if report_file is not None:
+        files.append(UploadFile(EVAL_REPORT, Path(report_file)))
+    files += [UploadFile(f"{EVAL_DIR}/{image.name}", image) for image in eval_images(folder, report_file)]
+    return Upload(folder=folder, repo_id=repo_id, name=str(config.get("name", folder.name)), files=tuple(files))
 
 
-def push_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
+def push_upload(
+    upload: Upload,
     *,
     private: bool | None = None,
     token: str | None = None,
-    eval_report: str | os.PathLike | None = None,
-    datasets: Sequence[str] = (),
     commit_message: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
 ) -> PushResult:
-    """Upload a model folder to the Hub repo ``repo_id`` (created if needed) in one commit.
+    """Upload the files of ``upload`` (:func:`prepare_upload`) to its Hub repo (created if needed) in one commit.
 
     Args:
-        folder: written by the training export or ``CLIPGS.save_pretrained``.
-        repo_id: ``ORG/NAME``.
         private: make a new repository private (None: the account's default). An existing repo keeps its visibility.
         token: a Hub token with write access (default: ``HF_TOKEN`` or the ``hf auth login`` token).
-        eval_report: the evaluation report for the card (default ``folder/eval/report.json`` when present).
-        datasets: Hub dataset ids for the card's metadata.
         commit_message: default ``"Upload CLIP-GS model <config name>"``.
         revision: the branch to commit to (default ``main``). create_pr: open a pull request instead.
 
     Raises:
-        HubError: offline mode (``HF_HUB_OFFLINE``), no connection, a refused token, another HTTP
-            error: nothing was committed.
-        ConfigError / CheckpointError / ModelCardError: the folder does not check out (nothing was sent).
+        HubError: offline mode (:func:`~clip_gs.hub.downloads.is_offline`), no connection, a refused token,
+            another HTTP error: nothing was committed.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+    from huggingface_hub import CommitOperationAdd, HfApi
 
-    upload = prepare_upload(folder, repo_id, eval_report=eval_report, datasets=datasets)
+    repo_id = upload.repo_id
     operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=f.content) for f in upload.files]
-    if constants.is_offline_mode():
+    if is_offline():
         raise HubError(
             f"cannot push {upload.folder} to {repo_id}: HF_HUB_OFFLINE is set, so no request is made; nothing was "
             "committed. Unset HF_HUB_OFFLINE on a machine with a connection and push again"
@@ -215,7 +177,7 @@ def push_folder(
         repo_url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.create_commit(
             repo_id=repo_id, repo_type="model", operations=operations, revision=revision, create_pr=create_pr,
-            commit_message=commit_message or f"Upload CLIP-GS model {upload.config.name}",
+            commit_message=commit_message or f"Upload CLIP-GS model {upload.name}",
         )  # fmt: skip
     except _network_errors() as exc:
         raise HubError(f"cannot push {upload.folder} to {repo_id}: {_explain(exc)}; nothing was committed") from exc
@@ -256,5 +218,4 @@ def describe(result: PushResult) -> str:
     return f"pushed {len(result.files)} files to {result.repo_url} ({', '.join(result.files)}): {result.commit_url}"
 
 
-__all__ = ["PushResult", "Upload", "UploadFile", "check_repo_id", "describe", "prepare_upload", "push_folder",
-           "validate_folder"]  # fmt: skip
+__all__ = ["PushResult", "Upload", "UploadFile", "check_repo_id", "describe", "prepare_upload", "push_upload"]

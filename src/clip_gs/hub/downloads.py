@@ -1,8 +1,10 @@
-"""Fetching files from the Hugging Face Hub with the package's errors (no silent fallbacks).
+"""Fetching files from the Hugging Face Hub with the package's errors (no silent fallbacks), and offline mode.
 
-Offline use: with ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) files come from the local
-Hugging Face cache only (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``); a repo that is
-not there raises :class:`~clip_gs.errors.WeightsUnavailableError` with :func:`offline_advice`.
+Offline mode is huggingface_hub's own (:func:`is_offline`): ``HF_HUB_OFFLINE=1`` (or
+``TRANSFORMERS_OFFLINE=1``) set before ``huggingface_hub`` is imported; then, as with a loader's
+``local_files_only=True``, files come from the local Hugging Face cache only (``HF_HUB_CACHE``, default
+``~/.cache/huggingface/hub``), and a repo that is not there raises
+:class:`~clip_gs.errors.WeightsUnavailableError` with :func:`offline_advice`.
 """
 
 from __future__ import annotations
@@ -15,22 +17,17 @@ from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, Weig
 
 HUB_PREFIX = "hf://"
 
-CACHE_ENV = "CLIP_GS_CACHE"
-"""Environment variable naming clip-gs's one cache root (:func:`cache_root`)."""
-
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 """What a Hub repo id looks like (``name`` or ``owner/name``); anything else is a local path."""
 
 
-def cache_root() -> Path:
-    """The one folder clip-gs caches what it makes under (converted pretrained models in
-    ``models/``, the demo's gallery in ``demo/``, converted benchmark meshes in ``benchmarks/``):
-    ``$CLIP_GS_CACHE`` if set, else ``$XDG_CACHE_HOME/clip-gs``, else ``~/.cache/clip-gs``.
-    Downloads themselves stay in the Hugging Face cache (``HF_HUB_CACHE``), where ``hf download`` puts them."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clip-gs"
+def is_offline() -> bool:
+    """Whether Hub requests are off: huggingface_hub's offline mode (``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE``, read when ``huggingface_hub`` is imported). Every clip-gs loader asks this
+    function; a single call that must not download takes ``local_files_only=True`` instead."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
 
 
 def model_location(reference: str | os.PathLike) -> str:
@@ -66,7 +63,7 @@ def offline_advice(repo_id: str, cache_dir: str | os.PathLike | None = None) -> 
     from huggingface_hub import constants
 
     cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
-    mode = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the Hub could not be reached"
+    mode = "HF_HUB_OFFLINE is set" if is_offline() else "the Hub could not be reached"
     return (
         f"{mode} and {repo_id!r} is not in the Hugging Face cache {cache}. On a connected machine run "
         f"`hf download {repo_id}` (with the same HF_HUB_CACHE / HF_HOME) and copy the cache folder here, "
@@ -75,8 +72,9 @@ def offline_advice(repo_id: str, cache_dir: str | os.PathLike | None = None) -> 
 
 
 def hub_download(repo_id: str, filename: str, **kwargs) -> Path:
-    """``hf_hub_download`` that raises :class:`WeightsUnavailableError` with a helpful message
-    (offline, missing file, gated repo) instead of a network traceback."""
+    """``hf_hub_download`` (its keyword arguments: ``revision``, ``cache_dir``, ``local_files_only``, ...) that
+    raises :class:`WeightsUnavailableError` with a helpful message (offline, not cached, gated repo) instead of
+    a network traceback, and :class:`FileNotOnHubError` for a file the repo does not have."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
@@ -92,4 +90,4 @@ def hub_download(repo_id: str, filename: str, **kwargs) -> Path:
         raise WeightsUnavailableError(f"cannot fetch {filename!r} from the Hub repo {repo_id!r}: {exc}") from exc
 
 
-__all__ = ["CACHE_ENV", "HUB_PREFIX", "cache_root", "hub_download", "offline_advice", "parse_hub_reference"]
+__all__ = ["HUB_PREFIX", "hub_download", "is_offline", "model_location", "offline_advice", "parse_hub_reference"]
