@@ -66,7 +66,7 @@ for path in (str(HERE), str(REPO)):  # the sibling scripts, and the tests packag
     if path not in sys.path:
         sys.path.insert(0, path)
 
-CUDA_TEST_FILES = ("tests/test_curves.py", "tests/test_model.py", "tests/test_ops.py", "tests/test_render.py")
+CUDA_TEST_FILES = ("tests/ops/test_curves.py", "tests/model/test_model.py", "tests/ops/test_ops.py", "tests/render/test_render.py")
 """The test files holding tests marked ``requires_cuda`` (tests/test_gpu_check.py keeps this list exact)."""
 CHECK_MODULES = (
     "torch", "numpy", "pytest", "gsplat", "gsplat.strategy", "torchmetrics.functional.image",

@@ -375,7 +375,7 @@ def test_parity_harness_compares_values_and_every_gradient(monkeypatch):
 @pytest.mark.slow
 def test_cuda_tests_step_selects_the_requires_cuda_tests_and_fails_on_a_skip(tmp_path):
     decorated = {p.relative_to(REPO).as_posix(): len(re.findall(r"^@requires_cuda\b", p.read_text(), re.MULTILINE))
-                 for p in (REPO / "tests").glob("test_*.py")}  # fmt: skip
+                 for p in (REPO / "tests").rglob("test_*.py")}  # fmt: skip
     marked = sorted(name for name, count in decorated.items() if count)
     assert marked == sorted(gpu_steps.CUDA_TEST_FILES)
     result = tmp_path / "r.json"

@@ -62,3 +62,116 @@ def test_imports_run_downward_only():
                 if target != part and LAYERS[target] >= LAYERS[part]:
                     upward.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
     assert not upward, "imports that do not run downward:\n" + "\n".join(upward)
+
+
+def _module_imports(root):
+    """``{module: [(line, imported module, imported name or None), ...]}`` for every module under
+    ``root`` (the ``clip_gs`` folder), lazy imports inside functions included. Relative imports are
+    resolved; ``from clip_gs.a import b`` where ``b`` is a submodule names the submodule ``clip_gs.a.b``."""
+    import ast
+
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = ("clip_gs", *path.relative_to(root).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_package else parts)
+        modules[name] = (path, is_package)
+    found = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        edges = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges += [(node.lineno, alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    if sub in modules:
+                        edges.append((node.lineno, sub, None))
+                    else:
+                        edges.append((node.lineno, base, alias.name))
+        found[name] = [e for e in edges if e[1] == "clip_gs" or e[1].startswith("clip_gs.")]
+    return found
+
+
+def private_imports(root) -> list[str]:
+    """Imports of a private (``_underscore``) name of another ``clip_gs`` module."""
+    bad = []
+    for module, edges in _module_imports(root).items():
+        for line, target, name in edges:
+            pieces = target.split(".") + ([name] if name else [])
+            private = [p for p in pieces if p.startswith("_") and not p.startswith("__")]
+            if private and target != module:
+                shown = f"{target} import {name}" if name else target
+                bad.append(f"{module}:{line} imports {shown}")
+    return bad
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A ``_name`` is its module's own: no other ``clip_gs`` module imports it (``from clip_gs.a import _x``,
+    ``import clip_gs._a``), lazy imports inside functions included."""
+    from pathlib import Path
+
+    bad = private_imports(Path(clip_gs.__file__).parent)
+    assert not bad, "imports of private names:\n" + "\n".join(bad)
+
+
+def import_cycles(root) -> list[list[str]]:
+    """The import cycles among the modules of each package (Tarjan's strongly connected components).
+
+    The graph has an edge ``a -> b`` for every import in ``a`` (lazy ones included) of ``b`` or of a name
+    defined in ``b``, where ``a`` and ``b`` are modules of one package (``b``'s parent package is ``a``'s).
+    A package's ``__init__`` stands outside its own modules' graph: it gathers their names for users, so
+    ``__init__ -> module`` is not an edge, and a module importing a name from its own package's ``__init__``
+    is read as importing the module that defines it only when that is a submodule import. Imports that
+    leave the package are the layer test's business (:func:`test_imports_run_downward_only`)."""
+    imports = _module_imports(root)
+    graph = {}
+    for module, edges in imports.items():
+        parent = module.rpartition(".")[0]
+        if module + ".__init__" in imports or (root / "/".join(module.split(".")[1:]) / "__init__.py").exists():
+            continue  # a package's __init__
+        graph[module] = {
+            target for _, target, _ in edges
+            if target != module and target.rpartition(".")[0] == parent and target in imports
+            and not (root / "/".join(target.split(".")[1:]) / "__init__.py").exists()
+        }  # fmt: skip
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle_inside_a_package():
+    """The modules of one package import each other in one direction only (see :func:`import_cycles`)."""
+    from pathlib import Path
+
+    cycles = import_cycles(Path(clip_gs.__file__).parent)
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)

@@ -10,7 +10,7 @@ the one of the 3DGS trainer and gsplat: each pixel walks its Gaussians back to f
 by division (``T_i = T_{i+1} / (1 - alpha_i)``), so nothing per pixel-Gaussian pair is stored.
 
 Equal to the readable reference (:func:`~clip_gs.render.reference.rasterize_reference`) up to
-float rounding, values and gradients (``tests/test_render.py``): the same alpha, the same skips
+float rounding, values and gradients (``tests/render/test_render.py``): the same alpha, the same skips
 (``alpha < 1/255`` or a positive exponent), the same stop before the transmittance would fall below
 1e-4.
 

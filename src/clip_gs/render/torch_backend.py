@@ -5,7 +5,7 @@ background), composited for 4 x 4 px tiles of all cameras in cache-sized blocks
 (:func:`composite_tiles`) instead of a Python loop over each camera's tiles: several times faster
 on a CPU (``benchmarks/bench_render.py``) and runs wherever PyTorch does. Equal to
 :func:`~clip_gs.render.reference.rasterize_reference` up to float rounding, values and gradients
-(``tests/test_render.py``).
+(``tests/render/test_render.py``).
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_fitted_objaverse_layout_renders_once_per_object_and_holds_out_lvis(tmp_
     annotation = tmp_path / "lvis-annotations.json"
     annotation.write_text(json.dumps({"chair": [UIDS[1]]}))
     out = tmp_path / "out"
-    paper = Path(__file__).parents[1] / "examples" / "configs" / "prepare-paper.yaml"
+    paper = Path(__file__).parents[2] / "examples" / "configs" / "prepare-paper.yaml"
     code = main(
         [
             "prepare",

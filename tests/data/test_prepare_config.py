@@ -12,7 +12,7 @@ from clip_gs.cli import build_parser, main, subcommand
 from clip_gs.data.prepare_config import config_argv, expand_config
 from clip_gs.errors import ConfigError
 
-CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
+CONFIGS = Path(__file__).parents[2] / "examples" / "configs"
 
 
 def effective(capsys, *argv) -> dict:

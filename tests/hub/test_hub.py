@@ -33,7 +33,7 @@ from clip_gs.model.clipgs import validate_folder
 from clip_gs.model.folder import card_teacher_spec
 from clip_gs.usage.push_cli import folder_upload
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 E = 16
 TEACHER = {"teacher": "file:synthetic-clip@sha256:0123456789abcdef", "embed_dim": E}
 SECTIONS = (

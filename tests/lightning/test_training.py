@@ -30,7 +30,7 @@ from clip_gs.lightning import CLIPGSModule, ExportBest, GaussianDataModule, lr_f
 from clip_gs.lightning.optim import layer_id
 from tests.helpers import CLASSES, TEACHER, TINY, E, N, class_vectors, learnable_sample, write_learnable_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 
 

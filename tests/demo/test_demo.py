@@ -33,7 +33,7 @@ from clip_gs.teachers.label_options import parse_labels
 from clip_gs.teachers.prompts import load_label_set
 from tests.helpers import encode_compressed_ply, encode_spz, free_port, write_mesh, write_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
