@@ -99,8 +99,20 @@ def _module_imports(root):
 
 
 def private_imports(root) -> list[str]:
-    """Imports of a private (``_underscore``) name of another ``clip_gs`` module."""
+    """Imports of a private (``_underscore``) name of another ``clip_gs`` module, and uses of one as an
+    attribute (``clip_gs.a._x`` after ``import clip_gs.a``)."""
+    import ast
+
     bad = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            chain, inner = [], node
+            while isinstance(inner, ast.Attribute):
+                chain.append(inner.attr)
+                inner = inner.value
+            if chain and isinstance(inner, ast.Name) and inner.id == "clip_gs" and isinstance(node.ctx, ast.Load):
+                if any(p.startswith("_") and not p.startswith("__") for p in chain):
+                    bad.append(f"{path.relative_to(root)}:{node.lineno} uses clip_gs.{'.'.join(reversed(chain))}")
     for module, edges in _module_imports(root).items():
         for line, target, name in edges:
             pieces = target.split(".") + ([name] if name else [])
@@ -121,25 +133,35 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def import_cycles(root) -> list[list[str]]:
-    """The import cycles among the modules of each package (Tarjan's strongly connected components).
+    """The import cycles among the members of each package (Tarjan's strongly connected components).
 
-    The graph has an edge ``a -> b`` for every import in ``a`` (lazy ones included) of ``b`` or of a name
-    defined in ``b``, where ``a`` and ``b`` are modules of one package (``b``'s parent package is ``a``'s).
-    A package's ``__init__`` stands outside its own modules' graph: it gathers their names for users, so
-    ``__init__ -> module`` is not an edge, and a module importing a name from its own package's ``__init__``
-    is read as importing the module that defines it only when that is a submodule import. Imports that
-    leave the package are the layer test's business (:func:`test_imports_run_downward_only`)."""
+    A package's members are its modules and its subpackages, a subpackage standing for everything in
+    it: ``gaussians.io`` importing ``gaussians.formats.ply`` and ``gaussians.formats.ply`` importing
+    ``gaussians.io`` is the cycle ``gaussians.formats <-> gaussians.io``. Every import counts, lazy ones
+    inside functions included. A package's ``__init__`` is no member of its own package: it gathers its
+    members' names for users, so its imports of them, and their imports of names from it, are no edge
+    (each member would otherwise form a cycle with it); inside its parent package it belongs to its
+    subpackage. Imports that leave a package are the layer test's business
+    (:func:`test_imports_run_downward_only`)."""
     imports = _module_imports(root)
+    packages = {m for m in imports if (root.joinpath(*m.split(".")[1:]) / "__init__.py").exists()}
+
+    def member(module, package):
+        """The member of ``package`` that ``module`` lies in (None: outside it, or its ``__init__``)."""
+        if module == package or not module.startswith(package + "."):
+            return None
+        return package + "." + module[len(package) + 1 :].split(".")[0]
+
     graph = {}
-    for module, edges in imports.items():
-        parent = module.rpartition(".")[0]
-        if module + ".__init__" in imports or (root / "/".join(module.split(".")[1:]) / "__init__.py").exists():
-            continue  # a package's __init__
-        graph[module] = {
-            target for _, target, _ in edges
-            if target != module and target.rpartition(".")[0] == parent and target in imports
-            and not (root / "/".join(target.split(".")[1:]) / "__init__.py").exists()
-        }  # fmt: skip
+    for package in packages:
+        for module, edges in imports.items():
+            source = member(module, package)
+            if source is None:
+                continue
+            for _, target, _ in edges:
+                destination = member(target, package)
+                if destination is not None and destination != source:
+                    graph.setdefault(source, set()).add(destination)
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
     def visit(node):

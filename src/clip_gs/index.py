@@ -259,12 +259,13 @@ class EmbeddingIndex:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` (``.safetensors`` added when missing); returns the file written."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from clip_gs.storage import atomic_write
 
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
         names = json.dumps({"ids": self.ids, "paths": self.paths, "infos": self.infos}).encode()
         tensors = {
             "embeddings": self._embeddings.contiguous(),
@@ -272,12 +273,7 @@ class EmbeddingIndex:
         }
         meta = {"model": self.model, "teacher": self.teacher, "embed_dim": str(self.embed_dim),
                 "settings": json.dumps(self.settings, sort_keys=True)}  # fmt: skip
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, save(tensors, metadata=meta))
         return path
 
     @classmethod

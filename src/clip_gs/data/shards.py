@@ -30,8 +30,8 @@ of 32 draws from 5 to 32 different, randomly ordered chunks (close to a uniform 
 one object-store GET still moves megabytes (throughput-bound, not latency-bound).
 
 Remote datasets are cached chunk by chunk in ``cache_dir``; when none is given the cache is
-:func:`default_cache_dir` (``$CLIP_GS_SHARD_CACHE``, else ``<tempfile.gettempdir()>/clip-gs-shards``),
-never LitData's default under the home directory.
+:func:`default_cache_dir` (``shards/`` under :func:`~clip_gs.storage.cache_root`), never LitData's own
+default.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ from clip_gs.data.split_format import (
 )
 from clip_gs.data.triplets import (
     MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
     Manifest,
     TripletSample,
     pack_tensors,
@@ -79,13 +78,10 @@ from clip_gs.data.triplets import (
 )
 from clip_gs.errors import CorruptSampleError, DatasetError
 from clip_gs.gaussians.files import open_regular_file
-from clip_gs.storage import is_remote, join, read_bytes, s3_client, split_url, write_bytes
+from clip_gs.storage import cache_root, is_remote, join, read_bytes, s3_client, split_url, write_bytes
 
 DEFAULT_CHUNK_BYTES = "4MB"
 """Default chunk size of :func:`write_split` (see the module docstring for why)."""
-
-CACHE_ENV = "CLIP_GS_SHARD_CACHE"
-"""Environment variable that overrides :func:`default_cache_dir`."""
 
 _INDEX = INDEX_NAME
 _RECORD_KEYS = RECORD_KEYS
@@ -93,12 +89,9 @@ _RECORD_KEYS = RECORD_KEYS
 
 # ---------------------------------------------------------------------------- locations
 def default_cache_dir() -> str:
-    """Where remote chunks are cached when no ``cache_dir`` is given.
-
-    ``$CLIP_GS_SHARD_CACHE`` if set, else ``<tempfile.gettempdir()>/clip-gs-shards`` (e.g.
-    ``/tmp/clip-gs-shards``); never the home directory.
-    """
-    return os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "clip-gs-shards")
+    """Where remote chunks are cached when no ``cache_dir`` is given: ``shards/`` under
+    :func:`~clip_gs.storage.cache_root` (``$CLIP_GS_CACHE`` moves it)."""
+    return str(cache_root() / "shards")
 
 
 def allow_plain_http_endpoint(storage_options: dict | None) -> bool:
@@ -311,14 +304,6 @@ def write_manifest(manifest: Manifest, root: str | os.PathLike, storage_options:
     return join(root, MANIFEST_NAME)
 
 
-def _read_one_manifest(root: str, storage_options: dict | None) -> Manifest:
-    location = join(root, MANIFEST_NAME)
-    data = read_bytes(location, storage_options, max_bytes=MAX_MANIFEST_BYTES)
-    if data is None:
-        raise DatasetError(f"{location}: no manifest; is {root} a dataset written by `clip-gs prepare`?")
-    return Manifest.parse(data, location)
-
-
 def read_manifest(
     root: str | os.PathLike | Sequence[str | os.PathLike], storage_options: dict | None = None
 ) -> Manifest | list[Manifest]:
@@ -337,11 +322,11 @@ def read_manifest(
             (:meth:`Manifest.check_compatible`).
     """
     if isinstance(root, (str, os.PathLike)):
-        return _read_one_manifest(str(root), storage_options)
+        return Manifest.read(str(root), storage_options)
     roots = [str(r) for r in root]
     if not roots:
         raise DatasetError("read_manifest: no dataset roots given")
-    manifests = [_read_one_manifest(r, storage_options) for r in roots]
+    manifests = [Manifest.read(r, storage_options) for r in roots]
     for other_root, other in zip(roots[1:], manifests[1:]):
         manifests[0].check_compatible(other, what=f"datasets {roots[0]} and {other_root}")
     return manifests
@@ -675,7 +660,6 @@ def iter_records(split_dir: str, storage_options: dict | None = None, cache_dir:
 
 
 __all__ = [
-    "CACHE_ENV",
     "DEFAULT_CHUNK_BYTES",
     "LABEL_EMBEDDINGS_NAME",
     "MAX_LABEL_EMBEDDINGS_BYTES",

@@ -319,16 +319,20 @@ class Manifest:
         return path
 
     @classmethod
-    def read(cls, root: str | Path) -> Manifest:
-        """Read ``root/manifest.json`` (a local folder; :func:`~clip_gs.data.shards.read_manifest`
-        also reads ``s3://`` roots).
+    def read(cls, root: str | Path, storage_options: dict | None = None) -> Manifest:
+        """Read ``root/manifest.json`` from a local folder or an ``s3://`` prefix (``storage_options``:
+        boto3 client options); :func:`~clip_gs.data.shards.read_manifest` reads several roots together.
 
         Raises:
             DatasetError: missing or invalid manifest (:meth:`parse`).
         """
-        from clip_gs.data.shards import read_manifest
+        from clip_gs.storage import join, read_bytes
 
-        return read_manifest(str(root))
+        location = join(str(root), MANIFEST_NAME)
+        data = read_bytes(location, storage_options, max_bytes=MAX_MANIFEST_BYTES)
+        if data is None:
+            raise DatasetError(f"{location}: no manifest; is {root} a dataset written by `clip-gs prepare`?")
+        return cls.parse(data, location)
 
     @classmethod
     def parse(cls, data: bytes, location: str) -> Manifest:

@@ -145,7 +145,7 @@ def model_labels(usage: LoadedModel) -> tuple[list[str], str]:
     trained on (its export's ``metrics.json``), else the synthetic set when its teacher is the offline
     teacher ``synthetic-clip`` (which knows only those words), else ModelNet40."""
     from clip_gs.hub.folder import METRICS_NAME, model_file
-    from clip_gs.teachers.factory import OFFLINE_TEACHER
+    from clip_gs.teachers.synthetic import OFFLINE_TEACHER
     from clip_gs.teachers.prompts import load_label_set
 
     try:

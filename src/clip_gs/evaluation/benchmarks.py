@@ -309,10 +309,10 @@ def cache_key(path: Path, mesh_gaussians: int, seed: int, up: str = "auto",
 
 
 def default_benchmark_cache() -> Path:
-    """``<shard cache>/benchmarks`` (``$CLIP_GS_SHARD_CACHE`` or the temp folder; never the home directory)."""
-    from clip_gs.data.shards import default_cache_dir
+    """``benchmarks/`` under :func:`~clip_gs.storage.cache_root` (``$CLIP_GS_CACHE`` moves it)."""
+    from clip_gs.storage import cache_root
 
-    return Path(default_cache_dir()) / "benchmarks"
+    return cache_root() / "benchmarks"
 
 
 def load_item(item: BenchmarkItem, mesh_gaussians: int = MESH_GAUSSIANS, seed: int = 0,

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from clip_gs.errors import EpisodesFileError
+from clip_gs.storage import atomic_write
 from clip_gs.strict_json import unique_keys
 
 FORMAT = "clip-gs-fewshot-episodes"
@@ -124,13 +125,9 @@ def write_episodes(path: str | os.PathLike, sets: Sequence[EpisodeSet]) -> Path:
     if len(set(names)) != len(names):
         raise EpisodesFileError(f"{path}: one setting given twice ({names})")
     data = {"format": FORMAT, "version": VERSION, "settings": {s.name: s.to_json() for s in sets}}
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(partial, path)
+        atomic_write(path, json.dumps(data, indent=1) + "\n")
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise EpisodesFileError(f"{path}: cannot write the episodes file: {exc.strerror or exc}") from exc
     return path
 

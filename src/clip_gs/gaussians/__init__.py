@@ -7,8 +7,8 @@ from clip_gs.gaussians.cloud import (
     quaternions_to_matrices,
     sh_coeff_count,
 )
+from clip_gs.gaussians.format_spec import GaussianFormat
 from clip_gs.gaussians.io import (
-    GaussianFormat,
     find_gaussian_files,
     load_gaussians,
     register_format,

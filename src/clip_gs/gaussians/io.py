@@ -1,6 +1,6 @@
 """`load_gaussians` / `save_gaussians`: one entry point for every 3DGS file format.
 
-Formats register a :class:`GaussianFormat` (name, extensions, a content sniffer, a reader and
+Formats register a :class:`~clip_gs.gaussians.format_spec.GaussianFormat` (name, extensions, a content sniffer, a reader and
 optionally a writer). Loading tries the sniffers on the first bytes of the file in
 registration priority order, then falls back to the extension; saving picks by extension or by
 an explicit ``format=`` name.
@@ -9,38 +9,19 @@ an explicit ``format=`` name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from clip_gs.errors import GaussianFormatError, UnsupportedFormatError
 from clip_gs.gaussians.cloud import GaussianCloud
 from clip_gs.gaussians.files import open_regular_file
+from clip_gs.gaussians.format_spec import GaussianFormat
 
 SNIFF_BYTES = 4096
 """How many leading bytes of a file the sniffers see."""
 
 
-@dataclass(frozen=True)
-class GaussianFormat:
-    """A 3DGS file format known to :func:`load_gaussians` / :func:`save_gaussians`.
-
-    Attributes:
-        name: short name used in messages and as ``format=`` argument (``"ply"``, ``"splat"``).
-        extensions: lower-case file extensions with the dot (``(".ply",)``).
-        sniff: ``head bytes -> bool``, True when the content is this format.
-        read: ``(path, **options) -> GaussianCloud``; raises :class:`GaussianFormatError` on bad input.
-        write: ``(cloud, path, **options) -> None`` or None when the format is read-only.
-    """
-
-    name: str
-    extensions: tuple[str, ...]
-    sniff: Callable[[bytes], bool]
-    read: Callable[..., GaussianCloud]
-    write: Callable[..., None] | None = None
-
-
 _FORMATS: list[GaussianFormat] = []
+_builtins_registered = False
 
 
 def register_format(fmt: GaussianFormat, *, first: bool = False) -> None:
@@ -58,8 +39,14 @@ def registered_formats() -> list[GaussianFormat]:
 
 
 def _ensure_builtin_formats() -> None:
-    # Importing the formats package registers every built-in reader once.
-    import clip_gs.gaussians.formats  # noqa: F401
+    """Register the built-in formats (:data:`clip_gs.gaussians.formats.BUILTIN_FORMATS`) once."""
+    global _builtins_registered
+    if not _builtins_registered:
+        from clip_gs.gaussians.formats import BUILTIN_FORMATS
+
+        for fmt in BUILTIN_FORMATS:
+            register_format(fmt)
+        _builtins_registered = True
 
 
 def _describe_supported() -> str:

@@ -149,8 +149,8 @@ class GaussianDataModule(LightningDataModule):
             turned about it, as Objaverse and ModelNet objects stand) or ``"canonical"``; see
             :data:`clip_gs.data.synthetic.POSES`.
         cache_dir: where remote chunks (and ``synthetic:`` datasets) are stored; default
-            :func:`~clip_gs.data.shards.default_cache_dir` (``$CLIP_GS_SHARD_CACHE`` or
-            ``<tmp>/clip-gs-shards``), never the home directory.
+            :func:`~clip_gs.data.shards.default_cache_dir` (``shards/`` under the cache root,
+            ``$CLIP_GS_CACHE``).
         storage_options: boto3 options for s3 (``endpoint_url``, ...); not saved in
             checkpoints' hyperparameters (they may hold credentials).
         drop_last: training only. True (default) drops, every epoch, the samples beyond the

@@ -7,7 +7,7 @@ Recipe (every random choice is drawn from ``seed``):
    tests use seeds from :data:`~clip_gs.offline_teacher.views.EVAL_SEED_START`, never trained on).
 2. Views: ``views`` renders of each by the package's rasterizer (64 px, white background, random
    azimuth, elevation in [-20, 60] degrees, distance 2.7-3.4), cached once as a tensor file under
-   ``$CLIP_GS_CACHE`` (default ``/tmp/clip_gs_cache``).
+   ``views/`` under the cache root (``$CLIP_GS_CACHE``).
 3. Captions, drawn afresh at every step for every sample
    (:func:`~clip_gs.offline_teacher.captions.sample_caption`): the object's full
    caption, class only, colour + class, pattern + class, colour only or pattern only, either as

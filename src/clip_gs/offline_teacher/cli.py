@@ -40,7 +40,7 @@ def add_teacher_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
     build.add_argument("--workers", type=int, default=2, help="rendering processes")
     build.add_argument("--threads", type=int, default=None, help="torch threads for training")
-    build.add_argument("--no-cache", action="store_true", help="do not cache the rendered views under /tmp")
+    build.add_argument("--no-cache", action="store_true", help="do not cache the rendered views (views/ under the cache root, $CLIP_GS_CACHE)")
     build.add_argument("--checkpoint-every", type=int, default=0, help="also save intermediate weights")
     add_quiet_argument(build)
     build.set_defaults(func=run_build)

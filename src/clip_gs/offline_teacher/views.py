@@ -15,8 +15,8 @@ Seed ranges (disjoint, see :data:`TRAIN_SEED_LIMIT` / :data:`EVAL_SEED_START`):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,8 +170,10 @@ def render_views(
 
 
 def cache_dir() -> Path:
-    """Where rendered training views are cached: ``$CLIP_GS_CACHE`` or ``/tmp/clip_gs_cache``."""
-    return Path(os.environ.get("CLIP_GS_CACHE", "/tmp/clip_gs_cache"))
+    """Where rendered training views are cached: ``views/`` under :func:`~clip_gs.storage.cache_root`."""
+    from clip_gs.storage import cache_root
+
+    return cache_root() / "views"
 
 
 def cached_render_views(
@@ -196,10 +198,11 @@ def cached_render_views(
         data = torch.load(path, weights_only=True)
         return data["images"], json.loads(data["labels"])
     images, labels = render_views(objects, num_views, spec, num_gaussians, workers, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"images": images, "labels": json.dumps(labels)}, tmp)
-    tmp.replace(path)
+    from clip_gs.storage import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save({"images": images, "labels": json.dumps(labels)}, buffer)
+    atomic_write(path, buffer.getvalue())
     return images, labels
 
 

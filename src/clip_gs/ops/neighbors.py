@@ -16,16 +16,16 @@ import torch
 
 from clip_gs.errors import ConfigError
 from clip_gs.ops.sampling import (
-    _check_count,
-    _check_point_batch,
+    check_count,
+    check_point_batch,
     farthest_point_sample,
     farthest_point_sample_reference,
 )
 
 
 def _check_knn_args(query: torch.Tensor, points: torch.Tensor, k: int) -> None:
-    batch_q, _ = _check_point_batch("query", query)
-    batch_p, num_points = _check_point_batch("points", points)
+    batch_q, _ = check_point_batch("query", query)
+    batch_p, num_points = check_point_batch("points", points)
     if batch_q != batch_p:
         raise ConfigError(f"query and points have different batch sizes: {batch_q} vs {batch_p}")
     if query.dtype != points.dtype or query.device != points.device:
@@ -33,7 +33,7 @@ def _check_knn_args(query: torch.Tensor, points: torch.Tensor, k: int) -> None:
             f"query ({query.dtype}, {query.device}) and points ({points.dtype}, {points.device}) "
             "must share dtype and device"
         )
-    _check_count("k", k, 1, num_points, "the number of points N")
+    check_count("k", k, 1, num_points, "the number of points N")
 
 
 def knn_reference(query: torch.Tensor, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +135,7 @@ def knn(
     num_points = points.shape[1]
     if chunk_size is None:
         chunk_size = _auto_chunk_size(batch, num_points, points.device)
-    _check_count("chunk_size", chunk_size, 1, 2**62, "the largest supported chunk")
+    check_count("chunk_size", chunk_size, 1, 2**62, "the largest supported chunk")
     dist2 = torch.empty(batch, num_queries, k, dtype=points.dtype, device=points.device)
     idx = torch.empty(batch, num_queries, k, dtype=torch.long, device=points.device)
     with torch.no_grad():
@@ -197,9 +197,9 @@ def gather(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _check_group_args(points: torch.Tensor, num_groups: int, group_size: int) -> None:
-    _, num_points = _check_point_batch("points", points)
-    _check_count("num_groups", num_groups, 1, num_points, "the number of points N")
-    _check_count("group_size", group_size, 1, num_points, "the number of points N")
+    _, num_points = check_point_batch("points", points)
+    check_count("num_groups", num_groups, 1, num_points, "the number of points N")
+    check_count("group_size", group_size, 1, num_points, "the number of points N")
 
 
 def _centre_first(neighbor_idx: torch.Tensor, center_idx: torch.Tensor) -> torch.Tensor:

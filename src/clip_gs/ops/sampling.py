@@ -26,7 +26,7 @@ import torch
 from clip_gs.errors import ConfigError
 
 
-def _check_point_batch(name: str, points: torch.Tensor) -> tuple[int, int]:
+def check_point_batch(name: str, points: torch.Tensor) -> tuple[int, int]:
     """Check ``points: [B, N, 3]`` floating point; return ``(B, N)``."""
     if not isinstance(points, torch.Tensor):
         raise ConfigError(f"{name} must be a torch.Tensor [B, N, 3], got {type(points).__name__}")
@@ -37,7 +37,7 @@ def _check_point_batch(name: str, points: torch.Tensor) -> tuple[int, int]:
     return points.shape[0], points.shape[1]
 
 
-def _check_count(name: str, value: int, low: int, high: int, what: str) -> None:
+def check_count(name: str, value: int, low: int, high: int, what: str) -> None:
     """Check that the integer ``value`` lies in ``[low, high]``; ``what`` names ``high`` in the message."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an int, got {type(value).__name__}")
@@ -81,8 +81,8 @@ _ORDERED_INT_VIEW = {
 
 
 def _check_fps_args(points: torch.Tensor, num_samples: int, start: str, seed: int | None) -> torch.Tensor:
-    batch, num_points = _check_point_batch("points", points)
-    _check_count("num_samples", num_samples, 1, num_points, "the number of points N")
+    batch, num_points = check_point_batch("points", points)
+    check_count("num_samples", num_samples, 1, num_points, "the number of points N")
     return _start_indices(points, start, seed)
 
 
@@ -164,4 +164,4 @@ def farthest_point_sample(
     return out
 
 
-__all__ = ["farthest_point_sample", "farthest_point_sample_reference"]
+__all__ = ["check_count", "check_point_batch", "farthest_point_sample", "farthest_point_sample_reference"]

@@ -16,7 +16,8 @@ Importing this package loads only torch; open_clip is imported when a teacher is
 """
 
 from clip_gs.teachers.base import Teacher, TeacherIdentity, TeacherMismatchError, check_same_teacher
-from clip_gs.teachers.factory import DEFAULT_TEACHER, OFFLINE_TEACHER, TeacherSpec, load_teacher, parse_teacher_spec
+from clip_gs.teachers.factory import DEFAULT_TEACHER, TeacherSpec, load_teacher, parse_teacher_spec
+from clip_gs.teachers.synthetic import OFFLINE_TEACHER
 from clip_gs.teachers.prompts import TEMPLATES, fill_template, load_label_set, synthetic_label_set, zero_shot_weights
 
 

@@ -26,9 +26,7 @@ from pathlib import Path
 
 from clip_gs.errors import ConfigError, WeightsUnavailableError
 from clip_gs.teachers.base import Teacher
-
-OFFLINE_TEACHER = "synthetic-clip"
-"""Spec string of the offline teacher (see :mod:`clip_gs.teachers.synthetic`)."""
+from clip_gs.teachers.synthetic import OFFLINE_TEACHER
 
 DEFAULT_TEACHER = "EVA02-E-14-plus/laion2b_s9b_b144k"
 """The paper's teacher (needs the Hub or a local file)."""
@@ -226,6 +224,6 @@ def _is_file_name(tag: str, folder: str | os.PathLike | None) -> bool:
 
 
 __all__ = [
-    "DEFAULT_TEACHER", "OFFLINE_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec", "teacher_file",
+    "DEFAULT_TEACHER", "TeacherSpec", "load_teacher", "parse_teacher_spec", "teacher_file",
     "teacher_spec_for",
 ]  # fmt: skip

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,8 +269,7 @@ def write_label_embeddings(
     prompt_rule: str = "clip-gs",
     label_set: str = "",
 ) -> Path:
-    """Write a label-embedding file atomically (a temporary file in the same folder, then
-    ``os.replace``); returns its path.
+    """Write a label-embedding file atomically (:func:`~clip_gs.storage.atomic_write`); returns its path.
 
     Args:
         path: the file; must end in :data:`SUFFIX`.
@@ -284,7 +282,9 @@ def write_label_embeddings(
     Raises:
         ConfigError: anything the reader would refuse (the message names the file and the problem).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from clip_gs.storage import atomic_write
 
     path = Path(path)
     if not str(path).lower().endswith(SUFFIX):
@@ -308,14 +308,7 @@ def write_label_embeddings(
         problem = _values_problem(weights)
     if problem:
         raise ConfigError(f"{path}: cannot write label embeddings: {problem}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({TENSOR_NAME: weights}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, save({TENSOR_NAME: weights}, metadata=meta))
     return path
 
 

@@ -35,7 +35,12 @@ SPARSE_EMBEDDING_SUFFIX = "token_embedding.weight"
 uses this to stay a few MB)."""
 
 
-def _open_clip():
+def import_open_clip():
+    """The ``open_clip`` module, imported on first use.
+
+    Raises:
+        MissingDependencyError: open_clip_torch is not installed.
+    """
     try:
         import open_clip
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -144,7 +149,7 @@ class OpenCLIPTeacher(Teacher):
     ) -> None:
         super().__init__(batch_size=batch_size, device=device, precision=precision)
         self.local_files_only = local_files_only
-        open_clip = _open_clip()
+        open_clip = import_open_clip()
         self.model_name = model_name
         mean = std = None
         if model_name.startswith("hf-hub:"):
@@ -306,4 +311,6 @@ class OpenCLIPTeacher(Teacher):
         )
 
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "OpenCLIPTeacher", "file_checksum", "read_state_dict"]
+__all__ = [
+    "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "OpenCLIPTeacher", "file_checksum", "import_open_clip", "read_state_dict",
+]  # fmt: skip

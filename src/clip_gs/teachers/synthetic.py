@@ -17,8 +17,10 @@ import os
 from pathlib import Path
 
 from clip_gs.errors import WeightsUnavailableError
-from clip_gs.teachers.factory import OFFLINE_TEACHER
-from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher, _open_clip
+from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher, import_open_clip
+
+OFFLINE_TEACHER = "synthetic-clip"
+"""Spec string of the offline teacher (:func:`~clip_gs.teachers.factory.load_teacher`)."""
 
 ARCHITECTURE = "synthetic-clip"
 """The open_clip architecture name registered by :func:`register_architecture`."""
@@ -42,7 +44,7 @@ _registered = False
 def register_architecture() -> None:
     """Register ``synthetic-clip`` with open_clip (idempotent), so ``open_clip.create_model`` knows it."""
     global _registered
-    open_clip = _open_clip()
+    open_clip = import_open_clip()
     if not _registered or ARCHITECTURE not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True

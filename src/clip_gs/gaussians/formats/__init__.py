@@ -1,5 +1,5 @@
-"""Built-in 3DGS file formats. Importing this package registers each of them with
-:mod:`clip_gs.gaussians.io`; a new format is one module plus one line here.
+"""Built-in 3DGS file formats: :data:`BUILTIN_FORMATS`, which :mod:`clip_gs.gaussians.io` registers
+on first use; a new format is one module plus one line here.
 
 Sniffing order: SuperSplat compressed PLY (a PLY with a ``chunk`` element and packed vertices)
 before the INRIA PLY, then spz (``NGSP`` magic, bare or inside gzip). ``.splat`` has no header
@@ -13,7 +13,7 @@ from clip_gs.gaussians.formats.ply_header import is_ply
 from clip_gs.gaussians.formats.splat import read_splat, write_splat
 from clip_gs.gaussians.formats.spz import is_spz, read_spz
 from clip_gs.gaussians.formats.unigs_pkl import read_unigs_cloud, read_unigs_pkl
-from clip_gs.gaussians.io import GaussianFormat, register_format
+from clip_gs.gaussians.format_spec import GaussianFormat
 
 
 def _never(head: bytes) -> bool:
@@ -21,15 +21,17 @@ def _never(head: bytes) -> bool:
     return False
 
 
-register_format(GaussianFormat("ply", (".ply",), is_ply, read_ply, write_ply))
-register_format(
-    GaussianFormat("compressed_ply", (".compressed.ply",), is_compressed_ply, read_compressed_ply), first=True
+BUILTIN_FORMATS = (
+    GaussianFormat("compressed_ply", (".compressed.ply",), is_compressed_ply, read_compressed_ply),
+    GaussianFormat("ply", (".ply",), is_ply, read_ply, write_ply),
+    GaussianFormat("spz", (".spz",), is_spz, read_spz),
+    GaussianFormat("splat", (".splat",), _never, read_splat, write_splat),
+    GaussianFormat("unigs_pkl", (".pkl",), _never, read_unigs_cloud),
 )
-register_format(GaussianFormat("spz", (".spz",), is_spz, read_spz))
-register_format(GaussianFormat("splat", (".splat",), _never, read_splat, write_splat))
-register_format(GaussianFormat("unigs_pkl", (".pkl",), _never, read_unigs_cloud))
+"""The built-in formats in sniffing order."""
 
 __all__ = [
+    "BUILTIN_FORMATS",
     "read_compressed_ply",
     "read_ply",
     "read_splat",
