@@ -1,6 +1,10 @@
 """Triplet shards: one LitData dataset per split, written by :func:`write_split` and streamed by
 :class:`TripletShardDataset`.
 
+This module is longer than most on purpose: it holds the writer and the reader of one on-disk format
+(with the two private LitData settings the pin exists for), so that a change to the format changes
+both sides in one place; the format's parsing rules themselves are in :mod:`clip_gs.data.split_format`.
+
 Layout of a prepared dataset (``<root>`` is a local folder or ``s3://bucket/prefix``)::
 
     <root>/manifest.json              Manifest (teacher, counts, labels, settings)
