@@ -130,7 +130,7 @@ def test_the_pinned_litdata_internals_behave_as_shards_relies_on(tmp_path, monke
     # 3. the switch that keeps chunks in the plain layout when pyarrow is installed
     from litdata.streaming import item_loader
 
-    assert isinstance(item_loader._PYARROW_AVAILABLE, bool)
+    assert hasattr(item_loader, "_PYARROW_AVAILABLE")  # read each time a chunk is built
 
 
 def test_same_sample_gives_the_same_record():

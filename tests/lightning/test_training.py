@@ -396,7 +396,7 @@ def resume_config(tmp_path, name, dataset, max_steps) -> Path:
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "logger": False,
                     "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
                     "default_root_dir": str(tmp_path / name),
-                    "callbacks": [{"class_path": "tests.test_training.IdTrace",
+                    "callbacks": [{"class_path": "tests.lightning.test_training.IdTrace",
                                    "init_args": {"path": str(tmp_path / f"{name}.jsonl")}},
                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp_path / name / "ckpt"), "save_last": True,
