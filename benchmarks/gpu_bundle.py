@@ -70,6 +70,7 @@ NOT_CARRIED: dict[str, str] = {
     "gradio": "the demo app, which the check does not start",
     "open-clip-torch": "open_clip teachers; the check's datasets use the offline teacher synthetic-clip",
     "compression": "the standard library's zstd of Python >= 3.14; on 3.12 the .spz reader takes zstandard",
+    "ray": "prepare's Ray Data pipeline (several workers or a cluster); the check prepares in one process",
 }
 """Distributions the check's modules import only on paths the check never takes -> why."""
 
