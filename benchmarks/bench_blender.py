@@ -81,8 +81,8 @@ def launch_mode(args, paths: list[Path]) -> None:
 
 
 def samples_mode(args, paths: list[Path]) -> None:
-    from clip_gs.data.fitted import init_from_mesh, render_mesh_views
-    from clip_gs.fitting import FitConfig, evaluate_views, fit_gaussians
+    from clip_gs.data.fitted import fit_mesh_views, render_mesh_views
+    from clip_gs.fitting import FitConfig, evaluate_views
 
     config = FitConfig(iterations=args.iterations, max_gaussians=args.gaussians, seed=0)
     references = [render_mesh_views(p, views=args.views, size=args.size, samples=64)[1:] for p in paths]
@@ -97,8 +97,7 @@ def samples_mode(args, paths: list[Path]) -> None:
             start = time.perf_counter()
             train, _, _ = render_mesh_views(path, views=args.views, size=args.size, samples=samples)
             seconds += time.perf_counter() - start
-            init = init_from_mesh(path, max(1, args.gaussians // 2), world, seed=0)
-            result = fit_gaussians(train, init, config)
+            result = fit_mesh_views(path, train, None, world, config)
             psnrs.append(evaluate_views(result.cloud, test, config.background)[0])
         rows[samples] = (seconds / len(paths), sum(psnrs) / len(psnrs))
     best = rows[max(rows)][1]

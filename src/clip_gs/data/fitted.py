@@ -129,10 +129,19 @@ def fit_mesh(mesh, config: FitConfig | None = None, views: int = DEFAULT_VIEWS, 
     """
     config = config or FitConfig()
     train, test, world = render_mesh_views(mesh, views, held_out, size, samples, seed=config.seed, device=device)
+    result = fit_mesh_views(mesh, train, test, world, config, init_gaussians, device, progress)
+    return MeshFit(result, train, test, world)
+
+
+def fit_mesh_views(mesh, train: PosedImages, test: PosedImages | None, world: Tensor, config: FitConfig,
+                   init_gaussians: int | None = None, device: str | torch.device = "cpu",
+                   progress: bool = False):  # fmt: skip
+    """The fit of :func:`fit_mesh` on renders already made (:func:`render_mesh_views`): start from
+    ``init_gaussians`` surface samples of ``mesh`` moved by ``world [4, 4]`` (default half the cap, room to
+    densify), fit to ``train`` and score on ``test``. Returns the :class:`~clip_gs.fitting.FitResult`."""
     count = init_gaussians or max(1, config.max_gaussians // 2)
     init = init_from_mesh(mesh, count, world, seed=config.seed)
-    result = fit_gaussians(train, init, config, held_out=test, device=device, progress=progress)
-    return MeshFit(result, train, test, world)
+    return fit_gaussians(train, init, config, held_out=test, device=device, progress=progress)
 
 
 __all__ = [
@@ -141,6 +150,7 @@ __all__ = [
     "DEFAULT_VIEWS",
     "MeshFit",
     "fit_mesh",
+    "fit_mesh_views",
     "init_from_mesh",
     "render_mesh_views",
 ]

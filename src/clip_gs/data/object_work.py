@@ -100,15 +100,14 @@ def fit_rendered(item: SourceItem, settings: PrepareSettings, rendered, device: 
     its input). The record stores their cameras, moved into the frame of the normalised cloud, so it
     says which views the teacher saw; training draws its K views per step from them.
     ``settings.views`` and ``elevation_deg`` (the orbit of surface-sampled objects) do not apply."""
-    from clip_gs.data.fitted import init_from_mesh
-    from clip_gs.fitting import FitConfig, fit_gaussians
+    from clip_gs.data.fitted import fit_mesh_views
+    from clip_gs.fitting import FitConfig
     from clip_gs.render.blender import composite
     from clip_gs.render.cameras import Cameras
 
     train, test, world = rendered
     config = FitConfig(iterations=settings.fit_iterations, max_gaussians=settings.mesh_gaussians, seed=settings.seed)
-    init = init_from_mesh(item.source, max(1, config.max_gaussians // 2), world, seed=config.seed)
-    result = fit_gaussians(train, init, config, held_out=test, device=device)
+    result = fit_mesh_views(item.source, train, test, world, config, device=device)
     cloud = result.cloud.to(device="cpu")
     means = cloud.means.double()
     centre = means.mean(dim=0)
