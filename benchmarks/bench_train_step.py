@@ -323,9 +323,11 @@ def run_train_step(
     seed: int = 0,
     device: str = "cpu",
     precision: str = "fp32",
+    between_size: int = 2048,
 ) -> dict:
     """Warm-up step, ``steps`` timed steps, one FLOP-counted step, ``profile_steps`` profiled steps (CPU only),
-    on ``device`` in ``precision`` (see the module docstring)."""
+    on ``device`` in ``precision`` (see the module docstring). After each timed step a ``between_size`` square
+    matmul in ``precision`` measures the machine's peak again (a shared machine's load shows there)."""
     from clip_gs.lightning import CLIPGSModule
     from clip_gs.model.tokenizer import make_patches
 
@@ -348,7 +350,7 @@ def run_train_step(
         phases.update(timer.times)
         timed.append(phases)
         # the peak right after each step (shared machines)
-        between.append(matmul_peak((2048,), 2, seed, device, PRECISIONS[precision])["gflops"])
+        between.append(matmul_peak((between_size,), 2, seed, device, PRECISIONS[precision])["gflops"])
     peak_memory = torch.cuda.max_memory_allocated(device) if _is_cuda(device) else None
     timer.remove()
     with torch.no_grad():

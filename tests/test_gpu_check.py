@@ -425,7 +425,7 @@ def test_train_step_bench_runs_bf16_autocast(monkeypatch):
 
     monkeypatch.setattr(CLIPGSModule, "compute_loss", recording)
     result = bench_train_step.run_train_step("clip-gs-tiny", 256, 16, 16, 64, batch=2, steps=1, profile_steps=0,
-                                             device="cpu", precision="bf16")  # fmt: skip
+                                             device="cpu", precision="bf16", between_size=128)  # fmt: skip
     assert result["workload"]["precision"] == "bf16" and result["workload"]["device"] == "cpu"
     assert result["seconds"]["step"] > 0 and result["peak_memory_bytes"] is None
     assert seen and all(s == (True, torch.bfloat16) for s in seen)  # warm-up, timed and FLOP-counted steps

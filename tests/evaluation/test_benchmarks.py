@@ -247,7 +247,8 @@ def test_uncoloured_meshes_are_summarised_once(tmp_path):
         warnings.simplefilter("always")
         embed(CLIPGS.from_pretrained(tiny_model_folder(tmp_path)),
               BenchmarkSplit("modelnet40", root, mesh_gaussians=N, cache_dir=tmp_path / "cache"), 8, 0, "fp32", False)
-    messages = [str(w.message) for w in caught]
+    # a ResourceWarning of an earlier test's event loop, collected here, is not this test's business
+    messages = [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)]
     assert messages == ["3 of 3 meshes have no colour (no texture, vertex colours or material) and were given neutral "
                         "grey, e.g. cone_0001.off"], messages  # fmt: skip
 

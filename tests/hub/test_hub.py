@@ -494,7 +494,7 @@ def test_from_pretrained_offline_without_the_repo_gives_advice(offline_cache):
     with pytest.raises(WeightsUnavailableError) as info:
         CLIPGS.from_pretrained("org/absent")
     message = str(info.value)
-    assert "'org/absent': it is not a local folder, and HF_HUB_OFFLINE is set" in message
+    assert "'config.json' of the Hub repo 'org/absent': HF_HUB_OFFLINE is set" in message
     assert f"not in the Hugging Face cache {offline_cache.path}" in message and "`hf download org/absent`" in message
 
 

@@ -17,6 +17,8 @@
 Importing this package loads only torch (``run``, ``sources`` and ``plots`` load on first use). No Lightning.
 """
 
+from importlib import import_module
+
 from clip_gs.evaluation.episodes import EpisodeSet, read_episodes, write_episodes
 from clip_gs.evaluation.fewshot import (
     DEFAULT_L2,
@@ -50,13 +52,13 @@ _LAZY = {
     "zero_shot_classes": "sources", "draw_confusion": "plots", "draw_retrieval_grid": "plots",
     "ZEROSHOT_PROTOCOLS": "protocols", "ZeroShotProtocol": "protocols", "zero_shot_protocol": "protocols",
 }  # fmt: skip
+"""Names whose modules import the teachers, the Gaussian formats or PIL: loaded on first use, so that
+``import clip_gs.evaluation`` loads only torch."""
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"clip_gs.evaluation.{_LAZY[name]}"), name)
+        return getattr(import_module(f"clip_gs.evaluation.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'clip_gs.evaluation' has no attribute {name!r}")
 
 
@@ -69,6 +71,7 @@ __all__ = [
     "RECALL_K",
     "RETRIEVAL_DEFINITIONS",
     "STANDARD_PROTOCOLS",
+    "TASKS",
     "ZEROSHOT_K",
     "ZEROSHOT_PROTOCOLS",
     "BenchmarkSplit",
@@ -77,7 +80,6 @@ __all__ = [
     "FewShotResult",
     "PreparedSplit",
     "SplitEmbeddings",
-    "TASKS",
     "ZeroShotProtocol",
     "ZeroShotResult",
     "build_report",

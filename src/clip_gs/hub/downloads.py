@@ -76,7 +76,7 @@ def hub_download(repo_id: str, filename: str, **kwargs) -> Path:
     raises :class:`WeightsUnavailableError` with a helpful message (offline, not cached, gated repo) instead of
     a network traceback, and :class:`FileNotOnHubError` for a file the repo does not have."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, **kwargs))
@@ -86,6 +86,8 @@ def hub_download(repo_id: str, filename: str, **kwargs) -> Path:
         ) from exc
     except EntryNotFoundError as exc:
         raise FileNotOnHubError(f"{repo_id} has no file {filename!r} on the Hub") from exc
+    except HFValidationError as exc:
+        raise ConfigError(f"{repo_id!r} is neither an existing folder nor a valid Hub repo id: {exc}") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise WeightsUnavailableError(f"cannot fetch {filename!r} from the Hub repo {repo_id!r}: {exc}") from exc
 

@@ -11,9 +11,9 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
-from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError, WeightsUnavailableError
+from clip_gs.errors import CheckpointError, ConfigError, FileNotOnHubError
 from clip_gs.hub.card import LIBRARY_NAME, LICENSE, TAGS
-from clip_gs.hub.downloads import hub_download, model_location, offline_advice
+from clip_gs.hub.downloads import hub_download, model_location
 from clip_gs.hub.folder import CONFIG_NAME, TEACHER_NAME, WEIGHTS_NAME, write_teacher_json
 from clip_gs.model.config import CLIPGSConfig, get_model_config
 from clip_gs.model.encoder import GaussianEncoder
@@ -132,7 +132,10 @@ class CLIPGS(
         else:
             hub = {"revision": revision, "cache_dir": cache_dir, "force_download": force_download,
                    "local_files_only": local_files_only, "token": token}  # fmt: skip
-            config_path = _hub_config(model_id, hub)
+            try:
+                config_path = hub_download(model_id, CONFIG_NAME, **hub)
+            except FileNotOnHubError as exc:
+                raise FileNotOnHubError(f"{exc}; cannot tell the architecture") from exc
             weights = hub_download(model_id, WEIGHTS_NAME, **hub)
         config = read_model_config(config_path)
         if config_overrides:
@@ -368,24 +371,3 @@ def validate_folder(folder: str | os.PathLike) -> CLIPGSConfig:
             f"embed_dim {config.embed_dim}"
         )
     return config
-
-
-def _hub_config(model_id: str, hub: Mapping) -> Path:
-    """``config.json`` of the Hub repo ``model_id`` (downloaded or from the cache)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(model_id, CONFIG_NAME, **hub))
-    except LocalEntryNotFoundError as exc:
-        raise WeightsUnavailableError(
-            f"cannot load {model_id!r}: it is not a local folder, and {offline_advice(model_id, hub.get('cache_dir'))}"
-        ) from exc
-    except EntryNotFoundError as exc:
-        raise FileNotOnHubError(
-            f"no {CONFIG_NAME} found in Hub repo {model_id!r}; cannot tell the architecture"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise WeightsUnavailableError(f"cannot fetch {model_id!r} from the Hub: {exc}") from exc
-    except HFValidationError as exc:
-        raise ConfigError(f"{model_id!r} is neither a model folder nor a valid Hub repo id: {exc}") from exc

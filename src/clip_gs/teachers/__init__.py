@@ -17,17 +17,9 @@ Importing this package loads only torch; open_clip is imported when a teacher is
 
 from clip_gs.teachers.base import Teacher, TeacherIdentity, TeacherMismatchError, check_same_teacher
 from clip_gs.teachers.factory import DEFAULT_TEACHER, TeacherSpec, load_teacher, parse_teacher_spec
-from clip_gs.teachers.synthetic import OFFLINE_TEACHER
+from clip_gs.teachers.open_clip_teacher import OpenCLIPTeacher
 from clip_gs.teachers.prompts import TEMPLATES, fill_template, load_label_set, synthetic_label_set, zero_shot_weights
-
-
-def __getattr__(name: str):
-    if name in ("OpenCLIPTeacher", "SyntheticCLIPTeacher"):
-        from clip_gs.teachers import open_clip_teacher, synthetic
-
-        return getattr(open_clip_teacher if name == "OpenCLIPTeacher" else synthetic, name)
-    raise AttributeError(f"module 'clip_gs.teachers' has no attribute {name!r}")
-
+from clip_gs.teachers.synthetic import OFFLINE_TEACHER, SyntheticCLIPTeacher
 
 __all__ = [
     "DEFAULT_TEACHER",
