@@ -24,6 +24,11 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="clip-gs-tests-inductor-")
     atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
+# Under pytest-xdist the workers share the cores: torch's threads (and its subprocesses') are divided among them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -245,3 +250,44 @@ def single_process(tmp_path_factory) -> dict[str, bytes]:
     files = dataset_bytes(out)
     assert {"train/index.json", "val/index.json", "test/index.json", "manifest.json"} <= set(files)
     return files
+
+
+# ---------------------------------------------------------------------------- parallel runs (pytest-xdist)
+SHARED_FIXTURE_FILES = {
+    "trained_run": ("tests/data/test_holdout.py", "tests/demo/test_demo.py", "tests/evaluation/test_evaluation.py",
+                    "tests/hub/test_hub.py", "tests/test_usage.py"),
+    "single_process": ("tests/data/test_prepare.py", "tests/data/test_ray_pipeline.py"),
+}  # fmt: skip
+"""Session fixtures too costly to build once per worker, and the test files that use them: under
+``pytest -n N --dist loadfile`` each group of files runs on one worker, so each fixture is built once."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test that uses a shared session fixture from a file outside its group (it would build
+    the fixture a second time on another worker)."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        for name, files in SHARED_FIXTURE_FILES.items():
+            if name in item.fixturenames and path not in files:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the session fixture {name!r}: add {path} to SHARED_FIXTURE_FILES[{name!r}] "
+                    "in tests/conftest.py"
+                )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the files of :data:`SHARED_FIXTURE_FILES` kept together: each file runs on
+    one worker (its module fixtures are built once), each group of files too."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    group_of = {path: name for name, files in SHARED_FIXTURE_FILES.items() for path in files}
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return group_of.get(path, path)
+
+    return SharedFixtureScheduling(config, log)

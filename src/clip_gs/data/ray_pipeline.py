@@ -110,7 +110,8 @@ def run_pipeline(preparer: ObjectPreparer, items: Sequence[SourceItem], writer: 
         writer: the work folder's writer, on this process.
         workers: CPU actors (default: the CPUs of the cluster, or of this machine). Without ``address``,
             a local Ray of ``workers`` CPUs is started and stopped here.
-        address: a running cluster (``HOST:PORT`` or ``auto``) to join; None: a local one.
+        address: a running cluster (``HOST:PORT`` or ``auto``) to join; None: a new local one (never a
+            cluster that ``ray start`` left running on this machine, nor ``RAY_ADDRESS``).
         progress: a progress bar of finished objects.
 
     Raises:
@@ -125,8 +126,8 @@ def run_pipeline(preparer: ObjectPreparer, items: Sequence[SourceItem], writer: 
     if started:
         options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
                    "configure_logging": False}  # fmt: skip
-        if address is None:
-            ray.init(num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, **options)
+        if address is None:  # a Ray of its own, even beside a cluster that `ray start` left running here
+            ray.init(address="local", num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES, **options)
         else:
             ray.init(address=address, **options)
     try:
