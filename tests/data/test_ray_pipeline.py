@@ -53,9 +53,10 @@ def two_nodes(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_local_workers_equal_one_process_and_list_failures(tmp_path):
-    """``workers=2`` starts a local Ray: the same dataset as one process; a bad file prepared by a worker
-    is listed with its type and stage, the rest stored."""
+def test_two_local_workers_equal_one_process_and_list_failures(tmp_path, two_nodes):
+    """``workers=2`` starts a local Ray of its own, although a cluster started by ``ray start`` runs on this
+    machine (``two_nodes``): the same dataset as one process; a bad file prepared by a worker is listed
+    with its type and stage, the rest stored."""
     src = tmp_path / "src"
     (src / "chair").mkdir(parents=True)
     for i in range(3):
