@@ -12,10 +12,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-# torch.compile's kernel cache is keyed without ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA: kernels compiled
-# by a run under the AVX2 emulation, loaded by a later native run from the shared default folder
-# (/tmp/torchinductor_<user>), crashed the process (seen here). Each test session compiles into its own.
-# Set before torch and the package are imported: once they are, the variable already holds that shared default.
+# torch.compile's kernel cache is keyed without ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA: kernels compiled by a
+# run under the AVX2 emulation and found by a later native run in the shared default folder
+# (/tmp/torchinductor_<user>) crashed the process; the other way round they gave NaN (both seen here). Each test
+# session compiles into its own folder, set before torch and the package are imported (once they are, the
+# variable already holds that shared default).
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     import atexit
     import shutil
@@ -27,7 +28,8 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 # Under pytest-xdist the workers share the cores: torch's threads (and its subprocesses') are divided among them.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _CORES // _WORKERS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -68,7 +70,8 @@ TRAINED_RUN_BUDGET = {"objects": 600, "steps": 100}
 """Synthetic objects prepared and optimiser steps of :func:`trained_run`. Measured (2026-12-04, under
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``, with ``clip-gs eval --task all --ways 5 --shots 5
 --queries 3`` on the test split): zero-shot top-1 85.5% over 62 objects, 5-way 5-shot 88.7% +- 15.8,
-text->3D R@1 90.3% and R@5 100%. The run takes about 2.5 minutes on 2 cores (150 steps: 3.5)."""
+text->3D R@1 90.3% and R@5 100%. The run takes about 2.5 minutes on 2 threads, 3.5 on the one thread of a
+worker of ``pytest -n 2``."""
 
 
 @dataclass(frozen=True)
