@@ -1,7 +1,7 @@
 """Where clip-gs keeps bytes: local files written atomically, ``s3://`` objects, and the one cache root.
 
-- :func:`atomic_write`: a crash leaves the old file or the whole new one (a temporary file in the same
-  folder, fsynced, renamed over the target, then the folder fsynced).
+- :func:`atomic_write` / :func:`atomic_path`: a crash leaves the old file or the whole new one (a
+  temporary file in the same folder, fsynced, renamed over the target, then the folder fsynced).
 - :func:`read_bytes` / :func:`write_bytes`: a local file or an ``s3://`` object, with a size cap on reads.
 - :func:`is_remote`, :func:`join`, :func:`split_url`: locations that are local paths or URLs.
 - :func:`s3_client`: a boto3 client built from ``storage_options`` as LitData builds its own (``boto3`` is
@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from clip_gs.errors import DatasetError
@@ -78,21 +80,20 @@ def sync_folder(folder: str | os.PathLike) -> None:
         os.close(handle)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, sync: bool = True) -> None:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` so that a crash leaves the old file or the
-    whole new one: a temporary file beside it, fsynced, renamed over ``path``, then the folder fsynced
-    (the rename itself made durable). Missing folders are made. ``sync=False`` leaves the folder fsync
-    to the caller (who batches them: :func:`sync_folder`)."""
+@contextmanager
+def atomic_path(path: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a path (``save_gaussians``, say). When the
+    block ends, the file is fsynced and renamed over ``path``, then the folder fsynced (``sync=False``
+    leaves that to the caller: :func:`sync_folder`); when it raises, the file is removed and ``path`` is
+    untouched. Missing folders are made. The temporary name holds the process id, so processes sharing a
+    folder never collide."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes sharing a folder never collide
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     if not path.parent.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -100,6 +101,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, sync: bool = True) 
         raise
     if sync:
         sync_folder(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, sync: bool = True) -> None:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` so that a crash leaves the old file or the
+    whole new one (through :func:`atomic_path`)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_path(path, sync) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 # ---------------------------------------------------------------------------- bytes, local or remote
@@ -173,6 +183,7 @@ def write_bytes(location: str, data: bytes, storage_options: dict | None = None)
 
 __all__ = [
     "CACHE_ENV",
+    "atomic_path",
     "atomic_write",
     "cache_root",
     "is_remote",

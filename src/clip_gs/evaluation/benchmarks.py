@@ -38,9 +38,9 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-from pathlib import Path
 
 from clip_gs.errors import ConfigError, DatasetError
 from clip_gs.gaussians import GaussianCloud
@@ -334,9 +334,10 @@ def load_item(item: BenchmarkItem, mesh_gaussians: int = MESH_GAUSSIANS, seed: i
         GaussianFormatError / MeshError: a file that cannot be read or converted (names it).
         ConfigError: an unknown ``up``.
     """
-    from clip_gs.gaussians.assets import load_asset
     from clip_gs.gaussians import load_gaussians, save_gaussians
+    from clip_gs.gaussians.assets import load_asset
     from clip_gs.gaussians.frames import MODEL_FRAME
+    from clip_gs.storage import atomic_path
 
     if item.path.suffix.lower() == ".ply":
         return load_asset(item.path, up=MODEL_FRAME if up == "auto" else up)
@@ -356,10 +357,8 @@ def load_item(item: BenchmarkItem, mesh_gaussians: int = MESH_GAUSSIANS, seed: i
         cloud = load_asset(item.path, up=up, mesh_gaussians=mesh_gaussians, seed=seed)
         if grey is not None:
             cloud = _recolour_grey(cloud, grey)
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.part")
-    save_gaussians(cloud, partial, format="ply")
-    os.replace(partial, cached)  # atomic: a killed run leaves no half-written entry
+    with atomic_path(cached) as partial:  # a killed run leaves no half-written entry
+        save_gaussians(cloud, partial, format="ply")
     return load_gaussians(cached)
 
 
@@ -394,8 +393,8 @@ __all__ = [
     "BenchmarkItem",
     "BenchmarkSpec",
     "BenchmarkWarning",
-    "MeshConversion",
     "Discovery",
+    "MeshConversion",
     "cache_key",
     "class_names",
     "default_benchmark_cache",
