@@ -6,8 +6,12 @@ import gzip
 import hashlib
 import json
 import math
+import os
 import socket
 import struct
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +380,37 @@ def dataset_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*"))
             if p.is_file() and ".work" not in p.parts
             and p.name not in ("failures.jsonl", ".clip-gs-prepare")}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- FIFOs (readers must refuse them)
+@contextmanager
+def fifo_watchdog(fifo: Path):
+    """Yield a dict whose ``"opened"`` turns True if anyone opens ``fifo`` for reading; such a
+    reader is released at once (it reads end-of-file) so that the test ends instead of hanging."""
+    state = {"opened": False}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader has it open
+            except OSError:
+                time.sleep(0.01)
+                continue
+            state["opened"] = True
+            os.close(fd)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def make_fifo(path: Path) -> Path:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("FIFOs need a POSIX system")
+    os.mkfifo(path)
+    return path

@@ -16,8 +16,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import threading
-import time
 import tracemalloc
 import warnings
 from contextlib import contextmanager
@@ -39,7 +37,15 @@ from clip_gs.gaussians.formats import write_ply, write_splat
 from clip_gs.gaussians.formats.ply import UnknownPropertiesWarning
 from clip_gs.gaussians.io import load_gaussians
 from clip_gs.gaussians.mesh import MeshColorWarning, mesh_to_gaussians
-from tests.helpers import encode_compressed_ply, encode_spz, gaussian_columns, random_format_cloud, write_vertex_ply
+from tests.helpers import (
+    encode_compressed_ply,
+    encode_spz,
+    fifo_watchdog,
+    gaussian_columns,
+    make_fifo,
+    random_format_cloud,
+    write_vertex_ply,
+)
 
 MEMORY_HEADROOM = 768 << 20
 """Extra private memory a guarded case may allocate (the 1 GB per-test budget, less the process)."""
@@ -68,39 +74,6 @@ def bounded_memory(headroom: int = MEMORY_HEADROOM):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-
-
-@contextmanager
-def fifo_watchdog(fifo: Path):
-    """Yield a dict whose ``"opened"`` turns True if anyone opens ``fifo`` for reading; such a
-    reader is released at once (it reads end-of-file) so that the test ends instead of hanging."""
-    state = {"opened": False}
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader has it open
-            except OSError:
-                time.sleep(0.01)
-                continue
-            state["opened"] = True
-            os.close(fd)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        stop.set()
-        thread.join(5)
-
-
-def make_fifo(path: Path) -> Path:
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("FIFOs need a POSIX system")
-    os.mkfifo(path)
-    return path
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -25,13 +25,14 @@ from clip_gs.errors import CheckpointError, ConfigError, HubError, ModelCardErro
 from clip_gs.evaluation.report import read_eval_report
 from clip_gs.hub.card import card_template, folder_card
 from clip_gs.hub.downloads import model_location
-from clip_gs.hub.folder import EVAL_REPORT, report_location
+from clip_gs.hub.folder import EVAL_REPORT, read_config_json, report_location
 from clip_gs.hub.push import PushResult, push_upload
 from clip_gs.lightning.export import export_pretrained
 from clip_gs.model import create_model
 from clip_gs.model.clipgs import validate_folder
 from clip_gs.model.folder import card_teacher_spec
 from clip_gs.usage.push_cli import folder_upload
+from tests.helpers import fifo_watchdog, make_fifo
 
 REPO = Path(__file__).resolve().parents[2]
 E = 16
@@ -237,6 +238,18 @@ def test_missing_or_unreadable_report_is_named(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ModelCardError, match="bad.json: unreadable evaluation report"):
         read_eval_report(tmp_path / "bad.json")
+
+
+def test_a_fifo_in_place_of_a_record_is_refused_never_read(tmp_path):
+    """A model folder's JSON records and its evaluation report: a FIFO would block the reader for ever; it is
+    refused with the package's error, and nothing opens it for reading."""
+    for name, read, error in (("config.json", read_config_json, ConfigError),
+                              (EVAL_REPORT, read_eval_report, ModelCardError)):  # fmt: skip
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        fifo = make_fifo(tmp_path / name)
+        with fifo_watchdog(fifo) as watch, pytest.raises(error, match=rf"{name}: not a regular file: it is a FIFO"):
+            read(fifo)
+        assert not watch["opened"], name
 
 
 def test_teacher_specs_of_identities():

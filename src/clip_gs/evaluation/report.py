@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from clip_gs.errors import ModelCardError
+from clip_gs.gaussians.files import open_regular_file
 
 REPORT_FIELDS = {"model": str, "data": str, "split": str, "teacher": str, "num_objects": int, "tasks": dict,
                  "created": str, "clip_gs_version": str}  # fmt: skip
@@ -51,16 +52,17 @@ def read_eval_report(path: str | os.PathLike) -> dict:
     """Read and check an evaluation report (shape in the module docstring).
 
     Raises:
-        ModelCardError: missing file, invalid JSON, a missing / unknown / mistyped field, a fraction
+        ModelCardError: missing file, not a regular file (a FIFO or device is never read), invalid JSON, a missing / unknown / mistyped field, a fraction
             outside [0, 1] (the message names the file and the field).
     """
     path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelCardError(f"{path}: no evaluation report there (run `clip-gs eval` to write one)") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelCardError(f"{path}: unreadable evaluation report: {exc}") from exc
+    if not os.path.lexists(path):
+        raise ModelCardError(f"{path}: no evaluation report there (run `clip-gs eval` to write one)")
+    with open_regular_file(path, ModelCardError) as fh:  # a FIFO or device is refused, never read
+        try:
+            report = json.loads(fh.read().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelCardError(f"{path}: unreadable evaluation report: {exc}") from exc
     check_eval_report(report, str(path))
     return report
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clip_gs.errors import ConfigError, FileNotOnHubError, ModelCardError
+from clip_gs.gaussians.files import open_regular_file
 from clip_gs.hub.downloads import hub_download
 from clip_gs.strict_json import unique_keys
 
@@ -78,20 +79,21 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     """The JSON object in the file ``path`` (a model folder's ``config.json``, ``teacher.json``, ``metrics.json``).
 
     Raises:
-        ConfigError: the file is missing or unreadable, larger than :data:`MAX_RECORD_BYTES`, not UTF-8,
-            not JSON (nesting too deep for the parser included), not an object, or repeats a key (JSON
-            keeps the last silently); the message names the file and ``what`` it should be.
+        ConfigError: the file is missing, unreadable or not a regular file (a FIFO or device is never
+            read), larger than :data:`MAX_RECORD_BYTES`, not UTF-8, not JSON (nesting too deep for the
+            parser included), not an object, or repeats a key (JSON keeps the last silently); the message
+            names the file and ``what`` it should be.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError as exc:
+    if not os.path.lexists(path):
         raise ConfigError(
             f"{path}: missing; expected the {what} (a model folder holds {CONFIG_NAME} next to {WEIGHTS_NAME})"
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: unreadable {what}: {exc}") from exc
+        )
+    with open_regular_file(path, ConfigError) as fh:  # a FIFO or device is refused, never read
+        try:
+            raw = fh.read(MAX_RECORD_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: unreadable {what}: {exc}") from exc
     if len(raw) > MAX_RECORD_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_RECORD_BYTES} bytes; not a {what}")
     try:
