@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -414,3 +415,15 @@ def make_fifo(path: Path) -> Path:
         pytest.skip("FIFOs need a POSIX system")
     os.mkfifo(path)
     return path
+
+
+# ---------------------------------------------------------------------------- memory bounds
+def peak_bytes(run):
+    """``(run(), the peak bytes it allocated)``, measured with tracemalloc (which sees numpy and bytes
+    buffers); an exception of ``run`` propagates."""
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from clip_gs.data.prepare import prepare_dataset
 from clip_gs.data.sources import SourceItem, list_sources, read_captions
 from clip_gs.data.triplets import SPLITS
 from clip_gs.errors import DatasetError
-from tests.helpers import PREPARE_SETTINGS, FakeTeacher, random_cloud
+from tests.helpers import PREPARE_SETTINGS, FakeTeacher, peak_bytes, random_cloud
 
 MARKER = ".clip-gs-prepare"
 MAX_PEAK_BYTES = 8 << 20
@@ -233,13 +232,12 @@ def test_write_split_refuses_a_file_and_names_what_a_folder_holds(tmp_path):
 def test_a_huge_caption_field_is_refused_naming_the_line_in_bounded_memory(tmp_path):
     path = tmp_path / "captions.csv"
     path.write_bytes(b'id,caption\na,a chair\nb,"' + b"x" * 50_000_000 + b'"\n')
-    tracemalloc.start()
-    try:
+
+    def refused():
         with pytest.raises(DatasetError, match=rf"{path}: line 3: a row longer than 1,048,576 bytes"):
             read_captions(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+
+    _, peak = peak_bytes(refused)
     assert peak < MAX_PEAK_BYTES, f"peak allocation {peak:,} bytes"
     # a field over csv's limit, across lines (within the row cap)
     path.write_text('id,caption\na,"' + "many words\n" * 20_000 + '"\n')
@@ -393,15 +391,14 @@ def captions_file(draw) -> tuple[str, bytes]:
 
 def check_captions(path: Path) -> str:
     """Read ``path``: a well-formed table or a DatasetError, nothing else, within the memory bound."""
-    tracemalloc.start()
-    try:
+
+    def read():
         try:
-            table = read_captions(path)
+            return read_captions(path)
         except DatasetError:
-            table = None
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+            return None
+
+    table, peak = peak_bytes(read)
     assert peak < MAX_PEAK_BYTES, f"peak allocation {peak:,} bytes"
     if table is None:
         return "error"

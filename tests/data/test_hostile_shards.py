@@ -19,7 +19,6 @@ import os
 import shutil
 import struct
 import tempfile
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -44,6 +43,7 @@ from clip_gs.data.verify import verify_dataset
 from clip_gs.errors import EXIT_FATAL, ClipGSError, CorruptSampleError, DatasetError
 from clip_gs.index import EmbeddingIndex
 from clip_gs.model import create_model
+from tests.helpers import peak_bytes
 
 E = 8
 TEACHER = "hostile-test-teacher"
@@ -537,15 +537,6 @@ def mutate_bytes(data: bytes, edits) -> bytes:
 
 def mutate(data: bytes, json_edits, byte_edits) -> bytes:
     return mutate_bytes(mutate_json(data, json_edits) if json_edits else data, byte_edits)
-
-
-def peak_bytes(run) -> tuple[object, int]:
-    tracemalloc.start()
-    try:
-        result = run()
-        return result, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.fixture(scope="module")

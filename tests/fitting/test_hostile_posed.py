@@ -18,7 +18,6 @@ import json
 import math
 import os
 import struct
-import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from PIL import Image
 from clip_gs.cli import main
 from clip_gs.errors import PosedImagesError
 from clip_gs.fitting import PosedImages, read_posed_images
+from tests.helpers import peak_bytes
 
 ANGLE = 0.3
 C2W = [
@@ -128,12 +128,7 @@ def test_views_are_downscaled_while_read_and_memory_stays_at_the_fit_size(tmp_pa
     frames = [{"file_path": f"images/{i}.png", "transform_matrix": C2W} for i in range(4)]
     spec = {"fl_x": 300.0, "fl_y": 310.0, "cx": 190.0, "cy": 160.0, "w": 400, "h": 300, "frames": frames}
     (folder / "transforms.json").write_text(json.dumps(spec))
-    tracemalloc.start()
-    try:
-        posed = read_posed_images(folder, max_size=40)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    posed, peak = peak_bytes(lambda: read_posed_images(folder, max_size=40))
     assert peak < 400 * 300 * 4 * 4 // 2, f"peak {peak:,} bytes"
     assert posed.images.shape == (4, 30, 40, 4) and (posed.cameras.width, posed.cameras.height) == (40, 30)
     expected = rgba[2].reshape(30, 10, 40, 10, 4).mean(axis=(1, 3)) / 255.0  # opaque: a plain area mean
@@ -424,16 +419,14 @@ def _check_outcome(folder: Path) -> str:
     """Read ``folder``; the only outcomes are valid views or a PosedImagesError, within ``MAX_PEAK_BYTES``."""
     from clip_gs.fitting import read_transforms
 
-    tracemalloc.start()
-    try:
+
+    def read():
         try:
-            posed = read_posed_images(folder)
-            world = read_transforms(folder).world
+            return read_posed_images(folder), read_transforms(folder).world
         except PosedImagesError:
-            posed = None
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+            return None, None
+
+    (posed, world), peak = peak_bytes(read)
     assert peak < MAX_PEAK_BYTES, f"peak allocation {peak:,} bytes"
     if posed is None:
         return "error"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import re
-import tracemalloc
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from clip_gs.gaussians.cloud import GaussianCloud
 from clip_gs.gaussians.formats import write_ply, write_splat
 from clip_gs.gaussians.io import load_gaussians
 from tests.conftest import REAL_DATA
-from tests.helpers import encode_compressed_ply, encode_spz, random_format_cloud
+from tests.helpers import encode_compressed_ply, encode_spz, peak_bytes, random_format_cloud
 
 FAST_EXAMPLES = 150
 SLOW_EXAMPLES = 3000
@@ -149,18 +148,17 @@ def mutate(data: bytes, ops) -> bytes:
 def check_outcome(path: Path) -> str:
     """Load ``path``; the only allowed outcomes are a cloud or a GaussianFormatError, and neither
     may allocate more than ``MAX_PEAK_BYTES`` on the way."""
-    tracemalloc.start()
-    try:
+
+    def load() -> GaussianCloud | None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # an unguarded numpy overflow / invalid op
             warnings.simplefilter("ignore", UserWarning)  # e.g. unknown ply properties: legitimate
             try:
-                cloud = load_gaussians(path)
+                return load_gaussians(path)
             except GaussianFormatError:
-                cloud = None
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+                return None
+
+    cloud, peak = peak_bytes(load)
     assert peak < MAX_PEAK_BYTES, f"peak allocation {peak:,} bytes"
     if cloud is None:
         return "error"

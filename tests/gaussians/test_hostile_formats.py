@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tracemalloc
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +42,7 @@ from tests.helpers import (
     fifo_watchdog,
     gaussian_columns,
     make_fifo,
+    peak_bytes,
     random_format_cloud,
     write_vertex_ply,
 )
@@ -478,15 +478,14 @@ def test_fuzz_obj_material_files(tmp_path_factory):
         (folder / "tri.mtl").unlink(missing_ok=True)
         if not remove_mtl:
             write(folder / "tri.mtl", seed_mtl)
-        tracemalloc.start()
-        try:
+
+        def convert():
             try:
-                cloud, messages = colour_warnings(obj)
+                return colour_warnings(obj)
             except MeshError:
-                cloud = None
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+                return None, []
+
+        (cloud, messages), peak = peak_bytes(convert)
         assert peak < MAX_PEAK_BYTES, f"peak allocation {peak:,} bytes"
         if cloud is not None and not messages:
             assert torch.equal(cloud.rgb, expected.rgb), "colours changed without a MeshColorWarning"
